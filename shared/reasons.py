@@ -1,0 +1,37 @@
+"""Stable reason codes for every refusal an agent makes (reported on ``events``).
+
+The codes are part of the protocol: the hub counts them, operators alert on them and
+docs/protocol.md lists them. Never rename one; add new ones at the end.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a device refused or abandoned an update."""
+
+    # trust (TUF metadata and targets)
+    BAD_SIGNATURE = "bad_signature"  # metadata not signed by a threshold of trusted keys
+    EXPIRED_METADATA = "expired_metadata"  # freeze attack: metadata past its expiry
+    METADATA_ROLLBACK = "metadata_rollback"  # metadata older than what the device has seen
+    METADATA_INVALID = "metadata_invalid"  # unparsable or inconsistent metadata
+    TARGET_NOT_FOUND = "target_not_found"  # the signed targets do not list the named model
+    HASH_MISMATCH = "hash_mismatch"  # whole file differs from the signed sha256
+    LENGTH_MISMATCH = "length_mismatch"  # whole file differs from the signed length
+    CHUNK_HASH_MISMATCH = "chunk_hash_mismatch"  # a chunk kept failing its signed sha256
+    # intent
+    VERSION_ROLLBACK = "version_rollback"  # older than the installed version
+    WRONG_DEVICE_CLASS = "wrong_device_class"
+    WRONG_RUNTIME = "wrong_runtime"
+    MANIFEST_MISMATCH = "manifest_mismatch"  # command and signed manifest disagree
+    # health
+    HEALTH_CHECK_FAILED = "health_check_failed"  # before activation: staged model discarded
+    PROBATION_FAILED = "probation_failed"  # after activation: rolled back to previous
+    ROLLBACK_REQUESTED = "rollback_requested"  # the hub asked for a rollback
+    # transport
+    FETCH_TIMEOUT = "fetch_timeout"  # the hub did not answer after every retry
+    HUB_ERROR = "hub_error"  # the hub answered a fetch with an error
+    STORAGE_ERROR = "storage_error"  # the device could not write its files
+    BUSY = "busy"  # another deployment of the same model is in progress
