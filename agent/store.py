@@ -1,0 +1,141 @@
+"""The device's files: state, trusted metadata, staging area, installed models.
+
+Layout under the state directory::
+
+    state.json                       the core's state (atomic replace; fsync when durable)
+    trust/                           TUF metadata this device trusts (its rollback memory)
+    staging/<sha256>.part            a download being assembled, chunk by chunk
+    models/<model>/<version>/model.<format>   verified files; the core's state says
+                                              which version is active
+
+Nothing unverified is ever written under ``models/``: a file gets there only by a
+rename after its whole-file length and sha256 matched the signed metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from shared.chunks import chunk_span
+from shared.trust import VerifiedTarget
+
+
+class DeviceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.trust_dir = root / "trust"
+        self.staging_dir = root / "staging"
+        self.models_dir = root / "models"
+        for d in (self.trust_dir, self.staging_dir, self.models_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------- state
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def load_state(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        return data
+
+    def save_state(self, state: dict[str, Any], durable: bool) -> None:
+        atomic_write(self.state_path, json.dumps(state, separators=(",", ":")).encode(), durable)
+
+    # ------------------------------------------------------------- staging
+
+    def staging_path(self, target: VerifiedTarget) -> Path:
+        return self.staging_dir / f"{target.sha256}.part"
+
+    def write_chunk(self, target: VerifiedTarget, offset: int, data: bytes) -> None:
+        path = self.staging_path(target)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def valid_chunks(
+        self, target: VerifiedTarget, chunk_size: int, hashes: tuple[str, ...], claimed: Iterable[int]
+    ) -> frozenset[int]:
+        """The claimed chunks whose bytes on disk still match their signed hashes."""
+        path = self.staging_path(target)
+        if not path.exists():
+            return frozenset()
+        valid = set()
+        with path.open("rb") as f:
+            for i in claimed:
+                if not 0 <= i < len(hashes):
+                    continue
+                off, size = chunk_span(i, target.length, chunk_size)
+                f.seek(off)
+                if hashlib.sha256(f.read(size)).hexdigest() == hashes[i]:
+                    valid.add(i)
+        return frozenset(valid)
+
+    def discard_staging(self, target: VerifiedTarget | None) -> None:
+        if target is not None:
+            self.staging_path(target).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------- models
+
+    def model_path(self, model: str, version: int, fmt: str = "onnx") -> Path:
+        return self.models_dir / model / str(version) / f"model.{fmt}"
+
+    def install(self, target: VerifiedTarget, model: str, version: int, fmt: str) -> Path:
+        """Move a verified staging file into ``models/`` (rename + fsync)."""
+        src = self.staging_path(target)
+        dest = self.model_path(model, version, fmt)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with src.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(src, dest)
+        _fsync_dir(dest.parent)
+        return dest
+
+    def remove_version(self, model: str, version: int) -> None:
+        shutil.rmtree(self.models_dir / model / str(version), ignore_errors=True)
+
+    def prune(self, model: str, keep: Iterable[int]) -> None:
+        keep_names = {str(v) for v in keep}
+        base = self.models_dir / model
+        if not base.is_dir():
+            return
+        for child in base.iterdir():
+            if child.name not in keep_names:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,266 @@
+"""``edgefleet demo``: the whole path on one machine, with real parts.
+
+Starts a hub (SQLite file, local artifact store, a private Mosquitto on a free port, or
+the broker given), trains the built-in model, quantises it to int8, evaluates, gates and
+signs it, starts simulated devices that run the real agent code, deploys to all of them,
+lets them infer on simulated sensor data, and prints (and optionally writes) a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from hub.api import create_app
+from hub.broker import free_port
+from hub.client import HubClient
+from hub.service import Hub, HubConfig
+from simulator.fleet import Fleet, FleetConfig
+
+log = logging.getLogger("edgefleet.demo")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 50
+    summary_path: Path | None = None
+    broker_url: str | None = None
+    work_dir: Path | None = None
+    keep: bool = False
+    converge_timeout_s: float = 180.0
+    infer_s: float = 6.0  # inference time after convergence, for telemetry
+    probation_s: float = 3.0
+    n_train: int = 12000
+
+
+class ApiServer:
+    """uvicorn serving the hub's API on a free loopback port, in a thread."""
+
+    def __init__(self, hub: Hub, port: int | None = None) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(
+            create_app(hub), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, name="hub-api", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> ApiServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the hub's API server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+
+class Progress:
+    """One status line that rewrites itself on a terminal, plain lines elsewhere."""
+
+    def __init__(self, stream: Any = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._last = ""
+        self._last_t = 0.0
+
+    def show(self, text: str, *, force: bool = False) -> None:
+        if text == self._last:
+            return
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+        elif force or now - self._last_t >= 2.0:
+            self.stream.write(text + "\n")
+            self._last_t = now
+        self._last = text
+
+    def done(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+        self._last = ""
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    work = opts.work_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    progress = Progress()
+    hub = Hub(HubConfig(data_dir=work / "hub", broker_url=opts.broker_url)).start()
+    api = ApiServer(hub).start()
+    fleet: Fleet | None = None
+    loop_thread: threading.Thread | None = None
+    try:
+        progress.done(f"hub    {api.url}  (API docs: {api.url}/docs)   broker {hub.broker.url}")
+        client = HubClient(api.url)
+        model = _train(client, opts, progress)
+        root = client.enrol("demo-image", hub.enrol_token)["root"].encode()
+        fleet = Fleet(
+            FleetConfig(
+                devices=opts.devices,
+                host=hub.broker.host,
+                port=hub.broker.port,
+                work_dir=work / "devices",
+                pinned_root=root,
+            )
+        ).start()
+        loop_thread = fleet.loop.start_thread()
+        _wait_online(client, opts.devices, progress)
+        dep_id, seconds = _deploy(client, model, opts, progress)
+        progress.done(f"infer  letting {opts.devices} devices infer for {opts.infer_s:.0f} s")
+        time.sleep(opts.infer_s)
+        fleet.loop.stop()
+        loop_thread.join(10)
+        loop_thread = None
+        hub.ingest.flush()
+        summary = _summary(client, hub, fleet, model, dep_id, seconds, opts)
+    finally:
+        if fleet is not None:
+            if loop_thread is not None:
+                fleet.loop.stop()
+                loop_thread.join(10)
+            fleet.close()
+        api.stop()
+        hub.stop()
+        if not opts.keep and opts.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print_summary(summary)
+    if opts.summary_path is not None:
+        opts.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"summary written to {opts.summary_path}")
+    return summary
+
+
+def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str, Any]:
+    job = client.train(name="vibration", n_train=opts.n_train, probation_s=opts.probation_s)
+
+    def show(j: dict[str, Any]) -> None:
+        progress.show(f"train  {j['stage'] or j['status']:<12} {j['progress'] * 100:5.1f}%")
+
+    result: dict[str, Any] = client.wait_job(job["id"], on_progress=show)["result"]
+    progress.done(
+        f"model  {result['name']} v{result['version']}: accuracy fp32 {result['accuracy_fp32']:.3f}"
+        f" int8 {result['accuracy_int8']:.3f}; {result['size_fp32']} -> {result['size_bytes']}"
+        f" bytes; signed, sha256 {result['sha256'][:12]}…"
+    )
+    return result
+
+
+def _wait_online(client: HubClient, n: int, progress: Progress, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        online = len(client.devices(status="online"))
+        progress.show(f"fleet  {online}/{n} devices online")
+        if online >= n:
+            progress.done(f"fleet  {online}/{n} devices online")
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {online}/{n} simulated devices came online in {timeout}s")
+        time.sleep(0.2)
+
+
+def _deploy(
+    client: HubClient, model: dict[str, Any], opts: DemoOptions, progress: Progress
+) -> tuple[str, float | None]:
+    t0 = time.monotonic()
+    dep = client.deploy(model["name"], model["version"])
+    deadline = t0 + opts.converge_timeout_s
+    seconds: float | None = None
+    while True:
+        st = client.deployment(dep["id"], devices=False)
+        stages = " ".join(f"{k}={v}" for k, v in sorted(st["stages"].items()))
+        progress.show(f"deploy {st['converged']}/{st['devices']} healthy  [{stages}]")
+        if st["finished"]:
+            if st["converged"] == st["devices"]:
+                seconds = time.monotonic() - t0
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    progress.done(
+        f"deploy {st['converged']}/{st['devices']} devices healthy on v{model['version']}"
+        + (f" in {seconds:.1f} s" if seconds is not None else " (not converged)")
+    )
+    return dep["id"], seconds
+
+
+def _summary(
+    client: HubClient,
+    hub: Hub,
+    fleet: Fleet,
+    model: dict[str, Any],
+    dep_id: str,
+    seconds: float | None,
+    opts: DemoOptions,
+) -> dict[str, Any]:
+    st = client.deployment(dep_id, devices=True)
+    fs = fleet.summary()
+    running = fs.versions.get(f"{model['name']}:{model['version']}", 0)
+    healthy = {d["device"] for d in st["per_device"] if d["stage"] == "healthy"}
+    refused: dict[str, int] = {}
+    rolled_back = 0
+    for d in st["per_device"]:
+        if d["stage"] in ("failed", "rolled_back") and d["reason"]:
+            refused[d["reason"]] = refused.get(d["reason"], 0) + 1
+        rolled_back += d["stage"] == "rolled_back"
+    telemetry = hub.ingest.counts.get("telemetry", 0)
+    return {
+        "devices": opts.devices,
+        "converged": min(len(healthy), running),
+        "model": {
+            "name": model["name"],
+            "version": model["version"],
+            "sha256": model["sha256"],
+            "format": model["format"],
+            "size_bytes": model["size_bytes"],
+            "size_fp32_bytes": model["size_fp32"],
+            "accuracy_fp32": model["accuracy_fp32"],
+            "accuracy_int8": model["accuracy_int8"],
+        },
+        "seconds_to_converge": round(seconds, 2) if seconds is not None else None,
+        "inferences": fs.inferences,
+        "live_accuracy": round(fs.correct / fs.labelled, 4) if fs.labelled else None,
+        "telemetry_messages": telemetry,
+        "refused": refused,
+        "rolled_back": rolled_back,
+        "broker": hub.broker.url,
+        "dropped_messages": {**dict(hub.mqtt.dropped), **fs.dropped},
+    }
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    m = s["model"]
+    conv = s["seconds_to_converge"]
+    lines = [
+        "",
+        "edgefleet demo — summary",
+        f"  devices converged   {s['converged']}/{s['devices']}"
+        + (f" in {conv:.1f} s" if conv is not None else " (did not converge)"),
+        f"  model               {m['name']} v{m['version']} ({m['format']}, int8)"
+        f" {m['size_bytes']:,} bytes (fp32 {m['size_fp32_bytes']:,})",
+        f"  accuracy            fp32 {m['accuracy_fp32']:.3f}   int8 {m['accuracy_int8']:.3f}"
+        + (f"   live {s['live_accuracy']:.3f}" if s["live_accuracy"] is not None else ""),
+        f"  inferences          {s['inferences']:,} on devices",
+        f"  telemetry messages  {s['telemetry_messages']:,} ingested by the hub",
+        f"  refused             {s['refused'] or 'none'}",
+        f"  rolled back         {s['rolled_back']}",
+    ]
+    print("\n".join(lines))

@@ -1,0 +1,355 @@
+"""The agent core on its own: events in, actions out. No broker, no files, no clock."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from agent.core import AgentCore, CoreConfig
+from agent.events import (
+    Activate,
+    CheckStagedChunks,
+    Connected,
+    Discard,
+    Done,
+    MessageArrived,
+    MetadataVerified,
+    Prune,
+    Publish,
+    Refused,
+    RollBack,
+    RunHealthCheck,
+    StagedChunks,
+    Tick,
+    VerifyAndStage,
+    VerifyMetadata,
+    WriteChunk,
+)
+from agent.telemetry import InferenceStats
+from shared import protocol
+from shared.chunks import chunk_hashes
+from shared.manifest import HealthCheck, Manifest, TensorSpec
+from shared.reasons import Reason
+from shared.trust import VerifiedTarget
+
+DEV = "dev-1"
+CHUNK = 1024
+
+
+def make_target(version: int, data: bytes, **overrides: Any) -> VerifiedTarget:
+    fields: dict[str, Any] = dict(
+        model="m",
+        channel="stable",
+        version=version,
+        format="onnx",
+        runtime="onnxruntime",
+        device_classes=(),
+        inputs=(TensorSpec("input", "float32", (None, 16)),),
+        outputs=(TensorSpec("probabilities", "float32", (None, 4)),),
+        classes=("a", "b", "c", "d"),
+        chunk_size=CHUNK,
+        chunks=tuple(chunk_hashes(data, CHUNK)),
+        health=HealthCheck(
+            golden_inputs=((0.0,) * 16,),
+            golden_outputs=((0.25,) * 4,),
+            golden_output="probabilities",
+            tolerance=1e-3,
+            latency_budget_us=5000,
+            memory_budget_mb=64,
+            probation_s=5,
+            probation_min_inferences=10,
+            max_error_ratio=0.05,
+        ),
+    )
+    fields.update(overrides)
+    m = Manifest(**fields)
+    return VerifiedTarget(
+        f"m/{version}/model.onnx", len(data), hashlib.sha256(data).hexdigest(), m.to_custom()
+    )
+
+
+def cmd(msg_type: str, **body: Any) -> MessageArrived:
+    return MessageArrived("cmd", protocol.encode(msg_type, body, ts=0.0), 0.0)
+
+
+def deploy(version: int, deployment: str = "d1") -> MessageArrived:
+    return cmd(
+        "deploy", deployment=deployment, model="m", version=version, target=f"m/{version}/model.onnx"
+    )
+
+
+def events(actions: list[Any]) -> list[dict[str, Any]]:
+    return [
+        json.loads(a.payload)["body"]
+        for a in actions
+        if isinstance(a, Publish) and a.topic.endswith("/events")
+    ]
+
+
+def fetches(actions: list[Any]) -> list[dict[str, Any]]:
+    return [
+        json.loads(a.payload)
+        for a in actions
+        if isinstance(a, Publish) and a.topic.endswith("/fetch")
+    ]
+
+
+def chunk_blob(req: str, target: str, index: int, data: bytes) -> MessageArrived:
+    header = {"kind": "chunk", "req": req, "target": target, "index": index}
+    return MessageArrived("blob", protocol.encode_blob(header, data), 1.0)
+
+
+class Harness:
+    """Drives a core through a deployment the way the adapter would."""
+
+    def __init__(self, core: AgentCore | None = None, device_class: str = "gw") -> None:
+        self.core = core or AgentCore(CoreConfig(DEV, device_class, chunk_window=4))
+
+    def to_chunks(self, version: int, data: bytes, **overrides: Any) -> tuple[VerifiedTarget, list[Any]]:
+        acts = self.core.handle(deploy(version, deployment=f"d{version}"))
+        req = fetches(acts)[0]["body"]["req"]
+        meta_blob = protocol.encode_meta_blob(req, [("timestamp.json", b"{}")])
+        verify = self.core.handle(MessageArrived("blob", meta_blob, 0.5))
+        assert any(isinstance(a, VerifyMetadata) for a in verify)
+        target = make_target(version, data, **overrides)
+        return target, acts + verify + self.core.handle(MetadataVerified(req, target, 1, 1.0))
+
+    def download(self, version: int, data: bytes) -> tuple[VerifiedTarget, list[Any]]:
+        target, acts = self.to_chunks(version, data)
+        all_acts = list(acts)
+        pieces = [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+        for i, piece in enumerate(pieces):
+            all_acts += self.core.handle(chunk_blob("r", target.name, i, piece))
+        return target, all_acts
+
+    def install(self, version: int, data: bytes, now: float = 2.0) -> list[Any]:
+        target, acts = self.download(version, data)
+        acts += self.core.handle(Done("file", now))
+        acts += self.core.handle(Done("health", now))
+        acts += self.core.handle(Done("activate", now))
+        stats = InferenceStats()
+        stats.count = 100
+        acts += self.core.handle(Tick(now + 10, stats))
+        return acts
+
+
+def test_deploy_walks_every_stage_to_healthy() -> None:
+    h = Harness()
+    data = bytes(range(256)) * 10  # 2560 bytes: 3 chunks
+    acts = h.install(1, data)
+    stages = [e["stage"] for e in events(acts)]
+    assert stages == ["received", "downloading", "verified", "staged", "activated", "healthy"]
+    assert sum(isinstance(a, WriteChunk) for a in acts) == 3
+    assert any(isinstance(a, VerifyAndStage) for a in acts)
+    assert any(isinstance(a, RunHealthCheck) for a in acts)
+    assert any(isinstance(a, Activate) for a in acts)
+    assert h.core.installed("m")["version"] == 1  # type: ignore[index]
+    assert h.core.job is None
+    state = json.loads(h.core.state_message(3.0))["body"]
+    assert state["models"]["m"]["version"] == 1
+
+
+def test_chunks_requested_within_window() -> None:
+    h = Harness()
+    data = b"x" * (CHUNK * 10)
+    _, acts = h.to_chunks(1, data)
+    first = fetches(acts)[-1]["body"]  # after the metadata request
+    assert first["chunks"] == [0, 1, 2, 3]  # chunk_window=4
+
+
+def test_corrupt_chunk_is_rerequested_then_refused() -> None:
+    h = Harness()
+    data = b"y" * (CHUNK * 2)
+    target, _ = h.to_chunks(1, data)
+    acts: list[Any] = []
+    for _ in range(3):
+        acts += h.core.handle(chunk_blob("r", target.name, 0, b"z" * CHUNK))
+    assert not any(isinstance(a, WriteChunk) for a in acts)
+    failed = events(acts)[-1]
+    assert failed["stage"] == "failed"
+    assert failed["reason"] == Reason.CHUNK_HASH_MISMATCH.value
+    assert any(isinstance(a, Discard) for a in acts)
+    assert h.core.job is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"device_classes": ("other-class",)}, Reason.WRONG_DEVICE_CLASS),
+        ({"runtime": "tflite"}, Reason.WRONG_RUNTIME),
+        ({"model": "other"}, Reason.MANIFEST_MISMATCH),
+    ],
+)
+def test_manifest_refusals(overrides: dict[str, Any], reason: Reason) -> None:
+    h = Harness()
+    _, acts = h.to_chunks(1, b"a" * 100, **overrides)
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", reason.value)
+    assert not any(isinstance(a, WriteChunk) for a in acts)
+
+
+def test_older_version_refused_before_download() -> None:
+    h = Harness()
+    h.install(2, b"b" * 100)
+    acts = h.core.handle(deploy(1, deployment="old"))
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", Reason.VERSION_ROLLBACK.value)
+    assert not fetches(acts)
+
+
+def test_trust_refusal_is_reported_and_nothing_installed() -> None:
+    h = Harness()
+    h.core.handle(deploy(1))
+    acts = h.core.handle(Refused("metadata", Reason.BAD_SIGNATURE, "targets not signed", 1.0))
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", Reason.BAD_SIGNATURE.value)
+    assert h.core.installed("m") is None
+
+
+def test_health_check_failure_keeps_previous_version() -> None:
+    h = Harness()
+    h.install(1, b"c" * 100)
+    _, acts = h.download(2, b"d" * 100)
+    acts = h.core.handle(Done("file", 5.0))
+    acts += h.core.handle(Refused("health", Reason.HEALTH_CHECK_FAILED, "golden differs", 5.0))
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", Reason.HEALTH_CHECK_FAILED.value)
+    assert h.core.installed("m")["version"] == 1  # type: ignore[index]
+    discard = next(a for a in acts if isinstance(a, Discard))
+    assert discard.version == 2
+
+
+def test_probation_errors_roll_back_to_previous() -> None:
+    h = Harness()
+    h.install(1, b"e" * 100)
+    _, _ = h.download(2, b"f" * 100)
+    h.core.handle(Done("file", 20.0))
+    h.core.handle(Done("health", 20.0))
+    acts = h.core.handle(Done("activate", 20.0))
+    assert events(acts)[-1]["stage"] == "activated"
+    bad = InferenceStats()
+    bad.count, bad.nonfinite = 50, 20
+    acts = h.core.handle(Tick(26.0, bad))
+    rb = [a for a in acts if isinstance(a, RollBack)]
+    assert rb and rb[0].to_version == 1
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"], ev["from_version"]) == (
+        "rolled_back",
+        Reason.PROBATION_FAILED.value,
+        2,
+    )
+    assert h.core.installed("m")["version"] == 1  # type: ignore[index]
+
+
+def test_probation_waits_for_traffic() -> None:
+    h = Harness()
+    h.install(1, b"g" * 100)
+    h.download(2, b"h" * 100)
+    h.core.handle(Done("file", 0.0))
+    h.core.handle(Done("health", 0.0))
+    h.core.handle(Done("activate", 0.0))
+    few = InferenceStats()
+    few.count = 3
+    assert not events(h.core.handle(Tick(6.0, few)))  # past probation_s, too few inferences
+    enough = InferenceStats()
+    enough.count = 20
+    assert events(h.core.handle(Tick(7.0, enough)))[-1]["stage"] == "healthy"
+
+
+def test_rollback_command_to_version_in_history() -> None:
+    h = Harness()
+    h.install(1, b"i" * 100)
+    h.install(2, b"j" * 100)
+    acts = h.core.handle(cmd("rollback", deployment="rb", model="m", version=1))
+    assert any(isinstance(a, RollBack) and a.to_version == 1 for a in acts)
+    assert events(acts)[-1]["stage"] == "rolled_back"
+    acts = h.core.handle(cmd("rollback", deployment="rb2", model="m", version=7))
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", Reason.VERSION_ROLLBACK.value)
+
+
+def test_resume_after_restart_asks_only_missing_chunks() -> None:
+    h = Harness()
+    data = b"k" * (CHUNK * 6)
+    target, _ = h.to_chunks(1, data)
+    for i in (0, 1, 2):
+        h.core.handle(chunk_blob("r", target.name, i, data[i * CHUNK : (i + 1) * CHUNK]))
+    saved = json.loads(json.dumps(h.core.state))
+    # A new process: the core is built from the persisted state.
+    core = AgentCore(CoreConfig(DEV, "gw", chunk_window=4), saved)
+    acts = core.handle(Connected(50.0))
+    check = next(a for a in acts if isinstance(a, CheckStagedChunks))
+    assert check.claimed == frozenset({0, 1, 2})
+    acts = core.handle(StagedChunks(frozenset({0, 2}), 50.0))  # chunk 1 was lost on disk
+    asked = fetches(acts)[0]["body"]["chunks"]
+    assert asked == [1, 3, 4, 5]
+
+
+def test_fetch_timeout_retries_then_fails() -> None:
+    h = Harness(AgentCore(CoreConfig(DEV, "gw", fetch_timeout_s=1.0, max_fetch_retries=2)))
+    h.core.handle(deploy(1))
+    retries = 0
+    acts: list[Any] = []
+    for t in range(1, 60):
+        acts = h.core.handle(Tick(float(t)))
+        retries += len(fetches(acts))
+        if events(acts):
+            break
+    assert retries == 2
+    ev = events(acts)[-1]
+    assert (ev["stage"], ev["reason"]) == ("failed", Reason.FETCH_TIMEOUT.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"not json", b"[]", b'{"v":1}', b'{"v":2,"type":"deploy"}', b"\xff\xfe", b"{" * 5000],
+)
+def test_malformed_commands_are_counted_and_dropped(payload: bytes) -> None:
+    h = Harness()
+    assert h.core.handle(MessageArrived("cmd", payload, 0.0)) == []
+    assert sum(h.core.dropped.values()) == 1
+
+
+def test_malformed_blob_dropped() -> None:
+    h = Harness()
+    h.core.handle(deploy(1))
+    assert h.core.handle(MessageArrived("blob", b"EFB1\x00\x00\xff\xffjunk", 0.0)) == []
+    assert h.core.dropped["bad_blob"] == 1
+
+
+def test_telemetry_windows_carry_sequence_numbers() -> None:
+    h = Harness(AgentCore(CoreConfig(DEV, "gw", window_s=10)))
+    s = InferenceStats()
+    s.count = 7
+    h.core.handle(Tick(0.0, s))
+    sent = []
+    for t in (5.0, 10.0, 15.0, 20.0):
+        sent += [
+            json.loads(a.payload)["body"]
+            for a in h.core.handle(Tick(t, s))
+            if isinstance(a, Publish) and a.topic.endswith("/telemetry")
+        ]
+    assert [b["seq"] for b in sent] == [0, 1]
+    assert sent[0]["count"] == 21  # the ticks at 0, 5 and 10 s
+
+
+def test_duplicate_deploy_is_ignored_and_reinstall_reports_healthy() -> None:
+    h = Harness()
+    h.core.handle(deploy(1))
+    assert h.core.handle(deploy(1)) == []
+    h2 = Harness()
+    h2.install(1, b"l" * 100)
+    ev = events(h2.core.handle(deploy(1, deployment="again")))
+    assert ev[-1]["stage"] == "healthy"
+
+
+def test_prune_keeps_active_and_previous() -> None:
+    h = Harness()
+    h.install(1, b"m" * 100)
+    h.install(2, b"n" * 100)
+    acts = h.install(3, b"o" * 100)
+    prune = next(a for a in acts if isinstance(a, Prune))
+    assert prune.keep == (2, 3)
