@@ -40,6 +40,7 @@ class DemoOptions:
     converge_timeout_s: float = 180.0
     infer_s: float = 6.0  # inference time after convergence, for telemetry
     probation_s: float = 3.0
+    probation_min_inferences: int = 6  # inference calls; a device makes 2 a second
     n_train: int = 12000
 
 
@@ -150,7 +151,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
 
 def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str, Any]:
-    job = client.train(name="vibration", n_train=opts.n_train, probation_s=opts.probation_s)
+    job = client.train(
+        name="vibration",
+        n_train=opts.n_train,
+        probation_s=opts.probation_s,
+        probation_min_inferences=opts.probation_min_inferences,
+    )
 
     def show(j: dict[str, Any]) -> None:
         progress.show(f"train  {j['stage'] or j['status']:<12} {j['progress'] * 100:5.1f}%")

@@ -64,6 +64,14 @@ class EnrolResponse(BaseModel):
     broker: str
 
 
+def get_hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+HubDep = Annotated[Hub, Depends(get_hub)]
+
+
 def create_app(hub: Hub) -> FastAPI:
     app = FastAPI(
         title="edgefleet hub",
@@ -71,10 +79,7 @@ def create_app(hub: Hub) -> FastAPI:
         description="Train, quantise, sign and deploy models to a fleet of edge devices.",
     )
 
-    def get_hub() -> Hub:
-        return hub
-
-    HubDep = Annotated[Hub, Depends(get_hub)]
+    app.state.hub = hub
 
     @app.get("/health")
     def health(h: HubDep) -> dict[str, Any]:

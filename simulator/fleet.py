@@ -195,7 +195,18 @@ class Fleet:
             dropped=dict(dropped),
         )
 
-    def close(self) -> None:
+    def close(self, flush_s: float = 0.5) -> None:
+        """Say ``offline`` for every connected device (retained), then disconnect.
+
+        Call it when the loop is not running. A clean disconnect fires no Last Will, so
+        without this the broker would keep telling the hub these devices are online.
+        """
+        for d in self.devices:
+            if d.client.connected:
+                d.client.publish(
+                    protocol.topic(d.device_id, "state"), d.device.offline_state(), 1, True
+                )
+        self.loop.run(timeout_s=flush_s)
         self.loop.close()
 
 

@@ -1,0 +1,36 @@
+"""``python -m bench <name> [options]``: run one benchmark (``<name> --help`` for its options).
+
+Each benchmark is a module with ``main(argv: list[str]) -> int``, imported only when chosen
+so one benchmark's heavy imports do not weigh on another's figures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line description). Add a row per benchmark.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "predict": ("bench.predict", "Predictor.predict vs raw onnxruntime session.run"),
+}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:<10} {desc}" for name, (_, desc) in BENCHMARKS.items())
+    return f"usage: python -m bench <name> [--json] [options]\n\nbenchmarks:\n{rows}\n"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if argv else 2
+    entry = BENCHMARKS.get(argv[0])
+    if entry is None:
+        sys.stderr.write(f"unknown benchmark {argv[0]!r}\n\n{usage()}")
+        return 2
+    module = importlib.import_module(entry[0])
+    return int(module.main(argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
