@@ -76,7 +76,9 @@ class CoreConfig:
 class AgentCore:
     """One device's update, rollback and telemetry logic. Not thread-safe: one caller."""
 
-    def __init__(self, config: CoreConfig, state: dict[str, Any] | None = None, *, root_version: int = 1):
+    def __init__(
+        self, config: CoreConfig, state: dict[str, Any] | None = None, *, root_version: int = 1
+    ):
         self.config = config
         self.state: dict[str, Any] = state or {"models": {}, "seq": 0, "job": None, "req": 0}
         self.root_version = root_version
@@ -271,7 +273,9 @@ class AgentCore:
             return
         job["retries"] += 1
         if job["retries"] > self.config.max_fetch_retries:
-            self._fail(out, job, Reason.FETCH_TIMEOUT, f"no answer after {job['retries']} tries", now)
+            self._fail(
+                out, job, Reason.FETCH_TIMEOUT, f"no answer after {job['retries']} tries", now
+            )
             return
         job["last_progress"] = now
         if job["phase"] == "meta":
@@ -373,7 +377,9 @@ class AgentCore:
         job = self.job
         if job is not None and job["model"] == body["model"]:
             self._fail(out, job, Reason.BUSY, "a rollback was requested", now)
-        self._roll_back(out, info, installed["version"], body["version"], Reason.ROLLBACK_REQUESTED, "", now)
+        self._roll_back(
+            out, info, installed["version"], body["version"], Reason.ROLLBACK_REQUESTED, "", now
+        )
 
     def _on_blob(self, blob: protocol.Blob, now: float, out: Outbox) -> None:
         job = self.job
@@ -385,7 +391,13 @@ class AgentCore:
             if blob.header["req"] != job["req"] and job["phase"] == "meta":
                 self._drop("stale_blob", "error for an old request")
                 return
-            self._fail(out, job, Reason.HUB_ERROR, f"{blob.header['reason']}: {blob.header.get('detail', '')}", now)
+            self._fail(
+                out,
+                job,
+                Reason.HUB_ERROR,
+                f"{blob.header['reason']}: {blob.header.get('detail', '')}",
+                now,
+            )
         elif kind == "meta":
             if job["phase"] != "meta" or blob.header["req"] != job["req"]:
                 self._drop("stale_blob", "metadata for an old request")
@@ -450,9 +462,9 @@ class AgentCore:
             return
         manifest = self._manifest(job)
         have = set(job["have"])
-        wanted = [
-            i for i in range(len(manifest.chunks)) if i not in have and i not in pending
-        ][: window - len(pending)]
+        wanted = [i for i in range(len(manifest.chunks)) if i not in have and i not in pending][
+            : window - len(pending)
+        ]
         if not wanted:
             return
         pending.extend(wanted)
@@ -506,7 +518,10 @@ class AgentCore:
                 f"built for {', '.join(m.device_classes)}, this is {self.config.device_class}"
             )
         if m.runtime != self.config.runtime:
-            return Reason.WRONG_RUNTIME, f"needs {m.runtime}, this device runs {self.config.runtime}"
+            return (
+                Reason.WRONG_RUNTIME,
+                f"needs {m.runtime}, this device runs {self.config.runtime}",
+            )
         installed = self.state["models"].get(m.model)
         if installed is not None and m.version <= installed["version"]:
             return Reason.VERSION_ROLLBACK, (
@@ -585,9 +600,19 @@ class AgentCore:
         health = self._manifest(job).health
         count, errors = job["p_count"], job["p_errors"]
         ratio = errors / count if count else 0.0
-        if ratio > health.max_error_ratio and job["from_version"] is not None:
-            detail = f"{errors} errors in {count} inferences ({ratio:.1%} > {health.max_error_ratio:.1%})"
-            self._roll_back(out, job, job["version"], job["from_version"], Reason.PROBATION_FAILED, detail, now)
+        if ratio > health.max_error_ratio:
+            detail = (
+                f"{errors} errors in {count} inferences"
+                f" ({ratio:.1%} > {health.max_error_ratio:.1%})"
+            )
+            if job["from_version"] is None:
+                # Nothing to go back to: say so, and keep the only model there is.
+                self._event(out, job, "failed", now, Reason.PROBATION_FAILED, detail)
+                self._finish(out)
+                return
+            self._roll_back(
+                out, job, job["version"], job["from_version"], Reason.PROBATION_FAILED, detail, now
+            )
             self.state["job"] = None
             self._persist(out, durable=True)
             return

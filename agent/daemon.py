@@ -109,7 +109,7 @@ class AgentDaemon:
                 f"{store.trust_dir / 'root.json'} is missing: enrol first (edgefleet agent enrol)"
             )
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
             client_id=config.device_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
@@ -152,7 +152,7 @@ class AgentDaemon:
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
-            self.device.message(msg.topic.rsplit("/", 1)[-1], msg.payload)
+            self.device.message(msg.topic.rsplit("/", 1)[-1], bytes(msg.payload))
         except Exception:  # never let one message kill paho's loop
             log.exception("failed to handle a message on %s", msg.topic)
 
@@ -162,7 +162,9 @@ class AgentDaemon:
         self._client.loop_start()
         if self.config.endpoint:
             host, _, port = self.config.endpoint.rpartition(":")
-            self.endpoint = LocalEndpoint(self.device.predictor, host=host or "127.0.0.1", port=int(port))
+            self.endpoint = LocalEndpoint(
+                self.device.predictor, host=host or "127.0.0.1", port=int(port)
+            )
             bound = self.endpoint.start()
             log.info("local inference endpoint on http://%s:%d/v1/predict", *bound)
         self._proc.cpu_percent(None)
@@ -219,7 +221,7 @@ def enrol(
         headers={"content-type": "application/json"},
         method="POST",
     )
-    with urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the operator names the hub
+    with urlopen(req, timeout=timeout) as resp:
         answer = json.loads(resp.read())
     store = DeviceStore(state_dir)
     DeviceVerifier(store.trust_dir, answer["root"].encode())

@@ -116,7 +116,7 @@ class Device:
                 return None
             return Refused(_step(action), Reason.STORAGE_ERROR, str(e), self.clock())
 
-    def _execute(self, action: Action) -> Event | None:  # noqa: PLR0911 - one branch per action
+    def _execute(self, action: Action) -> Event | None:
         if isinstance(action, Publish):
             self._publish(action.topic, action.payload, action.qos, action.retain)
             if action.topic.endswith("/events"):
@@ -145,7 +145,9 @@ class Device:
             return self._health_check(action)
         if isinstance(action, Activate):
             if self._staged is None:  # restarted between the check and activation
-                return self._health_check(RunHealthCheck(action.model, action.version, action.target))
+                return self._health_check(
+                    RunHealthCheck(action.model, action.version, action.target)
+                )
             self.predictor.swap(self._staged, action.model, action.version)
             self._staged = None
             return Done("activate", self.clock())
@@ -180,10 +182,16 @@ class Device:
         manifest = Manifest.from_custom(action.target.custom)
         path = self.store.model_path(action.model, action.version, manifest.format)
         session, result = load_and_check(
-            self.sessions, path, manifest, sha256=action.target.sha256, check_memory=self.check_memory
+            self.sessions,
+            path,
+            manifest,
+            sha256=action.target.sha256,
+            check_memory=self.check_memory,
         )
         if session is None or not result.ok:
-            return Refused("health", Reason.HEALTH_CHECK_FAILED, "; ".join(result.failures), self.clock())
+            return Refused(
+                "health", Reason.HEALTH_CHECK_FAILED, "; ".join(result.failures), self.clock()
+            )
         self._staged = session
         return Done("health", self.clock(), detail=f"p95 {result.p95_us:.0f} us")
 
@@ -191,7 +199,9 @@ class Device:
         entry = self.core.installed(action.model)
         info = entry["files"].get(str(action.to_version)) if entry else None
         if info is None:
-            return Refused("rollback", Reason.STORAGE_ERROR, "no file for that version", self.clock())
+            return Refused(
+                "rollback", Reason.STORAGE_ERROR, "no file for that version", self.clock()
+            )
         fmt = str(info["target"]).rsplit(".", 1)[-1]
         path = self.store.model_path(action.model, action.to_version, fmt)
         session = self.sessions.get(info["sha256"], path)
@@ -207,7 +217,9 @@ class Device:
             fmt = str(info["target"]).rsplit(".", 1)[-1]
             path = self.store.model_path(model, entry["version"], fmt)
             if not _sha256_ok(path, info["sha256"]):
-                log.error("%s: %s on disk does not match its signed sha256", self.config.device_id, path)
+                log.error(
+                    "%s: %s on disk does not match its signed sha256", self.config.device_id, path
+                )
                 continue
             self.predictor.swap(self.sessions.get(info["sha256"], path), model, entry["version"])
 

@@ -66,7 +66,11 @@ class DeviceStore:
             os.close(fd)
 
     def valid_chunks(
-        self, target: VerifiedTarget, chunk_size: int, hashes: tuple[str, ...], claimed: Iterable[int]
+        self,
+        target: VerifiedTarget,
+        chunk_size: int,
+        hashes: tuple[str, ...],
+        claimed: Iterable[int],
     ) -> frozenset[int]:
         """The claimed chunks whose bytes on disk still match their signed hashes."""
         path = self.staging_path(target)

@@ -145,7 +145,9 @@ def _hub_serve(args: argparse.Namespace) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     with Hub(HubConfig(data_dir=args.data, db_url=args.db, broker_url=args.broker)) as hub:
-        print(f"hub: API on http://{args.host}:{args.port} (docs at /docs), broker {hub.broker.url}")
+        print(
+            f"hub: API on http://{args.host}:{args.port} (docs at /docs), broker {hub.broker.url}"
+        )
         print(f"hub: enrolment token in {args.data / 'enrol-token'}")
         uvicorn.run(create_app(hub), host=args.host, port=args.port, log_level="info")
     return 0

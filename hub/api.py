@@ -185,9 +185,7 @@ def create_app(hub: Hub) -> FastAPI:
     # ---------------------------------------------------------------- deployments
 
     @app.post("/deployments", status_code=201)
-    def create_deployment(
-        h: HubDep, req: Annotated[DeploymentRequest, Body()]
-    ) -> dict[str, Any]:
+    def create_deployment(h: HubDep, req: Annotated[DeploymentRequest, Body()]) -> dict[str, Any]:
         if req.devices is not None:
             bad = [d for d in req.devices if not is_device_id(d)]
             if bad:
@@ -205,9 +203,7 @@ def create_app(hub: Hub) -> FastAPI:
         return [d.model_dump() for d in h.deployments.list()]
 
     @app.get("/deployments/{deployment_id}")
-    def deployment_status(
-        deployment_id: str, h: HubDep, devices: bool = True
-    ) -> dict[str, Any]:
+    def deployment_status(deployment_id: str, h: HubDep, devices: bool = True) -> dict[str, Any]:
         return _status(h, deployment_id, per_device=devices)
 
     @app.get("/deployments/{deployment_id}/events")
@@ -262,4 +258,3 @@ def _status(h: Hub, deployment_id: str, *, per_device: bool) -> dict[str, Any]:
     except DeploymentError as e:
         raise HTTPException(404, str(e)) from e
     return st.__dict__
-

@@ -58,7 +58,9 @@ class HubClient:
     def train(self, **settings: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/models/train", json=settings))
 
-    def upload(self, name: str, data: bytes, device_classes: list[str] | None = None) -> dict[str, Any]:
+    def upload(
+        self, name: str, data: bytes, device_classes: list[str] | None = None
+    ) -> dict[str, Any]:
         params = {"device_classes": device_classes} if device_classes else {}
         return dict(
             self._call(
@@ -104,9 +106,7 @@ class HubClient:
         return dict(self._call("POST", "/deployments", json=body))
 
     def deployment(self, deployment_id: str, devices: bool = True) -> dict[str, Any]:
-        return dict(
-            self._call("GET", f"/deployments/{deployment_id}", params={"devices": devices})
-        )
+        return dict(self._call("GET", f"/deployments/{deployment_id}", params={"devices": devices}))
 
     def events(self, deployment_id: str, device: str | None = None) -> list[dict[str, Any]]:
         params = {"device": device} if device else {}

@@ -66,7 +66,10 @@ class Deployments:
         if not targets:
             raise DeploymentError("no devices to deploy to (none has reported to this hub yet)")
         dep = Deployment(
-            id=uuid.uuid4().hex[:12], model=mv.name, version=mv.version, target=mv.target,
+            id=uuid.uuid4().hex[:12],
+            model=mv.name,
+            version=mv.version,
+            target=mv.target,
             devices=len(targets),
         )
         with session(self.engine) as s:

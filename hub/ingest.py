@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from hub.db import Device, DeploymentDevice, EventRecord, Telemetry, session
+from hub.db import DeploymentDevice, Device, EventRecord, Telemetry, session
 from shared.protocol import TERMINAL_STAGES, Message
 
 log = logging.getLogger(__name__)

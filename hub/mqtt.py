@@ -111,7 +111,9 @@ class HubMqtt:
 
     def _drop(self, reason: str, detail: str) -> None:
         if self.dropped[reason] == 0:
-            log.warning("hub: dropped a message (%s): %s (further ones are counted)", reason, detail)
+            log.warning(
+                "hub: dropped a message (%s): %s (further ones are counted)", reason, detail
+            )
         self.dropped[reason] += 1
 
     # ------------------------------------------------------------- fetches

@@ -52,7 +52,9 @@ class Registry:
 
     def next_version(self, name: str) -> int:
         with session(self.engine) as s:
-            latest = s.exec(select(func.max(ModelVersion.version)).where(ModelVersion.name == name)).one()
+            latest = s.exec(
+                select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
+            ).one()
         return int(latest or 0) + 1
 
     def publish(
@@ -151,4 +153,3 @@ class Registry:
         """Drop cached file bytes (after an artifact changed on disk)."""
         with self._lock:
             self._files.clear()
-

@@ -105,7 +105,9 @@ class Manifest:
         """
         try:
             health = HealthCheck(
-                golden_inputs=tuple(tuple(map(float, r)) for r in custom["health"]["golden_inputs"]),
+                golden_inputs=tuple(
+                    tuple(map(float, r)) for r in custom["health"]["golden_inputs"]
+                ),
                 golden_outputs=tuple(
                     tuple(map(float, r)) for r in custom["health"]["golden_outputs"]
                 ),

@@ -106,7 +106,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def encode(msg_type: str, body: Mapping[str, Any], *, ts: float, msg_id: str | None = None) -> bytes:
+def encode(
+    msg_type: str, body: Mapping[str, Any], *, ts: float, msg_id: str | None = None
+) -> bytes:
     """Serialise an envelope; the body is validated first so a sender cannot emit junk.
 
     Raises:
@@ -140,7 +142,8 @@ def decode(payload: bytes, *, expect: frozenset[str] | None = None) -> Message:
         raise ProtocolError("bad_envelope", "not a JSON object")
     if env.get("v") != VERSION:
         raise ProtocolError("bad_version", f"v={env.get('v')!r}, this side speaks {VERSION}")
-    msg_type, msg_id, ts, body = env.get("type"), env.get("id"), env.get("ts"), env.get("body")
+    msg_type, msg_id, body = env.get("type"), env.get("id"), env.get("body")
+    ts: float = env.get("ts")  # type: ignore[assignment]  # checked below
     if not isinstance(msg_type, str) or msg_type not in BODY_SCHEMAS:
         raise ProtocolError("bad_envelope", f"unknown type {msg_type!r}")
     if expect is not None and msg_type not in expect:
@@ -152,7 +155,7 @@ def decode(payload: bytes, *, expect: frozenset[str] | None = None) -> Message:
     if not isinstance(body, dict):
         raise ProtocolError("bad_envelope", "body must be an object")
     _validate_body(msg_type, body)
-    return Message(msg_type, msg_id, float(ts), body)
+    return Message(msg_type, msg_id, float(ts), body)  # ts checked by _is_number
 
 
 # Message types allowed on each topic kind.
@@ -199,7 +202,8 @@ def _one_of(*values: str) -> Check:
 
 def _models_map(x: Any) -> bool:
     return isinstance(x, dict) and all(
-        _short_str(k) and isinstance(v, dict) and _nonneg_int(v.get("version")) for k, v in x.items()
+        _short_str(k) and isinstance(v, dict) and _nonneg_int(v.get("version"))
+        for k, v in x.items()
     )
 
 
@@ -209,9 +213,7 @@ def _latency(x: Any) -> bool:
 
 def _chunk_list(x: Any) -> bool:
     return (
-        isinstance(x, list)
-        and 0 < len(x) <= 256
-        and all(_nonneg_int(i) and i < 2**20 for i in x)
+        isinstance(x, list) and 0 < len(x) <= 256 and all(_nonneg_int(i) and i < 2**20 for i in x)
     )
 
 

@@ -6,10 +6,10 @@ docs/protocol.md lists them. Never rename one; add new ones at the end.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Why a device refused or abandoned an update."""
 
     # trust (TUF metadata and targets)

@@ -251,5 +251,3 @@ def run_fleet(config: FleetConfig, duration_s: float, processes: int = 1) -> Fle
 
 def clear_work_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-

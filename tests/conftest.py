@@ -17,7 +17,9 @@ def mosquitto() -> Iterator[Mosquitto]:
     restarts or stops the broker uses ``private_mosquitto`` instead.
     """
     if not Mosquitto.available():
-        pytest.fail("the mosquitto binary is missing: .ci/run installs it (apt-get install mosquitto)")
+        pytest.fail(
+            "the mosquitto binary is missing: .ci/run installs it (apt-get install mosquitto)"
+        )
     with Mosquitto() as broker:
         yield broker
 

@@ -77,7 +77,11 @@ def cmd(msg_type: str, **body: Any) -> MessageArrived:
 
 def deploy(version: int, deployment: str = "d1") -> MessageArrived:
     return cmd(
-        "deploy", deployment=deployment, model="m", version=version, target=f"m/{version}/model.onnx"
+        "deploy",
+        deployment=deployment,
+        model="m",
+        version=version,
+        target=f"m/{version}/model.onnx",
     )
 
 
@@ -108,7 +112,9 @@ class Harness:
     def __init__(self, core: AgentCore | None = None, device_class: str = "gw") -> None:
         self.core = core or AgentCore(CoreConfig(DEV, device_class, chunk_window=4))
 
-    def to_chunks(self, version: int, data: bytes, **overrides: Any) -> tuple[VerifiedTarget, list[Any]]:
+    def to_chunks(
+        self, version: int, data: bytes, **overrides: Any
+    ) -> tuple[VerifiedTarget, list[Any]]:
         acts = self.core.handle(deploy(version, deployment=f"d{version}"))
         req = fetches(acts)[0]["body"]["req"]
         meta_blob = protocol.encode_meta_blob(req, [("timestamp.json", b"{}")])
@@ -126,7 +132,7 @@ class Harness:
         return target, all_acts
 
     def install(self, version: int, data: bytes, now: float = 2.0) -> list[Any]:
-        target, acts = self.download(version, data)
+        _, acts = self.download(version, data)
         acts += self.core.handle(Done("file", now))
         acts += self.core.handle(Done("health", now))
         acts += self.core.handle(Done("activate", now))

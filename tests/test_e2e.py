@@ -85,7 +85,9 @@ def train(client: HubClient, **settings: Any) -> dict[str, Any]:
     return result
 
 
-def deploy_and_wait(client: HubClient, model: dict[str, Any], timeout: float = 60) -> dict[str, Any]:
+def deploy_and_wait(
+    client: HubClient, model: dict[str, Any], timeout: float = 60
+) -> dict[str, Any]:
     dep = client.deploy(model["name"], model["version"])
     wait_for(lambda: client.deployment(dep["id"], devices=False)["finished"], timeout, "outcome")
     return client.deployment(dep["id"])
@@ -107,7 +109,9 @@ def test_fleet_converges_and_reports_telemetry(stage: Stage) -> None:
         "state reports",
     )
     # Every step was reported on events, in order, for a device.
-    stages = [e["stage"] for e in stage.client.events(st["id"], device=st["per_device"][0]["device"])]
+    stages = [
+        e["stage"] for e in stage.client.events(st["id"], device=st["per_device"][0]["device"])
+    ]
     assert stages == ["received", "downloading", "verified", "staged", "activated", "healthy"]
     # Devices infer on live data and report it.
     wait_for(lambda: stage.hub.ingest.counts["telemetry"] >= DEVICES, 20, "telemetry")
@@ -150,7 +154,8 @@ def test_model_failing_health_check_is_rolled_back_everywhere(stage: Stage) -> N
     assert active_versions(stage.fleet) == {(good["name"], good["version"])}
     x, _ = generate(3, seed=2)
     assert all(
-        np.isfinite(d.device.predictor.predict(x)["probabilities"]).all() for d in stage.fleet.devices
+        np.isfinite(d.device.predictor.predict(x)["probabilities"]).all()
+        for d in stage.fleet.devices
     )
 
 
