@@ -12,6 +12,7 @@ and its timer; the simulator from one loop thread, where the lock is uncontended
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -224,8 +225,6 @@ class Device:
             self.predictor.swap(self.sessions.get(info["sha256"], path), model, entry["version"])
 
     def _count_outcome(self, payload: bytes) -> None:
-        import json
-
         body = json.loads(payload)["body"]
         key = body["stage"] + (f":{body['reason']}" if body.get("reason") else "")
         self.outcomes[key] += 1

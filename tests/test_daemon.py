@@ -1,0 +1,124 @@
+"""The agent daemon (paho adapter + local endpoint) against a real hub and Mosquitto."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
+from edgefleet.demo import ApiServer
+from hub.broker import Mosquitto, free_port
+from hub.client import HubClient
+from hub.service import Hub, HubConfig
+from shared.sensors import generate
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def test_daemon_installs_serves_and_reports(private_mosquitto: Mosquitto, tmp_path: Path) -> None:
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub", broker_url=private_mosquitto.address.url))
+    hub.start()
+    api = ApiServer(hub).start()
+    client = HubClient(api.url)
+    daemon: AgentDaemon | None = None
+    runner: threading.Thread | None = None
+    try:
+        cfg_path = tmp_path / "agent.toml"
+        enrol(
+            hub_url=api.url,
+            token=hub.enrol_token,
+            device_id="press-17",
+            device_class="generic-linux",
+            state_dir=tmp_path / "device",
+            config_out=cfg_path,
+        )
+        port = free_port()
+        config = AgentConfig.load(cfg_path)
+        config = AgentConfig(
+            **{**config.__dict__, "endpoint": f"127.0.0.1:{port}", "window_s": 1.0}
+        )
+        daemon = AgentDaemon(config)
+        daemon.start()
+        runner = threading.Thread(target=daemon.run_forever, daemon=True)
+        runner.start()
+        wait_for(lambda: client.devices(status="online"), 10, "the device online")
+        # No model yet: the endpoint says so.
+        x, y = generate(4, seed=5)
+        status, body = post(port, "/v1/predict", {"inputs": x.tolist()})
+        assert status == 503
+        job = client.train(n_train=2000, probation_s=1.0, probation_min_inferences=3)
+        model = client.wait_job(job["id"], timeout=120)["result"]
+        dep = client.deploy(model["name"], model["version"])
+        # Probation needs live traffic: an application on the device calls the endpoint.
+        deadline = time.monotonic() + 30
+        while not client.deployment(dep["id"], devices=False)["finished"]:
+            post(port, "/v1/predict", {"inputs": x.tolist(), "labels": y.tolist()})
+            assert time.monotonic() < deadline, "no outcome in 30 s"
+            time.sleep(0.1)
+        st = client.deployment(dep["id"])
+        assert st["per_device"][0]["stage"] == "healthy", st
+        status, body = post(port, "/v1/predict", {"inputs": x.tolist()})
+        assert status == 200
+        assert (body["model"], body["version"]) == (model["name"], model["version"])
+        assert len(body["outputs"]["label"]) == 4
+        wait_for(lambda: hub.ingest.counts["telemetry"] >= 1, 10, "telemetry")
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        if runner is not None:
+            runner.join(5)
+        client.close()
+        api.stop()
+        hub.stop()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('device_id = "a"\n', "missing"),
+        (
+            'device_id = "a b"\ndevice_class = "c"\nbroker = "mqtt://h:1"\nstate_dir = "/x"\n',
+            "device_id",
+        ),
+        ('device_id = "a"\ndevice_class = "c"\nbroker = "http://h"\nstate_dir = "/x"\n', "broker"),
+        ("not toml [", "agent.toml"),
+        (
+            'device_id = "a"\ndevice_class = "c"\nbroker = "mqtt://h:1"\nstate_dir = "/x"\nfoo = 1\n',
+            "unknown",
+        ),
+    ],
+)
+def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        AgentConfig.load(path)
+
+
+def test_daemon_refuses_to_start_without_enrolment(tmp_path: Path) -> None:
+    config = AgentConfig("a", "c", "mqtt://127.0.0.1:1", tmp_path / "state")
+    with pytest.raises(ConfigError, match="enrol first"):
+        AgentDaemon(config)
