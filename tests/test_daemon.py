@@ -29,6 +29,9 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+GOOD = 'device_id = "a"\ndevice_class = "c"\nbroker = "mqtt://h:1"\nstate_dir = "/x"\n'
+
+
 def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("POST", path, json.dumps(body), {"content-type": "application/json"})
@@ -105,10 +108,7 @@ def test_daemon_installs_serves_and_reports(private_mosquitto: Mosquitto, tmp_pa
         ),
         ('device_id = "a"\ndevice_class = "c"\nbroker = "http://h"\nstate_dir = "/x"\n', "broker"),
         ("not toml [", "agent.toml"),
-        (
-            'device_id = "a"\ndevice_class = "c"\nbroker = "mqtt://h:1"\nstate_dir = "/x"\nfoo = 1\n',
-            "unknown",
-        ),
+        (GOOD + "foo = 1\n", "unknown"),
     ],
 )
 def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) -> None:

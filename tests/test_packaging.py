@@ -20,7 +20,7 @@ def test_agent_extra_pulls_no_hub_dependency() -> None:
 def test_agent_imports_nothing_from_the_hub() -> None:
     code = (
         "import sys, agent.daemon, agent.device, simulator.fleet\n"
-        f"bad = [m for m in {HUB_ONLY + ('hub', 'uvicorn', 'onnx')!r} if m in sys.modules]\n"
+        f"bad = [m for m in {(*HUB_ONLY, 'hub', 'uvicorn', 'onnx')!r} if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run(
