@@ -113,14 +113,17 @@ class AgentCore:
             name: {"version": m["version"], "sha256": m["files"][str(m["version"])]["sha256"]}
             for name, m in self.state["models"].items()
         }
-        body = {
+        body: dict[str, Any] = {
             "status": status,
             "device_class": self.config.device_class,
             "runtime": self.config.runtime,
             "agent_version": self.config.agent_version,
             "root_version": self.root_version,
-            "models": models,
         }
+        if status == "online":
+            # The offline message is the Last Will, fixed at connect time: it must not
+            # name models, or a crash after an update would report the old version.
+            body["models"] = models
         return protocol.encode("state", body, ts=now)
 
     def installed(self, model: str) -> dict[str, Any] | None:
@@ -224,7 +227,9 @@ class AgentCore:
             )
         elif job["phase"] == "verify":
             out.add(VerifyAndStage(job["model"], job["version"], self._target(job)))
-        elif job["phase"] == "health":
+        elif job["phase"] in ("health", "activating"):
+            # The checked session did not survive the restart: check again, then activate.
+            job["phase"] = "health"
             out.add(RunHealthCheck(job["model"], job["version"], self._target(job)))
 
     def _on_tick(self, ev: Tick, out: Outbox) -> None:
@@ -388,7 +393,11 @@ class AgentCore:
             return
         kind = blob.kind
         if kind == "error":
-            if blob.header["req"] != job["req"] and job["phase"] == "meta":
+            # In the chunk phase an error may answer any earlier request of this download.
+            stale = job["phase"] not in ("meta", "chunks") or (
+                job["phase"] == "meta" and blob.header["req"] != job["req"]
+            )
+            if stale:
                 self._drop("stale_blob", "error for an old request")
                 return
             self._fail(
@@ -636,7 +645,9 @@ class AgentCore:
         self.state["models"][info["model"]]["version"] = to_version
         out.add(RollBack(info["model"], to_version))
         self._persist(out, durable=True)
-        self._event(out, info, "rolled_back", now, reason, detail, from_version=from_version)
+        # A rolled_back event names the version now active and the one it replaced.
+        restored = {**info, "version": to_version}
+        self._event(out, restored, "rolled_back", now, reason, detail, from_version=from_version)
         out.add(Publish(self._topic("state"), self.state_message(now), retain=True))
 
     def _on_refused(self, ev: Refused, out: Outbox) -> None:

@@ -34,4 +34,4 @@ class Reason(StrEnum):
     FETCH_TIMEOUT = "fetch_timeout"  # the hub did not answer after every retry
     HUB_ERROR = "hub_error"  # the hub answered a fetch with an error
     STORAGE_ERROR = "storage_error"  # the device could not write its files
-    BUSY = "busy"  # another deployment of the same model is in progress
+    BUSY = "busy"  # a newer deployment or a rollback command superseded this one

@@ -242,9 +242,10 @@ def test_probation_errors_roll_back_to_previous() -> None:
     rb = [a for a in acts if isinstance(a, RollBack)]
     assert rb and rb[0].to_version == 1
     ev = events(acts)[-1]
-    assert (ev["stage"], ev["reason"], ev["from_version"]) == (
+    assert (ev["stage"], ev["reason"], ev["version"], ev["from_version"]) == (
         "rolled_back",
         Reason.PROBATION_FAILED.value,
+        1,
         2,
     )
     assert h.core.installed("m")["version"] == 1  # type: ignore[index]
@@ -359,3 +360,22 @@ def test_prune_keeps_active_and_previous() -> None:
     acts = h.install(3, b"o" * 100)
     prune = next(a for a in acts if isinstance(a, Prune))
     assert prune.keep == (2, 3)
+
+
+def test_offline_state_names_no_models() -> None:
+    h = Harness()
+    h.install(1, b"p" * 100)
+    body = json.loads(h.core.state_message(9.0, status="offline"))["body"]
+    assert body["status"] == "offline" and "models" not in body
+
+
+def test_restart_between_check_and_activation_checks_again() -> None:
+    h = Harness()
+    h.download(1, b"q" * 100)
+    h.core.handle(Done("file", 1.0))
+    h.core.handle(Done("health", 1.0))  # now "activating"
+    core = AgentCore(CoreConfig(DEV, "gw"), json.loads(json.dumps(h.core.state)))
+    acts = core.handle(Connected(2.0))
+    assert any(isinstance(a, RunHealthCheck) for a in acts)
+    acts = core.handle(Done("health", 2.0))
+    assert any(isinstance(a, Activate) for a in acts)
