@@ -94,12 +94,6 @@ def _raise_nofile() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def raise_open_files_limit() -> int:
-    """Raise this process's open-files limit to its hard limit; returns the new limit."""
-    _raise_nofile()
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def wait_for_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:

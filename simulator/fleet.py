@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +246,3 @@ def run_fleet(config: FleetConfig, duration_s: float, processes: int = 1) -> Fle
     for proc in procs:
         proc.join(30)
     return total
-
-
-def clear_work_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
 from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
 from edgefleet.demo import ApiServer
@@ -19,14 +20,6 @@ from hub.service import Hub, HubConfig
 from shared.sensors import generate
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 GOOD = 'device_id = "a"\ndevice_class = "c"\nbroker = "mqtt://h:1"\nstate_dir = "/x"\n'

@@ -3,7 +3,6 @@ the real agent code, over a real Mosquitto."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from edgefleet.demo import ApiServer
 from hub.broker import Mosquitto
@@ -69,14 +69,6 @@ def stage(private_mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Stage]:
         client.close()
         api.stop()
         hub.stop()
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def train(client: HubClient, **settings: Any) -> dict[str, Any]:
