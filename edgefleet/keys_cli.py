@@ -1,0 +1,134 @@
+"""``edgefleet keys``: the hub's TUF keys — create, show, rotate, renew the root.
+
+Works on the hub's data directory (``DATA_DIR/trust``) while the hub is stopped; a
+running hub holds the repository's lock (rotate through the admin API instead). Root
+keys may live offline: ``--root-keys DIR`` names where they are (a removable disk), and
+the hub runs without them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edgefleet.broker_cli import DEFAULT_DATA_DIR
+
+
+def register(subparsers: Any) -> None:
+    """Add ``keys init|show|rotate|renew-root`` to the ``edgefleet`` subparsers."""
+    keys = subparsers.add_parser("keys", help="the hub's signing keys (TUF roles, director)")
+    actions = keys.add_subparsers(metavar="ACTION")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data_dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="the hub's data directory (default edgefleet-data)",
+    )
+    common.add_argument(
+        "--root-keys",
+        type=Path,
+        help="directory of the root keys, if kept offline (default DATA_DIR/trust/keys/root)",
+    )
+
+    init = actions.add_parser("init", parents=[common], help="create the keys and root v1")
+    init.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="ROLE=N",
+        help="keys a role needs (that many are made), e.g. root=2; repeatable",
+    )
+    init.set_defaults(func=_init)
+
+    show = actions.add_parser("show", parents=[common], help="roles, thresholds, key ids")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_show)
+
+    rotate = actions.add_parser(
+        "rotate", parents=[common], help="replace a role's keys; root N+1 signed by N"
+    )
+    rotate.add_argument("role", choices=("root", "targets", "snapshot", "timestamp", "director"))
+    rotate.add_argument("--threshold", type=int, help="new threshold (default: unchanged)")
+    rotate.set_defaults(func=_rotate)
+
+    renew = actions.add_parser(
+        "renew-root", parents=[common], help="sign a new root version with a fresh expiry"
+    )
+    renew.set_defaults(func=_renew_root)
+
+
+def _open(args: argparse.Namespace, *, exclusive: bool = True, **kwargs: Any) -> Any:
+    from hub.repository import TrustRepository
+
+    return TrustRepository.open_or_init(
+        args.data_dir / "trust", root_keys_dir=args.root_keys, exclusive=exclusive, **kwargs
+    )
+
+
+def _init(args: argparse.Namespace) -> int:
+    thresholds: dict[str, int] = {}
+    for item in args.threshold:
+        role, sep, n = item.partition("=")
+        if not sep or not n.isdigit():
+            raise ValueError(f"--threshold takes ROLE=N, got {item!r}")
+        thresholds[role] = int(n)
+    if (args.data_dir / "trust" / "metadata" / "root.json").exists():
+        raise ValueError(f"{args.data_dir / 'trust'} already has keys: use show or rotate")
+    repo = _open(args, thresholds=thresholds)
+    try:
+        _print_keys(repo.keys())
+    finally:
+        repo.close()
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    if not (args.data_dir / "trust" / "metadata" / "root.json").exists():
+        raise ValueError(f"no keys in {args.data_dir / 'trust'}: edgefleet keys init")
+    repo = _open(args, exclusive=False)  # reading only: fine beside a running hub
+    try:
+        keys = repo.keys()
+    finally:
+        repo.close()
+    if args.json:
+        print(json.dumps(keys, indent=2))
+    else:
+        _print_keys(keys)
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    try:
+        version = repo.rotate(args.role, threshold=args.threshold)
+        print(f"rotated {args.role}: root is now version {version}, signed by the old root keys")
+        _print_keys(repo.keys())
+    finally:
+        repo.close()
+    return 0
+
+
+def _renew_root(args: argparse.Namespace) -> int:
+    repo = _open(args)
+    try:
+        version = repo.renew_root()
+        print(f"root version {version}, expires {repo.root_expires().isoformat()}")
+    finally:
+        repo.close()
+    return 0
+
+
+def _print_keys(keys: dict[str, dict[str, Any]]) -> None:
+    root = keys["root"]
+    print(f"root version {root['version']}, expires {root['expires']}")
+    for role, info in keys.items():
+        ids = ", ".join(k[:12] for k in info["keyids"])
+        print(
+            f"  {role:<10} threshold {info['threshold']}  keys here "
+            f"{info['keys_here']}/{len(info['keyids'])}  [{ids}]"
+        )

@@ -1,0 +1,531 @@
+"""The hub's TUF repository: keys per role, thresholds, rotation, signed metadata on disk.
+
+Built on ``tuf.api.metadata`` (DESIGN §4). Roles:
+
+- ``root`` (k-of-n keys; may live offline in a directory of its own): signs the list of
+  every other role's keys, and each new root (version N+1 is signed by a threshold of the
+  keys of N and of N+1, so devices walk the chain).
+- ``targets``, ``snapshot``, ``timestamp`` (online, on the hub): sign the model list and
+  stop mix-and-match and freeze attacks. The hub re-signs them before they expire
+  (:meth:`TrustRepository.refresh_expiring`, on a timer in the hub).
+- ``director`` (online): signs deploy and rollback commands. Its public keys travel in the
+  root metadata under ``x-edgefleet-director`` (signed by root like everything else), so a
+  device pins them with the root and learns a rotation by walking the root chain.
+
+Two things differ from a stock TUF repository, both forced by the transport or by TUF:
+``consistent_snapshot`` is off (fixed file names make the staging lookup a dict lookup),
+and a target's ``custom`` field holds the manifest as JSON text (ADR 0002).
+
+Exceptions::
+
+    RepositoryError         the repository cannot do what was asked (a root key is offline,
+                            a bad threshold, an unusable directory)
+    TrustError(METADATA_INVALID)  bad target input, or a repository that does not load
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
+
+from shared.atomic import write_atomic
+from shared.director import DIRECTOR_FIELD
+from shared.reasons import Reason
+from shared.trust import TrustError, parse_metadata
+
+__all__ = ["Expiry", "RepositoryError", "TrustRepository"]
+
+TOP_ROLES: Final = ("root", "targets", "snapshot", "timestamp")
+ONLINE_ROLES: Final = ("targets", "snapshot", "timestamp")
+ROLES: Final = (*TOP_ROLES, "director")  # every role `edgefleet keys rotate` knows
+MAX_TARGET_NAME: Final = 256  # characters; the protocol's short-string limit
+MAX_THRESHOLD: Final = 16  # keys per role
+_CUSTOM_JSON: Final = "json"  # key of the JSON text inside a target's custom field
+_SERIALIZER: Final = JSONSerializer(compact=True)
+
+_ChainRole = Literal["targets", "snapshot", "timestamp"]
+
+
+class RepositoryError(Exception):
+    """The repository cannot do what was asked (a root key offline, a bad threshold...)."""
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """Lifetime of each role's metadata, in seconds, counted from each signing."""
+
+    root: float = 365 * 86400
+    targets: float = 90 * 86400
+    snapshot: float = 7 * 86400
+    timestamp: float = 1 * 86400
+
+    def __post_init__(self) -> None:
+        for role in TOP_ROLES:
+            if not getattr(self, role) > 0:
+                raise ValueError(f"expiry of {role} must be > 0 seconds")
+
+
+class TrustRepository:
+    """The hub's TUF repository. Thread-safe: one lock covers every mutation and read.
+
+    Layout under ``root_dir``::
+
+        keys/{targets,snapshot,timestamp,director}/<keyid>.pem   private keys, mode 0600
+        keys/root/<keyid>.pem          unless ``root_keys_dir`` puts them elsewhere (offline)
+        metadata/N.root.json, root.json, targets.json, snapshot.json, timestamp.json
+    """
+
+    _root: Metadata[Root]
+    _targets: Metadata[Targets]
+    _snapshot: Metadata[Snapshot]
+    _timestamp: Metadata[Timestamp]
+
+    def __init__(self, root_dir: Path, expiry: Expiry, root_keys_dir: Path | None) -> None:
+        """Use :meth:`open_or_init`."""
+        self._keys_dir = root_dir / "keys"
+        self._root_keys_dir = root_keys_dir or self._keys_dir / "root"
+        self._meta_dir = root_dir / "metadata"
+        self._expiry = expiry
+        self._lock = threading.Lock()
+        self._signers: dict[str, list[CryptoSigner]] = {}
+        self._roots: dict[int, bytes] = {}  # version -> N.root.json bytes
+        self._files: dict[str, bytes] = {}  # root/targets/snapshot/timestamp.json -> bytes
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open_or_init(
+        cls,
+        root_dir: Path,
+        *,
+        expiry: Expiry = Expiry(),
+        thresholds: Mapping[str, int] | None = None,
+        root_keys_dir: Path | None = None,
+        exclusive: bool = False,
+    ) -> TrustRepository:
+        """Open the repository in ``root_dir``, or create one with fresh keys.
+
+        Args:
+            root_dir: the repository's directory (created if missing).
+            expiry: lifetimes applied to every metadata signed from now on.
+            thresholds: keys per role at creation (that many keys are made, all needed);
+                ignored when the repository exists.
+            root_keys_dir: where the root keys are (default ``root_dir/keys/root``). The
+                hub runs without them; rotation and root renewal need them.
+            exclusive: hold a lock on the repository until :meth:`close`, so a running
+                hub and ``edgefleet keys`` never sign over each other's metadata.
+
+        Raises:
+            TrustError: METADATA_INVALID if an existing repository is incomplete or its
+                online keys do not match its root.
+            RepositoryError: a bad threshold, or (``exclusive``) another process has it.
+            OSError: the directory cannot be read or written.
+        """
+        repo = cls(root_dir, expiry, root_keys_dir)
+        if exclusive:
+            repo._take_lock(root_dir)
+        with repo._lock:
+            if (repo._meta_dir / "root.json").exists():
+                repo._load()
+            else:
+                repo._init(_thresholds(thresholds or {}))
+        return repo
+
+    def close(self) -> None:
+        """Release the ``exclusive`` lock (nothing else needs closing)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _take_lock(self, root_dir: Path) -> None:
+        root_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RepositoryError(
+                f"{root_dir} is in use by another process (a running hub?): stop it first"
+            ) from None
+        self._lock_fd = fd
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def root_version(self) -> int:
+        with self._lock:
+            return self._root.signed.version
+
+    def pinned_root(self) -> bytes:
+        """The current root.json, for a device to pin at enrolment."""
+        with self._lock:
+            return self._files["root.json"]
+
+    def target_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._targets.signed.targets)
+
+    def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
+        """What a device at ``device_root_version`` needs: newer roots, then the top roles."""
+        with self._lock:
+            newest = self._root.signed.version
+            first = max(device_root_version, 0) + 1
+            files = [(f"{v}.root.json", self._roots[v]) for v in range(first, newest + 1)]
+            files += [
+                (n, self._files[n]) for n in ("timestamp.json", "snapshot.json", "targets.json")
+            ]
+            return files
+
+    def keys(self) -> dict[str, dict[str, Any]]:
+        """Per role: threshold, key ids, and how many of the private keys are here."""
+        with self._lock:
+            out: dict[str, dict[str, Any]] = {}
+            for role in TOP_ROLES:
+                r = self._root.signed.roles[role]
+                here = {s.public_key.keyid for s in self._signers.get(role, [])}
+                out[role] = {
+                    "threshold": r.threshold,
+                    "keyids": sorted(r.keyids),
+                    "keys_here": len(here & set(r.keyids)),
+                }
+            director = self._root.signed.unrecognized_fields[DIRECTOR_FIELD]
+            out["director"] = {
+                "threshold": director["threshold"],
+                "keyids": sorted(director["keys"]),
+                "keys_here": len(self._signers.get("director", [])),
+            }
+            out["root"]["version"] = self._root.signed.version
+            out["root"]["expires"] = self._root.signed.expires.isoformat()
+            return out
+
+    # ----------------------------------------------------------------- writing
+
+    def add_target(self, name: str, data: bytes, custom: Mapping[str, Any]) -> None:
+        """Add or replace target ``name``, then re-sign targets, snapshot and timestamp.
+
+        Raises:
+            TrustError: METADATA_INVALID for a bad name or custom fields that are not JSON.
+            OSError: the metadata could not be written.
+        """
+        if not 0 < len(name) <= MAX_TARGET_NAME or name.startswith("/"):
+            raise TrustError(Reason.METADATA_INVALID, f"bad target name {name!r:.80}")
+        try:
+            text = json.dumps(dict(custom), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise TrustError(Reason.METADATA_INVALID, f"custom fields of {name}: {e}") from e
+        target = TargetFile.from_data(name, data, ["sha256"])
+        target.unrecognized_fields["custom"] = {_CUSTOM_JSON: text}
+        with self._lock:
+            self._targets.signed.targets[name] = target
+            self._publish("targets")
+
+    def refresh_timestamp(self, min_remaining_s: float) -> bool:
+        """Re-sign the timestamp if it expires within ``min_remaining_s`` seconds."""
+        with self._lock:
+            if _remaining(self._timestamp.signed) > min_remaining_s:
+                return False
+            self._publish("timestamp")
+            return True
+
+    def refresh_expiring(self, fraction: float = 0.5) -> list[str]:
+        """Re-sign every online role with less than ``fraction`` of its lifetime left.
+
+        The hub calls this on a timer, so a device is never refused for a freeze the hub
+        caused itself. Root is renewed only if its keys are here (else it is logged by the
+        caller through the returned ``root_expiring``).
+
+        Returns:
+            the roles re-signed (``"root"`` included when renewed).
+        """
+        renewed: list[str] = []
+        with self._lock:
+            for role in ONLINE_ROLES:
+                md = getattr(self, f"_{role}")
+                if _remaining(md.signed) < fraction * getattr(self._expiry, role):
+                    self._publish(role)
+                    renewed.extend(ONLINE_ROLES[ONLINE_ROLES.index(role) :])
+                    break  # _publish re-signed every later role too
+            root_low = _remaining(self._root.signed) < fraction * self._expiry.root
+            if root_low and self._have_threshold("root"):
+                self._new_root(lambda root: None)
+                renewed.append("root")
+        return renewed
+
+    def root_expires(self) -> datetime:
+        with self._lock:
+            return self._root.signed.expires
+
+    def rotate(self, role: str, *, threshold: int | None = None) -> int:
+        """Replace every key of ``role`` with new ones; sign a new root with the old one.
+
+        Root N+1 is signed by the old root keys (and, when rotating root, by the new
+        ones), so devices that trust N accept it. The role's metadata is re-signed with
+        its new keys at once, and its old private keys are deleted.
+
+        Args:
+            role: root, targets, snapshot, timestamp or director.
+            threshold: keys the role needs from now on (default: unchanged). That many
+                new keys are made.
+
+        Returns:
+            the new root version.
+
+        Raises:
+            RepositoryError: unknown role, bad threshold, or the root keys are not here.
+        """
+        if role not in ROLES:
+            raise RepositoryError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
+        with self._lock:
+            self._need_root_keys(f"rotating {role}")
+            count = threshold or self._threshold(role)
+            _check_threshold(role, count)
+            new = [CryptoSigner.generate_ed25519() for _ in range(count)]
+            old = list(self._signers.get(role, []))
+
+            def change(root: Root) -> None:
+                if role == "director":
+                    root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(new)
+                    return
+                for keyid in list(root.roles[role].keyids):
+                    root.revoke_key(keyid, role)
+                for s in new:
+                    root.add_key(s.public_key, role)
+                root.roles[role].threshold = count
+
+            # new keys on disk first: a crash before the root is written leaves spare keys
+            for s in new:
+                self._save_key(role, s)
+            self._new_root(change, extra_signers=new if role == "root" else [])
+            self._signers[role] = new
+            for s in old:
+                self._key_path(role, s.public_key.keyid).unlink(missing_ok=True)
+            if role in ONLINE_ROLES:
+                self._publish(role)  # type: ignore[arg-type]  # checked just above
+            return self._root.signed.version
+
+    def renew_root(self) -> int:
+        """Sign root N+1 unchanged but for a fresh expiry; the new version.
+
+        Raises:
+            RepositoryError: the root keys are not here.
+        """
+        with self._lock:
+            self._need_root_keys("renewing the root")
+            self._new_root(lambda root: None)
+            return self._root.signed.version
+
+    def _need_root_keys(self, what: str) -> None:
+        if not self._have_threshold("root"):
+            raise RepositoryError(
+                f"{what} needs {self._threshold('root')} root key(s); "
+                f"{len(self._signers.get('root', []))} usable in {self._root_keys_dir}"
+            )
+
+    def director_signers(self) -> list[CryptoSigner]:
+        """The director's signers (deploy and rollback commands)."""
+        with self._lock:
+            return list(self._signers["director"])
+
+    # ----------------------------------------------------------------- creating, loading
+
+    def _init(self, thresholds: Mapping[str, int]) -> None:
+        self._keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._meta_dir.mkdir(parents=True, exist_ok=True)
+        for role in ROLES:
+            self._signers[role] = [CryptoSigner.generate_ed25519() for _ in range(thresholds[role])]
+            for s in self._signers[role]:
+                self._save_key(role, s)
+        root = Root(expires=_expires_in(self._expiry.root), consistent_snapshot=False)
+        for role in TOP_ROLES:
+            for s in self._signers[role]:
+                root.add_key(s.public_key, role)
+            root.roles[role].threshold = thresholds[role]
+        root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(self._signers["director"])
+        self._targets = Metadata(Targets(expires=_expires_in(self._expiry.targets)))
+        self._snapshot = Metadata(Snapshot(expires=_expires_in(self._expiry.snapshot)))
+        self._timestamp = Metadata(Timestamp(expires=_expires_in(self._expiry.timestamp)))
+        self._publish("targets", bump=False)
+        # root.json last: its presence is what marks a complete repository
+        self._store_root(Metadata(root), self._signers["root"])
+
+    def _load(self) -> None:
+        try:
+            self._root = parse_metadata(Root, self._read("root.json"))
+            for v in range(1, self._root.signed.version + 1):
+                self._roots[v] = (self._meta_dir / f"{v}.root.json").read_bytes()
+            self._files["root.json"] = self._roots[self._root.signed.version]
+            self._targets = parse_metadata(Targets, self._read("targets.json"))
+            self._snapshot = parse_metadata(Snapshot, self._read("snapshot.json"))
+            self._timestamp = parse_metadata(Timestamp, self._read("timestamp.json"))
+            for role in ROLES:
+                self._signers[role] = self._load_signers(role)
+                if role != "root" and len(self._signers[role]) < self._threshold(role):
+                    raise ValueError(f"fewer {role} keys in {self._keys_dir} than its threshold")
+        except (OSError, tuf_errors.RepositoryError, ValueError, KeyError) as e:
+            raise TrustError(Reason.METADATA_INVALID, f"cannot open {self._meta_dir}: {e}") from e
+        self._reconcile()
+
+    def _read(self, filename: str) -> bytes:
+        data = (self._meta_dir / filename).read_bytes()
+        self._files[filename] = data
+        return data
+
+    def _reconcile(self) -> None:
+        """Repair a chain left half-written by a crash between two file writes."""
+        targets_meta = self._snapshot.signed.meta.get("targets.json")
+        if targets_meta != MetaFile(
+            self._targets.signed.version, length=len(self._files["targets.json"])
+        ):
+            self._publish("snapshot")
+        elif self._timestamp.signed.snapshot_meta != MetaFile(
+            self._snapshot.signed.version, length=len(self._files["snapshot.json"])
+        ):
+            self._publish("timestamp")
+
+    # ----------------------------------------------------------------- keys
+
+    def _role_dir(self, role: str) -> Path:
+        return self._root_keys_dir if role == "root" else self._keys_dir / role
+
+    def _key_path(self, role: str, keyid: str) -> Path:
+        return self._role_dir(role) / f"{keyid}.pem"
+
+    def _save_key(self, role: str, signer: CryptoSigner) -> None:
+        self._role_dir(role).mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_atomic(
+            self._key_path(role, signer.public_key.keyid), signer.private_bytes, mode=0o600
+        )
+
+    def _role_keyids(self, role: str) -> set[str]:
+        if role == "director":
+            return set(self._root.signed.unrecognized_fields[DIRECTOR_FIELD]["keys"])
+        return set(self._root.signed.roles[role].keyids)
+
+    def _threshold(self, role: str) -> int:
+        if role == "director":
+            return int(self._root.signed.unrecognized_fields[DIRECTOR_FIELD]["threshold"])
+        return self._root.signed.roles[role].threshold
+
+    def _load_signers(self, role: str) -> list[CryptoSigner]:
+        """The private keys of ``role`` that are here and that root lists for it."""
+        wanted = self._role_keyids(role)
+        folder = self._role_dir(role)
+        signers = []
+        for path in sorted(folder.glob("*.pem")) if folder.is_dir() else []:
+            signer = CryptoSigner(load_pem_private_key(path.read_bytes(), password=None))
+            if signer.public_key.keyid in wanted:
+                signers.append(signer)
+        return signers
+
+    def _have_threshold(self, role: str) -> bool:
+        if role == "root" and not self._signers.get("root"):
+            self._signers["root"] = self._load_signers("root")  # plugged in since start
+        return len(self._signers.get(role, [])) >= self._threshold(role)
+
+    # ----------------------------------------------------------------- signing
+
+    def _sign(self, md: Metadata[Any], signers: list[CryptoSigner]) -> bytes:
+        md.signatures.clear()
+        for s in signers:
+            md.sign(s, append=True)
+        return md.to_bytes(_SERIALIZER)
+
+    def _store_root(self, root: Metadata[Root], signers: list[CryptoSigner]) -> None:
+        data = self._sign(root, signers)
+        version = root.signed.version
+        write_atomic(self._meta_dir / f"{version}.root.json", data)
+        write_atomic(self._meta_dir / "root.json", data)
+        self._root = root
+        self._roots[version] = data
+        self._files["root.json"] = data
+
+    def _new_root(self, change: Any, extra_signers: list[CryptoSigner] | None = None) -> None:
+        """Sign root N+1 (after ``change(root)``) with the root keys of N and of N+1."""
+        root = parse_metadata(Root, self._files["root.json"])
+        change(root.signed)
+        root.signed.version += 1
+        root.signed.expires = _expires_in(self._expiry.root)
+        signers = {s.public_key.keyid: s for s in [*self._signers["root"], *(extra_signers or [])]}
+        self._store_root(root, list(signers.values()))
+
+    def _publish(self, first: _ChainRole, *, bump: bool = True) -> None:
+        """Re-sign ``first`` and every role after it (targets, snapshot, timestamp).
+
+        Each role gets a new version (unless ``bump`` is false, at creation) and a new
+        expiry; the snapshot and timestamp point at the exact lengths of the files they
+        cover. Files are written in chain order, and the cache is swapped only once all
+        are written, so a reader never sees a mixed set.
+        """
+        new: dict[str, bytes] = {}
+        if first == "targets":
+            _renew(self._targets.signed, self._expiry.targets, bump)
+            new["targets.json"] = self._sign(self._targets, self._signers["targets"])
+        if first in ("targets", "snapshot"):
+            length = len(new.get("targets.json", self._files.get("targets.json", b"")))
+            self._snapshot.signed.meta["targets.json"] = MetaFile(
+                self._targets.signed.version, length=length
+            )
+            _renew(self._snapshot.signed, self._expiry.snapshot, bump)
+            new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
+        length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))
+        self._timestamp.signed.snapshot_meta = MetaFile(
+            self._snapshot.signed.version, length=length
+        )
+        _renew(self._timestamp.signed, self._expiry.timestamp, bump)
+        new["timestamp.json"] = self._sign(self._timestamp, self._signers["timestamp"])
+        for filename, data in new.items():
+            write_atomic(self._meta_dir / filename, data)
+        self._files.update(new)
+
+
+def _director_field(signers: list[CryptoSigner]) -> dict[str, Any]:
+    return {
+        "keys": {s.public_key.keyid: s.public_key.to_dict() for s in signers},
+        "threshold": len(signers),
+    }
+
+
+def _thresholds(given: Mapping[str, int]) -> dict[str, int]:
+    unknown = set(given) - set(ROLES)
+    if unknown:
+        raise RepositoryError(f"unknown role(s) {sorted(unknown)}: one of {', '.join(ROLES)}")
+    out = {role: int(given.get(role, 1)) for role in ROLES}
+    for role, n in out.items():
+        _check_threshold(role, n)
+    return out
+
+
+def _check_threshold(role: str, n: int) -> None:
+    if not 1 <= n <= MAX_THRESHOLD:
+        raise RepositoryError(f"threshold of {role} must be 1..{MAX_THRESHOLD}, got {n}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _remaining(signed: Root | Targets | Snapshot | Timestamp) -> float:
+    return (signed.expires - _now()).total_seconds()
+
+
+def _expires_in(seconds: float) -> datetime:
+    """Now + ``seconds``, rounded up to the whole second that TUF's format keeps."""
+    return (_now() + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
+
+
+def _renew(signed: Targets | Snapshot | Timestamp, lifetime: float, bump: bool) -> None:
+    if bump:
+        signed.version += 1
+    signed.expires = _expires_in(lifetime)

@@ -1,0 +1,142 @@
+"""Device identity end to end: a real hub and agent daemon over a TLS Mosquitto with the
+configuration `edgefleet broker config` writes (client certificates, per-device ACL, CRL).
+
+A device enrols with a one-time token and its own CSR, connects with the certificate it
+got, installs a model from a signed command, and is then revoked: the hub ignores it at
+once, the broker refuses its next connection while the rest of the fleet stays, and an
+admin's re-enrolment brings it back.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from agent.daemon import AgentConfig, AgentDaemon, enrol
+from edgefleet.demo import ApiServer
+from hub.auth import DEV_KEY
+from hub.broker import free_port
+from hub.brokerconf import TlsMosquitto, write_broker_config
+from hub.client import HubClient, HubClientError
+from hub.pki import CertificateAuthority
+from hub.service import Hub, HubConfig
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+@dataclass
+class Site:
+    hub: Hub
+    client: HubClient
+    api: ApiServer
+    tmp: Path
+    daemons: list[AgentDaemon]
+
+    def enrol(self, device_id: str, token: str) -> AgentConfig:
+        path = self.tmp / f"{device_id}.toml"
+        enrol(
+            hub_url=self.api.url,
+            token=token,
+            device_id=device_id,
+            device_class="generic-linux",
+            state_dir=self.tmp / device_id,
+            config_out=path,
+        )
+        return replace(AgentConfig.load(path), endpoint="", window_s=1.0)
+
+    def run(self, config: AgentConfig) -> AgentDaemon:
+        daemon = AgentDaemon(config)
+        daemon.start()
+        threading.Thread(target=daemon.run_forever, daemon=True).start()
+        self.daemons.append(daemon)
+        return daemon
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    data = tmp_path / "hub"
+    ca = CertificateAuthority.open_or_init(data / "pki")
+    # user: Mosquitto runs as us (as root it would switch to `mosquitto`, which cannot
+    # read the test's private temporary directory)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    files = write_broker_config(tmp_path / "broker", ca, port=free_port(), user=user)
+    with TlsMosquitto(files) as broker:
+        hub = Hub(
+            HubConfig(
+                data_dir=data,
+                broker_url=f"mqtts://localhost:{files.port}",
+                broker_tls_dir=files.directory,
+                broker_reload=("kill", "-HUP", str(broker.pid)),
+                dev_mode=True,
+            )
+        ).start()
+        api = ApiServer(hub).start()
+        s = Site(hub, HubClient(api.url, api_key=DEV_KEY), api, tmp_path, [])
+        try:
+            yield s
+        finally:
+            for d in s.daemons:
+                d.stop()
+            s.client.close()
+            api.stop()
+            hub.stop()
+
+
+def online(site: Site, device_id: str) -> bool:
+    return any(d["id"] == device_id for d in site.client.devices(status="online"))
+
+
+def test_enrol_connect_install_revoke_reenrol(site: Site) -> None:
+    a = site.enrol("press-a", site.client.create_enrol_token("press-a")["token"])
+    b = site.enrol("press-b", site.client.create_enrol_token()["token"])
+    assert a.broker.startswith("mqtts://")
+    assert (site.tmp / "press-a" / "identity" / "device.crt").exists()
+    daemon_a, daemon_b = site.run(a), site.run(b)
+    wait_for(lambda: online(site, "press-a") and online(site, "press-b"), 15, "both online")
+
+    job = site.client.train(n_train=1000, hidden=[8], probation_s=0, probation_min_inferences=0)
+    model = site.client.wait_job(job["id"], timeout=120)["result"]
+    dep = site.client.deploy(model["name"], model["version"])
+    wait_for(lambda: site.client.deployment(dep["id"])["finished"], 30, "the deployment")
+    assert site.client.deployment(dep["id"])["stages"] == {"healthy": 2}
+
+    revocation = site.client.revoke_device("press-a", "key_compromise")
+    assert revocation["reason"] == "key_compromise" and revocation["serials"]
+
+    # The hub stops listening to it at once (its open connection outlives the CRL) ...
+    before = site.hub.mqtt.dropped["revoked_device"]
+    wait_for(lambda: site.hub.mqtt.dropped["revoked_device"] > before, 10, "a dropped report")
+    with pytest.raises(HubClientError, match="1 revoked device id"):
+        site.client.deploy(model["name"], devices=["press-a"])
+    # ... and the broker refuses its next connection, while press-b stays connected.
+    daemon_a.stop()
+    site.daemons.remove(daemon_a)
+    again = site.run(a)
+    assert not _connects(again, seconds=3)
+    assert daemon_b._client.is_connected()
+    assert site.hub.mqtt.connected.is_set()
+
+    # An unbound token cannot bring a revoked id back; an admin's re-enrolment can.
+    with pytest.raises(Exception, match="403"):
+        site.enrol("press-a", site.client.create_enrol_token()["token"])
+    again.stop()
+    site.daemons.remove(again)
+    site.enrol("press-a", site.client.reenrol("press-a")["token"])
+    back = site.run(a)
+    assert _connects(back, seconds=10)
+    assert "press-a" not in site.hub.mqtt.revoked
+
+
+def _connects(daemon: AgentDaemon, seconds: float) -> bool:
+    try:
+        wait_for(daemon._client.is_connected, seconds, "a connection")
+    except AssertionError:
+        return False
+    return True
