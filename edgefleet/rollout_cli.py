@@ -1,0 +1,155 @@
+"""``edgefleet rollout``: start, follow, pause, resume and abort rollouts.
+
+``edgefleet rollout watch ID`` redraws a live view once a second (counts per device
+state, the current wave, the failure ratio) until the rollout is finished, then prints
+each device's outcome; ``--device DEV`` prints that device's event history instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:  # imported when used: a device with the agent extra has no httpx
+    from hub.client import HubClient
+
+WATCH_S = 1.0  # seconds between redraws
+
+
+def register(subparsers: Any, api: argparse.ArgumentParser) -> None:
+    """Add ``rollout create|list|watch|pause|resume|abort``; ``api``: --hub/--api-key."""
+    rollout = subparsers.add_parser("rollout", help="staged rollouts with gates and rollback")
+    actions = rollout.add_subparsers(metavar="ACTION")
+
+    create = actions.add_parser("create", parents=[api], help="start a rollout")
+    create.add_argument("--model", required=True)
+    create.add_argument("--version", type=int, help="default: the latest")
+    who = create.add_argument_group("which devices (default: all)")
+    who.add_argument("--devices", nargs="+", metavar="ID")
+    who.add_argument("--device-class")
+    who.add_argument("--tag", action="append", default=[], dest="tags")
+    who.add_argument("--group", help="devices tagged GROUP; later members follow")
+    how = create.add_argument_group("how")
+    how.add_argument("--canary", type=int, default=0, help="devices in a first wave")
+    how.add_argument("--canary-percent", type=float, default=0.0)
+    how.add_argument("--waves", type=int, default=1, help="waves after the canary")
+    how.add_argument("--rate", type=float, dest="rate_per_min", help="devices per minute")
+    how.add_argument("--max-failure-ratio", type=float, default=0.2)
+    how.add_argument("--min-sample", type=int, default=5)
+    how.add_argument("--device-timeout", type=float, default=600.0, dest="device_timeout_s")
+    how.add_argument("--retries", type=int, default=2)
+    how.add_argument("--no-rollback", action="store_false", dest="rollback_on_halt")
+    create.add_argument("--watch", action="store_true", help="then follow it")
+    create.set_defaults(func=_create)
+
+    listing = actions.add_parser("list", parents=[api], help="rollouts, newest first")
+    listing.set_defaults(func=_list)
+
+    watch = actions.add_parser("watch", parents=[api], help="follow a rollout live")
+    watch.add_argument("id")
+    watch.add_argument("--device", help="print this device's event history")
+    watch.set_defaults(func=_watch)
+
+    for name, helptext in (("pause", "stop sending"), ("resume", "send again")):
+        p = actions.add_parser(name, parents=[api], help=helptext)
+        p.add_argument("id")
+        p.set_defaults(func=_action, action=name)
+    abort = actions.add_parser("abort", parents=[api], help="stop for good")
+    abort.add_argument("id")
+    abort.add_argument("--rollback", action="store_true", help="put changed devices back")
+    abort.set_defaults(func=_action, action="abort")
+
+
+def _client(args: argparse.Namespace) -> HubClient:
+    from hub.client import HubClient
+
+    return HubClient(args.hub, api_key=args.api_key)
+
+
+def _create(args: argparse.Namespace) -> int:
+    fields = (
+        "version", "devices", "device_class", "tags", "group", "canary", "canary_percent",
+        "waves", "rate_per_min", "max_failure_ratio", "min_sample", "device_timeout_s",
+        "retries", "rollback_on_halt",
+    )  # fmt: skip
+    spec = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
+    with _client(args) as client:
+        st = client.create_rollout(args.model, **spec)
+        print(
+            f"rollout {st['id']}: {st['model']} v{st['version']} to {st['devices']} devices "
+            f"in {st['waves']} wave(s)"
+        )
+        if args.watch:
+            return follow(client, st["id"])
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for r in client.rollouts():
+            print(
+                f"{r['id']}  {r['state']:<9}  {r['model']} v{r['version']}  "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['created_at']))}"
+            )
+    return 0
+
+
+def _watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.device:
+            for e in client.rollout_events(args.id, device=args.device):
+                stamp = time.strftime("%H:%M:%S", time.localtime(e["ts"]))
+                reason = f" ({e['reason']})" if e.get("reason") else ""
+                print(f"{stamp}  v{e['version']}  {e['stage']}{reason}  {e.get('detail') or ''}")
+            return 0
+        return follow(client, args.id)
+
+
+def _action(args: argparse.Namespace) -> int:
+    body = {"rollback": True} if getattr(args, "rollback", False) else {}
+    with _client(args) as client:
+        st = client.rollout_action(args.id, args.action, **body)
+    print(f"rollout {st['id']}: {st['state']}")
+    return 0
+
+
+def follow(client: HubClient, rollout_id: str, out: TextIO = sys.stdout) -> int:
+    """Redraw the rollout's view until it is finished; 0 if it completed, 1 otherwise."""
+    tty = out.isatty()
+    drawn = 0
+    last = ""
+    while True:
+        st = client.rollout(rollout_id)
+        view = render(st)
+        if tty:
+            out.write(f"\x1b[{drawn}F\x1b[J" if drawn else "")
+            out.write(view + "\n")
+            drawn = view.count("\n") + 1
+        elif view != last:  # a log, not an animation: print what changed
+            out.write(view + "\n")
+        out.flush()
+        last = view
+        if st["finished"]:
+            break
+        time.sleep(WATCH_S)
+    for d in client.rollout_devices(rollout_id):
+        reason = f" ({d['reason']})" if d.get("reason") else ""
+        out.write(f"  {d['device_id']:<24} wave {d['wave'] + 1}  {d['state']}{reason}\n")
+    return 0 if st["state"] == "completed" else 1
+
+
+def render(st: dict[str, Any]) -> str:
+    """The live view of one rollout status (``GET /rollouts/{id}``)."""
+    counts = "  ".join(f"{k} {v}" for k, v in sorted(st["counts"].items()))
+    lines = [
+        f"rollout {st['id']}  {st['model']} v{st['version']}  {st['state'].upper()}"
+        f"  wave {st['wave']}/{st['waves']}",
+        f"  {st['converged']}/{st['devices']} healthy  failures {st['failures']}"
+        f" ({st['failure_ratio']:.0%})  rolled back {st['rolled_back']}",
+        f"  {counts}",
+    ]
+    if st.get("halted_reason"):
+        lines.append(f"  halted: {st['halted_reason']}")
+    return "\n".join(lines)

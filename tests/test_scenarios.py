@@ -1,0 +1,207 @@
+"""Rehearsals: the example scenarios played end to end, faults and all, on real parts.
+
+Each test runs a private Mosquitto, the hub as a child process (so SIGKILL is real) and
+a fleet running the real agent code; it asserts the summary a user reads and the
+devices' own state (what they run, what they persisted).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.store import DeviceStore
+from edgefleet.cli import main
+from simulator.scenario import (
+    ScenarioError,
+    ScenarioResult,
+    load_scenario,
+    parse_scenario,
+    run_scenario,
+)
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
+
+
+def _run(name: str, tmp_path: Path) -> ScenarioResult:
+    return run_scenario(load_scenario(SCENARIOS / f"{name}.toml"), tmp_path / "run", say=print)
+
+
+def _active(result: ScenarioResult) -> dict[str, Any]:
+    return {d.device_id: d.device.predictor.active for d in result.fleet.devices}
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_flaky_network_still_converges_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "summary.json"
+    work = tmp_path / "work"
+    scenario = str(SCENARIOS / "flaky-network.toml")
+    rc = main(
+        ["sim", "run", "--scenario", scenario, "--summary", str(out), "--work-dir", str(work)]
+    )
+    err = capsys.readouterr().err
+    summary = json.loads(out.read_text())
+    assert rc == 0, summary
+    n = summary["devices"]
+    assert summary["versions"] == {"vibration:1": n}
+    assert summary["states"] == {"healthy": n}
+    assert summary["converged"] == n and summary["seconds_to_converge"] is not None
+    assert summary["rollout"]["state"] == "completed"
+    assert summary["refusals"] == {} and summary["rollbacks"] == 0
+    faults = summary["faults"]
+    for kind in ("crash_mid_download", "disconnect"):
+        assert faults[kind]["injected"] == faults[kind]["planned"] > 0, kind
+    assert faults["corrupt_chunks"]["injected"] >= 1  # refused by hash, asked again
+    assert faults["slow_link"]["injected"] > 0
+    # Each crashed device had chunks on disk and resumed from its bitmap: it never asked
+    # again for a chunk it had persisted.
+    assert len(summary["crashes"]) == faults["crash_mid_download"]["planned"]
+    for crash in summary["crashes"]:
+        assert crash["chunks_on_disk"] >= 2 and crash["refetched"] == 0, crash
+    assert "crashed with 2 chunks on disk" in err and "restarted from its state directory" in err
+    # What the devices persisted: every one runs v1, no job left, the file in place.
+    for dev in sorted((work / "devices").iterdir()):
+        state = DeviceStore(dev).load_state()
+        assert state is not None and state["job"] is None, dev.name
+        assert state["models"]["vibration"]["version"] == 1, dev.name
+        assert (dev / "models" / "vibration" / "1").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_good_model_with_ten_percent_faulty_devices_converges_on_the_rest(
+    tmp_path: Path,
+) -> None:
+    result = _run("faulty-class", tmp_path)
+    s = result.summary
+    bad = {d.device_id for d in result.fleet.devices if d.device_class == "gw-bad"}
+    assert len(bad) == 2
+    assert s["model"] == {"name": "vibration", "version": 2, "baseline_version": 1}
+    assert s["rollout"]["state"] == "completed", s["rollout"]
+    assert s["versions"] == {"vibration:1": 2, "vibration:2": 18}
+    assert s["refusals"] == {"health_check_failed": 2}
+    assert s["rollout"]["counts"] == {"failed": 2, "healthy": 18}
+    assert s["converged"] == 18 and s["halts"] == []
+    for device_id, active in _active(result).items():
+        assert active == ("vibration", 1 if device_id in bad else 2), device_id
+    failed = {e.device_id for d in result.fleet.devices for e in d.events if e.stage == "failed"}
+    assert failed == bad
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_model_failing_on_thirty_percent_halts_and_every_device_goes_back(
+    tmp_path: Path,
+) -> None:
+    result = _run("bad-model", tmp_path)
+    s = result.summary
+    assert s["rollout"]["state"] == "halted", s["rollout"]
+    assert "failed" in s["rollout"]["halted_reason"]
+    assert [h["state"] for h in s["halts"]] == ["halted"]
+    # every device ends on the version it ran before: refused ones kept it, the
+    # others were rolled back by a signed rollback command
+    assert s["versions"] == {"vibration:1": 10}, s["versions"]
+    assert set(_active(result).values()) == {("vibration", 1)}
+    events = [e for d in result.fleet.devices for e in d.events]
+    touched = {e.device_id for e in events if e.stage == "activated" and e.version == 2}
+    assert s["rollbacks"] == len(touched) >= 1
+    assert s["refusals"].get("health_check_failed", 0) >= 1
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_broker_restart_mid_rollout_converges(tmp_path: Path) -> None:
+    result = _run("broker-restart", tmp_path)
+    s = result.summary
+    n = s["devices"]
+    assert s["faults"]["broker_restart"]["injected"] == 1
+    assert s["converged"] == n and s["versions"] == {"vibration:1": n}, s
+    assert set(_active(result).values()) == {("vibration", 1)}
+    # Every device really lost its connection and came back.
+    assert result.fleet.loop.stats.connects >= 2 * n
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_hub_killed_mid_rollout_converges_once_back(tmp_path: Path) -> None:
+    result = _run("hub-restart", tmp_path)
+    s = result.summary
+    n = s["devices"]
+    assert s["faults"]["hub_restart"]["injected"] == 1
+    assert s["hub_unreachable_s"] > 0  # the API was really gone for a while
+    assert s["converged"] == n and s["states"] == {"healthy": n}, s
+    assert set(_active(result).values()) == {("vibration", 1)}
+    log = (result.work_dir / "hub.log").read_text()
+    assert log.count("hub: API on") == 2  # started, killed, started again
+
+
+BAD_FILES = [
+    # (what the file says, the field the error must name)
+    ('seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "meteor"\n', "fault[0].kind"),
+    (
+        'seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "disconnect"\nfraction = 1.5\n'
+        "duration_s = 1\n",
+        "fault[0].fraction",
+    ),
+    ('seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "disconnect"\n', "fault[0].duration_s"),
+    ("[fleet]\ndevices = 3\n", "seed"),
+    ("seed = 1\n", "fleet"),
+    ("seed = 1\n[fleet]\ndevices = 4\nclasses = { a = 1, b = 2 }\n", "fleet.classes"),
+    ('seed = 1\n[fleet]\ndevices = 3\n[rollout]\ncanary = "two"\n', "rollout.canary"),
+    ("seed = 1\n[fleet]\ndevices = 3\n[rollout]\nmax_failure_ratio = 2\n", "rollout.max_failure"),
+    (
+        'seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "corrupt_chunks"\np = 0\n',
+        "fault[0].p",
+    ),
+    (
+        'seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "faulty_class"\ndevice_class = "nope"\n',
+        "fault[0].device_class",
+    ),
+    ('seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "hub_restart"\ncount = 1\n', "count"),
+    ("seed = 1\n[fleet]\ndevices = 3\nspeed = 9\n", "speed"),
+    ("seed = 1\n[fleet\n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "field"), BAD_FILES)
+def test_bad_scenario_files_name_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: ") and field in message and "\n" not in message
+
+
+def test_bad_scenario_file_is_one_line_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_FILES[0][0])
+    assert main(["sim", "run", "--scenario", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"edgefleet: error: {path}: fault[0].kind: unknown kind 'meteor' (one of "
+        "crash_mid_download, disconnect, slow_link, corrupt_chunks, faulty_class, "
+        "broker_restart, hub_restart)"
+    )
+
+
+def test_example_scenarios_are_valid() -> None:
+    files = sorted(SCENARIOS.glob("*.toml"))
+    assert len(files) >= 4
+    for path in files:
+        load_scenario(path)
+
+
+def test_class_fractions_become_counts_that_sum_to_the_fleet() -> None:
+    s = parse_scenario({"seed": 1, "fleet": {"devices": 10, "classes": {"a": 0.7, "b": 0.3}}})
+    assert s.fleet.classes == (("a", 7), ("b", 3))
+    s = parse_scenario({"seed": 1, "fleet": {"devices": 3, "classes": {"a": 0.5, "b": 0.5}}})
+    assert sum(n for _c, n in s.fleet.classes) == 3
