@@ -22,14 +22,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from agent import capture as capture_msgs
+from agent.drift import ModelSketch
 from agent.events import (
     Action,
     Activate,
+    CaptureEnded,
     CheckStagedChunks,
     Connected,
     Discard,
     Done,
     Event,
+    FinishCapture,
     MessageArrived,
     MetadataVerified,
     Outbox,
@@ -40,7 +44,9 @@ from agent.events import (
     RollBack,
     RunHealthCheck,
     StagedChunks,
+    StartCapture,
     Tick,
+    TrustRefreshed,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
@@ -48,6 +54,8 @@ from agent.events import (
 from agent.telemetry import InferenceStats
 from shared import protocol
 from shared.chunks import chunk_ok, chunk_span
+from shared.director import CommandError, DirectorKeys, verify_command
+from shared.drift import DriftError
 from shared.manifest import Manifest, ManifestError
 from shared.protocol import ProtocolError
 from shared.reasons import Reason
@@ -71,20 +79,37 @@ class CoreConfig:
     max_fetch_retries: int = 6  # then give up with fetch_timeout
     max_chunk_failures: int = 3  # one chunk failing its hash this often: give up
     max_probation_wait: float = 10.0  # probation_s multiples to wait for enough traffic
+    max_remembered_commands: int = 4096  # live command ids kept for replay detection
 
 
 class AgentCore:
     """One device's update, rollback and telemetry logic. Not thread-safe: one caller."""
 
     def __init__(
-        self, config: CoreConfig, state: dict[str, Any] | None = None, *, root_version: int = 1
+        self,
+        config: CoreConfig,
+        state: dict[str, Any] | None = None,
+        *,
+        root_version: int = 1,
+        director_keys: DirectorKeys | None = None,
     ):
         self.config = config
         self.state: dict[str, Any] = state or {"models": {}, "seq": 0, "job": None, "req": 0}
+        self.state.setdefault("commands", {})  # command id -> expiry: replay memory
+        if self.capture is not None:  # restarted mid-capture: its end must be asked again
+            self.capture["ending"] = False
         self.root_version = root_version
+        self.director_keys = director_keys or DirectorKeys({})
+        # a command signed by a key this device does not know yet, while it walks the
+        # hub's newer roots: (payload, fetch request id, since)
+        self._held: tuple[bytes, str, float] | None = None
         self.dropped: Counter[str] = Counter()  # bad input, by reason
         self._window: InferenceStats | None = None
         self._window_start: float | None = None
+        self._drift: ModelSketch | None = None  # the open window's drift sketch
+        # windows the adapter's spool dropped for space, ever (agent/spool.py); reported
+        # as ``spool_dropped`` in each telemetry body when the adapter sets it
+        self.spool_dropped: int | None = None
         self._job_cache: tuple[int, Manifest] | None = None
         self._base = f"{protocol.ROOT}/{config.device_id}/"
 
@@ -100,12 +125,16 @@ class AgentCore:
             self._on_connected(event, out)
         elif isinstance(event, MetadataVerified):
             self._on_metadata(event, out)
+        elif isinstance(event, TrustRefreshed):
+            self._on_trust_refreshed(event, out)
         elif isinstance(event, StagedChunks):
             self._on_staged_chunks(event, out)
         elif isinstance(event, Done):
             self._on_done(event, out)
         elif isinstance(event, Refused):
             self._on_refused(event, out)
+        elif isinstance(event, CaptureEnded):
+            self._on_capture_ended(event, out)
         return out.actions
 
     def state_message(self, now: float, status: str = "online") -> bytes:
@@ -172,7 +201,7 @@ class AgentCore:
         out.add(Publish(self._topic("events"), protocol.encode("event", body, ts=now)))
 
     def _persist(self, out: Outbox, durable: bool = False) -> None:
-        out.add(PersistState(_copy(self.state), durable))
+        out.add(PersistState(encode_state(self.state), durable))
 
     def _next_req(self) -> str:
         self.state["req"] += 1
@@ -216,13 +245,15 @@ class AgentCore:
         if job["phase"] == "meta":
             self._request_meta(out, job, ev.now)
         elif job["phase"] == "chunks":
+            # The staging file, not the saved state, records what arrived (the state is
+            # not saved per chunk): re-hash every chunk slot and keep what matches.
             manifest = self._manifest(job)
             out.add(
                 CheckStagedChunks(
                     self._target(job),
                     manifest.chunk_size,
                     manifest.chunks,
-                    frozenset(job["have"]),
+                    frozenset(range(len(manifest.chunks))),
                 )
             )
         elif job["phase"] == "verify":
@@ -237,10 +268,15 @@ class AgentCore:
             if self._window is None:
                 self._window = InferenceStats()
             self._window.merge(ev.stats)
+        if ev.drift is not None:
+            self._merge_drift(ev.drift)
         if self._window_start is None:
             self._window_start = ev.now
         elif ev.now - self._window_start >= self.config.window_s:
             self._close_window(ev, out)
+        if self._held is not None and ev.now - self._held[2] > self.config.fetch_timeout_s * 4:
+            self._fail_held(out, "no answer to the trust refresh", ev.now)
+        self._check_capture(ev.now, out)
         job = self.job
         if job is None:
             return
@@ -266,11 +302,43 @@ class AgentCore:
             "cpu_pct": ev.cpu_pct,
             "rss_bytes": ev.rss_bytes,
         }
+        if self.spool_dropped is not None:
+            body["spool_dropped"] = self.spool_dropped
         self.state["seq"] += 1
-        out.add(Publish(self._topic("telemetry"), protocol.encode("telemetry", body, ts=ev.now)))
+        if (capture := self.capture) is not None and capture.get("windows"):
+            capture["windows"] -= 1  # a capture measured in windows (docs/capture.md)
+        # persist the next seq first: a crash between the two loses this window at worst,
+        # never reuses its seq for the next one (which the hub would drop as a duplicate)
         self._persist(out)
+        out.add(Publish(self._topic("telemetry"), protocol.encode("telemetry", body, ts=ev.now)))
+        self._publish_drift(out, body["seq"], ev.now)
         self._window = None
         self._window_start = ev.now
+
+    def _merge_drift(self, part: ModelSketch) -> None:
+        """Add a tick's sketch to the window's; another model version starts it afresh."""
+        d = self._drift
+        if d is None or (d.model, d.version) != (part.model, part.version):
+            self._drift = part
+            return
+        try:
+            self._drift = ModelSketch(d.model, d.version, d.sketch.merge(part.sketch))
+        except DriftError as e:  # same version, other layout: cannot happen, never crash
+            self._drop("bad_drift_sketch", str(e))
+            self._drift = part
+
+    def _publish_drift(self, out: Outbox, seq: int, now: float) -> None:
+        """One ``drift`` message per window that saw rows, with its telemetry's seq."""
+        d, self._drift = self._drift, None
+        if d is None or d.sketch.rows == 0:
+            return
+        body = {"seq": seq, "model": d.model, "version": d.version, "sketch": d.sketch.to_dict()}
+        try:
+            payload = protocol.encode("drift", body, ts=now)
+        except ProtocolError as e:  # too large for one message: the window goes unsketched
+            self._drop("drift_not_sent", e.detail)
+            return
+        out.add(Publish(self._topic("drift"), payload))
 
     def _check_timeout(self, out: Outbox, job: dict[str, Any], now: float) -> None:
         backoff = self.config.fetch_timeout_s * min(2 ** job["retries"], 8)
@@ -303,15 +371,79 @@ class AgentCore:
         if ev.kind != "cmd":
             self._drop("unexpected_topic", ev.kind)
             return
+        self._on_command(ev.payload, ev.now, out)
+
+    def _on_command(self, payload: bytes, now: float, out: Outbox, *, held: bool = False) -> None:
         try:
-            msg = protocol.decode(ev.payload, expect=protocol.TOPIC_TYPES["cmd"])
+            msg = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cmd"])
         except ProtocolError as e:
             self._drop(e.reason, e.detail)
             return
-        if msg.type == "deploy":
-            self._on_deploy(dict(msg.body), ev.now, out)
+        try:
+            cmd = verify_command(
+                msg, payload, self.director_keys, device_id=self.config.device_id, now=now
+            )
+        except CommandError as e:
+            if (
+                e.reason == Reason.UNKNOWN_KEY
+                and e.root_version > self.root_version
+                and not held
+                and self._held is None
+            ):
+                # The hub may have rotated the director key: walk its newer roots first.
+                req = self._next_req()
+                self._held = (payload, req, now)
+                body = {"req": req, "root_version": self.root_version}
+                out.add(Publish(self._topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
+                return
+            self._refuse_command(out, msg, e.reason, e.detail, now)
+            return
+        commands: dict[str, float] = self.state["commands"]
+        if cmd.id in commands:
+            self._refuse_command(out, msg, Reason.COMMAND_REPLAYED, f"command {cmd.id}", now)
+            return
+        for cmd_id in [c for c, expires in commands.items() if expires < now]:
+            del commands[cmd_id]
+        if len(commands) >= self.config.max_remembered_commands:
+            self._refuse_command(
+                out, msg, Reason.COMMAND_INVALID, "too many unexpired commands", now
+            )
+            return
+        commands[cmd.id] = cmd.expires
+        before = len(out.actions)
+        if cmd.type == "deploy":
+            self._on_deploy({**cmd.body, "keyids": sorted(cmd.keyids)}, now, out)
+        elif cmd.type == "capture":
+            self._on_capture_cmd(dict(cmd.body), now, out)
         else:
-            self._on_rollback_cmd(dict(msg.body), ev.now, out)
+            self._on_rollback_cmd(dict(cmd.body), now, out)
+        if not any(isinstance(a, PersistState) for a in out.actions[before:]):
+            self._persist(out)  # the command id must outlive a restart (replays)
+
+    def _refuse_command(
+        self, out: Outbox, msg: protocol.Message, reason: Reason, detail: str, now: float
+    ) -> None:
+        """Report a command this device will not act on. Nothing else changes."""
+        body = msg.body
+        if msg.type == "capture":
+            detail = f"{msg.type} {msg.id}: {detail}"
+            self._capture_status(out, dict(body), "refused", now, reason, detail)
+            return
+        info = {
+            "deployment": body["deployment"],
+            "model": body["model"],
+            "version": body["version"],
+        }
+        self._event(out, info, "refused", now, reason, f"{msg.type} {msg.id}: {detail}")
+
+    def _on_trust_refreshed(self, ev: TrustRefreshed, out: Outbox) -> None:
+        self.root_version = ev.root_version
+        self.director_keys = ev.director_keys
+        if self._held is None or self._held[1] != ev.req:
+            return
+        payload = self._held[0]
+        self._held = None
+        self._on_command(payload, ev.now, out, held=True)
 
     def _on_deploy(self, body: dict[str, Any], now: float, out: Outbox) -> None:
         job = self.job
@@ -345,6 +477,7 @@ class AgentCore:
                 self._fail(out, job, Reason.BUSY, f"superseded by {body['deployment']}", now)
         job = {
             **new,
+            "keyids": body.get("keyids", []),  # director keys that signed the command
             "phase": "meta",
             "req": None,
             "target_info": None,
@@ -387,6 +520,12 @@ class AgentCore:
         )
 
     def _on_blob(self, blob: protocol.Blob, now: float, out: Outbox) -> None:
+        if self._held is not None and blob.header["req"] == self._held[1]:
+            if blob.kind == "meta":
+                out.add(VerifyMetadata(self._held[1], protocol.split_meta_blob(blob), None))
+            else:
+                self._fail_held(out, f"the hub answered: {blob.header.get('reason')}", now)
+            return
         job = self.job
         if job is None:
             self._drop("stale_blob", "no deployment in progress")
@@ -435,15 +574,13 @@ class AgentCore:
         if len(blob.data) != size or not chunk_ok(blob.data, manifest.chunks[index]):
             fails = job["chunk_failures"].get(str(index), 0) + 1
             job["chunk_failures"][str(index)] = fails
-            log.warning("%s: chunk %d failed its hash (%d)", self.config.device_id, index, fails)
+            log.warning("%s: chunk %d refused (%d)", self.config.device_id, index, fails)
             if fails >= self.config.max_chunk_failures:
-                self._fail(
-                    out,
-                    job,
-                    Reason.CHUNK_HASH_MISMATCH,
-                    f"chunk {index} failed its signed sha256 {fails} times",
-                    now,
-                )
+                if len(blob.data) != size:  # endless data, or a short read
+                    reason, what = Reason.LENGTH_MISMATCH, f"{len(blob.data)} bytes, not {size}"
+                else:
+                    reason, what = Reason.CHUNK_HASH_MISMATCH, "its signed sha256"
+                self._fail(out, job, reason, f"chunk {index} failed {what} {fails} times", now)
                 return
         else:
             out.add(WriteChunk(self._target(job), offset, blob.data))
@@ -453,8 +590,89 @@ class AgentCore:
             self._persist(out)
             out.add(VerifyAndStage(job["model"], job["version"], self._target(job)))
             return
+        # No state save per chunk: a restart re-hashes the staging file instead
+        # (_on_connected), which costs ~1 ms per MiB once, not a save per chunk.
         self._request_chunks(out, job)
+
+    # ----------------------------------------------------------------- data capture
+
+    @property
+    def capture(self) -> dict[str, Any] | None:
+        """The capture in progress (docs/capture.md), or None."""
+        capture: dict[str, Any] | None = self.state.get("capture")
+        return capture
+
+    def _capture_status(
+        self,
+        out: Outbox,
+        info: dict[str, Any],
+        status: str,
+        now: float,
+        reason: Reason | None = None,
+        detail: str = "",
+        rows: int | None = None,
+    ) -> None:
+        code = reason.value if reason else None
+        payload = capture_msgs.status_message(
+            info["capture"], info["model"], status, now, reason=code, detail=detail, rows=rows
+        )
+        out.add(Publish(self._topic("capture"), payload))
+
+    def _on_capture_cmd(self, body: dict[str, Any], now: float, out: Outbox) -> None:
+        if "duration_s" not in body and "windows" not in body:
+            why = "a capture needs duration_s or windows"
+            self._capture_status(out, body, "refused", now, Reason.COMMAND_INVALID, why)
+            return
+        if (running := self.capture) is not None:
+            why = f"capture {running['id']} is in progress"
+            self._capture_status(out, body, "failed", now, Reason.BUSY, why)
+            return
+        duration = body.get("duration_s")
+        capture = {
+            "id": body["capture"],
+            "model": body["model"],
+            "max_rows": int(body["max_rows"]),
+            "seed": int(body.get("seed", 0)),
+            "ends_at": now + float(duration) if duration is not None else None,
+            "windows": body.get("windows"),
+            "ending": False,
+        }
+        self.state["capture"] = capture
+        out.add(StartCapture(capture["id"], capture["model"], capture["max_rows"], capture["seed"]))
+        self._capture_status(out, body, "started", now)
         self._persist(out)
+
+    def _check_capture(self, now: float, out: Outbox) -> None:
+        capture = self.capture
+        if capture is None or capture["ending"]:
+            return
+        by_time = capture["ends_at"] is not None and now >= capture["ends_at"]
+        by_windows = capture["windows"] is not None and capture["windows"] <= 0
+        if by_time or by_windows:
+            capture["ending"] = True
+            out.add(FinishCapture(capture["id"]))
+
+    def _on_capture_ended(self, ev: CaptureEnded, out: Outbox) -> None:
+        capture = self.capture
+        if capture is None or capture["id"] != ev.capture:
+            return
+        self.state["capture"] = None
+        self._persist(out)
+        info = {"capture": capture["id"], "model": capture["model"]}
+        if ev.data is None or ev.rows == 0:
+            why = f"no row of {capture['model']} was predicted"
+            self._capture_status(out, info, "failed", ev.now, Reason.CAPTURE_EMPTY, why, rows=0)
+            return
+        try:
+            manifest, chunks = capture_msgs.upload_messages(capture["id"], capture["model"], ev)
+        except (ProtocolError, ValueError) as e:
+            self._capture_status(out, info, "failed", ev.now, Reason.UPLOAD_INVALID, str(e))
+            return
+        # The manifest first, then the chunks: the hub checks each chunk against it.
+        out.add(Publish(self._topic("capture"), manifest))
+        for chunk in chunks:
+            out.add(Publish(self._topic("upload"), chunk))
+        self._capture_status(out, info, "uploaded", ev.now, rows=ev.rows)
 
     # ----------------------------------------------------------------- requests
 
@@ -493,6 +711,14 @@ class AgentCore:
         if job is None or job["phase"] != "meta" or ev.req != job["req"]:
             return
         self.root_version = ev.root_version
+        if ev.director_keys is not None:
+            self.director_keys = ev.director_keys
+            signed_by = job.get("keyids")  # None in a job saved before commands were signed
+            if signed_by is not None and not set(signed_by) & set(ev.director_keys.keys):
+                # The newer root this fetch walked to no longer lists the command's key.
+                detail = "the command's director key is not in the newer root"
+                self._fail(out, job, Reason.UNKNOWN_KEY, detail, ev.now)
+                return
         target = ev.target
         try:
             manifest = Manifest.from_custom(target.custom)
@@ -652,6 +878,9 @@ class AgentCore:
 
     def _on_refused(self, ev: Refused, out: Outbox) -> None:
         job = self.job
+        if ev.step == "trust":
+            self._fail_held(out, f"{ev.reason.value}: {ev.detail}", ev.now)
+            return
         if ev.step == "rollback":
             log.error("%s: rollback failed: %s", self.config.device_id, ev.detail)
             return
@@ -659,8 +888,21 @@ class AgentCore:
             return
         self._fail(out, job, ev.reason, ev.detail, ev.now)
 
+    def _fail_held(self, out: Outbox, why: str, now: float) -> None:
+        """The trust refresh for a held command failed: refuse the command."""
+        if self._held is None:
+            return
+        payload = self._held[0]
+        self._held = None
+        try:
+            msg = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cmd"])
+        except ProtocolError:  # it parsed when it was held
+            return
+        self._refuse_command(
+            out, msg, Reason.UNKNOWN_KEY, f"not a director key after a trust refresh ({why})", now
+        )
 
-def _copy(state: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of the JSON-able state (the adapter may write it after we change it)."""
-    copied: dict[str, Any] = json.loads(json.dumps(state))
-    return copied
+
+def encode_state(state: dict[str, Any]) -> bytes:
+    """The state as compact JSON: the snapshot the adapter writes (one encoding, no copy)."""
+    return json.dumps(state, separators=(",", ":")).encode()

@@ -14,6 +14,8 @@ Config (TOML)::
     runtime = "onnxruntime"
     window_s = 10.0
     endpoint = "127.0.0.1:8780"     # "" disables the local endpoint
+    spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
+    spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import psutil
 from agent.core import CoreConfig
 from agent.device import Device
 from agent.endpoint import LocalEndpoint
+from agent.identity import DeviceIdentity
 from agent.runtime import OnnxBackend, SessionCache
+from agent.spool import DEFAULT_MAX_BYTES, Spool, SpoolSender
 from agent.store import DeviceStore
 from shared import protocol
 from shared.trust import DeviceVerifier
@@ -43,6 +47,8 @@ from shared.trust import DeviceVerifier
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # how often inference stats are handed to the core
+IDENTITY_DIR = "identity"  # under state_dir: device.key, device.crt, ca.crt
+SPOOL_DIR = "spool"  # under state_dir: unacknowledged telemetry and drift windows
 
 
 class ConfigError(ValueError):
@@ -58,6 +64,8 @@ class AgentConfig:
     runtime: str = "onnxruntime"
     window_s: float = 10.0
     endpoint: str = "127.0.0.1:8780"
+    spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
+    spool_fsync: bool = False
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -84,11 +92,19 @@ class AgentConfig:
         if not protocol.is_device_id(raw["device_id"]):
             raise ConfigError(f"{source}: device_id {raw['device_id']!r}: letters, digits, _.-")
         u = urlparse(raw["broker"])
-        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-            raise ConfigError(f"{source}: broker must be mqtt://host:port, got {raw['broker']!r}")
+        if u.scheme not in ("mqtt", "tcp", "mqtts") or not u.hostname:
+            raise ConfigError(
+                f"{source}: broker must be mqtt://host:port or mqtts://host:port,"
+                f" got {raw['broker']!r}"
+            )
         window = raw.get("window_s", 10.0)
         if not isinstance(window, (int, float)) or window <= 0:
             raise ConfigError(f"{source}: window_s must be a positive number")
+        spool_max = raw.get("spool_max_bytes", DEFAULT_MAX_BYTES)
+        if not isinstance(spool_max, int) or isinstance(spool_max, bool) or spool_max < 4096:
+            raise ConfigError(f"{source}: spool_max_bytes must be an integer >= 4096")
+        if not isinstance(raw.get("spool_fsync", False), bool):
+            raise ConfigError(f"{source}: spool_fsync must be true or false")
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -97,6 +113,8 @@ class AgentConfig:
             runtime=str(raw.get("runtime", "onnxruntime")),
             window_s=float(window),
             endpoint=str(raw.get("endpoint", "127.0.0.1:8780")),
+            spool_max_bytes=spool_max,
+            spool_fsync=bool(raw.get("spool_fsync", False)),
         )
 
 
@@ -114,6 +132,22 @@ class AgentDaemon:
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
+        if urlparse(config.broker).scheme == "mqtts":
+            identity = DeviceIdentity.load_or_create(identity_dir(config), config.device_id)
+            if not identity.has_certificate:
+                raise ConfigError(
+                    f"{config.broker} needs this device's certificate in {identity_dir(config)}:"
+                    " enrol first (edgefleet agent enrol)"
+                )
+            self._client.tls_set(
+                ca_certs=str(identity.ca_path),
+                certfile=str(identity.cert_path),
+                keyfile=str(identity.key_path),
+            )
+        self.spool = SpoolSender(
+            Spool(config.state_dir / SPOOL_DIR, config.spool_max_bytes, fsync=config.spool_fsync),
+            self._send_spooled,
+        )
         self.device = Device(
             CoreConfig(
                 device_id=config.device_id,
@@ -124,6 +158,7 @@ class AgentDaemon:
             store,
             publish=self._publish,
             sessions=SessionCache(OnnxBackend()),
+            spool=self.spool,
         )
         self._client.will_set(
             protocol.topic(config.device_id, "state"), self.device.offline_state(), 1, True
@@ -131,12 +166,27 @@ class AgentDaemon:
         self._client.reconnect_delay_set(1, 60)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
+        self._client.on_disconnect = self._on_disconnect
         self._stop = threading.Event()
         self.endpoint: LocalEndpoint | None = None
         self._proc = psutil.Process()
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._client.publish(topic, payload, qos, retain)
+
+    def _send_spooled(self, topic: str, payload: bytes) -> int | None:
+        """Hand a spooled window to paho (QoS 1); None while offline (it stays spooled)."""
+        if not self._client.is_connected():
+            return None
+        info = self._client.publish(topic, payload, 1, False)
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        self.spool.acked(mid)  # never blocks (paho holds its message lock here)
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        self.spool.disconnected()
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
@@ -149,6 +199,7 @@ class AgentDaemon:
             ]
         )
         self.device.connected()
+        self.spool.connected()  # send what was spooled while offline, oldest first
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -158,7 +209,8 @@ class AgentDaemon:
 
     def start(self) -> None:
         u = urlparse(self.config.broker)
-        self._client.connect_async(u.hostname or "127.0.0.1", u.port or 1883, keepalive=30)
+        default_port = 8883 if u.scheme == "mqtts" else 1883
+        self._client.connect_async(u.hostname or "127.0.0.1", u.port or default_port, keepalive=30)
         self._client.loop_start()
         if self.config.endpoint:
             host, _, port = self.config.endpoint.rpartition(":")
@@ -173,6 +225,7 @@ class AgentDaemon:
         while not self._stop.wait(TICK_S):
             try:
                 self.device.tick(self._proc.cpu_percent(None), self._proc.memory_info().rss)
+                self.spool.pump()  # acks that arrived while the spool was busy
             except Exception:
                 log.exception("tick failed")
 
@@ -181,12 +234,21 @@ class AgentDaemon:
         if self.endpoint is not None:
             self.endpoint.stop()
         # A clean stop says "offline" itself (the Last Will covers crashes).
-        info = self._client.publish(
-            protocol.topic(self.config.device_id, "state"), self.device.offline_state(), 1, True
-        )
-        info.wait_for_publish(2)
+        if self._client.is_connected():
+            info = self._client.publish(
+                protocol.topic(self.config.device_id, "state"), self.device.offline_state(), 1, True
+            )
+            try:
+                info.wait_for_publish(2)
+            except (RuntimeError, ValueError) as e:  # the link dropped meanwhile
+                log.warning("could not say offline before stopping: %s", e)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def identity_dir(config: AgentConfig) -> Path:
+    """Where the device's key, certificate and CA certificate live."""
+    return config.state_dir / IDENTITY_DIR
 
 
 def run_daemon(config: AgentConfig) -> None:
@@ -213,8 +275,17 @@ def enrol(
     config_out: Path,
     timeout: float = 30.0,
 ) -> AgentConfig:
-    """Trade the enrolment token for the hub's TUF root (pinned here) and a config."""
-    body = json.dumps({"device_id": device_id, "token": token, "device_class": device_class})
+    """Trade a one-time enrolment token for the hub's TUF root (pinned here), a
+    certificate for this device's own key (made here; it never leaves), and a config."""
+    identity = DeviceIdentity.load_or_create(state_dir / IDENTITY_DIR, device_id)
+    body = json.dumps(
+        {
+            "device_id": device_id,
+            "token": token,
+            "device_class": device_class,
+            "csr": identity.csr_pem().decode(),
+        }
+    )
     req = Request(
         hub_url.rstrip("/") + "/enrol",
         data=body.encode(),
@@ -225,6 +296,8 @@ def enrol(
         answer = json.loads(resp.read())
     store = DeviceStore(state_dir)
     DeviceVerifier(store.trust_dir, answer["root"].encode())
+    if answer.get("certificate"):
+        identity.store_certificate(answer["certificate"].encode(), answer["ca"].encode())
     config = AgentConfig(
         device_id=device_id, device_class=device_class, broker=answer["broker"], state_dir=state_dir
     )

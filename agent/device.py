@@ -20,15 +20,19 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from agent.capture import Reservoir, encode_sample
 from agent.core import AgentCore, CoreConfig
+from agent.drift import DriftRecorder, load_baseline, save_baseline
 from agent.events import (
     Action,
     Activate,
+    CaptureEnded,
     CheckStagedChunks,
     Connected,
     Discard,
     Done,
     Event,
+    FinishCapture,
     MessageArrived,
     MetadataVerified,
     PersistState,
@@ -38,13 +42,16 @@ from agent.events import (
     RollBack,
     RunHealthCheck,
     StagedChunks,
+    StartCapture,
     Tick,
+    TrustRefreshed,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
 )
 from agent.health import load_and_check
 from agent.runtime import ModelSession, Predictor, SessionCache
+from agent.spool import SPOOLED_KINDS, SpoolSender
 from agent.store import DeviceStore
 from shared.manifest import Manifest
 from shared.reasons import Reason
@@ -66,8 +73,14 @@ class Device:
         pinned_root: bytes | None = None,
         check_memory: bool = True,
         clock: Callable[[], float] = time.time,
+        spool: SpoolSender | None = None,
+        on_spooled: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.config = config
+        # telemetry and drift go through the spool (written before they are sent, removed
+        # when the broker acknowledged them); everything else straight to ``publish``
+        self.spool = spool
+        self._on_spooled = on_spooled
         self.store = store
         self.sessions = sessions
         self.check_memory = check_memory
@@ -75,10 +88,24 @@ class Device:
         self._publish = publish
         self._lock = threading.RLock()
         self.verifier = DeviceVerifier(store.trust_dir, pinned_root)
-        self.core = AgentCore(config, store.load_state(), root_version=self.verifier.root_version)
+        self.core = AgentCore(
+            config,
+            store.load_state(),
+            root_version=self.verifier.root_version,
+            director_keys=self.verifier.director_keys(),
+        )
+        if spool is not None:
+            self.core.spool_dropped = spool.dropped
         self.predictor = Predictor()
+        self.drift = DriftRecorder()  # sketches the active model's rows on its baseline
+        self.predictor.add_observer(self.drift)
         self.outcomes: Counter[str] = Counter()  # stage[:reason] of every event published
         self._staged: ModelSession | None = None
+        self._capture: tuple[str, Reservoir] | None = None  # (capture id, its sample)
+        if (capture := self.core.capture) is not None:  # restarted mid-capture: sample anew
+            self._start_capture(
+                StartCapture(capture["id"], capture["model"], capture["max_rows"], capture["seed"])
+            )
         self._load_active()
 
     # ------------------------------------------------------------- entry points
@@ -91,7 +118,7 @@ class Device:
 
     def tick(self, cpu_pct: float | None = None, rss_bytes: int | None = None) -> None:
         stats = self.predictor.recorder.drain()
-        self.feed(Tick(self.clock(), stats, cpu_pct, rss_bytes))
+        self.feed(Tick(self.clock(), stats, cpu_pct, rss_bytes, drift=self.drift.drain()))
 
     def offline_state(self) -> bytes:
         """The retained ``offline`` state message, used as the Last Will."""
@@ -119,22 +146,28 @@ class Device:
 
     def _execute(self, action: Action) -> Event | None:
         if isinstance(action, Publish):
+            if self.spool is not None and action.topic.rsplit("/", 1)[-1] in SPOOLED_KINDS:
+                try:
+                    self.spool.submit(action.topic, action.payload)
+                except OSError as e:  # a full or broken disk: send it unspooled, best effort
+                    log.error("%s: spool write failed: %s", self.config.device_id, e)
+                    self._publish(action.topic, action.payload, action.qos, action.retain)
+                self.core.spool_dropped = self.spool.dropped  # reported in the next window
+                if self._on_spooled is not None:
+                    self._on_spooled(action.topic, action.payload)
+                return None
             self._publish(action.topic, action.payload, action.qos, action.retain)
             if action.topic.endswith("/events"):
                 self._count_outcome(action.payload)
             return None
         if isinstance(action, PersistState):
-            self.store.save_state(dict(action.state), action.durable)
+            self.store.write_state(action.data, action.durable)
             return None
         if isinstance(action, WriteChunk):
             self.store.write_chunk(action.target, action.offset, action.data)
             return None
         if isinstance(action, VerifyMetadata):
-            try:
-                target = self.verifier.verify_metadata(action.files, action.target_name)
-            except TrustError as e:
-                return Refused("metadata", e.reason, e.detail, self.clock())
-            return MetadataVerified(action.req, target, self.verifier.root_version, self.clock())
+            return self._verify_metadata(action)
         if isinstance(action, CheckStagedChunks):
             valid = self.store.valid_chunks(
                 action.target, action.chunk_size, action.chunk_hashes, action.claimed
@@ -150,6 +183,7 @@ class Device:
                     RunHealthCheck(action.model, action.version, action.target)
                 )
             self.predictor.swap(self._staged, action.model, action.version)
+            self.drift.activate(action.model, action.version, action.target.custom.get("baseline"))
             self._staged = None
             return Done("activate", self.clock())
         if isinstance(action, RollBack):
@@ -166,7 +200,31 @@ class Device:
         if isinstance(action, Prune):
             self.store.prune(action.model, action.keep)
             return None
+        if isinstance(action, StartCapture):
+            self._start_capture(action)
+            return None
+        if isinstance(action, FinishCapture):
+            return self._finish_capture(action)
         raise TypeError(f"unknown action {action!r}")
+
+    def _verify_metadata(self, action: VerifyMetadata) -> Event:
+        step = "metadata" if action.target_name else "trust"
+        try:
+            if action.target_name is None:
+                self.verifier.refresh(action.files)
+                return TrustRefreshed(
+                    action.req,
+                    self.verifier.root_version,
+                    self.verifier.director_keys(),
+                    self.clock(),
+                )
+            target = self.verifier.verify_metadata(action.files, action.target_name)
+            keys = self.verifier.director_keys()
+        except TrustError as e:
+            return Refused(step, e.reason, e.detail, self.clock())
+        return MetadataVerified(
+            action.req, target, self.verifier.root_version, self.clock(), director_keys=keys
+        )
 
     def _verify_and_stage(self, action: VerifyAndStage) -> Event:
         staged = self.store.staging_path(action.target)
@@ -176,7 +234,11 @@ class Device:
             self.store.discard_staging(action.target)
             return Refused("file", e.reason, e.detail, self.clock())
         fmt = str(action.target.custom.get("format", "onnx"))
-        self.store.install(action.target, action.model, action.version, fmt)
+        path = self.store.install(action.target, action.model, action.version, fmt)
+        try:
+            save_baseline(path.parent, action.target.custom.get("baseline") or {})
+        except OSError as e:  # drift of this version after a restart or rollback is lost
+            log.error("%s: cannot keep the drift baseline: %s", self.config.device_id, e)
         return Done("file", self.clock())
 
     def _health_check(self, action: RunHealthCheck) -> Event:
@@ -207,7 +269,39 @@ class Device:
         path = self.store.model_path(action.model, action.to_version, fmt)
         session = self.sessions.get(info["sha256"], path)
         self.predictor.swap(session, action.model, action.to_version)
+        self.drift.activate(action.model, action.to_version, load_baseline(path.parent))
         return Done("rollback", self.clock())
+
+    # ------------------------------------------------------------- data capture
+
+    def _start_capture(self, action: StartCapture) -> None:
+        """Sample the model's rows from now on (agent/capture.py)."""
+        if self._capture is not None:
+            self.predictor.remove_observer(self._capture[1])
+        reservoir = Reservoir(action.model, action.max_rows, seed=action.seed)
+        self._capture = (action.capture, reservoir)
+        self.predictor.add_observer(reservoir)
+
+    def _finish_capture(self, action: FinishCapture) -> CaptureEnded:
+        now = self.clock()
+        if self._capture is None or self._capture[0] != action.capture:
+            return CaptureEnded(action.capture, now)  # nothing sampled in this process
+        reservoir = self._capture[1]
+        self.predictor.remove_observer(reservoir)
+        self._capture = None
+        sample = reservoir.sample()
+        if sample is None or sample.rows == 0:
+            return CaptureEnded(action.capture, now)
+        data, schema = encode_sample(sample)
+        return CaptureEnded(
+            action.capture,
+            now,
+            data,
+            tuple(schema),
+            sample.version,
+            sample.rows,
+            sample.labelled,
+        )
 
     # ------------------------------------------------------------- start-up
 
@@ -223,6 +317,7 @@ class Device:
                 )
                 continue
             self.predictor.swap(self.sessions.get(info["sha256"], path), model, entry["version"])
+            self.drift.activate(model, entry["version"], load_baseline(path.parent))
 
     def _count_outcome(self, payload: bytes) -> None:
         body = json.loads(payload)["body"]

@@ -8,11 +8,14 @@ always passed in.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.drift import ModelSketch
 from agent.telemetry import InferenceStats
+from shared.director import DirectorKeys
 from shared.reasons import Reason
 from shared.trust import VerifiedTarget
 
@@ -37,12 +40,14 @@ class MessageArrived:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passes. ``stats``: inferences recorded since the last tick."""
+    """Time passes. ``stats``: inferences recorded since the last tick; ``drift``: the
+    drift sketch of their rows (agent/drift.py), None when nothing was sketched."""
 
     now: float
     stats: InferenceStats | None = None
     cpu_pct: float | None = None
     rss_bytes: int | None = None
+    drift: ModelSketch | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,17 @@ class MetadataVerified:
     req: str
     target: VerifiedTarget
     root_version: int
+    now: float
+    director_keys: DirectorKeys | None = None  # as the (maybe newer) trusted root lists them
+
+
+@dataclass(frozen=True)
+class TrustRefreshed:
+    """Staged metadata verified with no target asked for: the root chain was walked."""
+
+    req: str
+    root_version: int
+    director_keys: DirectorKeys
     now: float
 
 
@@ -80,7 +96,33 @@ class Done:
     detail: str = ""
 
 
-Event = Connected | MessageArrived | Tick | MetadataVerified | Refused | StagedChunks | Done
+@dataclass(frozen=True)
+class CaptureEnded:
+    """The adapter's answer to FinishCapture: the sample's upload bytes (docs/capture.md).
+
+    ``data`` is None when no row of the model was seen (nothing to upload).
+    """
+
+    capture: str
+    now: float
+    data: bytes | None = None
+    schema: tuple[Mapping[str, Any], ...] = ()
+    version: int = 0
+    rows: int = 0
+    labelled: int = 0
+
+
+Event = (
+    Connected
+    | MessageArrived
+    | Tick
+    | MetadataVerified
+    | TrustRefreshed
+    | Refused
+    | StagedChunks
+    | Done
+    | CaptureEnded
+)
 
 # ------------------------------------------------------------------------ actions
 
@@ -95,10 +137,17 @@ class Publish:
 
 @dataclass(frozen=True)
 class PersistState:
-    """Write the core's state; ``durable``: fsync before going on (activation, rollback)."""
+    """Write the core's state, already encoded as JSON (a snapshot: the core goes on
+    changing its state); ``durable``: fsync before going on (activation, rollback)."""
 
-    state: Mapping[str, Any]
+    data: bytes
     durable: bool = False
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The snapshot, decoded (for tests and tools)."""
+        decoded: dict[str, Any] = json.loads(self.data)
+        return decoded
 
 
 @dataclass(frozen=True)
@@ -107,7 +156,7 @@ class VerifyMetadata:
 
     req: str
     files: Mapping[str, bytes]
-    target_name: str
+    target_name: str | None  # None: only walk the root chain (answer TrustRefreshed)
 
 
 @dataclass(frozen=True)
@@ -184,6 +233,23 @@ class Prune:
     keep: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class StartCapture:
+    """Start a reservoir sample of ``model``'s rows (agent/capture.py)."""
+
+    capture: str
+    model: str
+    max_rows: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class FinishCapture:
+    """Stop the capture and answer CaptureEnded with its sample."""
+
+    capture: str
+
+
 Action = (
     Publish
     | PersistState
@@ -196,6 +262,8 @@ Action = (
     | RollBack
     | Discard
     | Prune
+    | StartCapture
+    | FinishCapture
 )
 
 

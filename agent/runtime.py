@@ -18,6 +18,7 @@ Exceptions::
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 from collections import OrderedDict
@@ -43,6 +44,23 @@ _as_c_array = np.ascontiguousarray  # module-level names: one lookup less per ca
 _isfinite = math.isfinite
 
 DEFAULT_CACHED_MODELS = 8  # sessions kept by a SessionCache (least recently used dropped)
+
+log = logging.getLogger(__name__)
+
+
+class RowObserver(Protocol):
+    """Sees every successful predict call's rows (drift sketches, data capture).
+
+    Called on the caller's thread after the outputs are computed, so it must be cheap
+    and thread-safe. An exception is counted in ``Predictor.observer_errors`` and logged,
+    never raised to the application.
+    """
+
+    def observe(self, model: str, version: int, x: Array, outputs: dict[str, Array]) -> None:
+        """``x`` is the batch as the model saw it ([rows, features]); outputs are batched."""
+
+    def observe_labels(self, predicted: Array, labels: Array) -> None:
+        """True labels the application reported for predicted ones (same shape)."""
 
 
 class ModelRuntimeError(Exception):
@@ -369,11 +387,21 @@ class Predictor:
             drains it once per telemetry window.
     """
 
-    __slots__ = ("_active", "recorder")
+    __slots__ = ("_active", "observer_errors", "observers", "recorder")
 
     def __init__(self, recorder: StatsRecorder | None = None) -> None:
         self.recorder = recorder if recorder is not None else StatsRecorder()
         self._active: _Active | None = None
+        # Replaced, never mutated in place, so a concurrent predict sees a whole tuple.
+        self.observers: tuple[RowObserver, ...] = ()
+        self.observer_errors = 0
+
+    def add_observer(self, observer: RowObserver) -> None:
+        """Let ``observer`` see every successful call from now on."""
+        self.observers = (*self.observers, observer)
+
+    def remove_observer(self, observer: RowObserver) -> None:
+        self.observers = tuple(o for o in self.observers if o is not observer)
 
     def swap(self, session: ModelSession, model: str, version: int) -> None:
         """Make ``session`` the active model (atomic).
@@ -466,7 +494,15 @@ class Predictor:
             if not np.isfinite(outs[i]).all():
                 nonfinite = True
         self.recorder.record(t1 - t0, arr.shape[0], nonfinite)
-        return dict(zip(names, outs))  # noqa: B905  (strict=True costs 0.1 µs; same lengths)
+        result = dict(zip(names, outs))  # noqa: B905  (strict=True costs 0.1 µs; same lengths)
+        if self.observers:
+            for observer in self.observers:
+                try:
+                    observer.observe(model, version, arr, result)
+                except Exception:
+                    self.observer_errors += 1
+                    log.exception("predictor: observer %r failed", observer)
+        return result
 
     def record_labels(self, predicted: npt.ArrayLike, labels: npt.ArrayLike) -> None:
         """Report true labels for predicted ones (live accuracy).
@@ -479,3 +515,9 @@ class Predictor:
         if p.shape != y.shape:
             raise ValueError(f"predicted {p.shape} and labels {y.shape} differ in shape")
         self.recorder.record_labels(int(p.size), int(np.count_nonzero(p == y)))
+        for observer in self.observers:
+            try:
+                observer.observe_labels(p, y)
+            except Exception:
+                self.observer_errors += 1
+                log.exception("predictor: observer %r failed on labels", observer)

@@ -18,11 +18,11 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shared.atomic import fsync_dir, write_atomic
 from shared.chunks import chunk_span
 from shared.trust import VerifiedTarget
 
@@ -50,7 +50,11 @@ class DeviceStore:
         return data
 
     def save_state(self, state: dict[str, Any], durable: bool) -> None:
-        atomic_write(self.state_path, json.dumps(state, separators=(",", ":")).encode(), durable)
+        self.write_state(json.dumps(state, separators=(",", ":")).encode(), durable)
+
+    def write_state(self, data: bytes, durable: bool) -> None:
+        """Write the state, already JSON-encoded (private: it names what the device runs)."""
+        write_atomic(self.state_path, data, mode=0o600, durable=durable)
 
     # ------------------------------------------------------------- staging
 
@@ -104,7 +108,7 @@ class DeviceStore:
         with src.open("rb") as f:
             os.fsync(f.fileno())
         os.replace(src, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     def remove_version(self, model: str, version: int) -> None:
@@ -118,28 +122,3 @@ class DeviceStore:
         for child in base.iterdir():
             if child.name not in keep_names:
                 shutil.rmtree(child, ignore_errors=True)
-
-
-def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if durable:
-            _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

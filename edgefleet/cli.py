@@ -9,11 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from edgefleet import broker_cli, keys_cli, rollout_cli
+
 DEFAULT_HUB = "http://127.0.0.1:8700"
+API_KEY_ENV = "EDGEFLEET_API_KEY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +39,33 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a clear one-line error for the operator, not a traceback
         if args.verbose:
             raise
-        print(f"edgefleet: error: {e}", file=sys.stderr)
+        print(f"edgefleet: error: {e}{_hint(e)}", file=sys.stderr)
         return 1
 
 
+def _hint(e: Exception) -> str:
+    if getattr(e, "status", None) == 401:
+        return f" (give --api-key or set {API_KEY_ENV})"
+    if getattr(e, "status", None) == 403:
+        return " (ask an admin for a key with that role)"
+    return ""
+
+
 def _parser() -> argparse.ArgumentParser:
+    # What every command that calls the admin API takes.
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--hub", default=DEFAULT_HUB, help=f"the hub's API (default {DEFAULT_HUB})")
+    api.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"API key ef_<keyid>_<secret> (default: ${API_KEY_ENV})",
+    )
     p = argparse.ArgumentParser(prog="edgefleet", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks")
     sub = p.add_subparsers(metavar="COMMAND")
+    broker_cli.register(sub)
+    keys_cli.register(sub)
+    rollout_cli.register(sub, api)
 
     demo = sub.add_parser("demo", help="hub + simulated fleet, end to end, on this machine")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
@@ -54,10 +79,29 @@ def _parser() -> argparse.ArgumentParser:
     serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
     serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
     serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data)")
-    serve.add_argument("--broker", help="MQTT broker URL (default: a private Mosquitto)")
+    serve.add_argument(
+        "--broker", help="MQTT broker URL, mqtt:// or mqtts:// (default: a private Mosquitto)"
+    )
+    serve.add_argument(
+        "--broker-tls",
+        type=Path,
+        help="for mqtts://: the directory `edgefleet broker config` wrote (the hub's "
+        "certificate, the CA, the CRL it rewrites on revocation)",
+    )
+    serve.add_argument(
+        "--broker-reload",
+        help="command run after a CRL change, e.g. 'systemctl reload mosquitto'",
+    )
+    serve.add_argument(
+        "--root-keys", type=Path, help="root keys directory, if kept apart (may be offline)"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8700)
+    serve.add_argument(
+        "--dev", action="store_true", help="development mode: accept the built-in dev API key"
+    )
     serve.set_defaults(func=_hub_serve)
+    _apikey_parser(hub)
 
     agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
     run = agent.add_parser("run", help="run the agent daemon")
@@ -65,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_agent_run)
     enrol = agent.add_parser("enrol", help="enrol with a hub: pin its root, write a config")
     enrol.add_argument("--hub", default=DEFAULT_HUB)
-    enrol.add_argument("--token", required=True, help="the hub's enrolment token")
+    enrol.add_argument("--token", required=True, help="a one-time enrolment token")
     enrol.add_argument("--device-id", required=True)
     enrol.add_argument("--device-class", default="generic")
     enrol.add_argument("--state-dir", type=Path, required=True)
@@ -73,48 +117,89 @@ def _parser() -> argparse.ArgumentParser:
     enrol.set_defaults(func=_agent_enrol)
 
     sim = sub.add_parser("sim", help="the fleet simulator").add_subparsers(metavar="ACTION")
-    srun = sim.add_parser("run", help="run N simulated devices against a broker")
+    srun = sim.add_parser(
+        "run",
+        help="run N simulated devices against a broker, or rehearse a scenario (--scenario)",
+    )
+    srun.add_argument(
+        "--scenario",
+        type=Path,
+        help="a scenario file (TOML, see simulator/scenarios/): broker, hub, fleet, rollout "
+        "and faults, all on this machine; ignores the other options but --summary, --work-dir",
+    )
     srun.add_argument("--devices", type=int, default=100)
-    srun.add_argument("--broker", required=True, help="mqtt://host:port")
+    srun.add_argument("--broker", help="mqtt://host:port (required without --scenario)")
     srun.add_argument("--root", type=Path, help="pinned TUF root.json (else --hub/--token)")
     srun.add_argument("--hub", default=DEFAULT_HUB)
     srun.add_argument("--token", help="enrolment token, to fetch the root from --hub")
     srun.add_argument("--duration", type=float, default=60.0, help="seconds to run")
     srun.add_argument("--processes", type=int, default=1)
-    srun.add_argument("--work-dir", type=Path, default=Path("edgefleet-data/sim"))
+    srun.add_argument(
+        "--work-dir",
+        type=Path,
+        help="device state (default edgefleet-data/sim; with --scenario a new temp dir)",
+    )
     srun.add_argument("--id-prefix", default="sim")
     srun.add_argument("--device-class", default="sim-gateway")
     srun.add_argument("--summary", type=Path, help="write the summary as JSON here")
     srun.set_defaults(func=_sim_run)
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(metavar="ACTION")
-    mlist = models.add_parser("list", help="list model versions with their metrics")
-    mlist.add_argument("--hub", default=DEFAULT_HUB)
+    mlist = models.add_parser("list", parents=[api], help="list model versions with metrics")
     mlist.set_defaults(func=_models_list)
-    mtrain = models.add_parser("train", help="train, quantise, sign a model on the hub")
-    mtrain.add_argument("--hub", default=DEFAULT_HUB)
+    mtrain = models.add_parser("train", parents=[api], help="train, quantise, sign a model")
     mtrain.add_argument("--name", default="vibration")
     mtrain.add_argument("--n-train", type=int, default=12000)
     mtrain.add_argument("--max-int8-loss", type=float, default=1.0, help="points of accuracy")
     mtrain.set_defaults(func=_models_train)
-    mup = models.add_parser("upload", help="upload your own ONNX model")
-    mup.add_argument("--hub", default=DEFAULT_HUB)
+    mup = models.add_parser("upload", parents=[api], help="upload your own ONNX model")
     mup.add_argument("--name", required=True)
     mup.add_argument("file", type=Path)
     mup.set_defaults(func=_models_upload)
 
-    devs = sub.add_parser("devices", help="list devices")
-    devs.add_argument("--hub", default=DEFAULT_HUB)
+    devs = sub.add_parser("devices", parents=[api], help="list devices")
     devs.set_defaults(func=_devices)
 
-    dep = sub.add_parser("deploy", help="deploy a model version to devices")
-    dep.add_argument("--hub", default=DEFAULT_HUB)
+    tok = sub.add_parser(
+        "enrol-token", parents=[api], help="issue a one-time enrolment token (operator)"
+    )
+    tok.add_argument("--device-id", help="bind the token to this device id")
+    tok.add_argument("--ttl", type=int, help="seconds until it expires (default 3600)")
+    tok.set_defaults(func=_enrol_token)
+
+    dep = sub.add_parser("deploy", parents=[api], help="deploy a model version to devices")
     dep.add_argument("--model", required=True)
     dep.add_argument("--version", type=int)
     dep.add_argument("--devices", nargs="*", help="device ids (default: all)")
     dep.add_argument("--wait", action="store_true", help="follow progress until the end")
     dep.set_defaults(func=_deploy)
     return p
+
+
+def _apikey_parser(hub: Any) -> None:
+    """``edgefleet hub apikey``: keys made on the hub's machine, from its database."""
+    keys = hub.add_parser(
+        "apikey", help="API keys, from the hub's database (bootstrap the first admin)"
+    ).add_subparsers(metavar="ACTION")
+    db = argparse.ArgumentParser(add_help=False)
+    db.add_argument(
+        "--data-dir",
+        "--data",
+        dest="data",
+        type=Path,
+        default=Path("edgefleet-data"),
+        help="the hub's data directory (as for hub serve --data)",
+    )
+    db.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data-dir)")
+    create = keys.add_parser("create", parents=[db], help="create a key and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    create.set_defaults(func=_apikey_create)
+    klist = keys.add_parser("list", parents=[db], help="list keys (never their secrets)")
+    klist.set_defaults(func=_apikey_list)
+    revoke = keys.add_parser("revoke", parents=[db], help="revoke a key")
+    revoke.add_argument("keyid")
+    revoke.set_defaults(func=_apikey_revoke)
 
 
 # ------------------------------------------------------------------ handlers
@@ -141,15 +226,114 @@ def _hub_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from hub.api import create_app
+    from hub.auth import DEV_KEY
     from hub.service import Hub, HubConfig
 
     logging.getLogger().setLevel(logging.INFO)
-    with Hub(HubConfig(data_dir=args.data, db_url=args.db, broker_url=args.broker)) as hub:
+    if args.dev:
+        logging.getLogger("edgefleet").warning(
+            "DEVELOPMENT MODE: the built-in key %s is accepted as admin by anyone who can "
+            "reach this API. Never run a hub that devices or people rely on like this.",
+            DEV_KEY,
+        )
+    config = HubConfig(
+        data_dir=args.data,
+        db_url=args.db,
+        broker_url=args.broker,
+        dev_mode=args.dev,
+        broker_tls_dir=args.broker_tls,
+        broker_reload=tuple(shlex.split(args.broker_reload or "")),
+        root_keys_dir=args.root_keys,
+    )
+    with Hub(config) as hub:
         print(
             f"hub: API on http://{args.host}:{args.port} (docs at /docs), broker {hub.broker.url}"
         )
-        print(f"hub: enrolment token in {args.data / 'enrol-token'}")
+        print(
+            f"hub: first admin key: edgefleet hub apikey create --data-dir {args.data}"
+            " --role admin --name NAME; enrolment tokens: edgefleet enrol-token"
+        )
+        # uvicorn re-raises a SIGTERM it caught once it has shut down; exit through Python
+        # then, so the hub stops its broker and writers instead of leaving them orphaned.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         uvicorn.run(create_app(hub), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _key_store(args: argparse.Namespace) -> Any:
+    """The hub's API keys and audit log, from its database (as hub serve picks it)."""
+    from hub.audit import AuditLog
+    from hub.auth import ApiKeys
+    from hub.db import make_engine, sqlite_url
+
+    if args.db is None:
+        args.data.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(args.db or sqlite_url(args.data / "hub.db"))
+    return ApiKeys(engine), AuditLog(engine)
+
+
+def _cli_audit(action: str, target: str, **change: Any) -> Any:
+    """The audit record of a key change made from the hub's machine, not over the API."""
+    from hub.auth import CLI_ACTOR
+    from hub.db import AuditRecord
+
+    return AuditRecord(
+        actor_keyid=CLI_ACTOR,
+        actor_name=CLI_ACTOR,
+        action=action,
+        method="CLI",
+        path=f"edgefleet hub apikey {action.rpartition('.')[2]}",
+        target=target,
+        outcome="ok",
+        status=0,
+        **change,
+    )
+
+
+def _apikey_create(args: argparse.Namespace) -> int:
+    from hub.auth import CLI_ACTOR, Role
+    from hub.db import ApiKeyPublic
+
+    keys, log = _key_store(args)
+    new = keys.create(args.name, Role(args.role), created_by=CLI_ACTOR)
+    public = ApiKeyPublic.model_validate(new.record).model_dump()
+    log.write(_cli_audit("api_key.create", new.record.keyid, after=public))
+    print(new.key)
+    print(
+        f"({args.role} key {new.record.keyid} '{args.name}': shown once, only its hash is kept)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _apikey_list(args: argparse.Namespace) -> int:
+    import time
+
+    keys, _ = _key_store(args)
+    print(f"{'keyid':<18}{'role':<10}{'created':<21}{'revoked':<21}name")
+    for k in keys.list():
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.created_at))
+        revoked = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.revoked_at))
+            if k.revoked_at
+            else "-"
+        )
+        print(f"{k.keyid:<18}{k.role:<10}{created:<21}{revoked:<21}{k.name}")
+    return 0
+
+
+def _apikey_revoke(args: argparse.Namespace) -> int:
+    keys, log = _key_store(args)
+    row = keys.revoke(args.keyid)
+    log.write(
+        _cli_audit(
+            "api_key.revoke",
+            row.keyid,
+            before={"revoked_at": None},
+            after={"revoked_at": row.revoked_at},
+        )
+    )
+    print(f"revoked {row.keyid} ({row.role} '{row.name}')")
     return 0
 
 
@@ -161,24 +345,45 @@ def _agent_run(args: argparse.Namespace) -> int:
 
 
 def _agent_enrol(args: argparse.Namespace) -> int:
+    from urllib.error import HTTPError
+
     from agent.daemon import enrol
 
-    enrol(
-        hub_url=args.hub,
-        token=args.token,
-        device_id=args.device_id,
-        device_class=args.device_class,
-        state_dir=args.state_dir,
-        config_out=args.config_out,
-    )
+    try:
+        enrol(
+            hub_url=args.hub,
+            token=args.token,
+            device_id=args.device_id,
+            device_class=args.device_class,
+            state_dir=args.state_dir,
+            config_out=args.config_out,
+        )
+    except HTTPError as e:  # the hub's reason, not urllib's "Forbidden"
+        try:
+            detail = json.loads(e.read()).get("detail", e.reason)
+        except ValueError:
+            detail = e.reason
+        raise RuntimeError(f"the hub refused the enrolment ({e.code}): {detail}") from e
     print(f"enrolled {args.device_id}; config written to {args.config_out}")
     return 0
 
 
 def _sim_run(args: argparse.Namespace) -> int:
+    if args.scenario is not None:  # exit 0 when every device converged, else 1
+        from simulator.scenario import load_scenario, run_scenario
+
+        scenario = load_scenario(args.scenario)  # a bad file fails here, before any start
+        result = run_scenario(scenario, args.work_dir).summary
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.summary:
+            args.summary.write_text(text + "\n")
+        return 0 if result["converged"] == result["devices"] else 1
     from hub.broker import BrokerAddress
     from simulator.fleet import FleetConfig, run_fleet
 
+    if args.broker is None:
+        raise ValueError("give --broker mqtt://host:port, or --scenario FILE")
     addr = BrokerAddress.parse(args.broker)
     if args.root is not None:
         root = args.root.read_bytes()
@@ -194,7 +399,7 @@ def _sim_run(args: argparse.Namespace) -> int:
             devices=args.devices,
             host=addr.host,
             port=addr.port,
-            work_dir=args.work_dir,
+            work_dir=args.work_dir or Path("edgefleet-data/sim"),
             pinned_root=root,
             id_prefix=args.id_prefix,
             device_class=args.device_class,
@@ -212,7 +417,7 @@ def _sim_run(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> Any:
     from hub.client import HubClient
 
-    return HubClient(args.hub)
+    return HubClient(args.hub, api_key=args.api_key)
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -254,6 +459,18 @@ def _devices(args: argparse.Namespace) -> int:
     with _client(args) as c:
         for d in c.devices():
             print(f"{d['id']:<24}{d['status']:<9}{d['model'] or '-'}:{d['version'] or '-'}")
+    return 0
+
+
+def _enrol_token(args: argparse.Namespace) -> int:
+    import time
+
+    with _client(args) as c:
+        t = c.create_enrol_token(args.device_id, args.ttl)
+    print(t["token"])
+    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["expires_at"]))
+    bound = f" for device {t['device_id']}" if t["device_id"] else ""
+    print(f"(one-time enrolment token {t['id']}{bound}, valid until {until})", file=sys.stderr)
     return 0
 
 

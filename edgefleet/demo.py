@@ -2,8 +2,11 @@
 
 Starts a hub (SQLite file, local artifact store, a private Mosquitto on a free port, or
 the broker given), trains the built-in model, quantises it to int8, evaluates, gates and
-signs it, starts simulated devices that run the real agent code, deploys to all of them,
-lets them infer on simulated sensor data, and prints (and optionally writes) a summary.
+signs it, starts simulated devices that run the real agent code, rolls it out to them (a
+canary, then waves), lets them infer on simulated sensor data, and prints (and optionally
+writes) a summary.
+
+The hub runs in development mode, and the demo calls its API with the development key.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import uvicorn
 
 from hub.api import create_app
+from hub.auth import DEV_KEY
 from hub.broker import free_port
 from hub.client import HubClient
 from hub.service import Hub, HubConfig
@@ -105,15 +109,18 @@ class Progress:
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
     work = opts.work_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     progress = Progress()
-    hub = Hub(HubConfig(data_dir=work / "hub", broker_url=opts.broker_url)).start()
+    hub = Hub(HubConfig(data_dir=work / "hub", broker_url=opts.broker_url, dev_mode=True)).start()
     api = ApiServer(hub).start()
     fleet: Fleet | None = None
     loop_thread: threading.Thread | None = None
     try:
         progress.done(f"hub    {api.url}  (API docs: {api.url}/docs)   broker {hub.broker.url}")
-        client = HubClient(api.url)
+        progress.done(f"       development mode: API key {DEV_KEY}")
+        client = HubClient(api.url, api_key=DEV_KEY)
         model = _train(client, opts, progress)
-        root = client.enrol("demo-image", hub.enrol_token)["root"].encode()
+        # The simulated devices share one image: it enrols once and pins the hub's root.
+        token = client.create_enrol_token("demo-image")["token"]
+        root = client.enrol("demo-image", token)["root"].encode()
         fleet = Fleet(
             FleetConfig(
                 devices=opts.devices,
@@ -186,14 +193,20 @@ def _wait_online(client: HubClient, n: int, progress: Progress, timeout: float =
 def _deploy(
     client: HubClient, model: dict[str, Any], opts: DemoOptions, progress: Progress
 ) -> tuple[str, float | None]:
+    """A staged rollout: a 10% canary, then three waves, each gated on the failure ratio."""
     t0 = time.monotonic()
-    dep = client.deploy(model["name"], model["version"])
+    rollout = client.create_rollout(
+        model["name"], version=model["version"], canary_percent=10, waves=3, min_sample=3
+    )
     deadline = t0 + opts.converge_timeout_s
     seconds: float | None = None
     while True:
-        st = client.deployment(dep["id"], devices=False)
-        stages = " ".join(f"{k}={v}" for k, v in sorted(st["stages"].items()))
-        progress.show(f"deploy {st['converged']}/{st['devices']} healthy  [{stages}]")
+        st = client.rollout(rollout["id"])
+        counts = " ".join(f"{k}={v}" for k, v in sorted(st["counts"].items()))
+        progress.show(
+            f"rollout wave {st['wave']}/{st['waves']}  {st['converged']}/{st['devices']}"
+            f" healthy  [{counts}]"
+        )
         if st["finished"]:
             if st["converged"] == st["devices"]:
                 seconds = time.monotonic() - t0
@@ -202,10 +215,11 @@ def _deploy(
             break
         time.sleep(0.2)
     progress.done(
-        f"deploy {st['converged']}/{st['devices']} devices healthy on v{model['version']}"
+        f"rollout {st['converged']}/{st['devices']} devices healthy on v{model['version']}"
+        f" ({st['state']}, canary + {st['waves'] - 1} waves)"
         + (f" in {seconds:.1f} s" if seconds is not None else " (not converged)")
     )
-    return dep["id"], seconds
+    return rollout["id"], seconds
 
 
 def _summary(
@@ -217,16 +231,16 @@ def _summary(
     seconds: float | None,
     opts: DemoOptions,
 ) -> dict[str, Any]:
-    st = client.deployment(dep_id, devices=True)
+    rows = client.rollout_devices(dep_id)
     fs = fleet.summary()
     running = fs.versions.get(f"{model['name']}:{model['version']}", 0)
-    healthy = {d["device"] for d in st["per_device"] if d["stage"] == "healthy"}
+    healthy = {d["device_id"] for d in rows if d["state"] == "healthy"}
     refused: dict[str, int] = {}
     rolled_back = 0
-    for d in st["per_device"]:
-        if d["stage"] in ("failed", "rolled_back") and d["reason"]:
+    for d in rows:
+        if d["state"] in ("failed", "refused", "rolled_back") and d["reason"]:
             refused[d["reason"]] = refused.get(d["reason"], 0) + 1
-        rolled_back += d["stage"] == "rolled_back"
+        rolled_back += d["state"] == "rolled_back"
     telemetry = hub.ingest.counts.get("telemetry", 0)
     return {
         "devices": opts.devices,

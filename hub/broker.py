@@ -13,6 +13,7 @@ cap, and a raised open-files limit.
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import resource
 import shutil
@@ -40,22 +41,38 @@ class BrokerError(RuntimeError):
 class BrokerAddress:
     host: str
     port: int
+    tls: bool = False  # mqtts://: TLS with a client certificate (hub/brokerconf.py)
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
-        """Parse ``mqtt://host:port`` (or ``host:port``).
+        """Parse ``mqtt://host:port``, ``mqtts://host:port`` (TLS) or ``host:port``.
 
         Raises:
             ValueError: not a usable MQTT URL.
         """
         u = urlparse(url if "://" in url else f"mqtt://{url}")
-        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-            raise ValueError(f"expected mqtt://host:port, got {url!r}")
-        return cls(u.hostname, u.port or 1883)
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
+            raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {url!r}")
+        tls = u.scheme in ("mqtts", "ssl")
+        return cls(u.hostname, u.port or (8883 if tls else 1883), tls)
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """A client's TLS files for an ``mqtts://`` broker: CA bundle, certificate, key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def __post_init__(self) -> None:
+        missing = [str(p) for p in (self.ca, self.cert, self.key) if not p.is_file()]
+        if missing:
+            raise ValueError(f"TLS files missing: {', '.join(missing)}")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -64,14 +81,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def mosquitto_config(port: int, data_dir: Path, host: str = "127.0.0.1") -> str:
-    """A development config: plain TCP on loopback, anonymous clients."""
+def mosquitto_config(
+    port: int, data_dir: Path, host: str = "127.0.0.1", *, persistence: bool = False
+) -> str:
+    """A development config: plain TCP on loopback, anonymous clients.
+
+    ``persistence``: sessions, subscriptions and queued messages survive a restart (saved
+    in ``data_dir`` at shutdown), as on a production broker.
+    """
+    keep = [f"persistence true\npersistence_location {data_dir}/"] if persistence else []
     return "\n".join(
         [
             "per_listener_settings false",
             f"listener {port} {host}",
             "allow_anonymous true",
-            "persistence false",
+            # Started as root, Mosquitto would switch to the user "mosquitto", who cannot
+            # write its log or database in a private data dir: stay who started it.
+            f"user {getpass.getuser()}",
+            *(keep or ["persistence false"]),
             f"max_packet_size {MAX_PACKET_BYTES}",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
             "max_queued_bytes 0",
@@ -88,7 +115,7 @@ def mosquitto_config(port: int, data_dir: Path, host: str = "127.0.0.1") -> str:
     )
 
 
-def _raise_nofile() -> None:
+def raise_nofile() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -109,7 +136,10 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
 class Mosquitto:
     """A private Mosquitto child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | None = None, port: int | None = None, *, persistence: bool = False
+    ) -> None:
+        self.persistence = persistence
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="ef-mosquitto-"))
         self.port = port or free_port()
@@ -126,12 +156,12 @@ class Mosquitto:
             raise BrokerError("the mosquitto binary is not on PATH")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "mosquitto.conf"
-        conf.write_text(mosquitto_config(self.port, self.data_dir))
+        conf.write_text(mosquitto_config(self.port, self.data_dir, persistence=self.persistence))
         self._proc = subprocess.Popen(
             [exe, "-c", str(conf)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_raise_nofile,
+            preexec_fn=raise_nofile,
         )
         try:
             wait_for_port("127.0.0.1", self.port, timeout)

@@ -1,4 +1,8 @@
-"""A Python client for the hub's admin API (httpx). The CLI and the demo use it."""
+"""A Python client for the hub's admin API (httpx). The CLI and the demo use it.
+
+``HubClient(url, api_key="ef_...")`` sends the key as ``Authorization: Bearer``; every
+route but ``/health`` and ``/enrol`` needs one (hub/api.py names the role of each).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +23,9 @@ class HubClientError(Exception):
 
 
 class HubClient:
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -51,9 +56,62 @@ class HubClient:
         params = {"status": status} if status else {}
         return list(self._call("GET", "/devices", params=params))
 
-    def enrol(self, device_id: str, token: str, device_class: str | None = None) -> dict[str, Any]:
-        body = {"device_id": device_id, "token": token, "device_class": device_class}
+    def enrol(
+        self,
+        device_id: str,
+        token: str,
+        device_class: str | None = None,
+        csr: str | None = None,
+    ) -> dict[str, Any]:
+        """Trade a one-time enrolment token for the hub's root and broker (needs no key)."""
+        body = {"device_id": device_id, "token": token, "device_class": device_class, "csr": csr}
         return dict(self._call("POST", "/enrol", json=body))
+
+    def create_enrol_token(
+        self, device_id: str | None = None, ttl_s: int | None = None
+    ) -> dict[str, Any]:
+        """A one-time enrolment token (``token``, shown once) and its ``expires_at``."""
+        body: dict[str, Any] = {"device_id": device_id}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return dict(self._call("POST", "/enrol-tokens", json=body))
+
+    def enrol_tokens(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/enrol-tokens"))
+
+    def revoke_enrol_token(self, token_id: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/enrol-tokens/{token_id}"))
+
+    def reenrol(self, device_id: str) -> dict[str, Any]:
+        """A fresh enrolment token bound to a known device (admin)."""
+        return dict(self._call("POST", f"/devices/{device_id}/reenrol"))
+
+    def revoke_device(self, device_id: str, reason: str = "unspecified") -> dict[str, Any]:
+        """Revoke the device's certificates (admin); re-enrolment lifts it."""
+        return dict(self._call("POST", f"/devices/{device_id}/revoke", json={"reason": reason}))
+
+    def signing_keys(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/signing-keys"))
+
+    def rotate_signing_key(self, role: str, threshold: int | None = None) -> dict[str, Any]:
+        """Replace a TUF role's (or the director's) keys; root N+1 is signed by N (admin)."""
+        body = {"threshold": threshold} if threshold else {}
+        return dict(self._call("POST", f"/signing-keys/{role}/rotate", json=body))
+
+    def create_api_key(self, name: str, role: str) -> dict[str, Any]:
+        """A new API key; ``key`` in the answer is the only time it is shown."""
+        return dict(self._call("POST", "/api-keys", json={"name": name, "role": role}))
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/api-keys"))
+
+    def revoke_api_key(self, keyid: str) -> dict[str, Any]:
+        return dict(self._call("DELETE", f"/api-keys/{keyid}"))
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """Audit records, newest first; filters: actor, action, outcome, since, limit."""
+        params = {k: v for k, v in filters.items() if v is not None}
+        return list(self._call("GET", "/audit", params=params))
 
     def train(self, **settings: Any) -> dict[str, Any]:
         return dict(self._call("POST", "/models/train", json=settings))
@@ -105,9 +163,98 @@ class HubClient:
         body = {"model": model, "version": version, "devices": devices}
         return dict(self._call("POST", "/deployments", json=body))
 
+    def create_rollout(self, model: str, **spec: Any) -> dict[str, Any]:
+        """Start a rollout (operator); ``spec``: see hub/rollouts.py ``RolloutSpec``."""
+        return dict(self._call("POST", "/rollouts", json={"model": model, **spec}))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/rollouts"))
+
+    def rollout(self, rollout_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/rollouts/{rollout_id}"))
+
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
+        return list(self._call("GET", f"/rollouts/{rollout_id}/devices"))
+
+    def rollout_events(self, rollout_id: str, device: str | None = None) -> list[dict[str, Any]]:
+        params = {"device": device} if device else None
+        return list(self._call("GET", f"/rollouts/{rollout_id}/events", params=params))
+
+    def rollout_action(self, rollout_id: str, action: str, **body: Any) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` (``rollback=True`` to put devices back)."""
+        return dict(self._call("POST", f"/rollouts/{rollout_id}/{action}", json=body or None))
+
+    def set_tags(self, device_id: str, tags: list[str]) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/devices/{device_id}/tags", json={"tags": tags}))
+
+    def telemetry(
+        self,
+        *,
+        device: str | None = None,
+        group: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        resolution_s: float | None = None,
+    ) -> dict[str, Any]:
+        """One device's or one group's (tag) telemetry windows merged per ``resolution_s``
+        over ``[start, end)`` (epoch seconds; the hub defaults to the last hour)."""
+        if (device is None) == (group is None):
+            raise ValueError("name exactly one of device and group")
+        path = f"/telemetry/devices/{device}" if device else f"/telemetry/groups/{group}"
+        params = {"start": start, "end": end, "resolution_s": resolution_s}
+        return dict(
+            self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
+        )
+
+    def drift(
+        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float
+    ) -> dict[str, Any]:
+        """Per-feature PSI/JS of ``model`` for a device, group (tag) or the fleet;
+        ``since``/``until`` (epoch seconds) bound the range."""
+        params: dict[str, Any] = {"scope": scope, **range_}
+        if id is not None:
+            params["id"] = id
+        return dict(self._call("GET", f"/drift/models/{model}", params=params))
+
+    def drift_alerts(self, state: str | None = None, model: str | None = None) -> list[Any]:
+        params = {k: v for k, v in (("state", state), ("model", model)) if v is not None}
+        return list(self._call("GET", "/drift/alerts", params=params))
+
+    def drift_events(self, since: float | None = None) -> list[dict[str, Any]]:
+        params = {"since": since} if since is not None else {}
+        return list(self._call("GET", "/drift/events", params=params))
+
+    def drift_policy(self, model: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/drift/policies/{model}"))
+
+    def set_drift_policy(self, model: str, **policy: Any) -> dict[str, Any]:
+        return dict(self._call("PUT", f"/drift/policies/{model}", json=policy))
+
     def deployment(self, deployment_id: str, devices: bool = True) -> dict[str, Any]:
         return dict(self._call("GET", f"/deployments/{deployment_id}", params={"devices": devices}))
 
     def events(self, deployment_id: str, device: str | None = None) -> list[dict[str, Any]]:
         params = {"device": device} if device else {}
         return list(self._call("GET", f"/deployments/{deployment_id}/events", params=params))
+
+    # -- data capture and retraining (docs/capture.md)
+
+    def start_capture(self, model: str, **spec: Any) -> dict[str, Any]:
+        """Ask devices (``devices=[...]`` or ``group=``) for ``rows`` rows over
+        ``duration_s`` seconds or ``windows`` telemetry windows."""
+        return dict(self._call("POST", "/captures", json={"model": model, **spec}))
+
+    def capture(self, capture_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/captures/{capture_id}"))
+
+    def datasets(self, model: str | None = None) -> list[dict[str, Any]]:
+        params = {"model": model} if model else {}
+        return list(self._call("GET", "/datasets", params=params))
+
+    def dataset(self, dataset_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/datasets/{dataset_id}"))
+
+    def retrain(self, model: str, datasets: list[str], **options: Any) -> dict[str, Any]:
+        """Start a retrain job (poll it with :meth:`wait_job`)."""
+        body = {"datasets": datasets, **options}
+        return dict(self._call("POST", f"/models/{model}/retrain", json=body))

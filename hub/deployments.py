@@ -17,6 +17,7 @@ from sqlmodel import col, select
 from hub.db import Deployment, DeploymentDevice, Device, EventRecord, now, session
 from hub.mqtt import HubMqtt
 from hub.registry import Registry
+from shared.protocol import TERMINAL_STAGES
 
 
 class DeploymentError(Exception):
@@ -48,20 +49,25 @@ class Deployments:
     ) -> Deployment:
         """Deploy ``model`` (latest version unless given) to devices (all known if None).
 
+        Revoked devices are left out of "all" and refused by id.
+
         Raises:
             RegistryError: unknown model or version.
-            DeploymentError: no devices, or unknown device ids.
+            DeploymentError: no devices, or unknown or revoked device ids.
         """
         mv = self.registry.get(model, version)
         with session(self.engine) as s:
             known = set(s.exec(select(Device.id)))
+        revoked = self.mqtt.revoked
         if device_ids is None:
-            targets = sorted(known)
+            targets = sorted(known - revoked)
         else:
             unknown = sorted(set(device_ids) - known)
-            if unknown:
-                shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
-                raise DeploymentError(f"{len(unknown)} unknown device id(s): {shown}")
+            barred = sorted(set(device_ids) & revoked)
+            for what, bad in (("unknown", unknown), ("revoked", barred)):
+                if bad:
+                    shown = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
+                    raise DeploymentError(f"{len(bad)} {what} device id(s): {shown}")
             targets = sorted(set(device_ids))
         if not targets:
             raise DeploymentError("no devices to deploy to (none has reported to this hub yet)")
@@ -120,7 +126,7 @@ class Deployments:
             stages=dict(stages),
             reasons=dict(reasons),
             converged=stages.get("healthy", 0),
-            finished=all(r.stage in ("healthy", "rolled_back", "failed") for r in rows),
+            finished=all(r.stage in TERMINAL_STAGES for r in rows),
             per_device=[
                 {"device": r.device_id, "stage": r.stage, "reason": r.reason, "detail": r.detail}
                 for r in rows

@@ -3,15 +3,23 @@
 The MQTT thread only validates and enqueues; this thread drains the queue in batches
 (one transaction each), so a burst of telemetry never stalls the broker connection.
 Writes are idempotent: telemetry is unique per (device, sequence) and a replayed
-window is ignored and counted, never double counted. A row that fails to write is
+window is ignored and counted, never double counted. Telemetry goes in with one
+multi-row statement per batch (SQLite: ``executemany`` of ``INSERT .. ON CONFLICT DO
+NOTHING``, the rows stored counted exactly by the connection's ``total_changes``;
+PostgreSQL: ``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING`` and its rowcount).
+A window older than ``raw_max_age_s`` is refused and counted (``telemetry_too_old``):
+retention (hub/retention.py) may have folded it into a downsampled row already, so
+storing it again could count it twice. A row that fails to write is
 logged and counted; the batch's other rows are retried one by one, so one bad row never
 loses the rest.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -20,16 +28,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, select
 
-from hub.db import DeploymentDevice, Device, EventRecord, Telemetry, session
+from hub.db import DeploymentDevice, Device, EventRecord, RolloutDevice, Telemetry, session
+from hub.drift import DriftMonitor
+from hub.rollout_states import apply_event
 from shared.protocol import TERMINAL_STAGES, Message
 
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 2000  # messages per transaction
 BATCH_WAIT_S = 0.05  # how long to gather a batch
+PG_ROWS_PER_STATEMENT = 1000  # telemetry rows per multi-row INSERT (bind-parameter limits)
 
 
 @dataclass(frozen=True)
@@ -40,27 +51,69 @@ class Report:
 
 
 class Ingest:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, raw_max_age_s: float | None = None, inline: bool = False
+    ) -> None:
         self.engine = engine
+        # inline: batches are written on the thread that puts (the MQTT thread) and by a
+        # timer when a batch waited BATCH_WAIT_S. For an ingest-only process: a second
+        # busy thread would fight the MQTT thread for the GIL at every system call.
+        self.inline = inline
+        self._pending: list[Report] = []
+        self._pending_since = 0.0
+        self._pending_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.raw_max_age_s = raw_max_age_s  # older windows are refused (see above)
+        self._too_old = 0  # in the write being applied
         self.counts: Counter[str] = Counter()
+        self.drift = DriftMonitor(engine)  # drift windows, scores and alerts (hub/drift.py)
+        self._drift_duplicates = 0  # in the write being applied
         self._q: queue.Queue[Report | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hub-ingest", daemon=True)
+        target = self._run_timer if self.inline else self._run
+        self._thread = threading.Thread(target=target, name="hub-ingest", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         if self._thread is not None:
             self._q.put(None)
+            self._stopping.set()
             self._thread.join(30)
             self._thread = None
+        if self.inline:
+            with self._pending_lock:
+                self._write_pending()
 
     def put(self, report: Report) -> None:
-        self._idle.clear()
-        self._q.put(report)
+        if self._idle.is_set():
+            self._idle.clear()
+        if not self.inline:
+            self._q.put(report)
+            return
+        now = time.monotonic()
+        with self._pending_lock:
+            if not self._pending:
+                self._pending_since = now
+            self._pending.append(report)
+            if len(self._pending) >= BATCH_MAX or now - self._pending_since >= BATCH_WAIT_S:
+                self._write_pending()
+
+    def write_batch(self, reports: list[Report]) -> None:
+        """Write ``reports`` (and anything pending) now; return once committed.
+
+        For a consumer that acknowledges messages only after they are stored
+        (hub/fastsub.py). As in every write, a row that fails even alone is logged and
+        counted in ``write_errors``; the others are stored.
+        """
+        with self._pending_lock:
+            if self._idle.is_set():
+                self._idle.clear()
+            self._pending.extend(reports)
+            self._write_pending()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until everything enqueued so far is written."""
@@ -71,6 +124,22 @@ class Ingest:
         return False
 
     # ------------------------------------------------------------- writer thread
+
+    def _run_timer(self) -> None:
+        """Inline mode: write a batch that has waited BATCH_WAIT_S (traffic stopped)."""
+        while not self._stopping.wait(BATCH_WAIT_S / 2):
+            with self._pending_lock:
+                if self._pending and time.monotonic() - self._pending_since >= BATCH_WAIT_S:
+                    self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the inline batch (the caller holds ``_pending_lock``)."""
+        batch, self._pending = self._pending, []
+        if batch:
+            self._write(batch)
+            if any(r.kind == "drift" for r in batch):
+                self._judge_drift_scopes()
+        self._idle.set()
 
     def _run(self) -> None:
         stopping = False
@@ -90,6 +159,8 @@ class Ingest:
                     break
                 batch.append(item)
             self._write(batch)
+            if any(r.kind == "drift" for r in batch):
+                self._judge_drift_scopes()
             if self._q.empty():
                 self._idle.set()
         self._idle.set()
@@ -97,32 +168,59 @@ class Ingest:
     def _write(self, batch: list[Report]) -> None:
         try:
             with session(self.engine) as s:
-                self._apply(s, batch)
+                duplicates = self._apply(s, batch)
                 s.commit()
+            self._count(batch, duplicates)
         except Exception:
             log.exception("ingest: batch of %d failed; retrying row by row", len(batch))
             for report in batch:
                 try:
                     with session(self.engine) as s:
-                        self._apply(s, [report])
+                        duplicates = self._apply(s, [report])
                         s.commit()
+                    self._count([report], duplicates)
                 except Exception as e:
                     self.counts["write_errors"] += 1
                     log.error("ingest: dropped a %s from %s: %s", report.kind, report.device_id, e)
 
-    def _apply(self, s: Session, batch: list[Report]) -> None:
-        telemetry: list[dict[str, Any]] = []
+    def _count(self, batch: list[Report], duplicates: int) -> None:
+        """Count what a committed write stored (never before: a failed batch is retried)."""
+        for r in batch:
+            self.counts[r.kind] += 1
+        self.counts["telemetry_duplicates"] += duplicates
+        self.counts["drift_duplicates"] += self._drift_duplicates
+        self.counts["telemetry_too_old"] += self._too_old
+
+    def _apply(self, s: Session, batch: list[Report]) -> int:
+        """Stage ``batch`` in ``s``; the number of duplicate telemetry windows skipped."""
+        telemetry: list[tuple[Any, ...]] = []
+        drift: list[tuple[str, float, Mapping[str, Any]]] = []
+        self._too_old = 0
+        cutoff = time.time() - self.raw_max_age_s if self.raw_max_age_s is not None else None
         for r in batch:
             if r.kind == "state":
                 self._state(s, r)
             elif r.kind == "events":
                 self._event(s, r)
+            elif r.kind == "drift":
+                drift.append((r.device_id, r.message.ts, r.message.body))
             elif r.kind == "telemetry":
-                telemetry.append(_telemetry_row(r.device_id, r.message.body))
-            self.counts[r.kind] += 1
-        if telemetry:
-            inserted = self._insert_telemetry(s, telemetry)
-            self.counts["telemetry_duplicates"] += len(telemetry) - inserted
+                if cutoff is not None and r.message.body["end"] < cutoff:
+                    self._too_old += 1
+                    continue
+                telemetry.append(_telemetry_values(r.device_id, r.message.body))
+        self._drift_duplicates = self.drift.ingest(s, drift) if drift else 0
+        if not telemetry:
+            return 0
+        return len(telemetry) - self._insert_telemetry(s, telemetry)
+
+    def _judge_drift_scopes(self) -> None:
+        """Group and fleet drift alerts (throttled); a failure is logged, never fatal."""
+        try:
+            self.drift.maybe_evaluate_scopes()
+        except Exception:
+            self.counts["drift_scope_errors"] += 1
+            log.exception("ingest: group/fleet drift evaluation failed")
 
     def _state(self, s: Session, r: Report) -> None:
         body = r.message.body
@@ -156,30 +254,44 @@ class Ingest:
                 ts=r.message.ts,
             )
         )
+        rollout_row = s.get(RolloutDevice, (b["deployment"], r.device_id))
+        if rollout_row is not None:
+            if apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), r.message.ts):
+                s.add(rollout_row)
+            return
         row = s.get(DeploymentDevice, (b["deployment"], r.device_id))
         if row is None:
             return  # an event for a deployment this hub did not make (or a rollback id)
         if row.stage in TERMINAL_STAGES and b["stage"] not in TERMINAL_STAGES:
             return  # a late progress event after the outcome
+        if b["stage"] == "refused" and row.stage not in ("pending", "sent"):
+            return  # e.g. a redelivered copy of a command the device already carried out
         row.stage = b["stage"]
         row.reason = b.get("reason")
         row.detail = b.get("detail")
         row.updated_at = r.message.ts
         s.add(row)
 
-    def _insert_telemetry(self, s: Session, rows: list[dict[str, Any]]) -> int:
+    def _insert_telemetry(self, s: Session, values: list[tuple[Any, ...]]) -> int:
+        """Insert what is new; the number of rows stored (the rest were duplicates).
+
+        ``values``: one tuple per row in ``_TELEMETRY_COLUMNS`` order (SQLite takes them
+        as they are; the other dialects get dictionaries).
+        """
         dialect = self.engine.dialect.name
-        ins: Any
-        if dialect == "postgresql":
-            ins = postgresql.insert(Telemetry)
-        elif dialect == "sqlite":
-            ins = sqlite.insert(Telemetry)
-        else:
+        if dialect == "sqlite":
+            return _insert_sqlite(s, values)
+        rows = [dict(zip(_TELEMETRY_COLUMNS, v, strict=True)) for v in values]
+        if dialect != "postgresql":
             return self._insert_telemetry_portable(s, rows)
-        stmt = ins.on_conflict_do_nothing(index_elements=["device_id", "seq"])
         inserted = 0
-        for row in rows:  # rowcount per row: executemany does not report it reliably
-            inserted += s.execute(stmt.values(**row)).rowcount  # type: ignore[attr-defined]
+        for i in range(0, len(rows), PG_ROWS_PER_STATEMENT):
+            stmt = (
+                postgresql.insert(Telemetry)
+                .values(rows[i : i + PG_ROWS_PER_STATEMENT])
+                .on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            )
+            inserted += s.execute(stmt).rowcount  # type: ignore[attr-defined]
         return inserted
 
     def _insert_telemetry_portable(self, s: Session, rows: list[dict[str, Any]]) -> int:
@@ -196,22 +308,75 @@ class Ingest:
         return inserted
 
 
-def _telemetry_row(device_id: str, b: Mapping[str, Any]) -> dict[str, Any]:
+_TELEMETRY_COLUMNS = (
+    "device_id",
+    "seq",
+    "start",
+    "end",
+    "model",
+    "version",
+    "count",
+    "errors",
+    "p50_us",
+    "p95_us",
+    "p99_us",
+    "labelled",
+    "correct",
+    "cpu_pct",
+    "rss_bytes",
+    "latency_hist",
+    "spool_dropped",
+    "windows",
+    "resolution_s",
+)
+_QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _TELEMETRY_COLUMNS)  # "end" is a keyword
+_SQLITE_INSERT = (
+    f"INSERT INTO {Telemetry.__tablename__} ({_QUOTED_COLUMNS})"
+    f" VALUES ({', '.join('?' for _ in _TELEMETRY_COLUMNS)})"
+    " ON CONFLICT (device_id, seq) DO NOTHING"
+)
+
+
+def _insert_sqlite(s: Session, values: list[tuple[Any, ...]]) -> int:
+    """One ``executemany`` in the session's transaction; rows stored, counted exactly."""
+    conn = s.connection().connection.driver_connection
+    assert isinstance(conn, sqlite3.Connection)
+    before = conn.total_changes
+    conn.executemany(_SQLITE_INSERT, values)
+    return conn.total_changes - before
+
+
+# json.dumps with separators= builds a new encoder per call; the hub encodes one
+# histogram per telemetry window (same output: compact, ASCII, keys in their order)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A validated telemetry body as a row, in ``_TELEMETRY_COLUMNS`` order.
+
+    A tuple straight away rather than a dictionary: this runs once per window.
+    """
     lat = b["latency_us"]
-    return {
-        "device_id": device_id,
-        "seq": b["seq"],
-        "start": b["start"],
-        "end": b["end"],
-        "model": b.get("model"),
-        "version": b.get("version"),
-        "count": b["count"],
-        "errors": b["errors"],
-        "p50_us": lat["p50"],
-        "p95_us": lat["p95"],
-        "p99_us": lat["p99"],
-        "labelled": b.get("labelled", 0),
-        "correct": b.get("correct", 0),
-        "cpu_pct": b.get("cpu_pct"),
-        "rss_bytes": b.get("rss_bytes"),
-    }
+    hist = b.get("latency_hist")
+    get = b.get
+    return (
+        device_id,
+        b["seq"],
+        b["start"],
+        b["end"],
+        get("model"),
+        get("version"),
+        b["count"],
+        b["errors"],
+        lat["p50"],
+        lat["p95"],
+        lat["p99"],
+        get("labelled", 0),
+        get("correct", 0),
+        get("cpu_pct"),
+        get("rss_bytes"),
+        _compact_json(hist) if hist is not None else None,
+        get("spool_dropped"),
+        1,  # windows
+        0.0,  # resolution_s
+    )

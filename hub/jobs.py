@@ -11,12 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlmodel import col, select
 
 from hub.db import Job, now, session
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+INTERRUPTED = "interrupted: the hub stopped while the job ran; submit it again"
 
 
 class Jobs:
@@ -26,6 +28,18 @@ class Jobs:
         self.engine = engine
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-job")
         self._lock = threading.Lock()
+        self._fail_orphans()
+
+    def _fail_orphans(self) -> None:
+        """Jobs a previous hub process left queued or running will never finish: say so."""
+        with session(self.engine) as s:
+            orphans = s.exec(select(Job).where(col(Job.status).in_(("queued", "running")))).all()
+            for job in orphans:
+                job.status, job.error, job.updated_at = "failed", INTERRUPTED, now()
+                s.add(job)
+            s.commit()
+        if orphans:
+            log.warning("%d job(s) interrupted by a hub restart marked failed", len(orphans))
 
     def submit(self, kind: str, fn: Callable[[Progress], dict[str, Any]]) -> Job:
         job = Job(id=uuid.uuid4().hex[:12], kind=kind)

@@ -18,8 +18,8 @@ from sqlmodel import select
 from hub.artifacts import ArtifactStore
 from hub.db import ModelVersion, session
 from hub.pipeline import BuiltModel, PipelineConfig, build_manifest
+from hub.repository import TrustRepository
 from shared.chunks import chunk_span
-from shared.trust import TrustRepository
 
 FILE_CACHE_ENTRIES = 8  # model files kept in memory for chunk serving
 

@@ -7,25 +7,31 @@ file, a local artifact directory and a broker chosen as DESIGN §7 says.
 
 from __future__ import annotations
 
-import hmac
 import logging
-import os
-import secrets
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from hub.artifacts import ArtifactStore
-from hub.broker import BrokerAddress, EmbeddedBroker, Mosquitto, start_local_broker
-from hub.db import make_engine, sqlite_url
+from hub.broker import BrokerAddress, EmbeddedBroker, Mosquitto, TlsIdentity, start_local_broker
+from hub.datasets import attach as attach_datasets
+from hub.db import Revocation, make_engine, sqlite_url
 from hub.deployments import Deployments
+from hub.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
+from hub.identities import Identities
 from hub.ingest import Ingest
 from hub.jobs import Jobs, Progress
+from hub.loop import Loop
 from hub.mqtt import HubMqtt
 from hub.pipeline import PipelineConfig, import_onnx, train
+from hub.pki import CertificateAuthority, PkiError
 from hub.registry import Registry
+from hub.repository import TrustRepository
+from hub.retention import MAX_AGE_S, RAW_AGE_S, RESOLUTION_S, RetentionPolicy, run_retention
+from hub.retrain import record_training
+from hub.rollouts import Rollouts
 from shared.chunks import DEFAULT_CHUNK_SIZE
-from shared.trust import TrustRepository
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +42,24 @@ class HubConfig:
     db_url: str | None = None  # default: SQLite file in data_dir
     broker_url: str | None = None  # default: private Mosquitto, else embedded broker
     chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
-    enrol_token: str | None = None  # default: generated once, kept in data_dir
+    dev_mode: bool = False  # accept the built-in development API key (hub.auth.DEV_KEY)
     client_id: str = "edgefleet-hub"
+    root_keys_dir: Path | None = None  # default data_dir/trust/keys/root; may be offline
+    # What `edgefleet broker config` wrote, for an mqtts:// broker: the hub's client
+    # certificate and key, the CA, and the CRL it rewrites when it revokes a device.
+    broker_tls_dir: Path | None = None
+    broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
+    maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
+    # telemetry retention (hub/retention.py): raw windows, then hourly rows, then gone
+    telemetry_raw_age_s: float = RAW_AGE_S
+    telemetry_max_age_s: float = MAX_AGE_S
+    telemetry_resolution_s: float = RESOLUTION_S
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    token_id: str  # for the audit log; the token itself is never kept
+    fields: dict[str, Any]  # the answer to the device (hub.api.EnrolResponse)
 
 
 class Hub:
@@ -52,23 +74,52 @@ class Hub:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(cfg.db_url or sqlite_url(cfg.data_dir / "hub.db"))
-        self.trust = TrustRepository.open_or_init(cfg.data_dir / "trust")
+        self.trust = TrustRepository.open_or_init(
+            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
+        )
+        tls_dir = cfg.broker_tls_dir
+        self.identities = Identities(
+            self.engine,
+            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            crl_path=tls_dir / "crl.pem" if tls_dir else None,
+            reload_command=cfg.broker_reload,
+        )
         self.store = ArtifactStore(cfg.data_dir / "artifacts")
         self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
-        self.ingest = Ingest(self.engine)
+        self.retention = RetentionPolicy(
+            cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
+        )
+        self.ingest = Ingest(self.engine, raw_max_age_s=self.retention.raw_age_s)
         self.ingest.start()
         if cfg.broker_url:
             self.broker = BrokerAddress.parse(cfg.broker_url)
         else:
             self.local_broker = start_local_broker(cfg.data_dir / "broker")
             self.broker = self.local_broker.address
+        tls = None
+        if self.broker.tls:
+            if tls_dir is None:
+                raise ValueError(
+                    f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)"
+                )
+            tls = TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
         self.mqtt = HubMqtt(
-            self.broker, self.registry, self.trust, self.ingest, client_id=cfg.client_id
+            self.broker, self.registry, self.trust, self.ingest, client_id=cfg.client_id, tls=tls
         )
+        self.mqtt.revoked = self.identities.revoked
         self.mqtt.start()
         self.deployments = Deployments(self.engine, self.registry, self.mqtt)
+        self.rollouts = Rollouts(self.engine, self.registry, self.mqtt)
+        self.rollouts.start()
         self.jobs = Jobs(self.engine)
-        self.enrol_token = cfg.enrol_token or self._stored_token()
+        self.datasets = attach_datasets(self)  # uploads of captures reach it from now on
+        self.loop = Loop(self).start()
+        self.enrol_tokens = EnrolTokens(self.engine)
+        self._stopping = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="hub-maintenance", daemon=True
+        )
+        self._maintenance.start()
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
@@ -76,12 +127,17 @@ class Hub:
     def stop(self) -> None:
         if not self._started:
             return
+        self._stopping.set()
+        self._maintenance.join()
+        self.loop.stop()
+        self.rollouts.stop()
         self.jobs.shutdown()
         self.mqtt.stop()
         self.ingest.stop()
         if self.local_broker is not None:
             self.local_broker.stop()
         self.engine.dispose()
+        self.trust.close()
         self._started = False
 
     def __enter__(self) -> Hub:
@@ -90,20 +146,73 @@ class Hub:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _stored_token(self) -> str:
-        path = self.config.data_dir / "enrol-token"
-        if path.exists():
-            return path.read_text().strip()
-        token = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+    # ------------------------------------------------------------- enrolment
+
+    def issue_enrol_token(
+        self,
+        created_by: str,
+        device_id: str | None = None,
+        ttl_s: int = ENROL_TTL_DEFAULT_S,
+    ) -> NewEnrolToken:
+        """A one-time enrolment token, bound to ``device_id`` if given (shown once)."""
+        return self.enrol_tokens.issue(created_by, device_id, ttl_s)
+
+    def enrol_device(
+        self,
+        device_id: str,
+        token: str,
+        device_class: str | None = None,
+        csr: str | None = None,
+    ) -> Enrolment:
+        """Use up a one-time token and answer with what the device needs to join: the
+        TUF root to pin, the broker, and a certificate for the key in its ``csr`` (PEM).
+
+        Raises:
+            PkiError: a CSR that cannot be used, or none when the broker needs TLS (the
+                token is not used up).
+            EnrolRefused: the token is unknown, used, revoked, expired or for another id.
+            DeviceRevoked: a revoked device id, with a token not bound to it.
+        """
+        if csr is None and self.broker.tls:
+            raise PkiError("bad_csr", f"{self.broker.url} needs a client certificate: send a CSR")
+        if csr is not None:
+            self.identities.check_csr(device_id, csr.encode())
+        used = self.enrol_tokens.consume(token, device_id)
+        fields: dict[str, Any] = {
+            "device_id": device_id,
+            "root": self.trust.pinned_root().decode(),
+            "broker": self.broker.url,
+        }
+        if csr is not None:
+            cert = self.identities.issue(device_id, csr.encode(), bound=used.device_id is not None)
+            self.mqtt.revoked = self.identities.revoked
+            fields["certificate"] = cert.cert_pem.decode()
+            fields["ca"] = self.identities.ca.ca_pem.decode()
+        return Enrolment(token_id=used.id, fields=fields)
+
+    def revoke_device(self, device_id: str, reason: str, by: str | None) -> Revocation:
+        """Revoke the device's certificates, tell the broker, and ignore it from now on.
+
+        Raises:
+            PkiError: an unknown CRL reason.
+        """
+        row = self.identities.revoke(device_id, reason, by)
+        self.mqtt.revoked = self.identities.revoked
+        return row
+
+    def _maintain(self) -> None:
+        """Re-sign TUF roles before they expire; re-issue the CRL before it does."""
+        while not self._stopping.wait(self.config.maintenance_s):
+            try:
+                renewed = self.trust.refresh_expiring()
+                if renewed:
+                    log.info("re-signed %s before expiry", ", ".join(renewed))
+                self.identities.refresh_crl()
+                run_retention(self.engine, self.retention)
+            except Exception:  # keep maintaining; the next round may succeed
+                log.exception("hub maintenance failed")
 
     # ------------------------------------------------------------- operations
-
-    def check_enrol_token(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.enrol_token.encode())
 
     def build_and_publish(
         self,
@@ -129,6 +238,8 @@ class Hub:
         row = self.registry.publish(
             built, config=config, source=source, device_classes=device_classes
         )
+        if onnx_bytes is None:  # a retrain starts from how this version was trained
+            record_training(self.engine, row.name, row.version, config)
         return {
             "name": row.name,
             "version": row.version,

@@ -14,6 +14,7 @@ Exceptions::
 from __future__ import annotations
 
 import json
+import math
 import re
 import struct
 import uuid
@@ -21,17 +22,34 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from shared.drift import DriftError, DriftSketch
+from shared.latency import N_BUCKETS
+
 VERSION: Final = 1
 ROOT: Final = "ef/v1/dev"
 MAX_JSON_BYTES: Final = 256 * 2**10  # bytes; larger JSON messages are refused
 MAX_BLOB_BYTES: Final = 1 * 2**20  # bytes; a chunk (<=64 KiB) or a metadata batch
 MAX_CHUNK_BYTES: Final = 64 * 2**10  # bytes (DESIGN §8: keeps the broker's memory flat)
 
-KINDS: Final = ("state", "events", "telemetry", "drift", "fetch", "cmd", "blob")
-DEVICE_TO_HUB: Final = frozenset({"state", "events", "telemetry", "drift", "fetch"})
+KINDS: Final = (
+    "state",
+    "events",
+    "telemetry",
+    "drift",
+    "fetch",
+    "cmd",
+    "blob",
+    "capture",  # data capture status and the upload manifest (JSON, docs/capture.md)
+    "upload",  # data capture chunks (binary, not an envelope)
+)
+DEVICE_TO_HUB: Final = frozenset(
+    {"state", "events", "telemetry", "drift", "fetch", "capture", "upload"}
+)
+BINARY_DEVICE_TO_HUB: Final = frozenset({"upload"})  # raw chunks: no JSON type allowed
 HUB_TO_DEVICE: Final = frozenset({"cmd", "blob"})
 
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_json_decode = json.JSONDecoder().decode  # json.loads(str) with default options
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no "\n" at the end
 
 # Deployment stages a device reports on `events`, in the order they happen.
 STAGES: Final = (
@@ -43,8 +61,9 @@ STAGES: Final = (
     "healthy",
     "rolled_back",
     "failed",
+    "refused",  # a command the device would not act on (bad signature, expired, replayed)
 )
-TERMINAL_STAGES: Final = frozenset({"healthy", "rolled_back", "failed"})
+TERMINAL_STAGES: Final = frozenset({"healthy", "rolled_back", "failed", "refused"})
 
 
 class ProtocolError(ValueError):
@@ -62,7 +81,7 @@ class ProtocolError(ValueError):
 
 
 def is_device_id(device_id: str) -> bool:
-    return bool(_DEVICE_ID.match(device_id))
+    return isinstance(device_id, str) and bool(_DEVICE_ID.fullmatch(device_id))
 
 
 def topic(device_id: str, kind: str) -> str:
@@ -135,12 +154,18 @@ def decode(payload: bytes, *, expect: frozenset[str] | None = None) -> Message:
     if len(payload) > MAX_JSON_BYTES:
         raise ProtocolError("too_large", f"{len(payload)} bytes > {MAX_JSON_BYTES}")
     try:
-        env = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        if payload[:1] == b"{" and payload[1:2] != b"\x00":
+            # what json.loads(bytes) does for UTF-8 (no BOM, not UTF-16/32), minus
+            # its encoding detection (~0.5 µs of ~10 for a telemetry message)
+            env = _json_decode(payload.decode("utf-8", "surrogatepass"))
+        else:
+            env = json.loads(payload)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, and
+        # the int-digits limit (a number of more than 4300 digits) are ValueErrors
         raise ProtocolError("bad_json", str(e)[:200]) from e
     if not isinstance(env, dict):
         raise ProtocolError("bad_envelope", "not a JSON object")
-    if env.get("v") != VERSION:
+    if type(env.get("v")) is not int or env.get("v") != VERSION:
         raise ProtocolError("bad_version", f"v={env.get('v')!r}, this side speaks {VERSION}")
     msg_type, msg_id, body = env.get("type"), env.get("id"), env.get("body")
     ts: float = env.get("ts")  # type: ignore[assignment]  # checked below
@@ -148,14 +173,14 @@ def decode(payload: bytes, *, expect: frozenset[str] | None = None) -> Message:
         raise ProtocolError("bad_envelope", f"unknown type {msg_type!r}")
     if expect is not None and msg_type not in expect:
         raise ProtocolError("unexpected_type", f"{msg_type!r} not allowed here")
-    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 64:
+    if not isinstance(msg_id, str) or not 0 < len(msg_id) <= 64 or not _text(msg_id):
         raise ProtocolError("bad_envelope", "id must be a non-empty string of <= 64 chars")
-    if not _is_number(ts):
+    if not is_number(ts):
         raise ProtocolError("bad_envelope", "ts must be a number (seconds since the epoch)")
     if not isinstance(body, dict):
         raise ProtocolError("bad_envelope", "body must be an object")
     _validate_body(msg_type, body)
-    return Message(msg_type, msg_id, float(ts), body)  # ts checked by _is_number
+    return Message(msg_type, msg_id, float(ts), body)  # ts checked by is_number
 
 
 # Message types allowed on each topic kind.
@@ -165,7 +190,9 @@ TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
     "telemetry": frozenset({"telemetry"}),
     "drift": frozenset({"drift"}),
     "fetch": frozenset({"fetch_meta", "fetch_chunks"}),
-    "cmd": frozenset({"deploy", "rollback"}),
+    "cmd": frozenset({"deploy", "rollback", "capture"}),
+    "capture": frozenset({"capture_status", "upload_manifest"}),
+    "upload": frozenset(),  # binary chunks only (decode_upload_chunk)
 }
 
 
@@ -174,10 +201,20 @@ TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
 # are small and frequent, so this stays cheaper than a general validation library.
 
 Check = Callable[[Any], bool]
+MAX_UINT: Final = 2**63  # unsigned fields stay below it: a SQL BIGINT holds them
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x  # not NaN
+def is_number(x: Any) -> bool:
+    """A finite JSON number (not a bool, not NaN or infinite, and one a float can hold)."""
+    if type(x) is float:  # the common case first: the hub checks ~10 numbers a message
+        return math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int beyond a float's range
+        return False
 
 
 def _is_int(x: Any) -> bool:
@@ -185,15 +222,22 @@ def _is_int(x: Any) -> bool:
 
 
 def _nonneg_int(x: Any) -> bool:
-    return _is_int(x) and x >= 0
+    if type(x) is int:  # the common case first (bool is not int here)
+        return 0 <= x < MAX_UINT
+    return _is_int(x) and 0 <= x < MAX_UINT
+
+
+def _text(x: str) -> bool:
+    """No lone surrogates (JSON escapes can carry them; no database or UTF-8 can)."""
+    return x.isascii() or not _SURROGATE.search(x)
 
 
 def _short_str(x: Any) -> bool:
-    return isinstance(x, str) and 0 < len(x) <= 256
+    return isinstance(x, str) and 0 < len(x) <= 256 and _text(x)
 
 
 def _opt_str(x: Any) -> bool:
-    return x is None or (isinstance(x, str) and len(x) <= 4096)
+    return x is None or (isinstance(x, str) and len(x) <= 4096 and _text(x))
 
 
 def _one_of(*values: str) -> Check:
@@ -208,7 +252,32 @@ def _models_map(x: Any) -> bool:
 
 
 def _latency(x: Any) -> bool:
-    return isinstance(x, dict) and all(_is_number(x.get(k)) for k in ("p50", "p95", "p99"))
+    # unrolled (no generator): the hub checks one in every telemetry window
+    return (
+        isinstance(x, dict)
+        and is_number(x.get("p50"))
+        and is_number(x.get("p95"))
+        and is_number(x.get("p99"))
+    )
+
+
+LATENCY_BUCKETS: Final = N_BUCKETS  # shared/latency.py: buckets of a LatencyHistogram
+
+
+_HIST_KEYS: Final = frozenset(str(i) for i in range(LATENCY_BUCKETS))
+
+
+def _latency_hist(x: Any) -> bool:
+    """A sparse latency histogram: ``{"bucket": count}``, buckets 0..LATENCY_BUCKETS-1.
+
+    Set operations, not a loop per bucket: the hub checks one in every telemetry window.
+    """
+    if not isinstance(x, dict) or not x.keys() <= _HIST_KEYS:
+        return False
+    counts = x.values()
+    return not counts or (
+        set(map(type, counts)) == {int} and min(counts) >= 0 and max(counts) < MAX_UINT
+    )
 
 
 def _chunk_list(x: Any) -> bool:
@@ -221,9 +290,69 @@ def _obj(x: Any) -> bool:
     return isinstance(x, dict)
 
 
-def _opt_number(x: Any) -> bool:
-    return x is None or _is_number(x)
+def _drift_sketch(x: Any) -> bool:
+    """A well-formed drift sketch (shared/drift.py checks counts, moments and sizes)."""
+    try:
+        DriftSketch.from_dict(x)
+    except DriftError:
+        return False
+    return True
 
+
+def _opt_number(x: Any) -> bool:
+    return x is None or is_number(x)
+
+
+# Data capture (docs/capture.md): limits a receiver checks before it trusts a size.
+MAX_CAPTURE_ROWS: Final = 100_000  # rows one capture command may ask for
+MAX_CAPTURE_S: Final = 7 * 86400.0  # seconds a capture may run
+MAX_CAPTURE_WINDOWS: Final = 10_000  # telemetry windows a capture may run
+MAX_UPLOAD_BYTES: Final = 16 * 2**20  # bytes of one device's upload (<= 256 chunks of 64 KiB)
+MAX_UPLOAD_ARRAYS: Final = 16  # arrays in an upload's schema
+UPLOAD_DTYPES: Final = frozenset({"float32", "float64", "int32", "int64"})  # little-endian
+_HEX64: Final = re.compile(r"[0-9a-f]{64}")
+
+
+def _sha256_hex(x: Any) -> bool:
+    return isinstance(x, str) and bool(_HEX64.fullmatch(x))
+
+
+def _array_spec(x: Any) -> bool:
+    """``{"name": short, "dtype": one of UPLOAD_DTYPES, "shape": [uint, ...]}``."""
+    return (
+        isinstance(x, dict)
+        and set(x) == {"name", "dtype", "shape"}
+        and _short_str(x["name"])
+        and x["dtype"] in UPLOAD_DTYPES
+        and isinstance(x["shape"], list)
+        and 1 <= len(x["shape"]) <= 4
+        and all(_nonneg_int(d) and d <= MAX_UPLOAD_BYTES for d in x["shape"])
+    )
+
+
+def _upload_schema(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and 0 < len(x) <= MAX_UPLOAD_ARRAYS
+        and all(_array_spec(a) for a in x)
+        and len({a["name"] for a in x}) == len(x)
+    )
+
+
+def _chunk_hashes(x: Any) -> bool:
+    limit = MAX_UPLOAD_BYTES // MAX_CHUNK_BYTES
+    return isinstance(x, list) and 0 < len(x) <= limit and all(_sha256_hex(h) for h in x)
+
+
+def _bounded(check: Check, low: float, high: float) -> Check:
+    return lambda x: check(x) and low <= x <= high
+
+
+_COMMAND_FIELDS: Final[Mapping[str, tuple[Check, bool]]] = {
+    "device": (_short_str, False),
+    "expires": (is_number, False),
+    "root_version": (_nonneg_int, False),
+}
 
 BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
     "state": {
@@ -245,13 +374,15 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
     },
     "telemetry": {
         "seq": (_nonneg_int, True),
-        "start": (_is_number, True),
-        "end": (_is_number, True),
+        "start": (is_number, True),
+        "end": (is_number, True),
         "model": (_opt_str, False),
         "version": (lambda x: x is None or _nonneg_int(x), False),
         "count": (_nonneg_int, True),
         "errors": (_nonneg_int, True),
         "latency_us": (_latency, True),
+        "latency_hist": (_latency_hist, False),  # sparse {bucket: count} (docs/protocol.md)
+        "spool_dropped": (_nonneg_int, False),  # windows the device's spool dropped, ever
         "labelled": (_nonneg_int, False),
         "correct": (_nonneg_int, False),
         "cpu_pct": (_opt_number, False),
@@ -261,7 +392,7 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "seq": (_nonneg_int, True),
         "model": (_short_str, True),
         "version": (_nonneg_int, True),
-        "sketch": (_obj, True),
+        "sketch": (_drift_sketch, True),
     },
     "fetch_meta": {
         "req": (_short_str, True),
@@ -272,16 +403,50 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "target": (_short_str, True),
         "chunks": (_chunk_list, True),
     },
+    # deploy and rollback also carry the fields shared/director.py signs: optional here
+    # so that an unsigned or stripped command is refused by the director check, by name
     "deploy": {
         "deployment": (_short_str, True),
         "model": (_short_str, True),
         "version": (_nonneg_int, True),
         "target": (_short_str, True),
+        **_COMMAND_FIELDS,
     },
     "rollback": {
         "deployment": (_short_str, True),
         "model": (_short_str, True),
         "version": (_nonneg_int, True),
+        **_COMMAND_FIELDS,
+    },
+    # a signed command, like deploy (docs/capture.md)
+    "capture": {
+        "capture": (_short_str, True),
+        "model": (_short_str, True),
+        "max_rows": (_bounded(_nonneg_int, 1, MAX_CAPTURE_ROWS), True),
+        "duration_s": (_bounded(is_number, 0.001, MAX_CAPTURE_S), False),
+        "windows": (_bounded(_nonneg_int, 1, MAX_CAPTURE_WINDOWS), False),
+        "seed": (_nonneg_int, False),
+        **_COMMAND_FIELDS,
+    },
+    "capture_status": {
+        "capture": (_short_str, True),
+        "model": (_short_str, True),
+        "status": (_one_of("started", "uploaded", "failed", "refused"), True),
+        "reason": (_opt_str, False),
+        "detail": (_opt_str, False),
+        "rows": (_nonneg_int, False),
+    },
+    "upload_manifest": {
+        "capture": (_short_str, True),
+        "model": (_short_str, True),
+        "version": (_nonneg_int, True),
+        "rows": (_bounded(_nonneg_int, 1, MAX_CAPTURE_ROWS), True),
+        "labelled": (_bounded(_nonneg_int, 0, MAX_CAPTURE_ROWS), True),
+        "schema": (_upload_schema, True),
+        "length": (_bounded(_nonneg_int, 1, MAX_UPLOAD_BYTES), True),
+        "sha256": (_sha256_hex, True),
+        "chunk_size": (_bounded(_nonneg_int, 1, MAX_CHUNK_BYTES), True),
+        "chunks": (_chunk_hashes, True),
     },
 }
 
@@ -345,7 +510,7 @@ def decode_blob(payload: bytes) -> Blob:
         raise ProtocolError("bad_blob", f"header length {hlen} out of range")
     try:
         header = json.loads(payload[_HDR.size : _HDR.size + hlen])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
         raise ProtocolError("bad_blob", f"header is not JSON: {e}") from e
     data = payload[_HDR.size + hlen :]
     if not isinstance(header, dict) or not _short_str(header.get("req")):
@@ -388,3 +553,62 @@ def split_meta_blob(blob: Blob) -> dict[str, bytes]:
         out[name] = blob.data[pos : pos + length]
         pos += length
     return out
+
+
+# --------------------------------------------------------------------------- uploads
+# A capture upload chunk (device -> hub, on `upload`): UPLOAD_MAGIC, a big-endian u32
+# header length, a JSON header {"capture": id, "index": i}, then at most MAX_CHUNK_BYTES
+# raw bytes. The hub checks it against the sha256 the upload manifest lists.
+
+UPLOAD_MAGIC: Final = b"EFU1"
+
+
+@dataclass(frozen=True)
+class UploadChunk:
+    capture: str
+    index: int
+    data: bytes
+
+
+def encode_upload_chunk(capture: str, index: int, data: bytes) -> bytes:
+    """One upload chunk; ``data`` of at most MAX_CHUNK_BYTES.
+
+    Raises:
+        ProtocolError: ``too_large`` for a longer chunk.
+    """
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ProtocolError("too_large", f"upload chunk of {len(data)} bytes")
+    head = json.dumps({"capture": capture, "index": index}, separators=(",", ":")).encode()
+    return _HDR.pack(UPLOAD_MAGIC, len(head)) + head + data
+
+
+def decode_upload_chunk(payload: bytes) -> UploadChunk:
+    """Parse an upload chunk.
+
+    Raises:
+        ProtocolError: reason ``bad_upload`` (or ``too_large``).
+    """
+    if len(payload) > MAX_CHUNK_BYTES + MAX_BLOB_HEADER + _HDR.size:
+        raise ProtocolError("too_large", f"upload chunk message of {len(payload)} bytes")
+    if len(payload) < _HDR.size:
+        raise ProtocolError("bad_upload", "shorter than its fixed header")
+    magic, hlen = _HDR.unpack_from(payload)
+    if magic != UPLOAD_MAGIC:
+        raise ProtocolError("bad_upload", f"bad magic {magic!r}")
+    if hlen > MAX_BLOB_HEADER or _HDR.size + hlen > len(payload):
+        raise ProtocolError("bad_upload", f"header length {hlen} out of range")
+    try:
+        header = json.loads(payload[_HDR.size : _HDR.size + hlen])
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError("bad_upload", f"header is not JSON: {e}") from e
+    data = payload[_HDR.size + hlen :]
+    if not (
+        isinstance(header, dict)
+        and _short_str(header.get("capture"))
+        and _nonneg_int(header.get("index"))
+        and header["index"] < MAX_UPLOAD_BYTES // MAX_CHUNK_BYTES
+    ):
+        raise ProtocolError("bad_upload", "header needs 'capture' and an in-range 'index'")
+    if len(data) > MAX_CHUNK_BYTES:
+        raise ProtocolError("too_large", f"upload chunk of {len(data)} bytes")
+    return UploadChunk(str(header["capture"]), int(header["index"]), data)

@@ -13,7 +13,7 @@ class Reason(StrEnum):
     """Why a device refused or abandoned an update."""
 
     # trust (TUF metadata and targets)
-    BAD_SIGNATURE = "bad_signature"  # metadata not signed by a threshold of trusted keys
+    BAD_SIGNATURE = "bad_signature"  # metadata or a command without enough valid signatures
     EXPIRED_METADATA = "expired_metadata"  # freeze attack: metadata past its expiry
     METADATA_ROLLBACK = "metadata_rollback"  # metadata older than what the device has seen
     METADATA_INVALID = "metadata_invalid"  # unparsable or inconsistent metadata
@@ -35,3 +35,14 @@ class Reason(StrEnum):
     HUB_ERROR = "hub_error"  # the hub answered a fetch with an error
     STORAGE_ERROR = "storage_error"  # the device could not write its files
     BUSY = "busy"  # a newer deployment or a rollback command superseded this one
+    # director (signed commands)
+    UNSIGNED_COMMAND = "unsigned_command"  # a deploy/rollback command with no signature
+    UNKNOWN_KEY = "unknown_key"  # signed by no key the device's trusted root lists
+    WRONG_DEVICE = "wrong_device"  # a command signed for another device
+    COMMAND_EXPIRED = "command_expired"  # a command past its expiry
+    COMMAND_REPLAYED = "command_replayed"  # a command id this device has already seen
+    COMMAND_INVALID = "command_invalid"  # malformed signatures or an expiry too far out
+    # data capture (docs/capture.md)
+    CAPTURE_EMPTY = "capture_empty"  # the capture ended without a row of its model
+    UPLOAD_INCOMPLETE = "upload_incomplete"  # hub: chunks still missing at the deadline
+    UPLOAD_INVALID = "upload_invalid"  # hub: an upload whose manifest or bytes do not add up

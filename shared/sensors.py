@@ -55,12 +55,45 @@ class Shift:
     offset: tuple[float, ...] | None = None
 
 
+BASELINE_SPEED_KRPM = (1.2, 3.6)  # krpm: the shaft speeds of the training data
+
+
+@dataclass(frozen=True)
+class Regime:
+    """A concept shift: a new operating regime where the same signatures mean other classes.
+
+    A machine moved to a new operating point (here: a faster speed band, e.g. after a
+    gearbox change) shows its faults differently: with the default ``signatures`` an
+    imbalanced machine shows what was misalignment's signature (2x energy, axial
+    vibration, 180° phase) and a misaligned one what was imbalance's (1x energy, 90°
+    phase). A model trained on the baseline calls them the wrong way round. The speed
+    band is the visible part (a PSI/JS detector sees ``speed_krpm`` and the speed-driven
+    bands move) and the part a retrained model learns from: below the band the old
+    mapping holds, inside it the new one, so captured labelled rows restore accuracy.
+
+    Attributes:
+        speed_krpm: (low, high) shaft speed of the regime (baseline: BASELINE_SPEED_KRPM).
+        signatures: per class (CLASSES order), the class whose signature its rows show.
+    """
+
+    speed_krpm: tuple[float, float] = (4.0, 5.0)
+    signatures: tuple[int, ...] = (0, 3, 2, 1)
+
+    def __post_init__(self) -> None:
+        low, high = self.speed_krpm
+        if not 0 < low < high:
+            raise ValueError(f"speed_krpm must be 0 < low < high, got {self.speed_krpm}")
+        if sorted(self.signatures) != list(range(len(CLASSES))):
+            raise ValueError(f"signatures must be a permutation of 0..{len(CLASSES) - 1}")
+
+
 def generate(
     n: int,
     *,
     seed: int,
     class_weights: tuple[float, ...] = (0.55, 0.15, 0.15, 0.15),
     shift: Shift | None = None,
+    regime: Regime | None = None,
 ) -> tuple[Features, Labels]:
     """Generate ``n`` labelled rows.
 
@@ -68,7 +101,8 @@ def generate(
         n: number of rows.
         seed: the same seed gives the same rows.
         class_weights: probability of each class in CLASSES order.
-        shift: optional covariate shift.
+        shift: optional covariate shift (applied after ``regime``).
+        regime: optional concept shift; ``None`` is the baseline regime.
 
     Returns:
         (features float32 [n, 16], labels int64 [n])
@@ -80,7 +114,11 @@ def generate(
     if w.shape != (len(CLASSES),) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"class_weights must be {len(CLASSES)} non-negative numbers")
     y = rng.choice(len(CLASSES), size=n, p=w / w.sum()).astype(np.int64)
-    x = _features(rng, y)
+    if regime is None:
+        x = _features(rng, y, BASELINE_SPEED_KRPM)
+    else:
+        shown = np.asarray(regime.signatures, dtype=np.int64)[y]
+        x = _features(rng, shown, regime.speed_krpm)
     if shift is not None:
         if shift.scale is not None:
             x *= np.asarray(shift.scale, dtype=np.float32)
@@ -89,9 +127,9 @@ def generate(
     return x, y
 
 
-def _features(rng: np.random.Generator, y: Labels) -> Features:
+def _features(rng: np.random.Generator, y: Labels, speed_krpm: tuple[float, float]) -> Features:
     n = len(y)
-    speed = rng.uniform(1.2, 3.6, n)  # krpm
+    speed = rng.uniform(speed_krpm[0], speed_krpm[1], n)  # krpm
     load = rng.uniform(0.3, 1.0, n)
     severity = rng.gamma(2.0, 0.5, n)  # 0 .. ~3, mostly around 1
     imb = (y == 1) * severity
@@ -152,11 +190,13 @@ class SensorStream:
         *,
         class_weights: tuple[float, ...] = (0.55, 0.15, 0.15, 0.15),
         shift: Shift | None = None,
+        regime: Regime | None = None,
     ) -> None:
         self._seed = seed
         self._draws = 0
         self.class_weights = class_weights
-        self.shift = shift
+        self.shift = shift  # may be set while the stream runs (a drift scenario)
+        self.regime = regime  # likewise
 
     def next(self, n: int) -> tuple[Features, Labels]:
         """The next ``n`` rows of this device's stream."""
@@ -166,4 +206,5 @@ class SensorStream:
             seed=hash((self._seed, self._draws)) & 0x7FFF_FFFF,
             class_weights=self.class_weights,
             shift=self.shift,
+            regime=self.regime,
         )

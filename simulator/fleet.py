@@ -6,6 +6,12 @@ its own stream of sensor rows from the built-in generator, labelled, so live acc
 is measured. All devices of one process share one selector loop (simulator/mqttloop.py;
 paho's own thread-per-client loop stalls near 340 clients) and one cache of model
 sessions keyed by sha256. ``run_fleet`` spreads devices over several processes.
+
+Fault hooks (simulator/faults.py drives them, on the loop thread): a device can crash
+and restart from its state directory (:meth:`VirtualDevice.crash`, :meth:`restart`),
+lose its network for a while (:meth:`drop_link`, :meth:`restore_link`), pass what it
+receives through faulty links (:attr:`VirtualDevice.inbound_faults`) and load models
+with a runtime of its own (:attr:`VirtualDevice.sessions`).
 """
 
 from __future__ import annotations
@@ -13,22 +19,46 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import random
-from collections import Counter
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from agent.core import CoreConfig
 from agent.device import Device
 from agent.runtime import InferenceError, NoModelError, OnnxBackend, SessionCache
+from agent.spool import DEFAULT_MAX_BYTES, Spool, SpoolSender
 from agent.store import DeviceStore
 from shared import protocol
 from shared.sensors import SensorStream
 from simulator.mqttloop import ClientHandle, MqttLoop, Will
 
 log = logging.getLogger(__name__)
+
+MAX_OFFLINE_PUBLISHES = 1000  # per device: QoS 1 messages kept while its link is down
+
+Deliver = Callable[[str, bytes], None]  # (topic, payload) on to the device
+# A fault on the way in: gets each (topic, payload) and the next step; it may change,
+# delay or drop the message.
+InboundFault = Callable[[str, bytes, Deliver], None]
+LabelTap = Callable[["VirtualDevice", npt.NDArray[np.int64], npt.NDArray[np.int64]], None]
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """An ``event`` a device published (the simulator's own record, by device)."""
+
+    t: float  # time.monotonic() when published
+    device_id: str
+    deployment: str
+    version: int
+    stage: str
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -41,12 +71,27 @@ class FleetConfig:
     id_prefix: str = "sim"
     first_index: int = 0
     device_class: str = "sim-gateway"
+    # (class, count) in index order from index 0; devices beyond their sum: device_class
+    device_classes: tuple[tuple[str, int], ...] = ()
     seed: int = 1
     rows_per_s: float = 10.0  # inference rate of each device
     batch: int = 5  # rows per inference call
     tick_s: float = 1.0  # how often each device closes a stats tick
     window_s: float = 5.0  # telemetry window
     fetch_timeout_s: float = 10.0
+    # telemetry/drift spools (agent/spool.py): one directory per device under spool_dir
+    # (e.g. on /dev/shm), or under each device's state directory when None
+    spool_dir: Path | None = None
+    spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes per device
+
+    def class_of(self, index: int) -> str:
+        """The device class of the device with this (absolute) index."""
+        n = index
+        for name, count in self.device_classes:
+            if n < count:
+                return name
+            n -= count
+        return self.device_class
 
 
 @dataclass
@@ -83,6 +128,7 @@ class VirtualDevice:
     def __init__(self, fleet: Fleet, index: int) -> None:
         cfg = fleet.config
         self.device_id = f"{cfg.id_prefix}-{index:05d}"
+        self.device_class = cfg.class_of(index)
         self.fleet = fleet
         self.stream = SensorStream(cfg.seed * 1_000_003 + index)
         self.inferences = 0
@@ -90,41 +136,155 @@ class VirtualDevice:
         self.labelled = 0
         self.correct = 0
         self.telemetry = 0
-        store = DeviceStore(cfg.work_dir / self.device_id)
-        self.device = Device(
+        self.sessions: SessionCache = fleet.sessions  # a fault may give it a runtime of its own
+        self.inbound_faults: list[InboundFault] = []  # applied in order to what arrives
+        self.outbound_taps: list[Deliver] = []  # see (topic, payload) of what it publishes
+        self.events: list[DeviceEvent] = []  # every event it published, all lives
+        self.up = True  # False between crash() and restart()
+        self.link_up = True  # False between drop_link() and restore_link()
+        self.lives = 1  # incarnations: a message in flight dies with its device
+        self._offline: deque[tuple[str, bytes, int, bool]] = deque()
+        self.device = self._new_device()
+        self.client: ClientHandle = self._new_client()
+
+    def _new_device(self) -> Device:
+        cfg = self.fleet.config
+        spool_dir = (
+            cfg.work_dir / self.device_id / "spool"
+            if cfg.spool_dir is None
+            else cfg.spool_dir / self.device_id
+        )
+        # a new life reopens the spool from disk, as a restarted agent would
+        self.spool = SpoolSender(Spool(spool_dir, cfg.spool_max_bytes), self._send_spooled)
+        return Device(
             CoreConfig(
                 device_id=self.device_id,
-                device_class=cfg.device_class,
+                device_class=self.device_class,
                 window_s=cfg.window_s,
                 fetch_timeout_s=cfg.fetch_timeout_s,
             ),
-            store,
+            DeviceStore(cfg.work_dir / self.device_id),
             publish=self._publish,
-            sessions=fleet.sessions,
+            sessions=self.sessions,
             pinned_root=cfg.pinned_root,
             check_memory=False,  # sessions are shared: one device's RSS growth is not its own
+            spool=self.spool,
+            on_spooled=self._spooled,
         )
-        self.client: ClientHandle = fleet.loop.add_client(
+
+    def _new_client(self) -> ClientHandle:
+        return self.fleet.loop.add_client(
             self.device_id,
             on_connect=self._on_connect,
             on_message=self._on_message,
+            on_disconnect=self._on_disconnect,
+            on_publish=self._on_ack,
             will=Will(protocol.topic(self.device_id, "state"), self.device.offline_state()),
         )
+
+    # -- faults (loop thread) -------------------------------------------------------------
+
+    def crash(self) -> None:
+        """Die abruptly: the connection is reset (the broker publishes the Last Will) and
+        the ``Device`` with everything it held in memory is gone; its files stay."""
+        if not self.up:
+            return
+        self.up = False
+        self.lives += 1
+        self.client.kill()
+        self._offline.clear()  # paho's queue lived in the dead process
+
+    def restart(self) -> None:
+        """Start again from the same state directory: a new ``Device``, a new connection."""
+        if self.up:
+            return
+        self.up, self.link_up = True, True
+        self.device = self._new_device()
+        self.client = self._new_client()
+
+    def drop_link(self) -> None:
+        """Lose the network: the connection is reset, the device runs on and keeps what
+        it publishes (QoS 1, up to MAX_OFFLINE_PUBLISHES) for the next connection."""
+        if not self.up or not self.link_up:
+            return
+        self.link_up = False
+        self.lives += 1
+        self.client.kill()
+
+    def restore_link(self) -> None:
+        if self.up and not self.link_up:
+            self.link_up = True
+            self.client = self._new_client()
+
+    # -- MQTT -----------------------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if topic.endswith("/telemetry"):
             self.telemetry += 1
+        elif topic.endswith("/events"):
+            self._record_event(payload)
+        for tap in self.outbound_taps:
+            tap(topic, payload)
+        if not self.link_up:
+            if qos > 0 and len(self._offline) < MAX_OFFLINE_PUBLISHES:
+                self._offline.append((topic, payload, qos, retain))
+            return
         self.client.publish(topic, payload, qos, retain)
+
+    def _spooled(self, topic: str, payload: bytes) -> None:
+        """A telemetry or drift window went into the spool (sent now or after reconnect)."""
+        if topic.endswith("/telemetry"):
+            self.telemetry += 1
+        for tap in self.outbound_taps:
+            tap(topic, payload)
+
+    def _send_spooled(self, topic: str, payload: bytes) -> int | None:
+        return self.client.publish_mid(topic, payload) if self.link_up else None
+
+    def _on_ack(self, mid: int) -> None:
+        self.spool.acked(mid)
+
+    def _on_disconnect(self) -> None:
+        self.spool.disconnected()
+
+    def _record_event(self, payload: bytes) -> None:
+        body = protocol.decode(payload).body
+        self.events.append(
+            DeviceEvent(
+                time.monotonic(),
+                self.device_id,
+                str(body["deployment"]),
+                int(body["version"]),
+                str(body["stage"]),
+                body.get("reason"),
+            )
+        )
 
     def _on_connect(self) -> None:
         self.client.subscribe(protocol.topic(self.device_id, "cmd"))
         self.client.subscribe(protocol.topic(self.device_id, "blob"))
+        while self._offline:
+            self.client.publish(*self._offline.popleft())
         self.device.connected()
+        self.spool.connected()  # what was spooled while offline, oldest first
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        self.device.message(topic.rsplit("/", 1)[-1], payload)
+        if self.up:
+            self._pass_on(0, self.lives, topic, payload)
+
+    def _pass_on(self, i: int, life: int, topic: str, payload: bytes) -> None:
+        if life != self.lives:  # the device died (or lost its link) while this was delayed
+            return
+        if i < len(self.inbound_faults):
+            self.inbound_faults[i](topic, payload, lambda t, p: self._pass_on(i + 1, life, t, p))
+        else:
+            self.device.message(topic.rsplit("/", 1)[-1], payload)
+
+    # -- work -----------------------------------------------------------------------------
 
     def infer(self) -> None:
+        if not self.up:
+            return
         x, y = self.stream.next(self.fleet.config.batch)
         try:
             out = self.device.predictor.predict(x)
@@ -138,9 +298,12 @@ class VirtualDevice:
         self.inferences += len(x)
         self.labelled += len(y)
         self.correct += int(np.count_nonzero(predicted == y))
+        for tap in self.fleet.label_taps:
+            tap(self, predicted, y)
 
     def tick(self) -> None:
-        self.device.tick()
+        if self.up:
+            self.device.tick()
 
 
 class Fleet:
@@ -152,6 +315,9 @@ class Fleet:
         self.sessions = SessionCache(OnnxBackend())
         self.devices: list[VirtualDevice] = []
         self._rng = random.Random(config.seed)
+        # See (device, predicted, labels) of every labelled inference, on the loop thread
+        # (simulator/drift.py: live accuracy per window).
+        self.label_taps: list[LabelTap] = []
 
     def start(self) -> Fleet:
         cfg = self.config

@@ -221,6 +221,7 @@ class _Session:
         "on_connect",
         "on_disconnect",
         "on_message",
+        "on_publish",
         "retry",
         "state",
         "tcp_sock",
@@ -240,6 +241,7 @@ class _Session:
         self.on_connect = on_connect
         self.on_message = on_message
         self.on_disconnect = on_disconnect
+        self.on_publish: Callable[[int], None] | None = None  # PUBACK of a QoS 1 mid
         self.state = _State.QUEUED
         self.attempts = 0  # failed attempts since the last CONNACK
         self.tcp_sock: _MeteredSocket | None = None  # ours until paho takes it
@@ -290,6 +292,19 @@ class ClientHandle:
             ValueError: a bad topic or QoS (from paho).
         """
         return self._loop._publish(self._session, topic, payload, qos, retain)
+
+    def publish_mid(self, topic: str, payload: bytes) -> int | None:
+        """Publish at QoS 1 while connected; paho's message id, or None (nothing sent).
+
+        For senders that track acknowledgements themselves (agent/spool.py): the id comes
+        back through ``add_client(on_publish=...)`` once the broker has the message.
+        """
+        self._loop._check_thread()
+        s = self._session
+        if s.state is not _State.CONNECTED:
+            return None
+        info = s.client.publish(topic, payload, 1, False)
+        return info.mid if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS else None
 
     def close(self) -> None:
         """Disconnect gracefully (DISCONNECT, so no Last Will); never reconnects."""
@@ -395,6 +410,7 @@ class MqttLoop:
         on_disconnect: Callable[[], None] | None = None,
         will: Will | None = None,
         clean_session: bool = False,
+        on_publish: Callable[[int], None] | None = None,
     ) -> ClientHandle:
         """Add a client; it connects in the next iterations and reconnects until closed.
 
@@ -406,6 +422,7 @@ class MqttLoop:
                 close() or kill()).
             will: the Last Will, if any.
             clean_session: MQTT 3.1.1 clean session; False keeps a persistent session.
+            on_publish: called with the mid of each QoS 1 publish the broker acknowledged.
 
         Raises:
             MqttLoopError: a live client already has this id, or the loop is closed.
@@ -422,6 +439,7 @@ class MqttLoop:
             protocol=MQTTProtocolVersion.MQTTv311,
         )
         session = _Session(client_id, client, on_connect, on_message, on_disconnect)
+        session.on_publish = on_publish
         client.user_data_set(session)
         client.max_queued_messages_set(self._max_queued)
         if will is not None:
@@ -837,6 +855,11 @@ class MqttLoop:
 
     def _on_publish(self, client: Any, s: _Session, mid: int, reason: Any, props: Any) -> None:
         self._counters.messages_out += 1
+        if s.on_publish is not None:
+            try:
+                s.on_publish(mid)
+            except Exception:
+                self._callback_failed(s, "on_publish")
 
     # -- client operations (called through ClientHandle) ---------------------------------
 

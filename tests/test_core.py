@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import pytest
+from manifests import make_target
+from securesystemslib.signer import CryptoSigner
 
 from agent.core import AgentCore, CoreConfig
 from agent.events import (
@@ -30,8 +31,7 @@ from agent.events import (
 )
 from agent.telemetry import InferenceStats
 from shared import protocol
-from shared.chunks import chunk_hashes
-from shared.manifest import HealthCheck, Manifest, TensorSpec
+from shared.director import DirectorKeys, sign_command
 from shared.reasons import Reason
 from shared.trust import VerifiedTarget
 
@@ -39,40 +39,15 @@ DEV = "dev-1"
 CHUNK = 1024
 
 
-def make_target(version: int, data: bytes, **overrides: Any) -> VerifiedTarget:
-    fields: dict[str, Any] = dict(
-        model="m",
-        channel="stable",
-        version=version,
-        format="onnx",
-        runtime="onnxruntime",
-        device_classes=(),
-        inputs=(TensorSpec("input", "float32", (None, 16)),),
-        outputs=(TensorSpec("probabilities", "float32", (None, 4)),),
-        classes=("a", "b", "c", "d"),
-        chunk_size=CHUNK,
-        chunks=tuple(chunk_hashes(data, CHUNK)),
-        health=HealthCheck(
-            golden_inputs=((0.0,) * 16,),
-            golden_outputs=((0.25,) * 4,),
-            golden_output="probabilities",
-            tolerance=1e-3,
-            latency_budget_us=5000,
-            memory_budget_mb=64,
-            probation_s=5,
-            probation_min_inferences=10,
-            max_error_ratio=0.05,
-        ),
-    )
-    fields.update(overrides)
-    m = Manifest(**fields)
-    return VerifiedTarget(
-        f"m/{version}/model.onnx", len(data), hashlib.sha256(data).hexdigest(), m.to_custom()
-    )
+DIRECTOR = CryptoSigner.generate_ed25519()
+KEYS = DirectorKeys({DIRECTOR.public_key.keyid: DIRECTOR.public_key})
 
 
 def cmd(msg_type: str, **body: Any) -> MessageArrived:
-    return MessageArrived("cmd", protocol.encode(msg_type, body, ts=0.0), 0.0)
+    payload = sign_command(
+        [DIRECTOR], msg_type, body, device_id=DEV, now=0.0, ttl_s=3600, root_version=1
+    )
+    return MessageArrived("cmd", payload, 0.0)
 
 
 def deploy(version: int, deployment: str = "d1") -> MessageArrived:
@@ -110,7 +85,9 @@ class Harness:
     """Drives a core through a deployment the way the adapter would."""
 
     def __init__(self, core: AgentCore | None = None, device_class: str = "gw") -> None:
-        self.core = core or AgentCore(CoreConfig(DEV, device_class, chunk_window=4))
+        self.core = core or AgentCore(
+            CoreConfig(DEV, device_class, chunk_window=4), director_keys=KEYS
+        )
 
     def to_chunks(
         self, version: int, data: bytes, **overrides: Any
@@ -286,17 +263,21 @@ def test_resume_after_restart_asks_only_missing_chunks() -> None:
         h.core.handle(chunk_blob("r", target.name, i, data[i * CHUNK : (i + 1) * CHUNK]))
     saved = json.loads(json.dumps(h.core.state))
     # A new process: the core is built from the persisted state.
-    core = AgentCore(CoreConfig(DEV, "gw", chunk_window=4), saved)
+    core = AgentCore(CoreConfig(DEV, "gw", chunk_window=4), saved, director_keys=KEYS)
     acts = core.handle(Connected(50.0))
     check = next(a for a in acts if isinstance(a, CheckStagedChunks))
-    assert check.claimed == frozenset({0, 1, 2})
+    assert check.claimed == frozenset(range(6))  # every slot: the file is the record
     acts = core.handle(StagedChunks(frozenset({0, 2}), 50.0))  # chunk 1 was lost on disk
     asked = fetches(acts)[0]["body"]["chunks"]
     assert asked == [1, 3, 4, 5]
 
 
 def test_fetch_timeout_retries_then_fails() -> None:
-    h = Harness(AgentCore(CoreConfig(DEV, "gw", fetch_timeout_s=1.0, max_fetch_retries=2)))
+    h = Harness(
+        AgentCore(
+            CoreConfig(DEV, "gw", fetch_timeout_s=1.0, max_fetch_retries=2), director_keys=KEYS
+        )
+    )
     h.core.handle(deploy(1))
     retries = 0
     acts: list[Any] = []
@@ -328,7 +309,7 @@ def test_malformed_blob_dropped() -> None:
 
 
 def test_telemetry_windows_carry_sequence_numbers() -> None:
-    h = Harness(AgentCore(CoreConfig(DEV, "gw", window_s=10)))
+    h = Harness(AgentCore(CoreConfig(DEV, "gw", window_s=10), director_keys=KEYS))
     s = InferenceStats()
     s.count = 7
     h.core.handle(Tick(0.0, s))
@@ -346,7 +327,8 @@ def test_telemetry_windows_carry_sequence_numbers() -> None:
 def test_duplicate_deploy_is_ignored_and_reinstall_reports_healthy() -> None:
     h = Harness()
     h.core.handle(deploy(1))
-    assert h.core.handle(deploy(1)) == []
+    again = h.core.handle(deploy(1))  # the same intent in a new command
+    assert not events(again) and not fetches(again)
     h2 = Harness()
     h2.install(1, b"l" * 100)
     ev = events(h2.core.handle(deploy(1, deployment="again")))
@@ -374,7 +356,9 @@ def test_restart_between_check_and_activation_checks_again() -> None:
     h.download(1, b"q" * 100)
     h.core.handle(Done("file", 1.0))
     h.core.handle(Done("health", 1.0))  # now "activating"
-    core = AgentCore(CoreConfig(DEV, "gw"), json.loads(json.dumps(h.core.state)))
+    core = AgentCore(
+        CoreConfig(DEV, "gw"), json.loads(json.dumps(h.core.state)), director_keys=KEYS
+    )
     acts = core.handle(Connected(2.0))
     assert any(isinstance(a, RunHealthCheck) for a in acts)
     acts = core.handle(Done("health", 2.0))

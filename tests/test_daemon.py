@@ -14,6 +14,7 @@ from waiting import wait_for
 
 from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
 from edgefleet.demo import ApiServer
+from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto, free_port
 from hub.client import HubClient
 from hub.service import Hub, HubConfig
@@ -38,14 +39,14 @@ def test_daemon_installs_serves_and_reports(private_mosquitto: Mosquitto, tmp_pa
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", broker_url=private_mosquitto.address.url))
     hub.start()
     api = ApiServer(hub).start()
-    client = HubClient(api.url)
+    client = HubClient(api.url, api_key=ApiKeys(hub.engine).create("t", Role.operator, "test").key)
     daemon: AgentDaemon | None = None
     runner: threading.Thread | None = None
     try:
         cfg_path = tmp_path / "agent.toml"
         enrol(
             hub_url=api.url,
-            token=hub.enrol_token,
+            token=client.create_enrol_token("press-17")["token"],
             device_id="press-17",
             device_class="generic-linux",
             state_dir=tmp_path / "device",

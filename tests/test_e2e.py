@@ -13,6 +13,7 @@ import pytest
 from waiting import wait_for
 
 from edgefleet.demo import ApiServer
+from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
 from hub.client import HubClient
 from hub.service import Hub, HubConfig
@@ -45,8 +46,10 @@ def stage(private_mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Stage]:
         )
     ).start()
     api = ApiServer(hub).start()
-    client = HubClient(api.url)
-    root = client.enrol("image", hub.enrol_token)["root"].encode()
+    client = HubClient(
+        api.url, api_key=ApiKeys(hub.engine).create("e2e", Role.operator, "test").key
+    )
+    root = client.enrol("image", client.create_enrol_token()["token"])["root"].encode()
     fleet = Fleet(
         FleetConfig(
             devices=DEVICES,
@@ -72,6 +75,9 @@ def stage(private_mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Stage]:
 
 
 def train(client: HubClient, **settings: Any) -> dict[str, Any]:
+    # 20 devices run their health checks at once, in this process, beside the hub, on a
+    # 2-core CI machine: the default 5 ms p95 budget measures that crowd, not the model.
+    settings.setdefault("latency_budget_us", 50_000.0)
     job = client.train(n_train=3000, probation_s=1.0, probation_min_inferences=5, **settings)
     result: dict[str, Any] = client.wait_job(job["id"], timeout=120)["result"]
     return result
@@ -114,7 +120,8 @@ def test_fleet_converges_and_reports_telemetry(stage: Stage) -> None:
 
 def test_tampered_model_refused_old_version_keeps_serving(stage: Stage) -> None:
     good = train(stage.client)
-    assert deploy_and_wait(stage.client, good)["converged"] == DEVICES
+    st = deploy_and_wait(stage.client, good)
+    assert st["converged"] == DEVICES, [d for d in st["per_device"] if d["stage"] != "healthy"]
     bad = train(stage.client, seed=8)
     # The artifact store is compromised after signing: one byte of the file changes.
     path = stage.hub.store.path(bad["sha256"])

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
+from hub.repository import Expiry, TrustRepository
 from shared.reasons import Reason
-from shared.trust import DeviceVerifier, Expiry, TrustError, TrustRepository, VerifiedTarget
+from shared.trust import DeviceVerifier, TrustError, VerifiedTarget
 
 MODEL_A = b"onnx model a " * 1000
 MODEL_B = b"onnx model b " * 700
@@ -95,12 +96,16 @@ def test_repository_layout_keeps_private_keys_private(
 ) -> None:
     keys = tmp_path / "hub" / "keys"
     assert sorted(p.name for p in keys.iterdir()) == [
-        "root.pem",
-        "snapshot.pem",
-        "targets.pem",
-        "timestamp.pem",
+        "director",
+        "root",
+        "snapshot",
+        "targets",
+        "timestamp",
     ]
-    assert {stat.S_IMODE(p.stat().st_mode) for p in keys.iterdir()} == {0o600}
+    pems = list(keys.glob("*/*.pem"))
+    assert len(pems) == 5
+    assert {stat.S_IMODE(p.stat().st_mode) for p in pems} == {0o600}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in keys.iterdir()} == {0o700}
     names = {p.name for p in (tmp_path / "hub" / "metadata").iterdir()}
     assert names == {"1.root.json", "root.json", *TOP}
     root = json.loads(repo.pinned_root())["signed"]
@@ -333,7 +338,8 @@ def _publish_root_v2(hub_dir: Path, *, signed_by_trusted_key: bool = True) -> No
     root = Metadata[Root].from_bytes((meta / "root.json").read_bytes())
     root.signed.version += 1
     root.signed.expires = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
-    key = load_pem_private_key((hub_dir / "keys" / "root.pem").read_bytes(), password=None)
+    (pem,) = (hub_dir / "keys" / "root").glob("*.pem")
+    key = load_pem_private_key(pem.read_bytes(), password=None)
     signer = CryptoSigner(key) if signed_by_trusted_key else CryptoSigner.generate_ed25519()
     root.sign(signer)
     data = root.to_bytes()
