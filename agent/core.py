@@ -153,6 +153,10 @@ class AgentCore:
             # The offline message is the Last Will, fixed at connect time: it must not
             # name models, or a crash after an update would report the old version.
             body["models"] = models
+            if self.state.get("last") is not None:
+                # the latest deployment event: the hub reads an outcome it missed (its
+                # subscription was gone while the broker restarted) back from here
+                body["last"] = self.state["last"]
         return protocol.encode("state", body, ts=now)
 
     def installed(self, model: str) -> dict[str, Any] | None:
@@ -199,6 +203,8 @@ class AgentCore:
         if from_version is not None:
             body["from_version"] = from_version
         out.add(Publish(self._topic("events"), protocol.encode("event", body, ts=now)))
+        last = {k: body[k] for k in ("deployment", "model", "version", "stage")}
+        self.state["last"] = {**last, "reason": body.get("reason"), "ts": now}
 
     def _persist(self, out: Outbox, durable: bool = False) -> None:
         out.add(PersistState(encode_state(self.state), durable))
@@ -217,10 +223,12 @@ class AgentCore:
             self._job_cache = (key, Manifest.from_custom(job["target_info"]["custom"]))
         return self._job_cache[1]
 
-    def _finish(self, out: Outbox, durable: bool = True) -> None:
+    def _finish(self, out: Outbox, now: float, durable: bool = True) -> None:
+        """The job has its outcome: forget it, and say so in the retained state too."""
         self.state["job"] = None
         self._job_cache = None
         self._persist(out, durable)
+        out.add(Publish(self._topic("state"), self.state_message(now), retain=True))
 
     def _fail(
         self, out: Outbox, job: dict[str, Any], reason: Reason, detail: str, now: float
@@ -230,7 +238,7 @@ class AgentCore:
         target = self._target(job) if job.get("target_info") else None
         staged_version = job["version"] if job["phase"] in ("health", "activating") else None
         out.add(Discard(job["model"], staged_version, target))
-        self._finish(out)
+        self._finish(out, now)
 
     # ----------------------------------------------------------------- connect / tick
 
@@ -448,7 +456,11 @@ class AgentCore:
     def _on_deploy(self, body: dict[str, Any], now: float, out: Outbox) -> None:
         job = self.job
         if job is not None and job["deployment"] == body["deployment"]:
-            return  # a duplicate delivery of the command we are working on
+            # A re-sent command for the job in progress (the hub lost track, e.g. across
+            # a broker restart): report where it stands instead of starting again.
+            stage = _PHASE_STAGE[job["phase"]]
+            self._event(out, job, stage, now, detail=f"in progress ({job['phase']})")
+            return
         new = {
             "deployment": body["deployment"],
             "model": body["model"],
@@ -514,7 +526,10 @@ class AgentCore:
             return
         job = self.job
         if job is not None and job["model"] == body["model"]:
-            self._fail(out, job, Reason.BUSY, "a rollback was requested", now)
+            if job["phase"] == "probation":
+                self.state["job"] = None  # the rollback is this job's outcome
+            else:
+                self._fail(out, job, Reason.BUSY, "a rollback was requested", now)
         self._roll_back(
             out, info, installed["version"], body["version"], Reason.ROLLBACK_REQUESTED, "", now
         )
@@ -843,7 +858,7 @@ class AgentCore:
             if job["from_version"] is None:
                 # Nothing to go back to: say so, and keep the only model there is.
                 self._event(out, job, "failed", now, Reason.PROBATION_FAILED, detail)
-                self._finish(out)
+                self._finish(out, now)
                 return
             self._roll_back(
                 out, job, job["version"], job["from_version"], Reason.PROBATION_FAILED, detail, now
@@ -856,7 +871,7 @@ class AgentCore:
             detail += " (cut short by a newer deployment)"
         self._event(out, job, "healthy", now, detail=detail)
         out.add(Prune(job["model"], tuple(self.state["models"][job["model"]]["versions"])))
-        self._finish(out)
+        self._finish(out, now)
 
     def _roll_back(
         self,
@@ -901,6 +916,17 @@ class AgentCore:
         self._refuse_command(
             out, msg, Reason.UNKNOWN_KEY, f"not a director key after a trust refresh ({why})", now
         )
+
+
+# The stage a job in each phase has last reported (answers a re-sent deploy command).
+_PHASE_STAGE: dict[str, str] = {
+    "meta": "received",
+    "chunks": "downloading",
+    "verify": "downloading",
+    "health": "staged",
+    "activating": "staged",
+    "probation": "activated",
+}
 
 
 def encode_state(state: dict[str, Any]) -> bytes:

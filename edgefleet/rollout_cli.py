@@ -41,6 +41,7 @@ def register(subparsers: Any, api: argparse.ArgumentParser) -> None:
     how.add_argument("--device-timeout", type=float, default=600.0, dest="device_timeout_s")
     how.add_argument("--retries", type=int, default=2)
     how.add_argument("--no-rollback", action="store_false", dest="rollback_on_halt")
+    how.add_argument("--seed", help="shuffles the waves (default: the rollout id)")
     create.add_argument("--watch", action="store_true", help="then follow it")
     create.set_defaults(func=_create)
 
@@ -72,7 +73,7 @@ def _create(args: argparse.Namespace) -> int:
     fields = (
         "version", "devices", "device_class", "tags", "group", "canary", "canary_percent",
         "waves", "rate_per_min", "max_failure_ratio", "min_sample", "device_timeout_s",
-        "retries", "rollback_on_halt",
+        "retries", "rollback_on_halt", "seed",
     )  # fmt: skip
     spec = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     with _client(args) as client:
@@ -150,6 +151,8 @@ def render(st: dict[str, Any]) -> str:
         f" ({st['failure_ratio']:.0%})  rolled back {st['rolled_back']}",
         f"  {counts}",
     ]
+    if st.get("offline"):
+        lines.append(f"  {st['offline']} offline: sent again when they are back")
     if st.get("halted_reason"):
         lines.append(f"  halted: {st['halted_reason']}")
     return "\n".join(lines)

@@ -33,6 +33,7 @@ class RolloutRequest(BaseModel):
     device_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)
     retries: int = Field(2, ge=0, le=100)
     rollback_on_halt: bool = True
+    seed: str | None = Field(None, min_length=1, max_length=64)  # shuffles the waves
 
 
 class AbortRequest(BaseModel):

@@ -56,6 +56,10 @@ class HubClient:
         params = {"status": status} if status else {}
         return list(self._call("GET", "/devices", params=params))
 
+    def device(self, device_id: str) -> dict[str, Any]:
+        """One device as last reported: status, class, model and version, last seen."""
+        return dict(self._call("GET", f"/devices/{device_id}"))
+
     def enrol(
         self,
         device_id: str,

@@ -124,7 +124,9 @@ class Rollout(SQLModel, table=True):
     halted_reason: str | None = None
     created_by: str | None = None
     created_at: float = Field(default_factory=now)
-    started_at: float = Field(default_factory=now)  # rate limit counts from here
+    started_at: float = Field(default_factory=now)  # rate limit counts from here…
+    paused_s: float = 0.0  # …less the seconds it spent paused
+    paused_at: float | None = None
     ended_at: float | None = None
     settled_at: float | None = None  # halted/aborted and nothing left to put back
 
@@ -138,7 +140,8 @@ class RolloutDevice(SQLModel, table=True):
     reason: str | None = None
     detail: str | None = None
     previous_version: int | None = None  # what it ran before this rollout
-    attempts: int = 0  # deploy commands sent
+    attempts: int = 0  # deploy commands sent (re-sends on reconciliation included)
+    timeouts: int = 0  # device_timeout_s passed with no word from it (retries spent)
     sent_at: float | None = None
     rollback_at: float | None = None  # when a rollback command was sent
     updated_at: float = Field(default_factory=now)

@@ -24,16 +24,24 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, select
 
-from hub.db import DeploymentDevice, Device, EventRecord, RolloutDevice, Telemetry, session
+from hub.db import (
+    DeploymentDevice,
+    Device,
+    EventRecord,
+    Rollout,
+    RolloutDevice,
+    Telemetry,
+    session,
+)
 from hub.drift import DriftMonitor
-from hub.rollout_states import apply_event
+from hub.rollout_states import CHANGED, apply_event
 from shared.protocol import TERMINAL_STAGES, Message
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,7 @@ class Report:
     device_id: str
     kind: str  # state | events | telemetry | drift
     message: Message
+    received: float = field(default_factory=time.time)  # the hub's clock
 
 
 class Ingest:
@@ -228,10 +237,13 @@ class Ingest:
         if dev is None:
             dev = Device(id=r.device_id)
         dev.status = str(body["status"])
-        dev.last_seen = max(dev.last_seen, r.message.ts) if dev.last_seen else r.message.ts
-        for field in ("device_class", "runtime", "agent_version", "root_version"):
-            if field in body:
-                setattr(dev, field, body[field])
+        # the hub's clock, not the device's: rollouts compare it with when they sent a
+        # command (a retained state replayed at the hub's resubscribe counts too: it
+        # is how the hub learns of a reconnect it was not subscribed to see)
+        dev.last_seen = max(dev.last_seen, r.received) if dev.last_seen else r.received
+        for name in ("device_class", "runtime", "agent_version", "root_version"):
+            if name in body:
+                setattr(dev, name, body[name])
         models: Mapping[str, Any] | None = body.get("models")
         if models is not None:
             name, info = next(iter(models.items()), (None, None))
@@ -239,27 +251,57 @@ class Ingest:
             dev.version = info["version"] if info else None
             dev.sha256 = info.get("sha256") if info else None
         s.add(dev)
+        last: Mapping[str, Any] | None = body.get("last")
+        if last is not None:
+            self._last_event(s, r.device_id, last, r.received)
+
+    def _last_event(
+        self, s: Session, device_id: str, last: Mapping[str, Any], received: float
+    ) -> None:
+        """Apply the latest event a state message carries, unless it was seen already.
+
+        The event itself may have been lost: published while the hub had no
+        subscription (a broker restart drops it). The retained state brings it back.
+        """
+        seen = s.exec(
+            select(EventRecord.id).where(
+                EventRecord.device_id == device_id,
+                EventRecord.deployment_id == last["deployment"],
+                EventRecord.stage == last["stage"],
+                EventRecord.version == last["version"],
+            )
+        ).first()
+        if seen is not None:
+            return
+        body = {**last, "detail": "read back from the device's retained state"}
+        self._apply_event(s, device_id, body, float(last["ts"]), received)
 
     def _event(self, s: Session, r: Report) -> None:
-        b = r.message.body
+        self._apply_event(s, r.device_id, r.message.body, r.message.ts, r.received)
+
+    def _apply_event(
+        self, s: Session, device_id: str, b: Mapping[str, Any], ts: float, received: float
+    ) -> None:
         s.add(
             EventRecord(
-                device_id=r.device_id,
+                device_id=device_id,
                 deployment_id=b["deployment"],
                 model=b["model"],
                 version=b["version"],
                 stage=b["stage"],
                 reason=b.get("reason"),
                 detail=b.get("detail"),
-                ts=r.message.ts,
+                ts=ts,
             )
         )
-        rollout_row = s.get(RolloutDevice, (b["deployment"], r.device_id))
+        rollout_row = s.get(RolloutDevice, (b["deployment"], device_id))
         if rollout_row is not None:
-            if apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), r.message.ts):
+            if apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received):
                 s.add(rollout_row)
+                if rollout_row.state in CHANGED:
+                    _reopen(s, rollout_row.rollout_id)
             return
-        row = s.get(DeploymentDevice, (b["deployment"], r.device_id))
+        row = s.get(DeploymentDevice, (b["deployment"], device_id))
         if row is None:
             return  # an event for a deployment this hub did not make (or a rollback id)
         if row.stage in TERMINAL_STAGES and b["stage"] not in TERMINAL_STAGES:
@@ -269,7 +311,7 @@ class Ingest:
         row.stage = b["stage"]
         row.reason = b.get("reason")
         row.detail = b.get("detail")
-        row.updated_at = r.message.ts
+        row.updated_at = ts
         s.add(row)
 
     def _insert_telemetry(self, s: Session, values: list[tuple[Any, ...]]) -> int:
@@ -349,6 +391,15 @@ def _insert_sqlite(s: Session, values: list[tuple[Any, ...]]) -> int:
 # json.dumps with separators= builds a new encoder per call; the hub encodes one
 # histogram per telemetry window (same output: compact, ASCII, keys in their order)
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _reopen(s: Session, rollout_id: str) -> None:
+    """A device of a halted or aborted rollout reported its new version late: the
+    rollout has something to put back again, so its engine must visit it again."""
+    rollout = s.get(Rollout, rollout_id)
+    if rollout is not None and rollout.settled_at is not None:
+        rollout.settled_at = None
+        s.add(rollout)
 
 
 def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:

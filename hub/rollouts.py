@@ -4,15 +4,19 @@ A rollout sends one model version to a chosen set of devices (an explicit list, 
 class, tags, or a group) in waves: an optional canary first, then ``waves`` more. A
 device succeeds when it reports ``healthy`` after its probation; it fails when it reports
 ``failed``, refuses the command, rolls itself back (probation), or does not finish within
-``device_timeout_s`` after ``retries`` re-sends. Once ``min_sample`` devices have finished,
+``device_timeout_s`` of silence while online after ``retries`` re-sends. Once ``min_sample``
+devices have finished,
 a failure ratio above ``max_failure_ratio`` halts the rollout, and every device it changed
 is sent a signed rollback to the version it ran before, so the fleet returns to it.
 
 Everything lives in SQL (``Rollout``, ``RolloutDevice``); :meth:`Rollouts.tick` derives
 what to do from the rows and the devices' reported state, so a hub killed at any point
-resumes where it was. A device that was offline during its wave is sent the command again
-when its retained state shows it back (reconciliation), not by hoping a queued message
-survived; a device tagged into a group later is sent the group's current version.
+resumes where it was. A device that is offline (its Last Will) does not time out and does
+not hold up the next wave: it is sent the command again when its retained state shows it
+back and it says nothing of the deployment within ``RECONCILE_GRACE_S`` (reconciliation),
+not by hoping a queued message survived. An outcome it reported while the hub could not
+hear it is read back from the ``last`` field of that retained state (hub/ingest.py). A
+device tagged into a group later is sent the group's current version.
 
 Errors::
 
@@ -44,7 +48,7 @@ from hub.rollout_states import CHANGED, DONE, IN_FLIGHT, failed, move
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # seconds between passes over active rollouts
-RECONCILE_GRACE_S = 5.0  # a device back online this long after a send, silent: send again
+RECONCILE_GRACE_S = 5.0  # seconds a device back online may stay silent: then send again
 
 
 class RolloutError(Exception):
@@ -70,6 +74,7 @@ class RolloutSpec:
     device_timeout_s: float = 600.0  # from a send to the device's outcome
     retries: int = 2  # re-sends after a timeout before the device counts as failed
     rollback_on_halt: bool = True
+    seed: str | None = None  # shuffles the waves (default: the rollout id)
 
     def __post_init__(self) -> None:
         problems = [
@@ -104,6 +109,7 @@ class RolloutStatus:
     failures: int
     failure_ratio: float
     rolled_back: int
+    offline: int  # devices without an outcome that are offline: reconciled when back
     finished: bool
     halted_reason: str | None
     created_at: float
@@ -162,7 +168,7 @@ class Rollouts:
         rollout_id = uuid.uuid4().hex[:12]
         with session(self.engine) as s:
             targets = self._targets(s, spec)
-            waves = _waves(sorted(targets), spec, seed=rollout_id)
+            waves = _waves(sorted(targets), spec, seed=spec.seed or rollout_id)
             rollout = Rollout(
                 id=rollout_id,
                 model=mv.name,
@@ -217,6 +223,13 @@ class Rollouts:
         finished = [r for r in rows if r.state in DONE and r.state != "skipped"]
         failures = sum(1 for r in finished if failed(r))
         settled = _settled(rollout, _spec(rollout.spec), rows)
+        with session(self.engine) as s:
+            busy = _devices(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
+        away = {d.id for d in busy.values() if d.status != "online"}
+        if rollout.state == "completed" and all(
+            r.device_id in away for r in rows if r.state not in DONE
+        ):
+            settled = True  # every wave done; the offline ones get it when they are back
         return RolloutStatus(
             id=rollout.id,
             model=rollout.model,
@@ -230,6 +243,7 @@ class Rollouts:
             failures=failures,
             failure_ratio=failures / len(finished) if finished else 0.0,
             rolled_back=counts.get("rolled_back", 0),
+            offline=len(away),
             finished=rollout.state in ("completed", "halted", "aborted") and settled,
             halted_reason=rollout.halted_reason,
             created_at=rollout.created_at,
@@ -238,9 +252,11 @@ class Rollouts:
         )
 
     def pause(self, rollout_id: str) -> Rollout:
+        """Stop sending (devices already sent a command carry on)."""
         return self._set_state(rollout_id, "paused", allowed={"running"})
 
     def resume(self, rollout_id: str) -> Rollout:
+        """Send again; the rate limit does not count the paused time."""
         return self._set_state(rollout_id, "running", allowed={"paused"})
 
     def abort(self, rollout_id: str, *, rollback: bool = False) -> Rollout:
@@ -290,15 +306,17 @@ class Rollouts:
                 return
             spec = _spec(rollout.spec)
             rows = list(s.exec(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)))
-            # only a device still silent after its command needs a look at its state
-            devices = _devices(s, [r.device_id for r in rows if r.state == "sent"])
+            # only a device still without an outcome needs a look at its reported state
+            devices = _devices(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
             if rollout.state == "running":
                 self._watch(rollout, spec, rows, devices, t)
                 self._judge(rollout, spec, rows, t)
             if rollout.state == "running":
-                self._advance(rollout, rows, t)
+                self._advance(rollout, rows, devices, t)
                 self._send(rollout, spec, rows, t)
             elif rollout.state in ("halted", "aborted"):
+                # devices still busy with it: no new sends, but they time out and settle
+                self._watch(rollout, spec, rows, devices, t, resend=False)
                 self._unwind(rollout, spec, rows, t)
                 if _settled(rollout, spec, rows):
                     rollout.settled_at = t  # nothing left to put back: stop visiting it
@@ -311,25 +329,41 @@ class Rollouts:
         rows: list[RolloutDevice],
         devices: dict[str, Device],
         t: float,
+        *,
+        resend: bool = True,
     ) -> None:
-        """Per-device timeouts, retries, and reconciliation of devices that came back."""
+        """Per-device timeouts and retries, and reconciliation of devices that came back.
+
+        The timeout counts silence while the device is online: from the later of the
+        last send, the last word about this rollout, and the device's return. An
+        offline device waits. With ``resend`` False (halted, aborted) nothing is sent:
+        a silent device times out, and one back but silent never got the command.
+        """
         for row in rows:
             if row.state not in IN_FLIGHT or row.sent_at is None:
                 continue
+            quiet_since = max(row.sent_at, row.updated_at)
             dev = devices.get(row.device_id)
-            back = (
-                dev is not None
-                and row.state == "sent"
-                and dev.status == "online"
-                and dev.last_seen > row.sent_at
-                and t - row.sent_at > RECONCILE_GRACE_S
-            )
-            if back or t - row.sent_at > spec.device_timeout_s:
-                if row.attempts > spec.retries:
-                    move(row, "timed_out", t, detail=f"no outcome after {row.attempts} sends")
-                else:
-                    why = "back online" if back else "timed out"
-                    self._deploy(rollout, row, t, why)
+            if dev is not None:
+                if dev.status != "online":
+                    continue  # its Last Will: reconciled when it is back
+                if dev.last_seen > quiet_since:  # back (or the hub is) since: silent?
+                    quiet_since = dev.last_seen
+                    if t - dev.last_seen > RECONCILE_GRACE_S:
+                        if resend:
+                            self._deploy(rollout, row, t, "reconciled: back, and silent")
+                            continue
+                        if row.state == "sent":
+                            move(row, "skipped", t, detail=f"not received before {rollout.state}")
+                            continue
+            if t - quiet_since <= spec.device_timeout_s:
+                continue
+            row.timeouts += 1
+            row.updated_at = t
+            if not resend or row.timeouts > spec.retries:
+                move(row, "timed_out", t, detail=f"no outcome after {row.attempts} sends")
+            else:
+                self._deploy(rollout, row, t, "timed out")
 
     def _judge(
         self, rollout: Rollout, spec: RolloutSpec, rows: list[RolloutDevice], t: float
@@ -348,9 +382,19 @@ class Rollouts:
         rollout.state, rollout.halted_reason, rollout.ended_at = "halted", reason, t
         log.warning("rollout %s halted: %s", rollout.id, reason)
 
-    def _advance(self, rollout: Rollout, rows: list[RolloutDevice], t: float) -> None:
-        """Open the next wave once every device of the open ones has an outcome."""
-        while all(r.state in DONE for r in rows if r.wave <= rollout.wave):
+    def _advance(
+        self, rollout: Rollout, rows: list[RolloutDevice], devices: dict[str, Device], t: float
+    ) -> None:
+        """Open the next wave once every device of the open ones has an outcome or is
+        offline (it gets the command when it is back; it does not hold the fleet up)."""
+
+        def settled(r: RolloutDevice) -> bool:
+            if r.state in DONE:
+                return True
+            dev = devices.get(r.device_id)
+            return r.state in IN_FLIGHT and dev is not None and dev.status != "online"
+
+        while all(settled(r) for r in rows if r.wave <= rollout.wave):
             if rollout.wave + 1 < rollout.waves:
                 rollout.wave += 1
                 log.info("rollout %s: wave %d of %d", rollout.id, rollout.wave + 1, rollout.waves)
@@ -365,7 +409,8 @@ class Rollouts:
         pending = [r for r in rows if r.state == "pending" and r.wave <= rollout.wave]
         if spec.rate_per_min is not None:
             sent = sum(1 for r in rows if r.attempts > 0)
-            allowed = int(spec.rate_per_min * (t - rollout.started_at) / 60.0) + 1 - sent
+            active_s = t - rollout.started_at - rollout.paused_s
+            allowed = int(spec.rate_per_min * active_s / 60.0) + 1 - sent
             pending = pending[: max(allowed, 0)]
         revoked = self.mqtt.revoked
         for row in pending:
@@ -399,9 +444,11 @@ class Rollouts:
         }
         self.mqtt.send_command(row.device_id, "deploy", body)
         row.attempts += 1
-        row.sent_at = t
+        row.sent_at = row.updated_at = t
         if row.state in ("pending", "sent"):
             move(row, "sent", t, detail=f"{why} (send {row.attempts})")
+        else:
+            row.detail = f"{why} (send {row.attempts}) while {row.state}"
 
     def _rollback(self, rollout: Rollout, row: RolloutDevice, t: float) -> None:
         assert row.previous_version is not None
@@ -507,9 +554,15 @@ class Rollouts:
                 raise RolloutError(
                     f"rollout {rollout_id} is {rollout.state}: cannot make it {state}"
                 )
+            t = self.clock()
+            if state == "paused":
+                rollout.paused_at = t
+            elif rollout.paused_at is not None:  # resumed, or aborted while paused
+                rollout.paused_s += t - rollout.paused_at
+                rollout.paused_at = None
             rollout.state = state
             if state == "aborted":
-                rollout.ended_at = self.clock()
+                rollout.ended_at = t
                 rollout.halted_reason = reason
                 rollout.spec = {**rollout.spec, "undo": undo}
             s.add(rollout)

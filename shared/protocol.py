@@ -251,6 +251,19 @@ def _models_map(x: Any) -> bool:
     )
 
 
+def _last_event(x: Any) -> bool:
+    """A state message's ``last``: the device's latest deployment event, for reconciliation."""
+    return (
+        isinstance(x, dict)
+        and _short_str(x.get("deployment"))
+        and _short_str(x.get("model"))
+        and _nonneg_int(x.get("version"))
+        and x.get("stage") in STAGES
+        and _opt_str(x.get("reason"))
+        and is_number(x.get("ts"))
+    )
+
+
 def _latency(x: Any) -> bool:
     # unrolled (no generator): the hub checks one in every telemetry window
     return (
@@ -362,6 +375,9 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "agent_version": (_short_str, False),
         "root_version": (_nonneg_int, False),
         "models": (_models_map, False),
+        # the latest deployment event the device reported: an outcome lost while the
+        # hub was away is read back from this retained message (docs/rollouts.md)
+        "last": (_last_event, False),
     },
     "event": {
         "deployment": (_short_str, True),

@@ -172,7 +172,7 @@ class VirtualDevice:
             on_spooled=self._spooled,
         )
 
-    def _new_client(self) -> ClientHandle:
+    def _new_client(self, clean_session: bool = False) -> ClientHandle:
         return self.fleet.loop.add_client(
             self.device_id,
             on_connect=self._on_connect,
@@ -180,6 +180,7 @@ class VirtualDevice:
             on_disconnect=self._on_disconnect,
             on_publish=self._on_ack,
             will=Will(protocol.topic(self.device_id, "state"), self.device.offline_state()),
+            clean_session=clean_session,
         )
 
     # -- faults (loop thread) -------------------------------------------------------------
@@ -211,10 +212,13 @@ class VirtualDevice:
         self.lives += 1
         self.client.kill()
 
-    def restore_link(self) -> None:
+    def restore_link(self, session_lost: bool = False) -> None:
+        """Get the network back. ``session_lost``: the broker no longer has this
+        device's session (it expired, or the broker restarted without persistence), so
+        nothing queued for it while it was away arrives."""
         if self.up and not self.link_up:
             self.link_up = True
-            self.client = self._new_client()
+            self.client = self._new_client(clean_session=session_lost)
 
     # -- MQTT -----------------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ ROLLOUT_FIELDS: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "min_sample": (int, False),
     "device_timeout_s": ((int, float), False),
     "retries": (int, False),
+    "seed": (str, True),  # shuffles the waves; default: the scenario's seed
 }
 
 Say = Callable[[str], None]
@@ -522,7 +523,12 @@ def run_scenario(
         if baseline is not None:
             _install_baseline(client, baseline, scenario.fleet.devices, say)
         injector = FaultInjector(scenario.faults, fleet, stage, seed=scenario.seed, say=say)
-        spec = {**scenario.rollout, "model": model["name"], "version": model["version"]}
+        spec = {
+            "seed": f"scenario-{scenario.seed}",  # the same waves every run
+            **scenario.rollout,
+            "model": model["name"],
+            "version": model["version"],
+        }
         injector.arm()
         drift = DriftSchedule(scenario.drifts, scenario.seed, scenario.fleet.window_s)
         if scenario.drifts:
@@ -530,8 +536,9 @@ def run_scenario(
         rollout_id = start_rollout(client, spec)
         say(f"rollout {rollout_id}: {model['name']} v{model['version']}, {injector.planned()}")
         watch = _follow(client, rollout_id, scenario, injector, say)
+        rows = _rollout_devices(client, rollout_id)
         _stop_loop(fleet, thread)
-        summary = _summary(scenario, fleet, injector, watch, model, baseline, work)
+        summary = _summary(scenario, fleet, injector, watch, model, baseline, work, rows)
         if scenario.drifts:
             summary["drift"] = drift.summary()
     finally:
@@ -670,6 +677,16 @@ def _follow(
     return w
 
 
+def _rollout_devices(client: HubClient, rollout_id: str) -> list[dict[str, Any]]:
+    """The hub's per-device rows of the rollout (empty if the hub cannot answer)."""
+    try:
+        return client.rollout_devices(rollout_id)
+    except Exception as e:
+        if not _is_unreachable(e):
+            raise
+        return []
+
+
 def _is_unreachable(e: Exception) -> bool:
     import httpx
 
@@ -692,6 +709,7 @@ def _summary(
     model: dict[str, Any],
     baseline: dict[str, Any] | None,
     work: Path,
+    rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
     t0 = watch.t0
     events: list[DeviceEvent] = [e for d in fleet.devices for e in d.events if e.t >= t0]
@@ -740,6 +758,9 @@ def _summary(
             "counts": st.get("counts", {}),
             "failure_ratio": st.get("failure_ratio"),
             "halted_reason": st.get("halted_reason"),
+            # devices the hub had to send the command again (reconciled or timed out)
+            "resent": sum(1 for r in rows if r["attempts"] > 1),
+            "rollbacks_sent": sum(1 for r in rows if r["rollback_at"] is not None),
         },
         "halts": watch.halts,
         "rollbacks": len({e.device_id for e in events if e.stage == "rolled_back"}),

@@ -255,6 +255,26 @@ def test_rollback_command_to_version_in_history() -> None:
     assert (ev["stage"], ev["reason"]) == ("failed", Reason.VERSION_ROLLBACK.value)
 
 
+def test_rollback_during_probation_is_that_jobs_outcome() -> None:
+    """A halted rollout rolls back a device still in probation: one rolled_back event,
+    no 'failed (busy)' for the job the rollback ends."""
+    h = Harness()
+    h.install(1, b"i" * 100)
+    _, acts = h.download(2, b"j" * 100)
+    h.core.handle(Done("file", 3.0))
+    h.core.handle(Done("health", 3.0))
+    h.core.handle(Done("activate", 3.0))
+    assert h.core.job is not None and h.core.job["phase"] == "probation"
+
+    acts = h.core.handle(cmd("rollback", deployment="d2", model="m", version=1))
+
+    assert [(e["stage"], e["version"], e.get("from_version")) for e in events(acts)] == [
+        ("rolled_back", 1, 2)
+    ]
+    installed = h.core.installed("m")
+    assert h.core.job is None and installed is not None and installed["version"] == 1
+
+
 def test_resume_after_restart_asks_only_missing_chunks() -> None:
     h = Harness()
     data = b"k" * (CHUNK * 6)
@@ -324,15 +344,39 @@ def test_telemetry_windows_carry_sequence_numbers() -> None:
     assert sent[0]["count"] == 21  # the ticks at 0, 5 and 10 s
 
 
-def test_duplicate_deploy_is_ignored_and_reinstall_reports_healthy() -> None:
+def test_duplicate_deploy_reports_progress_and_reinstall_reports_healthy() -> None:
     h = Harness()
     h.core.handle(deploy(1))
-    again = h.core.handle(deploy(1))  # the same intent in a new command
-    assert not events(again) and not fetches(again)
+    again = h.core.handle(deploy(1))  # the same intent in a new command (a re-send)
+    # it does not start over: it says where the job stands
+    assert not fetches(again)
+    assert [(e["stage"], e["detail"]) for e in events(again)] == [
+        ("received", "in progress (meta)")
+    ]
     h2 = Harness()
     h2.install(1, b"l" * 100)
     ev = events(h2.core.handle(deploy(1, deployment="again")))
     assert ev[-1]["stage"] == "healthy"
+
+
+def test_an_outcome_is_also_in_the_retained_state() -> None:
+    """An event the hub missed (no subscription during a broker restart) is read back
+    from the retained state, so the state is re-published when a job ends."""
+    h = Harness()
+    acts = h.install(1, b"l" * 100)
+    states = [
+        json.loads(a.payload)["body"]
+        for a in acts
+        if isinstance(a, Publish) and a.topic.endswith("/state") and a.retain
+    ]
+    last = states[-1]["last"]
+    assert (last["deployment"], last["version"], last["stage"]) == ("d1", 1, "healthy")
+    assert states[-1]["models"]["m"]["version"] == 1
+    # and after a restart the first thing said on connect carries it as well
+    restarted = AgentCore(h.core.config, h.core.state, director_keys=KEYS)
+    hello = restarted.handle(Connected(now=50.0))
+    body = json.loads(next(a for a in hello if isinstance(a, Publish)).payload)["body"]
+    assert body["last"]["stage"] == "healthy"
 
 
 def test_prune_keeps_active_and_previous() -> None:

@@ -1,0 +1,253 @@
+"""The rollout engine's rules on a clock the test moves: timeouts count silence while a
+device is online, an offline device neither times out nor holds its wave up, a device
+back and silent is sent the command again, a halted rollout settles, and an outcome the
+hub missed is read back from the device's retained state.
+
+Real SQLite and the hub's real ingest; the commands go to a recorder instead of paho
+(the integration tests in test_rollouts.py send them over a real Mosquitto), because
+these rules play out over minutes of device time that the test moves in steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from hub.db import (
+    Device,
+    EventRecord,
+    Rollout,
+    RolloutDevice,
+    make_engine,
+    session,
+    sqlite_url,
+)
+from hub.ingest import Ingest, Report
+from hub.mqtt import HubMqtt
+from hub.registry import Registry
+from hub.rollouts import RECONCILE_GRACE_S, Rollouts, RolloutSpec, _spec_dict
+from shared import protocol
+
+T0 = 1_000_000.0
+
+
+@dataclass
+class Recorder:
+    """Stands in for HubMqtt.send_command: what the engine would have sent."""
+
+    sent: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    revoked: frozenset[str] = frozenset()
+
+    def send_command(self, device_id: str, msg_type: str, body: dict[str, Any]) -> None:
+        self.sent.append((device_id, msg_type, dict(body)))
+
+    def to(self, device_id: str, msg_type: str = "deploy") -> int:
+        return sum(1 for d, t, _ in self.sent if d == device_id and t == msg_type)
+
+
+@dataclass
+class Clock:
+    t: float = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Bench:
+    engine: Engine
+    rollouts: Rollouts
+    mqtt: Recorder
+    clock: Clock
+    ingest: Ingest
+
+    def tick(self, seconds: float = 0.0) -> None:
+        self.clock.t += seconds
+        self.rollouts.tick()
+
+    def row(self, device_id: str, rollout_id: str = "r1") -> RolloutDevice:
+        with session(self.engine) as s:
+            row = s.get(RolloutDevice, (rollout_id, device_id))
+        assert row is not None
+        return row
+
+    def rollout(self, rollout_id: str = "r1") -> Rollout:
+        with session(self.engine) as s:
+            r = s.get(Rollout, rollout_id)
+        assert r is not None
+        return r
+
+    def ingest_events(self, device_id: str) -> list[EventRecord]:
+        with session(self.engine) as s:
+            return list(s.exec(select(EventRecord).where(EventRecord.device_id == device_id)))
+
+    def set_status(self, device_id: str, status: str, at: float | None = None) -> None:
+        """What the hub learns from a device's retained state (online or its Last Will)."""
+        with session(self.engine) as s:
+            dev = s.get(Device, device_id)
+            assert dev is not None
+            dev.status, dev.last_seen = status, self.clock.t if at is None else at
+            s.add(dev)
+            s.commit()
+
+    def report(self, device_id: str, kind: str, msg_type: str, body: dict[str, Any]) -> None:
+        """A device's message through the hub's real validation and ingest."""
+        payload = protocol.encode(msg_type, body, ts=self.clock.t)
+        msg = protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+        self.ingest.write_batch([Report(device_id, kind, msg, received=self.clock.t)])
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    clock, mqtt = Clock(), Recorder()
+    rollouts = Rollouts(engine, cast(Registry, None), cast(HubMqtt, mqtt), clock=clock)
+    ingest = Ingest(engine, inline=True)
+    yield Bench(engine, rollouts, mqtt, clock, ingest)
+    ingest.stop()
+
+
+def start(bench: Bench, devices: dict[str, int], **spec: Any) -> None:
+    """A running rollout of m v2 to ``devices`` {id: wave}, every device online on v1."""
+    full = RolloutSpec(model="m", version=2, **spec)
+    with session(bench.engine) as s:
+        s.add(
+            Rollout(
+                id="r1",
+                model="m",
+                version=2,
+                target="m/2/model.onnx",
+                spec=_spec_dict(full),
+                waves=max(devices.values()) + 1,
+                started_at=bench.clock.t,
+            )
+        )
+        for device_id, wave in devices.items():
+            s.add(Device(id=device_id, status="online", model="m", version=1, last_seen=T0 - 60))
+            s.add(
+                RolloutDevice(rollout_id="r1", device_id=device_id, wave=wave, previous_version=1)
+            )
+        s.commit()
+
+
+def event(bench: Bench, device_id: str, stage: str, reason: str | None = None) -> None:
+    body = {"deployment": "r1", "model": "m", "version": 2, "stage": stage}
+    if reason:
+        body["reason"] = reason
+    bench.report(device_id, "events", "event", body)
+
+
+def test_the_timeout_counts_silence_while_online_and_spends_a_retry(bench: Bench) -> None:
+    start(bench, {"a": 0}, device_timeout_s=60, retries=1)
+    bench.tick()
+    assert bench.mqtt.to("a") == 1
+    bench.tick(59)
+    assert bench.mqtt.to("a") == 1
+    bench.tick(2)  # 61 s of silence: sent again, one retry spent
+    assert bench.mqtt.to("a") == 2 and bench.row("a").timeouts == 1
+    event(bench, "a", "downloading")  # progress resets the clock
+    bench.tick(50)
+    assert bench.mqtt.to("a") == 2
+    bench.tick(61)  # silent again past the timeout, no retry left
+    assert bench.row("a").state == "timed_out" and bench.mqtt.to("a") == 2
+
+
+def test_an_offline_device_waits_without_holding_its_wave_and_is_reconciled(
+    bench: Bench,
+) -> None:
+    start(bench, {"a": 0, "b": 0, "c": 1}, device_timeout_s=60, retries=0)
+    bench.tick()
+    bench.set_status("b", "offline")  # its Last Will: gone before the command reached it
+    event(bench, "a", "healthy")
+    bench.tick(1)
+    assert bench.rollout().wave == 1 and bench.mqtt.to("c") == 1  # b did not hold it up
+    bench.tick(3600)  # an hour offline: no timeout, no failure
+    assert bench.row("b").state == "sent" and bench.row("b").timeouts == 0
+    event(bench, "c", "healthy")
+    bench.tick(1)
+    st = bench.rollouts.status("r1")
+    assert (st.state, st.offline, st.finished) == ("completed", 1, True)
+
+    bench.set_status("b", "online")  # back, with a clean session: nothing queued for it
+    bench.tick(RECONCILE_GRACE_S - 1)
+    assert bench.mqtt.to("b") == 1  # it may still act on a queued command: wait
+    bench.tick(2)
+    assert bench.mqtt.to("b") == 2 and bench.row("b").timeouts == 0  # no retry spent
+    bench.tick(RECONCILE_GRACE_S + 1)
+    assert bench.mqtt.to("b") == 2  # once per return, not every tick
+    event(bench, "b", "healthy")
+    assert bench.rollouts.status("r1").converged == 3
+
+
+def test_a_back_device_reporting_progress_is_left_alone(bench: Bench) -> None:
+    start(bench, {"a": 0})
+    bench.tick()
+    bench.set_status("a", "online")  # reconnected
+    bench.tick(1)
+    event(bench, "a", "downloading")  # and it is on it
+    bench.tick(RECONCILE_GRACE_S + 1)
+    assert bench.mqtt.to("a") == 1
+
+
+def test_an_outcome_lost_with_the_broker_is_read_from_the_retained_state(
+    bench: Bench,
+) -> None:
+    start(bench, {"a": 0})
+    bench.tick()
+    # the `healthy` event was published while the hub had no subscription; the state
+    # the device re-publishes (retained) when the job ends carries it
+    last = {"deployment": "r1", "model": "m", "version": 2, "stage": "healthy", "ts": T0}
+    state = {"status": "online", "models": {"m": {"version": 2}}, "last": last}
+    bench.report("a", "state", "state", state)
+    assert bench.row("a").state == "healthy"
+    bench.report("a", "state", "state", state)  # the same state again: not a second event
+    assert [e.stage for e in bench.ingest_events("a")] == ["healthy"]
+
+
+def test_a_halted_rollout_settles_and_rolls_back_a_late_activation(bench: Bench) -> None:
+    start(bench, {f"d{i}": 0 for i in range(5)}, min_sample=2, device_timeout_s=60)
+    bench.tick()
+    event(bench, "d0", "failed", "health_check_failed")
+    event(bench, "d1", "failed", "health_check_failed")
+    event(bench, "d2", "healthy")
+    bench.tick(1)
+    assert bench.rollout().state == "halted"
+    assert bench.mqtt.to("d2", "rollback") == 1
+    event(bench, "d3", "downloading")  # still busy with it
+    bench.tick(1)
+    assert not bench.rollouts.status("r1").finished  # d3 and d4 have no outcome yet
+    bench.tick(61)  # silent past the timeout: no deploy is sent again after a halt
+    assert bench.row("d3").state == "timed_out" and bench.mqtt.to("d3") == 1
+    bench.report(
+        "d2",
+        "events",
+        "event",
+        {"deployment": "r1", "model": "m", "version": 1, "stage": "rolled_back"},
+    )
+    bench.tick(1)
+    assert bench.rollouts.status("r1").finished and bench.rollout().settled_at is not None
+
+    event(bench, "d3", "healthy")  # it did finish after all: the halt must undo it
+    assert bench.rollout().settled_at is None
+    bench.tick(1)
+    assert bench.mqtt.to("d3", "rollback") == 1 and not bench.rollouts.status("r1").finished
+
+
+def test_a_pause_earns_no_rate_credit(bench: Bench) -> None:
+    start(bench, {f"d{i}": 0 for i in range(10)}, rate_per_min=60)
+    bench.tick()
+    assert len(bench.mqtt.sent) == 1
+    bench.rollouts.pause("r1")
+    bench.tick(30)
+    assert len(bench.mqtt.sent) == 1
+    bench.rollouts.resume("r1")
+    bench.tick(0.5)
+    assert len(bench.mqtt.sent) == 1  # no burst of the 30 paused seconds
+    bench.tick(2)
+    assert len(bench.mqtt.sent) == 3
