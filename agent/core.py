@@ -189,7 +189,10 @@ class AgentCore:
         reason: Reason | None = None,
         detail: str | None = None,
         from_version: int | None = None,
+        remember: bool = True,
     ) -> None:
+        """Publish a deployment event; ``remember`` it as the retained state's ``last``
+        (not a refused command: that changed nothing, and is not persisted)."""
         body: dict[str, Any] = {
             "deployment": job["deployment"],
             "model": job["model"],
@@ -203,8 +206,9 @@ class AgentCore:
         if from_version is not None:
             body["from_version"] = from_version
         out.add(Publish(self._topic("events"), protocol.encode("event", body, ts=now)))
-        last = {k: body[k] for k in ("deployment", "model", "version", "stage")}
-        self.state["last"] = {**last, "reason": body.get("reason"), "ts": now}
+        if remember:
+            last = {k: body[k] for k in ("deployment", "model", "version", "stage")}
+            self.state["last"] = {**last, "reason": body.get("reason"), "ts": now}
 
     def _persist(self, out: Outbox, durable: bool = False) -> None:
         out.add(PersistState(encode_state(self.state), durable))
@@ -442,7 +446,8 @@ class AgentCore:
             "model": body["model"],
             "version": body["version"],
         }
-        self._event(out, info, "refused", now, reason, f"{msg.type} {msg.id}: {detail}")
+        detail = f"{msg.type} {msg.id}: {detail}"
+        self._event(out, info, "refused", now, reason, detail, remember=False)
 
     def _on_trust_refreshed(self, ev: TrustRefreshed, out: Outbox) -> None:
         self.root_version = ev.root_version

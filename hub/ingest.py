@@ -31,18 +31,10 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 from sqlmodel import Session, select
 
-from hub.db import (
-    DeploymentDevice,
-    Device,
-    EventRecord,
-    Rollout,
-    RolloutDevice,
-    Telemetry,
-    session,
-)
+from hub.db import Telemetry, session
 from hub.drift import DriftMonitor
-from hub.rollout_states import CHANGED, apply_event
-from shared.protocol import TERMINAL_STAGES, Message
+from hub.progress import apply_progress
+from shared.protocol import Message
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +122,7 @@ class Ingest:
         while time.monotonic() < deadline:
             if self._q.empty() and self._idle.wait(0.05):
                 return True
+            time.sleep(0.01)  # (the queue is busy: do not spin against the writer)
         return False
 
     # ------------------------------------------------------------- writer thread
@@ -206,12 +199,9 @@ class Ingest:
         drift: list[tuple[str, float, Mapping[str, Any]]] = []
         self._too_old = 0
         cutoff = time.time() - self.raw_max_age_s if self.raw_max_age_s is not None else None
+        apply_progress(s, batch)  # states and events (hub/progress.py)
         for r in batch:
-            if r.kind == "state":
-                self._state(s, r)
-            elif r.kind == "events":
-                self._event(s, r)
-            elif r.kind == "drift":
+            if r.kind == "drift":
                 drift.append((r.device_id, r.message.ts, r.message.body))
             elif r.kind == "telemetry":
                 if cutoff is not None and r.message.body["end"] < cutoff:
@@ -230,89 +220,6 @@ class Ingest:
         except Exception:
             self.counts["drift_scope_errors"] += 1
             log.exception("ingest: group/fleet drift evaluation failed")
-
-    def _state(self, s: Session, r: Report) -> None:
-        body = r.message.body
-        dev = s.get(Device, r.device_id)
-        if dev is None:
-            dev = Device(id=r.device_id)
-        dev.status = str(body["status"])
-        # the hub's clock, not the device's: rollouts compare it with when they sent a
-        # command (a retained state replayed at the hub's resubscribe counts too: it
-        # is how the hub learns of a reconnect it was not subscribed to see)
-        dev.last_seen = max(dev.last_seen, r.received) if dev.last_seen else r.received
-        for name in ("device_class", "runtime", "agent_version", "root_version"):
-            if name in body:
-                setattr(dev, name, body[name])
-        models: Mapping[str, Any] | None = body.get("models")
-        if models is not None:
-            name, info = next(iter(models.items()), (None, None))
-            dev.model = name
-            dev.version = info["version"] if info else None
-            dev.sha256 = info.get("sha256") if info else None
-        s.add(dev)
-        last: Mapping[str, Any] | None = body.get("last")
-        if last is not None:
-            self._last_event(s, r.device_id, last, r.received)
-
-    def _last_event(
-        self, s: Session, device_id: str, last: Mapping[str, Any], received: float
-    ) -> None:
-        """Apply the latest event a state message carries, unless it was seen already.
-
-        The event itself may have been lost: published while the hub had no
-        subscription (a broker restart drops it). The retained state brings it back.
-        """
-        seen = s.exec(
-            select(EventRecord.id).where(
-                EventRecord.device_id == device_id,
-                EventRecord.deployment_id == last["deployment"],
-                EventRecord.stage == last["stage"],
-                EventRecord.version == last["version"],
-            )
-        ).first()
-        if seen is not None:
-            return
-        body = {**last, "detail": "read back from the device's retained state"}
-        self._apply_event(s, device_id, body, float(last["ts"]), received)
-
-    def _event(self, s: Session, r: Report) -> None:
-        self._apply_event(s, r.device_id, r.message.body, r.message.ts, r.received)
-
-    def _apply_event(
-        self, s: Session, device_id: str, b: Mapping[str, Any], ts: float, received: float
-    ) -> None:
-        s.add(
-            EventRecord(
-                device_id=device_id,
-                deployment_id=b["deployment"],
-                model=b["model"],
-                version=b["version"],
-                stage=b["stage"],
-                reason=b.get("reason"),
-                detail=b.get("detail"),
-                ts=ts,
-            )
-        )
-        rollout_row = s.get(RolloutDevice, (b["deployment"], device_id))
-        if rollout_row is not None:
-            if apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received):
-                s.add(rollout_row)
-                if rollout_row.state in CHANGED:
-                    _reopen(s, rollout_row.rollout_id)
-            return
-        row = s.get(DeploymentDevice, (b["deployment"], device_id))
-        if row is None:
-            return  # an event for a deployment this hub did not make (or a rollback id)
-        if row.stage in TERMINAL_STAGES and b["stage"] not in TERMINAL_STAGES:
-            return  # a late progress event after the outcome
-        if b["stage"] == "refused" and row.stage not in ("pending", "sent"):
-            return  # e.g. a redelivered copy of a command the device already carried out
-        row.stage = b["stage"]
-        row.reason = b.get("reason")
-        row.detail = b.get("detail")
-        row.updated_at = ts
-        s.add(row)
 
     def _insert_telemetry(self, s: Session, values: list[tuple[Any, ...]]) -> int:
         """Insert what is new; the number of rows stored (the rest were duplicates).
@@ -391,15 +298,6 @@ def _insert_sqlite(s: Session, values: list[tuple[Any, ...]]) -> int:
 # json.dumps with separators= builds a new encoder per call; the hub encodes one
 # histogram per telemetry window (same output: compact, ASCII, keys in their order)
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _reopen(s: Session, rollout_id: str) -> None:
-    """A device of a halted or aborted rollout reported its new version late: the
-    rollout has something to put back again, so its engine must visit it again."""
-    rollout = s.get(Rollout, rollout_id)
-    if rollout is not None and rollout.settled_at is not None:
-        rollout.settled_at = None
-        s.add(rollout)
 
 
 def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:

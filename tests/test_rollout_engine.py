@@ -251,3 +251,35 @@ def test_a_pause_earns_no_rate_credit(bench: Bench) -> None:
     assert len(bench.mqtt.sent) == 1  # no burst of the 30 paused seconds
     bench.tick(2)
     assert len(bench.mqtt.sent) == 3
+
+
+def test_one_batch_applies_events_and_read_back_outcomes_in_order(bench: Bench) -> None:
+    """hub/progress.py loads a batch's rows once: several messages about the same
+    device in one batch still apply in arrival order, and an outcome is recorded once."""
+    start(bench, {"a": 0, "b": 0})
+    bench.tick()
+
+    def msg(device_id: str, kind: str, msg_type: str, body: dict[str, Any]) -> Report:
+        payload = protocol.encode(msg_type, body, ts=bench.clock.t)
+        decoded = protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+        return Report(device_id, kind, decoded, received=bench.clock.t)
+
+    ev = {"deployment": "r1", "model": "m", "version": 2}
+    last = {**ev, "stage": "healthy", "ts": T0}
+    state = {"status": "online", "models": {"m": {"version": 2}}, "last": last}
+    bench.ingest.write_batch(
+        [
+            msg("a", "events", "event", {**ev, "stage": "downloading"}),
+            msg("a", "state", "state", state),  # the healthy event itself was lost
+            msg("a", "state", "state", state),
+            msg("b", "events", "event", {**ev, "stage": "healthy"}),
+            msg("b", "state", "state", {**state, "last": last}),  # b's event did arrive
+            msg("c", "state", "state", {"status": "online"}),  # a device new to the hub
+        ]
+    )
+    assert bench.row("a").state == bench.row("b").state == "healthy"
+    assert [e.stage for e in bench.ingest_events("a")] == ["downloading", "healthy"]
+    assert [e.stage for e in bench.ingest_events("b")] == ["healthy"]
+    with session(bench.engine) as s:
+        c = s.get(Device, "c")
+    assert c is not None and (c.status, c.last_seen) == ("online", bench.clock.t)
