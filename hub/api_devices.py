@@ -12,7 +12,7 @@ from hub.auth import Admin, Operator, Viewer
 from hub.db import Device, DevicePublic, EnrolToken, EnrolTokenPublic, Revocation, session
 from hub.deps import DENIALS, Audit, HubDep
 from hub.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefused
-from hub.identities import DeviceRevoked
+from hub.identities import DeviceRevoked, DeviceTaken
 from hub.pki import PkiError
 from hub.service import Hub
 from shared.protocol import is_device_id
@@ -75,6 +75,7 @@ def device_routes(app: FastAPI) -> None:
         response_model=EnrolResponse,
         responses={
             403: {"description": "the enrolment token was refused, or the device is revoked"},
+            409: {"description": "the device id is enrolled: re-enrolment is admin work"},
             422: {"description": "a bad device id or CSR"},
         },
     )
@@ -84,6 +85,10 @@ def device_routes(app: FastAPI) -> None:
         if not is_device_id(req.device_id):
             raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
         audit.target = req.device_id
+        before = {
+            "enrolled": h.identities.taken(req.device_id),
+            "revoked": req.device_id in h.identities.revoked,
+        }
         try:
             enrolment = h.enrol_device(req.device_id, req.token, req.device_class, req.csr)
         except EnrolRefused as e:
@@ -91,16 +96,21 @@ def device_routes(app: FastAPI) -> None:
             raise HTTPException(403, str(e)) from e
         except DeviceRevoked as e:
             raise HTTPException(403, str(e)) from e
+        except DeviceTaken as e:
+            raise HTTPException(409, str(e)) from e
         except PkiError as e:
             raise HTTPException(422, f"certificate request refused: {e}") from e
         audit.actor_keyid = f"enrol-token:{enrolment.token_id}"
         audit.change(
             req.device_id,
+            before=before,
             after={
                 "device_id": req.device_id,
                 "device_class": req.device_class,
                 "token_id": enrolment.token_id,
                 "certificate": enrolment.fields.get("certificate") is not None,
+                "enrolled": h.identities.taken(req.device_id),
+                "revoked": req.device_id in h.identities.revoked,
             },
         )
         return EnrolResponse(**enrolment.fields)
@@ -127,11 +137,20 @@ def device_routes(app: FastAPI) -> None:
         responses=DENIALS,
     )
     def reenrol(device_id: str, h: HubDep, who: Admin, audit: Audit) -> EnrolTokenCreated:
-        """A fresh one-time enrolment token bound to a known device (shown once)."""
-        _device(h, device_id)
-        new = h.issue_enrol_token(who.keyid, device_id)
+        """A one-time re-enrolment token for a known device (shown once): with it the
+        device gets a new certificate, its old ones are superseded and a revocation is
+        lifted. Only an admin may issue one."""
+        if not h.identities.taken(device_id):
+            _device(h, device_id)
+        new = h.issue_enrol_token(who.keyid, device_id, reenrol=True)
         audit.change(
-            device_id, after={"token_id": new.record.id, "expires_at": new.record.expires_at}
+            device_id,
+            before={"revoked": device_id in h.identities.revoked},
+            after={
+                "token_id": new.record.id,
+                "reenrol": True,
+                "expires_at": new.record.expires_at,
+            },
         )
         return _token_created(new.record, new.token)
 
@@ -149,8 +168,10 @@ def device_routes(app: FastAPI) -> None:
         req: Annotated[RevokeRequest | None, Body()] = None,
     ) -> Revocation:
         """Revoke the device's certificates: the broker refuses it from the next CRL reload,
-        and the hub ignores it at once. Re-enrolment lifts it."""
-        _device(h, device_id)
+        and the hub ignores it at once. Re-enrolment lifts it. A device that enrolled but
+        never connected can be revoked too."""
+        if not h.identities.taken(device_id):
+            _device(h, device_id)
         before = device_id in h.identities.revoked
         try:
             row = h.revoke_device(device_id, (req or RevokeRequest()).reason, who.keyid)
@@ -168,7 +189,7 @@ def device_routes(app: FastAPI) -> None:
         name="enrol_token.create",
         status_code=201,
         response_model=EnrolTokenCreated,
-        responses=DENIALS,
+        responses={**DENIALS, 409: {"description": "the device id is enrolled: use reenrol"}},
     )
     def create_enrol_token(
         h: HubDep, who: Operator, audit: Audit, req: Annotated[EnrolTokenCreate, Body()]
@@ -176,7 +197,10 @@ def device_routes(app: FastAPI) -> None:
         """A one-time enrolment token, bound to a device id if given (shown once)."""
         if req.device_id is not None and not is_device_id(req.device_id):
             raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
-        new = h.issue_enrol_token(who.keyid, req.device_id, req.ttl_s)
+        try:
+            new = h.issue_enrol_token(who.keyid, req.device_id, req.ttl_s)
+        except DeviceTaken as e:
+            raise HTTPException(409, str(e)) from e
         audit.change(
             new.record.id,
             after={"device_id": req.device_id, "expires_at": new.record.expires_at},

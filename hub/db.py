@@ -303,6 +303,9 @@ class ApiKeyPublic(ApiKeyBase):
 class EnrolTokenBase(SQLModel):
     id: str = Field(primary_key=True, max_length=32)
     device_id: str | None = None  # when set, only this device may use the token
+    # issued by an admin for a known device (POST /devices/{id}/reenrol): only such a
+    # token may replace an enrolled device's identity or lift its revocation
+    reenrol: bool = False
     expires_at: float
     created_at: float = Field(default_factory=now)
     created_by: str

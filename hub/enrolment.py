@@ -50,16 +50,24 @@ class EnrolTokens:
         self.clock = clock  # tests freeze it to check expiry
 
     def issue(
-        self, created_by: str, device_id: str | None = None, ttl_s: int = ENROL_TTL_DEFAULT_S
+        self,
+        created_by: str,
+        device_id: str | None = None,
+        ttl_s: int = ENROL_TTL_DEFAULT_S,
+        *,
+        reenrol: bool = False,
     ) -> NewEnrolToken:
         if not 0 < ttl_s <= ENROL_TTL_MAX_S:
             raise ValueError(f"ttl_s must be within 1..{ENROL_TTL_MAX_S} seconds")
+        if reenrol and device_id is None:
+            raise ValueError("a re-enrolment token is bound to a device id")
         token = ENROL_TOKEN_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
         t = self.clock()
         row = EnrolToken(
             id=secrets.token_hex(KEYID_BYTES),
             token_sha256=digest(token),
             device_id=device_id,
+            reenrol=reenrol,
             expires_at=t + ttl_s,
             created_at=t,
             created_by=created_by,
@@ -97,6 +105,13 @@ class EnrolTokens:
         if won and row is not None:
             return row
         raise _refusal(row, t)
+
+    def find(self, token: str) -> EnrolToken | None:
+        """The record of ``token`` (used or not), without using it up."""
+        with session(self.engine) as s:
+            return s.exec(
+                select(EnrolToken).where(EnrolToken.token_sha256 == digest(token))
+            ).first()
 
     def list(self, limit: int = 100) -> list[EnrolToken]:
         with session(self.engine) as s:

@@ -5,13 +5,15 @@ A device enrols with its own CSR and gets a client certificate from the hub's CA
 publishes a new CRL for the broker, then runs the configured reload command (Mosquitto
 rereads its CRL on SIGHUP). A CRL does not cut a connection that is already open
 (DESIGN §8), so the hub also ignores a revoked device's messages and sends it nothing.
-Only re-enrolment with a token bound to that device (``POST /devices/{id}/reenrol``)
-lifts a revocation.
+A device id that has a certificate (or a revocation) is taken: only an admin's
+re-enrolment token for it (``POST /devices/{id}/reenrol``) may give it a new identity,
+which supersedes its old certificates or lifts its revocation.
 
 Errors::
 
     PkiError (hub/pki.py)     a CSR that cannot be used (``reason`` says why)
-    DeviceRevoked             an unbound token was used for a revoked device id
+    DeviceTaken               the id is enrolled or revoked and the token is no re-enrolment
+      DeviceRevoked           … it is revoked
 """
 
 from __future__ import annotations
@@ -36,8 +38,12 @@ CRL_REPUBLISH_S = 86400.0  # seconds between CRL re-issues (each is valid 7 days
 RELOAD_TIMEOUT_S = 10.0  # seconds the broker reload command may take
 
 
-class DeviceRevoked(Exception):
-    """The device id is revoked; only a token bound to it (re-enrolment) may enrol it."""
+class DeviceTaken(Exception):
+    """The device id already has an identity; only an admin's re-enrolment may replace it."""
+
+
+class DeviceRevoked(DeviceTaken):
+    """The device id is revoked; only an admin's re-enrolment may enrol it again."""
 
 
 class Identities:
@@ -80,20 +86,46 @@ class Identities:
         """
         self.ca.check_csr(csr_pem, device_id)
 
-    def issue(self, device_id: str, csr_pem: bytes, *, bound: bool) -> IssuedCert:
-        """Issue the device's certificate. A revoked id needs a token ``bound`` to it (a
-        re-enrolment), which lifts the revocation.
+    def taken(self, device_id: str) -> bool:
+        """Whether the id has been issued a certificate or is revoked."""
+        return device_id in self._revoked or bool(self.ca.serials_for(device_id))
+
+    def check_enrolment(self, device_id: str, *, reenrol: bool) -> None:
+        """Refuse to enrol a taken id without a re-enrolment token (before it is used up).
 
         Raises:
-            DeviceRevoked: the id is revoked and the token was not bound to it.
+            DeviceRevoked: the id is revoked.
+            DeviceTaken: the id is enrolled.
+        """
+        if reenrol:
+            return
+        how = "POST /devices/{id}/reenrol"
+        if device_id in self._revoked:
+            raise DeviceRevoked(f"device {device_id} is revoked: an admin must re-enrol it ({how})")
+        if self.ca.serials_for(device_id):
+            raise DeviceTaken(
+                f"device {device_id} is already enrolled: an admin must re-enrol it ({how})"
+            )
+
+    def issue(self, device_id: str, csr_pem: bytes, *, reenrol: bool) -> IssuedCert:
+        """Issue the device's certificate. A taken id needs a re-enrolment token: its old
+        certificates are then revoked as superseded, and a revocation is lifted.
+
+        Raises:
+            DeviceTaken / DeviceRevoked: the id is taken and this is no re-enrolment.
             PkiError: the CSR cannot be used.
         """
-        if device_id in self._revoked and not bound:
-            raise DeviceRevoked(
-                f"device {device_id} is revoked: an admin must re-enrol it"
-                " (POST /devices/{id}/reenrol)"
-            )
+        self.check_enrolment(device_id, reenrol=reenrol)
+        old = self.ca.serials_for(device_id)
         cert = self.ca.issue_device(csr_pem, device_id)
+        if old and device_id not in self._revoked:
+            with self._lock:
+                for serial in old:  # a key that may have leaked must not connect any more
+                    self.ca.revoke(serial, "superseded")
+            self.publish_crl()
+            log.warning(
+                "device %s re-enrolled: %d old certificate(s) superseded", device_id, len(old)
+            )
         if device_id in self._revoked:
             with self._lock, session(self.engine) as s:
                 row = s.get(Revocation, device_id)

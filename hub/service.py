@@ -153,9 +153,18 @@ class Hub:
         created_by: str,
         device_id: str | None = None,
         ttl_s: int = ENROL_TTL_DEFAULT_S,
+        *,
+        reenrol: bool = False,
     ) -> NewEnrolToken:
-        """A one-time enrolment token, bound to ``device_id`` if given (shown once)."""
-        return self.enrol_tokens.issue(created_by, device_id, ttl_s)
+        """A one-time enrolment token, bound to ``device_id`` if given (shown once).
+
+        Raises:
+            DeviceTaken: ``device_id`` already has an identity and this is no
+                re-enrolment (an admin's, which may replace it).
+        """
+        if device_id is not None:
+            self.identities.check_enrolment(device_id, reenrol=reenrol)
+        return self.enrol_tokens.issue(created_by, device_id, ttl_s, reenrol=reenrol)
 
     def enrol_device(
         self,
@@ -171,12 +180,16 @@ class Hub:
             PkiError: a CSR that cannot be used, or none when the broker needs TLS (the
                 token is not used up).
             EnrolRefused: the token is unknown, used, revoked, expired or for another id.
-            DeviceRevoked: a revoked device id, with a token not bound to it.
+            DeviceTaken / DeviceRevoked: the id has an identity and the token is not an
+                admin's re-enrolment token for it (the token is not used up).
         """
         if csr is None and self.broker.tls:
             raise PkiError("bad_csr", f"{self.broker.url} needs a client certificate: send a CSR")
         if csr is not None:
             self.identities.check_csr(device_id, csr.encode())
+        record = self.enrol_tokens.find(token)
+        reenrol = record is not None and record.reenrol and record.device_id == device_id
+        self.identities.check_enrolment(device_id, reenrol=reenrol)
         used = self.enrol_tokens.consume(token, device_id)
         fields: dict[str, Any] = {
             "device_id": device_id,
@@ -184,7 +197,7 @@ class Hub:
             "broker": self.broker.url,
         }
         if csr is not None:
-            cert = self.identities.issue(device_id, csr.encode(), bound=used.device_id is not None)
+            cert = self.identities.issue(device_id, csr.encode(), reenrol=used.reenrol)
             self.mqtt.revoked = self.identities.revoked
             fields["certificate"] = cert.cert_pem.decode()
             fields["ca"] = self.identities.ca.ca_pem.decode()

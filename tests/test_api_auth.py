@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 from fastapi.routing import APIRoute
 
+from agent.identity import DeviceIdentity
 from edgefleet.cli import main as cli
 from edgefleet.demo import ApiServer
 from hub.api import create_app
@@ -459,6 +461,68 @@ def test_reenrol_issues_a_token_bound_to_the_device(stage: Stage) -> None:
     assert enrol(stage, "press-3", r.json()["token"]).status_code == 200
     [record] = stage.audit(action="device.reenrol", outcome="ok")
     assert record["target"] == "press-3" and record["after"]["token_id"] == r.json()["id"]
+
+
+def enrol_with_key(stage: Stage, tmp: Path, device_id: str, token: str) -> httpx.Response:
+    """Enrol as a device does: its own key, a CSR, the token."""
+    csr = DeviceIdentity.load_or_create(tmp / device_id, device_id).csr_pem().decode()
+    return stage.http().post("/enrol", json={"device_id": device_id, "token": token, "csr": csr})
+
+
+def test_only_an_admin_can_replace_an_enrolled_or_revoked_identity(
+    stage: Stage, tmp_path: Path
+) -> None:
+    operator, admin = stage.as_role(Role.operator), stage.as_role(Role.admin)
+    first = operator.post("/enrol-tokens", json={"device_id": "press-7"}).json()["token"]
+    assert enrol_with_key(stage, tmp_path / "1", "press-7", first).status_code == 200
+    old_serials = stage.hub.identities.ca.serials_for("press-7")
+
+    # an operator cannot bind a token to an enrolled id ...
+    r = operator.post("/enrol-tokens", json={"device_id": "press-7"})
+    assert r.status_code == 409 and "already enrolled" in r.json()["detail"]
+    # ... and an unbound token cannot take the id over; the token is not used up by it
+    spare = operator.post("/enrol-tokens", json={}).json()["token"]
+    r = enrol_with_key(stage, tmp_path / "2", "press-7", spare)
+    assert r.status_code == 409 and "admin must re-enrol" in r.json()["detail"]
+    assert stage.hub.identities.ca.serials_for("press-7") == old_serials
+    assert enrol_with_key(stage, tmp_path / "2", "press-8", spare).status_code == 200
+
+    # revoked: the same holds, and the operator cannot issue a re-enrolment
+    assert admin.post("/devices/press-7/revoke", json={}).status_code == 200
+    assert operator.post("/enrol-tokens", json={"device_id": "press-7"}).status_code == 409
+    assert operator.post("/devices/press-7/reenrol").status_code == 403
+    spare = operator.post("/enrol-tokens", json={}).json()["token"]
+    r = enrol_with_key(stage, tmp_path / "3", "press-7", spare)
+    assert r.status_code == 403 and "revoked" in r.json()["detail"]
+    assert "press-7" in stage.hub.identities.revoked
+
+    # the admin's re-enrolment lifts it and audits the change
+    token = admin.post("/devices/press-7/reenrol").json()["token"]
+    assert enrol_with_key(stage, tmp_path / "3", "press-7", token).status_code == 200
+    assert "press-7" not in stage.hub.identities.revoked
+    record = stage.audit(action="device.enrol", outcome="ok")[0]
+    assert record["target"] == "press-7"
+    assert (record["before"]["revoked"], record["after"]["revoked"]) == (True, False)
+
+
+def test_reenrolling_a_live_device_supersedes_its_old_certificate(
+    stage: Stage, tmp_path: Path
+) -> None:
+    token = stage.as_role(Role.operator).post("/enrol-tokens", json={}).json()["token"]
+    assert enrol_with_key(stage, tmp_path / "old", "cam-2", token).status_code == 200
+    [old] = stage.hub.identities.ca.serials_for("cam-2")
+    token = stage.as_role(Role.admin).post("/devices/cam-2/reenrol").json()["token"]
+    assert enrol_with_key(stage, tmp_path / "new", "cam-2", token).status_code == 200
+    # the old key (it may have leaked) is on the CRL; the device itself is not revoked
+    revoked = stage.hub.identities.ca.crl_pem()
+    crl = x509.load_pem_x509_crl(revoked)
+    entry = crl.get_revoked_certificate_by_serial_number(old)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.superseded
+    )
+    assert "cam-2" not in stage.hub.identities.revoked
+    assert len(stage.hub.identities.ca.serials_for("cam-2")) == 2
 
 
 def test_token_ttl_and_device_id_are_checked(stage: Stage) -> None:
