@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from hub.auth import Admin, Operator, Viewer
-from hub.db import Device, DevicePublic, EnrolToken, EnrolTokenPublic, Revocation, session
+from hub.db import Device, DevicePublic, EnrolToken, EnrolTokenPublic, session
 from hub.deps import DENIALS, Audit, HubDep
 from hub.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefused
 from hub.identities import DeviceRevoked, DeviceTaken
@@ -48,6 +48,16 @@ CrlReason = Literal[
 
 class RevokeRequest(BaseModel):
     reason: CrlReason = "unspecified"
+
+
+class RevocationResult(BaseModel):
+    device_id: str
+    revoked_at: float
+    reason: str
+    by: str | None
+    serials: list[str]
+    # what the broker was told: reloaded, left to the operator, or a failed reload
+    broker: str
 
 
 class EnrolTokenCreate(BaseModel):
@@ -157,7 +167,7 @@ def device_routes(app: FastAPI) -> None:
     @app.post(
         "/devices/{device_id}/revoke",
         name="device.revoke",
-        response_model=Revocation,
+        response_model=RevocationResult,
         responses=DENIALS,
     )
     def revoke(
@@ -166,7 +176,7 @@ def device_routes(app: FastAPI) -> None:
         who: Admin,
         audit: Audit,
         req: Annotated[RevokeRequest | None, Body()] = None,
-    ) -> Revocation:
+    ) -> RevocationResult:
         """Revoke the device's certificates: the broker refuses it from the next CRL reload,
         and the hub ignores it at once. Re-enrolment lifts it. A device that enrolled but
         never connected can be revoked too."""
@@ -177,12 +187,13 @@ def device_routes(app: FastAPI) -> None:
             row = h.revoke_device(device_id, (req or RevokeRequest()).reason, who.keyid)
         except PkiError as e:
             raise HTTPException(422, str(e)) from e
+        notice = h.identities.broker_notice
         audit.change(
             device_id,
             before={"revoked": before},
-            after={"revoked": True, "reason": row.reason, "serials": row.serials},
+            after={"revoked": True, "reason": row.reason, "serials": row.serials, "broker": notice},
         )
-        return row
+        return RevocationResult(**row.model_dump(), broker=notice)
 
     @app.post(
         "/enrol-tokens",

@@ -71,6 +71,8 @@ class Identities:
         self.reload_command = tuple(reload_command or ())
         self._lock = threading.Lock()
         self._crl_written = 0.0
+        # what the last CRL publication did, for the operator who revoked a device
+        self.broker_notice = "no TLS broker configured: nothing to tell"
         with session(engine) as s:
             self._revoked = frozenset(s.exec(select(Revocation.device_id)))
 
@@ -158,19 +160,32 @@ class Identities:
         return row
 
     def publish_crl(self) -> bool:
-        """Write a fresh CRL where the broker reads it and run the reload command."""
+        """Write a fresh CRL where the broker reads it and run the reload command.
+
+        ``broker_notice`` says what happened, in words for the operator: reloaded, the
+        reload left to them (no command configured), or the reload failed.
+        """
         if self.crl_path is None:
+            self.broker_notice = "no TLS broker configured: nothing to tell"
             return False
         with self._lock:
             write_atomic(self.crl_path, self.ca.crl_pem(), mode=0o644)
             self._crl_written = time.time()
         if not self.reload_command:
-            log.warning("CRL written to %s: reload the broker (SIGHUP) to apply it", self.crl_path)
+            self.broker_notice = (
+                f"CRL written to {self.crl_path}; no reload command is configured"
+                " (--broker-reload): reload the broker (SIGHUP) to apply it"
+            )
+            log.warning("%s", self.broker_notice)
             return True
+        command = " ".join(self.reload_command)
         try:
             subprocess.run(self.reload_command, check=True, timeout=RELOAD_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as e:
-            log.error("broker reload %s failed: %s", " ".join(self.reload_command), e)
+            self.broker_notice = f"CRL written, but the broker reload ({command}) failed: {e}"
+            log.error("%s", self.broker_notice)
+            return True
+        self.broker_notice = f"CRL written and the broker reloaded ({command})"
         return True
 
     def refresh_crl(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pwd
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,9 +23,10 @@ from waiting import wait_for
 from agent.daemon import AgentConfig, AgentDaemon, enrol
 from edgefleet.demo import ApiServer
 from hub.auth import DEV_KEY
-from hub.broker import free_port
+from hub.broker import Mosquitto, free_port
 from hub.brokerconf import TlsMosquitto, write_broker_config
 from hub.client import HubClient, HubClientError
+from hub.identities import CRL_REPUBLISH_S
 from hub.pki import CertificateAuthority
 from hub.service import Hub, HubConfig
 
@@ -109,6 +111,7 @@ def test_enrol_connect_install_revoke_reenrol(site: Site) -> None:
 
     revocation = site.client.revoke_device("press-a", "key_compromise")
     assert revocation["reason"] == "key_compromise" and revocation["serials"]
+    assert revocation["broker"].startswith("CRL written and the broker reloaded (kill -HUP")
 
     # The hub stops listening to it at once (its open connection outlives the CRL) ...
     before = site.hub.mqtt.dropped["revoked_device"]
@@ -140,3 +143,32 @@ def _connects(daemon: AgentDaemon, seconds: float) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_the_running_hub_reissues_its_crl_on_its_maintenance_timer(
+    private_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """The CRL is valid 7 days and an expired one locks every client out: the hub's own
+    timer re-issues it daily (backdated here) and reloads the broker."""
+    marker = tmp_path / "reloaded"
+    (tmp_path / "broker").mkdir()  # (what `edgefleet broker config` wrote)
+    hub = Hub(
+        HubConfig(
+            data_dir=tmp_path / "hub",
+            broker_url=private_mosquitto.address.url,
+            broker_tls_dir=tmp_path / "broker",
+            broker_reload=("touch", str(marker)),
+            maintenance_s=0.1,
+            dev_mode=True,
+        )
+    ).start()
+    try:
+        wait_for(marker.exists, 5, "the first CRL")  # none on disk yet: written at once
+        marker.unlink()
+        time.sleep(0.5)
+        assert not marker.exists()  # fresh: left alone
+        hub.identities._crl_written -= CRL_REPUBLISH_S  # a day later
+        wait_for(marker.exists, 5, "the daily re-issue")
+        assert (tmp_path / "broker" / "crl.pem").stat().st_mtime > time.time() - 5
+    finally:
+        hub.stop()

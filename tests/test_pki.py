@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.identity import DeviceIdentity, IdentityError
-from hub.pki import CertificateAuthority, PkiError
+from hub.db import make_engine, sqlite_url
+from hub.identities import CRL_REPUBLISH_S, Identities
+from hub.pki import CRL_VALIDITY, CertificateAuthority, PkiError
 
 
 @pytest.fixture
@@ -324,3 +326,50 @@ def test_device_refuses_garbage(ca: CertificateAuthority, tmp_path: Path) -> Non
     identity = DeviceIdentity.load_or_create(tmp_path / "dev", "pump-7")
     with pytest.raises(IdentityError, match="bad_cert"):
         identity.store_certificate(b"not a certificate", ca.ca_pem)
+
+
+# ---------------------------------------------------------------- the hub's CRL publication
+
+
+@pytest.mark.parametrize(
+    ("reload", "notice"),
+    [
+        ((), "no reload command is configured"),
+        (("false",), "the broker reload (false) failed"),
+        (("true",), "CRL written and the broker reloaded (true)"),
+    ],
+)
+def test_a_revocation_says_what_the_broker_was_told(
+    tmp_path: Path, ca: CertificateAuthority, reload: tuple[str, ...], notice: str
+) -> None:
+    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    ids = Identities(engine, ca, crl_path=tmp_path / "crl.pem", reload_command=reload)
+    ids.issue("dev-a", make_csr("dev-a"), reenrol=False)
+    ids.revoke("dev-a", "key_compromise", by=None)
+    assert notice in ids.broker_notice
+    crl = crl_of_file(tmp_path / "crl.pem")
+    assert crl.get_revoked_certificate_by_serial_number(ca.serials_for("dev-a")[0]) is not None
+
+
+def test_the_crl_is_reissued_daily_before_it_runs_out(
+    tmp_path: Path, ca: CertificateAuthority
+) -> None:
+    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    marker = tmp_path / "reloaded"
+    ids = Identities(
+        engine, ca, crl_path=tmp_path / "crl.pem", reload_command=("touch", str(marker))
+    )
+    assert ids.refresh_crl()  # never written: write it now
+    first = crl_of_file(tmp_path / "crl.pem")
+    marker.unlink()
+    assert not ids.refresh_crl() and not marker.exists()  # written today: nothing to do
+    ids._crl_written -= CRL_REPUBLISH_S + 1  # a day later
+    assert ids.refresh_crl() and marker.exists()
+    again = crl_of_file(tmp_path / "crl.pem")
+    assert again.next_update_utc >= first.next_update_utc
+    fresh = dt.datetime.now(dt.UTC) + CRL_VALIDITY  # valid 7 days from the re-issue
+    assert abs(again.next_update_utc - fresh) < dt.timedelta(minutes=1)
+
+
+def crl_of_file(path: Path) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(path.read_bytes())
