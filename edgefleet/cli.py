@@ -272,32 +272,22 @@ def _key_store(args: argparse.Namespace) -> Any:
     return ApiKeys(engine), AuditLog(engine)
 
 
-def _cli_audit(action: str, target: str, **change: Any) -> Any:
-    """The audit record of a key change made from the hub's machine, not over the API."""
-    from hub.auth import CLI_ACTOR
-    from hub.db import AuditRecord
-
-    return AuditRecord(
-        actor_keyid=CLI_ACTOR,
-        actor_name=CLI_ACTOR,
-        action=action,
-        method="CLI",
-        path=f"edgefleet hub apikey {action.rpartition('.')[2]}",
-        target=target,
-        outcome="ok",
-        status=0,
-        **change,
-    )
-
-
 def _apikey_create(args: argparse.Namespace) -> int:
+    from edgefleet.local_audit import record
     from hub.auth import CLI_ACTOR, Role
     from hub.db import ApiKeyPublic
 
-    keys, log = _key_store(args)
+    keys, _ = _key_store(args)
     new = keys.create(args.name, Role(args.role), created_by=CLI_ACTOR)
     public = ApiKeyPublic.model_validate(new.record).model_dump()
-    log.write(_cli_audit("api_key.create", new.record.keyid, after=public))
+    record(
+        args.data,
+        args.db,
+        "api_key.create",
+        new.record.keyid,
+        "edgefleet hub apikey create",
+        after=public,
+    )
     print(new.key)
     print(
         f"({args.role} key {new.record.keyid} '{args.name}': shown once, only its hash is kept)",
@@ -323,15 +313,18 @@ def _apikey_list(args: argparse.Namespace) -> int:
 
 
 def _apikey_revoke(args: argparse.Namespace) -> int:
-    keys, log = _key_store(args)
+    from edgefleet.local_audit import record
+
+    keys, _ = _key_store(args)
     row = keys.revoke(args.keyid)
-    log.write(
-        _cli_audit(
-            "api_key.revoke",
-            row.keyid,
-            before={"revoked_at": None},
-            after={"revoked_at": row.revoked_at},
-        )
+    record(
+        args.data,
+        args.db,
+        "api_key.revoke",
+        row.keyid,
+        "edgefleet hub apikey revoke",
+        before={"revoked_at": None},
+        after={"revoked_at": row.revoked_at},
     )
     print(f"revoked {row.keyid} ({row.role} '{row.name}')")
     return 0

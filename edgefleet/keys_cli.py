@@ -30,6 +30,9 @@ def register(subparsers: Any) -> None:
         help="the hub's data directory (default edgefleet-data)",
     )
     common.add_argument(
+        "--db", help="the hub's database URL, for the audit log (default: DATA_DIR/hub.db)"
+    )
+    common.add_argument(
         "--root-keys",
         type=Path,
         help="directory of the root keys, if kept offline (default DATA_DIR/trust/keys/root)",
@@ -81,9 +84,11 @@ def _init(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data_dir / 'trust'} already has keys: use show or rotate")
     repo = _open(args, thresholds=thresholds)
     try:
-        _print_keys(repo.keys())
+        keys = repo.keys()
+        _print_keys(keys)
     finally:
         repo.close()
+    _audit(args, "signing_key.init", "trust", after=_summary(keys))
     return 0
 
 
@@ -105,22 +110,58 @@ def _show(args: argparse.Namespace) -> int:
 def _rotate(args: argparse.Namespace) -> int:
     repo = _open(args)
     try:
+        before = repo.keys()
         version = repo.rotate(args.role, threshold=args.threshold)
         print(f"rotated {args.role}: root is now version {version}, signed by the old root keys")
-        _print_keys(repo.keys())
+        after = repo.keys()
+        _print_keys(after)
     finally:
         repo.close()
+    _audit(
+        args,
+        "signing_key.rotate",
+        args.role,
+        before=_summary(before, args.role),
+        after=_summary(after, args.role),
+    )
     return 0
 
 
 def _renew_root(args: argparse.Namespace) -> int:
     repo = _open(args)
     try:
+        before = repo.keys()["root"]
         version = repo.renew_root()
-        print(f"root version {version}, expires {repo.root_expires().isoformat()}")
+        expires = repo.root_expires().isoformat()
+        print(f"root version {version}, expires {expires}")
     finally:
         repo.close()
+    _audit(
+        args,
+        "signing_key.renew_root",
+        "root",
+        before={"version": before["version"], "expires": before["expires"]},
+        after={"version": version, "expires": expires},
+    )
     return 0
+
+
+def _summary(keys: dict[str, dict[str, Any]], role: str | None = None) -> dict[str, Any]:
+    """Key ids and thresholds (never key material), of one role or all, plus the root
+    version."""
+    roles = [role] if role else list(keys)
+    out: dict[str, Any] = {
+        r: {"keyids": keys[r]["keyids"], "threshold": keys[r]["threshold"]} for r in roles
+    }
+    out["root_version"] = keys["root"]["version"]
+    return out
+
+
+def _audit(args: argparse.Namespace, action: str, target: str, **change: Any) -> None:
+    from edgefleet.local_audit import record
+
+    command = f"edgefleet keys {action.rpartition('.')[2].replace('_', '-')}"
+    record(args.data_dir, args.db, action, target, command, **change)
 
 
 def _print_keys(keys: dict[str, dict[str, Any]]) -> None:

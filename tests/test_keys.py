@@ -3,6 +3,7 @@ key moving with the root, the hub re-signing before expiry, and ``edgefleet keys
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,9 @@ from freezegun import freeze_time
 from update_rig import UpdateRig
 
 from edgefleet.cli import main
+from hub.audit import AuditLog
+from hub.auth import CLI_ACTOR
+from hub.db import make_engine, sqlite_url
 from hub.pipeline import BuiltModel, train
 from hub.repository import RepositoryError, TrustRepository
 from hub.service import pipeline_config
@@ -152,6 +156,21 @@ def test_keys_cli_init_show_rotate(tmp_path: Path, capsys: pytest.CaptureFixture
 
     assert main(["keys", "rotate", "snapshot", *data]) == 0
     assert "root is now version 2" in capsys.readouterr().out
+    assert main(["keys", "renew-root", *data]) == 0
+    assert "root version 3" in capsys.readouterr().out
+
+    # each change is in the hub's audit log, as the API's changes are (no key material)
+    engine = make_engine(sqlite_url(tmp_path / "hub" / "hub.db"))
+    records = {r.action: r for r in AuditLog(engine).query(limit=10)}
+    assert set(records) == {"signing_key.init", "signing_key.rotate", "signing_key.renew_root"}
+    rotate = records["signing_key.rotate"]
+    assert (rotate.actor_keyid, rotate.status, rotate.target) == (CLI_ACTOR, 0, "snapshot")
+    assert rotate.before and rotate.after
+    assert rotate.before["snapshot"]["keyids"] != rotate.after["snapshot"]["keyids"]
+    assert (rotate.before["root_version"], rotate.after["root_version"]) == (1, 2)
+    renew = records["signing_key.renew_root"].after
+    assert renew is not None and renew["version"] == 3
+    assert "private" not in json.dumps([r.model_dump() for r in records.values()])
 
     assert main(["keys", "init", *data]) == 1  # never over an existing repository
     assert "already has keys" in capsys.readouterr().err
