@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 KEEP_VERSIONS = 2  # active + previous, kept on disk for rollback
+MAX_HELD_COMMANDS = 16  # commands waiting for one trust refresh, at most
 
 
 @dataclass(frozen=True)
@@ -100,9 +101,13 @@ class AgentCore:
             self.capture["ending"] = False
         self.root_version = root_version
         self.director_keys = director_keys or DirectorKeys({})
-        # a command signed by a key this device does not know yet, while it walks the
-        # hub's newer roots: (payload, fetch request id, since)
-        self._held: tuple[bytes, str, float] | None = None
+        # Commands waiting for a trust refresh (the hub's newest roots, so the director
+        # keys are current): rollback and capture always (they fetch no metadata of
+        # their own, so a key rotated out would otherwise still be trusted), any command
+        # signed by a key this device does not know yet. One fetch serves them all.
+        self._held: list[bytes] = []
+        self._held_req: str | None = None  # the fetch_meta request they wait for
+        self._held_since = 0.0
         self.dropped: Counter[str] = Counter()  # bad input, by reason
         self._window: InferenceStats | None = None
         self._window_start: float | None = None
@@ -286,8 +291,11 @@ class AgentCore:
             self._window_start = ev.now
         elif ev.now - self._window_start >= self.config.window_s:
             self._close_window(ev, out)
-        if self._held is not None and ev.now - self._held[2] > self.config.fetch_timeout_s * 4:
-            self._fail_held(out, "no answer to the trust refresh", ev.now)
+        if (
+            self._held_req is not None
+            and ev.now - self._held_since > self.config.fetch_timeout_s * 4
+        ):
+            self._fail_held(out, Reason.FETCH_TIMEOUT, "no answer to the trust refresh", ev.now)
         self._check_capture(ev.now, out)
         job = self.job
         if job is None:
@@ -396,23 +404,20 @@ class AgentCore:
                 msg, payload, self.director_keys, device_id=self.config.device_id, now=now
             )
         except CommandError as e:
-            if (
-                e.reason == Reason.UNKNOWN_KEY
-                and e.root_version > self.root_version
-                and not held
-                and self._held is None
-            ):
-                # The hub may have rotated the director key: walk its newer roots first.
-                req = self._next_req()
-                self._held = (payload, req, now)
-                body = {"req": req, "root_version": self.root_version}
-                out.add(Publish(self._topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
-                return
-            self._refuse_command(out, msg, e.reason, e.detail, now)
+            newer_root = e.reason == Reason.UNKNOWN_KEY and e.root_version > self.root_version
+            # The hub may have rotated the director key: walk its newer roots first.
+            if not (newer_root and not held and self._hold(payload, now, out)):
+                self._refuse_command(out, msg, e.reason, e.detail, now)
             return
         commands: dict[str, float] = self.state["commands"]
         if cmd.id in commands:
             self._refuse_command(out, msg, Reason.COMMAND_REPLAYED, f"command {cmd.id}", now)
+            return
+        if cmd.type != "deploy" and not held:
+            # A deploy walks to the newest root before it downloads anything; a rollback
+            # or a capture must too, or a director key rotated out (stolen) still works.
+            if not self._hold(payload, now, out):
+                self._refuse_command(out, msg, Reason.BUSY, "too many commands waiting", now)
             return
         for cmd_id in [c for c, expires in commands.items() if expires < now]:
             del commands[cmd_id]
@@ -449,14 +454,25 @@ class AgentCore:
         detail = f"{msg.type} {msg.id}: {detail}"
         self._event(out, info, "refused", now, reason, detail, remember=False)
 
+    def _hold(self, payload: bytes, now: float, out: Outbox) -> bool:
+        """Keep a command until the trust refresh it waits for; False if too many wait."""
+        if len(self._held) >= MAX_HELD_COMMANDS:
+            return False
+        self._held.append(payload)
+        if self._held_req is None:
+            self._held_req, self._held_since = self._next_req(), now
+            body = {"req": self._held_req, "root_version": self.root_version}
+            out.add(Publish(self._topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
+        return True
+
     def _on_trust_refreshed(self, ev: TrustRefreshed, out: Outbox) -> None:
         self.root_version = ev.root_version
         self.director_keys = ev.director_keys
-        if self._held is None or self._held[1] != ev.req:
+        if self._held_req is None or self._held_req != ev.req:
             return
-        payload = self._held[0]
-        self._held = None
-        self._on_command(payload, ev.now, out, held=True)
+        held, self._held, self._held_req = self._held, [], None
+        for payload in held:  # checked again, against the keys of the newest root
+            self._on_command(payload, ev.now, out, held=True)
 
     def _on_deploy(self, body: dict[str, Any], now: float, out: Outbox) -> None:
         job = self.job
@@ -540,11 +556,12 @@ class AgentCore:
         )
 
     def _on_blob(self, blob: protocol.Blob, now: float, out: Outbox) -> None:
-        if self._held is not None and blob.header["req"] == self._held[1]:
+        if self._held_req is not None and blob.header["req"] == self._held_req:
             if blob.kind == "meta":
-                out.add(VerifyMetadata(self._held[1], protocol.split_meta_blob(blob), None))
+                out.add(VerifyMetadata(self._held_req, protocol.split_meta_blob(blob), None))
             else:
-                self._fail_held(out, f"the hub answered: {blob.header.get('reason')}", now)
+                why = f"the hub answered: {blob.header.get('reason')}"
+                self._fail_held(out, Reason.HUB_ERROR, why, now)
             return
         job = self.job
         if job is None:
@@ -899,7 +916,7 @@ class AgentCore:
     def _on_refused(self, ev: Refused, out: Outbox) -> None:
         job = self.job
         if ev.step == "trust":
-            self._fail_held(out, f"{ev.reason.value}: {ev.detail}", ev.now)
+            self._fail_held(out, ev.reason, ev.detail, ev.now)
             return
         if ev.step == "rollback":
             log.error("%s: rollback failed: %s", self.config.device_id, ev.detail)
@@ -908,19 +925,15 @@ class AgentCore:
             return
         self._fail(out, job, ev.reason, ev.detail, ev.now)
 
-    def _fail_held(self, out: Outbox, why: str, now: float) -> None:
-        """The trust refresh for a held command failed: refuse the command."""
-        if self._held is None:
-            return
-        payload = self._held[0]
-        self._held = None
-        try:
-            msg = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cmd"])
-        except ProtocolError:  # it parsed when it was held
-            return
-        self._refuse_command(
-            out, msg, Reason.UNKNOWN_KEY, f"not a director key after a trust refresh ({why})", now
-        )
+    def _fail_held(self, out: Outbox, reason: Reason, why: str, now: float) -> None:
+        """The trust refresh the held commands wait for failed: refuse them, by its reason."""
+        held, self._held, self._held_req = self._held, [], None
+        for payload in held:
+            try:
+                msg = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cmd"])
+            except ProtocolError:  # it parsed when it was held
+                continue
+            self._refuse_command(out, msg, reason, f"trust refresh failed: {why}", now)
 
 
 # The stage a job in each phase has last reported (answers a re-sent deploy command).

@@ -340,6 +340,15 @@ def revoked_director_key(rig: UpdateRig) -> list[dict[str, Any]]:
     return rig.send(rig.command("deploy", 2, signers=old))
 
 
+def rollback_by_revoked_director_key(rig: UpdateRig) -> list[dict[str, Any]]:
+    """The director key was stolen and rotated; the thief sends a rollback, which needs
+    no metadata of its own: the device walks to the newest root before it acts on it."""
+    rig.install(2)
+    old = stolen_keys(rig, "director")
+    rig.trust.rotate("director")
+    return rig.send(rig.command("rollback", 1, deployment="thief", signers=old))
+
+
 def _noop(signed: Any) -> None:
     pass
 
@@ -382,6 +391,8 @@ ATTACKS = [
     Attack("director: expired command", expired_command, "refused", Reason.COMMAND_EXPIRED),
     Attack("director: replayed command", replayed_command, "refused", Reason.COMMAND_REPLAYED),
     Attack("director: revoked key", revoked_director_key, "failed", Reason.UNKNOWN_KEY),
+    Attack("director: rollback by a revoked key", rollback_by_revoked_director_key, "refused",
+           Reason.UNKNOWN_KEY),
 ]  # fmt: skip
 
 

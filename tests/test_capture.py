@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from securesystemslib.signer import CryptoSigner
+from trust_refresh import handle_trusting
 
 from agent.capture import NO_LABEL, CaptureError, Reservoir, decode_sample, encode_sample
 from agent.core import AgentCore, CoreConfig, encode_state
@@ -177,6 +178,11 @@ def capture_cmd(
     return MessageArrived("cmd", payload, 0.0)
 
 
+def send(c: AgentCore, message: MessageArrived) -> list[Any]:
+    """Hand the core a command, answering the trust refresh it waits for."""
+    return handle_trusting(c, message, KEYS)
+
+
 def on_topic(actions: list[Any], kind: str) -> list[Publish]:
     return [a for a in actions if isinstance(a, Publish) and a.topic.endswith(f"/{kind}")]
 
@@ -188,7 +194,7 @@ def statuses(actions: list[Any]) -> list[dict[str, Any]]:
 
 def test_a_signed_capture_command_samples_then_uploads_verifiable_chunks() -> None:
     c = core()
-    actions = c.handle(capture_cmd(max_rows=50, duration_s=30.0, seed=9))
+    actions = send(c, capture_cmd(max_rows=50, duration_s=30.0, seed=9))
     assert StartCapture("c1", "m", 50, 9) in actions
     assert [s["status"] for s in statuses(actions)] == ["started"]
     assert not any(isinstance(a, FinishCapture) for a in c.handle(Tick(29.0)))
@@ -218,7 +224,7 @@ def test_a_signed_capture_command_samples_then_uploads_verifiable_chunks() -> No
 
 def test_a_capture_in_windows_ends_after_that_many_telemetry_windows() -> None:
     c = core()
-    c.handle(capture_cmd(windows=2, duration_s=None))
+    send(c, capture_cmd(windows=2, duration_s=None))
     c.handle(Tick(0.0))
     assert not any(isinstance(a, FinishCapture) for a in c.handle(Tick(10.0)))  # one window
     assert FinishCapture("c1") in c.handle(Tick(20.0))  # two windows
@@ -226,7 +232,7 @@ def test_a_capture_in_windows_ends_after_that_many_telemetry_windows() -> None:
 
 def test_an_empty_capture_is_reported_failed_and_uploads_nothing() -> None:
     c = core()
-    c.handle(capture_cmd())
+    send(c, capture_cmd())
     c.handle(Tick(30.0))
     actions = c.handle(CaptureEnded("c1", 30.0))
     assert not on_topic(actions, "upload")
@@ -237,8 +243,8 @@ def test_an_empty_capture_is_reported_failed_and_uploads_nothing() -> None:
 
 def test_a_second_capture_while_one_runs_is_refused_busy() -> None:
     c = core()
-    c.handle(capture_cmd())
-    actions = c.handle(capture_cmd(capture="c2"))
+    send(c, capture_cmd())
+    actions = send(c, capture_cmd(capture="c2"))
     assert not any(isinstance(a, StartCapture) for a in actions)
     assert [(s["capture"], s["status"], s["reason"]) for s in statuses(actions)] == [
         ("c2", "failed", Reason.BUSY.value)
@@ -272,16 +278,16 @@ def test_a_capture_command_it_cannot_trust_is_refused(case: str, reason: Reason)
         "no_length": lambda: capture_cmd(duration_s=None),
     }[case]()
     if case == "replayed":
-        c.handle(message)
+        send(c, message)
         c.handle(CaptureEnded("c1", 1.0))  # the first one ended
-    actions = c.handle(message)
+    actions = send(c, message)
     assert not any(isinstance(a, StartCapture) for a in actions)
     assert [(s["status"], s["reason"]) for s in statuses(actions)] == [("refused", reason.value)]
 
 
 def test_a_device_restarted_mid_capture_still_ends_it() -> None:
     c = core()
-    c.handle(capture_cmd(duration_s=30.0))
+    send(c, capture_cmd(duration_s=30.0))
     assert FinishCapture("c1") in c.handle(Tick(30.0))
     # the process dies before the adapter answers; the saved state outlives it
     again = AgentCore(CoreConfig(DEV, "gw"), json.loads(encode_state(c.state)), director_keys=KEYS)

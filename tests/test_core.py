@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from manifests import make_target
 from securesystemslib.signer import CryptoSigner
+from trust_refresh import handle_trusting
 
 from agent.core import AgentCore, CoreConfig
 from agent.events import (
@@ -247,10 +248,10 @@ def test_rollback_command_to_version_in_history() -> None:
     h = Harness()
     h.install(1, b"i" * 100)
     h.install(2, b"j" * 100)
-    acts = h.core.handle(cmd("rollback", deployment="rb", model="m", version=1))
+    acts = handle_trusting(h.core, cmd("rollback", deployment="rb", model="m", version=1), KEYS)
     assert any(isinstance(a, RollBack) and a.to_version == 1 for a in acts)
     assert events(acts)[-1]["stage"] == "rolled_back"
-    acts = h.core.handle(cmd("rollback", deployment="rb2", model="m", version=7))
+    acts = handle_trusting(h.core, cmd("rollback", deployment="rb2", model="m", version=7), KEYS)
     ev = events(acts)[-1]
     assert (ev["stage"], ev["reason"]) == ("failed", Reason.VERSION_ROLLBACK.value)
 
@@ -266,13 +267,43 @@ def test_rollback_during_probation_is_that_jobs_outcome() -> None:
     h.core.handle(Done("activate", 3.0))
     assert h.core.job is not None and h.core.job["phase"] == "probation"
 
-    acts = h.core.handle(cmd("rollback", deployment="d2", model="m", version=1))
+    acts = handle_trusting(h.core, cmd("rollback", deployment="d2", model="m", version=1), KEYS)
 
     assert [(e["stage"], e["version"], e.get("from_version")) for e in events(acts)] == [
         ("rolled_back", 1, 2)
     ]
     installed = h.core.installed("m")
     assert h.core.job is None and installed is not None and installed["version"] == 1
+
+
+def test_rollbacks_wait_for_one_trust_refresh_and_are_refused_if_it_fails() -> None:
+    h = Harness()
+    h.install(1, b"i" * 100)
+    h.install(2, b"j" * 100)
+    first = h.core.handle(cmd("rollback", deployment="rb", model="m", version=1))
+    second = h.core.handle(cmd("rollback", deployment="rb2", model="m", version=1))
+    # nothing happens yet; one fetch_meta serves both
+    assert not events(first + second) and not any(isinstance(a, RollBack) for a in first)
+    assert [f["type"] for f in fetches(first + second)] == ["fetch_meta"]
+    assert h.core.installed("m") is not None
+    # the hub's metadata does not verify (e.g. expired): both are refused by that reason
+    refused = h.core.handle(Refused("trust", Reason.EXPIRED_METADATA, "timestamp", 3.0))
+    assert [(e["stage"], e["reason"]) for e in events(refused)] == [
+        ("refused", "expired_metadata"),
+        ("refused", "expired_metadata"),
+    ]
+    installed = h.core.installed("m")
+    assert installed is not None and installed["version"] == 2
+
+
+def test_a_held_command_times_out_when_the_hub_never_answers() -> None:
+    h = Harness()
+    h.install(1, b"i" * 100)
+    h.install(2, b"j" * 100)
+    h.core.handle(cmd("rollback", deployment="rb", model="m", version=1))
+    assert not events(h.core.handle(Tick(30.0)))  # 4 x fetch_timeout_s (10 s) not yet
+    late = events(h.core.handle(Tick(50.0)))
+    assert [(e["stage"], e["reason"]) for e in late] == [("refused", "fetch_timeout")]
 
 
 def test_resume_after_restart_asks_only_missing_chunks() -> None:
