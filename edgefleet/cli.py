@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--dev", action="store_true", help="development mode: accept the built-in dev API key"
     )
+    serve.add_argument(
+        "--allow-plain-broker",
+        action="store_true",
+        help="accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe)",
+    )
     serve.set_defaults(func=_hub_serve)
     _apikey_parser(hub)
 
@@ -243,6 +248,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         dev_mode=args.dev,
         broker_tls_dir=args.broker_tls,
         broker_reload=tuple(shlex.split(args.broker_reload or "")),
+        allow_plain_broker=args.allow_plain_broker,
         root_keys_dir=args.root_keys,
     )
     with Hub(config) as hub:

@@ -7,6 +7,7 @@ file, a local artifact directory and a broker chosen as DESIGN §7 says.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, replace
@@ -49,11 +50,42 @@ class HubConfig:
     # certificate and key, the CA, and the CRL it rewrites when it revokes a device.
     broker_tls_dir: Path | None = None
     broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
+    # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
+    allow_plain_broker: bool = False
     maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
     # telemetry retention (hub/retention.py): raw windows, then hourly rows, then gone
     telemetry_raw_age_s: float = RAW_AGE_S
     telemetry_max_age_s: float = MAX_AGE_S
     telemetry_resolution_s: float = RESOLUTION_S
+
+
+def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
+    """Refuse a plain-TCP broker on a network outside development mode.
+
+    Over plain TCP every command, model and report travels in clear text, and any client
+    can connect as any device (no certificates, no ACL by identity). Loopback is a
+    single machine's try-out; anything else needs ``mqtts://`` (``edgefleet broker
+    config``) or an explicit ``allow_plain_broker``.
+
+    Raises:
+        ValueError: a plain broker the configuration does not allow.
+    """
+    if address.tls or cfg.dev_mode or cfg.allow_plain_broker or _is_loopback(address.host):
+        return
+    raise ValueError(
+        f"{address.url} is plain TCP on a network: commands, models and reports would travel"
+        " in clear text and any client could pose as any device. Use mqtts:// with the"
+        " configuration `edgefleet broker config` writes, or --allow-plain-broker to accept it"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,8 @@ class Hub:
 
     def start(self) -> Hub:
         cfg = self.config
+        if cfg.broker_url:
+            check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(cfg.db_url or sqlite_url(cfg.data_dir / "hub.db"))
         self.trust = TrustRepository.open_or_init(

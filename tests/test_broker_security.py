@@ -35,9 +35,10 @@ from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
 from edgefleet import broker_cli
-from hub.broker import free_port
+from hub.broker import BrokerAddress, free_port
 from hub.brokerconf import BrokerFiles, TlsMosquitto, write_broker_config
 from hub.pki import CertificateAuthority
+from hub.service import Hub, HubConfig, check_broker_transport
 from shared.atomic import write_atomic
 from shared.protocol import MAX_BLOB_BYTES
 
@@ -519,3 +520,30 @@ def test_cli_writes_a_config_mosquitto_runs(
         proc.wait(5)
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "dev", "allow", "refused"),
+    [
+        ("mqtt://192.0.2.10:1883", False, False, True),  # plain TCP on a network
+        ("mqtt://broker.example:1883", False, False, True),
+        ("mqtt://127.0.0.1:1883", False, False, False),  # one machine's try-out
+        ("mqtt://localhost:1883", False, False, False),
+        ("mqtt://[::1]:1883", False, False, False),
+        ("mqtt://192.0.2.10:1883", True, False, False),  # development mode
+        ("mqtt://192.0.2.10:1883", False, True, False),  # --allow-plain-broker
+        ("mqtts://192.0.2.10:8883", False, False, False),
+    ],
+)
+def test_a_plain_broker_on_a_network_needs_an_explicit_yes(
+    tmp_path: Path, url: str, dev: bool, allow: bool, refused: bool
+) -> None:
+    cfg = HubConfig(tmp_path, broker_url=url, dev_mode=dev, allow_plain_broker=allow)
+    if refused:
+        with pytest.raises(ValueError, match=r"plain TCP on a network.*mqtts://"):
+            check_broker_transport(BrokerAddress.parse(url), cfg)
+        with pytest.raises(ValueError, match="plain TCP"):  # before it touches anything
+            Hub(cfg).start()
+        assert not (tmp_path / "hub.db").exists()
+    else:
+        check_broker_transport(BrokerAddress.parse(url), cfg)
