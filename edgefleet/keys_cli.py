@@ -44,7 +44,14 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         metavar="ROLE=N",
-        help="keys a role needs (that many are made), e.g. root=2; repeatable",
+        help="signatures a role needs, e.g. root=2; repeatable (default 1)",
+    )
+    init.add_argument(
+        "--keys",
+        action="append",
+        default=[],
+        metavar="ROLE=M",
+        help="keys made for a role (default: its threshold), e.g. root=3 for 2-of-3",
     )
     init.set_defaults(func=_init)
 
@@ -57,6 +64,7 @@ def register(subparsers: Any) -> None:
     )
     rotate.add_argument("role", choices=("root", "targets", "snapshot", "timestamp", "director"))
     rotate.add_argument("--threshold", type=int, help="new threshold (default: unchanged)")
+    rotate.add_argument("--keys", type=int, help="keys to make (default: as many as now)")
     rotate.set_defaults(func=_rotate)
 
     renew = actions.add_parser(
@@ -73,16 +81,22 @@ def _open(args: argparse.Namespace, *, exclusive: bool = True, **kwargs: Any) ->
     )
 
 
-def _init(args: argparse.Namespace) -> int:
-    thresholds: dict[str, int] = {}
-    for item in args.threshold:
+def _role_numbers(items: list[str], flag: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
         role, sep, n = item.partition("=")
         if not sep or not n.isdigit():
-            raise ValueError(f"--threshold takes ROLE=N, got {item!r}")
-        thresholds[role] = int(n)
+            raise ValueError(f"{flag} takes ROLE=N, got {item!r}")
+        out[role] = int(n)
+    return out
+
+
+def _init(args: argparse.Namespace) -> int:
+    thresholds = _role_numbers(args.threshold, "--threshold")
+    counts = _role_numbers(args.keys, "--keys")
     if (args.data_dir / "trust" / "metadata" / "root.json").exists():
         raise ValueError(f"{args.data_dir / 'trust'} already has keys: use show or rotate")
-    repo = _open(args, thresholds=thresholds)
+    repo = _open(args, thresholds=thresholds, key_counts=counts)
     try:
         keys = repo.keys()
         _print_keys(keys)
@@ -111,7 +125,7 @@ def _rotate(args: argparse.Namespace) -> int:
     repo = _open(args)
     try:
         before = repo.keys()
-        version = repo.rotate(args.role, threshold=args.threshold)
+        version = repo.rotate(args.role, threshold=args.threshold, keys=args.keys)
         print(f"rotated {args.role}: root is now version {version}, signed by the old root keys")
         after = repo.keys()
         _print_keys(after)

@@ -21,6 +21,7 @@ RoleName = Literal["root", "targets", "snapshot", "timestamp", "director"]
 
 class RotateRequest(BaseModel):
     threshold: int | None = Field(None, ge=1, le=MAX_THRESHOLD)  # default: unchanged
+    keys: int | None = Field(None, ge=1, le=MAX_THRESHOLD)  # keys to make (default: as now)
 
 
 def signing_routes(app: FastAPI) -> None:
@@ -44,7 +45,8 @@ def signing_routes(app: FastAPI) -> None:
         """Replace every key of ``role``; devices learn it by walking the root chain."""
         before = h.trust.keys()[role]
         try:
-            version = h.trust.rotate(role, threshold=(req or RotateRequest()).threshold)
+            spec = req or RotateRequest()
+            version = h.trust.rotate(role, threshold=spec.threshold, keys=spec.keys)
         except RepositoryError as e:
             raise HTTPException(409, str(e)) from e
         after = h.trust.keys()[role]

@@ -97,9 +97,11 @@ class HubClient:
     def signing_keys(self) -> dict[str, Any]:
         return dict(self._call("GET", "/signing-keys"))
 
-    def rotate_signing_key(self, role: str, threshold: int | None = None) -> dict[str, Any]:
+    def rotate_signing_key(
+        self, role: str, threshold: int | None = None, keys: int | None = None
+    ) -> dict[str, Any]:
         """Replace a TUF role's (or the director's) keys; root N+1 is signed by N (admin)."""
-        body = {"threshold": threshold} if threshold else {}
+        body = {k: v for k, v in (("threshold", threshold), ("keys", keys)) if v}
         return dict(self._call("POST", f"/signing-keys/{role}/rotate", json=body))
 
     def create_api_key(self, name: str, role: str) -> dict[str, Any]:

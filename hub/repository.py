@@ -112,6 +112,7 @@ class TrustRepository:
         *,
         expiry: Expiry = Expiry(),
         thresholds: Mapping[str, int] | None = None,
+        key_counts: Mapping[str, int] | None = None,
         root_keys_dir: Path | None = None,
         exclusive: bool = False,
     ) -> TrustRepository:
@@ -120,8 +121,10 @@ class TrustRepository:
         Args:
             root_dir: the repository's directory (created if missing).
             expiry: lifetimes applied to every metadata signed from now on.
-            thresholds: keys per role at creation (that many keys are made, all needed);
-                ignored when the repository exists.
+            thresholds: signatures a role needs, per role (default 1); ignored when the
+                repository exists.
+            key_counts: keys made per role (default: its threshold), e.g. root 3 with
+                threshold 2: any 2 of the 3 sign, so one lost key locks nobody out.
             root_keys_dir: where the root keys are (default ``root_dir/keys/root``). The
                 hub runs without them; rotation and root renewal need them.
             exclusive: hold a lock on the repository until :meth:`close`, so a running
@@ -140,7 +143,7 @@ class TrustRepository:
             if (repo._meta_dir / "root.json").exists():
                 repo._load()
             else:
-                repo._init(_thresholds(thresholds or {}))
+                repo._init(_key_plan(thresholds or {}, key_counts or {}))
         return repo
 
     def close(self) -> None:
@@ -267,7 +270,7 @@ class TrustRepository:
         with self._lock:
             return self._root.signed.expires
 
-    def rotate(self, role: str, *, threshold: int | None = None) -> int:
+    def rotate(self, role: str, *, threshold: int | None = None, keys: int | None = None) -> int:
         """Replace every key of ``role`` with new ones; sign a new root with the old one.
 
         Root N+1 is signed by the old root keys (and, when rotating root, by the new
@@ -276,8 +279,9 @@ class TrustRepository:
 
         Args:
             role: root, targets, snapshot, timestamp or director.
-            threshold: keys the role needs from now on (default: unchanged). That many
-                new keys are made.
+            threshold: signatures the role needs from now on (default: unchanged).
+            keys: new keys to make (default: as many as the role has now, and at least
+                ``threshold``).
 
         Returns:
             the new root version.
@@ -289,20 +293,21 @@ class TrustRepository:
             raise RepositoryError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
         with self._lock:
             self._need_root_keys(f"rotating {role}")
-            count = threshold or self._threshold(role)
-            _check_threshold(role, count)
+            need = threshold or self._threshold(role)
+            count = keys or max(need, len(self._role_keyids(role)))
+            _check_plan(role, need, count)
             new = [CryptoSigner.generate_ed25519() for _ in range(count)]
             old = list(self._signers.get(role, []))
 
             def change(root: Root) -> None:
                 if role == "director":
-                    root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(new)
+                    root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(new, need)
                     return
                 for keyid in list(root.roles[role].keyids):
                     root.revoke_key(keyid, role)
                 for s in new:
                     root.add_key(s.public_key, role)
-                root.roles[role].threshold = count
+                root.roles[role].threshold = need
 
             # new keys on disk first: a crash before the root is written leaves spare keys
             for s in new:
@@ -340,19 +345,22 @@ class TrustRepository:
 
     # ----------------------------------------------------------------- creating, loading
 
-    def _init(self, thresholds: Mapping[str, int]) -> None:
+    def _init(self, plan: Mapping[str, tuple[int, int]]) -> None:
+        """Make the keys (``plan``: role -> (threshold, keys)) and sign root v1."""
         self._keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._meta_dir.mkdir(parents=True, exist_ok=True)
         for role in ROLES:
-            self._signers[role] = [CryptoSigner.generate_ed25519() for _ in range(thresholds[role])]
+            self._signers[role] = [CryptoSigner.generate_ed25519() for _ in range(plan[role][1])]
             for s in self._signers[role]:
                 self._save_key(role, s)
         root = Root(expires=_expires_in(self._expiry.root), consistent_snapshot=False)
         for role in TOP_ROLES:
             for s in self._signers[role]:
                 root.add_key(s.public_key, role)
-            root.roles[role].threshold = thresholds[role]
-        root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(self._signers["director"])
+            root.roles[role].threshold = plan[role][0]
+        root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(
+            self._signers["director"], plan["director"][0]
+        )
         self._targets = Metadata(Targets(expires=_expires_in(self._expiry.targets)))
         self._snapshot = Metadata(Snapshot(expires=_expires_in(self._expiry.snapshot)))
         self._timestamp = Metadata(Timestamp(expires=_expires_in(self._expiry.timestamp)))
@@ -490,26 +498,37 @@ class TrustRepository:
         self._files.update(new)
 
 
-def _director_field(signers: list[CryptoSigner]) -> dict[str, Any]:
+def _director_field(signers: list[CryptoSigner], threshold: int) -> dict[str, Any]:
     return {
         "keys": {s.public_key.keyid: s.public_key.to_dict() for s in signers},
-        "threshold": len(signers),
+        "threshold": threshold,
     }
 
 
-def _thresholds(given: Mapping[str, int]) -> dict[str, int]:
-    unknown = set(given) - set(ROLES)
+def _key_plan(
+    thresholds: Mapping[str, int], counts: Mapping[str, int]
+) -> dict[str, tuple[int, int]]:
+    """Role -> (threshold, keys to make); keys default to the threshold."""
+    unknown = (set(thresholds) | set(counts)) - set(ROLES)
     if unknown:
         raise RepositoryError(f"unknown role(s) {sorted(unknown)}: one of {', '.join(ROLES)}")
-    out = {role: int(given.get(role, 1)) for role in ROLES}
-    for role, n in out.items():
-        _check_threshold(role, n)
-    return out
+    plan = {}
+    for role in ROLES:
+        need = int(thresholds.get(role, 1))
+        count = int(counts.get(role, need))
+        _check_plan(role, need, count)
+        plan[role] = (need, count)
+    return plan
 
 
-def _check_threshold(role: str, n: int) -> None:
-    if not 1 <= n <= MAX_THRESHOLD:
-        raise RepositoryError(f"threshold of {role} must be 1..{MAX_THRESHOLD}, got {n}")
+def _check_plan(role: str, threshold: int, keys: int) -> None:
+    if not 1 <= threshold <= MAX_THRESHOLD:
+        raise RepositoryError(f"threshold of {role} must be 1..{MAX_THRESHOLD}, got {threshold}")
+    if not threshold <= keys <= MAX_THRESHOLD:
+        raise RepositoryError(
+            f"{role} needs {threshold} signature(s): make {threshold}..{MAX_THRESHOLD} keys,"
+            f" not {keys}"
+        )
 
 
 def _now() -> datetime:

@@ -81,6 +81,38 @@ def test_threshold_root_needs_every_key_it_names(tmp_path: Path) -> None:
     assert TrustRepository.open_or_init(tmp_path / "trust").rotate("targets") == 2
 
 
+def test_two_of_three_root_keys_survive_a_lost_key(tmp_path: Path, built: BuiltModel) -> None:
+    """A threshold below the number of keys: any 2 of 3 sign a new root, so losing one
+    root key locks nobody out; devices accept a root signed by 2 of the 3 it trusts."""
+    rig = serving_v1(tmp_path, built, thresholds={"root": 2}, key_counts={"root": 3})
+    assert (rig.trust.keys()["root"]["threshold"], len(rig.trust.keys()["root"]["keyids"])) == (
+        2,
+        3,
+    )
+    root_dir = tmp_path / "hub" / "trust" / "keys" / "root"
+    sorted(root_dir.glob("*.pem"))[0].unlink()  # one root key is lost for good
+    rig.trust.close()
+    rig.trust = TrustRepository.open_or_init(tmp_path / "hub" / "trust")
+    rig.registry.trust = rig.trust
+
+    assert rig.trust.rotate("root", keys=3) == 2  # signed by the 2 keys left, and 3 new ones
+    rig.publish()
+
+    assert rig.deploy(2)[-1]["stage"] == "healthy"  # the device walked to root v2
+    assert rig.device.verifier.root_version == 2
+    assert rig.trust.keys()["root"]["keys_here"] == 3
+    with pytest.raises(RepositoryError, match=r"make 3\.\.16 keys, not 2"):
+        rig.trust.rotate("targets", threshold=3, keys=2)
+
+
+def test_keys_cli_makes_m_of_n(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = ["--data-dir", str(tmp_path / "hub")]
+    assert main(["keys", "init", *data, "--threshold", "root=2", "--keys", "root=3"]) == 0
+    assert "root       threshold 2  keys here 3/3" in capsys.readouterr().out
+    assert main(["keys", "rotate", "director", *data, "--threshold", "2", "--keys", "3"]) == 0
+    assert "director   threshold 2  keys here 3/3" in capsys.readouterr().out
+
+
 def test_the_root_can_live_offline(tmp_path: Path, built: BuiltModel) -> None:
     usb = tmp_path / "usb"
     repo = TrustRepository.open_or_init(tmp_path / "trust", root_keys_dir=usb)

@@ -60,13 +60,17 @@ class UpdateRig:
         *,
         expiry: Expiry | None = None,
         thresholds: dict[str, int] | None = None,
+        key_counts: dict[str, int] | None = None,
         device_class: str = "gateway",
         fetch_timeout_s: float = 5.0,
     ) -> None:
         self.tmp = tmp
         self.built = built
         self.trust = TrustRepository.open_or_init(
-            tmp / "hub" / "trust", expiry=expiry or Expiry(), thresholds=thresholds
+            tmp / "hub" / "trust",
+            expiry=expiry or Expiry(),
+            thresholds=thresholds,
+            key_counts=key_counts,
         )
         engine = make_engine(sqlite_url(tmp / "hub" / "hub.db"))
         self.registry = Registry(
