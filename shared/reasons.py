@@ -46,3 +46,6 @@ class Reason(StrEnum):
     CAPTURE_EMPTY = "capture_empty"  # the capture ended without a row of its model
     UPLOAD_INCOMPLETE = "upload_incomplete"  # hub: chunks still missing at the deadline
     UPLOAD_INVALID = "upload_invalid"  # hub: an upload whose manifest or bytes do not add up
+    # trust, added later
+    METADATA_MISMATCH = "metadata_mismatch"  # a role's file is not the one the role above
+    # it signed (length or hashes): mix-and-match

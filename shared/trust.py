@@ -17,6 +17,8 @@ Exceptions::
                             revoked or unknown key, or too few keys)
         EXPIRED_METADATA    final root, timestamp, snapshot or targets past its expiry
         METADATA_ROLLBACK   a version older than the device has seen, or a mixed bundle
+        METADATA_MISMATCH   a role's file differs from the length or hashes the role above
+                            it signed for it (mix-and-match)
         METADATA_INVALID    unparsable, missing, over-long or inconsistent metadata
         TARGET_NOT_FOUND    the signed targets do not list the name
         LENGTH_MISMATCH     a staged file differs from the signed length
@@ -200,6 +202,8 @@ class DeviceVerifier:
             raise TrustError(Reason.EXPIRED_METADATA, str(e)) from e
         except tuf_errors.BadVersionNumberError as e:
             raise TrustError(Reason.METADATA_ROLLBACK, str(e) or type(e).__name__) from e
+        except tuf_errors.LengthOrHashMismatchError as e:
+            raise TrustError(Reason.METADATA_MISMATCH, str(e)) from e
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as e:
             # includes LengthOrHashMismatchError and DeserializationError
             raise TrustError(Reason.METADATA_INVALID, f"{type(e).__name__}: {e}") from e

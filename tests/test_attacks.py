@@ -108,6 +108,7 @@ class Attack:
     stage: str
     reason: Reason
     rig: dict[str, Any] | None = None  # UpdateRig options
+    detail: str | None = None  # in the event's detail, where the reason alone is not enough
 
 
 def tampered_model_file(rig: UpdateRig) -> list[dict[str, Any]]:
@@ -362,12 +363,13 @@ ATTACKS = [
            Reason.BAD_SIGNATURE),
     Attack("endless data", endless_data, "failed", Reason.LENGTH_MISMATCH),
     Attack("fast-forward", fast_forward, "failed", Reason.BAD_SIGNATURE),
-    Attack("indefinite freeze: timestamp", frozen_timestamp, "failed", Reason.EXPIRED_METADATA),
+    Attack("indefinite freeze: timestamp", frozen_timestamp, "failed", Reason.EXPIRED_METADATA,
+           detail="timestamp.json is expired"),
     Attack("indefinite freeze: snapshot", frozen_snapshot, "failed", Reason.EXPIRED_METADATA,
-           {"expiry": Expiry(snapshot=2 * DAY)}),
+           {"expiry": Expiry(snapshot=2 * DAY)}, detail="snapshot.json is expired"),
     Attack("indefinite freeze: targets", frozen_targets, "failed", Reason.EXPIRED_METADATA,
-           {"expiry": Expiry(targets=3 * DAY)}),
-    Attack("mix-and-match", mix_and_match, "failed", Reason.METADATA_INVALID),
+           {"expiry": Expiry(targets=3 * DAY)}, detail="New targets is expired"),
+    Attack("mix-and-match", mix_and_match, "failed", Reason.METADATA_MISMATCH),
     Attack("metadata rollback", metadata_rollback, "failed", Reason.METADATA_ROLLBACK),
     Attack("model version rollback", model_version_rollback, "failed", Reason.VERSION_ROLLBACK),
     Attack("rollback outside local history", rollback_outside_history, "failed",
@@ -404,6 +406,7 @@ def test_attack_is_refused(attack: Attack, built: BuiltModel, tmp_path: Path) ->
 
     last = events[-1]
     assert (last["stage"], last.get("reason")) == (attack.stage, attack.reason.value), events
+    assert attack.detail is None or attack.detail in last["detail"], last
     before = rig.serving_before  # what it served when the attack's command arrived
     assert before is not None and rig.serving() == before  # still serving, and answering
     # nothing newer than that reached models/, and no half-download is left in staging
