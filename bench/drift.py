@@ -27,7 +27,10 @@ Figures (one JSON object with ``--json``):
   median over drifted devices (``first_detection_windows``: the fastest).
 - ``false_alarm_rate``: (alert, stationary device it covers) pairs, per stationary
   device-window observed. An alert covers its device (device scope) and the devices it
-  lists as exceeding (any scope: a fleet alert covers the devices that drove it).
+  names while open (any scope: a group or fleet alert names the devices that drove it,
+  not every device that reported; docs/drift.md), so a stationary device is a false
+  alarm only when an alert names it. A group or fleet alert's list follows its time
+  buckets, so a device named after the alert opened counts from when it was first named.
 - ``adwin_delay_windows``: river's ``ADWIN`` (default delta 0.002) as a reference, run
   after the fact on the same stream: one detector per drifted device reads that device's
   per-row prediction errors (1 wrong, 0 right; it needs the labels, which the hub's
@@ -92,7 +95,7 @@ LATENCY_BUDGET_US = 100_000.0
 def open_alerts(hub: Any) -> list[dict[str, Any]]:
     """The hub's open drift alerts (hub/drift.py), each a dict with ``id``, ``opened_at``
     (epoch s), ``scope``, the device of a device-scope alert (``device``) and the devices
-    whose windows exceeded (``devices``, for group and fleet alerts too)."""
+    it names (``devices``: for a group or fleet alert, those that drove it)."""
     from hub.drift import open_alerts as hub_alerts
 
     return [
@@ -206,19 +209,27 @@ def _active_on(fleet: Any, ids: Sequence[str], version: int) -> bool:
 
 
 class AlertWatch:
-    """Polls :func:`open_alerts`; keeps when each alert was first seen."""
+    """Polls :func:`open_alerts`; keeps, per alert, when it first named each device it
+    covers: its opening for those named when first seen, else the poll that saw the
+    device added (a group or fleet alert's device list changes while it is open)."""
 
     def __init__(self, hub: Any) -> None:
         self.hub = hub
-        self.first_seen: dict[str, tuple[float, frozenset[str]]] = {}  # id -> (t, devices)
+        self.named: dict[str, dict[str, float]] = {}  # alert id -> device -> t first named
 
     def poll(self) -> None:
         now, wall = time.monotonic(), time.time()
         for a in open_alerts(self.hub):
             key = str(a.get("id", json.dumps(a, sort_keys=True, default=str)))
-            opened = a.get("opened_at")  # epoch s; else: when this poll first saw it
-            t = now - (wall - opened) if isinstance(opened, (int, float)) else now
-            self.first_seen.setdefault(key, (min(t, now), alert_devices(a)))
+            named = self.named.get(key)
+            if named is None:
+                opened = a.get("opened_at")  # epoch s; else: when this poll first saw it
+                t = now - (wall - opened) if isinstance(opened, (int, float)) else now
+                named = self.named[key] = {}
+            else:
+                t = now
+            for device in alert_devices(a):
+                named.setdefault(device, min(t, now))
 
 
 def _measure(hub: Any, model: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -365,8 +376,8 @@ def _figures(
     # Hub detector: first sighting per drifted device, false alarms on stationary ones.
     first_alert: dict[str, float] = {}
     false_alarms = 0
-    for t, covered in watch.first_seen.values():
-        for device in covered:
+    for named in watch.named.values():
+        for device, t in named.items():
             if device in drifted and t >= t_drift:
                 first_alert[device] = min(first_alert.get(device, t), t)
             elif device not in drifted:

@@ -15,6 +15,13 @@ and on the outputs against the model version's baseline, then applies the model'
   (per model version: versions have their own baselines). :meth:`evaluate_scopes`
   runs after each ingested batch with drift in it (at most every SCOPE_EVAL_MIN_S).
 
+Who an alert names (``devices``): a device alert its device. A group or fleet alert the
+devices that drove it: in each exceeding bucket, the devices whose own merged windows of
+that bucket exceed (same thresholds and ``min_rows``) on a feature the bucket drifted on.
+When none does (the shift is visible only in the merge, e.g. devices whose windows are
+each under ``min_rows``), the devices carrying the scope's shift: see :func:`_carriers`.
+If no device stands out either, the alert opens naming none (docs/drift.md).
+
 Alerts live in ``DriftAlert``; each raise and clear is a row of the drift event stream
 ``DriftEvent``. :func:`open_alerts` is the one call other hub code needs.
 """
@@ -30,18 +37,32 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from hub.db import DeviceTag, DriftAlert, DriftEvent, DriftPolicy, DriftWindow, session
-from shared.drift import OUTPUTS, Baseline, DriftError, DriftSketch, merge_all, score_sketch
+from shared.drift import (
+    OUTPUTS,
+    PSI_EPSILON,
+    Baseline,
+    DriftError,
+    DriftSketch,
+    merge_all,
+    score_sketch,
+)
 
 log = logging.getLogger(__name__)
 
 SCOPE_EVAL_MIN_S: Final = 1.0  # seconds between group/fleet evaluations from ingest
 MAX_RANGE_WINDOWS: Final = 100_000  # windows merged by one drift query, at most
 FLEET: Final = "*"  # scope_id of the fleet scope
+# When no device of an exceeding scope bucket exceeds on its own, a device carries the
+# bucket's shift if its own shift along it is at least this share of the scope's average
+# (:func:`_carriers`) ...
+CARRIER_SHARE: Final = 0.5
+CARRIER_Z: Final = 3.0  # ... and this many standard deviations above what baseline rows give
 
 BaselineSource = Callable[[str, int], Mapping[str, Any] | None]
 
@@ -89,7 +110,9 @@ class AlertInfo:
     version: int | None
     scope: str  # device | group | fleet
     scope_id: str  # device id, tag, or "*"
-    devices: tuple[str, ...]  # the devices whose windows exceeded
+    # device scope: the device; group/fleet: the devices that drove it (module docstring),
+    # possibly none
+    devices: tuple[str, ...]
     features: tuple[str, ...]  # drifted features ("__outputs__": the predictions)
     opened_at: float
     state: str
@@ -253,7 +276,7 @@ class DriftMonitor:
         ).all()
         exceeding = [(w, policy.drifted(w.rows, w.scores)) for w in last]
         exceeding = [(w, f) for w, f in exceeding if f]
-        self._apply_rule(s, model, "device", device_id, policy, exceeding, last[0].ts)
+        self._apply_rule(s, model, "device", device_id, policy, exceeding, last[0].ts, (device_id,))
 
     def _apply_rule(
         self,
@@ -266,7 +289,8 @@ class DriftMonitor:
         now: float,
         devices: Iterable[str] = (),
     ) -> None:
-        """Open, update or clear the alert of one scope from its exceeding windows."""
+        """Open, update or clear the alert of one scope from its exceeding windows;
+        ``devices``: those the alert names (may be none)."""
         alert = s.exec(
             select(DriftAlert).where(
                 DriftAlert.model == model,
@@ -278,7 +302,7 @@ class DriftMonitor:
         if len(exceeding) >= policy.k:
             features = sorted({f for _, fs in exceeding for f in fs})
             latest = max(exceeding, key=lambda wf: wf[0].ts)[0]
-            devs = sorted(set(devices) or {scope_id})
+            devs = sorted(set(devices))
             if alert is None:
                 alert = DriftAlert(model=model, scope=scope, scope_id=scope_id, opened_at=now)
                 alert.devices, alert.features = devs, features
@@ -359,32 +383,53 @@ class DriftMonitor:
                 ).all()
                 for a in open_scopes:  # a scope that fell silent clears too
                     scopes.setdefault((a.scope, a.scope_id), [])
+                own = _Own()  # a device's bucket is the same in every scope it is in
                 for (scope, scope_id), ws in scopes.items():
-                    exceeding = self._scope_buckets(model, ws, policy)
+                    exceeding = self._scope_buckets(model, ws, policy, own)
                     devices = sorted({d for b, _ in exceeding for d in b.devices})
                     self._apply_rule(s, model, scope, scope_id, policy, exceeding, now, devices)
             s.commit()
 
     def _scope_buckets(
-        self, model: str, windows: list[DriftWindow], policy: Policy
+        self, model: str, windows: list[DriftWindow], policy: Policy, own: _Own
     ) -> list[tuple[Any, list[str]]]:
-        """The exceeding time buckets of one scope: (bucket, drifted features)."""
-        buckets: dict[tuple[int, int], list[DriftWindow]] = defaultdict(list)
+        """The exceeding time buckets of one scope: (bucket, drifted features), each
+        bucket naming the devices that drove it (module docstring)."""
+        buckets: dict[tuple[int, int], dict[str, list[DriftWindow]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
         for w in windows:
-            buckets[(math.floor(w.ts / policy.scope_window_s), w.version)].append(w)
+            key = (math.floor(w.ts / policy.scope_window_s), w.version)
+            buckets[key][w.device_id].append(w)
         by_bucket: dict[int, tuple[_Bucket, list[str]]] = {}
-        for (b, version), ws in sorted(buckets.items()):
-            merged = self.merged(model, version, ws)
-            if merged is None:
+        for (b, version), per_device in sorted(buckets.items()):
+            baseline = self.baseline(model, version)
+            if baseline is None:
                 continue
-            sketch, scores = merged
+            sketches = {
+                d: sk
+                for d, ws in sorted(per_device.items())
+                if (sk := own.sketch(d, b, version, baseline, ws)) is not None
+            }
+            if not sketches:
+                continue
+            sketch = merge_all(list(sketches.values()))
+            scores = _scores_json(baseline, sketch)
             drifted = policy.drifted(sketch.rows, scores)
-            if drifted:
-                prev = by_bucket.get(b)
-                devs = sorted({w.device_id for w in ws})
-                ts = max(w.ts for w in ws)
-                bucket = _Bucket(ts, version, scores, devs)
-                by_bucket[b] = (bucket, sorted(set(drifted) | set(prev[1] if prev else [])))
+            if not drifted:
+                continue
+            wanted = set(drifted)
+            devs = {
+                d
+                for d, sk in sketches.items()
+                if wanted & set(policy.drifted(sk.rows, own.scores(d, b, version, baseline)))
+            } or _carriers(baseline, sketch, sketches, drifted)
+            ts = max(w.ts for ws in per_device.values() for w in ws)
+            prev = by_bucket.get(b)  # another version's windows in the same bucket
+            if prev is not None:
+                devs |= set(prev[0].devices)
+                wanted |= set(prev[1])
+            by_bucket[b] = (_Bucket(ts, version, scores, sorted(devs)), sorted(wanted))
         return list(by_bucket.values())
 
     def merged(
@@ -492,7 +537,84 @@ class _Bucket:
     ts: float
     version: int
     scores: dict[str, Any]
-    devices: list[str]
+    devices: list[str]  # the devices that drove it
+
+
+class _Own:
+    """One :meth:`DriftMonitor.evaluate_scopes` pass's per-device buckets: each device's
+    merged windows of one time bucket and version, and their scores, made once and
+    shared by the fleet and every group the device is in."""
+
+    def __init__(self) -> None:
+        self._sketches: dict[tuple[str, int, int], DriftSketch | None] = {}
+        self._scores: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+    def sketch(
+        self,
+        device: str,
+        bucket: int,
+        version: int,
+        baseline: Baseline,
+        windows: Sequence[DriftWindow],
+    ) -> DriftSketch | None:
+        """The device's windows merged (those on the baseline's layout); None: no rows."""
+        key = (device, bucket, version)
+        if key not in self._sketches:
+            fits = [sk for w in windows if (sk := DriftSketch.from_dict(w.sketch)).fits(baseline)]
+            merged = merge_all(fits) if fits else None
+            self._sketches[key] = merged if merged is not None and merged.rows > 0 else None
+        return self._sketches[key]
+
+    def scores(self, device: str, bucket: int, version: int, baseline: Baseline) -> dict[str, Any]:
+        key = (device, bucket, version)
+        if key not in self._scores:
+            sketch = self._sketches[key]
+            assert sketch is not None
+            self._scores[key] = _scores_json(baseline, sketch)
+        return self._scores[key]
+
+
+def _carriers(
+    baseline: Baseline,
+    scope: DriftSketch,
+    devices: Mapping[str, DriftSketch],
+    features: Iterable[str],
+) -> set[str]:
+    """The devices carrying a scope bucket's shift when none exceeds on its own.
+
+    PSI splits over the devices of a merge: with ``o``/``e`` the scope's observed and
+    the reference shares of one feature and ``g = ln(o / e)`` (both floored as in PSI),
+    ``sum_i (o_i - e_i) g_i`` is the row-weighted mean over devices of each device's
+    ``c_d = sum_i (o_d,i - e_i) g_i``: its own shift projected on the scope's. Rows drawn
+    from the baseline give ``c_d`` a mean of 0 and a variance of ``var_e(g) / rows``
+    (no small-sample bias, unlike a device's own PSI). A device carries the shift when,
+    on some drifted feature, ``c_d`` is at least CARRIER_SHARE of the scope's mean and
+    CARRIER_Z standard deviations above 0. Every term of the mean is >= 0, so one device
+    at least is at or above it; the significance test may still leave none.
+    """
+    out: set[str] = set()
+    for name in features:
+        if name == OUTPUTS:
+            ref, counts = baseline.output_shares, {d: s.output_counts for d, s in devices.items()}
+            total = scope.output_counts
+        else:
+            j = baseline.names.index(name)
+            ref, counts = baseline.shares[j], {d: s.counts[j] for d, s in devices.items()}
+            total = scope.counts[j]
+        if ref.sum() <= 0 or total.sum() <= 0:
+            continue
+        e = ref / ref.sum()
+        g = np.log(np.maximum(total / total.sum(), PSI_EPSILON) / np.maximum(e, PSI_EPSILON))
+        mean = float(np.sum((total / total.sum() - e) * g))
+        var = max(float(np.sum(e * g * g)) - float(np.sum(e * g)) ** 2, 0.0)
+        for d, c in counts.items():
+            rows = int(c.sum())
+            if rows == 0:
+                continue
+            contribution = float(np.sum((c / rows - e) * g))
+            if contribution >= max(CARRIER_SHARE * mean, CARRIER_Z * math.sqrt(var / rows)):
+                out.add(d)
+    return out
 
 
 def _scores_json(baseline: Baseline, sketch: DriftSketch) -> dict[str, Any]:

@@ -137,6 +137,7 @@ def test_group_and_fleet_scopes_merge_devices(monitor: DriftMonitor) -> None:
     assert scopes[("group", "line-a")].features == ("temp_c",)
     assert set(scopes[("group", "line-a")].devices) == {"a1", "a2"}
     assert ("fleet", "*") in scopes  # half the fleet hot shows in the fleet's merge
+    assert scopes[("fleet", "*")].devices == ("a1", "a2")  # line-b's devices did not drift
     group_a = monitor.report("m", "group", "line-a", 100.0, 130.0)["versions"][0]
     group_b = monitor.report("m", "group", "line-b", 100.0, 130.0)["versions"][0]
     assert group_a["devices"] == ["a1", "a2"] and "temp_c" in group_a["drifted"]
@@ -147,6 +148,62 @@ def test_group_and_fleet_scopes_merge_devices(monitor: DriftMonitor) -> None:
             feed(monitor, dev, b, 100.0 + 10 * b + 1, shifted=False, seed=i)
     monitor.evaluate_scopes(now=155.0)
     assert open_alerts(monitor.engine) == []
+
+
+def test_scope_alerts_name_the_devices_that_drifted_not_every_reporter(
+    monitor: DriftMonitor,
+) -> None:
+    monitor.set_policy("m", Policy(scope_window_s=10.0))
+    tags = {"a1": "line-a", "a2": "line-a", "a3": "line-a", "b1": "line-b", "b2": "line-b"}
+    with session(monitor.engine) as s:
+        s.add_all(DeviceTag(device_id=dev, tag=tag) for dev, tag in tags.items())
+        s.commit()
+    # a1 and a2 are hot in every bucket; a2 (and the calm a3) send two windows of 300 rows
+    # per bucket: under min_rows each, judged on their merge (600 rows)
+    for b in range(3):
+        t = 100.0 + 10 * b + 1
+        feed(monitor, "a1", b, t, shifted=True, seed=1)
+        for half in range(2):
+            feed(monitor, "a2", 2 * b + half, t + half, shifted=True, rows=300, seed=2)
+            feed(monitor, "a3", 2 * b + half, t + half, shifted=False, rows=300, seed=3)
+        feed(monitor, "b1", b, t, shifted=False, seed=4)
+        feed(monitor, "b2", b, t, shifted=False, seed=5)
+    monitor.evaluate_scopes(now=125.0)
+    scopes = {(a.scope, a.scope_id): a for a in open_alerts(monitor.engine)}
+    assert set(scopes) == {("device", "a1"), ("group", "line-a"), ("fleet", "*")}
+    assert scopes[("group", "line-a")].devices == ("a1", "a2")  # not a3
+    assert scopes[("fleet", "*")].devices == ("a1", "a2")  # not a3, b1, b2
+    assert scopes[("fleet", "*")].features == ("temp_c",)
+    raised = {(e.scope, e.scope_id): e.devices for e in monitor.events() if e.kind == "raised"}
+    assert raised[("fleet", "*")] == ["a1", "a2"]
+    # the device list follows the buckets: once a2 cools down and a3 heats up, the
+    # buckets still in the last n name a3 too, a2 while its hot buckets are in them
+    for b in range(3, 5):
+        t = 100.0 + 10 * b + 1
+        feed(monitor, "a1", b, t, shifted=True, seed=1)
+        for half in range(2):
+            feed(monitor, "a2", 2 * b + half, t + half, shifted=False, rows=300, seed=2)
+            feed(monitor, "a3", 2 * b + half, t + half, shifted=True, rows=300, seed=3)
+    monitor.evaluate_scopes(now=145.0)  # buckets 2, 3, 4
+    scopes = {(a.scope, a.scope_id): a for a in open_alerts(monitor.engine)}
+    assert scopes[("fleet", "*")].devices == ("a1", "a2", "a3")
+    assert ("group", "line-b") not in scopes
+
+
+def test_a_scope_drifting_only_in_its_merge_names_the_devices_carrying_it(
+    monitor: DriftMonitor,
+) -> None:
+    # windows of 120 rows: no device is ever judged on its own (min_rows 500), but a
+    # bucket of the fleet merges 12 of them; 4 devices are hot, 8 calm
+    monitor.set_policy("m", Policy(scope_window_s=10.0))
+    hot, calm = [f"h{i}" for i in range(4)], [f"c{i}" for i in range(8)]
+    for b in range(3):
+        for i, dev in enumerate(hot + calm):
+            feed(monitor, dev, b, 100.0 + 10 * b + 1, shifted=dev in hot, rows=120, seed=i)
+    monitor.evaluate_scopes(now=125.0)
+    (alert,) = open_alerts(monitor.engine)
+    assert (alert.scope, alert.features) == ("fleet", ("temp_c",))
+    assert alert.devices == tuple(hot)
 
 
 def test_windows_without_a_baseline_are_kept_unscored(engine: Engine) -> None:
