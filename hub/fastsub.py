@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from hub.broker import MAX_PACKET_BYTES, BrokerAddress, TlsIdentity
-from hub.ingest import Ingest, Report
+from hub.ingest import REPORT_KINDS, Ingest, Report
 from hub.mqtt import decode_device_message
 from shared.protocol import Message, ProtocolError
 
@@ -57,7 +57,6 @@ RECONNECT_MIN_S = 0.2  # seconds; first reconnect delay (doubles, jittered)
 RECONNECT_MAX_S = 10.0  # seconds; longest reconnect delay
 STOP_POLL_S = 0.1  # seconds; how often an idle loop looks at stop()
 MAX_TOPIC_FILTERS = 64  # filters in one SUBSCRIBE
-REPORT_KINDS = frozenset({"state", "events", "telemetry", "drift"})  # what Ingest stores
 
 Batch = list[tuple[str, bytes]]
 BatchHandler = Callable[[Batch], None]

@@ -11,7 +11,13 @@ A window older than ``raw_max_age_s`` is refused and counted (``telemetry_too_ol
 retention (hub/retention.py) may have folded it into a downsampled row already, so
 storing it again could count it twice. A row that fails to write is
 logged and counted; the batch's other rows are retried one by one, so one bad row never
-loses the rest.
+loses the rest. A database that cannot be reached (``OperationalError``) is not a bad
+row: the batch is retried with backoff until it commits or the writer stops.
+
+``on_stored`` is called with each batch once it is handled (committed, or its bad rows
+counted): the hub's MQTT client acknowledges the messages only then (hub/mqtt.py), so a
+crash loses nothing the broker saw acknowledged. A batch the writer gave up on at stop
+is not passed on: unacknowledged, the broker delivers it again.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from hub.db import Telemetry, session
@@ -38,9 +45,27 @@ from shared.protocol import Message
 
 log = logging.getLogger(__name__)
 
+REPORT_KINDS: frozenset[str] = frozenset({"state", "events", "telemetry", "drift"})  # stored here
 BATCH_MAX = 2000  # messages per transaction
+DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 10.0  # backoff while the database is unreachable
 BATCH_WAIT_S = 0.05  # how long to gather a batch
 PG_ROWS_PER_STATEMENT = 1000  # telemetry rows per multi-row INSERT (bind-parameter limits)
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not take a write (down, locked past the busy timeout)."""
+
+
+def _unavailable(e: BaseException) -> bool:
+    """Whether a failed write is the database's state, not a bad row: retry, not drop."""
+    if isinstance(e, OperationalError):  # SQLAlchemy's: the driver's, wrapped
+        e = e.orig if e.orig is not None else e
+        if not isinstance(e, sqlite3.Error):
+            return True  # e.g. PostgreSQL's connection errors
+    if isinstance(e, sqlite3.OperationalError):  # raw executemany (_insert_sqlite) too
+        text = str(e).lower()
+        return any(w in text for w in ("locked", "busy", "unable to open", "disk i/o"))
+    return False
 
 
 @dataclass(frozen=True)
@@ -49,13 +74,20 @@ class Report:
     kind: str  # state | events | telemetry | drift
     message: Message
     received: float = field(default_factory=time.time)  # the hub's clock
+    ack: Any = None  # what the consumer needs to acknowledge it once stored (hub/mqtt.py)
 
 
 class Ingest:
     def __init__(
-        self, engine: Engine, *, raw_max_age_s: float | None = None, inline: bool = False
+        self,
+        engine: Engine,
+        *,
+        raw_max_age_s: float | None = None,
+        inline: bool = False,
+        on_stored: Callable[[list[Report]], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_stored = on_stored  # called with each batch once handled (docstring)
         # inline: batches are written on the thread that puts (the MQTT thread) and by a
         # timer when a batch waited BATCH_WAIT_S. For an ingest-only process: a second
         # busy thread would fight the MQTT thread for the GIL at every system call.
@@ -168,12 +200,42 @@ class Ingest:
         self._idle.set()
 
     def _write(self, batch: list[Report]) -> None:
+        if not self._commit_waiting_for_the_database(batch):
+            return  # stopping with the database away: unacknowledged, it comes again
+        if self.on_stored is not None:
+            try:
+                self.on_stored(batch)
+            except Exception:  # never stop writing over an acknowledgement
+                log.exception("ingest: on_stored failed")
+
+    def _commit_waiting_for_the_database(self, batch: list[Report]) -> bool:
+        """Commit ``batch`` (bad rows counted and dropped); False if it gave up at stop."""
+        delay = DB_RETRY_MIN_S
+        while True:
+            try:
+                self._commit(batch)
+                return True
+            except DatabaseUnavailable as e:
+                self.counts["db_unavailable"] += 1
+                log.warning("ingest: the database is unavailable (%s); retry in %.1f s", e, delay)
+                if self._stopping.wait(delay):
+                    return False
+                delay = min(delay * 2, DB_RETRY_MAX_S)
+
+    def _commit(self, batch: list[Report]) -> None:
+        """Commit ``batch``; a bad row is counted and dropped, the others stored.
+
+        Raises:
+            DatabaseUnavailable: the database could not take the write at all.
+        """
         try:
             with session(self.engine) as s:
                 duplicates = self._apply(s, batch)
                 s.commit()
             self._count(batch, duplicates)
-        except Exception:
+        except Exception as e:
+            if _unavailable(e):
+                raise DatabaseUnavailable(str(e)) from e
             log.exception("ingest: batch of %d failed; retrying row by row", len(batch))
             for report in batch:
                 try:
@@ -182,6 +244,8 @@ class Ingest:
                         s.commit()
                     self._count([report], duplicates)
                 except Exception as e:
+                    if _unavailable(e):
+                        raise DatabaseUnavailable(str(e)) from e
                     self.counts["write_errors"] += 1
                     log.error("ingest: dropped a %s from %s: %s", report.kind, report.device_id, e)
 

@@ -6,6 +6,13 @@ registry's in-memory files (no SQL on that path); reports are validated and hand
 the ingest writer. Commands are signed with the director key (shared/director.py). A
 message that does not parse is counted and dropped with one log line per reason; it
 never stops the loop.
+
+Acknowledgements are manual: a report (state, events, telemetry, drift) is acknowledged
+only once the ingest writer has committed it (``Ingest.on_stored``), everything else once
+it is handled. A hub killed between receipt and commit leaves the message unacknowledged
+in its persistent session, and the broker delivers it again; the (device, sequence)
+dedup absorbs the copy. An acknowledgement due from a connection that has since dropped
+is not sent on the new one (the broker redelivers those messages anyway).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from hub.broker import BrokerAddress, TlsIdentity
 from hub.drift import trust_baselines
-from hub.ingest import Ingest, Report
+from hub.ingest import REPORT_KINDS, Ingest, Report
 from hub.registry import Registry
 from hub.repository import TrustRepository
 from shared import protocol
@@ -70,12 +77,17 @@ class HubMqtt:
         self.counts: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.connected = threading.Event()
+        self._connection = 0  # counts connects: an ack belongs to one connection
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,
         )
+        if ingest.on_stored is not None:
+            raise ValueError("this Ingest already acknowledges for another consumer")
+        ingest.on_stored = self.acknowledge  # reports are acknowledged once stored
         if address.tls:
             if tls is None:
                 raise ValueError(f"{address.url} needs the hub's TLS identity (CA, cert, key)")
@@ -118,6 +130,7 @@ class HubMqtt:
         if rc.is_failure:
             log.error("hub: broker refused the connection: %s", rc)
             return
+        self._connection += 1
         client.subscribe(self.subscriptions)
         self.connected.set()
         log.info("hub: connected to %s", self.address.url)
@@ -127,8 +140,16 @@ class HubMqtt:
         if rc != 0:
             log.warning("hub: lost the broker (%s); reconnecting", rc)
 
+    def acknowledge(self, reports: list[Report]) -> None:
+        """Acknowledge stored reports (called by the ingest writer after its commit)."""
+        connection = self._connection
+        for r in reports:
+            if r.ack is not None and r.ack[0] == connection:
+                self._client.ack(r.ack[1], 1)
+
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         topic = _topic_text(msg)
+        stored_later = False
         try:
             device_id, kind, message = decode_device_message(topic, msg.payload, self.revoked)
             if isinstance(message, protocol.UploadChunk):
@@ -139,14 +160,19 @@ class HubMqtt:
             elif kind == "capture":
                 if self.captures is not None:
                     self.captures.on_message(device_id, message)
-            else:
-                self.ingest.put(Report(device_id, kind, message))
+            elif kind in REPORT_KINDS:
+                ack = (self._connection, msg.mid) if msg.qos else None
+                self.ingest.put(Report(device_id, kind, message, ack=ack))
+                stored_later = True
             self.counts[kind] += 1
         except ProtocolError as e:
             self._drop(e.reason, f"{topic}: {e.detail}")
         except Exception:  # never let one message kill the loop
             self.dropped["internal_error"] += 1
             log.exception("hub: failed to handle a message on %s", topic)
+        finally:
+            if msg.qos and not stored_later:  # handled, or a counted drop
+                self._client.ack(msg.mid, msg.qos)
 
     def _drop(self, reason: str, detail: str) -> None:
         if self.dropped[reason] == 0:

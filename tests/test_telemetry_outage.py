@@ -15,19 +15,21 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from sqlalchemy import create_engine
 from waiting import wait_for
 
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
 from hub.broker import BrokerAddress, Mosquitto
 from hub.db import make_engine, sqlite_url
-from hub.ingest import Ingest
+from hub.ingest import Ingest, Report
 from hub.mqtt import HubMqtt
 from hub.repository import TrustRepository
 from shared import protocol
@@ -266,3 +268,108 @@ def test_kill_9_loses_at_most_the_open_window(
     missing = set(range(closed)) - set(seqs)
     assert len(missing) <= 1 and (not missing or missing == {closed - 1})
     assert len(seqs) == len(set(seqs))
+
+
+HUB_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from hub.broker import BrokerAddress
+    from hub.db import make_engine, sqlite_url
+    from hub.ingest import Ingest
+    from hub.mqtt import HubMqtt
+    port, db = int(sys.argv[1]), Path(sys.argv[2])
+    ingest = Ingest(make_engine(sqlite_url(db)))
+    ingest.start()
+    mqtt = HubMqtt(BrokerAddress("127.0.0.1", port), None, None, ingest, client_id="kill-hub")
+    mqtt.start()
+    print("up", flush=True)
+    seen = -1
+    while True:
+        if mqtt.counts["telemetry"] != seen:
+            seen = mqtt.counts["telemetry"]
+            print(seen, flush=True)
+        time.sleep(0.05)
+    """
+)
+
+
+def telemetry_window(device_id: str, seq: int) -> tuple[str, bytes]:
+    now = time.time()
+    body = {
+        "seq": seq,
+        "start": now - 10,
+        "end": now,
+        "count": 0,
+        "errors": 0,
+        "latency_us": {"p50": 0.0, "p95": 0.0, "p99": 0.0},
+    }
+    return protocol.topic(device_id, "telemetry"), protocol.encode("telemetry", body, ts=now)
+
+
+def test_a_hub_killed_before_its_commit_loses_nothing_it_received(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The hub acknowledges a report only once it is committed: killed (SIGKILL) with
+    received windows still uncommitted, it gets them again from its persistent session."""
+    db = tmp_path / "hub.db"
+    make_engine(sqlite_url(db)).dispose()  # the schema, then hold the write lock:
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # the hub receives but cannot commit
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    argv = [sys.executable, "-c", HUB_CHILD, str(broker.port), str(db)]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    windows = [telemetry_window(f"dev-{i % 5}", i // 5) for i in range(40)]
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"up"
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-hub-pub")
+        publisher.connect("127.0.0.1", broker.port)
+        publisher.loop_start()
+        for topic, payload in windows:
+            publisher.publish(topic, payload, qos=1).wait_for_publish(10)
+        publisher.disconnect()
+        publisher.loop_stop()
+        while int(child.stdout.readline()) < len(windows):
+            pass  # the child has received them all (and stored none)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        if child.stdout is not None:
+            child.stdout.close()
+    assert blocker.execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+
+    again = TelemetryHub(broker, db, "kill-hub")  # the hub restarts: same session
+    try:
+        wait_for(lambda: sum(map(len, again.seqs().values())) == len(windows), 20, "them all")
+        assert again.seqs() == {f"dev-{d}": list(range(8)) for d in range(5)}
+    finally:
+        again.close()
+
+
+def test_an_unreachable_database_holds_the_batch_until_it_commits(tmp_path: Path) -> None:
+    """A database that cannot take the write is no bad row: the batch waits (and is not
+    acknowledged) until it commits, instead of being counted lost."""
+    db = tmp_path / "hub.db"
+    make_engine(sqlite_url(db)).dispose()
+    engine = create_engine(sqlite_url(db), connect_args={"timeout": 0.1})  # fail fast
+    stored: list[int] = []
+    ingest = Ingest(engine, inline=True, on_stored=lambda batch: stored.append(len(batch)))
+    report = Report("dev-0", "telemetry", protocol.decode(telemetry_window("dev-0", 0)[1]))
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    writer = threading.Thread(target=ingest.write_batch, args=([report],))
+    writer.start()
+    try:
+        wait_for(lambda: ingest.counts["db_unavailable"] >= 2, 10, "retries")
+        assert writer.is_alive() and stored == [] and ingest.counts["write_errors"] == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    writer.join(15)
+    assert not writer.is_alive() and stored == [1] and ingest.counts["telemetry"] == 1
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT device_id, seq FROM telemetry").fetchall() == [("dev-0", 0)]
