@@ -1,38 +1,43 @@
 """The hub's telemetry ingest against ``mosquitto_sub`` on the same stream of messages.
 
-The parts are real: a private Mosquitto from the hub's development config (hub/broker.py,
-queues sized per DESIGN §8), the hub's MQTT consumer of an ingest-only process
-(``fast``: hub/fastsub.py ``IngestSubscriber``, a subscribe-only MQTT client that
-acknowledges a batch only once it is committed; ``paho``: hub/mqtt.py ``HubMqtt``; both
-with the same envelope and body validation) and its writer (hub/ingest.py ``Ingest``:
-batched, idempotent inserts into a fresh SQLite file, WAL), and the ``mosquitto_sub``
-binary.
+The parts are real and are the hub's own, built as the hub builds them: a private
+Mosquitto from the hub's development config (hub/broker.py, queues sized per DESIGN §8),
+and the two ways the hub takes telemetry:
 
-How the comparison is kept fair: both consumers first register a persistent session
-(clean session off, QoS 1 subscriptions to ``ef/v1/dev/+/telemetry``) and disconnect.
+- ``fast`` (the headline): ``--consumers`` ingest workers, the processes ``edgefleet hub
+  serve --ingest-workers N`` starts (hub/ingest_worker.py ``IngestWorker``: the
+  subscribe-only client of hub/fastsub.py on the workers' ``$share`` group, into an
+  inline writer that commits each batch before acknowledging it);
+- ``paho``: the hub process itself when it runs without workers (hub/mqtt.py ``HubMqtt``
+  with the hub's subscriptions and manual acknowledgements, into ``Ingest`` with its
+  writer thread).
+
+Both apply the same envelope and body validation, write batched, idempotent inserts into
+a fresh SQLite file (WAL), and refuse windows older than the hub keeps raw (the stream is
+dated just before the run). And the ``mosquitto_sub`` binary.
+
+How the comparison is kept fair: every consumer first registers a persistent session
+(clean session off, QoS 1 subscriptions to ``ef/v1/dev/+/telemetry``) and disconnects.
 Then ONE stream is published at QoS 1 while all are away, so the broker queues the very
 same messages for each: ``--devices`` device ids, ``--windows`` telemetry windows each
 (valid ``telemetry`` envelopes as agent/core.py sends them, with a sparse latency
 histogram), plus ``--replay`` of them sent a second time, as a device replaying its spool
 after a lost PUBACK would. Each consumer then reconnects on its own, one after the other,
-so neither shares the two cores with the publisher or the other consumer, and drains
-its queue:
+so none shares the two cores with the publisher or another consumer, and drains its
+queue:
 
 - ``raw``: ``mosquitto_sub -c -q 1 -C <all>`` printing one byte per message into a
   pipe this process counts; the clock runs from the first byte to the process's exit.
-- ``hub``: ``--consumers`` ingest processes (default 2; DESIGN §6: hub processes share
-  the load through a ``$share`` subscription), each a consumer + ``Ingest`` in inline
-  mode (the batch is written on the MQTT thread: no GIL fight with a writer thread) on
-  one SQLite file. The clock runs from the first message any of them counted to the
+- ``hub``: the clock runs from the first message any of its processes counted to the
   moment every message is committed (stored, or counted a duplicate), as
-  ``Ingest.counts`` reports after each commit. With ``--consumers 1`` the one consumer
-  takes the plain topic. ``--paths both`` (the default) drains a third queue with the
-  paho consumer for comparison (``paho_msgs_per_s``, ``hub_paho``) into its own file.
+  ``Ingest.counts`` reports after each commit.
 
-``ratio`` = hub_msgs_per_s / raw_msgs_per_s (the fast consumer's, unless ``--paths
-paho``). The run also checks the outcome of every path: rows in SQLite = unique
-windows, and the duplicates counted = the replays sent. ``cpu_us_per_msg``: the
-consumer processes' CPU (user + system) per message.
+``ratio`` = hub_msgs_per_s / raw_msgs_per_s (the workers', unless ``--paths paho``;
+``paho_msgs_per_s`` and ``paho_ratio`` are the single hub process's). The run also
+checks the outcome of every path: rows in SQLite = unique windows, and the duplicates
+counted = the replays sent. ``cpu_us_per_msg``: the consumer processes' CPU (user +
+system) per message. The stream is telemetry only: drift windows (scored as they come)
+and states and events stay with the hub process.
 
 Run from the checkout::
 
@@ -67,7 +72,6 @@ HUB_CLIENT_ID = "bench-ingest-hub"
 RAW_CLIENT_ID = "bench-ingest-raw"
 PUBLISH_WINDOW = 1000  # publisher: QoS 1 messages in flight at once
 POLL_S = 0.002  # polling of the hub's counters
-SHARE_GROUP = "ingest"  # the $share group of several hub consumers
 SUBSCRIBE_SETTLE_S = 0.5  # after CONNACK, for the SUBACK of a session being registered
 
 
@@ -80,7 +84,8 @@ def make_stream(
 
     rng = random.Random(seed)
     out: list[tuple[str, bytes]] = []
-    t0 = 1_700_000_000.0
+    # recent windows: the hub refuses ones older than its retention keeps raw (RAW_AGE_S)
+    t0 = time.time() - windows * 10.0 - 60.0
     for w in range(windows):
         for d in range(devices):
             stats = InferenceStats(count=50, rows=250, labelled=250, correct=240)
@@ -104,6 +109,11 @@ def make_stream(
     for topic, payload in rng.sample(out, n_replay):
         out.insert(rng.randrange(len(out)), (topic, payload))
     return out
+
+
+def consumers(args: argparse.Namespace, path: str) -> int:
+    """Processes on a path: ``--consumers`` ingest workers, or the one hub process."""
+    return args.consumers if path == "fast" else 1
 
 
 def publish_stream(host: str, port: int, stream: list[tuple[str, bytes]]) -> float:
@@ -170,12 +180,6 @@ def measure_raw(host: str, port: int, count: int) -> dict[str, Any]:
     }
 
 
-def hub_subscriptions(consumers: int, path: str = "fast") -> list[tuple[str, int]]:
-    """One consumer takes the topic; several share it (``$share``, MQTT 5 / Mosquitto 2)."""
-    group = f"{SHARE_GROUP}-{path}"  # each path drains a queue of its own
-    return [(TOPIC_FILTER if consumers == 1 else f"$share/{group}/{TOPIC_FILTER}", 1)]
-
-
 def start_hub_consumer(
     host: str,
     port: int,
@@ -186,33 +190,41 @@ def start_hub_consumer(
     *,
     connect: bool = True,
 ) -> Any:
-    """The hub's consumer (``path``: hub/fastsub.py or hub/mqtt.py) and writer on ``db``."""
+    """The hub's own consumer and writer on ``db``, built as the hub builds them.
+
+    ``fast``: ingest worker ``index`` (hub/ingest_worker.py, what ``edgefleet hub serve
+    --ingest-workers N`` starts: hub/fastsub.py into an inline writer, on the workers'
+    ``$share`` group). ``paho``: the hub process itself when it has no workers
+    (hub/mqtt.py ``HubMqtt`` with the hub's subscriptions, into ``Ingest`` with its writer
+    thread). Both refuse windows older than the hub's retention (``RAW_AGE_S``).
+    """
     from hub.broker import BrokerAddress
     from hub.db import make_engine, sqlite_url
-    from hub.fastsub import IngestSubscriber
     from hub.ingest import Ingest
-    from hub.mqtt import HubMqtt
+    from hub.ingest_worker import IngestWorker, WorkerConfig
+    from hub.mqtt import HubMqtt, hub_subscriptions
+    from hub.retention import RAW_AGE_S
 
-    ingest = Ingest(make_engine(sqlite_url(db)), inline=True)  # an ingest-only process
-    ingest.start()
-    client_id = f"{HUB_CLIENT_ID}-{path}-{index}"
     consumer: Any
     if path == "fast":
-        consumer = IngestSubscriber(
-            BrokerAddress(host, port),
-            ingest,
-            client_id=client_id,
-            subscriptions=hub_subscriptions(consumers, path),
+        url = BrokerAddress(host, port).url
+        consumer = IngestWorker(
+            WorkerConfig(url, sqlite_url(db), index=index, raw_max_age_s=RAW_AGE_S)
         )
-    else:
-        consumer = HubMqtt(
-            BrokerAddress(host, port),
-            None,  # type: ignore[arg-type]  # registry and trust answer fetches only:
-            None,  # type: ignore[arg-type]  # telemetry never touches them
-            ingest,
-            client_id=client_id,
-            subscriptions=hub_subscriptions(consumers, path),
-        )
+        ingest = consumer.ingest
+        if connect:
+            consumer.start()
+        return consumer, ingest
+    ingest = Ingest(make_engine(sqlite_url(db)), raw_max_age_s=RAW_AGE_S)
+    ingest.start()
+    consumer = HubMqtt(
+        BrokerAddress(host, port),
+        None,  # type: ignore[arg-type]  # registry and trust answer fetches only:
+        None,  # type: ignore[arg-type]  # telemetry never touches them
+        ingest,
+        client_id=f"{HUB_CLIENT_ID}-{path}-{index}",
+        subscriptions=hub_subscriptions(),
+    )
     if connect:
         consumer.start()
     return consumer, ingest
@@ -347,11 +359,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run(raw_command(host, port, None), check=True, timeout=30)
             for path, db in dbs.items():
                 make_engine(sqlite_url(db)).dispose()  # the tables, before processes share it
-                register_hub_sessions(host, port, db, args.consumers, path)
+                register_hub_sessions(host, port, db, consumers(args, path), path)
             publish_s = publish_stream(host, port, stream)
             raw = measure_raw(host, port, len(stream))
             for path, db in dbs.items():
-                hubs[path] = measure_hub(host, port, db, len(stream), args.consumers, path)
+                n = consumers(args, path)
+                hubs[path] = measure_hub(host, port, db, len(stream), n, path)
                 hubs[path]["rows_stored"] = count_rows(db)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -413,7 +426,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--windows", type=int, default=100, help="telemetry windows per device")
     parser.add_argument("--replay", type=float, default=0.05, help="fraction sent twice")
     parser.add_argument(
-        "--consumers", type=int, default=2, help="hub ingest processes sharing the topic"
+        "--consumers", type=int, default=2, help="hub ingest workers sharing the topic"
     )
     parser.add_argument(
         "--paths",

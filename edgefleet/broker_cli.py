@@ -49,6 +49,13 @@ def register(subparsers: Any) -> None:
         help="account mosquitto switches to when started as root (default: mosquitto's own; "
         "it must be able to read --out)",
     )
+    config.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="identities for N hub ingest workers (hub serve --ingest-workers; default 4)",
+    )
     config.set_defaults(func=run)
 
 
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         persistence_dir=args.persistence_dir,
         plain_port=args.plain_port,
         user=args.user,
+        ingest_workers=args.ingest_workers,
     )
     print(f"broker: CA in {ca.directory}; wrote to {files.directory}:")
     written = [
@@ -80,6 +88,14 @@ def run(args: argparse.Namespace) -> int:
         (files.hub_cert, f"the hub's client certificate (CN {files.hub_identity})"),
         (files.hub_key, "the hub's client key (0600)"),
     ]
+    if files.ingest_workers:
+        written.append(
+            (
+                files.directory / "ingest-N.crt",
+                f"ingest workers 0..{files.ingest_workers - 1}: certificates and keys (read "
+                "telemetry only)",
+            )
+        )
     if files.hub_password is not None:
         written.append((files.hub_password, "DEV ONLY: the hub's password, plain listener"))
     for path, what in written:

@@ -101,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
         "--dev", action="store_true", help="development mode: accept the built-in dev API key"
     )
     serve.add_argument(
+        "--ingest-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that take the telemetry ($share) besides this one (default 0)",
+    )
+    serve.add_argument(
         "--allow-plain-broker",
         action="store_true",
         help="accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe)",
@@ -249,6 +256,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
         broker_tls_dir=args.broker_tls,
         broker_reload=tuple(shlex.split(args.broker_reload or "")),
         allow_plain_broker=args.allow_plain_broker,
+        ingest_workers=args.ingest_workers,
         root_keys_dir=args.root_keys,
     )
     with Hub(config) as hub:

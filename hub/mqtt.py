@@ -42,6 +42,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = [(f"{protocol.ROOT}/+/{kind}", 1) for kind in sorted(protocol.DEVICE_TO_HUB)]
+
+
+def hub_subscriptions(*, telemetry: bool = True) -> list[tuple[str, int]]:
+    """What the hub process subscribes to; without ``telemetry`` when ingest workers take
+    it (hub/ingest_worker.py)."""
+    return [s for s in SUBSCRIPTIONS if telemetry or not s[0].endswith("/telemetry")]
+
+
 TIMESTAMP_MIN_REMAINING_S = 3600.0  # re-sign the timestamp when it expires sooner
 COMMAND_TTL_S = 24 * 3600.0  # seconds a signed command stays valid
 
@@ -131,6 +139,12 @@ class HubMqtt:
             log.error("hub: broker refused the connection: %s", rc)
             return
         self._connection += 1
+        # a persistent session keeps what an earlier run subscribed to: drop what this one
+        # leaves to others (telemetry, when ingest workers take it)
+        mine = {t for t, _ in self.subscriptions}
+        stale = [t for t, _ in SUBSCRIPTIONS if t not in mine]
+        if stale:
+            client.unsubscribe(stale)
         client.subscribe(self.subscriptions)
         self.connected.set()
         log.info("hub: connected to %s", self.address.url)

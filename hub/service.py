@@ -22,9 +22,10 @@ from hub.deployments import Deployments
 from hub.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.identities import Identities
 from hub.ingest import Ingest
+from hub.ingest_worker import IngestWorkers, WorkerConfig
 from hub.jobs import Jobs, Progress
 from hub.loop import Loop
-from hub.mqtt import HubMqtt
+from hub.mqtt import HubMqtt, hub_subscriptions
 from hub.pipeline import PipelineConfig, import_onnx, train
 from hub.pki import CertificateAuthority, PkiError
 from hub.registry import Registry
@@ -52,6 +53,8 @@ class HubConfig:
     broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
     # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
     allow_plain_broker: bool = False
+    # processes that take the telemetry through $share (hub/ingest_worker.py); 0: this one
+    ingest_workers: int = 0
     maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
     # telemetry retention (hub/retention.py): raw windows, then hourly rows, then gone
     telemetry_raw_age_s: float = RAW_AGE_S
@@ -107,7 +110,8 @@ class Hub:
         if cfg.broker_url:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.engine = make_engine(cfg.db_url or sqlite_url(cfg.data_dir / "hub.db"))
+        db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
+        self.engine = make_engine(db_url)
         self.trust = TrustRepository.open_or_init(
             cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
         )
@@ -138,9 +142,16 @@ class Hub:
                 )
             tls = TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
         self.mqtt = HubMqtt(
-            self.broker, self.registry, self.trust, self.ingest, client_id=cfg.client_id, tls=tls
+            self.broker,
+            self.registry,
+            self.trust,
+            self.ingest,
+            client_id=cfg.client_id,
+            tls=tls,
+            subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
         )
         self.mqtt.revoked = self.identities.revoked
+        self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
         self.deployments = Deployments(self.engine, self.registry, self.mqtt)
         self.rollouts = Rollouts(self.engine, self.registry, self.mqtt)
@@ -167,12 +178,34 @@ class Hub:
         self.rollouts.stop()
         self.jobs.shutdown()
         self.mqtt.stop()
+        if self.workers is not None:
+            self.workers.stop()
         self.ingest.stop()
         if self.local_broker is not None:
             self.local_broker.stop()
         self.engine.dispose()
         self.trust.close()
         self._started = False
+
+    def _start_ingest_workers(self, db_url: str) -> IngestWorkers | None:
+        cfg = self.config
+        if cfg.ingest_workers <= 0:
+            return None
+        if isinstance(self.local_broker, EmbeddedBroker):
+            raise ValueError("ingest workers share telemetry with $share: they need Mosquitto")
+        configs = [
+            WorkerConfig(
+                self.broker.url,
+                db_url,
+                index=i,
+                tls_dir=cfg.broker_tls_dir,
+                raw_max_age_s=self.retention.raw_age_s,
+            )
+            for i in range(cfg.ingest_workers)
+        ]
+        workers = IngestWorkers(configs)
+        workers.start()
+        return workers
 
     def __enter__(self) -> Hub:
         return self.start()

@@ -275,6 +275,36 @@ def topic_outcome(name: str) -> str:
     return "ok"
 
 
+def test_the_fast_json_parser_decides_as_json_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub parses with orjson when it is installed (shared/protocol.py): on mutated
+    envelopes it must reach the very outcome the standard library reaches (the message,
+    or the refusal's reason and detail), so a device and the hub never disagree."""
+    if protocol._fast_loads is None:
+        pytest.fail("orjson is missing: the hub extra installs it")
+    corpus = [
+        *(s for seeds in report_seeds(NOW).values() for s in seeds),
+        *command_seeds([DIRECTOR], DEV, SPECS, now=NOW),
+    ]
+    fuzzer = Fuzzer("decode-parsers", corpus)
+    fast_parser = protocol._fast_loads
+
+    def outcome(payload: bytes, fast: bool) -> Any:
+        monkeypatch.setattr(protocol, "_fast_loads", fast_parser if fast else None)
+        try:
+            m = protocol.decode(payload)
+        except ProtocolError as e:
+            return ("refused", e.reason, e.detail)
+        return ("ok", m.type, m.id, m.ts, json.dumps(m.body, sort_keys=True))
+
+    kinds: Counter[str] = Counter()
+    for _ in range(3000):
+        payload = fuzzer.payload()
+        fast, slow = outcome(payload, True), outcome(payload, False)
+        assert fast == slow, payload
+        kinds[fast[0] if fast[0] == "ok" else fast[1]] += 1
+    assert kinds["ok"] > 100 and kinds["bad_json"] > 100, kinds
+
+
 def test_protocol_hypothesis_envelopes() -> None:
     ran = 0
     fields = {t: list(f) for t, f in DOC_BODIES.items()}

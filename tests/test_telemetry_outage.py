@@ -348,6 +348,13 @@ def test_a_hub_killed_before_its_commit_loses_nothing_it_received(
         assert again.seqs() == {f"dev-{d}": list(range(8)) for d in range(5)}
     finally:
         again.close()
+    # and once stored they were acknowledged: the session has nothing left to deliver
+    later = TelemetryHub(broker, tmp_path / "empty.db", "kill-hub")
+    try:
+        time.sleep(1.5)
+        assert later.seqs() == {} and later.mqtt.counts["telemetry"] == 0
+    finally:
+        later.close()
 
 
 def test_an_unreachable_database_holds_the_batch_until_it_commits(tmp_path: Path) -> None:
