@@ -5,7 +5,9 @@ bucket (hourly by default), into one row of the same ``Telemetry`` table: sums o
 counts, the merged latency histogram (percentiles read from it), the mean CPU, the
 maximum RSS (hub/telemetry.py ``WindowSum``). Its seq is ``-1 - bucket``, so a later run
 finds it and merges the bucket's late windows into it. Rows (raw or folded) whose window
-ended more than ``max_age_s`` ago are deleted.
+ended more than ``max_age_s`` ago are deleted, and so are drift windows (hub/drift.py:
+alerts only look at the last few minutes; the drift report over a range merges what is
+left).
 
 Idempotent: a second run over the same data changes nothing, and the totals a query
 sees (counts, errors, labels, the histogram) are the same before and after folding.
@@ -27,7 +29,7 @@ from typing import Final
 from sqlalchemy import Engine, delete
 from sqlmodel import col, select
 
-from hub.db import Telemetry, session
+from hub.db import DriftWindow, Telemetry, session
 from hub.telemetry import merge_by_bucket
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class RetentionResult:
     folded: int  # raw windows folded into downsampled rows
     rows_written: int  # downsampled rows created or updated
     deleted: int  # rows past max_age_s
+    drift_deleted: int = 0  # drift windows past max_age_s
 
 
 def run_retention(
@@ -64,13 +67,22 @@ def run_retention(
     policy = policy or RetentionPolicy()
     now = time.time() if now is None else now
     folded, written = _downsample(engine, policy, now - policy.raw_age_s)
+    oldest = now - policy.max_age_s
     with session(engine) as s:
-        result = s.execute(delete(Telemetry).where(col(Telemetry.end) < now - policy.max_age_s))
+        result = s.execute(delete(Telemetry).where(col(Telemetry.end) < oldest))
+        drift = s.execute(delete(DriftWindow).where(col(DriftWindow.ts) < oldest))
         s.commit()
     deleted = int(result.rowcount)  # type: ignore[attr-defined]
-    if folded or deleted:
-        log.info("retention: folded %d windows into %d rows, deleted %d", folded, written, deleted)
-    return RetentionResult(folded, written, deleted)
+    drift_deleted = int(drift.rowcount)  # type: ignore[attr-defined]
+    if folded or deleted or drift_deleted:
+        log.info(
+            "retention: folded %d windows into %d rows, deleted %d and %d drift windows",
+            folded,
+            written,
+            deleted,
+            drift_deleted,
+        )
+    return RetentionResult(folded, written, deleted, drift_deleted)
 
 
 def _downsample(engine: Engine, policy: RetentionPolicy, cutoff: float) -> tuple[int, int]:

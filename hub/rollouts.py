@@ -11,12 +11,13 @@ is sent a signed rollback to the version it ran before, so the fleet returns to 
 
 Everything lives in SQL (``Rollout``, ``RolloutDevice``); :meth:`Rollouts.tick` derives
 what to do from the rows and the devices' reported state, so a hub killed at any point
-resumes where it was. A device that is offline (its Last Will) does not time out and does
-not hold up the next wave: it is sent the command again when its retained state shows it
-back and it says nothing of the deployment within ``RECONCILE_GRACE_S`` (reconciliation),
-not by hoping a queued message survived. An outcome it reported while the hub could not
-hear it is read back from the ``last`` field of that retained state (hub/ingest.py). A
-device tagged into a group later is sent the group's current version.
+resumes where it was. A device that is offline (its Last Will) does not time out, and
+once it has been away longer than ``device_timeout_s`` it no longer holds up the next
+wave: it is sent the command again when its retained state shows it back and it says
+nothing of the deployment within ``RECONCILE_GRACE_S`` (reconciliation), not by hoping a
+queued message survived. An outcome it reported while the hub could not hear it is read
+back from the ``last`` field of that retained state (hub/progress.py). A device tagged
+into a group later is sent the group's current version.
 
 Errors::
 
@@ -225,11 +226,13 @@ class Rollouts:
         settled = _settled(rollout, _spec(rollout.spec), rows)
         with session(self.engine) as s:
             busy = _presence(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
+        spec = _spec(rollout.spec)
+        t = self.clock()
         away = {d.id for d in busy.values() if d.status != "online"}
         if rollout.state == "completed" and all(
-            r.device_id in away for r in rows if r.state not in DONE
+            _gone(busy.get(r.device_id), spec, t) for r in rows if r.state not in DONE
         ):
-            settled = True  # every wave done; the offline ones get it when they are back
+            settled = True  # every wave done; the long-gone get it when they are back
         return RolloutStatus(
             id=rollout.id,
             model=rollout.model,
@@ -389,14 +392,16 @@ class Rollouts:
         devices: Mapping[str, Presence],
         t: float,
     ) -> None:
-        """Open the next wave once every device of the open ones has an outcome or is
-        offline (it gets the command when it is back; it does not hold the fleet up)."""
+        """Open the next wave once every device of the open ones has an outcome or has
+        been offline longer than ``device_timeout_s`` (it gets the command when it is
+        back; it does not hold the fleet up, but a broker restart, which takes every
+        device offline for a moment, does not end a wave either)."""
+        spec = _spec(rollout.spec)
 
         def settled(r: RolloutDevice) -> bool:
             if r.state in DONE:
                 return True
-            dev = devices.get(r.device_id)
-            return r.state in IN_FLIGHT and dev is not None and dev.status != "online"
+            return r.state in IN_FLIGHT and _gone(devices.get(r.device_id), spec, t)
 
         while all(settled(r) for r in rows if r.wave <= rollout.wave):
             if rollout.wave + 1 < rollout.waves:
@@ -614,6 +619,11 @@ class Presence(NamedTuple):
     id: str
     status: str
     last_seen: float
+
+
+def _gone(dev: Presence | None, spec: RolloutSpec, t: float) -> bool:
+    """Offline (its Last Will) for longer than the device timeout: the fleet moves on."""
+    return dev is not None and dev.status != "online" and t - dev.last_seen > spec.device_timeout_s
 
 
 def _presence(s: Session, ids: list[str]) -> dict[str, Presence]:

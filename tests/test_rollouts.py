@@ -248,8 +248,8 @@ def test_broker_restart_mid_rollout_converges(stage: Stage, private_mosquitto: M
 
 
 def test_an_offline_device_gets_the_deployment_when_it_is_back(stage: Stage) -> None:
-    """Its wave does not wait for it, and it gets the command when it is back even
-    though the broker kept nothing for it (it comes back with a clean session)."""
+    """Its wave waits for it no longer than the device timeout, and it gets the command
+    when it is back even though the broker kept nothing for it (a clean session)."""
     v1 = train(stage.client)
     away = stage.fleets[0].devices[0]
     on_loop(stage.fleets[0], away.drop_link)
@@ -257,7 +257,7 @@ def test_an_offline_device_gets_the_deployment_when_it_is_back(stage: Stage) -> 
         lambda: stage.client.device(away.device_id)["status"] == "offline", 20, "its Last Will"
     )
 
-    r = stage.client.create_rollout(v1["name"], waves=2)
+    r = stage.client.create_rollout(v1["name"], waves=2, device_timeout_s=3)
 
     wait_for(lambda: stage.client.rollout(r["id"])["finished"], 60, "the other 19")
     st = stage.client.rollout(r["id"])

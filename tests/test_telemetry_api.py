@@ -25,7 +25,7 @@ from edgefleet.demo import ApiServer
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
 from hub.client import HubClient, HubClientError
-from hub.db import Telemetry, make_engine, session, sqlite_url
+from hub.db import DriftWindow, Telemetry, make_engine, session, sqlite_url
 from hub.ingest import Ingest, Report
 from hub.retention import RetentionPolicy, run_retention
 from hub.service import Hub, HubConfig
@@ -213,9 +213,15 @@ def test_a_replay_of_folded_windows_is_refused_not_double_counted(engine: Engine
 def test_rows_past_max_age_are_deleted(engine: Engine) -> None:
     rng = random.Random(4)
     ingest_all(engine, [window("old", seq, rng) for seq in range(50)])
+    with session(engine) as s:  # drift windows of the same age, and one recent
+        for seq, ts in ((0, T0), (1, T0 + 10), (2, T0 + 10 * 86400)):
+            s.add(DriftWindow(device_id="old", seq=seq, model="m", version=1, ts=ts, rows=5))
+        s.commit()
     result = run_retention(engine, RetentionPolicy(3600, 7200, 3600), now=T0 + 10 * 86400)
-    assert result.deleted >= 1
+    assert result.deleted >= 1 and result.drift_deleted == 2
     assert totals(engine, 86400) == []
+    with session(engine) as s:
+        assert [w.seq for w in s.exec(select(DriftWindow))] == [2]
 
 
 def test_windows_without_a_histogram_are_marked_inexact(engine: Engine) -> None:
