@@ -255,6 +255,9 @@ class FaultInjector:
         self.counts: Counter[str] = Counter()  # kind -> injections
         self.devices_hit: dict[str, set[str]] = {}  # kind -> device ids
         self.crashes: list[dict[str, Any]] = []  # one record per crash (see summary)
+        # process faults: when each first struck, and how many devices were healthy on
+        # the new version then (so a rehearsal shows it struck mid-rollout)
+        self.struck: dict[str, dict[str, float | int]] = {}
         self._pending = 0  # faults waiting for their recovery (restart, reconnect)
         self._lock = threading.Lock()
         self._t0 = 0.0
@@ -341,7 +344,18 @@ class FaultInjector:
 
     # -- process faults (orchestrating thread) -------------------------------------------
 
+    def _mark(self, kind: str) -> None:
+        if kind not in self.struck:
+            healthy = {
+                e.device_id
+                for d in self.fleet.devices
+                for e in list(d.events)
+                if e.stage == "healthy" and e.t >= self._t0
+            }
+            self.struck[kind] = {"at_s": round(self.elapsed(), 2), "healthy": len(healthy)}
+
     def _restart_broker(self, spec: FaultSpec) -> None:
+        self._mark("broker_restart")
         self._note("broker_restart", "stopping the broker")
         self.processes.restart_broker(spec.params["down_s"])
         self.counts["broker_restart"] += 1
@@ -350,6 +364,7 @@ class FaultInjector:
     def _kill_hub(self) -> None:
         with self._lock:
             self._pending += 1
+        self._mark("hub_restart")
         self.processes.kill_hub()
         self.counts["hub_restart"] += 1
         self._note("hub_restart", "hub killed (SIGKILL)")

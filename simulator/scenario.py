@@ -729,6 +729,7 @@ def _summary(
             "planned": n,
             "injected": injector.counts.get(kind, 0),
             "devices": len(injector.devices_hit.get(kind, ())),
+            **({"struck": injector.struck[kind]} if kind in injector.struck else {}),
         }
         for kind, n in planned.items()
     }

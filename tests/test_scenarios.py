@@ -125,6 +125,7 @@ def test_broker_restart_mid_rollout_converges(tmp_path: Path) -> None:
     s = result.summary
     n = s["devices"]
     assert s["faults"]["broker_restart"]["injected"] == 1
+    assert s["faults"]["broker_restart"]["struck"]["healthy"] < n  # mid-rollout
     assert s["converged"] == n and s["versions"] == {"vibration:1": n}, s
     assert set(_active(result).values()) == {("vibration", 1)}
     # Every device really lost its connection and came back.
@@ -138,6 +139,7 @@ def test_hub_killed_mid_rollout_converges_once_back(tmp_path: Path) -> None:
     s = result.summary
     n = s["devices"]
     assert s["faults"]["hub_restart"]["injected"] == 1
+    assert s["faults"]["hub_restart"]["struck"]["healthy"] < n  # killed mid-rollout
     assert s["hub_unreachable_s"] > 0  # the API was really gone for a while
     assert s["converged"] == n and s["states"] == {"healthy": n}, s
     assert set(_active(result).values()) == {("vibration", 1)}
