@@ -380,3 +380,39 @@ def test_an_unreachable_database_holds_the_batch_until_it_commits(tmp_path: Path
     assert not writer.is_alive() and stored == [1] and ingest.counts["telemetry"] == 1
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT device_id, seq FROM telemetry").fetchall() == [("dev-0", 0)]
+
+
+def test_a_full_spool_drops_the_oldest_and_the_hub_is_told(
+    broker: Mosquitto, hub: TelemetryHub, tmp_path: Path, pinned_root: bytes
+) -> None:
+    """Past its bound the spool drops the oldest windows, counts them, and the device
+    reports the count (``spool_dropped``) in its next windows: the hub knows what it lost."""
+    fleet = Fleet(
+        fleet_config(broker, tmp_path / "fleet", pinned_root, spool_max_bytes=3000)
+    )  # ~8 windows of ~350 bytes
+    fleet.start()
+    thread = fleet.loop.start_thread()
+    device = fleet.devices[0]
+    try:
+        wait_for(lambda: len(hub.seqs()) == DEVICES, 30, "every device's first windows")
+        broker.stop()
+        time.sleep(5.0)  # ~20 windows: more than the spool holds
+        assert device.spool.spool.dropped >= 5
+        broker.start()
+        target = closed_windows(fleet)[device.device_id]
+        wait_for(lambda: max(hub.seqs()[device.device_id]) >= target, 30, "windows after")
+    finally:
+        fleet.loop.stop()
+        thread.join(10)
+        fleet.close()
+    dropped = device.spool.spool.dropped  # (it kept dropping until the reconnect)
+    seqs = set(hub.seqs()[device.device_id])
+    missing = set(range(max(seqs))) - seqs
+    assert len(missing) == dropped, (sorted(missing), dropped)  # exactly what it dropped
+    first = min(missing)  # the oldest ones, in one run: the newest survived to be sent
+    assert sorted(missing) == list(range(first, first + dropped))
+    with sqlite3.connect(hub.db) as conn:
+        (told,) = conn.execute(
+            "SELECT max(spool_dropped) FROM telemetry WHERE device_id = ?", (device.device_id,)
+        ).fetchone()
+    assert told == dropped
