@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
+from waiting import wait_for
 
 from hub.auth import Role
 from hub.broker import Mosquitto
-from hub.db import Job, make_engine, session, sqlite_url
+from hub.datasets import attach
+from hub.db import DriftAlert, Job, make_engine, session, sqlite_url
 from hub.jobs import Jobs
 from hub.service import pipeline_config
 
@@ -90,3 +93,42 @@ def test_a_job_left_running_by_a_stopped_hub_is_marked_failed(tmp_path: Path) ->
     finally:
         jobs.shutdown()
         engine.dispose()
+
+
+def test_a_run_whose_capture_gets_nothing_fails_visibly_and_audited(stage: Stage) -> None:
+    """A drift alert names a device that never answers the capture: the run fails at the
+    capture's deadline, with the reason in the API and an audit record, and nothing is
+    retrained or deployed."""
+    operator, viewer = stage.as_role(Role.operator), stage.as_role(Role.viewer)
+    policy = {"enabled": True, "capture_s": 0.5, "gather_s": 0, "cooldown_s": 0}
+    assert operator.put("/loop/policies/press", json=policy).status_code == 200
+    attach(stage.hub).grace_s = 0.5  # seconds after the capture for uploads to arrive
+    with session(stage.hub.engine) as s:  # what hub/drift.py opens on a drifting device
+        s.add(
+            DriftAlert(
+                model="press", version=1, scope="device", scope_id="ghost-1",
+                devices=["ghost-1"], features=["speed_krpm"],
+            )
+        )  # fmt: skip
+        s.commit()
+    try:
+        stage.hub.loop.tick()  # starts the run: a signed capture command to ghost-1
+        [run] = viewer.get("/loop/runs").json()
+        assert run["stage"] == "capturing" and run["devices"] == ["ghost-1"]
+
+        wait_for(lambda: viewer.get(f"/loop/runs/{run['id']}").json()["stage"] == "failed", 15,
+                 "the run to fail")  # fmt: skip
+        failed = viewer.get(f"/loop/runs/{run['id']}").json()
+        assert "capture" in failed["detail"] and failed["job_id"] is None
+        assert failed["rollout_id"] is None
+        assert [step["step"] for step in failed["steps"]] == ["capture", "failed"]
+        record = stage.audit(action="loop.failed")[0]
+        assert record["outcome"] == "error" and record["actor_name"] == "loop-policy:press"
+        assert record["target"] == run["id"] and "capture" in record["detail"]
+    finally:
+        operator.put("/loop/policies/press", json={"enabled": False})
+        with session(stage.hub.engine) as s:
+            for a in s.exec(select(DriftAlert)):
+                a.state = "cleared"
+                s.add(a)
+            s.commit()
