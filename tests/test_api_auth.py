@@ -185,6 +185,31 @@ def test_each_role_can_do_what_it_should_and_no_more(shared: Stage, role: Role |
             assert f"role {needed.value} required" in r.json()["detail"], what
 
 
+def test_every_mutating_call_is_audited(stage: Stage) -> None:
+    """Every POST, PUT, PATCH and DELETE route leaves a record of the call (who, what,
+    when, the outcome), whether it succeeded, was refused or failed."""
+    app = create_app(stage.hub)
+    mutating = [
+        (method, r.path, r.name)
+        for r in app.routes
+        if isinstance(r, APIRoute)
+        for method in r.methods
+        if method in ("POST", "PUT", "PATCH", "DELETE")
+    ]
+    assert len(mutating) >= 20
+    admin = stage.as_role(Role.admin)
+    for method, path, name in mutating:
+        r = admin.request(method, fill(path))
+        assert r.status_code < 500, (method, path, r.text)
+        records = [a for a in stage.audit(action=name, limit=500) if a["path"] == fill(path)]
+        assert records, f"{method} {path}: no audit record"
+        latest = records[0]
+        assert latest["method"] == method and latest["status"] == r.status_code, latest
+        assert latest["ts"] > 0 and latest["outcome"] in ("ok", "denied", "error"), latest
+        if path != "/enrol":  # (its credential is the token, recorded by its id)
+            assert latest["role"] == "admin" and latest["actor_keyid"], latest
+
+
 def test_health_is_public_and_says_nothing_sensitive(shared: Stage) -> None:
     r = shared.http().get("/health")
     assert r.status_code == 200
