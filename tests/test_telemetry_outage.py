@@ -18,6 +18,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -212,6 +213,21 @@ def replay_spool(broker: Mosquitto, spool_dir: Path, messages: list[tuple[str, b
     return acked
 
 
+@contextmanager
+def killed_at_the_end(child: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """Run the block, then kill the child with SIGKILL (no chance to flush anything)."""
+    try:
+        yield child
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
 CHILD = textwrap.dedent(
     """
     import sys
@@ -236,17 +252,9 @@ def test_kill_9_loses_at_most_the_open_window(
     argv = [sys.executable, "-c", CHILD, str(broker.port), str(work), str(root_file)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     broker.stop()  # everything the agent closes now stays in its spool
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
-    try:
+    with killed_at_the_end(subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)) as child:
         assert child.stdout is not None and child.stdout.readline().strip() == b"up"
         time.sleep(2.0)  # ~20 windows, spooled, none delivered
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        if child.stdout is not None:
-            child.stdout.close()
     closed = int((DeviceStore(work / "kill-00000").load_state() or {})["seq"])
     assert closed >= 10
     broker.start()
@@ -318,9 +326,8 @@ def test_a_hub_killed_before_its_commit_loses_nothing_it_received(
     blocker.execute("BEGIN EXCLUSIVE")  # the hub receives but cannot commit
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     argv = [sys.executable, "-c", HUB_CHILD, str(broker.port), str(db)]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
     windows = [telemetry_window(f"dev-{i % 5}", i // 5) for i in range(40)]
-    try:
+    with killed_at_the_end(subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)) as child:
         assert child.stdout is not None and child.stdout.readline().strip() == b"up"
         publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kill-hub-pub")
         publisher.connect("127.0.0.1", broker.port)
@@ -331,13 +338,6 @@ def test_a_hub_killed_before_its_commit_loses_nothing_it_received(
         publisher.loop_stop()
         while int(child.stdout.readline()) < len(windows):
             pass  # the child has received them all (and stored none)
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-        if child.stdout is not None:
-            child.stdout.close()
     assert blocker.execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
     blocker.execute("ROLLBACK")
     blocker.close()
