@@ -23,7 +23,9 @@ delivered windows may be sent again, which the hub's dedup absorbs.
 
 Bound: ``max_bytes`` of unacknowledged records. Appending past it drops the oldest
 entries first (an entry in flight included); :attr:`Spool.dropped` counts them, persists
-in the cursor, and the agent reports it as ``spool_dropped`` in every telemetry body.
+in the cursor, and the agent reports it as ``spool_dropped`` in every telemetry body. The
+count bounds the loss from above: an entry already handed to MQTT when it was dropped
+may still be delivered from the client's own queue.
 Disk use stays below ``max_bytes`` plus one segment.
 
 A corrupt or torn record (a crash mid-write, a bad disk) ends the reading of its segment:

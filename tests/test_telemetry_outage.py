@@ -408,9 +408,12 @@ def test_a_full_spool_drops_the_oldest_and_the_hub_is_told(
     dropped = device.spool.spool.dropped  # (it kept dropping until the reconnect)
     seqs = set(hub.seqs()[device.device_id])
     missing = set(range(max(seqs))) - seqs
-    assert len(missing) == dropped, (sorted(missing), dropped)  # exactly what it dropped
+    # what it dropped is lost, but for a window already handed to MQTT when the broker
+    # went away (in flight, unacknowledged): the spool drops it too, yet the client's
+    # own queue may still deliver it. At 4 windows a second that is one, rarely two.
+    assert dropped - 2 <= len(missing) <= dropped, (sorted(missing), dropped)
     first = min(missing)  # the oldest ones, in one run: the newest survived to be sent
-    assert sorted(missing) == list(range(first, first + dropped))
+    assert sorted(missing) == list(range(first, first + len(missing)))
     with sqlite3.connect(hub.db) as conn:
         (told,) = conn.execute(
             "SELECT max(spool_dropped) FROM telemetry WHERE device_id = ?", (device.device_id,)
