@@ -43,6 +43,7 @@ from sqlmodel import Session, col, select
 
 from hub.db import Device, DeviceTag, Rollout, RolloutDevice, session
 from hub.mqtt import HubMqtt
+from hub.progress import IN_LIST_MAX
 from hub.registry import Registry
 from hub.rollout_states import CHANGED, DONE, IN_FLIGHT, failed, move
 
@@ -223,10 +224,10 @@ class Rollouts:
         counts = Counter(r.state for r in rows)
         finished = [r for r in rows if r.state in DONE and r.state != "skipped"]
         failures = sum(1 for r in finished if failed(r))
-        settled = _settled(rollout, _spec(rollout.spec), rows)
+        spec = _spec(rollout.spec)
+        settled = _settled(rollout, spec, rows)
         with session(self.engine) as s:
             busy = _presence(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
-        spec = _spec(rollout.spec)
         t = self.clock()
         away = {d.id for d in busy.values() if d.status != "online"}
         if rollout.state == "completed" and all(
@@ -315,7 +316,7 @@ class Rollouts:
                 self._watch(rollout, spec, rows, devices, t)
                 self._judge(rollout, spec, rows, t)
             if rollout.state == "running":
-                self._advance(rollout, rows, devices, t)
+                self._advance(rollout, spec, rows, devices, t)
                 self._send(rollout, spec, rows, t)
             elif rollout.state in ("halted", "aborted"):
                 # devices still busy with it: no new sends, but they time out and settle
@@ -388,6 +389,7 @@ class Rollouts:
     def _advance(
         self,
         rollout: Rollout,
+        spec: RolloutSpec,
         rows: list[RolloutDevice],
         devices: Mapping[str, Presence],
         t: float,
@@ -396,7 +398,6 @@ class Rollouts:
         been offline longer than ``device_timeout_s`` (it gets the command when it is
         back; it does not hold the fleet up, but a broker restart, which takes every
         device offline for a moment, does not end a wave either)."""
-        spec = _spec(rollout.spec)
 
         def settled(r: RolloutDevice) -> bool:
             if r.state in DONE:
@@ -629,9 +630,9 @@ def _gone(dev: Presence | None, spec: RolloutSpec, t: float) -> bool:
 def _presence(s: Session, ids: list[str]) -> dict[str, Presence]:
     """Presence of ``ids``: three columns, not whole rows (this runs every tick)."""
     out: dict[str, Presence] = {}
-    for i in range(0, len(ids), 500):  # bounded IN lists
+    for i in range(0, len(ids), IN_LIST_MAX):
         q = select(Device.id, Device.status, Device.last_seen).where(
-            col(Device.id).in_(ids[i : i + 500])
+            col(Device.id).in_(ids[i : i + IN_LIST_MAX])
         )
         out.update((row[0], Presence(*row)) for row in s.exec(q))
     return out
