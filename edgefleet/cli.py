@@ -395,7 +395,7 @@ def _sim_run(args: argparse.Namespace) -> int:
     if args.root is not None:
         root = args.root.read_bytes()
     elif args.token:
-        from hub.client import HubClient
+        from edgefleet.client import HubClient
 
         with HubClient(args.hub) as c:
             root = c.enrol(f"{args.id_prefix}-image", args.token)["root"].encode()
@@ -422,7 +422,7 @@ def _sim_run(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from hub.client import HubClient
+    from edgefleet.client import HubClient
 
     return HubClient(args.hub, api_key=args.api_key)
 

@@ -27,7 +27,7 @@ import uvicorn
 from hub.api import create_app
 from hub.auth import DEV_KEY
 from hub.broker import free_port
-from hub.client import HubClient
+from edgefleet.client import HubClient
 from hub.service import Hub, HubConfig
 from simulator.fleet import Fleet, FleetConfig
 

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # imported when used: a device with the agent extra has no httpx
-    from hub.client import HubClient
+    from edgefleet.client import HubClient
 
 WATCH_S = 1.0  # seconds between redraws
 
@@ -64,7 +64,7 @@ def register(subparsers: Any, api: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> HubClient:
-    from hub.client import HubClient
+    from edgefleet.client import HubClient
 
     return HubClient(args.hub, api_key=args.api_key)
 

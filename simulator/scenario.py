@@ -69,7 +69,7 @@ from typing import Any
 
 from hub.auth import DEV_KEY
 from hub.broker import Mosquitto, free_port
-from hub.client import HubClient, HubClientError
+from edgefleet.client import HubClient, HubClientError
 from simulator.drift import DriftError, DriftSchedule, DriftSpec
 from simulator.faults import FaultError, FaultInjector, FaultSpec
 from simulator.fleet import DeviceEvent, Fleet, FleetConfig

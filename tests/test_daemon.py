@@ -16,7 +16,7 @@ from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
 from edgefleet.demo import ApiServer
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto, free_port
-from hub.client import HubClient
+from edgefleet.client import HubClient
 from hub.service import Hub, HubConfig
 from shared.sensors import generate
 

@@ -24,7 +24,7 @@ from edgefleet.demo import ApiServer
 from hub.audit import AuditLog
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
-from hub.client import HubClient
+from edgefleet.client import HubClient
 from hub.datasets import Datasets, attach
 from hub.service import Hub, HubConfig
 from shared import protocol

@@ -18,7 +18,7 @@ from agent.drift import DriftRecorder
 from edgefleet.demo import ApiServer
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
-from hub.client import HubClient
+from edgefleet.client import HubClient
 from hub.db import DeviceTag, make_engine, session, sqlite_url
 from hub.drift import DriftMonitor, Policy, open_alerts
 from hub.pipeline import baseline_stats

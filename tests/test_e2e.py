@@ -15,7 +15,7 @@ from waiting import wait_for
 from edgefleet.demo import ApiServer
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
-from hub.client import HubClient
+from edgefleet.client import HubClient
 from hub.service import Hub, HubConfig
 from shared.reasons import Reason
 from shared.sensors import generate
@@ -159,7 +159,7 @@ def test_model_failing_health_check_is_rolled_back_everywhere(stage: Stage) -> N
 
 
 def test_bad_requests_get_clear_errors(stage: Stage) -> None:
-    from hub.client import HubClientError
+    from edgefleet.client import HubClientError
 
     with pytest.raises(HubClientError) as e:
         stage.client.deploy("no-such-model")

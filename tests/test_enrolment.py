@@ -25,7 +25,7 @@ from edgefleet.demo import ApiServer
 from hub.auth import DEV_KEY
 from hub.broker import Mosquitto, free_port
 from hub.brokerconf import TlsMosquitto, write_broker_config
-from hub.client import HubClient, HubClientError
+from edgefleet.client import HubClient, HubClientError
 from hub.identities import CRL_REPUBLISH_S
 from hub.pki import CertificateAuthority
 from hub.service import Hub, HubConfig

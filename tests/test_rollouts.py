@@ -19,7 +19,7 @@ from edgefleet.demo import ApiServer
 from edgefleet.rollout_cli import follow
 from hub.auth import DEV_KEY
 from hub.broker import Mosquitto
-from hub.client import HubClient, HubClientError
+from edgefleet.client import HubClient, HubClientError
 from hub.service import Hub, HubConfig
 from simulator.faults import PerturbedBackend
 from simulator.fleet import Fleet, FleetConfig

@@ -24,7 +24,7 @@ from agent.telemetry import InferenceStats, LatencyHistogram
 from edgefleet.demo import ApiServer
 from hub.auth import ApiKeys, Role
 from hub.broker import Mosquitto
-from hub.client import HubClient, HubClientError
+from edgefleet.client import HubClient, HubClientError
 from hub.db import DriftWindow, Telemetry, make_engine, session, sqlite_url
 from hub.ingest import Ingest, Report
 from hub.retention import RetentionPolicy, run_retention
