@@ -2,7 +2,7 @@
 
 The key pair is made on the device at first use and the private key never leaves it
 (mode 0600). Enrolment sends :meth:`DeviceIdentity.csr_pem` to the hub, which returns a
-client certificate signed by its CA (hub/pki.py); :meth:`DeviceIdentity.store_certificate`
+client certificate signed by its CA (hub/trust/pki.py); :meth:`DeviceIdentity.store_certificate`
 checks that certificate before the agent ever presents it to the broker. Files::
 
     device.key   EC P-256 private key (PKCS#8 PEM, mode 0600)

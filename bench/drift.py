@@ -1,7 +1,7 @@
 """Drift on a share of a simulated fleet: how fast the hub sees it, how often it cries
 wolf, what it costs in live accuracy, and what the closed loop wins back.
 
-The parts are real: a private Mosquitto (hub/broker.py), the hub in this process (``Hub``:
+The parts are real: a private Mosquitto (hub/transport/broker.py), the hub in this process (``Hub``:
 SQLite, trust repository, registry, ingest), a model trained, int8-quantised and signed by
 the hub's pipeline on the built-in dataset, and N virtual devices (simulator/fleet.py) that
 run it on their own labelled sensor streams, one window of telemetry and drift sketches
@@ -93,10 +93,10 @@ LATENCY_BUDGET_US = 100_000.0
 
 
 def open_alerts(hub: Any) -> list[dict[str, Any]]:
-    """The hub's open drift alerts (hub/drift.py), each a dict with ``id``, ``opened_at``
+    """The hub's open drift alerts (hub/telemetry/drift.py), each a dict with ``id``, ``opened_at``
     (epoch s), ``scope``, the device of a device-scope alert (``device``) and the devices
     it names (``devices``: for a group or fleet alert, those that drove it)."""
-    from hub.drift import open_alerts as hub_alerts
+    from hub.telemetry.drift import open_alerts as hub_alerts
 
     return [
         {
@@ -282,7 +282,7 @@ def _measure(hub: Any, model: dict[str, Any], args: argparse.Namespace) -> dict[
         thread.join(10)
         fleet.close()
     report = _figures(summary, watch, stream, ids, drifted, t0, t_drift, loop["accuracy"], args)
-    from hub.audit import AuditLog
+    from hub.access.audit import AuditLog
 
     audit = AuditLog(hub.engine).query(actor=f"loop-policy:{MODEL_NAME}")
     loop["audit"] = [r.action for r in reversed(audit)]  # oldest first
@@ -416,8 +416,8 @@ def _figures(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hub.broker import Mosquitto
-    from hub.service import Hub, HubConfig, pipeline_config
+    from hub.app import Hub, HubConfig, pipeline_config
+    from hub.transport.broker import Mosquitto
 
     work = Path(tempfile.mkdtemp(prefix="bench-drift-"))
     args.device_dir = Path(tempfile.mkdtemp(prefix="bench-drift-", dir=args.device_dir))

@@ -24,7 +24,7 @@ CALLS_PER_BLOCK = 2000
 
 
 def _baseline() -> dict[str, object]:
-    from hub.pipeline import baseline_stats  # bench only: the agent never imports the hub
+    from hub.ml.pipeline import baseline_stats  # bench only: the agent never imports the hub
 
     x, y = generate(4000, seed=0)
     return baseline_stats(x, np.eye(len(CLASSES))[y], 10)

@@ -1,14 +1,14 @@
 """The hub's telemetry ingest against ``mosquitto_sub`` on the same stream of messages.
 
 The parts are real and are the hub's own, built as the hub builds them: a private
-Mosquitto from the hub's development config (hub/broker.py, queues sized per DESIGN §8),
+Mosquitto from the hub's development config (hub/transport/broker.py, queues sized per DESIGN §8),
 and the two ways the hub takes telemetry:
 
 - ``fast`` (the headline): ``--consumers`` ingest workers, the processes ``edgefleet hub
-  serve --ingest-workers N`` starts (hub/ingest_worker.py ``IngestWorker``: the
-  subscribe-only client of hub/fastsub.py on the workers' ``$share`` group, into an
+  serve --ingest-workers N`` starts (hub/transport/workers.py ``IngestWorker``: the
+  subscribe-only client of hub/transport/fastsub.py on the workers' ``$share`` group, into an
   inline writer that commits each batch before acknowledging it);
-- ``paho``: the hub process itself when it runs without workers (hub/mqtt.py ``HubMqtt``
+- ``paho``: the hub process itself when it runs without workers (hub/transport/link.py ``HubMqtt``
   with the hub's subscriptions and manual acknowledgements, into ``Ingest`` with its
   writer thread).
 
@@ -192,18 +192,18 @@ def start_hub_consumer(
 ) -> Any:
     """The hub's own consumer and writer on ``db``, built as the hub builds them.
 
-    ``fast``: ingest worker ``index`` (hub/ingest_worker.py, what ``edgefleet hub serve
-    --ingest-workers N`` starts: hub/fastsub.py into an inline writer, on the workers'
+    ``fast``: ingest worker ``index`` (hub/transport/workers.py, what ``edgefleet hub serve
+    --ingest-workers N`` starts: hub/transport/fastsub.py into an inline writer, on the workers'
     ``$share`` group). ``paho``: the hub process itself when it has no workers
-    (hub/mqtt.py ``HubMqtt`` with the hub's subscriptions, into ``Ingest`` with its writer
+    (hub/transport/link.py ``HubMqtt`` with the hub's subscriptions, into ``Ingest`` with its writer
     thread). Both refuse windows older than the hub's retention (``RAW_AGE_S``).
     """
-    from hub.broker import BrokerAddress
-    from hub.db import make_engine, sqlite_url
-    from hub.ingest import Ingest
-    from hub.ingest_worker import IngestWorker, WorkerConfig
-    from hub.mqtt import HubMqtt, hub_subscriptions
-    from hub.retention import RAW_AGE_S
+    from hub.ingest.writer import Ingest
+    from hub.store.tables import make_engine, sqlite_url
+    from hub.telemetry.retention import RAW_AGE_S
+    from hub.transport.broker import BrokerAddress
+    from hub.transport.link import HubMqtt, hub_subscriptions
+    from hub.transport.workers import IngestWorker, WorkerConfig
 
     consumer: Any
     if path == "fast":
@@ -339,8 +339,8 @@ def count_rows(db: Path) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hub.broker import Mosquitto
-    from hub.db import make_engine, sqlite_url
+    from hub.store.tables import make_engine, sqlite_url
+    from hub.transport.broker import Mosquitto
 
     if shutil.which("mosquitto_sub") is None:
         raise SystemExit("mosquitto_sub is not on PATH (apt-get install mosquitto-clients)")
@@ -432,7 +432,10 @@ def main(argv: list[str]) -> int:
         "--paths",
         choices=("both", "fast", "paho"),
         default="both",
-        help="hub consumer: hub/fastsub.py (fast), paho (hub/mqtt.py), or both in turn",
+        help=(
+            "hub consumer: hub/transport/fastsub.py (fast), paho (hub/transport/link.py),"
+            " or both in turn"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

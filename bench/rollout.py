@@ -2,7 +2,7 @@
 time Mosquitto alone needs to carry the same bytes to N plain clients.
 
 The parts are real: a private Mosquitto started from the hub's generated config
-(hub/broker.py, sized per DESIGN §8), the hub (``Hub``: SQLite, trust repository,
+(hub/transport/broker.py, sized per DESIGN §8), the hub (``Hub``: SQLite, trust repository,
 registry, its paho connection answering chunk fetches), a real ONNX model imported
 through the hub's pipeline (``Hub.build_and_publish(..., onnx_bytes=...)``) and the real
 agent code in virtual devices (simulator/fleet.py ``Fleet``, one selector loop per
@@ -109,8 +109,8 @@ def build_model(model_bytes: int, seed: int = 0) -> bytes:
 
 
 def deploy(hub: Any, model: str, version: int) -> str:
-    """Start an all-at-once rollout (hub/rollouts.py: one wave, no rate limit); its id."""
-    from hub.rollouts import RolloutSpec
+    """Start an all-at-once rollout (hub/fleet/rollouts.py: one wave, no rate limit); its id."""
+    from hub.fleet.rollouts import RolloutSpec
 
     return str(hub.rollouts.create(RolloutSpec(model=model, version=version)).id)
 
@@ -121,7 +121,7 @@ def rollout_reasons(hub: Any, rollout_id: str) -> dict[str, int]:
 
 
 def start_hub(work: Path, broker_url: str, chunk_size: int) -> Any:
-    from hub.service import Hub, HubConfig
+    from hub.app import Hub, HubConfig
 
     return Hub(
         HubConfig(data_dir=work / "hub", broker_url=broker_url, chunk_size=chunk_size)
@@ -130,7 +130,7 @@ def start_hub(work: Path, broker_url: str, chunk_size: int) -> Any:
 
 def publish_model(hub: Any, onnx: bytes) -> dict[str, Any]:
     """Import the ONNX file through the hub's pipeline, probation off; signed, registered."""
-    from hub.service import pipeline_config
+    from hub.app import pipeline_config
 
     config = pipeline_config(name=MODEL_NAME, probation_s=0.0, probation_min_inferences=0)
     return dict(hub.build_and_publish(config, onnx_bytes=onnx))
@@ -139,7 +139,7 @@ def publish_model(hub: Any, onnx: bytes) -> dict[str, Any]:
 def online_devices(hub: Any, prefix: str) -> int:
     from sqlmodel import col, func, select
 
-    from hub.db import Device, session
+    from hub.store.tables import Device, session
 
     with session(hub.engine) as s:
         q = select(func.count()).where(Device.status == "online", col(Device.id).startswith(prefix))
@@ -149,7 +149,7 @@ def online_devices(hub: Any, prefix: str) -> int:
 def last_healthy_ts(hub: Any, deployment_id: str) -> float | None:
     from sqlmodel import func, select
 
-    from hub.db import EventRecord, session
+    from hub.store.tables import EventRecord, session
 
     with session(hub.engine) as s:
         q = select(func.max(EventRecord.ts)).where(
@@ -687,7 +687,7 @@ def _device_report(finals: list[dict[str, Any]], t0: float) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hub.broker import Mosquitto
+    from hub.transport.broker import Mosquitto
     from shared import protocol
     from shared.chunks import chunk_count, iter_chunks
 

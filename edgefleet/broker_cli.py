@@ -1,7 +1,7 @@
 """``edgefleet broker config``: write a production Mosquitto config from the hub's CA.
 
 The CA lives in ``DATA_DIR/pki`` (created on first use); the broker's files go to
-``--out``. See hub/brokerconf.py for what the config contains and why.
+``--out``. See hub/transport/brokerconf.py for what the config contains and why.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the broker's files and print how to start it."""
-    from hub.brokerconf import write_broker_config
-    from hub.pki import CRL_VALIDITY, CertificateAuthority
+    from hub.transport.brokerconf import write_broker_config
+    from hub.trust.pki import CRL_VALIDITY, CertificateAuthority
 
     ca = CertificateAuthority.open_or_init(args.data_dir / "pki")
     out = args.out or args.data_dir / "broker-tls"

@@ -237,9 +237,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _hub_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from hub.api import create_app
-    from hub.auth import DEV_KEY
-    from hub.service import Hub, HubConfig
+    from hub.access.keys import DEV_KEY
+    from hub.api.main import create_app
+    from hub.app import Hub, HubConfig
 
     logging.getLogger().setLevel(logging.INFO)
     if args.dev:
@@ -276,9 +276,9 @@ def _hub_serve(args: argparse.Namespace) -> int:
 
 def _key_store(args: argparse.Namespace) -> Any:
     """The hub's API keys and audit log, from its database (as hub serve picks it)."""
-    from hub.audit import AuditLog
-    from hub.auth import ApiKeys
-    from hub.db import make_engine, sqlite_url
+    from hub.access.audit import AuditLog
+    from hub.access.keys import ApiKeys
+    from hub.store.tables import make_engine, sqlite_url
 
     if args.db is None:
         args.data.mkdir(parents=True, exist_ok=True)
@@ -288,8 +288,8 @@ def _key_store(args: argparse.Namespace) -> Any:
 
 def _apikey_create(args: argparse.Namespace) -> int:
     from edgefleet.local_audit import record
-    from hub.auth import CLI_ACTOR, Role
-    from hub.db import ApiKeyPublic
+    from hub.access.keys import CLI_ACTOR, Role
+    from hub.store.tables import ApiKeyPublic
 
     keys, _ = _key_store(args)
     new = keys.create(args.name, Role(args.role), created_by=CLI_ACTOR)
@@ -386,7 +386,7 @@ def _sim_run(args: argparse.Namespace) -> int:
         if args.summary:
             args.summary.write_text(text + "\n")
         return 0 if result["converged"] == result["devices"] else 1
-    from hub.broker import BrokerAddress
+    from hub.transport.broker import BrokerAddress
     from simulator.fleet import FleetConfig, run_fleet
 
     if args.broker is None:

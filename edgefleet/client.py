@@ -1,7 +1,7 @@
 """A Python client for the hub's admin API (httpx). The CLI and the demo use it.
 
 ``HubClient(url, api_key="ef_...")`` sends the key as ``Authorization: Bearer``; every
-route but ``/health`` and ``/enrol`` needs one (hub/api.py names the role of each).
+route but ``/health`` and ``/enrol`` needs one (hub/api/main.py names the role of each).
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ class HubClient:
         return dict(self._call("POST", "/deployments", json=body))
 
     def create_rollout(self, model: str, **spec: Any) -> dict[str, Any]:
-        """Start a rollout (operator); ``spec``: see hub/rollouts.py ``RolloutSpec``."""
+        """Start a rollout (operator); ``spec``: see hub/fleet/rollouts.py ``RolloutSpec``."""
         return dict(self._call("POST", "/rollouts", json={"model": model, **spec}))
 
     def rollouts(self) -> list[dict[str, Any]]:

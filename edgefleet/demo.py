@@ -24,11 +24,11 @@ from typing import Any
 
 import uvicorn
 
-from hub.api import create_app
-from hub.auth import DEV_KEY
-from hub.broker import free_port
 from edgefleet.client import HubClient
-from hub.service import Hub, HubConfig
+from hub.access.keys import DEV_KEY
+from hub.api.main import create_app
+from hub.app import Hub, HubConfig
+from hub.transport.broker import free_port
 from simulator.fleet import Fleet, FleetConfig
 
 log = logging.getLogger("edgefleet.demo")

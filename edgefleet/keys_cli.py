@@ -74,7 +74,7 @@ def register(subparsers: Any) -> None:
 
 
 def _open(args: argparse.Namespace, *, exclusive: bool = True, **kwargs: Any) -> Any:
-    from hub.repository import TrustRepository
+    from hub.trust.repository import TrustRepository
 
     return TrustRepository.open_or_init(
         args.data_dir / "trust", root_keys_dir=args.root_keys, exclusive=exclusive, **kwargs

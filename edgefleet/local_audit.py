@@ -15,9 +15,9 @@ def record(
     data_dir: Path, db: str | None, action: str, target: str, command: str, **change: Any
 ) -> None:
     """Append one audit record (``change``: ``before`` and/or ``after``)."""
-    from hub.audit import AuditLog
-    from hub.auth import CLI_ACTOR
-    from hub.db import AuditRecord, make_engine, sqlite_url
+    from hub.access.audit import AuditLog
+    from hub.access.keys import CLI_ACTOR
+    from hub.store.tables import AuditRecord, make_engine, sqlite_url
 
     if db is None:
         data_dir.mkdir(parents=True, exist_ok=True)

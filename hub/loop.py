@@ -2,14 +2,14 @@
 
 Per model and off by default (:class:`~hub.db.LoopPolicy`). When it is on, each tick:
 
-1. **start**: open drift alerts of the model (hub/drift.py) name devices; those not in a
+1. **start**: open drift alerts of the model (hub/telemetry/drift.py) name devices; those not in a
    run and not in their cool-down start a run (one run per model at a time), ``gather_s``
    after the first of them, so devices that drift together are treated together;
-2. **capturing**: a capture (hub/datasets.py) of up to ``capture_rows`` rows from each of
+2. **capturing**: a capture (hub/ml/datasets.py) of up to ``capture_rows`` rows from each of
    them, for ``capture_s`` seconds; its verified uploads become one dataset version;
-3. **retraining**: a retrain job (hub/retrain.py) on the version's training rows plus the
+3. **retraining**: a retrain job (hub/ml/retrain.py) on the version's training rows plus the
    captured labelled rows: quantised, gated, signed and published like any version;
-4. **deploying**: a rollout (hub/rollouts.py) of the new version to the drifted devices
+4. **deploying**: a rollout (hub/fleet/rollouts.py) of the new version to the drifted devices
    only, with a canary and the policy's failure gate (a halt rolls them back);
 5. **done** when the rollout completes; **failed**, with the reason, at any step that
    does not succeed.
@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlmodel import col, select
 
-from hub.datasets import DatasetError, attach
-from hub.db import AuditRecord, LoopPolicy, LoopRun, session
-from hub.drift import AlertInfo, open_alerts
-from hub.registry import RegistryError
-from hub.retrain import submit_retrain
-from hub.rollouts import RolloutError, RolloutSpec
+from hub.fleet.rollouts import RolloutError, RolloutSpec
+from hub.ml.datasets import DatasetError, attach
+from hub.ml.registry import RegistryError
+from hub.ml.retrain import submit_retrain
+from hub.store.tables import AuditRecord, LoopPolicy, LoopRun, session
+from hub.telemetry.drift import AlertInfo, open_alerts
 
 if TYPE_CHECKING:
-    from hub.service import Hub
+    from hub.app import Hub
 
 log = logging.getLogger(__name__)
 

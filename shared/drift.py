@@ -3,7 +3,7 @@
 
 A :class:`DriftSketch` summarises the rows one device saw in one window, on the bin
 edges of the model's baseline (the ``baseline`` field of the signed manifest, built by
-hub/pipeline.py ``baseline_stats``):
+hub/ml/pipeline.py ``baseline_stats``):
 
 - per input feature: counts on the baseline's bins plus an underflow bin (``x <
   edges[0]``, and NaN, which compares false with every edge) and an overflow bin (``x >

@@ -1,6 +1,6 @@
 """The model manifest: the custom fields of a TUF target, covered by its signature.
 
-The hub builds one per model version (hub/pipeline.py); the agent reads it only from
+The hub builds one per model version (hub/ml/pipeline.py); the agent reads it only from
 verified targets metadata. Everything a device needs to decide whether, how and when to
 install a model is here: identity and version, runtime needs, device classes, I/O schema,
 per-chunk hashes, drift baseline and the health check.

@@ -1,7 +1,7 @@
 """TUF trust on the device: verify staged metadata and files (DESIGN §4).
 
 Nothing here is home-made cryptography or a home-made update protocol: the hub builds and
-signs TUF metadata with ``tuf.api.metadata`` (hub/repository.py); the device verifies it
+signs TUF metadata with ``tuf.api.metadata`` (hub/trust/repository.py); the device verifies it
 with ``tuf.ngclient.Updater``, fed from the unverified staging area (files that arrived
 over MQTT) by a ``FetcherInterface`` that answers from memory.
 

@@ -67,9 +67,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.auth import DEV_KEY
-from hub.broker import Mosquitto, free_port
 from edgefleet.client import HubClient, HubClientError
+from hub.access.keys import DEV_KEY
+from hub.transport.broker import Mosquitto, free_port
 from simulator.drift import DriftError, DriftSchedule, DriftSpec
 from simulator.faults import FaultError, FaultInjector, FaultSpec
 from simulator.fleet import DeviceEvent, Fleet, FleetConfig

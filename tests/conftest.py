@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from hub.broker import Mosquitto
+from hub.transport.broker import Mosquitto
 
 
 @pytest.fixture(scope="session")

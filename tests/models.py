@@ -1,6 +1,6 @@
 """Real ONNX models for the agent's tests and benchmarks, built from the sensor dataset.
 
-The hub's pipeline (hub/pipeline.py) trains and quantises the production model; these
+The hub's pipeline (hub/ml/pipeline.py) trains and quantises the production model; these
 builders make models of the same shape here so the agent's tests do not depend on it:
 input ``input`` float32 [None, 16], outputs ``label`` int64 [None] and ``probabilities``
 float32 [None, 4] (skl2onnx with ``zipmap`` off).

@@ -19,11 +19,11 @@ from fastapi.routing import APIRoute
 from agent.identity import DeviceIdentity
 from edgefleet.cli import main as cli
 from edgefleet.demo import ApiServer
-from hub.api import create_app
-from hub.auth import DEV_KEY, ApiKeys, Role
-from hub.broker import Mosquitto
-from hub.db import Device, session
-from hub.service import Hub, HubConfig
+from hub.access.keys import DEV_KEY, ApiKeys, Role
+from hub.api.main import create_app
+from hub.app import Hub, HubConfig
+from hub.store.tables import Device, session
+from hub.transport.broker import Mosquitto
 
 pytestmark = [pytest.mark.broker]
 

@@ -27,9 +27,9 @@ from tuf.api.metadata import Metadata
 from update_rig import UpdateRig
 
 from agent.device import Device
-from hub.pipeline import BuiltModel, train
-from hub.repository import Expiry
-from hub.service import pipeline_config
+from hub.app import pipeline_config
+from hub.ml.pipeline import BuiltModel, train
+from hub.trust.repository import Expiry
 from shared import protocol
 from shared.reasons import Reason
 

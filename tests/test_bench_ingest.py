@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.broker import Mosquitto
+from hub.transport.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
 

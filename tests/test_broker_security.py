@@ -1,4 +1,4 @@
-"""The generated TLS broker config (hub/brokerconf.py) against a real Mosquitto.
+"""The generated TLS broker config (hub/transport/brokerconf.py) against a real Mosquitto.
 
 Each test shows what a client sees: a device reaches only its own topics, cannot pose as
 the hub or another device, and the broker refuses clients without a certificate from the
@@ -35,10 +35,10 @@ from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
 from edgefleet import broker_cli
-from hub.broker import BrokerAddress, free_port
-from hub.brokerconf import BrokerFiles, TlsMosquitto, write_broker_config
-from hub.pki import CertificateAuthority
-from hub.service import Hub, HubConfig, check_broker_transport
+from hub.app import Hub, HubConfig, check_broker_transport
+from hub.transport.broker import BrokerAddress, free_port
+from hub.transport.brokerconf import BrokerFiles, TlsMosquitto, write_broker_config
+from hub.trust.pki import CertificateAuthority
 from shared.atomic import write_atomic
 from shared.protocol import MAX_BLOB_BYTES
 

@@ -13,11 +13,11 @@ import pytest
 from waiting import wait_for
 
 from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
-from edgefleet.demo import ApiServer
-from hub.auth import ApiKeys, Role
-from hub.broker import Mosquitto, free_port
 from edgefleet.client import HubClient
-from hub.service import Hub, HubConfig
+from edgefleet.demo import ApiServer
+from hub.access.keys import ApiKeys, Role
+from hub.app import Hub, HubConfig
+from hub.transport.broker import Mosquitto, free_port
 from shared.sensors import generate
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

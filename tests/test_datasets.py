@@ -20,13 +20,13 @@ from waiting import wait_for
 
 from agent.capture import Reservoir, Sample, decode_sample, encode_sample, upload_messages
 from agent.events import CaptureEnded
-from edgefleet.demo import ApiServer
-from hub.audit import AuditLog
-from hub.auth import ApiKeys, Role
-from hub.broker import Mosquitto
 from edgefleet.client import HubClient
-from hub.datasets import Datasets, attach
-from hub.service import Hub, HubConfig
+from edgefleet.demo import ApiServer
+from hub.access.audit import AuditLog
+from hub.access.keys import ApiKeys, Role
+from hub.app import Hub, HubConfig
+from hub.ml.datasets import Datasets, attach
+from hub.transport.broker import Mosquitto
 from shared import protocol
 from shared.reasons import Reason
 from simulator.fleet import Fleet, FleetConfig

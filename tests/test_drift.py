@@ -1,4 +1,5 @@
-"""Fleet drift on the hub (hub/drift.py, hub/api_drift.py): the persistence rule per
+"""Fleet drift on the hub (hub/telemetry/drift.py, hub/api/routes/drift.py): the persistence
+rule per
 device, group and fleet scopes over real SQLite, and end to end with a real Mosquitto, a
 real hub and simulated devices running the real agent, some with a covariate shift."""
 
@@ -15,14 +16,14 @@ from sqlalchemy import Engine
 from waiting import wait_for
 
 from agent.drift import DriftRecorder
-from edgefleet.demo import ApiServer
-from hub.auth import ApiKeys, Role
-from hub.broker import Mosquitto
 from edgefleet.client import HubClient
-from hub.db import DeviceTag, make_engine, session, sqlite_url
-from hub.drift import DriftMonitor, Policy, open_alerts
-from hub.pipeline import baseline_stats
-from hub.service import Hub, HubConfig
+from edgefleet.demo import ApiServer
+from hub.access.keys import ApiKeys, Role
+from hub.app import Hub, HubConfig
+from hub.ml.pipeline import baseline_stats
+from hub.store.tables import DeviceTag, make_engine, session, sqlite_url
+from hub.telemetry.drift import DriftMonitor, Policy, open_alerts
+from hub.transport.broker import Mosquitto
 from shared.sensors import CLASSES, FEATURES, Shift, generate
 from simulator.fleet import Fleet, FleetConfig
 
@@ -318,6 +319,6 @@ def test_shifted_simulated_devices_raise_alerts_end_to_end(
 
 
 def hub_audit(hub: Hub) -> list[Any]:
-    from hub.audit import AuditLog
+    from hub.access.audit import AuditLog
 
     return AuditLog(hub.engine).query(action="drift.set_policy")

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from hub.pipeline import CLASSES, FEATURES, Dataset, PipelineConfig, builtin_dataset, evaluate
-from hub.pipeline import train as train_model
+from hub.ml.pipeline import CLASSES, FEATURES, Dataset, PipelineConfig, builtin_dataset, evaluate
+from hub.ml.pipeline import train as train_model
 from shared.drift import psi
 from shared.sensors import Regime, SensorStream, generate
 from simulator.drift import DriftError, DriftSpec

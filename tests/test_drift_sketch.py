@@ -17,7 +17,7 @@ from agent.core import AgentCore, CoreConfig
 from agent.drift import DriftRecorder
 from agent.events import Publish, Tick
 from agent.telemetry import InferenceStats
-from hub.pipeline import baseline_stats
+from hub.ml.pipeline import baseline_stats
 from shared import protocol
 from shared.drift import (
     OUTPUTS,

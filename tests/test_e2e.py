@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from waiting import wait_for
 
-from edgefleet.demo import ApiServer
-from hub.auth import ApiKeys, Role
-from hub.broker import Mosquitto
 from edgefleet.client import HubClient
-from hub.service import Hub, HubConfig
+from edgefleet.demo import ApiServer
+from hub.access.keys import ApiKeys, Role
+from hub.app import Hub, HubConfig
+from hub.transport.broker import Mosquitto
 from shared.reasons import Reason
 from shared.sensors import generate
 from simulator.fleet import Fleet, FleetConfig

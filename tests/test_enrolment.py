@@ -21,14 +21,14 @@ import pytest
 from waiting import wait_for
 
 from agent.daemon import AgentConfig, AgentDaemon, enrol
-from edgefleet.demo import ApiServer
-from hub.auth import DEV_KEY
-from hub.broker import Mosquitto, free_port
-from hub.brokerconf import TlsMosquitto, write_broker_config
 from edgefleet.client import HubClient, HubClientError
-from hub.identities import CRL_REPUBLISH_S
-from hub.pki import CertificateAuthority
-from hub.service import Hub, HubConfig
+from edgefleet.demo import ApiServer
+from hub.access.keys import DEV_KEY
+from hub.app import Hub, HubConfig
+from hub.transport.broker import Mosquitto, free_port
+from hub.transport.brokerconf import TlsMosquitto, write_broker_config
+from hub.trust.identities import CRL_REPUBLISH_S
+from hub.trust.pki import CertificateAuthority
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""hub/fastsub.py: the subscribe-only MQTT client of the hub's ingest processes.
+"""hub/transport/fastsub.py: the subscribe-only MQTT client of the hub's ingest processes.
 
 Against the real Mosquitto of tests/conftest.py, except where a broker cannot be made
 to misbehave: the malformed-packet tests script a fake broker on a local socket (as
@@ -22,12 +22,12 @@ import pytest
 from tlsbroker import TlsClient, enrol
 from waiting import wait_for
 
-from hub.broker import BrokerAddress, Mosquitto, TlsIdentity, free_port
-from hub.brokerconf import TlsMosquitto, write_broker_config
-from hub.db import make_engine, sqlite_url
-from hub.fastsub import ConnectRefused, FastSubscriber, IngestSubscriber
-from hub.ingest import Ingest
-from hub.pki import CertificateAuthority
+from hub.ingest.writer import Ingest
+from hub.store.tables import make_engine, sqlite_url
+from hub.transport.broker import BrokerAddress, Mosquitto, TlsIdentity, free_port
+from hub.transport.brokerconf import TlsMosquitto, write_broker_config
+from hub.transport.fastsub import ConnectRefused, FastSubscriber, IngestSubscriber
+from hub.trust.pki import CertificateAuthority
 from shared import protocol
 
 pytestmark = pytest.mark.broker
@@ -168,7 +168,8 @@ def test_keepalive_pings_keep_an_idle_connection_up(
 
 
 def test_tls_with_a_client_certificate(tmp_path: Path) -> None:
-    """mqtts: the hub's certificate against the generated TLS broker (hub/brokerconf.py)."""
+    """mqtts: the hub's certificate against the generated TLS broker
+    (hub/transport/brokerconf.py)."""
     ca = CertificateAuthority.open_or_init(tmp_path / "pki")
     user = pwd.getpwuid(os.geteuid()).pw_name  # started as root it would switch users
     files = write_broker_config(tmp_path / "broker", ca, port=free_port(), user=user)

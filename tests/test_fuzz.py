@@ -9,7 +9,7 @@ what is installed, and never stops the messages behind it. Targets:
 - ``agent/core.py``: ``AgentCore.handle(MessageArrived)`` idle with models installed, and
   mid-job in the ``meta``, ``chunks`` and ``probation`` phases;
 - ``agent/device.py``: ``Device.message`` over a real store on disk;
-- ``hub/mqtt.py``: ``HubMqtt._on_message`` with paho messages, a real ``Ingest`` on SQLite
+- ``hub/transport/link.py``: ``HubMqtt._on_message`` with paho messages, a real ``Ingest`` on SQLite
   behind it, and the ingest writer with hostile report bodies.
 
 Payloads come from tests/fuzzing.py (a seeded mutation fuzzer, for volume) and from
@@ -71,13 +71,13 @@ from agent.events import Done, MessageArrived, MetadataVerified, Publish, Tick
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
 from agent.telemetry import InferenceStats
-from hub.artifacts import ArtifactStore
-from hub.broker import BrokerAddress
-from hub.db import ModelVersion, Telemetry, make_engine, session, sqlite_url
-from hub.ingest import Ingest
-from hub.mqtt import HubMqtt
-from hub.registry import Registry
-from hub.repository import TrustRepository
+from hub.ingest.writer import Ingest
+from hub.ml.registry import Registry
+from hub.store.artifacts import ArtifactStore
+from hub.store.tables import ModelVersion, Telemetry, make_engine, session, sqlite_url
+from hub.transport.broker import BrokerAddress
+from hub.transport.link import HubMqtt
+from hub.trust.repository import TrustRepository
 from shared import protocol
 from shared.director import CommandError, DirectorKeys, verify_command
 from shared.manifest import Manifest, TensorSpec

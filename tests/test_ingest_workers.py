@@ -1,4 +1,4 @@
-"""Ingest workers (hub/ingest_worker.py): processes that take the telemetry through a
+"""Ingest workers (hub/transport/workers.py): processes that take the telemetry through a
 ``$share`` subscription, against a real Mosquitto, with a real hub and simulated devices.
 
 The plain-TCP case runs the whole hub (``HubConfig(ingest_workers=2)``, as `edgefleet hub
@@ -19,12 +19,12 @@ import pytest
 from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
-from hub.broker import Mosquitto, free_port
-from hub.brokerconf import TlsMosquitto, write_broker_config
-from hub.db import sqlite_url
-from hub.ingest_worker import IngestWorker, WorkerConfig
-from hub.pki import CertificateAuthority
-from hub.service import Hub, HubConfig
+from hub.app import Hub, HubConfig
+from hub.store.tables import sqlite_url
+from hub.transport.broker import Mosquitto, free_port
+from hub.transport.brokerconf import TlsMosquitto, write_broker_config
+from hub.transport.workers import IngestWorker, WorkerConfig
+from hub.trust.pki import CertificateAuthority
 from shared import protocol
 from simulator.fleet import Fleet, FleetConfig
 

@@ -13,12 +13,12 @@ from freezegun import freeze_time
 from update_rig import UpdateRig
 
 from edgefleet.cli import main
-from hub.audit import AuditLog
-from hub.auth import CLI_ACTOR
-from hub.db import make_engine, sqlite_url
-from hub.pipeline import BuiltModel, train
-from hub.repository import RepositoryError, TrustRepository
-from hub.service import pipeline_config
+from hub.access.audit import AuditLog
+from hub.access.keys import CLI_ACTOR
+from hub.app import pipeline_config
+from hub.ml.pipeline import BuiltModel, train
+from hub.store.tables import make_engine, sqlite_url
+from hub.trust.repository import RepositoryError, TrustRepository
 from shared.reasons import Reason
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The closed loop's policy through the API (hub/loop.py, hub/api_loop.py).
+"""The closed loop's policy through the API (hub/loop.py, hub/api/routes/loop.py).
 
 A real hub (SQLite, trust repository, a real Mosquitto) and a real trained model. The
 whole loop, alert -> capture -> retrain -> canary, runs against a simulated fleet in
@@ -15,12 +15,12 @@ from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
 from waiting import wait_for
 
-from hub.auth import Role
-from hub.broker import Mosquitto
-from hub.datasets import attach
-from hub.db import DriftAlert, Job, make_engine, session, sqlite_url
-from hub.jobs import Jobs
-from hub.service import pipeline_config
+from hub.access.keys import Role
+from hub.app import pipeline_config
+from hub.ml.datasets import attach
+from hub.ml.jobs import Jobs
+from hub.store.tables import DriftAlert, Job, make_engine, session, sqlite_url
+from hub.transport.broker import Mosquitto
 
 pytestmark = pytest.mark.broker
 
@@ -103,7 +103,7 @@ def test_a_run_whose_capture_gets_nothing_fails_visibly_and_audited(stage: Stage
     policy = {"enabled": True, "capture_s": 0.5, "gather_s": 0, "cooldown_s": 0}
     assert operator.put("/loop/policies/press", json=policy).status_code == 200
     attach(stage.hub).grace_s = 0.5  # seconds after the capture for uploads to arrive
-    with session(stage.hub.engine) as s:  # what hub/drift.py opens on a drifting device
+    with session(stage.hub.engine) as s:  # what hub/telemetry/drift.py opens on a drifting device
         s.add(
             DriftAlert(
                 model="press", version=1, scope="device", scope_id="ghost-1",

@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hub.broker import Mosquitto
+from hub.transport.broker import Mosquitto
 from simulator import mqttloop
 from simulator.mqttloop import ClientHandle, MqttLoop, MqttLoopError, Will
 

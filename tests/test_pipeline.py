@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from hub.pipeline import (
+from hub.ml.pipeline import (
     BuiltModel,
     ConfigError,
     GateError,

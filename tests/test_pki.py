@@ -1,4 +1,4 @@
-"""The hub's CA (hub/pki.py) and the device's identity (agent/identity.py), no broker."""
+"""The hub's CA (hub/trust/pki.py) and the device's identity (agent/identity.py), no broker."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.identity import DeviceIdentity, IdentityError
-from hub.db import make_engine, sqlite_url
-from hub.identities import CRL_REPUBLISH_S, Identities
-from hub.pki import CRL_VALIDITY, CertificateAuthority, PkiError
+from hub.store.tables import make_engine, sqlite_url
+from hub.trust.identities import CRL_REPUBLISH_S, Identities
+from hub.trust.pki import CRL_VALIDITY, CertificateAuthority, PkiError
 
 
 @pytest.fixture

@@ -19,7 +19,10 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
-from hub.db import (
+from hub.fleet.rollouts import RECONCILE_GRACE_S, Rollouts, RolloutSpec, _spec_dict
+from hub.ingest.writer import Ingest, Report
+from hub.ml.registry import Registry
+from hub.store.tables import (
     Device,
     EventRecord,
     Rollout,
@@ -28,10 +31,7 @@ from hub.db import (
     session,
     sqlite_url,
 )
-from hub.ingest import Ingest, Report
-from hub.mqtt import HubMqtt
-from hub.registry import Registry
-from hub.rollouts import RECONCILE_GRACE_S, Rollouts, RolloutSpec, _spec_dict
+from hub.transport.link import HubMqtt
 from shared import protocol
 
 T0 = 1_000_000.0
@@ -256,7 +256,7 @@ def test_a_pause_earns_no_rate_credit(bench: Bench) -> None:
 
 
 def test_one_batch_applies_events_and_read_back_outcomes_in_order(bench: Bench) -> None:
-    """hub/progress.py loads a batch's rows once: several messages about the same
+    """hub/fleet/progress.py loads a batch's rows once: several messages about the same
     device in one batch still apply in arrival order, and an outcome is recorded once."""
     start(bench, {"a": 0, "b": 0})
     bench.tick()

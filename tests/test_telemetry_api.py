@@ -21,15 +21,15 @@ from sqlmodel import select
 from waiting import wait_for
 
 from agent.telemetry import InferenceStats, LatencyHistogram
-from edgefleet.demo import ApiServer
-from hub.auth import ApiKeys, Role
-from hub.broker import Mosquitto
 from edgefleet.client import HubClient, HubClientError
-from hub.db import DriftWindow, Telemetry, make_engine, session, sqlite_url
-from hub.ingest import Ingest, Report
-from hub.retention import RetentionPolicy, run_retention
-from hub.service import Hub, HubConfig
-from hub.telemetry import series
+from edgefleet.demo import ApiServer
+from hub.access.keys import ApiKeys, Role
+from hub.app import Hub, HubConfig
+from hub.ingest.writer import Ingest, Report
+from hub.store.tables import DriftWindow, Telemetry, make_engine, session, sqlite_url
+from hub.telemetry.queries import series
+from hub.telemetry.retention import RetentionPolicy, run_retention
+from hub.transport.broker import Mosquitto
 from shared import protocol
 
 T0 = 1_700_000_000.0  # a fixed epoch for the synthetic windows

@@ -1,8 +1,8 @@
 """Telemetry through a broker outage, a spool replay and a kill -9, on a real Mosquitto.
 
 Devices are the simulator's virtual devices (the agent's own Device, core and spool) with
-a short telemetry window; the hub side is the real consumer (hub/mqtt.py) and writer
-(hub/ingest.py) on a SQLite file. The broker is really stopped for the outage:
+a short telemetry window; the hub side is the real consumer (hub/transport/link.py) and writer
+(hub/ingest/writer.py) on a SQLite file. The broker is really stopped for the outage:
 three minutes, as the issue asks (``EF_OUTAGE_S`` changes it, e.g. 20 while working on
 the spool).
 """
@@ -28,11 +28,11 @@ from waiting import wait_for
 
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
-from hub.broker import BrokerAddress, Mosquitto
-from hub.db import make_engine, sqlite_url
-from hub.ingest import Ingest, Report
-from hub.mqtt import HubMqtt
-from hub.repository import TrustRepository
+from hub.ingest.writer import Ingest, Report
+from hub.store.tables import make_engine, sqlite_url
+from hub.transport.broker import BrokerAddress, Mosquitto
+from hub.transport.link import HubMqtt
+from hub.trust.repository import TrustRepository
 from shared import protocol
 from simulator.fleet import Fleet, FleetConfig
 
@@ -282,10 +282,10 @@ HUB_CHILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from hub.broker import BrokerAddress
-    from hub.db import make_engine, sqlite_url
-    from hub.ingest import Ingest
-    from hub.mqtt import HubMqtt
+    from hub.transport.broker import BrokerAddress
+    from hub.store.tables import make_engine, sqlite_url
+    from hub.ingest.writer import Ingest
+    from hub.transport.link import HubMqtt
     port, db = int(sys.argv[1]), Path(sys.argv[2])
     ingest = Ingest(make_engine(sqlite_url(db)))
     ingest.start()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from hub.repository import Expiry, TrustRepository
+from hub.trust.repository import Expiry, TrustRepository
 from shared.reasons import Reason
 from shared.trust import DeviceVerifier, TrustError, VerifiedTarget
 

@@ -14,8 +14,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.identity import DeviceIdentity
-from hub.brokerconf import BrokerFiles
-from hub.pki import CertificateAuthority, IssuedCert
+from hub.transport.brokerconf import BrokerFiles
+from hub.trust.pki import CertificateAuthority, IssuedCert
 
 WAIT_S = 5.0  # seconds to wait for a CONNACK, SUBACK or PUBACK
 

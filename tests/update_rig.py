@@ -1,6 +1,6 @@
 """A hub and one device wired back to back, with an attacker on the wire between them.
 
-The hub side is the real thing minus MQTT: a TUF repository (hub/repository.py), the
+The hub side is the real thing minus MQTT: a TUF repository (hub/trust/repository.py), the
 model registry on a SQLite file, and the same fetch answering the hub's MQTT client uses
 (``hub.mqtt.answer_fetch``). The device is the real ``agent.device.Device`` with its
 files on disk, its TUF verifier and onnxruntime. Messages go through in-memory queues so
@@ -25,13 +25,13 @@ from agent.core import CoreConfig
 from agent.device import Device
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
-from hub.artifacts import ArtifactStore
-from hub.db import make_engine, sqlite_url
-from hub.mqtt import answer_fetch
-from hub.pipeline import BuiltModel
-from hub.registry import Registry
-from hub.repository import Expiry, TrustRepository
-from hub.service import pipeline_config
+from hub.app import pipeline_config
+from hub.ml.pipeline import BuiltModel
+from hub.ml.registry import Registry
+from hub.store.artifacts import ArtifactStore
+from hub.store.tables import make_engine, sqlite_url
+from hub.transport.link import answer_fetch
+from hub.trust.repository import Expiry, TrustRepository
 from shared import protocol
 from shared.director import sign_command
 from shared.sensors import generate

@@ -1,0 +1,138 @@
+"""Admin API: data captures, dataset versions, and retraining on them (docs/capture.md)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException, Query
+from pydantic import BaseModel, Field
+from sqlmodel import select
+
+from hub.access.keys import Operator, Viewer
+from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.ml.datasets import DatasetError, attach
+from hub.ml.registry import RegistryError
+from hub.ml.retrain import MAX_CAPTURED_WEIGHT, submit_retrain
+from hub.store.tables import DatasetVersion, DeviceTag, session
+from shared import protocol
+
+TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class CaptureRequest(BaseModel):
+    model: str = Field(min_length=1, max_length=64)
+    devices: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    group: str | None = Field(None, pattern=TAG)  # every device tagged with it
+    rows: int = Field(1000, ge=1, le=protocol.MAX_CAPTURE_ROWS)  # per device
+    duration_s: float | None = Field(None, gt=0, le=protocol.MAX_CAPTURE_S)
+    windows: int | None = Field(None, ge=1, le=protocol.MAX_CAPTURE_WINDOWS)
+    seed: int = Field(0, ge=0, le=MAX_INT)
+
+
+class RetrainRequest(BaseModel):
+    datasets: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        min_length=1, max_length=64
+    )
+    holdout_fraction: float = Field(0.25, gt=0, lt=1)
+    captured_weight: int = Field(1, ge=1, le=MAX_CAPTURED_WEIGHT)
+    seed: int | None = Field(None, ge=0, le=MAX_INT)
+
+
+def dataset_routes(app: FastAPI) -> None:
+    if getattr(app.state.hub, "_started", False):
+        # Wire uploads now, not at the first capture call: a restarted hub must take the
+        # uploads of captures it asked for before (until Hub.start does this itself).
+        attach(app.state.hub)
+
+    @app.post("/captures", name="capture.create", status_code=201, responses=DENIALS)
+    def create_capture(
+        h: HubDep, who: Operator, audit: Audit, req: Annotated[CaptureRequest, Body()]
+    ) -> dict[str, Any]:
+        """Ask devices (a list, or a group) for a sample of their model's rows."""
+        devices = _devices(h, req)
+        try:
+            h.registry.get(req.model)
+        except RegistryError as e:
+            raise HTTPException(404, str(e)) from e
+        try:
+            capture_id = attach(h).start_capture(
+                req.model,
+                devices,
+                req.rows,
+                req.duration_s,
+                windows=req.windows,
+                seed=req.seed,
+                created_by=who.keyid,
+            )
+        except DatasetError as e:
+            raise HTTPException(422, e.detail) from e
+        status = attach(h).capture(capture_id)
+        audit.change(
+            capture_id,
+            after={k: status[k] for k in ("model", "max_rows", "duration_s", "windows")}
+            | {"devices": len(devices)},
+        )
+        return status
+
+    @app.get("/captures/{capture_id}", name="capture.get", responses=DENIALS)
+    def get_capture(capture_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
+        """The capture, each device's status, and the dataset it produced (when done)."""
+        try:
+            return attach(h).capture(capture_id)
+        except DatasetError as e:
+            raise HTTPException(404, e.detail) from e
+
+    @app.get(
+        "/datasets", name="dataset.list", response_model=list[DatasetVersion], responses=DENIALS
+    )
+    def list_datasets(
+        h: HubDep, who: Viewer, model: Annotated[str | None, Query(max_length=64)] = None
+    ) -> list[Any]:
+        return attach(h).datasets(model)
+
+    @app.get(
+        "/datasets/{dataset_id}",
+        name="dataset.get",
+        response_model=DatasetVersion,
+        responses=DENIALS,
+    )
+    def get_dataset(dataset_id: str, h: HubDep, who: Viewer) -> Any:
+        try:
+            return attach(h).dataset_row(dataset_id)
+        except DatasetError as e:
+            raise HTTPException(404, e.detail) from e
+
+    @app.post("/models/{name}/retrain", name="model.retrain", status_code=202, responses=DENIALS)
+    def retrain_model(
+        name: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[RetrainRequest, Body()]
+    ) -> dict[str, Any]:
+        """Retrain on the model's baseline rows plus the datasets' labelled rows (a job)."""
+        try:
+            job = submit_retrain(
+                h,
+                name,
+                req.datasets,
+                holdout_fraction=req.holdout_fraction,
+                captured_weight=req.captured_weight,
+                seed=req.seed,
+            )
+        except (RegistryError, DatasetError) as e:
+            raise HTTPException(404, str(e)) from e
+        audit.change(job.id, after={"job": job.id, "model": name, **req.model_dump()})
+        fields = ("id", "kind", "status", "stage", "progress", "error")
+        return {f: getattr(job, f) for f in fields} | {"result": None}
+
+
+def _devices(h: Any, req: CaptureRequest) -> list[str]:
+    if (req.devices is None) == (req.group is None):
+        raise HTTPException(422, "name the devices or a group (one of them)")
+    if req.devices is not None:
+        bad = [d for d in req.devices if not protocol.is_device_id(d)]
+        if bad:
+            raise HTTPException(422, f"invalid device id(s): {bad[:5]}")
+        return req.devices
+    with session(h.engine) as s:
+        members = list(s.exec(select(DeviceTag.device_id).where(DeviceTag.tag == req.group)))
+    if not members:
+        raise HTTPException(404, f"no device in group {req.group!r}")
+    return members

@@ -1,0 +1,106 @@
+"""Admin API: fleet drift (per-feature PSI/JS per device, group or fleet), alerts, the
+drift event stream, and each model's drift policy (hub/telemetry/drift.py has the rules)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from fastapi import Body, FastAPI, HTTPException, Path, Query
+from pydantic import BaseModel, Field
+
+from hub.access.keys import Operator, Viewer
+from hub.api.deps import DENIALS, Audit, HubDep
+from hub.telemetry.drift import Policy
+from hub.telemetry.drift import open_alerts as _open_alerts
+
+MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SCOPE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # a device id or a tag
+LIMIT_MAX = 1000  # rows per page of alerts or events
+
+
+class PolicyRequest(BaseModel):
+    psi_threshold: float = Field(0.2, gt=0, le=100)
+    js_threshold: float = Field(0.1, gt=0, le=1)
+    k: int = Field(2, ge=1, le=100)
+    n: int = Field(3, ge=1, le=100)
+    min_rows: int = Field(500, ge=1, le=10**9)
+    scope_window_s: float = Field(60.0, gt=0, le=7 * 86400)
+
+
+def open_alerts(hub: Any, model: str | None = None) -> list[dict[str, Any]]:
+    """Open alerts as plain dicts (for tools and benchmarks that hold a running ``Hub``):
+    hub/telemetry/drift.py ``AlertInfo`` fields, plus ``key`` (the scope id) and ``device`` (the
+    device id of a device-scope alert, else None)."""
+    return [
+        {**asdict(a), "key": a.scope_id, "device": a.scope_id if a.scope == "device" else None}
+        for a in _open_alerts(hub.engine, model)
+    ]
+
+
+def drift_routes(app: FastAPI) -> None:
+    @app.get("/drift/models/{model}", name="drift.get", responses=DENIALS)
+    def drift(
+        model: Annotated[str, Path(pattern=MODEL)],
+        h: HubDep,
+        who: Viewer,
+        scope: Literal["device", "group", "fleet"] = "fleet",
+        id: Annotated[str | None, Query(pattern=SCOPE_ID)] = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> dict[str, Any]:
+        """Per model version: windows, devices, rows and per-feature PSI/JS of the merged
+        sketches of one device (``id``), one group (tag ``id``) or the fleet, over
+        ``[since, until]`` (epoch seconds; open ends by default)."""
+        if scope != "fleet" and id is None:
+            raise HTTPException(422, f"scope {scope} needs an id")
+        return h.ingest.drift.report(model, scope, id, since, until)
+
+    @app.get("/drift/alerts", name="drift.alerts", responses=DENIALS)
+    def alerts(
+        h: HubDep,
+        who: Viewer,
+        state: Literal["open", "cleared"] | None = None,
+        model: Annotated[str | None, Query(pattern=MODEL)] = None,
+        limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
+    ) -> list[dict[str, Any]]:
+        """Drift alerts, newest first: scope, devices, drifted features, latest scores."""
+        rows = h.ingest.drift.alerts(state=state, model=model, limit=limit)
+        return [a.model_dump() for a in rows]
+
+    @app.get("/drift/events", name="drift.events", responses=DENIALS)
+    def events(
+        h: HubDep,
+        who: Viewer,
+        since: float | None = None,
+        model: Annotated[str | None, Query(pattern=MODEL)] = None,
+        limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
+    ) -> list[dict[str, Any]]:
+        """The drift event stream, oldest first from ``since``: alerts raised and cleared."""
+        rows = h.ingest.drift.events(since=since, model=model, limit=limit)
+        return [e.model_dump() for e in rows]
+
+    @app.get("/drift/policies/{model}", name="drift.policy", responses=DENIALS)
+    def get_policy(
+        model: Annotated[str, Path(pattern=MODEL)], h: HubDep, who: Viewer
+    ) -> dict[str, Any]:
+        """The model's thresholds and persistence rule (the defaults until one is set)."""
+        return {"model": model, **asdict(h.ingest.drift.policy(model))}
+
+    @app.put("/drift/policies/{model}", name="drift.set_policy", responses=DENIALS)
+    def set_policy(
+        model: Annotated[str, Path(pattern=MODEL)],
+        h: HubDep,
+        who: Operator,
+        audit: Audit,
+        req: Annotated[PolicyRequest, Body()],
+    ) -> dict[str, Any]:
+        """Replace the model's drift policy; alerts follow it from the next window."""
+        try:
+            policy = Policy(**req.model_dump())
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from e
+        before = asdict(h.ingest.drift.policy(model))
+        h.ingest.drift.set_policy(model, policy, by=who.keyid)
+        audit.change(model, before=before, after=asdict(policy))
+        return {"model": model, **asdict(policy)}

@@ -1,0 +1,77 @@
+"""Admin API: a model's closed-loop policy, and the runs of the loop (hub/loop.py)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from hub.access.keys import Operator, Viewer
+from hub.api.deps import DENIALS, Audit, HubDep
+from hub.loop import (
+    MAX_CAPTURE_ROWS,
+    MAX_CAPTURE_S,
+    MAX_GATHER_S,
+    RUNS_LIMIT,
+    LoopError,
+    PolicySettings,
+)
+from hub.ml.registry import RegistryError
+
+MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class LoopPolicyRequest(BaseModel):
+    enabled: bool = False
+    capture_rows: int = Field(2000, ge=1, le=MAX_CAPTURE_ROWS)
+    capture_s: float = Field(60.0, gt=0, le=MAX_CAPTURE_S)
+    canary_percent: float = Field(50.0, ge=0, le=100)
+    waves: int = Field(1, ge=1, le=1000)
+    max_failure_ratio: float = Field(0.2, ge=0, le=1)
+    min_sample: int = Field(1, ge=1, le=100_000)
+    cooldown_s: float = Field(600.0, ge=0, le=30 * 86400)
+    gather_s: float = Field(10.0, ge=0, le=MAX_GATHER_S)
+
+
+def loop_routes(app: FastAPI) -> None:
+    @app.get("/loop/policies/{name}", name="loop.policy.get", responses=DENIALS)
+    def get_policy(name: str, h: HubDep, who: Viewer) -> dict[str, Any]:
+        """The model's closed-loop policy (off unless an operator turned it on)."""
+        return h.loop.policy(name).model_dump()
+
+    @app.put("/loop/policies/{name}", name="loop.policy.set", responses=DENIALS)
+    def set_policy(
+        name: str,
+        h: HubDep,
+        who: Operator,
+        audit: Audit,
+        req: Annotated[LoopPolicyRequest, Body()],
+    ) -> dict[str, Any]:
+        """Turn the loop on or off for a model, and say how it captures and deploys."""
+        before = h.loop.policy(name).model_dump(exclude={"updated_at", "updated_by"})
+        try:
+            row = h.loop.set_policy(name, PolicySettings(**req.model_dump()), by=who.keyid)
+        except RegistryError as e:
+            raise HTTPException(404, str(e)) from e
+        except LoopError as e:
+            raise HTTPException(422, str(e)) from e
+        audit.change(name, before=before, after=req.model_dump())
+        return row.model_dump()
+
+    @app.get("/loop/runs", name="loop.runs", responses=DENIALS)
+    def runs(
+        h: HubDep,
+        who: Viewer,
+        model: Annotated[str | None, Query(pattern=MODEL)] = None,
+        limit: Annotated[int, Query(ge=1, le=RUNS_LIMIT)] = RUNS_LIMIT,
+    ) -> list[dict[str, Any]]:
+        """Runs of the loop, newest first, each with its steps."""
+        return [r.model_dump() for r in h.loop.runs(model, limit)]
+
+    @app.get("/loop/runs/{run_id}", name="loop.run", responses=DENIALS)
+    def run(run_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
+        try:
+            return h.loop.run(run_id).model_dump()
+        except LoopError as e:
+            raise HTTPException(404, str(e)) from e

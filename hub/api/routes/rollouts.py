@@ -1,0 +1,158 @@
+"""Admin API: rollouts (canary, waves, rate, gate, halt with rollback) and device tags."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, HTTPException
+from pydantic import BaseModel, Field
+
+from hub.access.keys import Operator, Viewer
+from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.fleet.rollouts import RolloutError, RolloutSpec
+from hub.ml.registry import RegistryError
+from hub.store.tables import RolloutDevice
+from shared.protocol import is_device_id
+
+TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class RolloutRequest(BaseModel):
+    model: str = Field(min_length=1, max_length=64)
+    version: int | None = Field(None, ge=1, le=MAX_INT)
+    devices: list[str] | None = Field(None, min_length=1, max_length=100_000)
+    device_class: str | None = Field(None, min_length=1, max_length=64)
+    tags: list[Annotated[str, Field(pattern=TAG)]] = Field(default_factory=list, max_length=16)
+    group: str | None = Field(None, pattern=TAG)
+    canary: int = Field(0, ge=0, le=100_000)
+    canary_percent: float = Field(0.0, ge=0, le=100)
+    waves: int = Field(1, ge=1, le=1000)
+    rate_per_min: float | None = Field(None, gt=0, le=1e6)
+    max_failure_ratio: float = Field(0.2, ge=0, le=1)
+    min_sample: int = Field(5, ge=1, le=100_000)
+    device_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)
+    retries: int = Field(2, ge=0, le=100)
+    rollback_on_halt: bool = True
+    seed: str | None = Field(None, min_length=1, max_length=64)  # shuffles the waves
+
+
+class AbortRequest(BaseModel):
+    rollback: bool = False  # also put back every device the rollout changed
+
+
+class TagsRequest(BaseModel):
+    tags: list[Annotated[str, Field(pattern=TAG)]] = Field(max_length=64)
+
+
+def rollout_routes(app: FastAPI) -> None:
+    @app.post("/rollouts", name="rollout.create", status_code=201, responses=DENIALS)
+    def create(
+        h: HubDep, who: Operator, audit: Audit, req: Annotated[RolloutRequest, Body()]
+    ) -> dict[str, Any]:
+        """Start a rollout: the canary and first wave go out at once, the rest as gates pass."""
+        if req.devices is not None and (bad := [d for d in req.devices if not is_device_id(d)]):
+            raise HTTPException(422, f"invalid device id(s): {bad[:5]}")
+        fields = req.model_dump()
+        fields["devices"] = tuple(req.devices) if req.devices is not None else None
+        fields["tags"] = tuple(req.tags)
+        try:
+            rollout = h.rollouts.create(RolloutSpec(**fields), created_by=who.keyid)
+        except RegistryError as e:
+            raise HTTPException(404, str(e)) from e
+        except RolloutError as e:
+            raise HTTPException(409, str(e)) from e
+        status = h.rollouts.status(rollout.id)
+        audit.change(
+            rollout.id,
+            after={
+                "model": rollout.model,
+                "version": rollout.version,
+                "devices": status.devices,
+                "waves": rollout.waves,
+            },
+        )
+        return status.__dict__
+
+    @app.get("/rollouts", name="rollout.list", responses=DENIALS)
+    def list_rollouts(h: HubDep, who: Viewer) -> list[dict[str, Any]]:
+        return [r.model_dump() for r in h.rollouts.list()]
+
+    @app.get("/rollouts/{rollout_id}", name="rollout.get", responses=DENIALS)
+    def get(rollout_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
+        """Counts per device state, the current wave, the failure ratio."""
+        return _status(h, rollout_id)
+
+    @app.get(
+        "/rollouts/{rollout_id}/devices",
+        name="rollout.devices",
+        response_model=list[RolloutDevice],
+        responses=DENIALS,
+    )
+    def devices(rollout_id: str, h: HubDep, who: Viewer) -> list[RolloutDevice]:
+        try:
+            return h.rollouts.devices(rollout_id)
+        except RolloutError as e:
+            raise HTTPException(404, str(e)) from e
+
+    @app.get("/rollouts/{rollout_id}/events", name="rollout.events", responses=DENIALS)
+    def events(
+        rollout_id: str, h: HubDep, who: Viewer, device: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every event devices reported for this rollout (one device's with ``device``)."""
+        _status(h, rollout_id)
+        return [e.model_dump() for e in h.deployments.events(rollout_id, device)]
+
+    for action in ("pause", "resume"):
+        _state_route(app, action)
+
+    @app.post("/rollouts/{rollout_id}/abort", name="rollout.abort", responses=DENIALS)
+    def abort(
+        rollout_id: str,
+        h: HubDep,
+        who: Operator,
+        audit: Audit,
+        req: Annotated[AbortRequest | None, Body()] = None,
+    ) -> dict[str, Any]:
+        """Stop sending; with ``rollback``, put back every device it changed."""
+        before = _status(h, rollout_id)["state"]
+        try:
+            h.rollouts.abort(rollout_id, rollback=(req or AbortRequest()).rollback)
+        except RolloutError as e:
+            raise HTTPException(409, str(e)) from e
+        audit.change(rollout_id, before={"state": before}, after={"state": "aborted"})
+        return _status(h, rollout_id)
+
+    @app.put("/devices/{device_id}/tags", name="device.tags", responses=DENIALS)
+    def set_tags(
+        device_id: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[TagsRequest, Body()]
+    ) -> dict[str, Any]:
+        """Replace the device's tags. Joining a group sends it the group's version."""
+        try:
+            before = h.rollouts.tags(device_id)
+            after = h.rollouts.set_tags(device_id, req.tags)
+        except RolloutError as e:
+            raise HTTPException(404, str(e)) from e
+        audit.change(device_id, before={"tags": before}, after={"tags": after})
+        return {"device": device_id, "tags": after}
+
+
+def _state_route(app: FastAPI, action: str) -> None:
+    @app.post(f"/rollouts/{{rollout_id}}/{action}", name=f"rollout.{action}", responses=DENIALS)
+    def change(rollout_id: str, h: HubDep, who: Operator, audit: Audit) -> dict[str, Any]:
+        before = _status(h, rollout_id)["state"]
+        try:
+            getattr(h.rollouts, action)(rollout_id)
+        except RolloutError as e:
+            raise HTTPException(409, str(e)) from e
+        after = _status(h, rollout_id)
+        audit.change(rollout_id, before={"state": before}, after={"state": after["state"]})
+        return after
+
+    change.__doc__ = f"{action.capitalize()} the rollout."
+
+
+def _status(h: Any, rollout_id: str) -> dict[str, Any]:
+    try:
+        return dict(h.rollouts.status(rollout_id).__dict__)
+    except RolloutError as e:
+        raise HTTPException(404, str(e)) from e

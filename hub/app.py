@@ -1,0 +1,354 @@
+"""The hub as one object: storage, trust, registry, broker link, ingest, deployments.
+
+``Hub(HubConfig(...)).start()`` gives a running hub; hub/api/main.py puts HTTP in front of
+it and ``edgefleet hub serve`` runs both. On one machine with no set-up it uses a SQLite
+file, a local artifact directory and a broker chosen as DESIGN §7 says.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hub.fleet.deployments import Deployments
+from hub.fleet.rollouts import Rollouts
+from hub.ingest.writer import Ingest
+from hub.loop import Loop
+from hub.ml.datasets import attach as attach_datasets
+from hub.ml.jobs import Jobs, Progress
+from hub.ml.pipeline import PipelineConfig, import_onnx, train
+from hub.ml.registry import Registry
+from hub.ml.retrain import record_training
+from hub.store.artifacts import ArtifactStore
+from hub.store.tables import Revocation, make_engine, sqlite_url
+from hub.telemetry.retention import (
+    MAX_AGE_S,
+    RAW_AGE_S,
+    RESOLUTION_S,
+    RetentionPolicy,
+    run_retention,
+)
+from hub.transport.broker import (
+    BrokerAddress,
+    EmbeddedBroker,
+    Mosquitto,
+    TlsIdentity,
+    start_local_broker,
+)
+from hub.transport.link import HubMqtt, hub_subscriptions
+from hub.transport.workers import IngestWorkers, WorkerConfig
+from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
+from hub.trust.identities import Identities
+from hub.trust.pki import CertificateAuthority, PkiError
+from hub.trust.repository import TrustRepository
+from shared.chunks import DEFAULT_CHUNK_SIZE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    data_dir: Path
+    db_url: str | None = None  # default: SQLite file in data_dir
+    broker_url: str | None = None  # default: private Mosquitto, else embedded broker
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
+    dev_mode: bool = False  # accept the built-in development API key (hub.auth.DEV_KEY)
+    client_id: str = "edgefleet-hub"
+    root_keys_dir: Path | None = None  # default data_dir/trust/keys/root; may be offline
+    # What `edgefleet broker config` wrote, for an mqtts:// broker: the hub's client
+    # certificate and key, the CA, and the CRL it rewrites when it revokes a device.
+    broker_tls_dir: Path | None = None
+    broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
+    # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
+    allow_plain_broker: bool = False
+    # processes that take the telemetry through $share (hub/transport/workers.py); 0: this one
+    ingest_workers: int = 0
+    maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
+    # telemetry retention (hub/telemetry/retention.py): raw windows, then hourly rows, then gone
+    telemetry_raw_age_s: float = RAW_AGE_S
+    telemetry_max_age_s: float = MAX_AGE_S
+    telemetry_resolution_s: float = RESOLUTION_S
+
+
+def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
+    """Refuse a plain-TCP broker on a network outside development mode.
+
+    Over plain TCP every command, model and report travels in clear text, and any client
+    can connect as any device (no certificates, no ACL by identity). Loopback is a
+    single machine's try-out; anything else needs ``mqtts://`` (``edgefleet broker
+    config``) or an explicit ``allow_plain_broker``.
+
+    Raises:
+        ValueError: a plain broker the configuration does not allow.
+    """
+    if address.tls or cfg.dev_mode or cfg.allow_plain_broker or _is_loopback(address.host):
+        return
+    raise ValueError(
+        f"{address.url} is plain TCP on a network: commands, models and reports would travel"
+        " in clear text and any client could pose as any device. Use mqtts:// with the"
+        " configuration `edgefleet broker config` writes, or --allow-plain-broker to accept it"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    token_id: str  # for the audit log; the token itself is never kept
+    fields: dict[str, Any]  # the answer to the device (hub.api.EnrolResponse)
+
+
+class Hub:
+    def __init__(self, config: HubConfig) -> None:
+        self.config = config
+        self.local_broker: Mosquitto | EmbeddedBroker | None = None
+        self._started = False
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self) -> Hub:
+        cfg = self.config
+        if cfg.broker_url:
+            check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
+        self.engine = make_engine(db_url)
+        self.trust = TrustRepository.open_or_init(
+            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
+        )
+        tls_dir = cfg.broker_tls_dir
+        self.identities = Identities(
+            self.engine,
+            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            crl_path=tls_dir / "crl.pem" if tls_dir else None,
+            reload_command=cfg.broker_reload,
+        )
+        self.store = ArtifactStore(cfg.data_dir / "artifacts")
+        self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
+        self.retention = RetentionPolicy(
+            cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
+        )
+        self.ingest = Ingest(self.engine, raw_max_age_s=self.retention.raw_age_s)
+        self.ingest.start()
+        if cfg.broker_url:
+            self.broker = BrokerAddress.parse(cfg.broker_url)
+        else:
+            self.local_broker = start_local_broker(cfg.data_dir / "broker")
+            self.broker = self.local_broker.address
+        tls = None
+        if self.broker.tls:
+            if tls_dir is None:
+                raise ValueError(
+                    f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)"
+                )
+            tls = TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        self.mqtt = HubMqtt(
+            self.broker,
+            self.registry,
+            self.trust,
+            self.ingest,
+            client_id=cfg.client_id,
+            tls=tls,
+            subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
+        )
+        self.mqtt.revoked = self.identities.revoked
+        self.workers = self._start_ingest_workers(db_url)
+        self.mqtt.start()
+        self.deployments = Deployments(self.engine, self.registry, self.mqtt)
+        self.rollouts = Rollouts(self.engine, self.registry, self.mqtt)
+        self.rollouts.start()
+        self.jobs = Jobs(self.engine)
+        self.datasets = attach_datasets(self)  # uploads of captures reach it from now on
+        self.loop = Loop(self).start()
+        self.enrol_tokens = EnrolTokens(self.engine)
+        self._stopping = threading.Event()
+        self._maintenance = threading.Thread(
+            target=self._maintain, name="hub-maintenance", daemon=True
+        )
+        self._maintenance.start()
+        self._started = True
+        log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._stopping.set()
+        self._maintenance.join()
+        self.loop.stop()
+        self.rollouts.stop()
+        self.jobs.shutdown()
+        self.mqtt.stop()
+        if self.workers is not None:
+            self.workers.stop()
+        self.ingest.stop()
+        if self.local_broker is not None:
+            self.local_broker.stop()
+        self.engine.dispose()
+        self.trust.close()
+        self._started = False
+
+    def _start_ingest_workers(self, db_url: str) -> IngestWorkers | None:
+        cfg = self.config
+        if cfg.ingest_workers <= 0:
+            return None
+        if isinstance(self.local_broker, EmbeddedBroker):
+            raise ValueError("ingest workers share telemetry with $share: they need Mosquitto")
+        configs = [
+            WorkerConfig(
+                self.broker.url,
+                db_url,
+                index=i,
+                tls_dir=cfg.broker_tls_dir,
+                raw_max_age_s=self.retention.raw_age_s,
+            )
+            for i in range(cfg.ingest_workers)
+        ]
+        workers = IngestWorkers(configs)
+        workers.start()
+        return workers
+
+    def __enter__(self) -> Hub:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------- enrolment
+
+    def issue_enrol_token(
+        self,
+        created_by: str,
+        device_id: str | None = None,
+        ttl_s: int = ENROL_TTL_DEFAULT_S,
+        *,
+        reenrol: bool = False,
+    ) -> NewEnrolToken:
+        """A one-time enrolment token, bound to ``device_id`` if given (shown once).
+
+        Raises:
+            DeviceTaken: ``device_id`` already has an identity and this is no
+                re-enrolment (an admin's, which may replace it).
+        """
+        if device_id is not None:
+            self.identities.check_enrolment(device_id, reenrol=reenrol)
+        return self.enrol_tokens.issue(created_by, device_id, ttl_s, reenrol=reenrol)
+
+    def enrol_device(
+        self,
+        device_id: str,
+        token: str,
+        device_class: str | None = None,
+        csr: str | None = None,
+    ) -> Enrolment:
+        """Use up a one-time token and answer with what the device needs to join: the
+        TUF root to pin, the broker, and a certificate for the key in its ``csr`` (PEM).
+
+        Raises:
+            PkiError: a CSR that cannot be used, or none when the broker needs TLS (the
+                token is not used up).
+            EnrolRefused: the token is unknown, used, revoked, expired or for another id.
+            DeviceTaken / DeviceRevoked: the id has an identity and the token is not an
+                admin's re-enrolment token for it (the token is not used up).
+        """
+        if csr is None and self.broker.tls:
+            raise PkiError("bad_csr", f"{self.broker.url} needs a client certificate: send a CSR")
+        if csr is not None:
+            self.identities.check_csr(device_id, csr.encode())
+        record = self.enrol_tokens.find(token)
+        reenrol = record is not None and record.reenrol and record.device_id == device_id
+        self.identities.check_enrolment(device_id, reenrol=reenrol)
+        used = self.enrol_tokens.consume(token, device_id)
+        fields: dict[str, Any] = {
+            "device_id": device_id,
+            "root": self.trust.pinned_root().decode(),
+            "broker": self.broker.url,
+        }
+        if csr is not None:
+            cert = self.identities.issue(device_id, csr.encode(), reenrol=used.reenrol)
+            self.mqtt.revoked = self.identities.revoked
+            fields["certificate"] = cert.cert_pem.decode()
+            fields["ca"] = self.identities.ca.ca_pem.decode()
+        return Enrolment(token_id=used.id, fields=fields)
+
+    def revoke_device(self, device_id: str, reason: str, by: str | None) -> Revocation:
+        """Revoke the device's certificates, tell the broker, and ignore it from now on.
+
+        Raises:
+            PkiError: an unknown CRL reason.
+        """
+        row = self.identities.revoke(device_id, reason, by)
+        self.mqtt.revoked = self.identities.revoked
+        return row
+
+    def _maintain(self) -> None:
+        """Re-sign TUF roles before they expire; re-issue the CRL before it does."""
+        while not self._stopping.wait(self.config.maintenance_s):
+            try:
+                renewed = self.trust.refresh_expiring()
+                if renewed:
+                    log.info("re-signed %s before expiry", ", ".join(renewed))
+                self.identities.refresh_crl()
+                run_retention(self.engine, self.retention)
+            except Exception:  # keep maintaining; the next round may succeed
+                log.exception("hub maintenance failed")
+
+    # ------------------------------------------------------------- operations
+
+    def build_and_publish(
+        self,
+        config: PipelineConfig,
+        progress: Progress | None = None,
+        *,
+        device_classes: tuple[str, ...] = (),
+        onnx_bytes: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Train (or import) → quantise → evaluate → gate → sign → register.
+
+        Raises:
+            PipelineError / GateError: the model was not good enough or not usable.
+        """
+        if onnx_bytes is None:
+            built = train(config, progress)
+            source = "trained"
+        else:
+            built = import_onnx(onnx_bytes, config, progress)
+            source = "uploaded"
+        if progress:
+            progress("sign", 0.95)
+        row = self.registry.publish(
+            built, config=config, source=source, device_classes=device_classes
+        )
+        if onnx_bytes is None:  # a retrain starts from how this version was trained
+            record_training(self.engine, row.name, row.version, config)
+        return {
+            "name": row.name,
+            "version": row.version,
+            "sha256": row.sha256,
+            "format": row.format,
+            "size_bytes": row.size_bytes,
+            "size_fp32": row.size_fp32,
+            "accuracy_fp32": row.accuracy_fp32,
+            "accuracy_int8": row.accuracy_int8,
+            "target": row.target,
+        }
+
+
+def pipeline_config(**overrides: Any) -> PipelineConfig:
+    """The default pipeline config with the given fields replaced (unknown ones refused)."""
+    base = PipelineConfig()
+    unknown = set(overrides) - set(base.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
+    return replace(base, **overrides)

@@ -1,0 +1,192 @@
+"""Device states and deployment events of one ingest batch, written with a few queries.
+
+Each ``state`` updates the device's row (status, class, runtime, the model it runs, when
+the hub last heard of it); each ``event`` is recorded and moves the device's row of its
+rollout (hub/fleet/states.py) or of its plain deployment. A state's ``last`` field (the
+device's latest event, docs/protocol.md) is applied like an event unless the hub has it
+already: that is how an event lost while the hub had no subscription comes back.
+
+Messages are applied in arrival order, so a later event overrides an earlier one. The rows
+a batch touches are loaded with one query per table (not a query per message, and no
+autoflush in between), the event log is appended with one ``executemany``: a 1,000-device
+rollout sends ~10 such messages per device within seconds (bench/rollout.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import insert, update
+from sqlmodel import Session, col, select
+
+from hub.fleet.states import CHANGED, apply_event
+from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
+from shared.protocol import TERMINAL_STAGES, Message
+
+if TYPE_CHECKING:
+    from hub.ingest.writer import Report
+
+IN_LIST_MAX = 500  # values per SQL IN (...) list: well under SQLite's parameter limit
+READ_BACK = "read back from the device's retained state"
+
+Key = tuple[str, str]  # (deployment id, device id)
+EventKey = tuple[str, str, str, int]  # (device, deployment, stage, version)
+
+
+R = TypeVar("R", RolloutDevice, DeploymentDevice)
+
+
+def apply_progress(s: Session, reports: Sequence[Report]) -> None:
+    """Stage the states and events among ``reports`` in ``s`` (the caller commits)."""
+    mine = [r for r in reports if r.kind in ("state", "events")]
+    if mine:
+        with s.no_autoflush:
+            _Batch(s, mine).apply()
+
+
+class _Batch:
+    def __init__(self, s: Session, reports: list[Report]) -> None:
+        self.s = s
+        self.reports = reports
+        self.records: list[dict[str, Any]] = []
+        self.reopen: set[str] = set()
+        lasts = [(r.device_id, r.message.body["last"]) for r in reports if _last(r.message)]
+        keys = {(r.message.body["deployment"], r.device_id) for r in reports if r.kind == "events"}
+        keys |= {(last["deployment"], device_id) for device_id, last in lasts}
+        reporting = {r.device_id for r in reports if r.kind == "state"}
+        self.devices = {d.id: d for d in _in(s, Device, col(Device.id), reporting)}
+        self.rollout_rows = _pairs(s, RolloutDevice, col(RolloutDevice.rollout_id), keys)
+        self.deployment_rows = _pairs(
+            s, DeploymentDevice, col(DeploymentDevice.deployment_id), keys - set(self.rollout_rows)
+        )
+        self.seen = _seen_events(s, lasts)
+
+    def apply(self) -> None:
+        for r in self.reports:
+            if r.kind == "state":
+                self._state(r)
+            else:
+                self._event(r.device_id, r.message.body, r.message.ts, r.received)
+        if self.records:
+            self.s.execute(insert(EventRecord), self.records)
+        if self.reopen:
+            # a device of a halted or aborted rollout reported the new version late: the
+            # rollout has something to put back again, so its engine must visit it again
+            self.s.execute(
+                update(Rollout)
+                .where(col(Rollout.id).in_(self.reopen), col(Rollout.settled_at).is_not(None))
+                .values(settled_at=None)
+            )
+
+    def _state(self, r: Report) -> None:
+        body = r.message.body
+        dev = self.devices.get(r.device_id)
+        if dev is None:
+            dev = Device(id=r.device_id, first_seen=r.received, last_seen=r.received)
+            self.devices[r.device_id] = dev
+            self.s.add(dev)
+        dev.status = str(body["status"])
+        # the hub's clock, not the device's: rollouts compare it with when they sent a
+        # command (a retained state replayed at the hub's resubscribe counts too: it is
+        # how the hub learns of a reconnect it was not subscribed to see)
+        dev.last_seen = max(dev.last_seen, r.received) if dev.last_seen else r.received
+        for name in ("device_class", "runtime", "agent_version", "root_version"):
+            if name in body:
+                setattr(dev, name, body[name])
+        models: Mapping[str, Any] | None = body.get("models")
+        if models is not None:
+            model, info = next(iter(models.items()), (None, None))
+            dev.model = model
+            dev.version = info["version"] if info else None
+            dev.sha256 = info.get("sha256") if info else None
+        last = body.get("last")
+        if last is not None and _event_key(r.device_id, last) not in self.seen:
+            self._event(r.device_id, {**last, "detail": READ_BACK}, float(last["ts"]), r.received)
+
+    def _event(self, device_id: str, b: Mapping[str, Any], ts: float, received: float) -> None:
+        self.seen.add(_event_key(device_id, b))
+        self.records.append(
+            {
+                "device_id": device_id,
+                "deployment_id": b["deployment"],
+                "model": b["model"],
+                "version": b["version"],
+                "stage": b["stage"],
+                "reason": b.get("reason"),
+                "detail": b.get("detail"),
+                "ts": ts,
+            }
+        )
+        key = (b["deployment"], device_id)
+        rollout_row = self.rollout_rows.get(key)
+        if rollout_row is not None:
+            moved = apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received)
+            if moved and rollout_row.state in CHANGED:
+                self.reopen.add(rollout_row.rollout_id)
+            return
+        row = self.deployment_rows.get(key)
+        if row is None:
+            return  # an event for a deployment this hub did not make (or a rollback id)
+        if row.stage in TERMINAL_STAGES and b["stage"] not in TERMINAL_STAGES:
+            return  # a late progress event after the outcome
+        if b["stage"] == "refused" and row.stage not in ("pending", "sent"):
+            return  # e.g. a redelivered copy of a command the device already carried out
+        row.stage = b["stage"]
+        row.reason = b.get("reason")
+        row.detail = b.get("detail")
+        row.updated_at = ts
+
+
+def _last(message: Message) -> bool:
+    return message.type == "state" and message.body.get("last") is not None
+
+
+def _event_key(device_id: str, b: Mapping[str, Any]) -> EventKey:
+    return (device_id, str(b["deployment"]), str(b["stage"]), int(b["version"]))
+
+
+def _in(s: Session, table: type[Any], column: Any, values: Iterable[str]) -> list[Any]:
+    """Rows of ``table`` whose ``column`` is one of ``values`` (in IN lists of bounded size)."""
+    values = sorted(set(values))
+    out: list[Any] = []
+    for i in range(0, len(values), IN_LIST_MAX):
+        out += s.exec(select(table).where(column.in_(values[i : i + IN_LIST_MAX]))).all()
+    return out
+
+
+def _pairs(s: Session, table: type[R], deployment_column: Any, keys: set[Key]) -> dict[Key, R]:
+    """The rows of ``table`` for these (deployment, device) keys."""
+    out: dict[Key, R] = {}
+    by_deployment: dict[str, set[str]] = {}
+    for deployment, device_id in keys:
+        by_deployment.setdefault(deployment, set()).add(device_id)
+    device_column = col(table.device_id)
+    for deployment, device_ids in by_deployment.items():
+        ids = sorted(device_ids)
+        for i in range(0, len(ids), IN_LIST_MAX):
+            q = select(table).where(
+                deployment_column == deployment, device_column.in_(ids[i : i + IN_LIST_MAX])
+            )
+            for row in s.exec(q):
+                out[(deployment, row.device_id)] = row
+    return out
+
+
+def _seen_events(s: Session, lasts: list[tuple[str, Mapping[str, Any]]]) -> set[EventKey]:
+    """Events already recorded that some state's ``last`` names."""
+    wanted = {_event_key(device_id, last) for device_id, last in lasts}
+    if not wanted:
+        return set()
+    seen: set[EventKey] = set()
+    ids = sorted({k[0] for k in wanted})
+    deployments = sorted({k[1] for k in wanted})
+    for i in range(0, len(ids), IN_LIST_MAX):
+        q = select(
+            EventRecord.device_id, EventRecord.deployment_id, EventRecord.stage, EventRecord.version
+        ).where(
+            col(EventRecord.device_id).in_(ids[i : i + IN_LIST_MAX]),
+            col(EventRecord.deployment_id).in_(deployments),
+        )
+        seen.update(k for k in map(tuple, s.exec(q)) if k in wanted)
+    return seen

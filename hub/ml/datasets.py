@@ -1,0 +1,532 @@
+"""Data capture on the hub: ask devices for samples, verify their uploads, keep datasets.
+
+``Datasets.start_capture(model, device_ids, rows, duration_s)`` sends each device a
+signed ``capture`` command and records the capture in SQL. Each device answers on its
+``capture`` topic (``capture_status``, then an ``upload_manifest``) and sends its rows in
+chunks on ``upload`` (docs/capture.md). hub/transport/link.py hands both to :meth:`on_message` and
+:meth:`on_chunk`, on the MQTT thread.
+
+Nothing unverified is stored: each chunk is checked against the sha256 its manifest lists
+before it is written to the staging area, the whole upload against its length and sha256,
+and its arrays against the manifest's schema. A chunk that fails its hash fails that
+device's upload (reason ``chunk_hash_mismatch``; what it had sent is deleted); chunks still
+missing at the capture's deadline fail it with ``upload_incomplete``. The hub does not ask
+again: a lost QoS 1 message is rare, and a new capture is one call. When every device has
+an outcome (or the deadline passed), the verified uploads become one dataset version: an
+npz artifact in the content-addressed store and a ``DatasetVersion`` row.
+
+Exceptions::
+
+    DatasetError(reason, detail)     unknown capture or dataset, bad arguments
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from hub.store.artifacts import ArtifactStore
+from hub.store.tables import Capture, CaptureDevice, DatasetVersion, session
+from shared import protocol
+from shared.protocol import ProtocolError, UploadChunk
+from shared.reasons import Reason
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger(__name__)
+
+UPLOAD_GRACE_S: Final = 120.0  # seconds after a capture's end for its uploads to arrive
+ASSUMED_WINDOW_S: Final = 10.0  # seconds per telemetry window (CoreConfig's default)
+MAX_CAPTURE_DEVICES: Final = 10_000  # devices one capture may ask
+NO_LABEL: Final = -1  # label of a row the device's application gave none for
+TERMINAL: Final = frozenset({"verified", "failed", "refused"})
+SendCommand = Callable[[str, str, Mapping[str, Any]], None]  # (device, type, body)
+
+
+class DatasetError(Exception):
+    """A capture or dataset request that cannot be met.
+
+    Attributes:
+        reason: ``not_found`` or ``invalid``.
+        detail: what exactly.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CapturedData:
+    """The rows of a dataset version."""
+
+    x: npt.NDArray[np.float32]  # [rows, features]
+    labels: npt.NDArray[np.int64]  # [rows]; NO_LABEL where the device had none
+    outputs: dict[str, npt.NDArray[Any]]  # the model's outputs as the device computed them
+    devices: tuple[str, ...]
+    device_index: npt.NDArray[np.int32]  # [rows]: index into ``devices``
+
+    @property
+    def labelled(self) -> npt.NDArray[np.bool_]:
+        mask: npt.NDArray[np.bool_] = self.labels != NO_LABEL
+        return mask
+
+
+@dataclass
+class _Upload:
+    """One device's upload in progress: its manifest and the chunks verified so far."""
+
+    manifest: Mapping[str, Any]
+    directory: Path
+    received: set[int] = field(default_factory=set)
+
+
+class Datasets:
+    """Captures and dataset versions. Thread-safe (MQTT thread, API threads)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: ArtifactStore,
+        staging_dir: Path,
+        send_command: SendCommand,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.staging_dir = staging_dir
+        self.send_command = send_command
+        self.clock = clock
+        self.grace_s = UPLOAD_GRACE_S  # seconds after a capture's end for its uploads
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.RLock()
+        self._uploads: dict[tuple[str, str], _Upload] = {}
+        staging_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------- captures
+
+    def start_capture(
+        self,
+        model: str,
+        device_ids: Sequence[str],
+        rows: int,
+        duration_s: float | None = None,
+        *,
+        windows: int | None = None,
+        seed: int = 0,
+        created_by: str | None = None,
+    ) -> str:
+        """Ask each device for a sample of up to ``rows`` rows; the capture's id.
+
+        Args:
+            duration_s / windows: how long the devices sample (one of them).
+
+        Raises:
+            DatasetError: ``invalid`` arguments.
+        """
+        ids = list(dict.fromkeys(device_ids))
+        problems = [
+            msg
+            for bad, msg in (
+                (not 0 < len(model) <= 64, "model must be a name of 1-64 characters"),
+                (not 0 < len(ids) <= MAX_CAPTURE_DEVICES, f"1..{MAX_CAPTURE_DEVICES} devices"),
+                (any(not protocol.is_device_id(d) for d in ids), "invalid device id"),
+                (not 1 <= rows <= protocol.MAX_CAPTURE_ROWS, "rows out of range"),
+                ((duration_s is None) == (windows is None), "give duration_s or windows"),
+                (
+                    duration_s is not None and not 0 < duration_s <= protocol.MAX_CAPTURE_S,
+                    f"duration_s must be within (0, {protocol.MAX_CAPTURE_S}]",
+                ),
+                (
+                    windows is not None and not 1 <= windows <= protocol.MAX_CAPTURE_WINDOWS,
+                    f"windows must be within 1..{protocol.MAX_CAPTURE_WINDOWS}",
+                ),
+            )
+            if bad
+        ]
+        if problems:
+            raise DatasetError("invalid", "bad capture request: " + "; ".join(problems))
+        now = self.clock()
+        length = duration_s if duration_s is not None else (windows or 0) * ASSUMED_WINDOW_S
+        row = Capture(
+            id=uuid.uuid4().hex[:16],
+            model=model,
+            max_rows=rows,
+            duration_s=duration_s,
+            windows=windows,
+            seed=seed,
+            created_by=created_by,
+            created_at=now,
+            deadline=now + length + self.grace_s,
+        )
+        with session(self.engine) as s:
+            s.add(row)
+            s.add_all(CaptureDevice(capture_id=row.id, device_id=d, updated_at=now) for d in ids)
+            s.commit()
+        for i, device_id in enumerate(ids):
+            body: dict[str, Any] = {"capture": row.id, "model": model, "max_rows": rows}
+            body["seed"] = seed + i  # devices of one capture pick independent rows
+            if duration_s is not None:
+                body["duration_s"] = duration_s
+            else:
+                body["windows"] = windows
+            self.send_command(device_id, "capture", body)
+        log.info("capture %s of %s asked from %d device(s)", row.id, model, len(ids))
+        return row.id
+
+    def capture(self, capture_id: str) -> dict[str, Any]:
+        """The capture and each device's status.
+
+        Raises:
+            DatasetError: ``not_found``.
+        """
+        self.sweep()
+        with session(self.engine) as s:
+            row = s.get(Capture, capture_id)
+            if row is None:
+                raise DatasetError("not_found", f"no capture {capture_id!r}")
+            devices = s.exec(
+                select(CaptureDevice).where(CaptureDevice.capture_id == capture_id)
+            ).all()
+        out = row.model_dump()
+        out["devices"] = [d.model_dump(exclude={"capture_id"}) for d in devices]
+        out["statuses"] = dict(Counter(d.status for d in devices))
+        return out
+
+    def sweep(self) -> None:
+        """Fail uploads still missing past their capture's deadline; finish such captures."""
+        now = self.clock()
+        with session(self.engine) as s:
+            due = s.exec(
+                select(Capture.id).where(Capture.state == "running", Capture.deadline < now)
+            ).all()
+        for capture_id in due:
+            self._finish(capture_id, deadline_passed=True)
+
+    # ------------------------------------------------------------- datasets
+
+    def datasets(self, model: str | None = None) -> list[DatasetVersion]:
+        with session(self.engine) as s:
+            q = select(DatasetVersion).order_by(DatasetVersion.created_at)  # type: ignore[arg-type]
+            if model is not None:
+                q = q.where(DatasetVersion.model == model)
+            return list(s.exec(q))
+
+    def dataset_row(self, dataset_id: str) -> DatasetVersion:
+        """Raises: DatasetError ``not_found``."""
+        with session(self.engine) as s:
+            row = s.get(DatasetVersion, dataset_id)
+        if row is None:
+            raise DatasetError("not_found", f"no dataset {dataset_id!r}")
+        return row
+
+    def dataset(self, dataset_id: str) -> CapturedData:
+        """The rows of a dataset version, read back from its verified artifact.
+
+        Raises:
+            DatasetError: ``not_found``.
+        """
+        row = self.dataset_row(dataset_id)
+        with np.load(io.BytesIO(self.store.get(row.sha256)), allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        outputs = {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}
+        return CapturedData(
+            arrays["x"],
+            arrays["labels"],
+            outputs,
+            tuple(row.devices),
+            arrays["device_index"],
+        )
+
+    # ------------------------------------------------------------- from devices (MQTT thread)
+
+    def on_message(self, device_id: str, message: protocol.Message) -> None:
+        """A ``capture_status`` or ``upload_manifest`` from a device.
+
+        Raises:
+            ProtocolError: ``unknown_capture`` (the caller counts and drops it).
+        """
+        body = message.body
+        capture_id = str(body["capture"])
+        with self._lock:
+            row = self._device_row(capture_id, device_id)
+            if row.status in TERMINAL:
+                self.counts["late_capture_messages"] += 1
+                return
+            if message.type == "upload_manifest":
+                self._on_manifest(row, body)
+            elif body["status"] in ("failed", "refused"):
+                self._set(row, str(body["status"]), body.get("reason"), body.get("detail"))
+            elif body["status"] == "started" and row.status == "sent":
+                self._set(row, "started")
+        self.sweep()
+
+    def on_chunk(self, device_id: str, chunk: UploadChunk) -> None:
+        """One upload chunk: verified against its manifest before it is written.
+
+        Raises:
+            ProtocolError: ``unexpected_chunk`` (no manifest for it; counted and dropped).
+        """
+        key = (chunk.capture, device_id)
+        with self._lock:
+            upload = self._uploads.get(key)
+            if upload is None:
+                raise ProtocolError("unexpected_chunk", f"no upload of {chunk.capture} in progress")
+            hashes = upload.manifest["chunks"]
+            if chunk.index in upload.received:
+                return  # a QoS 1 duplicate
+            if chunk.index >= len(hashes) or len(chunk.data) != _chunk_len(upload, chunk.index):
+                self._fail_upload(key, Reason.UPLOAD_INVALID, f"chunk {chunk.index} out of range")
+                return
+            if hashlib.sha256(chunk.data).hexdigest() != hashes[chunk.index]:
+                self.counts["chunks_refused"] += 1
+                why = f"chunk {chunk.index} does not match its manifest's sha256"
+                self._fail_upload(key, Reason.CHUNK_HASH_MISMATCH, why)
+                return
+            (upload.directory / str(chunk.index)).write_bytes(chunk.data)
+            upload.received.add(chunk.index)
+            self.counts["chunks_verified"] += 1
+            if len(upload.received) == len(hashes):
+                self._complete(key, upload)
+
+    # ------------------------------------------------------------- internals
+
+    def _device_row(self, capture_id: str, device_id: str) -> CaptureDevice:
+        with session(self.engine) as s:
+            row = s.get(CaptureDevice, (capture_id, device_id))
+        if row is None:
+            raise ProtocolError("unknown_capture", f"{device_id} was not asked for {capture_id}")
+        return row
+
+    def _set(
+        self,
+        row: CaptureDevice,
+        status: str,
+        reason: str | None = None,
+        detail: str | None = None,
+        **fields: Any,
+    ) -> None:
+        with session(self.engine) as s:
+            fresh = s.get(CaptureDevice, (row.capture_id, row.device_id))
+            assert fresh is not None
+            fresh.status, fresh.reason, fresh.detail = status, reason, detail
+            for k, v in fields.items():
+                setattr(fresh, k, v)
+            fresh.updated_at = self.clock()
+            s.add(fresh)
+            s.commit()
+        if status in TERMINAL:
+            self._finish(row.capture_id, deadline_passed=False)
+
+    def _on_manifest(self, row: CaptureDevice, body: Mapping[str, Any]) -> None:
+        key = (row.capture_id, row.device_id)
+        if key in self._uploads:
+            return  # a duplicate manifest
+        with session(self.engine) as s:
+            capture = s.get(Capture, row.capture_id)
+        assert capture is not None
+        problem = _manifest_problem(body, capture)
+        if problem is not None:
+            self._set(row, "failed", Reason.UPLOAD_INVALID.value, problem)
+            return
+        directory = self.staging_dir / row.capture_id / row.device_id
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self._uploads[key] = _Upload(dict(body), directory)
+        self._set(
+            row,
+            "uploading",
+            version=int(body["version"]),
+            rows=int(body["rows"]),
+            labelled=int(body["labelled"]),
+        )
+
+    def _fail_upload(self, key: tuple[str, str], reason: Reason, detail: str) -> None:
+        upload = self._uploads.pop(key, None)
+        if upload is not None:
+            shutil.rmtree(upload.directory, ignore_errors=True)
+        log.warning("capture %s: upload of %s failed: %s", key[0], key[1], detail)
+        self._set(self._device_row(*key), "failed", reason.value, detail)
+
+    def _complete(self, key: tuple[str, str], upload: _Upload) -> None:
+        """Every chunk verified: check the whole, parse the arrays, keep them verified."""
+        m = upload.manifest
+        data = b"".join((upload.directory / str(i)).read_bytes() for i in range(len(m["chunks"])))
+        try:
+            if len(data) != m["length"] or hashlib.sha256(data).hexdigest() != m["sha256"]:
+                raise ValueError("the whole upload does not match its length and sha256")
+            arrays = parse_upload(data, m["schema"])
+            _check_arrays(arrays, int(m["rows"]), int(m["labelled"]))
+        except ValueError as e:
+            self._fail_upload(key, Reason.UPLOAD_INVALID, str(e))
+            return
+        buf = io.BytesIO()
+        np.savez(buf, version=np.array(int(m["version"])), **arrays)  # type: ignore[arg-type]
+        (upload.directory.parent / f"{key[1]}.npz").write_bytes(buf.getvalue())
+        shutil.rmtree(upload.directory, ignore_errors=True)
+        del self._uploads[key]
+        self.counts["uploads_verified"] += 1
+        self._set(self._device_row(*key), "verified", rows=int(m["rows"]))
+
+    def _finish(self, capture_id: str, *, deadline_passed: bool) -> None:
+        """Once every device has an outcome (or the deadline passed): the dataset version."""
+        with self._lock, session(self.engine) as s:
+            capture = s.get(Capture, capture_id)
+            if capture is None or capture.state != "running":
+                return
+            devices = list(
+                s.exec(select(CaptureDevice).where(CaptureDevice.capture_id == capture_id))
+            )
+            pending = [d for d in devices if d.status not in TERMINAL]
+            if pending and not deadline_passed:
+                return
+            for d in pending:
+                self._uploads.pop((capture_id, d.device_id), None)
+                d.status, d.reason = "failed", Reason.UPLOAD_INCOMPLETE.value
+                d.detail = "no verified upload by the capture's deadline"
+                d.updated_at = self.clock()
+                s.add(d)
+            verified = sorted(d.device_id for d in devices if d.status == "verified")
+            capture.ended_at = self.clock()
+            if verified:
+                dataset = self._store_dataset(capture, verified)
+                s.add(dataset)
+                capture.state, capture.dataset_id = "done", dataset.id
+            else:
+                capture.state, capture.reason = "failed", "no device uploaded a verified sample"
+            s.add(capture)
+            s.commit()
+        shutil.rmtree(self.staging_dir / capture_id, ignore_errors=True)
+        log.info("capture %s %s (%d device(s) verified)", capture_id, capture.state, len(verified))
+
+    def _store_dataset(self, capture: Capture, devices: list[str]) -> DatasetVersion:
+        parts = []
+        for device_id in devices:
+            path = self.staging_dir / capture.id / f"{device_id}.npz"
+            with np.load(path, allow_pickle=False) as z:
+                parts.append({name: z[name] for name in z.files})
+        versions = Counter(int(p["version"]) for p in parts)
+        arrays: dict[str, npt.NDArray[Any]] = {
+            name: np.concatenate([p[name] for p in parts])
+            for name in parts[0]
+            if name != "version" and all(name in p for p in parts)
+        }
+        arrays["device_index"] = np.concatenate(
+            [np.full(len(p["x"]), i, dtype=np.int32) for i, p in enumerate(parts)]
+        )
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        digest = self.store.put(buf.getvalue())
+        return DatasetVersion(
+            id=uuid.uuid4().hex[:16],
+            model=capture.model,
+            version=versions.most_common(1)[0][0],
+            capture_id=capture.id,
+            devices=devices,
+            rows=len(arrays["x"]),
+            labelled=int(np.count_nonzero(arrays["labels"] != NO_LABEL)),
+            features=int(arrays["x"].shape[1]),
+            sha256=digest,
+            created_at=self.clock(),
+        )
+
+
+# ------------------------------------------------------------------ the upload format
+
+
+def parse_upload(data: bytes, schema: Sequence[Mapping[str, Any]]) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of an upload: raw little-endian, C order, in the schema's order.
+
+    Raises:
+        ValueError: the bytes do not add up to the schema.
+    """
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    pos = 0
+    for spec in schema:
+        dtype = np.dtype(str(spec["dtype"])).newbyteorder("<")
+        shape = tuple(int(d) for d in spec["shape"])
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if pos + size > len(data):
+            raise ValueError(f"{spec['name']} needs {size} bytes, {len(data) - pos} left")
+        arrays[str(spec["name"])] = (
+            np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=pos)
+            .astype(dtype.newbyteorder("="))
+            .reshape(shape)
+        )
+        pos += size
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} bytes beyond the schema's arrays")
+    return arrays
+
+
+def _manifest_problem(body: Mapping[str, Any], capture: Capture) -> str | None:
+    """What is wrong with an upload manifest beyond its schema, or None."""
+    n_chunks = -(-int(body["length"]) // int(body["chunk_size"]))
+    names = {a["name"]: a for a in body["schema"]}
+    size = sum(
+        int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize
+        for a in body["schema"]
+    )
+    rows = int(body["rows"])
+    x, labels = names.get("x"), names.get("labels")
+    for bad, msg in (
+        (body["model"] != capture.model, f"model {body['model']!r}, not {capture.model!r}"),
+        (rows > capture.max_rows, f"{rows} rows, more than the {capture.max_rows} asked for"),
+        (len(body["chunks"]) != n_chunks, "chunk count does not match length and chunk size"),
+        (size != body["length"], "the schema's arrays do not add up to the length"),
+        (x is None or len(x["shape"]) != 2 or x["shape"][0] != rows, "x must be [rows, n]"),
+        (labels is None or labels["shape"] != [rows], "labels must be [rows]"),
+        (any(a["shape"][0] != rows for a in body["schema"]), "every array needs `rows` rows"),
+    ):
+        if bad:
+            return msg
+    return None
+
+
+def _check_arrays(arrays: Mapping[str, npt.NDArray[Any]], rows: int, labelled: int) -> None:
+    x, labels = arrays["x"], arrays["labels"]
+    if x.dtype != np.float32 or not np.isfinite(x).all():
+        raise ValueError("x must be finite float32")
+    if labels.dtype != np.int64 or (labels < NO_LABEL).any():
+        raise ValueError("labels must be int64 class indices or -1")
+    if int(np.count_nonzero(labels != NO_LABEL)) != labelled:
+        raise ValueError("the labelled count does not match the labels")
+
+
+def _chunk_len(upload: _Upload, index: int) -> int:
+    size, length = int(upload.manifest["chunk_size"]), int(upload.manifest["length"])
+    return min(size, length - index * size)
+
+
+def attach(hub: Hub) -> Datasets:
+    """The hub's Datasets, created and wired to its MQTT link on first use.
+
+    Stores verified uploads under ``data_dir/uploads`` until they become a dataset.
+    """
+    existing: Datasets | None = getattr(hub, "datasets", None)
+    if existing is not None:
+        return existing
+    datasets = Datasets(
+        hub.engine, hub.store, hub.config.data_dir / "uploads", hub.mqtt.send_command
+    )
+    hub.mqtt.captures = datasets
+    hub.datasets = datasets  # type: ignore[attr-defined]
+    return datasets

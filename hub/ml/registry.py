@@ -1,0 +1,155 @@
+"""The model registry: signed model versions, their files and their chunks.
+
+Publishing a built model stores the file content-addressed, builds its manifest,
+adds it as a TUF target (signed targets, snapshot and timestamp) and records the
+version in SQL. Devices then fetch the metadata and the chunks through hub/transport/link.py,
+which reads them from here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func
+from sqlmodel import select
+
+from hub.ml.pipeline import BuiltModel, PipelineConfig, build_manifest
+from hub.store.artifacts import ArtifactStore
+from hub.store.tables import ModelVersion, session
+from hub.trust.repository import TrustRepository
+from shared.chunks import chunk_span
+
+FILE_CACHE_ENTRIES = 8  # model files kept in memory for chunk serving
+
+
+class RegistryError(Exception):
+    """A registry request that cannot be met (unknown model or version)."""
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    sha256: str
+    length: int
+    chunk_size: int
+
+
+class Registry:
+    def __init__(
+        self, engine: Engine, store: ArtifactStore, trust: TrustRepository, chunk_size: int
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.trust = trust
+        self.chunk_size = chunk_size
+        self._lock = threading.Lock()
+        self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._targets: dict[str, TargetEntry] = {}
+        with session(engine) as s:
+            for mv in s.exec(select(ModelVersion)):
+                self._targets[mv.target] = TargetEntry(mv.sha256, mv.size_bytes, mv.chunk_size)
+
+    def next_version(self, name: str) -> int:
+        with session(self.engine) as s:
+            latest = s.exec(
+                select(func.max(ModelVersion.version)).where(ModelVersion.name == name)
+            ).one()
+        return int(latest or 0) + 1
+
+    def publish(
+        self,
+        built: BuiltModel,
+        *,
+        config: PipelineConfig,
+        source: str = "trained",
+        device_classes: tuple[str, ...] = (),
+    ) -> ModelVersion:
+        """Sign and register ``built`` as the next version of its model."""
+        with self._lock:
+            version = self.next_version(built.name)
+            manifest = build_manifest(
+                built,
+                version=version,
+                chunk_size=self.chunk_size,
+                device_classes=device_classes,
+                config=config,
+            )
+            target = f"{built.name}/{version}/model.{manifest.format}"
+            digest = self.store.put(built.model_bytes)
+            self.trust.add_target(target, built.model_bytes, manifest.to_custom())
+            row = ModelVersion(
+                name=built.name,
+                version=version,
+                sha256=digest,
+                format=manifest.format,
+                runtime=manifest.runtime,
+                size_bytes=len(built.model_bytes),
+                chunk_size=manifest.chunk_size,
+                size_fp32=built.size_fp32,
+                accuracy_fp32=built.accuracy_fp32,
+                accuracy_int8=built.accuracy_int8,
+                target=target,
+                source=source,
+                device_classes=",".join(device_classes),
+            )
+            with session(self.engine) as s:
+                s.add(row)
+                s.commit()
+                s.refresh(row)
+            self._targets[target] = TargetEntry(digest, len(built.model_bytes), manifest.chunk_size)
+            return row
+
+    def get(self, name: str, version: int | None = None) -> ModelVersion:
+        """A model version (the latest when ``version`` is None).
+
+        Raises:
+            RegistryError: no such model or version.
+        """
+        with session(self.engine) as s:
+            q = select(ModelVersion).where(ModelVersion.name == name)
+            if version is None:
+                q = q.order_by(ModelVersion.version.desc())  # type: ignore[attr-defined]
+            else:
+                q = q.where(ModelVersion.version == version)
+            row = s.exec(q).first()
+        if row is None:
+            what = f"{name} v{version}" if version is not None else name
+            raise RegistryError(f"no model {what} in the registry")
+        return row
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        with session(self.engine) as s:
+            q = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
+            if name is not None:
+                q = q.where(ModelVersion.name == name)
+            return list(s.exec(q))
+
+    def chunk(self, target: str, index: int) -> bytes | None:
+        """Chunk ``index`` of ``target``; None when the target or index is unknown."""
+        entry = self._targets.get(target)
+        if entry is None:
+            return None
+        try:
+            off, size = chunk_span(index, entry.length, entry.chunk_size)
+        except IndexError:
+            return None
+        return self._file(entry.sha256)[off : off + size]
+
+    def _file(self, sha256: str) -> bytes:
+        with self._lock:
+            data = self._files.get(sha256)
+            if data is not None:
+                self._files.move_to_end(sha256)
+                return data
+        data = self.store.get(sha256)
+        with self._lock:
+            self._files[sha256] = data
+            while len(self._files) > FILE_CACHE_ENTRIES:
+                self._files.popitem(last=False)
+        return data
+
+    def forget_cached(self) -> None:
+        """Drop cached file bytes (after an artifact changed on disk)."""
+        with self._lock:
+            self._files.clear()

@@ -1,0 +1,221 @@
+"""Retrain a model on its baseline data plus rows captured from devices (docs/capture.md).
+
+``retrain(registry, datasets, name, dataset_ids)`` takes the model's current version,
+its recorded training config (``TrainingRecord``: the generator rows it was trained on,
+and any datasets an earlier retrain added), adds the labelled rows of the given dataset
+versions, and runs the pipeline's own steps (hub/ml/pipeline.py ``train``: fit → ONNX →
+int8 → evaluate → gate → baseline → golden rows), then signs and publishes the result as
+the next version. Captured rows are split seeded into training and held-out rows; the
+gate sees the original held-out rows and the captured ones, and the result reports the
+accuracy of the new version (and of the one it replaces) on each part apart.
+
+``submit_retrain(hub, ...)`` runs it as a background job with progress (hub/ml/jobs.py).
+
+Exceptions::
+
+    RetrainError(detail)   no such model, no labelled captured rows, rows of another shape
+    (and the pipeline's PipelineError / GateError, and DatasetError)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine
+
+from hub.ml.datasets import Datasets, attach
+from hub.ml.jobs import Progress
+from hub.ml.pipeline import (
+    Dataset,
+    PipelineConfig,
+    PipelineError,
+    builtin_dataset,
+    evaluate,
+    train,
+)
+from hub.ml.registry import Registry
+from hub.store.tables import Job, TrainingRecord, session
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_FRACTION: Final = 0.25  # of the captured labelled rows, kept apart to evaluate
+MAX_CAPTURED_WEIGHT: Final = 100  # times a captured training row may be repeated
+
+
+class RetrainError(PipelineError):
+    """A retrain that cannot start: nothing to add, or rows that do not fit the model."""
+
+
+def record_training(
+    engine: Engine,
+    name: str,
+    version: int,
+    config: PipelineConfig,
+    datasets: Sequence[str] = (),
+) -> None:
+    """Remember how ``name`` v``version`` was trained, so a retrain can start from it."""
+    with session(engine) as s:
+        s.merge(
+            TrainingRecord(
+                name=name,
+                version=version,
+                config=_config_dict(config),
+                datasets=list(datasets),
+            )
+        )
+        s.commit()
+
+
+def training_record(engine: Engine, name: str, version: int) -> TrainingRecord | None:
+    with session(engine) as s:
+        return s.get(TrainingRecord, (name, version))
+
+
+def retrain(
+    registry: Registry,
+    datasets: Datasets,
+    name: str,
+    dataset_ids: Sequence[str],
+    progress: Progress | None = None,
+    *,
+    holdout_fraction: float = HOLDOUT_FRACTION,
+    captured_weight: int = 1,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Train the next version of ``name`` on its baseline rows plus captured rows; publish it.
+
+    Args:
+        dataset_ids: dataset versions (hub/ml/datasets.py) of this model; their labelled rows
+            are used, unlabelled ones are not.
+        holdout_fraction: share of the captured labelled rows kept apart to evaluate.
+        captured_weight: how many times each captured training row counts (1..100).
+        seed: for the split of captured rows; the base config's seed by default.
+
+    Raises:
+        RetrainError, DatasetError, RegistryError, PipelineError, GateError.
+    """
+    if not 0 < holdout_fraction < 1:
+        raise RetrainError("holdout_fraction must be within (0, 1)")
+    if not 1 <= captured_weight <= MAX_CAPTURED_WEIGHT:
+        raise RetrainError(f"captured_weight must be within 1..{MAX_CAPTURED_WEIGHT}")
+    if not dataset_ids:
+        raise RetrainError("name at least one dataset")
+    if progress:
+        progress("datasets", 0.0)
+    base = registry.get(name)
+    record = training_record(registry.engine, name, base.version)
+    config = _base_config(name, record)
+    all_ids = list(dict.fromkeys([*(record.datasets if record else []), *dataset_ids]))
+    x_cap, y_cap = _captured_rows(datasets, name, all_ids)
+    base_data = builtin_dataset(config)
+    if x_cap.shape[1] != len(base_data.features):
+        raise RetrainError(
+            f"captured rows have {x_cap.shape[1]} features, the model {len(base_data.features)}"
+        )
+    order = np.random.default_rng(config.seed if seed is None else seed).permutation(len(x_cap))
+    n_hold = max(1, round(len(x_cap) * holdout_fraction))
+    if len(x_cap) - n_hold < 1:
+        raise RetrainError(f"{len(x_cap)} labelled captured row(s): too few to split")
+    hold, tr = np.sort(order[:n_hold]), np.sort(order[n_hold:])
+    x_tr, y_tr = np.repeat(x_cap[tr], captured_weight, 0), np.repeat(y_cap[tr], captured_weight)
+    data = Dataset(
+        np.concatenate([base_data.x_train, x_tr]),
+        np.concatenate([base_data.y_train, y_tr]),
+        np.concatenate([base_data.x_holdout, x_cap[hold]]),
+        np.concatenate([base_data.y_holdout, y_cap[hold]]),
+        base_data.features,
+        base_data.classes,
+    )
+    built = train(config, progress, dataset=data)
+    before = registry.store.get(base.sha256)
+    scores = {
+        "accuracy_original_holdout": evaluate(
+            built.model_bytes, base_data.x_holdout, base_data.y_holdout
+        ),
+        "accuracy_captured_holdout": evaluate(built.model_bytes, x_cap[hold], y_cap[hold]),
+        "previous_accuracy_captured_holdout": evaluate(before, x_cap[hold], y_cap[hold]),
+        "previous_accuracy_original_holdout": evaluate(
+            before, base_data.x_holdout, base_data.y_holdout
+        ),
+    }
+    if progress:
+        progress("sign", 0.95)
+    classes = tuple(c for c in base.device_classes.split(",") if c)
+    row = registry.publish(built, config=config, source="retrained", device_classes=classes)
+    record_training(registry.engine, name, row.version, config, all_ids)
+    log.info("%s v%d retrained from v%d on %s", name, row.version, base.version, all_ids)
+    return {
+        "name": row.name,
+        "version": row.version,
+        "from_version": base.version,
+        "sha256": row.sha256,
+        "target": row.target,
+        "accuracy_fp32": row.accuracy_fp32,
+        "accuracy_int8": row.accuracy_int8,
+        **{k: round(v, 4) for k, v in scores.items()},
+        "datasets": all_ids,
+        "rows_original": len(base_data.x_train),
+        "rows_captured_train": len(tr),
+        "rows_captured_holdout": len(hold),
+        "base_config": "recorded" if record else "default",
+    }
+
+
+def submit_retrain(hub: Hub, name: str, dataset_ids: Sequence[str], **options: Any) -> Job:
+    """:func:`retrain` as a background job (poll it with ``hub.jobs.get``)."""
+    datasets = attach(hub)
+    ids = list(dataset_ids)
+    hub.registry.get(name)  # RegistryError now, not in the job
+    for dataset_id in ids:
+        datasets.dataset_row(dataset_id)  # DatasetError now, not in the job
+    return hub.jobs.submit(
+        "retrain", lambda progress: retrain(hub.registry, datasets, name, ids, progress, **options)
+    )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _base_config(name: str, record: TrainingRecord | None) -> PipelineConfig:
+    """The recorded config of the current version, else the defaults (named ``name``)."""
+    if record is None:
+        log.warning("%s: no training record; retraining from the default config", name)
+        return PipelineConfig(name=name)
+    known = {f.name for f in dataclasses.fields(PipelineConfig)}
+    fields = {k: v for k, v in record.config.items() if k in known}
+    if "hidden" in fields:
+        fields["hidden"] = tuple(fields["hidden"])
+    return PipelineConfig(**{**fields, "name": name})
+
+
+def _config_dict(config: PipelineConfig) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    out["hidden"] = list(config.hidden)
+    return out
+
+
+def _captured_rows(
+    datasets: Datasets, name: str, dataset_ids: Sequence[str]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The labelled rows of the datasets (all of this model and of the model's width)."""
+    xs, ys = [], []
+    for dataset_id in dataset_ids:
+        row = datasets.dataset_row(dataset_id)
+        if row.model != name:
+            raise RetrainError(f"dataset {dataset_id} was captured from {row.model}, not {name}")
+        data = datasets.dataset(dataset_id)
+        xs.append(data.x[data.labelled].astype(np.float32))
+        ys.append(data.labels[data.labelled].astype(np.int64))
+    x = np.concatenate(xs) if xs else np.zeros((0, 0), dtype=np.float32)
+    y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
+    if len(x) == 0:
+        raise RetrainError("the datasets hold no labelled rows to train on")
+    return x, y

@@ -1,0 +1,502 @@
+"""The hub's SQL schema (SQLModel) and engine set-up.
+
+SQLite (WAL) by default, PostgreSQL by URL. Rows are the hub's memory: devices as last
+reported, model versions in the registry, deployments and each device's progress in
+them, the event log, telemetry windows (unique per device and sequence, so a replay is
+never counted twice), background jobs, and who may do what (API keys, one-time
+enrolment tokens) with the audit log of what they did (hub/access/keys.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint, event, inspect, text
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+
+def now() -> float:
+    return time.time()
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=64)
+    device_class: str | None = None
+    runtime: str | None = None
+    agent_version: str | None = None
+    status: str = "unknown"  # online | offline | unknown
+    root_version: int | None = None
+    model: str | None = None  # the active model (one per device in this version)
+    version: int | None = None
+    sha256: str | None = None
+
+
+class Device(DeviceBase, table=True):
+    first_seen: float = Field(default_factory=now)
+    last_seen: float = Field(default_factory=now)
+
+
+class DevicePublic(DeviceBase):
+    first_seen: float
+    last_seen: float
+
+
+class Revocation(SQLModel, table=True):
+    """A device whose certificates were revoked; re-enrolment (a bound token) lifts it."""
+
+    device_id: str = Field(primary_key=True, max_length=64)
+    revoked_at: float = Field(default_factory=now)
+    reason: str = "unspecified"  # an x509 CRL reason name
+    by: str | None = None  # the API key id that revoked it
+    serials: list[str] = Field(default_factory=list, sa_column=Column(JSON))  # hex
+
+
+# ---------------------------------------------------------------- models
+
+
+class ModelVersionBase(SQLModel):
+    name: str = Field(index=True, max_length=64)
+    version: int
+    sha256: str
+    format: str = "onnx"
+    runtime: str = "onnxruntime"
+    size_bytes: int
+    chunk_size: int
+    size_fp32: int | None = None
+    accuracy_fp32: float | None = None
+    accuracy_int8: float | None = None
+    target: str
+    source: str = "trained"  # trained | uploaded
+    device_classes: str = ""  # comma-separated; empty = any
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: float = Field(default_factory=now)
+
+
+class ModelVersionPublic(ModelVersionBase):
+    created_at: float
+
+
+# ---------------------------------------------------------------- deployments
+
+
+class Deployment(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    model: str
+    version: int
+    target: str
+    created_at: float = Field(default_factory=now)
+    devices: int = 0
+
+
+class DeploymentDevice(SQLModel, table=True):
+    deployment_id: str = Field(primary_key=True, foreign_key="deployment.id")
+    device_id: str = Field(primary_key=True)
+    stage: str = "pending"  # pending | sent | a protocol stage
+    reason: str | None = None
+    detail: str | None = None
+    updated_at: float = Field(default_factory=now)
+
+
+# ---------------------------------------------------------------- rollouts (hub/fleet/rollouts.py)
+
+
+class Rollout(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    model: str
+    version: int
+    target: str
+    state: str = "running"  # running | paused | completed | halted | aborted
+    spec: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # RolloutSpec
+    waves: int = 1  # waves in all, the canary included
+    wave: int = 0  # the wave being sent (0-based)
+    group: str | None = Field(default=None, index=True)  # set: late joiners follow it
+    halted_reason: str | None = None
+    created_by: str | None = None
+    created_at: float = Field(default_factory=now)
+    started_at: float = Field(default_factory=now)  # rate limit counts from here…
+    paused_s: float = 0.0  # …less the seconds it spent paused
+    paused_at: float | None = None
+    ended_at: float | None = None
+    settled_at: float | None = None  # halted/aborted and nothing left to put back
+
+
+class RolloutDevice(SQLModel, table=True):
+    rollout_id: str = Field(primary_key=True, foreign_key="rollout.id")
+    device_id: str = Field(primary_key=True)
+    wave: int = 0
+    # pending | sent | a protocol stage | timed_out | skipped; rollback: rollback_sent
+    state: str = "pending"
+    reason: str | None = None
+    detail: str | None = None
+    previous_version: int | None = None  # what it ran before this rollout
+    attempts: int = 0  # deploy commands sent (re-sends on reconciliation included)
+    timeouts: int = 0  # device_timeout_s passed with no word from it (retries spent)
+    sent_at: float | None = None
+    rollback_at: float | None = None  # when a rollback command was sent
+    updated_at: float = Field(default_factory=now)
+
+
+class DeviceTag(SQLModel, table=True):
+    """Groups and tags a rollout can target ("group" is a tag a rollout follows)."""
+
+    device_id: str = Field(primary_key=True)
+    tag: str = Field(primary_key=True, index=True, max_length=64)
+
+
+class EventRecord(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(index=True)
+    deployment_id: str = Field(index=True)
+    model: str
+    version: int
+    stage: str
+    reason: str | None = None
+    detail: str | None = None
+    ts: float
+
+
+# ---------------------------------------------------------------- telemetry
+
+
+class Telemetry(SQLModel, table=True):
+    """One telemetry window, or (``seq < 0``) a downsampled row of several
+    (hub/telemetry/retention.py).
+
+    A raw window's key is the device's own ``seq``, so a replay is never stored twice. A
+    downsampled row covers ``windows`` windows of one ``resolution_s`` bucket: its seq is
+    ``-1 - int(start // resolution_s)``, so downsampling again finds and merges it.
+    """
+
+    device_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    start: float
+    end: float = Field(index=True)
+    model: str | None = None
+    version: int | None = None
+    count: int
+    errors: int
+    p50_us: float
+    p95_us: float
+    p99_us: float
+    labelled: int = 0
+    correct: int = 0
+    cpu_pct: float | None = None
+    rss_bytes: int | None = None
+    latency_hist: str | None = None  # JSON {bucket: count} (agent/telemetry.py's layout)
+    spool_dropped: int | None = None  # the device's spool drops, ever (agent/spool.py)
+    windows: int = 1  # windows this row stands for (> 1 once downsampled)
+    resolution_s: float = 0.0  # 0: a raw window; else the downsampling bucket, seconds
+
+
+# ---------------------------------------------------------------- drift (hub/telemetry/drift.py)
+
+
+class DriftWindow(SQLModel, table=True):
+    """One device's drift sketch of one telemetry window (same seq), and its scores."""
+
+    device_id: str = Field(primary_key=True)
+    seq: int = Field(primary_key=True)
+    model: str = Field(index=True, max_length=64)
+    version: int
+    ts: float = Field(index=True)  # the window's end (the message's ts)
+    rows: int
+    sketch: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # wire form
+    # {feature or "__outputs__": {"psi": x, "js": y}}; None: no usable baseline
+    scores: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+
+
+class DriftPolicy(SQLModel, table=True):
+    """Per-model drift thresholds and persistence rule (defaults: hub/telemetry/drift.py)."""
+
+    model: str = Field(primary_key=True, max_length=64)
+    psi_threshold: float
+    js_threshold: float
+    k: int  # alert when k ...
+    n: int  # ... of the last n windows exceed a threshold
+    min_rows: int  # a window with fewer rows never counts as drifting
+    scope_window_s: float  # seconds per window of the group and fleet scopes
+    updated_at: float = Field(default_factory=now)
+    updated_by: str | None = None
+
+
+class DriftAlert(SQLModel, table=True):
+    """A drift alert of one model in one scope: open while k of n windows exceed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(index=True, max_length=64)
+    version: int | None = None  # of the latest exceeding window
+    scope: str  # device | group | fleet
+    scope_id: str  # the device id, the group tag, or "*" for the fleet
+    state: str = Field(default="open", index=True)  # open | cleared
+    opened_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    cleared_at: float | None = None
+    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    scores: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+
+
+class DriftEvent(SQLModel, table=True):
+    """The drift event stream: an alert raised or cleared."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    ts: float = Field(default_factory=now, index=True)
+    alert_id: int = Field(index=True)
+    kind: str  # raised | cleared
+    model: str = Field(index=True, max_length=64)
+    scope: str
+    scope_id: str
+    features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+# ---------------------------------------------------------------- jobs
+
+
+class Job(SQLModel, table=True):
+    id: str = Field(primary_key=True)
+    kind: str  # train | upload
+    status: str = "queued"  # queued | running | done | failed
+    stage: str = ""
+    progress: float = 0.0
+    error: str | None = None
+    result: str | None = None  # JSON
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+# ---------------------------------------------------------------- access and audit
+# Secrets are never stored: a key or token is kept as the SHA-256 of its secret part
+# (hub/access/keys.py says why a plain hash is enough).
+
+
+class ApiKeyBase(SQLModel):
+    name: str = Field(max_length=64)
+    role: str  # viewer | operator | admin (hub.auth.Role)
+
+
+class ApiKey(ApiKeyBase, table=True):
+    keyid: str = Field(primary_key=True, max_length=32)
+    secret_sha256: str  # hex
+    created_at: float = Field(default_factory=now)
+    created_by: str  # the creator's keyid, "dev" or "cli"
+    revoked_at: float | None = None
+
+
+class ApiKeyPublic(ApiKeyBase):
+    keyid: str
+    created_at: float
+    created_by: str
+    revoked_at: float | None
+
+
+class EnrolTokenBase(SQLModel):
+    id: str = Field(primary_key=True, max_length=32)
+    device_id: str | None = None  # when set, only this device may use the token
+    # issued by an admin for a known device (POST /devices/{id}/reenrol): only such a
+    # token may replace an enrolled device's identity or lift its revocation
+    reenrol: bool = False
+    expires_at: float
+    created_at: float = Field(default_factory=now)
+    created_by: str
+    used_at: float | None = None
+    used_by_device: str | None = None
+    revoked_at: float | None = None
+
+
+class EnrolToken(EnrolTokenBase, table=True):
+    token_sha256: str = Field(unique=True, index=True)  # hex
+
+
+class EnrolTokenPublic(EnrolTokenBase):
+    pass
+
+
+class AuditRecordBase(SQLModel):
+    ts: float = Field(default_factory=now, index=True)
+    actor_keyid: str | None = Field(default=None, index=True)  # or "enrol-token:<id>"
+    actor_name: str | None = None
+    role: str | None = None  # the actor's role when the call was made
+    action: str = Field(index=True)  # "deployment.create", ...; "unrouted" for no route
+    method: str
+    path: str
+    target: str | None = None  # the id of the resource acted on
+    before: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    after: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    outcome: str  # ok | denied (401, 403) | error (any other 4xx or 5xx)
+    status: int  # the HTTP status answered; 0 for a change made with the CLI
+    detail: str | None = None  # the refusal or error message, never a secret
+    client: str | None = None  # the client's address
+
+
+class AuditRecord(AuditRecordBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class AuditRecordPublic(AuditRecordBase):
+    id: int
+
+
+# ---------------------------------------------------------------- data capture (hub/ml/datasets.py)
+
+
+class Capture(SQLModel, table=True):
+    """A capture the hub asked devices for (docs/capture.md)."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    model: str = Field(index=True, max_length=64)
+    max_rows: int  # per device
+    duration_s: float | None = None
+    windows: int | None = None
+    seed: int = 0
+    state: str = "running"  # running | done | failed
+    reason: str | None = None  # why it failed (no device uploaded anything)
+    dataset_id: str | None = None  # the dataset version it produced
+    created_by: str | None = None
+    created_at: float = Field(default_factory=now)
+    deadline: float  # devices whose upload is not verified by then have failed
+    ended_at: float | None = None
+
+
+class CaptureDevice(SQLModel, table=True):
+    capture_id: str = Field(primary_key=True, foreign_key="capture.id")
+    device_id: str = Field(primary_key=True, max_length=64)
+    # sent | started | uploading | verified | failed | refused
+    status: str = "sent"
+    reason: str | None = None
+    detail: str | None = None
+    version: int | None = None  # the model version its rows came from
+    rows: int | None = None
+    labelled: int | None = None
+    updated_at: float = Field(default_factory=now)
+
+
+class DatasetVersion(SQLModel, table=True):
+    """Captured rows, stored as an npz artifact (content-addressed by ``sha256``)."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    model: str = Field(index=True, max_length=64)
+    version: int  # the model version the rows were captured from
+    capture_id: str | None = Field(default=None, index=True)
+    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    rows: int
+    labelled: int
+    features: int
+    sha256: str  # of the npz artifact
+    created_at: float = Field(default_factory=now)
+
+
+class TrainingRecord(SQLModel, table=True):
+    """How a model version was trained: the pipeline config and the datasets it used."""
+
+    name: str = Field(primary_key=True, max_length=64)
+    version: int = Field(primary_key=True)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    datasets: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: float = Field(default_factory=now)
+
+
+# ---------------------------------------------------------------- the closed loop
+
+
+class LoopPolicy(SQLModel, table=True):
+    """A model's closed-loop policy (hub/loop.py): off unless an operator turns it on."""
+
+    model: str = Field(primary_key=True, max_length=64)
+    enabled: bool = False
+    capture_rows: int = 2000  # per drifted device
+    capture_s: float = 60.0  # seconds the devices sample
+    canary_percent: float = 50.0  # of the drifted devices, in the first wave
+    waves: int = 1  # after the canary
+    max_failure_ratio: float = 0.2
+    min_sample: int = 1
+    cooldown_s: float = 600.0  # after a run ends, before its devices may start another
+    gather_s: float = 10.0  # after the first new alert, wait for the ones arriving with it
+    updated_by: str | None = None
+    updated_at: float = Field(default_factory=now)
+
+
+class LoopRun(SQLModel, table=True):
+    """One turn of the loop: alert -> capture -> retrain -> canary to the drifted devices."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    model: str = Field(index=True, max_length=64)
+    from_version: int | None = None
+    alerts: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    # capturing | retraining | deploying | done | failed
+    stage: str = Field(default="capturing", index=True)
+    capture_id: str | None = None
+    dataset_id: str | None = None
+    job_id: str | None = None
+    version: int | None = None  # the retrained version
+    rollout_id: str | None = None
+    detail: str | None = None  # why it failed, or how the rollout ended
+    steps: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+    ended_at: float | None = None
+
+
+# ---------------------------------------------------------------- engine
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine and the tables. SQLite gets WAL and a busy timeout."""
+    connect_args: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        connect_args = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+    SQLModel.metadata.create_all(engine)
+    _add_telemetry_columns(engine)
+    return engine
+
+
+# Columns Telemetry gained after its first release: added to an older database in place
+# (create_all makes missing tables only). Additive, so an older hub can still read it.
+_TELEMETRY_ADDED: Final = {
+    "latency_hist": "TEXT",
+    "spool_dropped": "BIGINT",
+    "windows": "INTEGER NOT NULL DEFAULT 1",
+    "resolution_s": "FLOAT NOT NULL DEFAULT 0",
+}
+
+
+def _add_telemetry_columns(engine: Engine) -> None:
+    have = {c["name"] for c in inspect(engine).get_columns(Telemetry.__tablename__)}
+    missing = [(n, t) for n, t in _TELEMETRY_ADDED.items() if n not in have]
+    if missing:
+        with engine.begin() as conn:
+            for name, sql_type in missing:
+                conn.execute(text(f"ALTER TABLE telemetry ADD COLUMN {name} {sql_type}"))
+
+
+@contextmanager
+def session(engine: Engine) -> Iterator[Session]:
+    with Session(engine, expire_on_commit=False) as s:
+        yield s

@@ -1,0 +1,662 @@
+"""Fleet drift: score devices' sketches against the signed baseline, raise and clear alerts.
+
+Devices send one ``drift`` message per telemetry window (shared/drift.py has the sketch).
+The ingest writer hands them to :meth:`DriftMonitor.ingest`, which stores each window
+once (unique per device and seq, like telemetry) with its PSI and JS distance per feature
+and on the outputs against the model version's baseline, then applies the model's
+:class:`Policy` (table ``DriftPolicy``; defaults in the spirit of Evidently):
+
+- a window *exceeds* when it has at least ``min_rows`` rows and some feature or the
+  outputs has PSI > ``psi_threshold`` or JS > ``js_threshold``;
+- device scope: an alert opens when ``k`` of the device's last ``n`` windows exceed,
+  and clears when fewer do;
+- group (a device tag) and fleet scopes: the same rule over windows of
+  ``scope_window_s`` seconds, each the merged sketches of every device of the scope
+  (per model version: versions have their own baselines). :meth:`evaluate_scopes`
+  runs after each ingested batch with drift in it (at most every SCOPE_EVAL_MIN_S).
+
+Who an alert names (``devices``): a device alert its device. A group or fleet alert the
+devices that drove it: in each exceeding bucket, the devices whose own merged windows of
+that bucket exceed (same thresholds and ``min_rows``) on a feature the bucket drifted on.
+When none does (the shift is visible only in the merge, e.g. devices whose windows are
+each under ``min_rows``), the devices carrying the scope's shift: see :func:`_carriers`.
+If no device stands out either, the alert opens naming none (docs/drift.md).
+
+Alerts live in ``DriftAlert``; each raise and clear is a row of the drift event stream
+``DriftEvent``. :func:`open_alerts` is the one call other hub code needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from hub.store.tables import DeviceTag, DriftAlert, DriftEvent, DriftPolicy, DriftWindow, session
+from shared.drift import (
+    OUTPUTS,
+    PSI_EPSILON,
+    Baseline,
+    DriftError,
+    DriftSketch,
+    merge_all,
+    score_sketch,
+)
+
+log = logging.getLogger(__name__)
+
+SCOPE_EVAL_MIN_S: Final = 1.0  # seconds between group/fleet evaluations from ingest
+MAX_RANGE_WINDOWS: Final = 100_000  # windows merged by one drift query, at most
+FLEET: Final = "*"  # scope_id of the fleet scope
+# When no device of an exceeding scope bucket exceeds on its own, a device carries the
+# bucket's shift if its own shift along it is at least this share of the scope's average
+# (:func:`_carriers`) ...
+CARRIER_SHARE: Final = 0.5
+CARRIER_Z: Final = 3.0  # ... and this many standard deviations above what baseline rows give
+
+BaselineSource = Callable[[str, int], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds and the persistence rule of one model (see the module docstring)."""
+
+    psi_threshold: float = 0.2
+    js_threshold: float = 0.1
+    k: int = 2
+    n: int = 3
+    # A window needs enough rows for its scores to mean something: with B bins, a sample
+    # of N rows from the baseline itself scores PSI ~ (B-1)/N and JS distance ~
+    # sqrt((B-1) / (8 N ln 2)): at 10 bins and 500 rows, ~0.02 and ~0.05, well under the
+    # thresholds; at 100 rows JS noise alone (~0.11) would cross 0.1.
+    min_rows: int = 500
+    scope_window_s: float = 60.0  # seconds
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n <= 100:
+            raise ValueError("persistence needs 1 <= k <= n <= 100")
+        if self.psi_threshold <= 0 or not 0 < self.js_threshold <= 1:
+            raise ValueError("thresholds: psi > 0, 0 < js <= 1")
+        if self.min_rows < 1 or self.scope_window_s <= 0:
+            raise ValueError("min_rows >= 1 and scope_window_s > 0")
+
+    def drifted(self, rows: int, scores: Mapping[str, Any] | None) -> list[str]:
+        """The features (and ``__outputs__``) over a threshold; none for a small window."""
+        if scores is None or rows < self.min_rows:
+            return []
+        return sorted(
+            name
+            for name, sc in scores.items()
+            if sc["psi"] > self.psi_threshold or sc["js"] > self.js_threshold
+        )
+
+
+@dataclass(frozen=True)
+class AlertInfo:
+    """An alert as other hub code (data capture, retraining) sees it."""
+
+    id: int
+    model: str
+    version: int | None
+    scope: str  # device | group | fleet
+    scope_id: str  # device id, tag, or "*"
+    # device scope: the device; group/fleet: the devices that drove it (module docstring),
+    # possibly none
+    devices: tuple[str, ...]
+    features: tuple[str, ...]  # drifted features ("__outputs__": the predictions)
+    opened_at: float
+    state: str
+
+
+def open_alerts(engine: Engine, model: str | None = None) -> list[AlertInfo]:
+    """Every open drift alert (of ``model``), oldest first."""
+    q = select(DriftAlert).where(DriftAlert.state == "open")
+    if model is not None:
+        q = q.where(DriftAlert.model == model)
+    with session(engine) as s:
+        rows = s.exec(q.order_by(col(DriftAlert.opened_at))).all()
+    return [_info(a) for a in rows]
+
+
+def _info(a: DriftAlert) -> AlertInfo:
+    assert a.id is not None
+    return AlertInfo(
+        a.id,
+        a.model,
+        a.version,
+        a.scope,
+        a.scope_id,
+        tuple(a.devices),
+        tuple(a.features),
+        a.opened_at,
+        a.state,
+    )
+
+
+class DriftMonitor:
+    """Scores, stores and judges drift windows. Thread-safe (SQL does the sharing).
+
+    Args:
+        engine: the hub's database.
+        baselines: ``(model, version) -> Manifest.baseline`` (None if unknown); set later
+            with :meth:`use_baselines` when the registry comes up after ingest.
+    """
+
+    def __init__(self, engine: Engine, baselines: BaselineSource | None = None) -> None:
+        self.engine = engine
+        self._source = baselines
+        self._cache: dict[tuple[str, int], Baseline | None] = {}
+        self._lock = threading.Lock()
+        self._last_scope_eval = 0.0
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def use_baselines(self, baselines: BaselineSource) -> None:
+        self._source = baselines
+        with self._lock:
+            self._cache.clear()
+
+    def baseline(self, model: str, version: int) -> Baseline | None:
+        key = (model, version)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        raw = None
+        if self._source is not None:
+            try:
+                raw = self._source(model, version)
+            except Exception as e:  # a registry miss or a broken manifest: no scores
+                log.warning("drift: no baseline for %s v%d: %s", model, version, e)
+        parsed = None
+        if raw:
+            try:
+                parsed = Baseline.from_manifest(raw)
+            except DriftError as e:
+                log.warning("drift: %s v%d has an unusable baseline: %s", model, version, e)
+        with self._lock:
+            if raw is not None or self._source is not None:
+                self._cache[key] = parsed
+        return parsed
+
+    # ------------------------------------------------------------- policy
+
+    def policy(self, model: str) -> Policy:
+        with session(self.engine) as s:
+            return _policy(s, model)
+
+    def set_policy(self, model: str, policy: Policy, by: str | None = None) -> Policy:
+        with session(self.engine) as s:
+            row = s.get(DriftPolicy, model) or DriftPolicy(model=model, **asdict(policy))
+            for k, v in asdict(policy).items():
+                setattr(row, k, v)
+            row.updated_at, row.updated_by = time.time(), by
+            s.add(row)
+            s.commit()
+        return policy
+
+    # ------------------------------------------------------------- ingest
+
+    def ingest(self, s: Session, reports: Sequence[tuple[str, float, Mapping[str, Any]]]) -> int:
+        """Store and judge ``(device_id, ts, body)`` drift reports in the ingest's session.
+
+        Returns:
+            how many were duplicates (a window already stored) and skipped.
+        """
+        duplicates = 0
+        touched: set[tuple[str, str]] = set()
+        for device_id, ts, body in reports:
+            row = self._window_row(device_id, ts, body)
+            if row is None:
+                continue
+            if not self._insert(s, row):
+                duplicates += 1
+                continue
+            touched.add((device_id, row["model"]))
+        s.flush()
+        for device_id, model in sorted(touched):
+            self._judge_device(s, device_id, model)
+        return duplicates
+
+    def _window_row(
+        self, device_id: str, ts: float, body: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        model, version = str(body["model"]), int(body["version"])
+        try:
+            sketch = DriftSketch.from_dict(body["sketch"])
+        except DriftError as e:  # protocol.decode checked it: only a direct caller gets here
+            self.counts["bad_sketch"] += 1
+            log.warning("drift: dropped a sketch from %s: %s", device_id, e)
+            return None
+        scores = None
+        baseline = self.baseline(model, version)
+        if baseline is None:
+            self.counts["no_baseline"] += 1
+        elif not sketch.fits(baseline) or sketch.rows == 0:
+            self.counts["layout_mismatch"] += 1
+        else:
+            scores = _scores_json(baseline, sketch)
+        return {
+            "device_id": device_id,
+            "seq": int(body["seq"]),
+            "model": model,
+            "version": version,
+            "ts": ts,
+            "rows": sketch.rows,
+            "sketch": body["sketch"],
+            "scores": scores,
+        }
+
+    def _insert(self, s: Session, row: dict[str, Any]) -> bool:
+        dialect = s.get_bind().dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            ins: Any = (sqlite if dialect == "sqlite" else postgresql).insert(DriftWindow)
+            stmt = ins.on_conflict_do_nothing(index_elements=["device_id", "seq"])
+            return bool(s.execute(stmt.values(**row)).rowcount)  # type: ignore[attr-defined]
+        if s.get(DriftWindow, (row["device_id"], row["seq"])) is not None:
+            return False
+        s.add(DriftWindow(**row))
+        return True
+
+    def _judge_device(self, s: Session, device_id: str, model: str) -> None:
+        policy = _policy(s, model)
+        last = s.exec(
+            select(DriftWindow)
+            .where(DriftWindow.device_id == device_id, DriftWindow.model == model)
+            .order_by(col(DriftWindow.seq).desc())
+            .limit(policy.n)
+        ).all()
+        exceeding = [(w, policy.drifted(w.rows, w.scores)) for w in last]
+        exceeding = [(w, f) for w, f in exceeding if f]
+        self._apply_rule(s, model, "device", device_id, policy, exceeding, last[0].ts, (device_id,))
+
+    def _apply_rule(
+        self,
+        s: Session,
+        model: str,
+        scope: str,
+        scope_id: str,
+        policy: Policy,
+        exceeding: list[tuple[Any, list[str]]],
+        now: float,
+        devices: Iterable[str] = (),
+    ) -> None:
+        """Open, update or clear the alert of one scope from its exceeding windows;
+        ``devices``: those the alert names (may be none)."""
+        alert = s.exec(
+            select(DriftAlert).where(
+                DriftAlert.model == model,
+                DriftAlert.scope == scope,
+                DriftAlert.scope_id == scope_id,
+                DriftAlert.state == "open",
+            )
+        ).first()
+        if len(exceeding) >= policy.k:
+            features = sorted({f for _, fs in exceeding for f in fs})
+            latest = max(exceeding, key=lambda wf: wf[0].ts)[0]
+            devs = sorted(set(devices))
+            if alert is None:
+                alert = DriftAlert(model=model, scope=scope, scope_id=scope_id, opened_at=now)
+                alert.devices, alert.features = devs, features
+                s.add(alert)
+                s.flush()
+                self._event(s, alert, "raised", now)
+            alert.version, alert.updated_at = latest.version, now
+            alert.devices, alert.features = devs, features
+            alert.scores = dict(latest.scores or {})
+            s.add(alert)
+        elif alert is not None:
+            alert.state, alert.cleared_at, alert.updated_at = "cleared", now, now
+            s.add(alert)
+            self._event(s, alert, "cleared", now)
+
+    def _event(self, s: Session, alert: DriftAlert, kind: str, now: float) -> None:
+        assert alert.id is not None
+        s.add(
+            DriftEvent(
+                ts=now,
+                alert_id=alert.id,
+                kind=kind,
+                model=alert.model,
+                scope=alert.scope,
+                scope_id=alert.scope_id,
+                features=list(alert.features),
+                devices=list(alert.devices),
+            )
+        )
+        self.counts[f"alerts_{kind}"] += 1
+        log.warning(
+            "drift: alert %s for %s, %s %s: %s",
+            kind,
+            alert.model,
+            alert.scope,
+            alert.scope_id,
+            ", ".join(alert.features) or "-",
+        )
+
+    # ------------------------------------------------------------- group and fleet
+
+    def maybe_evaluate_scopes(self) -> None:
+        """:meth:`evaluate_scopes`, at most every SCOPE_EVAL_MIN_S (called by ingest)."""
+        now = time.time()
+        if now - self._last_scope_eval < SCOPE_EVAL_MIN_S:
+            return
+        self._last_scope_eval = now
+        self.evaluate_scopes(now)
+
+    def evaluate_scopes(self, now: float | None = None) -> None:
+        """Apply the persistence rule to every group and the fleet, for every model with
+        windows in the last ``n * scope_window_s`` seconds."""
+        now = time.time() if now is None else now
+        with session(self.engine) as s:
+            models = s.exec(select(DriftWindow.model).distinct()).all()
+            for model in models:
+                policy = _policy(s, model)
+                since = (math.floor(now / policy.scope_window_s) - policy.n + 1) * (
+                    policy.scope_window_s
+                )
+                windows = list(
+                    s.exec(
+                        select(DriftWindow)
+                        .where(DriftWindow.model == model, DriftWindow.ts >= since)
+                        .limit(MAX_RANGE_WINDOWS)
+                    )
+                )
+                scopes = {("fleet", FLEET): windows}
+                tags = _tags(s, {w.device_id for w in windows})
+                for tag, devs in tags.items():
+                    scopes[("group", tag)] = [w for w in windows if w.device_id in devs]
+                open_scopes = s.exec(
+                    select(DriftAlert).where(
+                        DriftAlert.model == model,
+                        DriftAlert.state == "open",
+                        col(DriftAlert.scope).in_(("group", "fleet")),
+                    )
+                ).all()
+                for a in open_scopes:  # a scope that fell silent clears too
+                    scopes.setdefault((a.scope, a.scope_id), [])
+                own = _Own()  # a device's bucket is the same in every scope it is in
+                for (scope, scope_id), ws in scopes.items():
+                    exceeding = self._scope_buckets(model, ws, policy, own)
+                    devices = sorted({d for b, _ in exceeding for d in b.devices})
+                    self._apply_rule(s, model, scope, scope_id, policy, exceeding, now, devices)
+            s.commit()
+
+    def _scope_buckets(
+        self, model: str, windows: list[DriftWindow], policy: Policy, own: _Own
+    ) -> list[tuple[Any, list[str]]]:
+        """The exceeding time buckets of one scope: (bucket, drifted features), each
+        bucket naming the devices that drove it (module docstring)."""
+        buckets: dict[tuple[int, int], dict[str, list[DriftWindow]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        for w in windows:
+            key = (math.floor(w.ts / policy.scope_window_s), w.version)
+            buckets[key][w.device_id].append(w)
+        by_bucket: dict[int, tuple[_Bucket, list[str]]] = {}
+        for (b, version), per_device in sorted(buckets.items()):
+            baseline = self.baseline(model, version)
+            if baseline is None:
+                continue
+            sketches = {
+                d: sk
+                for d, ws in sorted(per_device.items())
+                if (sk := own.sketch(d, b, version, baseline, ws)) is not None
+            }
+            if not sketches:
+                continue
+            sketch = merge_all(list(sketches.values()))
+            scores = _scores_json(baseline, sketch)
+            drifted = policy.drifted(sketch.rows, scores)
+            if not drifted:
+                continue
+            wanted = set(drifted)
+            devs = {
+                d
+                for d, sk in sketches.items()
+                if wanted & set(policy.drifted(sk.rows, own.scores(d, b, version, baseline)))
+            } or _carriers(baseline, sketch, sketches, drifted)
+            ts = max(w.ts for ws in per_device.values() for w in ws)
+            prev = by_bucket.get(b)  # another version's windows in the same bucket
+            if prev is not None:
+                devs |= set(prev[0].devices)
+                wanted |= set(prev[1])
+            by_bucket[b] = (_Bucket(ts, version, scores, sorted(devs)), sorted(wanted))
+        return list(by_bucket.values())
+
+    def merged(
+        self, model: str, version: int, windows: Sequence[DriftWindow]
+    ) -> tuple[DriftSketch, dict[str, Any]] | None:
+        """The merged sketch of windows of one version and its scores (None: no baseline)."""
+        baseline = self.baseline(model, version)
+        if baseline is None or not windows:
+            return None
+        sketches = []
+        for w in windows:
+            sk = DriftSketch.from_dict(w.sketch)
+            if sk.fits(baseline):
+                sketches.append(sk)
+        if not sketches:
+            return None
+        sketch = merge_all(sketches)
+        if sketch.rows == 0:
+            return None
+        return sketch, _scores_json(baseline, sketch)
+
+    # ------------------------------------------------------------- queries
+
+    def report(
+        self,
+        model: str,
+        scope: str,
+        scope_id: str | None,
+        since: float | None,
+        until: float | None,
+    ) -> dict[str, Any]:
+        """Per version: rows, windows, devices and per-feature PSI/JS over a time range."""
+        policy = self.policy(model)
+        with session(self.engine) as s:
+            q = select(DriftWindow).where(DriftWindow.model == model)
+            if since is not None:
+                q = q.where(DriftWindow.ts >= since)
+            if until is not None:
+                q = q.where(DriftWindow.ts <= until)
+            if scope == "device":
+                q = q.where(DriftWindow.device_id == scope_id)
+            elif scope == "group":
+                tagged = select(DeviceTag.device_id).where(DeviceTag.tag == scope_id)
+                q = q.where(col(DriftWindow.device_id).in_(tagged))
+            windows = list(s.exec(q.order_by(col(DriftWindow.ts)).limit(MAX_RANGE_WINDOWS)))
+        by_version: dict[int, list[DriftWindow]] = defaultdict(list)
+        for w in windows:
+            by_version[w.version].append(w)
+        versions = []
+        for version, ws in sorted(by_version.items()):
+            merged = self.merged(model, version, ws)
+            entry: dict[str, Any] = {
+                "version": version,
+                "windows": len(ws),
+                "devices": sorted({w.device_id for w in ws}),
+                "rows": sum(w.rows for w in ws),
+                "scores": None,
+                "drifted": [],
+            }
+            if merged is not None:
+                sketch, scores = merged
+                entry["scores"] = scores
+                entry["drifted"] = policy.drifted(sketch.rows, scores)
+                entry["mean"] = dict(zip(_names(scores), sketch.mean.tolist(), strict=False))
+            versions.append(entry)
+        return {
+            "model": model,
+            "scope": scope,
+            "id": scope_id if scope != "fleet" else FLEET,
+            "since": since,
+            "until": until,
+            "policy": asdict(policy),
+            "versions": versions,
+        }
+
+    def alerts(
+        self, *, state: str | None = None, model: str | None = None, limit: int = 100
+    ) -> list[DriftAlert]:
+        """Newest first."""
+        q = select(DriftAlert)
+        if state is not None:
+            q = q.where(DriftAlert.state == state)
+        if model is not None:
+            q = q.where(DriftAlert.model == model)
+        with session(self.engine) as s:
+            return list(s.exec(q.order_by(col(DriftAlert.updated_at).desc()).limit(limit)))
+
+    def events(
+        self, *, since: float | None = None, model: str | None = None, limit: int = 100
+    ) -> list[DriftEvent]:
+        """Oldest first from ``since``."""
+        q = select(DriftEvent)
+        if since is not None:
+            q = q.where(DriftEvent.ts >= since)
+        if model is not None:
+            q = q.where(DriftEvent.model == model)
+        with session(self.engine) as s:
+            return list(s.exec(q.order_by(col(DriftEvent.id)).limit(limit)))
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    """A scope's time bucket that exceeded: enough of a window for :meth:`_apply_rule`."""
+
+    ts: float
+    version: int
+    scores: dict[str, Any]
+    devices: list[str]  # the devices that drove it
+
+
+class _Own:
+    """One :meth:`DriftMonitor.evaluate_scopes` pass's per-device buckets: each device's
+    merged windows of one time bucket and version, and their scores, made once and
+    shared by the fleet and every group the device is in."""
+
+    def __init__(self) -> None:
+        self._sketches: dict[tuple[str, int, int], DriftSketch | None] = {}
+        self._scores: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+    def sketch(
+        self,
+        device: str,
+        bucket: int,
+        version: int,
+        baseline: Baseline,
+        windows: Sequence[DriftWindow],
+    ) -> DriftSketch | None:
+        """The device's windows merged (those on the baseline's layout); None: no rows."""
+        key = (device, bucket, version)
+        if key not in self._sketches:
+            fits = [sk for w in windows if (sk := DriftSketch.from_dict(w.sketch)).fits(baseline)]
+            merged = merge_all(fits) if fits else None
+            self._sketches[key] = merged if merged is not None and merged.rows > 0 else None
+        return self._sketches[key]
+
+    def scores(self, device: str, bucket: int, version: int, baseline: Baseline) -> dict[str, Any]:
+        key = (device, bucket, version)
+        if key not in self._scores:
+            sketch = self._sketches[key]
+            assert sketch is not None
+            self._scores[key] = _scores_json(baseline, sketch)
+        return self._scores[key]
+
+
+def _carriers(
+    baseline: Baseline,
+    scope: DriftSketch,
+    devices: Mapping[str, DriftSketch],
+    features: Iterable[str],
+) -> set[str]:
+    """The devices carrying a scope bucket's shift when none exceeds on its own.
+
+    PSI splits over the devices of a merge: with ``o``/``e`` the scope's observed and
+    the reference shares of one feature and ``g = ln(o / e)`` (both floored as in PSI),
+    ``sum_i (o_i - e_i) g_i`` is the row-weighted mean over devices of each device's
+    ``c_d = sum_i (o_d,i - e_i) g_i``: its own shift projected on the scope's. Rows drawn
+    from the baseline give ``c_d`` a mean of 0 and a variance of ``var_e(g) / rows``
+    (no small-sample bias, unlike a device's own PSI). A device carries the shift when,
+    on some drifted feature, ``c_d`` is at least CARRIER_SHARE of the scope's mean and
+    CARRIER_Z standard deviations above 0. Every term of the mean is >= 0, so one device
+    at least is at or above it; the significance test may still leave none.
+    """
+    out: set[str] = set()
+    for name in features:
+        if name == OUTPUTS:
+            ref, counts = baseline.output_shares, {d: s.output_counts for d, s in devices.items()}
+            total = scope.output_counts
+        else:
+            j = baseline.names.index(name)
+            ref, counts = baseline.shares[j], {d: s.counts[j] for d, s in devices.items()}
+            total = scope.counts[j]
+        if ref.sum() <= 0 or total.sum() <= 0:
+            continue
+        e = ref / ref.sum()
+        g = np.log(np.maximum(total / total.sum(), PSI_EPSILON) / np.maximum(e, PSI_EPSILON))
+        mean = float(np.sum((total / total.sum() - e) * g))
+        var = max(float(np.sum(e * g * g)) - float(np.sum(e * g)) ** 2, 0.0)
+        for d, c in counts.items():
+            rows = int(c.sum())
+            if rows == 0:
+                continue
+            contribution = float(np.sum((c / rows - e) * g))
+            if contribution >= max(CARRIER_SHARE * mean, CARRIER_Z * math.sqrt(var / rows)):
+                out.add(d)
+    return out
+
+
+def _scores_json(baseline: Baseline, sketch: DriftSketch) -> dict[str, Any]:
+    return {
+        name: {"psi": round(sc.psi, 6), "js": round(sc.js, 6)}
+        for name, sc in score_sketch(baseline, sketch).items()
+    }
+
+
+def _names(scores: Mapping[str, Any]) -> list[str]:
+    return [n for n in scores if n != OUTPUTS]
+
+
+def _policy(s: Session, model: str) -> Policy:
+    row = s.get(DriftPolicy, model)
+    if row is None:
+        return Policy()
+    return Policy(
+        row.psi_threshold, row.js_threshold, row.k, row.n, row.min_rows, row.scope_window_s
+    )
+
+
+def _tags(s: Session, devices: set[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = defaultdict(set)
+    if not devices:
+        return out
+    for row in s.exec(select(DeviceTag).where(col(DeviceTag.device_id).in_(devices))):
+        out[row.tag].add(row.device_id)
+    return out
+
+
+def trust_baselines(registry: Any, trust: Any) -> BaselineSource:
+    """A BaselineSource reading the signed manifests (hub/ml/registry.py, trust/repository.py)."""
+    import json
+
+    def source(model: str, version: int) -> Mapping[str, Any] | None:
+        target = registry.get(model, version).target
+        files = dict(trust.metadata_for(trust.root_version))
+        targets = json.loads(files["targets.json"])["signed"]["targets"]
+        custom = targets.get(target, {}).get("custom", {})
+        manifest = json.loads(custom["json"]) if "json" in custom else custom
+        baseline: Mapping[str, Any] | None = manifest.get("baseline")
+        return baseline
+
+    return source

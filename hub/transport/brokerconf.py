@@ -1,0 +1,403 @@
+"""A production Mosquitto config: TLS, client certificates, a per-device ACL, a CRL.
+
+:func:`write_broker_config` writes everything Mosquitto 2.0 needs into one directory,
+from the hub's CA (hub/trust/pki.py)::
+
+    mosquitto.conf   the config: ``mosquitto -c DIR/mosquitto.conf``
+    acl              device {id} touches only its own topics; the hub all of them
+    ca.crt           the CA that issues every client certificate
+    server.crt/.key  the broker's TLS server certificate (SAN: the server names)
+    crl.pem          revoked client certificates (rewrite + SIGHUP: :func:`reload_crl`)
+    hub.crt/.key     the hub's own MQTT client identity (CN ``edgefleet-hub``)
+    ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/transport/workers.py,
+                     CN ``edgefleet-ingest-{i}``): they may only read telemetry
+    passwords        only with ``plain_port``: the hub's password for the plain listener
+    hub.password     only with ``plain_port``: that password in clear (mode 0600)
+
+How identity flows: a client must present a certificate signed by the CA
+(``require_certificate``); its CN becomes the MQTT username
+(``use_identity_as_username``) and the username becomes the client id
+(``use_username_as_clientid``), so a device cannot take over another's session by
+connecting with its client id. ACL ``pattern`` lines substitute ``%u`` with that username
+and apply to every user; the ``user`` section adds the hub's rights on top.
+
+What Mosquitto 2.0.11 does, measured (tests/test_broker_security.py, DESIGN §8):
+
+- A publish the ACL forbids is dropped silently on MQTT 3.1.1; on MQTT 5 the PUBACK
+  carries reason code 135 (not authorised). The publisher stays connected.
+- A subscription outside the ACL is granted (SUBACK QoS 1), but messages that the
+  subscriber may not read are never delivered: the read check runs per message.
+- SIGHUP rereads the CRL, the ACL and the server certificate, but an existing
+  connection is never re-checked: a revoked device stays connected until it
+  disconnects. The hub must enforce revocation too (refuse its fetches, send it
+  nothing), or restart the broker to cut it off.
+- Listener options (``use_username_as_clientid``, the TLS ones) written before the first
+  ``listener`` line create an implicit listener on port 1883: they come after it here.
+- Mosquitto started as root switches to the ``mosquitto`` user BEFORE it opens the ACL,
+  the server key and the CRL (and again on SIGHUP): that account must be able to read
+  them. Pass ``user`` to choose the account (and, when run as root, to hand it the key).
+- An expired CRL (past its next_update) makes Mosquitto refuse every client: refresh it.
+- On MQTT 5 a publish nobody subscribes to is acknowledged with reason code 16 (no
+  matching subscribers): a success, not a denial.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hub.transport.broker import (
+    MAX_INFLIGHT_MESSAGES,
+    MAX_PACKET_BYTES,
+    MAX_QUEUED_MESSAGES,
+    BrokerError,
+    raise_nofile,
+)
+from hub.trust.pki import BROKER_IDENTITY, HUB_IDENTITY, CertificateAuthority
+from shared.atomic import write_atomic
+from shared.protocol import DEVICE_TO_HUB, HUB_TO_DEVICE, KINDS, ROOT
+
+__all__ = ["BrokerFiles", "TlsMosquitto", "reload_crl", "write_broker_config"]
+
+PERSISTENT_CLIENT_EXPIRATION = "7d"  # a device switched off over a long weekend keeps its queue
+AUTOSAVE_INTERVAL = 60  # seconds between persistence saves
+MAX_KEEPALIVE = 300  # seconds
+TLS_MIN_VERSION = "tlsv1.2"  # Mosquitto 2.0: the minimum; TLS 1.3 is offered too
+PASSWORD_ITERATIONS = 101  # PBKDF2 rounds, mosquitto_passwd's; the password is random
+DEFAULT_INGEST_WORKERS = 4  # ingest-worker identities written (hub serve --ingest-workers)
+
+
+def ingest_identity(index: int) -> str:
+    """The certificate name (= username = client id) of the hub's ingest worker ``index``."""
+    return f"edgefleet-ingest-{index}"
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """What :func:`write_broker_config` wrote, and where the broker will listen."""
+
+    directory: Path
+    config: Path
+    acl: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    crl: Path
+    hub_cert: Path
+    hub_key: Path
+    port: int
+    bind: str
+    server_names: tuple[str, ...]
+    hub_identity: str
+    plain_port: int | None = None
+    passwords: Path | None = None
+    hub_password: Path | None = None
+    ingest_workers: int = 0  # identities written for ingest workers
+
+    @property
+    def start_command(self) -> list[str]:
+        return ["mosquitto", "-c", str(self.config)]
+
+
+def write_broker_config(
+    out_dir: Path,
+    ca: CertificateAuthority,
+    *,
+    port: int = 8883,
+    bind: str = "127.0.0.1",
+    server_names: Sequence[str] = ("localhost", "127.0.0.1"),
+    hub_identity: str = HUB_IDENTITY,
+    persistence_dir: Path | None = None,
+    plain_port: int | None = None,
+    user: str | None = None,
+    ingest_workers: int = DEFAULT_INGEST_WORKERS,
+) -> BrokerFiles:
+    """Write a working Mosquitto config with TLS, client certificates, ACL and CRL.
+
+    Each call issues a fresh server certificate and hub client certificate from ``ca``.
+
+    Args:
+        out_dir: where every file goes (created if missing); the account Mosquitto
+            runs as must be able to read it.
+        ca: the hub's CA: it signs the server and hub certificates and the CRL.
+        port: the TLS listener's port.
+        bind: the address it listens on (``0.0.0.0`` for every interface).
+        server_names: DNS names and IP addresses the devices use to reach the broker.
+        hub_identity: the CN of the hub's client certificate: the one user that may
+            read and write every device's topics.
+        persistence_dir: keep sessions and queued messages across restarts here.
+        plain_port: DEVELOPMENT ONLY: also listen without TLS on 127.0.0.1 at this port,
+            for the hub alone (username ``hub_identity``, the password in
+            ``hub.password``). Devices always use TLS. Off by default.
+        user: the account Mosquitto switches to when started as root, before it reads
+            its files; when this runs as root, server.key (and the passwords and the
+            persistence directory) are given to it. None: Mosquitto's default
+            (``mosquitto``), to which the operator must give read access.
+        ingest_workers: identities for this many hub ingest workers (``hub serve
+            --ingest-workers``), each allowed to read telemetry only.
+
+    Returns:
+        The paths written and the listener's address.
+    """
+    out_dir = Path(out_dir).resolve()  # mosquitto resolves relative paths from its cwd
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = BrokerFiles(
+        directory=out_dir,
+        config=out_dir / "mosquitto.conf",
+        acl=out_dir / "acl",
+        ca=out_dir / "ca.crt",
+        server_cert=out_dir / "server.crt",
+        server_key=out_dir / "server.key",
+        crl=out_dir / "crl.pem",
+        hub_cert=out_dir / "hub.crt",
+        hub_key=out_dir / "hub.key",
+        port=port,
+        bind=bind,
+        server_names=tuple(server_names),
+        hub_identity=hub_identity,
+        plain_port=plain_port,
+        passwords=out_dir / "passwords" if plain_port is not None else None,
+        hub_password=out_dir / "hub.password" if plain_port is not None else None,
+        ingest_workers=ingest_workers,
+    )
+    server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=server_names)
+    hub, hub_key = ca.issue_service(hub_identity)
+    write_atomic(files.ca, ca.ca_pem, mode=0o644)
+    write_atomic(files.server_cert, server.cert_pem, mode=0o644)
+    write_atomic(files.server_key, server_key, mode=0o600)
+    write_atomic(files.hub_cert, hub.cert_pem, mode=0o644)
+    write_atomic(files.hub_key, hub_key, mode=0o600)
+    write_atomic(files.crl, ca.crl_pem(), mode=0o644)
+    for i in range(ingest_workers):
+        worker, worker_key = ca.issue_service(ingest_identity(i))
+        write_atomic(out_dir / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
+        write_atomic(out_dir / f"ingest-{i}.key", worker_key, mode=0o600)
+    acl = acl_text(hub_identity, ingest_workers)
+    write_atomic(files.acl, acl.encode(), mode=0o644)
+    if files.passwords is not None and files.hub_password is not None:
+        password = secrets.token_urlsafe(32)
+        write_atomic(files.hub_password, password.encode(), mode=0o600)
+        write_atomic(files.passwords, password_line(hub_identity, password).encode(), mode=0o600)
+    if persistence_dir is not None:
+        Path(persistence_dir).mkdir(parents=True, exist_ok=True)
+    conf = config_text(files, persistence_dir=persistence_dir, user=user)
+    write_atomic(files.config, conf.encode(), mode=0o644)
+    if user is not None and os.geteuid() == 0:
+        _give_to(user, [files.server_key, files.passwords], persistence_dir)
+    return files
+
+
+def _give_to(user: str, paths: list[Path | None], persistence_dir: Path | None) -> None:
+    """Let ``user`` read the broker's secrets (Mosquitto loads them after switching)."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise ValueError(f"no account {user!r} for mosquitto to run as") from None
+    for path in [*paths, persistence_dir]:
+        if path is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
+
+
+def acl_text(hub_identity: str = HUB_IDENTITY, ingest_workers: int = 0) -> str:
+    """The ACL: device ``%u`` writes its reports and reads its commands; nothing else.
+    The hub reads and writes everything; its ingest workers read telemetry."""
+    lines = [
+        "# Generated by edgefleet (hub/transport/brokerconf.py). A client's username is the CN",
+        "# of its certificate. `pattern` lines apply to every user (the hub too) with %u replaced;",
+        "# a device may not write its own cmd/blob topics (it cannot pose as the hub).",
+    ]
+    for kind in KINDS:
+        if kind in DEVICE_TO_HUB:
+            lines.append(f"pattern write {ROOT}/%u/{kind}")
+        elif kind in HUB_TO_DEVICE:
+            lines.append(f"pattern read {ROOT}/%u/{kind}")
+    lines += ["", f"user {hub_identity}", f"topic readwrite {ROOT}/#", ""]
+    for i in range(ingest_workers):
+        lines += [f"user {ingest_identity(i)}", f"topic read {ROOT}/+/telemetry", ""]
+    return "\n".join(lines)
+
+
+def password_line(username: str, password: str) -> str:
+    """One line of a Mosquitto 2.0 password file (PBKDF2-SHA512, as mosquitto_passwd)."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PASSWORD_ITERATIONS)
+    b64 = base64.b64encode
+    return f"{username}:$7${PASSWORD_ITERATIONS}${b64(salt).decode()}${b64(digest).decode()}\n"
+
+
+def config_text(
+    files: BrokerFiles, *, persistence_dir: Path | None = None, user: str | None = None
+) -> str:
+    """The mosquitto.conf text for ``files`` (see the module docstring for why)."""
+    lines = [
+        "# Generated by edgefleet (hub/transport/brokerconf.py): regenerate rather than edit.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {files.acl}",
+        # sized for a hub that receives from thousands of devices (DESIGN §8)
+        f"max_packet_size {MAX_PACKET_BYTES}",  # > a blob (1 MiB) + header, topic, properties
+        f"max_queued_messages {MAX_QUEUED_MESSAGES}",
+        "max_queued_bytes 0",
+        f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
+        f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
+        "set_tcp_nodelay true",
+        f"max_keepalive {MAX_KEEPALIVE}",
+        "log_dest stderr",  # the journal under systemd; a file under TlsMosquitto
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages true",
+    ]
+    if user is not None:
+        lines.append(f"user {user}")
+    if files.passwords is not None:
+        # used by the plain listener only: use_identity_as_username overrides it on TLS
+        lines.append(f"password_file {files.passwords}")
+    if persistence_dir is not None:
+        lines += [
+            "persistence true",
+            f"persistence_location {str(Path(persistence_dir).resolve()).rstrip('/')}/",
+            f"autosave_interval {AUTOSAVE_INTERVAL}",
+        ]
+    else:
+        lines.append("persistence false")
+    lines += [
+        "",
+        "# devices and the hub: TLS with a client certificate from the hub's CA",
+        f"listener {files.port} {files.bind}",
+        # listener options must follow their `listener` line (else Mosquitto opens 1883)
+        "use_username_as_clientid true",
+        f"cafile {files.ca}",
+        f"certfile {files.server_cert}",
+        f"keyfile {files.server_key}",
+        f"crlfile {files.crl}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        f"tls_version {TLS_MIN_VERSION}",
+    ]
+    if files.plain_port is not None:
+        lines += [
+            "",
+            "# DEVELOPMENT ONLY: plain TCP on loopback for the hub (password in hub.password)",
+            f"listener {files.plain_port} 127.0.0.1",
+            "use_username_as_clientid true",
+        ]
+    return "\n".join([*lines, ""])
+
+
+def reload_crl(ca: CertificateAuthority, files: BrokerFiles, pid: int) -> None:
+    """Rewrite ``crl.pem`` from the CA and make the Mosquitto process ``pid`` reread it.
+
+    Only new connections are checked against it: Mosquitto does not drop a client
+    that is already connected, so the hub must also refuse a revoked device's messages.
+    Call it on a schedule too: Mosquitto refuses every client once the CRL expires.
+    """
+    write_atomic(files.crl, ca.crl_pem(), mode=0o644)
+    os.kill(pid, signal.SIGHUP)
+
+
+class TlsMosquitto:
+    """Mosquitto as a child process running a config from :func:`write_broker_config`.
+
+    ``with TlsMosquitto(files) as broker:`` starts it and waits until the TLS port
+    accepts connections; leaving the block stops it.
+    """
+
+    def __init__(self, files: BrokerFiles) -> None:
+        self.files = files
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1" if self.files.bind in ("0.0.0.0", "") else self.files.bind
+
+    @property
+    def port(self) -> int:
+        return self.files.port
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise BrokerError("mosquitto is not running")
+        return self._proc.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.files.directory / "mosquitto.log"
+
+    def start(self, timeout: float = 10.0) -> TlsMosquitto:
+        """Start Mosquitto and wait for its TLS port.
+
+        Raises:
+            BrokerError: no mosquitto binary, or it exited or did not listen in time.
+        """
+        exe = shutil.which("mosquitto")
+        if exe is None:
+            raise BrokerError("the mosquitto binary is not on PATH")
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(
+                [exe, "-c", str(self.files.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=raise_nofile,
+            )
+        deadline = time.monotonic() + timeout
+        while not _listening(self.host, self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(
+                    f"mosquitto did not start on {self.host}:{self.port}: {_tail(self.log_path)}"
+                )
+            time.sleep(0.05)
+        return self
+
+    def reload(self) -> None:
+        """SIGHUP: reread the CRL, the ACL and the server certificate."""
+        os.kill(self.pid, signal.SIGHUP)
+
+    def reload_crl(self, ca: CertificateAuthority) -> None:
+        reload_crl(ca, self.files, self.pid)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def __enter__(self) -> TlsMosquitto:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    with contextlib.suppress(OSError):
+        return " / ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return f"(no log at {path})"

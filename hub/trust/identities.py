@@ -1,0 +1,196 @@
+"""Device identities on the hub: certificates at enrolment, revocation, the broker's CRL.
+
+A device enrols with its own CSR and gets a client certificate from the hub's CA
+(hub/trust/pki.py). Revoking a device revokes every certificate it was issued, records it, and
+publishes a new CRL for the broker, then runs the configured reload command (Mosquitto
+rereads its CRL on SIGHUP). A CRL does not cut a connection that is already open
+(DESIGN §8), so the hub also ignores a revoked device's messages and sends it nothing.
+A device id that has a certificate (or a revocation) is taken: only an admin's
+re-enrolment token for it (``POST /devices/{id}/reenrol``) may give it a new identity,
+which supersedes its old certificates or lifts its revocation.
+
+Errors::
+
+    PkiError (hub/trust/pki.py)     a CSR that cannot be used (``reason`` says why)
+    DeviceTaken               the id is enrolled or revoked and the token is no re-enrolment
+      DeviceRevoked           … it is revoked
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from hub.store.tables import Revocation, session
+from hub.trust.pki import CertificateAuthority, IssuedCert
+from shared.atomic import write_atomic
+
+log = logging.getLogger(__name__)
+
+CRL_REPUBLISH_S = 86400.0  # seconds between CRL re-issues (each is valid 7 days)
+RELOAD_TIMEOUT_S = 10.0  # seconds the broker reload command may take
+
+
+class DeviceTaken(Exception):
+    """The device id already has an identity; only an admin's re-enrolment may replace it."""
+
+
+class DeviceRevoked(DeviceTaken):
+    """The device id is revoked; only an admin's re-enrolment may enrol it again."""
+
+
+class Identities:
+    """Issues device certificates and keeps the revocation list, in SQL and for the broker.
+
+    Args:
+        engine: the hub's database.
+        ca: the hub's CA.
+        crl_path: where the broker reads its CRL (None: no TLS broker to tell).
+        reload_command: run after each CRL write, e.g. ``("systemctl", "reload",
+            "mosquitto")`` or ``("kill", "-HUP", "<pid>")``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        ca: CertificateAuthority,
+        *,
+        crl_path: Path | None = None,
+        reload_command: Sequence[str] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.ca = ca
+        self.crl_path = crl_path
+        self.reload_command = tuple(reload_command or ())
+        self._lock = threading.Lock()
+        self._crl_written = 0.0
+        # what the last CRL publication did, for the operator who revoked a device
+        self.broker_notice = "no TLS broker configured: nothing to tell"
+        with session(engine) as s:
+            self._revoked = frozenset(s.exec(select(Revocation.device_id)))
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        return self._revoked
+
+    def check_csr(self, device_id: str, csr_pem: bytes) -> None:
+        """Refuse a bad CSR before the enrolment token is used up.
+
+        Raises:
+            PkiError: the CSR cannot be used.
+        """
+        self.ca.check_csr(csr_pem, device_id)
+
+    def taken(self, device_id: str) -> bool:
+        """Whether the id has been issued a certificate or is revoked."""
+        return device_id in self._revoked or bool(self.ca.serials_for(device_id))
+
+    def check_enrolment(self, device_id: str, *, reenrol: bool) -> None:
+        """Refuse to enrol a taken id without a re-enrolment token (before it is used up).
+
+        Raises:
+            DeviceRevoked: the id is revoked.
+            DeviceTaken: the id is enrolled.
+        """
+        if reenrol:
+            return
+        how = "POST /devices/{id}/reenrol"
+        if device_id in self._revoked:
+            raise DeviceRevoked(f"device {device_id} is revoked: an admin must re-enrol it ({how})")
+        if self.ca.serials_for(device_id):
+            raise DeviceTaken(
+                f"device {device_id} is already enrolled: an admin must re-enrol it ({how})"
+            )
+
+    def issue(self, device_id: str, csr_pem: bytes, *, reenrol: bool) -> IssuedCert:
+        """Issue the device's certificate. A taken id needs a re-enrolment token: its old
+        certificates are then revoked as superseded, and a revocation is lifted.
+
+        Raises:
+            DeviceTaken / DeviceRevoked: the id is taken and this is no re-enrolment.
+            PkiError: the CSR cannot be used.
+        """
+        self.check_enrolment(device_id, reenrol=reenrol)
+        old = self.ca.serials_for(device_id)
+        cert = self.ca.issue_device(csr_pem, device_id)
+        if old and device_id not in self._revoked:
+            with self._lock:
+                for serial in old:  # a key that may have leaked must not connect any more
+                    self.ca.revoke(serial, "superseded")
+            self.publish_crl()
+            log.warning(
+                "device %s re-enrolled: %d old certificate(s) superseded", device_id, len(old)
+            )
+        if device_id in self._revoked:
+            with self._lock, session(self.engine) as s:
+                row = s.get(Revocation, device_id)
+                if row is not None:
+                    s.delete(row)
+                    s.commit()
+                self._revoked = self._revoked - {device_id}
+            log.warning("device %s re-enrolled: its revocation is lifted", device_id)
+        return cert
+
+    def revoke(self, device_id: str, reason: str, by: str | None) -> Revocation:
+        """Revoke every certificate of ``device_id`` and tell the broker.
+
+        Raises:
+            PkiError: ``bad_reason`` for a reason that is not an x509 CRL reason.
+        """
+        with self._lock:
+            serials = self.ca.serials_for(device_id)
+            for serial in serials:
+                self.ca.revoke(serial, reason)
+            with session(self.engine) as s:
+                row = s.get(Revocation, device_id) or Revocation(device_id=device_id)
+                row.reason, row.by, row.revoked_at = reason, by, time.time()
+                row.serials = sorted({*row.serials, *(format(n, "x") for n in serials)})
+                s.add(row)
+                s.commit()
+                s.refresh(row)
+            self._revoked = self._revoked | {device_id}
+        self.publish_crl()
+        return row
+
+    def publish_crl(self) -> bool:
+        """Write a fresh CRL where the broker reads it and run the reload command.
+
+        ``broker_notice`` says what happened, in words for the operator: reloaded, the
+        reload left to them (no command configured), or the reload failed.
+        """
+        if self.crl_path is None:
+            self.broker_notice = "no TLS broker configured: nothing to tell"
+            return False
+        with self._lock:
+            write_atomic(self.crl_path, self.ca.crl_pem(), mode=0o644)
+            self._crl_written = time.time()
+        if not self.reload_command:
+            self.broker_notice = (
+                f"CRL written to {self.crl_path}; no reload command is configured"
+                " (--broker-reload): reload the broker (SIGHUP) to apply it"
+            )
+            log.warning("%s", self.broker_notice)
+            return True
+        command = " ".join(self.reload_command)
+        try:
+            subprocess.run(self.reload_command, check=True, timeout=RELOAD_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as e:
+            self.broker_notice = f"CRL written, but the broker reload ({command}) failed: {e}"
+            log.error("%s", self.broker_notice)
+            return True
+        self.broker_notice = f"CRL written and the broker reloaded ({command})"
+        return True
+
+    def refresh_crl(self) -> bool:
+        """Re-issue the CRL once a day, well before its 7-day validity runs out (an expired
+        CRL makes Mosquitto refuse every client, the hub included)."""
+        if self.crl_path is None or time.time() - self._crl_written < CRL_REPUBLISH_S:
+            return False
+        return self.publish_crl()

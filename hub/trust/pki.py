@@ -1,0 +1,474 @@
+"""The hub's certificate authority: device identities for MQTT over TLS (DESIGN §4).
+
+A device makes its own key pair and sends a certificate signing request (CSR); the hub
+checks it and issues a client certificate whose common name is the device id. The broker
+(hub/transport/brokerconf.py) trusts only this CA, takes the certificate's CN as the MQTT username
+and lets device ``{id}`` touch only ``ef/v1/dev/{id}/...``. The hub's own MQTT client and
+the broker's server certificate are issued here too (:meth:`CertificateAuthority.issue_service`).
+
+Files in the CA's directory (mode 0700)::
+
+    ca.key        the CA's private key (EC P-256, PKCS#8 PEM, mode 0600)
+    ca.crt        the self-signed CA certificate (10 years)
+    ledger.json   every certificate issued and every serial revoked (atomic replace)
+
+Keys: ECDSA P-256 with SHA-256 everywhere. Mosquitto 2.0.11 on OpenSSL 3 also accepts
+Ed25519 client certificates, so a device CSR may carry an Ed25519 key; RSA and other
+curves are refused (``weak_key``) to keep one small, fast key type on the devices.
+
+Exceptions::
+
+    PkiError(reason, detail)
+        bad_csr             the CSR does not parse, is too long, or has no single CN
+        bad_signature       the CSR is not signed by the key it carries (tampered)
+        identity_mismatch   the CSR's CN is not the device id being enrolled
+        bad_identity        the device id is not a valid protocol device id
+        reserved_identity   the name belongs to the hub, the broker or another service
+        weak_key            the key is not EC P-256 (or Ed25519)
+        bad_reason          an unknown revocation reason
+        bad_ca              the CA directory is incomplete or its files do not match
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shared.atomic import write_atomic
+from shared.protocol import is_device_id
+
+__all__ = [
+    "BROKER_IDENTITY",
+    "HUB_IDENTITY",
+    "CertificateAuthority",
+    "IssuedCert",
+    "PkiError",
+    "RevokedCert",
+]
+
+HUB_IDENTITY = "edgefleet-hub"  # the CN (and so the MQTT username) of the hub's client
+BROKER_IDENTITY = "edgefleet-broker"  # the CN of the broker's server certificate
+RESERVED_IDENTITIES = frozenset({HUB_IDENTITY, BROKER_IDENTITY})
+
+CA_VALIDITY = dt.timedelta(days=3650)
+CLOCK_SKEW = dt.timedelta(minutes=5)  # not_before is back-dated by this much
+CRL_VALIDITY = dt.timedelta(days=7)  # Mosquitto refuses every client once the CRL expires
+MAX_CSR_BYTES = 16 * 2**10  # bytes; a P-256 CSR is about 400
+
+_REVOCATION_REASONS = {flag.name: flag for flag in x509.ReasonFlags}
+
+
+class PkiError(ValueError):
+    """A certificate request or CA operation the hub refuses.
+
+    Attributes:
+        reason: a stable, short code (``bad_csr``, ``identity_mismatch``, ...).
+        detail: what exactly was wrong, for the operator or the log line.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """A certificate the CA signed."""
+
+    serial: int
+    cert_pem: bytes
+    not_after: dt.datetime  # UTC
+    subject: str  # the common name: a device id or a service name
+
+
+@dataclass(frozen=True)
+class RevokedCert:
+    """One entry of the revocation ledger."""
+
+    serial: int
+    reason: str  # a name of cryptography's x509.ReasonFlags, e.g. "key_compromise"
+    revoked_at: dt.datetime  # UTC
+    subject: str | None  # the CN it was issued to, when the CA issued it
+
+
+class CertificateAuthority:
+    """The hub's CA: issues device and service certificates, keeps the revocation list.
+
+    Thread-safe: issuing and revoking take one lock, and the ledger is replaced
+    atomically on every change.
+    """
+
+    def __init__(
+        self, directory: Path, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate
+    ) -> None:
+        self.directory = directory
+        self._key = key
+        self._cert = cert
+        self._lock = threading.Lock()
+        self._ledger_path = directory / "ledger.json"
+        self._ledger = _load_ledger(self._ledger_path)
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open_or_init(
+        cls, directory: Path, *, name: str = "edgefleet hub CA"
+    ) -> CertificateAuthority:
+        """Open the CA in ``directory``, creating its key, certificate and ledger if absent.
+
+        Raises:
+            PkiError: ``bad_ca`` when only some of its files exist or they do not match.
+        """
+        directory = Path(directory)
+        key_path, cert_path = directory / "ca.key", directory / "ca.crt"
+        if not key_path.exists() and not cert_path.exists():
+            directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(directory, 0o700)
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = _self_signed_ca(key, name)
+            write_atomic(key_path, _key_pem(key), mode=0o600)
+            write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+            ca = cls(directory, key, cert)
+            with ca._lock:
+                ca._save_ledger()
+            return ca
+        try:
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except (OSError, ValueError) as e:
+            raise PkiError("bad_ca", f"cannot read the CA in {directory}: {e}") from e
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or _public_der(
+            loaded.public_key()
+        ) != _public_der(cert.public_key()):
+            raise PkiError("bad_ca", f"{key_path} is not the key of {cert_path}")
+        return cls(directory, loaded, cert)
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate (PEM): what the broker and the devices trust."""
+        return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self._cert
+
+    # ------------------------------------------------------------------ issuing
+
+    def issue_device(self, csr_pem: bytes, device_id: str, *, days: int = 365) -> IssuedCert:
+        """Check a device's CSR and issue its client certificate (CN = ``device_id``).
+
+        Raises:
+            PkiError: as :meth:`check_csr`.
+        """
+        public_key = self.check_csr(csr_pem, device_id)
+        with self._lock:
+            return self._issue(public_key, device_id, days, _client_extensions())
+
+    def check_csr(self, csr_pem: bytes, device_id: str) -> Any:
+        """Check a device's CSR without issuing anything; its public key.
+
+        Raises:
+            PkiError: ``bad_csr``, ``bad_signature``, ``identity_mismatch``,
+                ``bad_identity``, ``reserved_identity`` or ``weak_key``.
+        """
+        if not is_device_id(device_id):
+            raise PkiError("bad_identity", f"{device_id!r} is not a valid device id")
+        csr = _parse_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise PkiError("bad_signature", "the CSR is not signed by the key it carries")
+        cn = _single_cn(csr.subject)
+        if cn != device_id:
+            raise PkiError("identity_mismatch", f"CSR is for {cn!r}, enrolling {device_id!r}")
+        public_key = csr.public_key()
+        _check_key(public_key)
+        with self._lock:
+            if device_id in self._reserved():
+                raise PkiError("reserved_identity", f"{device_id!r} is a name of the hub's")
+        return public_key
+
+    def issue_service(
+        self, name: str, *, server_names: Sequence[str] = (), days: int = 825
+    ) -> tuple[IssuedCert, bytes]:
+        """Issue a certificate and a fresh P-256 key for one of the hub's own services.
+
+        With ``server_names`` it is a TLS server certificate (the broker) whose subject
+        alternative names are those DNS names and IP addresses; without, a TLS client
+        certificate (the hub's MQTT identity, CN ``edgefleet-hub``). The name is then
+        reserved: no device can enrol under it.
+
+        Returns:
+            The certificate and its private key (PKCS#8 PEM, unencrypted).
+        """
+        if not name or "/" in name or "+" in name or "#" in name:
+            raise PkiError("bad_identity", f"{name!r} is not a usable service name")
+        key = ec.generate_private_key(ec.SECP256R1())
+        extensions = _server_extensions(server_names) if server_names else _client_extensions()
+        with self._lock:
+            if name not in self._ledger["services"]:
+                self._ledger["services"].append(name)
+            issued = self._issue(key.public_key(), name, days, extensions)
+        return issued, _key_pem(key)
+
+    def _issue(
+        self,
+        public_key: Any,
+        subject: str,
+        days: int,
+        extensions: list[tuple[x509.ExtensionType, bool]],
+    ) -> IssuedCert:
+        now = _now()
+        not_after = now + dt.timedelta(days=days)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(self._cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(not_after)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(self._authority_key_id(), critical=False)
+        )
+        for ext, critical in extensions:
+            builder = builder.add_extension(ext, critical=critical)
+        cert = builder.sign(self._key, hashes.SHA256())
+        serial = cert.serial_number
+        self._ledger["issued"][str(serial)] = {
+            "subject": subject,
+            "not_after": not_after.isoformat(),
+        }
+        self._save_ledger()
+        return IssuedCert(serial, cert.public_bytes(serialization.Encoding.PEM), not_after, subject)
+
+    # ------------------------------------------------------------------ revocation
+
+    def revoke(self, serial: int, reason: str = "unspecified") -> None:
+        """Add ``serial`` to the revocation list (idempotent: a second call changes nothing).
+
+        Publish the change to the broker with hub.brokerconf.reload_crl; that stops new
+        connections only, so the hub must also refuse a revoked device's messages.
+
+        Raises:
+            PkiError: ``bad_reason`` for a reason not in x509.ReasonFlags (by name).
+        """
+        if reason not in _REVOCATION_REASONS:
+            raise PkiError("bad_reason", f"{reason!r}; one of {sorted(_REVOCATION_REASONS)}")
+        with self._lock:
+            if str(serial) in self._ledger["revoked"]:
+                return
+            self._ledger["revoked"][str(serial)] = {
+                "reason": reason,
+                "revoked_at": _now().isoformat(),
+            }
+            self._save_ledger()
+
+    def is_revoked(self, serial: int) -> bool:
+        with self._lock:
+            return str(serial) in self._ledger["revoked"]
+
+    def revoked(self) -> list[RevokedCert]:
+        """Every revoked certificate, oldest revocation first."""
+        with self._lock:
+            entries = [
+                RevokedCert(
+                    serial=int(serial),
+                    reason=entry["reason"],
+                    revoked_at=dt.datetime.fromisoformat(entry["revoked_at"]),
+                    subject=self._ledger["issued"].get(serial, {}).get("subject"),
+                )
+                for serial, entry in self._ledger["revoked"].items()
+            ]
+        return sorted(entries, key=lambda e: e.revoked_at)
+
+    def serials_for(self, subject: str) -> list[int]:
+        """The serials of every certificate issued to ``subject`` (to revoke a device)."""
+        with self._lock:
+            return [int(s) for s, e in self._ledger["issued"].items() if e["subject"] == subject]
+
+    def crl_pem(self, *, validity: dt.timedelta = CRL_VALIDITY) -> bytes:
+        """A CRL signed by the CA listing every revoked serial (PEM).
+
+        Its next_update is ``validity`` from now. Mosquitto refuses every TLS client once
+        the CRL it loaded has expired, so the hub must rewrite it and signal the broker
+        (hub.brokerconf.reload_crl) well before then, e.g. daily.
+        """
+        now = _now()
+        with self._lock:
+            self._ledger["crl_number"] += 1
+            number = self._ledger["crl_number"]
+            self._save_ledger()
+            revoked = dict(self._ledger["revoked"])
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self._cert.subject)
+            .last_update(now - CLOCK_SKEW)
+            .next_update(now + validity)
+            .add_extension(x509.CRLNumber(number), critical=False)
+            .add_extension(self._authority_key_id(), critical=False)
+        )
+        for serial, entry in revoked.items():
+            rb = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(serial))
+                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
+            )
+            if entry["reason"] != "unspecified":  # RFC 5280 5.3.1: omit it when unspecified
+                flag = _REVOCATION_REASONS[entry["reason"]]
+                rb = rb.add_extension(x509.CRLReason(flag), critical=False)
+            builder = builder.add_revoked_certificate(rb.build())
+        crl = builder.sign(self._key, hashes.SHA256())
+        return crl.public_bytes(serialization.Encoding.PEM)
+
+    # ------------------------------------------------------------------ internals
+
+    def _reserved(self) -> set[str]:
+        return set(RESERVED_IDENTITIES) | set(self._ledger["services"])
+
+    def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+    def _save_ledger(self) -> None:
+        data = json.dumps(self._ledger, indent=1, sort_keys=True).encode()
+        write_atomic(self._ledger_path, data, mode=0o600)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _load_ledger(path: Path) -> dict[str, Any]:
+    ledger: dict[str, Any] = {"issued": {}, "revoked": {}, "services": [], "crl_number": 0}
+    if path.exists():
+        try:
+            ledger.update(json.loads(path.read_bytes()))
+        except (OSError, ValueError) as e:
+            raise PkiError("bad_ca", f"cannot read the ledger {path}: {e}") from e
+    return ledger
+
+
+def _self_signed_ca(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = _now()
+    usage = x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(now + CA_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def _leaf_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _client_extensions() -> list[tuple[x509.ExtensionType, bool]]:
+    return [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (_leaf_usage(), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+    ]
+
+
+def _server_extensions(server_names: Sequence[str]) -> list[tuple[x509.ExtensionType, bool]]:
+    names: list[x509.GeneralName] = []
+    for name in server_names:
+        try:
+            names.append(x509.IPAddress(ip_address(name)))
+        except ValueError:
+            names.append(x509.DNSName(name))
+    return [
+        (x509.BasicConstraints(ca=False, path_length=None), True),
+        (_leaf_usage(), True),
+        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        (x509.SubjectAlternativeName(names), False),
+    ]
+
+
+def _parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    if len(csr_pem) > MAX_CSR_BYTES:
+        raise PkiError("bad_csr", f"{len(csr_pem)} bytes, at most {MAX_CSR_BYTES}")
+    try:
+        return x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise PkiError("bad_csr", f"not a PEM certificate signing request: {e}") from e
+
+
+def _single_cn(name: x509.Name) -> str:
+    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        raise PkiError("bad_csr", f"the subject needs exactly one common name, has {len(cns)}")
+    value = cns[0].value
+    return value if isinstance(value, str) else value.decode(errors="replace")
+
+
+def _check_key(public_key: Any) -> None:
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        return
+    kind = type(public_key).__name__
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        kind = f"EC {public_key.curve.name}"
+    raise PkiError("weak_key", f"need an EC P-256 (or Ed25519) key, got {kind}")
+
+
+def _public_der(public_key: Any) -> bytes:
+    der: bytes = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
