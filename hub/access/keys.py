@@ -1,10 +1,11 @@
-"""Who may call the hub: API keys with roles, and the FastAPI dependencies that check
-them. One-time enrolment tokens are in hub/trust/enrolment.py, the audit log in hub/access/audit.py.
+"""Who may call the hub: API keys with roles. The FastAPI dependencies that check them
+are in hub/api/security.py, one-time enrolment tokens in hub/trust/enrolment.py, the
+audit log in hub/access/audit.py.
 
 API keys look like ``ef_<keyid>_<secret>`` and are sent as ``Authorization: Bearer
 <key>``; the hub keeps the keyid and a hash of the secret. Roles are ordered
 (``admin`` > ``operator`` > ``viewer``): a role can do what the ones below it can.
-Routes declare the role they need with ``Depends(require(Role.operator))``.
+Routes declare the role they need (``Operator``, hub/api/security.py).
 
 Errors::
 
@@ -21,17 +22,12 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, func, or_, update
 from sqlmodel import col, select
 
-from hub.access.audit import audit_context
 from hub.store.tables import ApiKey, now, session
 
 KEY_PREFIX = "ef"
@@ -210,57 +206,3 @@ class ApiKeys:
         if row.revoked_at is not None:
             raise ApiKeyError("revoked", f"API key {keyid} is already revoked")
         raise ApiKeyError("last_admin", f"API key {keyid} is the last active admin key")
-
-
-# ---------------------------------------------------------------- FastAPI dependencies
-
-bearer = HTTPBearer(auto_error=False, description="An API key: ef_<keyid>_<secret>")
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
-def authorize(request: Request, role: Role, key: str | None) -> Principal:
-    """Check the key and the role of a request.
-
-    Raises:
-        HTTPException: 401 (no usable key, with ``WWW-Authenticate: Bearer``), 403 (the
-            key's role is below ``role``).
-    """
-    keys: ApiKeys = request.app.state.api_keys
-    ctx = audit_context(request)
-    try:
-        who = keys.authenticate(key)
-    except Unauthenticated as e:
-        ctx.actor_keyid = e.keyid
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
-    ctx.actor(who)
-    request.state.principal = who
-    if not who.role.allows(role):
-        raise HTTPException(403, f"role {role.value} required; this key's role is {who.role}")
-    return who
-
-
-def require(role: Role) -> Callable[..., Principal]:
-    """A dependency that lets in keys of ``role`` or above and returns the caller."""
-
-    def dependency(request: Request, credentials: Credentials) -> Principal:
-        return authorize(request, role, credentials.credentials if credentials else None)
-
-    dependency.required_role = role  # type: ignore[attr-defined]  # read by required_role()
-    return dependency
-
-
-def required_role(dependant: Any) -> Role | None:
-    """The role a route's dependency tree requires (None for a public route)."""
-    for dep in getattr(dependant, "dependencies", []):
-        role = getattr(dep.call, "required_role", None)
-        if isinstance(role, Role):
-            return role
-        found = required_role(dep)
-        if found is not None:
-            return found
-    return None
-
-
-Viewer = Annotated[Principal, Depends(require(Role.viewer))]
-Operator = Annotated[Principal, Depends(require(Role.operator))]
-Admin = Annotated[Principal, Depends(require(Role.admin))]

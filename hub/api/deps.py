@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from hub.access.audit import AuditContext, audit_context
+from hub.api.audit import AuditContext, audit_context
 from hub.app import Hub
 
 MAX_INT = 2**31 - 1  # the largest version, seed or count a request may carry

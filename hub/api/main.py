@@ -30,24 +30,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from hub.access.audit import (
-    AUDIT_LIMIT_DEFAULT,
-    AUDIT_LIMIT_MAX,
-    AuditLog,
-    AuditMiddleware,
-    audit_context,
-)
-from hub.access.keys import (
-    KEY_NAME_PATTERN,
-    Admin,
-    ApiKeyError,
-    ApiKeys,
-    Operator,
-    Role,
-    Viewer,
-    authorize,
-    required_role,
-)
+from hub.access.audit import AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX, AuditLog
+from hub.access.keys import KEY_NAME_PATTERN, ApiKeyError, ApiKeys, Role
+from hub.api.audit import AuditMiddleware, audit_context
 from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
 from hub.api.routes.datasets import dataset_routes
 from hub.api.routes.devices import device_routes
@@ -56,6 +41,7 @@ from hub.api.routes.loop import loop_routes
 from hub.api.routes.rollouts import rollout_routes
 from hub.api.routes.signing import signing_routes
 from hub.api.routes.telemetry import telemetry_routes
+from hub.api.security import Admin, Operator, Viewer, authorize, required_role
 from hub.app import Hub, pipeline_config
 from hub.fleet.deployments import DeploymentError
 from hub.ml.jobs import Progress

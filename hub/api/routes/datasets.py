@@ -8,8 +8,8 @@ from fastapi import Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
-from hub.access.keys import Operator, Viewer
 from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.api.security import Operator, Viewer
 from hub.ml.datasets import DatasetError, attach
 from hub.ml.registry import RegistryError
 from hub.ml.retrain import MAX_CAPTURED_WEIGHT, submit_retrain

@@ -8,8 +8,8 @@ from fastapi import Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from hub.access.keys import Admin, Operator, Viewer
 from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.security import Admin, Operator, Viewer
 from hub.app import Hub
 from hub.store.tables import Device, DevicePublic, EnrolToken, EnrolTokenPublic, session
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefused

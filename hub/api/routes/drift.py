@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from hub.access.keys import Operator, Viewer
 from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.security import Operator, Viewer
 from hub.telemetry.drift import Policy
 from hub.telemetry.drift import open_alerts as _open_alerts
 

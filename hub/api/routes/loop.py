@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from hub.access.keys import Operator, Viewer
 from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.security import Operator, Viewer
 from hub.loop import (
     MAX_CAPTURE_ROWS,
     MAX_CAPTURE_S,

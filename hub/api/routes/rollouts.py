@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from hub.access.keys import Operator, Viewer
 from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.api.security import Operator, Viewer
 from hub.fleet.rollouts import RolloutError, RolloutSpec
 from hub.ml.registry import RegistryError
 from hub.store.tables import RolloutDevice

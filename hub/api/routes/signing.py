@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from hub.access.keys import Admin
 from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.security import Admin
 from hub.trust.repository import MAX_THRESHOLD, RepositoryError
 
 RoleName = Literal["root", "targets", "snapshot", "timestamp", "director"]

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query
 
-from hub.access.keys import Viewer
 from hub.api.deps import DENIALS, HubDep
+from hub.api.security import Viewer
 from hub.store.tables import session
 from hub.telemetry.queries import TelemetryQueryError, group_devices, series
 

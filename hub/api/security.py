@@ -1,0 +1,65 @@
+"""The API's access check: FastAPI dependencies that authenticate a request's API key
+(hub/access/keys.py) and require a role; ``Viewer``, ``Operator`` and ``Admin`` are what
+routes declare."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from hub.access.keys import ApiKeys, Principal, Role, Unauthenticated
+from hub.api.audit import audit_context
+
+bearer = HTTPBearer(auto_error=False, description="An API key: ef_<keyid>_<secret>")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def authorize(request: Request, role: Role, key: str | None) -> Principal:
+    """Check the key and the role of a request.
+
+    Raises:
+        HTTPException: 401 (no usable key, with ``WWW-Authenticate: Bearer``), 403 (the
+            key's role is below ``role``).
+    """
+    keys: ApiKeys = request.app.state.api_keys
+    ctx = audit_context(request)
+    try:
+        who = keys.authenticate(key)
+    except Unauthenticated as e:
+        ctx.actor_keyid = e.keyid
+        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
+    ctx.actor(who)
+    request.state.principal = who
+    if not who.role.allows(role):
+        raise HTTPException(403, f"role {role.value} required; this key's role is {who.role}")
+    return who
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    """A dependency that lets in keys of ``role`` or above and returns the caller."""
+
+    def dependency(request: Request, credentials: Credentials) -> Principal:
+        return authorize(request, role, credentials.credentials if credentials else None)
+
+    dependency.required_role = role  # type: ignore[attr-defined]  # read by required_role()
+    return dependency
+
+
+def required_role(dependant: Any) -> Role | None:
+    """The role a route's dependency tree requires (None for a public route)."""
+    for dep in getattr(dependant, "dependencies", []):
+        role = getattr(dep.call, "required_role", None)
+        if isinstance(role, Role):
+            return role
+        found = required_role(dep)
+        if found is not None:
+            return found
+    return None
+
+
+Viewer = Annotated[Principal, Depends(require(Role.viewer))]
+Operator = Annotated[Principal, Depends(require(Role.operator))]
+Admin = Annotated[Principal, Depends(require(Role.admin))]
