@@ -5,10 +5,10 @@ Mosquitto from the hub's development config (hub/transport/broker.py, queues siz
 and the two ways the hub takes telemetry:
 
 - ``fast`` (the headline): ``--consumers`` ingest workers, the processes ``edgefleet hub
-  serve --ingest-workers N`` starts (hub/transport/workers.py ``IngestWorker``: the
+  serve --ingest-workers N`` starts (hub/workers.py ``IngestWorker``: the
   subscribe-only client of hub/transport/fastsub.py on the workers' ``$share`` group, into an
   inline writer that commits each batch before acknowledging it);
-- ``paho``: the hub process itself when it runs without workers (hub/transport/link.py ``HubMqtt``
+- ``paho``: the hub process itself when it runs without workers (hub/transport/link.py ``MqttLink``
   with the hub's subscriptions and manual acknowledgements, into ``Ingest`` with its
   writer thread).
 
@@ -192,18 +192,18 @@ def start_hub_consumer(
 ) -> Any:
     """The hub's own consumer and writer on ``db``, built as the hub builds them.
 
-    ``fast``: ingest worker ``index`` (hub/transport/workers.py, what ``edgefleet hub serve
+    ``fast``: ingest worker ``index`` (hub/workers.py, what ``edgefleet hub serve
     --ingest-workers N`` starts: hub/transport/fastsub.py into an inline writer, on the workers'
     ``$share`` group). ``paho``: the hub process itself when it has no workers
-    (hub/transport/link.py ``HubMqtt`` with the hub's subscriptions, into ``Ingest`` with its writer
+    (hub/transport/link.py ``MqttLink`` with the hub's subscriptions, into ``Ingest``, its writer
     thread). Both refuse windows older than the hub's retention (``RAW_AGE_S``).
     """
-    from hub.ingest.writer import Ingest
+    from hub.app import make_ingest, serve_devices
     from hub.store.tables import make_engine, sqlite_url
     from hub.telemetry.retention import RAW_AGE_S
     from hub.transport.broker import BrokerAddress
-    from hub.transport.link import HubMqtt, hub_subscriptions
-    from hub.transport.workers import IngestWorker, WorkerConfig
+    from hub.transport.link import MqttLink, hub_subscriptions
+    from hub.workers import IngestWorker, WorkerConfig
 
     consumer: Any
     if path == "fast":
@@ -215,16 +215,15 @@ def start_hub_consumer(
         if connect:
             consumer.start()
         return consumer, ingest
-    ingest = Ingest(make_engine(sqlite_url(db)), raw_max_age_s=RAW_AGE_S)
+    ingest = make_ingest(make_engine(sqlite_url(db)), raw_max_age_s=RAW_AGE_S)
     ingest.start()
-    consumer = HubMqtt(
+    # registry and trust answer fetches only: telemetry never touches them
+    consumer = MqttLink(
         BrokerAddress(host, port),
-        None,  # type: ignore[arg-type]  # registry and trust answer fetches only:
-        None,  # type: ignore[arg-type]  # telemetry never touches them
-        ingest,
         client_id=f"{HUB_CLIENT_ID}-{path}-{index}",
         subscriptions=hub_subscriptions(),
     )
+    serve_devices(consumer, ingest)
     if connect:
         consumer.start()
     return consumer, ingest

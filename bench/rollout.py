@@ -164,7 +164,8 @@ class HubTimer:
     def __init__(self, mqtt: Any) -> None:
         self.fetch_s = 0.0
         self.message_s = 0.0
-        answer, on_message = mqtt._answer_fetch, mqtt._on_message
+        messages = mqtt.handler  # hub/transport/inbound.py DeviceMessages
+        answer, on_message = messages._answer_fetch, mqtt._on_message
 
         def timed_answer(*a: Any) -> None:
             t = time.perf_counter()
@@ -176,7 +177,7 @@ class HubTimer:
             on_message(*a)
             self.message_s += time.perf_counter() - t
 
-        mqtt._answer_fetch = timed_answer  # instance attributes: this hub only
+        messages._answer_fetch = timed_answer  # instance attributes: this hub only
         mqtt._on_message = timed_message
         mqtt._client.on_message = timed_message
 

@@ -10,21 +10,27 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from hub.fleet.deployments import Deployments
+from hub.fleet.progress import ProgressApplier
 from hub.fleet.rollouts import Rollouts
+from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
 from hub.loop import Loop
-from hub.ml.datasets import attach as attach_datasets
+from hub.ml.datasets import Datasets
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.pipeline import PipelineConfig, import_onnx, train
 from hub.ml.registry import Registry
-from hub.ml.retrain import record_training
+from hub.ml.retrain import Retrainer, record_training
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import Revocation, make_engine, sqlite_url
+from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import (
     MAX_AGE_S,
     RAW_AGE_S,
@@ -32,6 +38,7 @@ from hub.telemetry.retention import (
     RetentionPolicy,
     run_retention,
 )
+from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import (
     BrokerAddress,
     EmbeddedBroker,
@@ -39,12 +46,21 @@ from hub.transport.broker import (
     TlsIdentity,
     start_local_broker,
 )
-from hub.transport.link import HubMqtt, hub_subscriptions
-from hub.transport.workers import IngestWorkers, WorkerConfig
+from hub.transport.commands import DirectorCommands
+from hub.transport.fetch import FetchAnswers
+from hub.transport.inbound import (
+    NO_FETCHES,
+    CaptureSink,
+    DeviceMessages,
+    FetchSource,
+    no_revocations,
+)
+from hub.transport.link import MqttLink, hub_subscriptions
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.trust.identities import Identities
 from hub.trust.pki import CertificateAuthority, PkiError
 from hub.trust.repository import TrustRepository
+from hub.workers import IngestWorkers, WorkerConfig
 from shared.chunks import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
@@ -65,7 +81,7 @@ class HubConfig:
     broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
     # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
     allow_plain_broker: bool = False
-    # processes that take the telemetry through $share (hub/transport/workers.py); 0: this one
+    # processes that take the telemetry through $share (hub/workers.py); 0: this one
     ingest_workers: int = 0
     maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
     # telemetry retention (hub/telemetry/retention.py): raw windows, then hourly rows, then gone
@@ -139,8 +155,6 @@ class Hub:
         self.retention = RetentionPolicy(
             cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
         )
-        self.ingest = Ingest(self.engine, raw_max_age_s=self.retention.raw_age_s)
-        self.ingest.start()
         if cfg.broker_url:
             self.broker = BrokerAddress.parse(cfg.broker_url)
         else:
@@ -153,24 +167,41 @@ class Hub:
                     f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)"
                 )
             tls = TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
-        self.mqtt = HubMqtt(
+        # drift windows are scored against the signed manifests' baselines
+        self.drift = DriftMonitor(self.engine, trust_baselines(self.registry, self.trust))
+        self.ingest = make_ingest(
+            self.engine, raw_max_age_s=self.retention.raw_age_s, drift=self.drift
+        )
+        self.ingest.start()
+        self.mqtt = MqttLink(
             self.broker,
-            self.registry,
-            self.trust,
-            self.ingest,
             client_id=cfg.client_id,
             tls=tls,
             subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
         )
-        self.mqtt.revoked = self.identities.revoked
+        self.commands = DirectorCommands(self.mqtt, self.trust)
+        self.datasets = Datasets(
+            self.engine, self.store, cfg.data_dir / "uploads", self.commands.send_command
+        )
+        serve_devices(
+            self.mqtt,
+            self.ingest,
+            FetchAnswers(self.registry, self.trust),
+            captures=self.datasets,
+            revoked=self.revoked,
+        )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
-        self.deployments = Deployments(self.engine, self.registry, self.mqtt)
-        self.rollouts = Rollouts(self.engine, self.registry, self.mqtt)
+        self.deployments = Deployments(
+            self.engine, self.registry, self.commands, revoked=self.revoked
+        )
+        self.rollouts = Rollouts(self.engine, self.registry, self.commands, revoked=self.revoked)
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
-        self.datasets = attach_datasets(self)  # uploads of captures reach it from now on
-        self.loop = Loop(self).start()
+        self.retrainer = Retrainer(self.registry, self.datasets, self.jobs)
+        self.loop = Loop(
+            self.engine, self.registry, self.datasets, self.retrainer, self.rollouts
+        ).start()
         self.enrol_tokens = EnrolTokens(self.engine)
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(
@@ -198,6 +229,14 @@ class Hub:
         self.engine.dispose()
         self.trust.close()
         self._started = False
+
+    def revoked(self) -> frozenset[str]:
+        """The devices whose certificates are revoked: the one source every part reads.
+
+        The broker's CRL stops new connections only; a revoked device still connected is
+        ignored by the hub (DESIGN §8), and fleet code leaves it out.
+        """
+        return self.identities.revoked
 
     def _start_ingest_workers(self, db_url: str) -> IngestWorkers | None:
         cfg = self.config
@@ -277,7 +316,6 @@ class Hub:
         }
         if csr is not None:
             cert = self.identities.issue(device_id, csr.encode(), reenrol=used.reenrol)
-            self.mqtt.revoked = self.identities.revoked
             fields["certificate"] = cert.cert_pem.decode()
             fields["ca"] = self.identities.ca.ca_pem.decode()
         return Enrolment(token_id=used.id, fields=fields)
@@ -289,7 +327,6 @@ class Hub:
             PkiError: an unknown CRL reason.
         """
         row = self.identities.revoke(device_id, reason, by)
-        self.mqtt.revoked = self.identities.revoked
         return row
 
     def _maintain(self) -> None:
@@ -343,6 +380,47 @@ class Hub:
             "accuracy_int8": row.accuracy_int8,
             "target": row.target,
         }
+
+
+def make_ingest(
+    engine: Engine,
+    *,
+    raw_max_age_s: float | None = None,
+    drift: DriftMonitor | None = None,
+    inline: bool = False,
+    on_stored: Callable[[list[Report]], None] | None = None,
+) -> Ingest:
+    """The ingest writer with every report applier the hub runs, in one transaction:
+    states and events (fleet), telemetry windows and drift summaries (telemetry)."""
+    appliers = [
+        ProgressApplier(),
+        TelemetryWindows(raw_max_age_s),
+        drift if drift is not None else DriftMonitor(engine),
+    ]
+    return Ingest(engine, appliers, inline=inline, on_stored=on_stored)
+
+
+def serve_devices(
+    link: MqttLink,
+    ingest: Ingest,
+    fetch: FetchSource | None = None,
+    *,
+    captures: CaptureSink | None = None,
+    revoked: Callable[[], frozenset[str]] = no_revocations,
+) -> MqttLink:
+    """Wire the device messages ``link`` receives to their owners, before it starts.
+
+    Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
+    to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
+
+    Raises:
+        ValueError: ``ingest`` already acknowledges for another consumer.
+    """
+    if ingest.on_stored is not None:
+        raise ValueError("this Ingest already acknowledges for another consumer")
+    ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
+    handler = DeviceMessages(link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked)
+    return link.serve(handler)
 
 
 def pipeline_config(**overrides: Any) -> PipelineConfig:

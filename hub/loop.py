@@ -32,19 +32,17 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.fleet.rollouts import RolloutError, RolloutSpec
-from hub.ml.datasets import DatasetError, attach
-from hub.ml.registry import RegistryError
-from hub.ml.retrain import submit_retrain
+from hub.fleet.rollouts import RolloutError, Rollouts, RolloutSpec
+from hub.ml.datasets import DatasetError, Datasets
+from hub.ml.registry import Registry, RegistryError
+from hub.ml.retrain import Retrainer
 from hub.store.tables import AuditRecord, LoopPolicy, LoopRun, session
 from hub.telemetry.drift import AlertInfo, open_alerts
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +94,22 @@ class PolicySettings:
 class Loop:
     """Runs the closed loop for every model whose policy is on. Thread-safe."""
 
-    def __init__(self, hub: Hub, *, clock: Callable[[], float] = time.time) -> None:
-        self.hub = hub
-        self.engine = hub.engine
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        datasets: Datasets,
+        retrainer: Retrainer,
+        rollouts: Rollouts,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.datasets = datasets
+        self.retrainer = retrainer
+        self.jobs = retrainer.jobs
+        self.rollouts = rollouts
         self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -136,7 +147,7 @@ class Loop:
         Raises:
             RegistryError: no such model.
         """
-        self.hub.registry.get(model)
+        self.registry.get(model)
         with session(self.engine) as s:
             row = s.get(LoopPolicy, model) or LoopPolicy(model=model)
             for name, value in settings.__dict__.items():
@@ -205,7 +216,7 @@ class Loop:
             updated_at=now,
         )
         try:
-            run.capture_id = attach(self.hub).start_capture(
+            run.capture_id = self.datasets.start_capture(
                 policy.model,
                 devices,
                 policy.capture_rows,
@@ -234,7 +245,7 @@ class Loop:
 
     def _after_capture(self, run: LoopRun) -> None:
         assert run.capture_id is not None
-        datasets = attach(self.hub)
+        datasets = self.datasets
         capture = datasets.capture(run.capture_id)
         if capture["state"] == "running":
             return
@@ -246,13 +257,13 @@ class Loop:
         if dataset.labelled == 0:
             self._fail(run, f"dataset {dataset.id}: no labelled rows to learn from")
             return
-        job = submit_retrain(self.hub, run.model, [dataset.id])
+        job = self.retrainer.submit(run.model, [dataset.id])
         run.job_id, run.stage = job.id, "retraining"
         self._step(run, "retrain", f"dataset {dataset.id}: {dataset.labelled} labelled rows")
 
     def _after_retrain(self, run: LoopRun) -> None:
         assert run.job_id is not None
-        job = self.hub.jobs.get(run.job_id)
+        job = self.jobs.get(run.job_id)
         if job is None or job.status == "failed":
             self._fail(run, f"retrain job {run.job_id}: {job.error if job else 'lost'}")
             return
@@ -271,7 +282,7 @@ class Loop:
             min_sample=min(policy.min_sample, len(run.devices)),
         )
         try:
-            rollout = self.hub.rollouts.create(spec, created_by=f"loop:{run.id}")
+            rollout = self.rollouts.create(spec, created_by=f"loop:{run.id}")
         except (RolloutError, RegistryError) as e:
             self._fail(run, f"rollout of v{run.version}: {e}")
             return
@@ -281,7 +292,7 @@ class Loop:
 
     def _after_rollout(self, run: LoopRun) -> None:
         assert run.rollout_id is not None
-        status = self.hub.rollouts.status(run.rollout_id)
+        status = self.rollouts.status(run.rollout_id)
         if status.state == "running" or status.state == "paused":
             return
         run.ended_at = self.clock()

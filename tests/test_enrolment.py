@@ -134,7 +134,7 @@ def test_enrol_connect_install_revoke_reenrol(site: Site) -> None:
     site.enrol("press-a", site.client.reenrol("press-a")["token"])
     back = site.run(a)
     assert _connects(back, seconds=10)
-    assert "press-a" not in site.hub.mqtt.revoked
+    assert "press-a" not in site.hub.revoked()
 
 
 def _connects(daemon: AgentDaemon, seconds: float) -> bool:

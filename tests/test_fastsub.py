@@ -22,11 +22,12 @@ import pytest
 from tlsbroker import TlsClient, enrol
 from waiting import wait_for
 
-from hub.ingest.writer import Ingest
+from hub import make_ingest
 from hub.store.tables import make_engine, sqlite_url
 from hub.transport.broker import BrokerAddress, Mosquitto, TlsIdentity, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
-from hub.transport.fastsub import ConnectRefused, FastSubscriber, IngestSubscriber
+from hub.transport.fastsub import ConnectRefused, FastSubscriber
+from hub.transport.inbound import IngestSubscriber
 from hub.trust.pki import CertificateAuthority
 from shared import protocol
 
@@ -307,7 +308,7 @@ def test_ingest_subscriber_stores_what_hub_mqtt_would(
 ) -> None:
     device = f"fs-{uuid.uuid4().hex[:8]}"
     engine = make_engine(sqlite_url(tmp_path / "hub.db"))
-    ingest = Ingest(engine, inline=True)
+    ingest = make_ingest(engine, inline=True)
     ingest.start()
     consumer = IngestSubscriber(
         _address(mosquitto),

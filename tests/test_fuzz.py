@@ -9,7 +9,7 @@ what is installed, and never stops the messages behind it. Targets:
 - ``agent/core.py``: ``AgentCore.handle(MessageArrived)`` idle with models installed, and
   mid-job in the ``meta``, ``chunks`` and ``probation`` phases;
 - ``agent/device.py``: ``Device.message`` over a real store on disk;
-- ``hub/transport/link.py``: ``HubMqtt._on_message`` with paho messages, a real ``Ingest`` on SQLite
+- ``hub/transport/link.py``: ``MqttLink._on_message`` with paho messages, real ``Ingest`` on SQLite
   behind it, and the ingest writer with hostile report bodies.
 
 Payloads come from tests/fuzzing.py (a seeded mutation fuzzer, for volume) and from
@@ -71,12 +71,14 @@ from agent.events import Done, MessageArrived, MetadataVerified, Publish, Tick
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
 from agent.telemetry import InferenceStats
+from hub.app import make_ingest, serve_devices
 from hub.ingest.writer import Ingest
 from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import ModelVersion, Telemetry, make_engine, session, sqlite_url
 from hub.transport.broker import BrokerAddress
-from hub.transport.link import HubMqtt
+from hub.transport.fetch import FetchAnswers
+from hub.transport.link import MqttLink
 from hub.trust.repository import TrustRepository
 from shared import protocol
 from shared.director import CommandError, DirectorKeys, verify_command
@@ -846,7 +848,7 @@ HUB_DEVICES = ("dev-1", "press-17", "A" * 64, "a.b_c-d", "9")
 
 @dataclass
 class HubWorld:
-    hub: HubMqtt
+    hub: MqttLink
     ingest: Ingest
     engine: Any
 
@@ -872,10 +874,12 @@ def hub_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubWorld]:
             )
         )
         s.commit()
-    ingest = Ingest(engine)
+    ingest = make_ingest(engine)
     ingest.start()
-    hub = HubMqtt(
-        BrokerAddress("127.0.0.1", 1), Registry(engine, artifacts, repo, 1024), repo, ingest
+    hub = serve_devices(
+        MqttLink(BrokerAddress("127.0.0.1", 1)),
+        ingest,
+        FetchAnswers(Registry(engine, artifacts, repo, 1024), repo),
     )
     yield HubWorld(hub, ingest, engine)
     ingest.stop()
@@ -900,7 +904,7 @@ def expected_hub_drop(topic: str, payload: bytes) -> str | None:
     return None
 
 
-def hub_case(hub: HubMqtt, topic: str, payload: bytes) -> str:
+def hub_case(hub: MqttLink, topic: str, payload: bytes) -> str:
     """One message through the hub's callback; its outcome, checked against the contract."""
     dropped, counts = Counter(hub.dropped), Counter(hub.counts)
     hub._on_message(None, None, mqtt_message(topic, payload))

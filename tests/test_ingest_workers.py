@@ -1,4 +1,4 @@
-"""Ingest workers (hub/transport/workers.py): processes that take the telemetry through a
+"""Ingest workers (hub/workers.py): processes that take the telemetry through a
 ``$share`` subscription, against a real Mosquitto, with a real hub and simulated devices.
 
 The plain-TCP case runs the whole hub (``HubConfig(ingest_workers=2)``, as `edgefleet hub
@@ -23,8 +23,8 @@ from hub.app import Hub, HubConfig
 from hub.store.tables import sqlite_url
 from hub.transport.broker import Mosquitto, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
-from hub.transport.workers import IngestWorker, WorkerConfig
 from hub.trust.pki import CertificateAuthority
+from hub.workers import IngestWorker, WorkerConfig
 from shared import protocol
 from simulator.fleet import Fleet, FleetConfig
 

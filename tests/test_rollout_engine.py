@@ -19,8 +19,11 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 
+from hub import make_ingest
+from hub.fleet.commands import CommandSender
 from hub.fleet.rollouts import RECONCILE_GRACE_S, Rollouts, RolloutSpec, _spec_dict
-from hub.ingest.writer import Ingest, Report
+from hub.ingest.report import Report
+from hub.ingest.writer import Ingest
 from hub.ml.registry import Registry
 from hub.store.tables import (
     Device,
@@ -31,7 +34,6 @@ from hub.store.tables import (
     session,
     sqlite_url,
 )
-from hub.transport.link import HubMqtt
 from shared import protocol
 
 T0 = 1_000_000.0
@@ -39,7 +41,7 @@ T0 = 1_000_000.0
 
 @dataclass
 class Recorder:
-    """Stands in for HubMqtt.send_command: what the engine would have sent."""
+    """Stands in for the CommandSender: what the engine would have sent."""
 
     sent: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     revoked: frozenset[str] = frozenset()
@@ -107,8 +109,8 @@ class Bench:
 def bench(tmp_path: Path) -> Iterator[Bench]:
     engine = make_engine(sqlite_url(tmp_path / "hub.db"))
     clock, mqtt = Clock(), Recorder()
-    rollouts = Rollouts(engine, cast(Registry, None), cast(HubMqtt, mqtt), clock=clock)
-    ingest = Ingest(engine, inline=True)
+    rollouts = Rollouts(engine, cast(Registry, None), cast(CommandSender, mqtt), clock=clock)
+    ingest = make_ingest(engine, inline=True)
     yield Bench(engine, rollouts, mqtt, clock, ingest)
     ingest.stop()
 

@@ -23,9 +23,11 @@ from waiting import wait_for
 from agent.telemetry import InferenceStats, LatencyHistogram
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
+from hub import make_ingest
 from hub.access.keys import ApiKeys, Role
 from hub.app import Hub, HubConfig
-from hub.ingest.writer import Ingest, Report
+from hub.ingest.report import Report
+from hub.ingest.writer import Ingest
 from hub.store.tables import DriftWindow, Telemetry, make_engine, session, sqlite_url
 from hub.telemetry.queries import series
 from hub.telemetry.retention import RetentionPolicy, run_retention
@@ -160,7 +162,7 @@ def engine(tmp_path: Path) -> Engine:
 
 
 def ingest_all(engine: Engine, messages: list[tuple[str, bytes]], **kw: Any) -> Ingest:
-    ingest = Ingest(engine, **kw)
+    ingest = make_ingest(engine, **kw)
     ingest.start()
     for topic, payload in messages:
         device, kind = protocol.parse_topic(topic)

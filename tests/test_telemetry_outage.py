@@ -28,10 +28,11 @@ from waiting import wait_for
 
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
-from hub.ingest.writer import Ingest, Report
+from hub.app import make_ingest, serve_devices
+from hub.ingest.report import Report
 from hub.store.tables import make_engine, sqlite_url
 from hub.transport.broker import BrokerAddress, Mosquitto
-from hub.transport.link import HubMqtt
+from hub.transport.link import MqttLink
 from hub.trust.repository import TrustRepository
 from shared import protocol
 from simulator.fleet import Fleet, FleetConfig
@@ -46,15 +47,11 @@ class TelemetryHub:
 
     def __init__(self, broker: Mosquitto, db: Path, client_id: str) -> None:
         self.db = db
-        self.ingest = Ingest(make_engine(sqlite_url(db)))
+        self.ingest = make_ingest(make_engine(sqlite_url(db)))
         self.ingest.start()
-        self.mqtt = HubMqtt(
-            BrokerAddress("127.0.0.1", broker.port),
-            None,  # type: ignore[arg-type]  # registry: answers fetches only
-            None,  # type: ignore[arg-type]  # trust: idem
-            self.ingest,
-            client_id=client_id,
-        )
+        # telemetry needs no registry or trust: they answer fetches only
+        self.mqtt = MqttLink(BrokerAddress("127.0.0.1", broker.port), client_id=client_id)
+        serve_devices(self.mqtt, self.ingest)
         self.mqtt.start()
 
     def seqs(self) -> dict[str, list[int]]:
@@ -284,12 +281,12 @@ HUB_CHILD = textwrap.dedent(
     from pathlib import Path
     from hub.transport.broker import BrokerAddress
     from hub.store.tables import make_engine, sqlite_url
-    from hub.ingest.writer import Ingest
-    from hub.transport.link import HubMqtt
+    from hub.app import make_ingest, serve_devices
+    from hub.transport.link import MqttLink
     port, db = int(sys.argv[1]), Path(sys.argv[2])
-    ingest = Ingest(make_engine(sqlite_url(db)))
+    ingest = make_ingest(make_engine(sqlite_url(db)))
     ingest.start()
-    mqtt = HubMqtt(BrokerAddress("127.0.0.1", port), None, None, ingest, client_id="kill-hub")
+    mqtt = serve_devices(MqttLink(BrokerAddress("127.0.0.1", port), client_id="kill-hub"), ingest)
     mqtt.start()
     print("up", flush=True)
     seen = -1
@@ -364,7 +361,7 @@ def test_an_unreachable_database_holds_the_batch_until_it_commits(tmp_path: Path
     make_engine(sqlite_url(db)).dispose()
     engine = create_engine(sqlite_url(db), connect_args={"timeout": 0.1})  # fail fast
     stored: list[int] = []
-    ingest = Ingest(engine, inline=True, on_stored=lambda batch: stored.append(len(batch)))
+    ingest = make_ingest(engine, inline=True, on_stored=lambda batch: stored.append(len(batch)))
     report = Report("dev-0", "telemetry", protocol.decode(telemetry_window("dev-0", 0)[1]))
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")

@@ -2,7 +2,7 @@
 
 The hub side is the real thing minus MQTT: a TUF repository (hub/trust/repository.py), the
 model registry on a SQLite file, and the same fetch answering the hub's MQTT client uses
-(``hub.mqtt.answer_fetch``). The device is the real ``agent.device.Device`` with its
+(``hub.transport.fetch.answer_fetch``). The device is the real ``agent.device.Device`` with its
 files on disk, its TUF verifier and onnxruntime. Messages go through in-memory queues so
 each row of the attack table runs in milliseconds; the attacker sees every blob the hub
 sends and may change, drop or replace it. The device's clock is a fake one the test
@@ -30,7 +30,7 @@ from hub.ml.pipeline import BuiltModel
 from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import make_engine, sqlite_url
-from hub.transport.link import answer_fetch
+from hub.transport.fetch import answer_fetch
 from hub.trust.repository import Expiry, TrustRepository
 from shared import protocol
 from shared.director import sign_command

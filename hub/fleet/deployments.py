@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
 from hub.ml.registry import Registry
 from hub.store.tables import Deployment, DeploymentDevice, Device, EventRecord, now, session
-from hub.transport.link import HubMqtt
 from shared.protocol import TERMINAL_STAGES
 
 
@@ -39,10 +39,18 @@ class DeploymentStatus:
 
 
 class Deployments:
-    def __init__(self, engine: Engine, registry: Registry, mqtt: HubMqtt) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        commands: CommandSender,
+        *,
+        revoked: RevokedDevices = no_revocations,
+    ) -> None:
         self.engine = engine
         self.registry = registry
-        self.mqtt = mqtt
+        self.commands = commands
+        self.revoked = revoked  # read when devices are chosen
 
     def create(
         self, model: str, version: int | None = None, device_ids: list[str] | None = None
@@ -58,7 +66,7 @@ class Deployments:
         mv = self.registry.get(model, version)
         with session(self.engine) as s:
             known = set(s.exec(select(Device.id)))
-        revoked = self.mqtt.revoked
+        revoked = self.revoked()
         if device_ids is None:
             targets = sorted(known - revoked)
         else:
@@ -85,7 +93,7 @@ class Deployments:
             s.commit()
         body = {"deployment": dep.id, "model": mv.name, "version": mv.version, "target": mv.target}
         for device_id in targets:
-            self.mqtt.send_command(device_id, "deploy", body)
+            self.commands.send_command(device_id, "deploy", body)
         with session(self.engine) as s:
             for row in s.exec(
                 select(DeploymentDevice).where(DeploymentDevice.deployment_id == dep.id)

@@ -15,17 +15,15 @@ rollout sends ~10 such messages per device within seconds (bench/rollout.py).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from hub.fleet.states import CHANGED, apply_event
+from hub.ingest.report import Report
 from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
 from shared.protocol import TERMINAL_STAGES, Message
-
-if TYPE_CHECKING:
-    from hub.ingest.writer import Report
 
 IN_LIST_MAX = 500  # values per SQL IN (...) list: well under SQLite's parameter limit
 READ_BACK = "read back from the device's retained state"
@@ -35,6 +33,17 @@ EventKey = tuple[str, str, str, int]  # (device, deployment, stage, version)
 
 
 R = TypeVar("R", RolloutDevice, DeploymentDevice)
+
+
+class ProgressApplier:
+    """Stores ``state`` and ``events`` reports (a :class:`hub.ingest.report.ReportApplier`)."""
+
+    def apply(self, s: Session, reports: Sequence[Report]) -> Mapping[str, int]:
+        apply_progress(s, reports)
+        return {}
+
+    def committed(self, reports: Sequence[Report]) -> Mapping[str, int]:
+        return {}
 
 
 def apply_progress(s: Session, reports: Sequence[Report]) -> None:

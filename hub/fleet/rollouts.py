@@ -41,11 +41,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
 from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.states import CHANGED, DONE, IN_FLIGHT, failed, move
 from hub.ml.registry import Registry
 from hub.store.tables import Device, DeviceTag, Rollout, RolloutDevice, session
-from hub.transport.link import HubMqtt
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,16 @@ class Rollouts:
         self,
         engine: Engine,
         registry: Registry,
-        mqtt: HubMqtt,
+        commands: CommandSender,
         *,
+        revoked: RevokedDevices = no_revocations,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.registry = registry
-        self.mqtt = mqtt
+        self.commands = commands
+        self.revoked = revoked  # read when devices are chosen
         self.tick_s = tick_s
         self.clock = clock
         self._lock = threading.Lock()  # one tick or one state change at a time
@@ -422,7 +424,7 @@ class Rollouts:
             active_s = t - rollout.started_at - rollout.paused_s
             allowed = int(spec.rate_per_min * active_s / 60.0) + 1 - sent
             pending = pending[: max(allowed, 0)]
-        revoked = self.mqtt.revoked
+        revoked = self.revoked()
         for row in pending:
             if row.device_id in revoked:
                 move(row, "skipped", t, detail="revoked")
@@ -452,7 +454,7 @@ class Rollouts:
             "version": rollout.version,
             "target": rollout.target,
         }
-        self.mqtt.send_command(row.device_id, "deploy", body)
+        self.commands.send_command(row.device_id, "deploy", body)
         row.attempts += 1
         row.sent_at = row.updated_at = t
         if row.state in ("pending", "sent"):
@@ -463,7 +465,7 @@ class Rollouts:
     def _rollback(self, rollout: Rollout, row: RolloutDevice, t: float) -> None:
         assert row.previous_version is not None
         body = {"deployment": rollout.id, "model": rollout.model, "version": row.previous_version}
-        self.mqtt.send_command(row.device_id, "rollback", body)
+        self.commands.send_command(row.device_id, "rollback", body)
         row.rollback_at = t
         row.detail = f"rollback to v{row.previous_version} sent"
         row.updated_at = t
@@ -484,10 +486,10 @@ class Rollouts:
             chosen = set(spec.devices)
         for tag in (*spec.tags, *([spec.group] if spec.group else [])):
             chosen &= set(s.exec(select(DeviceTag.device_id).where(DeviceTag.tag == tag)))
-        revoked = sorted(chosen & self.mqtt.revoked)
+        revoked = sorted(chosen & self.revoked())
         if spec.devices is not None and revoked:
             raise RolloutError(f"{len(revoked)} revoked device id(s): {_few(revoked)}")
-        chosen -= self.mqtt.revoked
+        chosen -= self.revoked()
         if not chosen:
             raise RolloutError("no devices match (none known, or none with those tags/class)")
         return {
@@ -511,7 +513,7 @@ class Rollouts:
                         )
                     )
                 )
-                joiners = sorted(members - have - self.mqtt.revoked)
+                joiners = sorted(members - have - self.revoked())
                 devices = _devices(s, joiners)
                 for device_id in joiners:
                     dev = devices.get(device_id)

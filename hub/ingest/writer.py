@@ -2,22 +2,18 @@
 
 The MQTT thread only validates and enqueues; this thread drains the queue in batches
 (one transaction each), so a burst of telemetry never stalls the broker connection.
-Writes are idempotent: telemetry is unique per (device, sequence) and a replayed
-window is ignored and counted, never double counted. Telemetry goes in with one
-multi-row statement per batch (SQLite: ``executemany`` of ``INSERT .. ON CONFLICT DO
-NOTHING``, the rows stored counted exactly by the connection's ``total_changes``;
-PostgreSQL: ``INSERT .. VALUES (..), (..) ON CONFLICT DO NOTHING`` and its rowcount).
-A window older than ``raw_max_age_s`` is refused and counted (``telemetry_too_old``):
-retention (hub/telemetry/retention.py) may have folded it into a downsampled row already, so
-storing it again could count it twice. A row that fails to write is
-logged and counted; the batch's other rows are retried one by one, so one bad row never
-loses the rest. A database that cannot be reached (``OperationalError``) is not a bad
-row: the batch is retried with backoff until it commits or the writer stops.
+Each batch is staged by every report applier (hub/ingest/report.py: device progress,
+telemetry windows, drift summaries) and committed once, so a batch lands whole or not
+at all. A row that fails to write is logged and counted; the batch's other rows are
+retried one by one, so one bad row never loses the rest. A database that cannot be
+reached (``OperationalError``) is not a bad row: the batch is retried with backoff
+until it commits or the writer stops.
 
 ``on_stored`` is called with each batch once it is handled (committed, or its bad rows
-counted): the hub's MQTT client acknowledges the messages only then (hub/transport/link.py), so a
-crash loses nothing the broker saw acknowledged. A batch the writer gave up on at stop
-is not passed on: unacknowledged, the broker delivers it again.
+counted): the hub's MQTT link acknowledges the messages only then
+(hub/transport/link.py), so a crash loses nothing the broker saw acknowledged. A batch
+the writer gave up on at stop is not passed on: unacknowledged, the broker delivers it
+again. Only then do the appliers' follow-ups run (``committed``: group and fleet drift).
 """
 
 from __future__ import annotations
@@ -28,24 +24,17 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Sequence
 
-import orjson
 from sqlalchemy import Engine
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from hub.fleet.progress import apply_progress
-from hub.store.tables import Telemetry, session
-from hub.telemetry.drift import DriftMonitor
-from shared.protocol import Message
+from hub.ingest.report import Report, ReportApplier
+from hub.store.tables import session
 
 log = logging.getLogger(__name__)
 
-REPORT_KINDS: frozenset[str] = frozenset({"state", "events", "telemetry", "drift"})  # stored here
 BATCH_MAX = 2000  # messages per transaction
 DB_RETRY_MIN_S, DB_RETRY_MAX_S = 0.5, 10.0  # backoff while the database is unreachable
 BATCH_WAIT_S = 0.05  # how long to gather a batch
@@ -68,21 +57,12 @@ def _unavailable(e: BaseException) -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Report:
-    device_id: str
-    kind: str  # state | events | telemetry | drift
-    message: Message
-    received: float = field(default_factory=time.time)  # the hub's clock
-    ack: Any = None  # what the consumer needs to acknowledge it once stored (hub/transport/link.py)
-
-
 class Ingest:
     def __init__(
         self,
         engine: Engine,
+        appliers: Sequence[ReportApplier],
         *,
-        raw_max_age_s: float | None = None,
         inline: bool = False,
         on_stored: Callable[[list[Report]], None] | None = None,
     ) -> None:
@@ -96,13 +76,8 @@ class Ingest:
         self._pending_since = 0.0
         self._pending_lock = threading.Lock()
         self._stopping = threading.Event()
-        self.raw_max_age_s = raw_max_age_s  # older windows are refused (see above)
-        self._too_old = 0  # in the write being applied
+        self.appliers = list(appliers)  # each stages its kinds of report (report.py)
         self.counts: Counter[str] = Counter()
-        self.drift = DriftMonitor(
-            engine
-        )  # drift windows, scores and alerts (hub/telemetry/drift.py)
-        self._drift_duplicates = 0  # in the write being applied
         self._q: queue.Queue[Report | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
@@ -173,8 +148,6 @@ class Ingest:
         batch, self._pending = self._pending, []
         if batch:
             self._write(batch)
-            if any(r.kind == "drift" for r in batch):
-                self._judge_drift_scopes()
         self._idle.set()
 
     def _run(self) -> None:
@@ -195,8 +168,6 @@ class Ingest:
                     break
                 batch.append(item)
             self._write(batch)
-            if any(r.kind == "drift" for r in batch):
-                self._judge_drift_scopes()
             if self._q.empty():
                 self._idle.set()
         self._idle.set()
@@ -209,6 +180,8 @@ class Ingest:
                 self.on_stored(batch)
             except Exception:  # never stop writing over an acknowledgement
                 log.exception("ingest: on_stored failed")
+        for applier in self.appliers:
+            self.counts.update(applier.committed(batch))
 
     def _commit_waiting_for_the_database(self, batch: list[Report]) -> bool:
         """Commit ``batch`` (bad rows counted and dropped); False if it gave up at stop."""
@@ -232,9 +205,9 @@ class Ingest:
         """
         try:
             with session(self.engine) as s:
-                duplicates = self._apply(s, batch)
+                counts = self._apply(s, batch)
                 s.commit()
-            self._count(batch, duplicates)
+            self._count(batch, counts)
         except Exception as e:
             if _unavailable(e):
                 raise DatabaseUnavailable(str(e)) from e
@@ -242,158 +215,24 @@ class Ingest:
             for report in batch:
                 try:
                     with session(self.engine) as s:
-                        duplicates = self._apply(s, [report])
+                        counts = self._apply(s, [report])
                         s.commit()
-                    self._count([report], duplicates)
+                    self._count([report], counts)
                 except Exception as e:
                     if _unavailable(e):
                         raise DatabaseUnavailable(str(e)) from e
                     self.counts["write_errors"] += 1
                     log.error("ingest: dropped a %s from %s: %s", report.kind, report.device_id, e)
 
-    def _count(self, batch: list[Report], duplicates: int) -> None:
+    def _count(self, batch: list[Report], counts: Counter[str]) -> None:
         """Count what a committed write stored (never before: a failed batch is retried)."""
         for r in batch:
             self.counts[r.kind] += 1
-        self.counts["telemetry_duplicates"] += duplicates
-        self.counts["drift_duplicates"] += self._drift_duplicates
-        self.counts["telemetry_too_old"] += self._too_old
+        self.counts.update(counts)
 
-    def _apply(self, s: Session, batch: list[Report]) -> int:
-        """Stage ``batch`` in ``s``; the number of duplicate telemetry windows skipped."""
-        telemetry: list[tuple[Any, ...]] = []
-        drift: list[tuple[str, float, Mapping[str, Any]]] = []
-        self._too_old = 0
-        cutoff = time.time() - self.raw_max_age_s if self.raw_max_age_s is not None else None
-        apply_progress(s, batch)  # states and events (hub/fleet/progress.py)
-        for r in batch:
-            if r.kind == "drift":
-                drift.append((r.device_id, r.message.ts, r.message.body))
-            elif r.kind == "telemetry":
-                if cutoff is not None and r.message.body["end"] < cutoff:
-                    self._too_old += 1
-                    continue
-                telemetry.append(_telemetry_values(r.device_id, r.message.body))
-        self._drift_duplicates = self.drift.ingest(s, drift) if drift else 0
-        if not telemetry:
-            return 0
-        return len(telemetry) - self._insert_telemetry(s, telemetry)
-
-    def _judge_drift_scopes(self) -> None:
-        """Group and fleet drift alerts (throttled); a failure is logged, never fatal."""
-        try:
-            self.drift.maybe_evaluate_scopes()
-        except Exception:
-            self.counts["drift_scope_errors"] += 1
-            log.exception("ingest: group/fleet drift evaluation failed")
-
-    def _insert_telemetry(self, s: Session, values: list[tuple[Any, ...]]) -> int:
-        """Insert what is new; the number of rows stored (the rest were duplicates).
-
-        ``values``: one tuple per row in ``_TELEMETRY_COLUMNS`` order (SQLite takes them
-        as they are; the other dialects get dictionaries).
-        """
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            return _insert_sqlite(s, values)
-        rows = [dict(zip(_TELEMETRY_COLUMNS, v, strict=True)) for v in values]
-        if dialect != "postgresql":
-            return self._insert_telemetry_portable(s, rows)
-        inserted = 0
-        for i in range(0, len(rows), PG_ROWS_PER_STATEMENT):
-            stmt = (
-                postgresql.insert(Telemetry)
-                .values(rows[i : i + PG_ROWS_PER_STATEMENT])
-                .on_conflict_do_nothing(index_elements=["device_id", "seq"])
-            )
-            inserted += s.execute(stmt).rowcount  # type: ignore[attr-defined]
-        return inserted
-
-    def _insert_telemetry_portable(self, s: Session, rows: list[dict[str, Any]]) -> int:
-        inserted = 0
-        for row in rows:
-            exists = s.exec(
-                select(Telemetry).where(
-                    Telemetry.device_id == row["device_id"], Telemetry.seq == row["seq"]
-                )
-            ).first()
-            if exists is None:
-                s.add(Telemetry(**row))
-                inserted += 1
-        return inserted
-
-
-_TELEMETRY_COLUMNS = (
-    "device_id",
-    "seq",
-    "start",
-    "end",
-    "model",
-    "version",
-    "count",
-    "errors",
-    "p50_us",
-    "p95_us",
-    "p99_us",
-    "labelled",
-    "correct",
-    "cpu_pct",
-    "rss_bytes",
-    "latency_hist",
-    "spool_dropped",
-    "windows",
-    "resolution_s",
-)
-_QUOTED_COLUMNS = ", ".join(f'"{c}"' for c in _TELEMETRY_COLUMNS)  # "end" is a keyword
-_SQLITE_INSERT = (
-    f"INSERT INTO {Telemetry.__tablename__} ({_QUOTED_COLUMNS})"
-    f" VALUES ({', '.join('?' for _ in _TELEMETRY_COLUMNS)})"
-    " ON CONFLICT (device_id, seq) DO NOTHING"
-)
-
-
-def _insert_sqlite(s: Session, values: list[tuple[Any, ...]]) -> int:
-    """One ``executemany`` in the session's transaction; rows stored, counted exactly."""
-    conn = s.connection().connection.driver_connection
-    assert isinstance(conn, sqlite3.Connection)
-    before = conn.total_changes
-    conn.executemany(_SQLITE_INSERT, values)
-    return conn.total_changes - before
-
-
-def _compact_json(value: Any) -> str:
-    """Compact JSON of a latency histogram (``{"bucket": count}``), the text json.dumps
-    with separators=(",", ":") gives: orjson writes it in ~0.3 µs, json in ~4, once per
-    telemetry window."""
-    return orjson.dumps(value).decode()
-
-
-def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A validated telemetry body as a row, in ``_TELEMETRY_COLUMNS`` order.
-
-    A tuple straight away rather than a dictionary: this runs once per window.
-    """
-    lat = b["latency_us"]
-    hist = b.get("latency_hist")
-    get = b.get
-    return (
-        device_id,
-        b["seq"],
-        b["start"],
-        b["end"],
-        get("model"),
-        get("version"),
-        b["count"],
-        b["errors"],
-        lat["p50"],
-        lat["p95"],
-        lat["p99"],
-        get("labelled", 0),
-        get("correct", 0),
-        get("cpu_pct"),
-        get("rss_bytes"),
-        _compact_json(hist) if hist is not None else None,
-        get("spool_dropped"),
-        1,  # windows
-        0.0,  # resolution_s
-    )
+    def _apply(self, s: Session, batch: list[Report]) -> Counter[str]:
+        """Stage ``batch`` in ``s`` with every applier; what to count once committed."""
+        counts: Counter[str] = Counter()
+        for applier in self.appliers:
+            counts.update(applier.apply(s, batch))
+        return counts

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -45,9 +45,6 @@ from hub.store.tables import Capture, CaptureDevice, DatasetVersion, session
 from shared import protocol
 from shared.protocol import ProtocolError, UploadChunk
 from shared.reasons import Reason
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 log = logging.getLogger(__name__)
 
@@ -514,19 +511,3 @@ def _check_arrays(arrays: Mapping[str, npt.NDArray[Any]], rows: int, labelled: i
 def _chunk_len(upload: _Upload, index: int) -> int:
     size, length = int(upload.manifest["chunk_size"]), int(upload.manifest["length"])
     return min(size, length - index * size)
-
-
-def attach(hub: Hub) -> Datasets:
-    """The hub's Datasets, created and wired to its MQTT link on first use.
-
-    Stores verified uploads under ``data_dir/uploads`` until they become a dataset.
-    """
-    existing: Datasets | None = getattr(hub, "datasets", None)
-    if existing is not None:
-        return existing
-    datasets = Datasets(
-        hub.engine, hub.store, hub.config.data_dir / "uploads", hub.mqtt.send_command
-    )
-    hub.mqtt.captures = datasets
-    hub.datasets = datasets  # type: ignore[attr-defined]
-    return datasets

@@ -9,7 +9,7 @@ the next version. Captured rows are split seeded into training and held-out rows
 gate sees the original held-out rows and the captured ones, and the result reports the
 accuracy of the new version (and of the one it replaces) on each part apart.
 
-``submit_retrain(hub, ...)`` runs it as a background job with progress (hub/ml/jobs.py).
+``Retrainer.submit(...)`` runs it as a background job with progress (hub/ml/jobs.py).
 
 Exceptions::
 
@@ -22,14 +22,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine
 
-from hub.ml.datasets import Datasets, attach
-from hub.ml.jobs import Progress
+from hub.ml.datasets import Datasets
+from hub.ml.jobs import Jobs, Progress
 from hub.ml.pipeline import (
     Dataset,
     PipelineConfig,
@@ -40,9 +40,6 @@ from hub.ml.pipeline import (
 )
 from hub.ml.registry import Registry
 from hub.store.tables import Job, TrainingRecord, session
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 log = logging.getLogger(__name__)
 
@@ -169,16 +166,28 @@ def retrain(
     }
 
 
-def submit_retrain(hub: Hub, name: str, dataset_ids: Sequence[str], **options: Any) -> Job:
-    """:func:`retrain` as a background job (poll it with ``hub.jobs.get``)."""
-    datasets = attach(hub)
-    ids = list(dataset_ids)
-    hub.registry.get(name)  # RegistryError now, not in the job
-    for dataset_id in ids:
-        datasets.dataset_row(dataset_id)  # DatasetError now, not in the job
-    return hub.jobs.submit(
-        "retrain", lambda progress: retrain(hub.registry, datasets, name, ids, progress, **options)
-    )
+class Retrainer:
+    """Runs :func:`retrain` as background jobs (poll them with ``Jobs.get``)."""
+
+    def __init__(self, registry: Registry, datasets: Datasets, jobs: Jobs) -> None:
+        self.registry = registry
+        self.datasets = datasets
+        self.jobs = jobs
+
+    def submit(self, name: str, dataset_ids: Sequence[str], **options: Any) -> Job:
+        """Check the model and datasets now, then retrain in a job.
+
+        Raises:
+            RegistryError / DatasetError: an unknown model or dataset (before any job).
+        """
+        ids = list(dataset_ids)
+        self.registry.get(name)  # RegistryError now, not in the job
+        for dataset_id in ids:
+            self.datasets.dataset_row(dataset_id)  # DatasetError now, not in the job
+        return self.jobs.submit(
+            "retrain",
+            lambda progress: retrain(self.registry, self.datasets, name, ids, progress, **options),
+        )
 
 
 # ------------------------------------------------------------------ helpers

@@ -42,6 +42,7 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
+from hub.ingest.report import Report
 from hub.store.tables import DeviceTag, DriftAlert, DriftEvent, DriftPolicy, DriftWindow, session
 from shared.drift import (
     OUTPUTS,
@@ -204,6 +205,22 @@ class DriftMonitor:
         return policy
 
     # ------------------------------------------------------------- ingest
+
+    def apply(self, s: Session, reports: Sequence[Report]) -> Mapping[str, int]:
+        """Stage the ``drift`` reports (the ingest writer's applier, hub/ingest/report.py)."""
+        drift = [(r.device_id, r.message.ts, r.message.body) for r in reports if r.kind == "drift"]
+        return {"drift_duplicates": self.ingest(s, drift) if drift else 0}
+
+    def committed(self, reports: Sequence[Report]) -> Mapping[str, int]:
+        """Group and fleet drift alerts (throttled); a failure is logged, never fatal."""
+        if not any(r.kind == "drift" for r in reports):
+            return {}
+        try:
+            self.maybe_evaluate_scopes()
+        except Exception:
+            log.exception("ingest: group/fleet drift evaluation failed")
+            return {"drift_scope_errors": 1}
+        return {}
 
     def ingest(self, s: Session, reports: Sequence[tuple[str, float, Mapping[str, Any]]]) -> int:
         """Store and judge ``(device_id, ts, body)`` drift reports in the ingest's session.

@@ -9,7 +9,7 @@ from the hub's CA (hub/trust/pki.py)::
     server.crt/.key  the broker's TLS server certificate (SAN: the server names)
     crl.pem          revoked client certificates (rewrite + SIGHUP: :func:`reload_crl`)
     hub.crt/.key     the hub's own MQTT client identity (CN ``edgefleet-hub``)
-    ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/transport/workers.py,
+    ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/workers.py,
                      CN ``edgefleet-ingest-{i}``): they may only read telemetry
     passwords        only with ``plain_port``: the hub's password for the plain listener
     hub.password     only with ``plain_port``: that password in clear (mode 0600)

@@ -14,9 +14,9 @@ hub's (device, sequence) dedup absorbs the copies. A batch is what one drain of 
 socket holds, at most ``BATCH_MAX`` messages (and the broker's in-flight window, if
 it holds back more unacknowledged messages than that).
 
-:class:`IngestSubscriber` wires it to the hub's writer (hub/ingest/writer.py): the same decode
-and validation as :class:`hub.mqtt.HubMqtt` (``decode_device_message``), one committed
-write per batch.
+:class:`hub.transport.inbound.IngestSubscriber` wires it to the hub's writer: the same
+decode and validation as the hub's link (``decode_device_message``), one committed write
+per batch.
 
 Bad input never stops the loop: a malformed or oversize packet is counted and logged,
 the connection dropped and made again (with backoff); a callback that raises is
@@ -42,10 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from hub.ingest.writer import REPORT_KINDS, Ingest, Report
 from hub.transport.broker import MAX_PACKET_BYTES, BrokerAddress, TlsIdentity
-from hub.transport.link import decode_device_message
-from shared.protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -443,77 +440,4 @@ class FastSubscriber:
     def _count_drop(self, reason: str, detail: str) -> None:
         if self.dropped[reason] == 0:
             log.warning("fastsub %s: %s (further ones are counted)", self.client_id, detail)
-        self.dropped[reason] += 1
-
-
-class IngestSubscriber:
-    """An ingest-only hub process's consumer: :class:`FastSubscriber` into ``Ingest``.
-
-    Each batch is decoded and validated exactly as :class:`hub.mqtt.HubMqtt` does
-    (``decode_device_message``), written in one committed transaction
-    (``Ingest.write_batch``), and only then acknowledged. ``counts`` and ``dropped``
-    read as HubMqtt's do. Only reports (state, events, telemetry, drift) are ingested
-    here; fetches and captures need the full hub and are dropped as ``not_ingested``.
-
-    Args:
-        address: the broker.
-        ingest: the writer (``inline=True`` suits an ingest-only process: no second
-            busy thread).
-        client_id: the persistent session's id.
-        subscriptions: e.g. ``[("$share/ingest/ef/v1/dev/+/telemetry", 1)]``.
-        tls: CA, certificate and key for ``mqtts``.
-        revoked: devices whose messages are refused.
-        keepalive_s: the MQTT keepalive.
-    """
-
-    def __init__(
-        self,
-        address: BrokerAddress,
-        ingest: Ingest,
-        *,
-        client_id: str,
-        subscriptions: Sequence[tuple[str, int]],
-        tls: TlsIdentity | None = None,
-        revoked: frozenset[str] = frozenset(),
-        keepalive_s: int = KEEPALIVE_S,
-    ) -> None:
-        self.ingest = ingest
-        self.revoked = revoked
-        self.counts: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
-        self.subscriber = FastSubscriber(
-            address, client_id, subscriptions, self._on_batch, tls=tls, keepalive_s=keepalive_s
-        )
-
-    def start(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
-        """Connect and subscribe (see :meth:`FastSubscriber.start`)."""
-        self.subscriber.start(timeout)
-
-    def stop(self) -> None:
-        self.subscriber.stop()
-
-    def _on_batch(self, batch: Batch) -> None:
-        reports: list[Report] = []
-        kinds: Counter[str] = Counter()
-        revoked = self.revoked
-        for topic, payload in batch:
-            try:
-                device_id, kind, message = decode_device_message(topic, payload, revoked)
-                if kind not in REPORT_KINDS or not isinstance(message, Message):
-                    raise ProtocolError("not_ingested", f"{kind} messages need the full hub")
-                reports.append(Report(device_id, kind, message))
-                kinds[kind] += 1
-            except ProtocolError as e:
-                self._drop(e.reason, f"{topic}: {e.detail}")
-            except Exception:  # one message never costs the batch
-                self.dropped["internal_error"] += 1
-                log.exception("fastsub: failed to handle a message on %s", topic)
-        self.ingest.write_batch(reports)
-        self.counts.update(kinds)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        if self.dropped[reason] == 0:
-            log.warning(
-                "hub: dropped a message (%s): %s (further ones are counted)", reason, detail
-            )
         self.dropped[reason] += 1

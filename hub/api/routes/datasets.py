@@ -10,9 +10,9 @@ from sqlmodel import select
 
 from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
 from hub.api.security import Operator, Viewer
-from hub.ml.datasets import DatasetError, attach
+from hub.ml.datasets import DatasetError
 from hub.ml.registry import RegistryError
-from hub.ml.retrain import MAX_CAPTURED_WEIGHT, submit_retrain
+from hub.ml.retrain import MAX_CAPTURED_WEIGHT
 from hub.store.tables import DatasetVersion, DeviceTag, session
 from shared import protocol
 
@@ -39,11 +39,6 @@ class RetrainRequest(BaseModel):
 
 
 def dataset_routes(app: FastAPI) -> None:
-    if getattr(app.state.hub, "_started", False):
-        # Wire uploads now, not at the first capture call: a restarted hub must take the
-        # uploads of captures it asked for before (until Hub.start does this itself).
-        attach(app.state.hub)
-
     @app.post("/captures", name="capture.create", status_code=201, responses=DENIALS)
     def create_capture(
         h: HubDep, who: Operator, audit: Audit, req: Annotated[CaptureRequest, Body()]
@@ -55,7 +50,7 @@ def dataset_routes(app: FastAPI) -> None:
         except RegistryError as e:
             raise HTTPException(404, str(e)) from e
         try:
-            capture_id = attach(h).start_capture(
+            capture_id = h.datasets.start_capture(
                 req.model,
                 devices,
                 req.rows,
@@ -66,7 +61,7 @@ def dataset_routes(app: FastAPI) -> None:
             )
         except DatasetError as e:
             raise HTTPException(422, e.detail) from e
-        status = attach(h).capture(capture_id)
+        status = h.datasets.capture(capture_id)
         audit.change(
             capture_id,
             after={k: status[k] for k in ("model", "max_rows", "duration_s", "windows")}
@@ -78,7 +73,7 @@ def dataset_routes(app: FastAPI) -> None:
     def get_capture(capture_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
         """The capture, each device's status, and the dataset it produced (when done)."""
         try:
-            return attach(h).capture(capture_id)
+            return h.datasets.capture(capture_id)
         except DatasetError as e:
             raise HTTPException(404, e.detail) from e
 
@@ -88,7 +83,7 @@ def dataset_routes(app: FastAPI) -> None:
     def list_datasets(
         h: HubDep, who: Viewer, model: Annotated[str | None, Query(max_length=64)] = None
     ) -> list[Any]:
-        return attach(h).datasets(model)
+        return h.datasets.datasets(model)
 
     @app.get(
         "/datasets/{dataset_id}",
@@ -98,7 +93,7 @@ def dataset_routes(app: FastAPI) -> None:
     )
     def get_dataset(dataset_id: str, h: HubDep, who: Viewer) -> Any:
         try:
-            return attach(h).dataset_row(dataset_id)
+            return h.datasets.dataset_row(dataset_id)
         except DatasetError as e:
             raise HTTPException(404, e.detail) from e
 
@@ -108,8 +103,7 @@ def dataset_routes(app: FastAPI) -> None:
     ) -> dict[str, Any]:
         """Retrain on the model's baseline rows plus the datasets' labelled rows (a job)."""
         try:
-            job = submit_retrain(
-                h,
+            job = h.retrainer.submit(
                 name,
                 req.datasets,
                 holdout_fraction=req.holdout_fraction,

@@ -54,7 +54,7 @@ def drift_routes(app: FastAPI) -> None:
         ``[since, until]`` (epoch seconds; open ends by default)."""
         if scope != "fleet" and id is None:
             raise HTTPException(422, f"scope {scope} needs an id")
-        return h.ingest.drift.report(model, scope, id, since, until)
+        return h.drift.report(model, scope, id, since, until)
 
     @app.get("/drift/alerts", name="drift.alerts", responses=DENIALS)
     def alerts(
@@ -65,7 +65,7 @@ def drift_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
     ) -> list[dict[str, Any]]:
         """Drift alerts, newest first: scope, devices, drifted features, latest scores."""
-        rows = h.ingest.drift.alerts(state=state, model=model, limit=limit)
+        rows = h.drift.alerts(state=state, model=model, limit=limit)
         return [a.model_dump() for a in rows]
 
     @app.get("/drift/events", name="drift.events", responses=DENIALS)
@@ -77,7 +77,7 @@ def drift_routes(app: FastAPI) -> None:
         limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
     ) -> list[dict[str, Any]]:
         """The drift event stream, oldest first from ``since``: alerts raised and cleared."""
-        rows = h.ingest.drift.events(since=since, model=model, limit=limit)
+        rows = h.drift.events(since=since, model=model, limit=limit)
         return [e.model_dump() for e in rows]
 
     @app.get("/drift/policies/{model}", name="drift.policy", responses=DENIALS)
@@ -85,7 +85,7 @@ def drift_routes(app: FastAPI) -> None:
         model: Annotated[str, Path(pattern=MODEL)], h: HubDep, who: Viewer
     ) -> dict[str, Any]:
         """The model's thresholds and persistence rule (the defaults until one is set)."""
-        return {"model": model, **asdict(h.ingest.drift.policy(model))}
+        return {"model": model, **asdict(h.drift.policy(model))}
 
     @app.put("/drift/policies/{model}", name="drift.set_policy", responses=DENIALS)
     def set_policy(
@@ -100,7 +100,7 @@ def drift_routes(app: FastAPI) -> None:
             policy = Policy(**req.model_dump())
         except ValueError as e:
             raise HTTPException(422, str(e)) from e
-        before = asdict(h.ingest.drift.policy(model))
-        h.ingest.drift.set_policy(model, policy, by=who.keyid)
+        before = asdict(h.drift.policy(model))
+        h.drift.set_policy(model, policy, by=who.keyid)
         audit.change(model, before=before, after=asdict(policy))
         return {"model": model, **asdict(policy)}

@@ -34,9 +34,10 @@ from sqlmodel import select
 
 from hub.ingest.writer import Ingest
 from hub.store.tables import Revocation, make_engine, session
+from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress, TlsIdentity
 from hub.transport.brokerconf import ingest_identity
-from hub.transport.fastsub import IngestSubscriber
+from hub.transport.inbound import IngestSubscriber
 from shared.protocol import ROOT
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class WorkerConfig:
     db_url: str
     index: int = 0
     tls_dir: Path | None = None  # for an mqtts:// broker
-    raw_max_age_s: float | None = None  # older windows are refused (hub/ingest/writer.py)
+    raw_max_age_s: float | None = None  # older windows are refused (hub/telemetry/windows.py)
 
     def check(self) -> None:
         """Raises IngestWorkerError: a TLS broker without this worker's identity."""
@@ -90,7 +91,7 @@ class IngestWorker:
         tls = worker_tls(config.tls_dir, config.index) if address.tls and config.tls_dir else None
         self.engine = make_engine(config.db_url)
         # inline: the batch is committed on the consumer's thread, then acknowledged
-        self.ingest = Ingest(self.engine, raw_max_age_s=config.raw_max_age_s, inline=True)
+        self.ingest = Ingest(self.engine, [TelemetryWindows(config.raw_max_age_s)], inline=True)
         self.consumer = IngestSubscriber(
             address,
             self.ingest,
@@ -102,7 +103,7 @@ class IngestWorker:
 
     @property
     def counts(self) -> Counter[str]:
-        """Messages taken, by topic kind (as HubMqtt's ``counts``)."""
+        """Messages taken, by topic kind (as the hub link's ``counts``)."""
         return self.consumer.counts
 
     @property

@@ -1,0 +1,205 @@
+"""Device messages in: validated, then handed to whoever owns them.
+
+:class:`DeviceMessages` is the hub link's handler (hub/transport/link.py): a fetch is
+answered at once (hub/transport/fetch.py); a report (state, events, telemetry, drift)
+goes to the :class:`ReportSink` (the ingest writer) and is acknowledged only once it is
+stored; a capture message or upload chunk goes to the :class:`CaptureSink` (the data
+capture, hub/ml/datasets.py). :class:`IngestSubscriber` is the same for an ingest-only
+process (hub/workers.py): the fast subscriber's batches into one committed write.
+A message that does not parse is counted and dropped with one log line per reason; it
+never stops the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from hub.ingest.report import REPORT_KINDS, Report
+from hub.transport.broker import BrokerAddress, TlsIdentity
+from hub.transport.decode import decode_device_message
+from hub.transport.fastsub import CONNECT_TIMEOUT_S, KEEPALIVE_S, Batch, FastSubscriber
+from shared import protocol
+from shared.protocol import Message, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+class ReportSink(Protocol):
+    def put(self, report: Report) -> None:
+        """Take a report to store; its ``ack`` is acknowledged once it is committed."""
+        ...
+
+
+class BatchSink(Protocol):
+    def write_batch(self, reports: list[Report]) -> None:
+        """Store ``reports`` now; return once committed."""
+        ...
+
+
+class CaptureSink(Protocol):
+    def on_message(self, device_id: str, message: Message) -> None: ...
+
+    def on_chunk(self, device_id: str, chunk: protocol.UploadChunk) -> None: ...
+
+
+class FetchSource(Protocol):
+    def answer(self, message: Message) -> list[tuple[bytes, str]]: ...
+
+
+class Link(Protocol):
+    """What the handler needs of the MQTT link: publish, counters."""
+
+    counts: Counter[str]
+    dropped: Counter[str]
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> None: ...
+
+    def drop(self, reason: str, detail: str) -> None: ...
+
+
+def no_revocations() -> frozenset[str]:
+    return frozenset()
+
+
+class _NoFetches:
+    """For a consumer of reports alone: a fetch is dropped as ``no_fetch``."""
+
+    def answer(self, message: Message) -> list[tuple[bytes, str]]:
+        raise ProtocolError("no_fetch", "this consumer answers no fetches")
+
+
+NO_FETCHES: FetchSource = _NoFetches()
+
+
+class DeviceMessages:
+    """The hub process's handler of every device-to-hub message.
+
+    Args:
+        link: where answers go and messages are counted.
+        fetch: answers fetches.
+        reports: stores reports (they are acknowledged once stored).
+        captures: takes capture messages and upload chunks (dropped uncounted if None).
+        revoked: the revoked devices, read per message (hub/trust/identities.py).
+    """
+
+    def __init__(
+        self,
+        link: Link,
+        fetch: FetchSource,
+        reports: ReportSink,
+        *,
+        captures: CaptureSink | None = None,
+        revoked: Callable[[], frozenset[str]] = no_revocations,
+    ) -> None:
+        self.link = link
+        self.fetch = fetch
+        self.reports = reports
+        self.captures = captures
+        self.revoked = revoked
+
+    def handle(self, topic: str, payload: bytes, ack: Any) -> bool:
+        """Handle one message; True if its acknowledgement waits until it is stored."""
+        try:
+            device_id, kind, message = decode_device_message(topic, payload, self.revoked())
+            stored_later = False
+            if isinstance(message, protocol.UploadChunk):
+                if self.captures is not None:
+                    self.captures.on_chunk(device_id, message)
+            elif kind == "fetch":
+                self._answer_fetch(device_id, message)
+            elif kind == "capture":
+                if self.captures is not None:
+                    self.captures.on_message(device_id, message)
+            elif kind in REPORT_KINDS:
+                self.reports.put(Report(device_id, kind, message, ack=ack))
+                stored_later = ack is not None
+            self.link.counts[kind] += 1
+            return stored_later
+        except ProtocolError as e:
+            self.link.drop(e.reason, f"{topic}: {e.detail}")
+        except Exception:  # never let one message kill the loop
+            self.link.dropped["internal_error"] += 1
+            log.exception("hub: failed to handle a message on %s", topic)
+        return False
+
+    def _answer_fetch(self, device_id: str, message: Message) -> None:
+        blob_topic = protocol.topic(device_id, "blob")
+        for payload, count in self.fetch.answer(message):
+            self.link.publish(blob_topic, payload, 1)
+            self.link.counts[count] += 1
+
+
+class IngestSubscriber:
+    """An ingest-only hub process's consumer: :class:`FastSubscriber` into the writer.
+
+    Each batch is decoded and validated exactly as :class:`DeviceMessages` does
+    (``decode_device_message``), written in one committed transaction
+    (``write_batch``), and only then acknowledged. ``counts`` and ``dropped`` read as
+    the hub link's do. Only reports (state, events, telemetry, drift) are ingested
+    here; fetches and captures need the full hub and are dropped as ``not_ingested``.
+
+    Args:
+        address: the broker.
+        ingest: the writer (an inline ``Ingest`` suits an ingest-only process: no
+            second busy thread).
+        client_id: the persistent session's id.
+        subscriptions: e.g. ``[("$share/ingest/ef/v1/dev/+/telemetry", 1)]``.
+        tls: CA, certificate and key for ``mqtts``.
+        revoked: devices whose messages are refused.
+        keepalive_s: the MQTT keepalive.
+    """
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        ingest: BatchSink,
+        *,
+        client_id: str,
+        subscriptions: Sequence[tuple[str, int]],
+        tls: TlsIdentity | None = None,
+        revoked: frozenset[str] = frozenset(),
+        keepalive_s: int = KEEPALIVE_S,
+    ) -> None:
+        self.ingest = ingest
+        self.revoked = revoked
+        self.counts: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.subscriber = FastSubscriber(
+            address, client_id, subscriptions, self._on_batch, tls=tls, keepalive_s=keepalive_s
+        )
+
+    def start(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Connect and subscribe (see :meth:`FastSubscriber.start`)."""
+        self.subscriber.start(timeout)
+
+    def stop(self) -> None:
+        self.subscriber.stop()
+
+    def _on_batch(self, batch: Batch) -> None:
+        reports: list[Report] = []
+        kinds: Counter[str] = Counter()
+        revoked = self.revoked
+        for topic, payload in batch:
+            try:
+                device_id, kind, message = decode_device_message(topic, payload, revoked)
+                if kind not in REPORT_KINDS or not isinstance(message, Message):
+                    raise ProtocolError("not_ingested", f"{kind} messages need the full hub")
+                reports.append(Report(device_id, kind, message))
+                kinds[kind] += 1
+            except ProtocolError as e:
+                self._drop(e.reason, f"{topic}: {e.detail}")
+            except Exception:  # one message never costs the batch
+                self.dropped["internal_error"] += 1
+                log.exception("fastsub: failed to handle a message on %s", topic)
+        self.ingest.write_batch(reports)
+        self.counts.update(kinds)
+
+    def _drop(self, reason: str, detail: str) -> None:
+        if self.dropped[reason] == 0:
+            log.warning(
+                "hub: dropped a message (%s): %s (further ones are counted)", reason, detail
+            )
+        self.dropped[reason] += 1
