@@ -20,10 +20,10 @@ from typing import Any, TypeVar
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
-from hub.fleet.states import CHANGED, apply_event
+from hub.fleet.states import CHANGED, accepts, apply_event
 from hub.ingest.report import Report
 from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
-from shared.protocol import TERMINAL_STAGES, Message
+from shared.protocol import Message
 
 IN_LIST_MAX = 500  # values per SQL IN (...) list: well under SQLite's parameter limit
 READ_BACK = "read back from the device's retained state"
@@ -137,10 +137,8 @@ class _Batch:
         row = self.deployment_rows.get(key)
         if row is None:
             return  # an event for a deployment this hub did not make (or a rollback id)
-        if row.stage in TERMINAL_STAGES and b["stage"] not in TERMINAL_STAGES:
-            return  # a late progress event after the outcome
-        if b["stage"] == "refused" and row.stage not in ("pending", "sent"):
-            return  # e.g. a redelivered copy of a command the device already carried out
+        if not accepts(row.stage, b["stage"]):
+            return  # late progress after the outcome, or a stale copy's refusal (states.py)
         row.stage = b["stage"]
         row.reason = b.get("reason")
         row.detail = b.get("detail")
