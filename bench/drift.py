@@ -96,7 +96,7 @@ def open_alerts(hub: Any) -> list[dict[str, Any]]:
     """The hub's open drift alerts (hub/telemetry/drift.py), each a dict with ``id``, ``opened_at``
     (epoch s), ``scope``, the device of a device-scope alert (``device``) and the devices
     it names (``devices``: for a group or fleet alert, those that drove it)."""
-    from hub.telemetry.drift import open_alerts as hub_alerts
+    from hub.telemetry.drift_policy import open_alerts as hub_alerts
 
     return [
         {

@@ -110,7 +110,7 @@ def build_model(model_bytes: int, seed: int = 0) -> bytes:
 
 def deploy(hub: Any, model: str, version: int) -> str:
     """Start an all-at-once rollout (hub/fleet/rollouts.py: one wave, no rate limit); its id."""
-    from hub.fleet.rollouts import RolloutSpec
+    from hub.fleet.rollout_spec import RolloutSpec
 
     return str(hub.rollouts.create(RolloutSpec(model=model, version=version)).id)
 

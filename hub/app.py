@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 from hub.fleet.deployments import Deployments
 from hub.fleet.progress import ProgressApplier
 from hub.fleet.rollouts import Rollouts
-from hub.ingest.report import Report
+from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
 from hub.loop import Loop
 from hub.ml.datasets import Datasets
@@ -392,7 +392,7 @@ def make_ingest(
 ) -> Ingest:
     """The ingest writer with every report applier the hub runs, in one transaction:
     states and events (fleet), telemetry windows and drift summaries (telemetry)."""
-    appliers = [
+    appliers: list[ReportApplier] = [
         ProgressApplier(),
         TelemetryWindows(raw_max_age_s),
         drift if drift is not None else DriftMonitor(engine),

@@ -37,12 +37,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.fleet.rollouts import RolloutError, Rollouts, RolloutSpec
+from hub.fleet.rollout_spec import RolloutError, RolloutSpec
+from hub.fleet.rollouts import Rollouts
 from hub.ml.datasets import DatasetError, Datasets
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import Retrainer
 from hub.store.tables import AuditRecord, LoopPolicy, LoopRun, session
-from hub.telemetry.drift import AlertInfo, open_alerts
+from hub.telemetry.drift_policy import AlertInfo, open_alerts
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from hub.access.keys import ApiKeys, Role
 from hub.app import Hub, HubConfig
 from hub.ml.pipeline import baseline_stats
 from hub.store.tables import DeviceTag, make_engine, session, sqlite_url
-from hub.telemetry.drift import DriftMonitor, Policy, open_alerts
+from hub.telemetry.drift import DriftMonitor
+from hub.telemetry.drift_policy import Policy, open_alerts
 from hub.transport.broker import Mosquitto
 from shared.sensors import CLASSES, FEATURES, Shift, generate
 from simulator.fleet import Fleet, FleetConfig

@@ -21,7 +21,9 @@ from sqlmodel import select
 
 from hub import make_ingest
 from hub.fleet.commands import CommandSender
-from hub.fleet.rollouts import RECONCILE_GRACE_S, Rollouts, RolloutSpec, _spec_dict
+from hub.fleet.rollout_engine import RECONCILE_GRACE_S
+from hub.fleet.rollout_spec import RolloutSpec, spec_dict
+from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
 from hub.ml.registry import Registry
@@ -125,7 +127,7 @@ def start(bench: Bench, devices: dict[str, int], **spec: Any) -> None:
                 model="m",
                 version=2,
                 target="m/2/model.onnx",
-                spec=_spec_dict(full),
+                spec=spec_dict(full),
                 waves=max(devices.values()) + 1,
                 started_at=bench.clock.t,
             )

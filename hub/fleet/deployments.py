@@ -7,6 +7,7 @@ waves, rate limits and fleet rollback build on the same rows.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Deployments:
         self.revoked = revoked  # read when devices are chosen
 
     def create(
-        self, model: str, version: int | None = None, device_ids: list[str] | None = None
+        self, model: str, version: int | None = None, device_ids: builtins.list[str] | None = None
     ) -> Deployment:
         """Deploy ``model`` (latest version unless given) to devices (all known if None).
 
@@ -104,7 +105,7 @@ class Deployments:
             s.commit()
         return dep
 
-    def list(self) -> list[Deployment]:
+    def list(self) -> builtins.list[Deployment]:
         with session(self.engine) as s:
             return list(s.exec(select(Deployment).order_by(col(Deployment.created_at).desc())))
 
@@ -143,7 +144,9 @@ class Deployments:
             else [],
         )
 
-    def events(self, deployment_id: str, device_id: str | None = None) -> list[EventRecord]:
+    def events(
+        self, deployment_id: str, device_id: str | None = None
+    ) -> builtins.list[EventRecord]:
         with session(self.engine) as s:
             q = select(EventRecord).where(EventRecord.deployment_id == deployment_id)
             if device_id is not None:

@@ -19,7 +19,7 @@ Who an alert names (``devices``): a device alert its device. A group or fleet al
 devices that drove it: in each exceeding bucket, the devices whose own merged windows of
 that bucket exceed (same thresholds and ``min_rows``) on a feature the bucket drifted on.
 When none does (the shift is visible only in the merge, e.g. devices whose windows are
-each under ``min_rows``), the devices carrying the scope's shift: see :func:`_carriers`.
+each under ``min_rows``), the devices carrying the scope's shift: see :func:`carriers`.
 If no device stands out either, the alert opens naming none (docs/drift.md).
 
 Alerts live in ``DriftAlert``; each raise and clear is a row of the drift event stream
@@ -34,24 +34,29 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Final
 
-import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from hub.ingest.report import Report
 from hub.store.tables import DeviceTag, DriftAlert, DriftEvent, DriftPolicy, DriftWindow, session
+from hub.telemetry.drift_policy import Policy, load_policy
+from hub.telemetry.drift_scopes import (
+    Bucket,
+    OwnSketches,
+    carriers,
+    drifted_names,
+    scores_json,
+    tags_of,
+)
 from shared.drift import (
-    OUTPUTS,
-    PSI_EPSILON,
     Baseline,
     DriftError,
     DriftSketch,
     merge_all,
-    score_sketch,
 )
 
 log = logging.getLogger(__name__)
@@ -59,89 +64,8 @@ log = logging.getLogger(__name__)
 SCOPE_EVAL_MIN_S: Final = 1.0  # seconds between group/fleet evaluations from ingest
 MAX_RANGE_WINDOWS: Final = 100_000  # windows merged by one drift query, at most
 FLEET: Final = "*"  # scope_id of the fleet scope
-# When no device of an exceeding scope bucket exceeds on its own, a device carries the
-# bucket's shift if its own shift along it is at least this share of the scope's average
-# (:func:`_carriers`) ...
-CARRIER_SHARE: Final = 0.5
-CARRIER_Z: Final = 3.0  # ... and this many standard deviations above what baseline rows give
 
 BaselineSource = Callable[[str, int], Mapping[str, Any] | None]
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Thresholds and the persistence rule of one model (see the module docstring)."""
-
-    psi_threshold: float = 0.2
-    js_threshold: float = 0.1
-    k: int = 2
-    n: int = 3
-    # A window needs enough rows for its scores to mean something: with B bins, a sample
-    # of N rows from the baseline itself scores PSI ~ (B-1)/N and JS distance ~
-    # sqrt((B-1) / (8 N ln 2)): at 10 bins and 500 rows, ~0.02 and ~0.05, well under the
-    # thresholds; at 100 rows JS noise alone (~0.11) would cross 0.1.
-    min_rows: int = 500
-    scope_window_s: float = 60.0  # seconds
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.k <= self.n <= 100:
-            raise ValueError("persistence needs 1 <= k <= n <= 100")
-        if self.psi_threshold <= 0 or not 0 < self.js_threshold <= 1:
-            raise ValueError("thresholds: psi > 0, 0 < js <= 1")
-        if self.min_rows < 1 or self.scope_window_s <= 0:
-            raise ValueError("min_rows >= 1 and scope_window_s > 0")
-
-    def drifted(self, rows: int, scores: Mapping[str, Any] | None) -> list[str]:
-        """The features (and ``__outputs__``) over a threshold; none for a small window."""
-        if scores is None or rows < self.min_rows:
-            return []
-        return sorted(
-            name
-            for name, sc in scores.items()
-            if sc["psi"] > self.psi_threshold or sc["js"] > self.js_threshold
-        )
-
-
-@dataclass(frozen=True)
-class AlertInfo:
-    """An alert as other hub code (data capture, retraining) sees it."""
-
-    id: int
-    model: str
-    version: int | None
-    scope: str  # device | group | fleet
-    scope_id: str  # device id, tag, or "*"
-    # device scope: the device; group/fleet: the devices that drove it (module docstring),
-    # possibly none
-    devices: tuple[str, ...]
-    features: tuple[str, ...]  # drifted features ("__outputs__": the predictions)
-    opened_at: float
-    state: str
-
-
-def open_alerts(engine: Engine, model: str | None = None) -> list[AlertInfo]:
-    """Every open drift alert (of ``model``), oldest first."""
-    q = select(DriftAlert).where(DriftAlert.state == "open")
-    if model is not None:
-        q = q.where(DriftAlert.model == model)
-    with session(engine) as s:
-        rows = s.exec(q.order_by(col(DriftAlert.opened_at))).all()
-    return [_info(a) for a in rows]
-
-
-def _info(a: DriftAlert) -> AlertInfo:
-    assert a.id is not None
-    return AlertInfo(
-        a.id,
-        a.model,
-        a.version,
-        a.scope,
-        a.scope_id,
-        tuple(a.devices),
-        tuple(a.features),
-        a.opened_at,
-        a.state,
-    )
 
 
 class DriftMonitor:
@@ -192,7 +116,7 @@ class DriftMonitor:
 
     def policy(self, model: str) -> Policy:
         with session(self.engine) as s:
-            return _policy(s, model)
+            return load_policy(s, model)
 
     def set_policy(self, model: str, policy: Policy, by: str | None = None) -> Policy:
         with session(self.engine) as s:
@@ -260,7 +184,7 @@ class DriftMonitor:
         elif not sketch.fits(baseline) or sketch.rows == 0:
             self.counts["layout_mismatch"] += 1
         else:
-            scores = _scores_json(baseline, sketch)
+            scores = scores_json(baseline, sketch)
         return {
             "device_id": device_id,
             "seq": int(body["seq"]),
@@ -284,7 +208,7 @@ class DriftMonitor:
         return True
 
     def _judge_device(self, s: Session, device_id: str, model: str) -> None:
-        policy = _policy(s, model)
+        policy = load_policy(s, model)
         last = s.exec(
             select(DriftWindow)
             .where(DriftWindow.device_id == device_id, DriftWindow.model == model)
@@ -376,7 +300,7 @@ class DriftMonitor:
         with session(self.engine) as s:
             models = s.exec(select(DriftWindow.model).distinct()).all()
             for model in models:
-                policy = _policy(s, model)
+                policy = load_policy(s, model)
                 since = (math.floor(now / policy.scope_window_s) - policy.n + 1) * (
                     policy.scope_window_s
                 )
@@ -388,7 +312,7 @@ class DriftMonitor:
                     )
                 )
                 scopes = {("fleet", FLEET): windows}
-                tags = _tags(s, {w.device_id for w in windows})
+                tags = tags_of(s, {w.device_id for w in windows})
                 for tag, devs in tags.items():
                     scopes[("group", tag)] = [w for w in windows if w.device_id in devs]
                 open_scopes = s.exec(
@@ -400,7 +324,7 @@ class DriftMonitor:
                 ).all()
                 for a in open_scopes:  # a scope that fell silent clears too
                     scopes.setdefault((a.scope, a.scope_id), [])
-                own = _Own()  # a device's bucket is the same in every scope it is in
+                own = OwnSketches()  # a device's bucket is the same in every scope it is in
                 for (scope, scope_id), ws in scopes.items():
                     exceeding = self._scope_buckets(model, ws, policy, own)
                     devices = sorted({d for b, _ in exceeding for d in b.devices})
@@ -408,7 +332,7 @@ class DriftMonitor:
             s.commit()
 
     def _scope_buckets(
-        self, model: str, windows: list[DriftWindow], policy: Policy, own: _Own
+        self, model: str, windows: list[DriftWindow], policy: Policy, own: OwnSketches
     ) -> list[tuple[Any, list[str]]]:
         """The exceeding time buckets of one scope: (bucket, drifted features), each
         bucket naming the devices that drove it (module docstring)."""
@@ -418,7 +342,7 @@ class DriftMonitor:
         for w in windows:
             key = (math.floor(w.ts / policy.scope_window_s), w.version)
             buckets[key][w.device_id].append(w)
-        by_bucket: dict[int, tuple[_Bucket, list[str]]] = {}
+        by_bucket: dict[int, tuple[Bucket, list[str]]] = {}
         for (b, version), per_device in sorted(buckets.items()):
             baseline = self.baseline(model, version)
             if baseline is None:
@@ -431,7 +355,7 @@ class DriftMonitor:
             if not sketches:
                 continue
             sketch = merge_all(list(sketches.values()))
-            scores = _scores_json(baseline, sketch)
+            scores = scores_json(baseline, sketch)
             drifted = policy.drifted(sketch.rows, scores)
             if not drifted:
                 continue
@@ -440,13 +364,13 @@ class DriftMonitor:
                 d
                 for d, sk in sketches.items()
                 if wanted & set(policy.drifted(sk.rows, own.scores(d, b, version, baseline)))
-            } or _carriers(baseline, sketch, sketches, drifted)
+            } or carriers(baseline, sketch, sketches, drifted)
             ts = max(w.ts for ws in per_device.values() for w in ws)
             prev = by_bucket.get(b)  # another version's windows in the same bucket
             if prev is not None:
                 devs |= set(prev[0].devices)
                 wanted |= set(prev[1])
-            by_bucket[b] = (_Bucket(ts, version, scores, sorted(devs)), sorted(wanted))
+            by_bucket[b] = (Bucket(ts, version, scores, sorted(devs)), sorted(wanted))
         return list(by_bucket.values())
 
     def merged(
@@ -466,7 +390,7 @@ class DriftMonitor:
         sketch = merge_all(sketches)
         if sketch.rows == 0:
             return None
-        return sketch, _scores_json(baseline, sketch)
+        return sketch, scores_json(baseline, sketch)
 
     # ------------------------------------------------------------- queries
 
@@ -510,7 +434,7 @@ class DriftMonitor:
                 sketch, scores = merged
                 entry["scores"] = scores
                 entry["drifted"] = policy.drifted(sketch.rows, scores)
-                entry["mean"] = dict(zip(_names(scores), sketch.mean.tolist(), strict=False))
+                entry["mean"] = dict(zip(drifted_names(scores), sketch.mean.tolist(), strict=False))
             versions.append(entry)
         return {
             "model": model,
@@ -545,122 +469,6 @@ class DriftMonitor:
             q = q.where(DriftEvent.model == model)
         with session(self.engine) as s:
             return list(s.exec(q.order_by(col(DriftEvent.id)).limit(limit)))
-
-
-@dataclass(frozen=True)
-class _Bucket:
-    """A scope's time bucket that exceeded: enough of a window for :meth:`_apply_rule`."""
-
-    ts: float
-    version: int
-    scores: dict[str, Any]
-    devices: list[str]  # the devices that drove it
-
-
-class _Own:
-    """One :meth:`DriftMonitor.evaluate_scopes` pass's per-device buckets: each device's
-    merged windows of one time bucket and version, and their scores, made once and
-    shared by the fleet and every group the device is in."""
-
-    def __init__(self) -> None:
-        self._sketches: dict[tuple[str, int, int], DriftSketch | None] = {}
-        self._scores: dict[tuple[str, int, int], dict[str, Any]] = {}
-
-    def sketch(
-        self,
-        device: str,
-        bucket: int,
-        version: int,
-        baseline: Baseline,
-        windows: Sequence[DriftWindow],
-    ) -> DriftSketch | None:
-        """The device's windows merged (those on the baseline's layout); None: no rows."""
-        key = (device, bucket, version)
-        if key not in self._sketches:
-            fits = [sk for w in windows if (sk := DriftSketch.from_dict(w.sketch)).fits(baseline)]
-            merged = merge_all(fits) if fits else None
-            self._sketches[key] = merged if merged is not None and merged.rows > 0 else None
-        return self._sketches[key]
-
-    def scores(self, device: str, bucket: int, version: int, baseline: Baseline) -> dict[str, Any]:
-        key = (device, bucket, version)
-        if key not in self._scores:
-            sketch = self._sketches[key]
-            assert sketch is not None
-            self._scores[key] = _scores_json(baseline, sketch)
-        return self._scores[key]
-
-
-def _carriers(
-    baseline: Baseline,
-    scope: DriftSketch,
-    devices: Mapping[str, DriftSketch],
-    features: Iterable[str],
-) -> set[str]:
-    """The devices carrying a scope bucket's shift when none exceeds on its own.
-
-    PSI splits over the devices of a merge: with ``o``/``e`` the scope's observed and
-    the reference shares of one feature and ``g = ln(o / e)`` (both floored as in PSI),
-    ``sum_i (o_i - e_i) g_i`` is the row-weighted mean over devices of each device's
-    ``c_d = sum_i (o_d,i - e_i) g_i``: its own shift projected on the scope's. Rows drawn
-    from the baseline give ``c_d`` a mean of 0 and a variance of ``var_e(g) / rows``
-    (no small-sample bias, unlike a device's own PSI). A device carries the shift when,
-    on some drifted feature, ``c_d`` is at least CARRIER_SHARE of the scope's mean and
-    CARRIER_Z standard deviations above 0. Every term of the mean is >= 0, so one device
-    at least is at or above it; the significance test may still leave none.
-    """
-    out: set[str] = set()
-    for name in features:
-        if name == OUTPUTS:
-            ref, counts = baseline.output_shares, {d: s.output_counts for d, s in devices.items()}
-            total = scope.output_counts
-        else:
-            j = baseline.names.index(name)
-            ref, counts = baseline.shares[j], {d: s.counts[j] for d, s in devices.items()}
-            total = scope.counts[j]
-        if ref.sum() <= 0 or total.sum() <= 0:
-            continue
-        e = ref / ref.sum()
-        g = np.log(np.maximum(total / total.sum(), PSI_EPSILON) / np.maximum(e, PSI_EPSILON))
-        mean = float(np.sum((total / total.sum() - e) * g))
-        var = max(float(np.sum(e * g * g)) - float(np.sum(e * g)) ** 2, 0.0)
-        for d, c in counts.items():
-            rows = int(c.sum())
-            if rows == 0:
-                continue
-            contribution = float(np.sum((c / rows - e) * g))
-            if contribution >= max(CARRIER_SHARE * mean, CARRIER_Z * math.sqrt(var / rows)):
-                out.add(d)
-    return out
-
-
-def _scores_json(baseline: Baseline, sketch: DriftSketch) -> dict[str, Any]:
-    return {
-        name: {"psi": round(sc.psi, 6), "js": round(sc.js, 6)}
-        for name, sc in score_sketch(baseline, sketch).items()
-    }
-
-
-def _names(scores: Mapping[str, Any]) -> list[str]:
-    return [n for n in scores if n != OUTPUTS]
-
-
-def _policy(s: Session, model: str) -> Policy:
-    row = s.get(DriftPolicy, model)
-    if row is None:
-        return Policy()
-    return Policy(
-        row.psi_threshold, row.js_threshold, row.k, row.n, row.min_rows, row.scope_window_s
-    )
-
-
-def _tags(s: Session, devices: set[str]) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = defaultdict(set)
-    if not devices:
-        return out
-    for row in s.exec(select(DeviceTag).where(col(DeviceTag.device_id).in_(devices))):
-        out[row.tag].add(row.device_id)
-    return out
 
 
 def trust_baselines(registry: Any, trust: Any) -> BaselineSource:

@@ -12,6 +12,7 @@ cap, and a raised open-files limit.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import getpass
 import logging
@@ -214,12 +215,10 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.address = BrokerAddress("127.0.0.1", self.port)
         self._thread: threading.Thread | None = None
-        self._stop: object = None
+        self._stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
 
     def start(self, timeout: float = 10.0) -> EmbeddedBroker:
-        import asyncio
-
-        from amqtt.broker import Broker  # type: ignore[import-untyped]
+        from amqtt.broker import Broker
 
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
@@ -251,9 +250,9 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self._thread is None:
+        if self._thread is None or self._stop is None:
             return
-        loop, stop = self._stop  # type: ignore[misc]
+        loop, stop = self._stop
         loop.call_soon_threadsafe(stop.set)
         self._thread.join(10)
         self._thread = None

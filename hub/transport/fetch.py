@@ -61,7 +61,7 @@ def answer_fetch(
     for index in body["chunks"]:
         data = chunks.chunk(target, int(index))
         if data is None:
-            header = {
+            header: dict[str, str | int] = {
                 "kind": "error",
                 "req": req,
                 "reason": "not_found",

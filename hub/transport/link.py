@@ -76,7 +76,7 @@ class MqttLink:
             self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
         self._client.max_inflight_messages_set(200)
         self._client.max_queued_messages_set(0)  # unbounded: commands are never dropped
-        self._client.reconnect_delay_set(0.5, 10)
+        self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # paho takes floats
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -148,7 +148,7 @@ class MqttLink:
             if self.handler is None:
                 self.drop("no_handler", topic)
             else:
-                stored_later = self.handler.handle(topic, msg.payload, ack)
+                stored_later = self.handler.handle(topic, bytes(msg.payload), ack)
         finally:
             if msg.qos and not stored_later:  # handled, or a counted drop
                 self._client.ack(msg.mid, msg.qos)

@@ -11,8 +11,8 @@ from pydantic import BaseModel, Field
 
 from hub.api.deps import DENIALS, Audit, HubDep
 from hub.api.security import Operator, Viewer
-from hub.telemetry.drift import Policy
-from hub.telemetry.drift import open_alerts as _open_alerts
+from hub.telemetry.drift_policy import Policy
+from hub.telemetry.drift_policy import open_alerts as _open_alerts
 
 MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 SCOPE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # a device id or a tag

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
 from hub.api.security import Operator, Viewer
-from hub.fleet.rollouts import RolloutError, RolloutSpec
+from hub.fleet.rollout_spec import RolloutError, RolloutSpec
 from hub.ml.registry import RegistryError
 from hub.store.tables import RolloutDevice
 from shared.protocol import is_device_id
