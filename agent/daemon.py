@@ -127,7 +127,7 @@ class AgentDaemon:
                 f"{store.trust_dir / 'root.json'} is missing: enrol first (edgefleet agent enrol)"
             )
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,  # type: ignore[attr-defined]
+            mqtt.CallbackAPIVersion.VERSION2,
             client_id=config.device_id,
             clean_session=False,
             protocol=mqtt.MQTTv311,

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from securesystemslib.exceptions import UnverifiedSignatureError
-from securesystemslib.signer import Key, Signature, Signer  # type: ignore[attr-defined]
+from securesystemslib.signer import Key, Signature, Signer
 
 from shared import protocol
 from shared.reasons import Reason

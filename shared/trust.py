@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import (  # type: ignore[attr-defined]
+from tuf.api.metadata import (
     Metadata,
     Root,
     Snapshot,
