@@ -1,0 +1,3 @@
+"""What devices measure: telemetry windows (windows.py: storing; queries.py: series;
+retention.py: downsampling and expiry) and fleet drift (drift.py: the monitor and ingest
+applier; drift_policy.py: policies and open alerts; drift_scopes.py: group and fleet)."""

@@ -172,18 +172,7 @@ def write_broker_config(
         hub_password=out_dir / "hub.password" if plain_port is not None else None,
         ingest_workers=ingest_workers,
     )
-    server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=server_names)
-    hub, hub_key = ca.issue_service(hub_identity)
-    write_atomic(files.ca, ca.ca_pem, mode=0o644)
-    write_atomic(files.server_cert, server.cert_pem, mode=0o644)
-    write_atomic(files.server_key, server_key, mode=0o600)
-    write_atomic(files.hub_cert, hub.cert_pem, mode=0o644)
-    write_atomic(files.hub_key, hub_key, mode=0o600)
-    write_atomic(files.crl, ca.crl_pem(), mode=0o644)
-    for i in range(ingest_workers):
-        worker, worker_key = ca.issue_service(ingest_identity(i))
-        write_atomic(out_dir / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
-        write_atomic(out_dir / f"ingest-{i}.key", worker_key, mode=0o600)
+    _write_identities(files, ca)
     acl = acl_text(hub_identity, ingest_workers)
     write_atomic(files.acl, acl.encode(), mode=0o644)
     if files.passwords is not None and files.hub_password is not None:
@@ -197,6 +186,22 @@ def write_broker_config(
     if user is not None and os.geteuid() == 0:
         _give_to(user, [files.server_key, files.passwords], persistence_dir)
     return files
+
+
+def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
+    """The CA, the CRL, and fresh certificates for the broker, the hub and its workers."""
+    server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=files.server_names)
+    hub, hub_key = ca.issue_service(files.hub_identity)
+    write_atomic(files.ca, ca.ca_pem, mode=0o644)
+    write_atomic(files.server_cert, server.cert_pem, mode=0o644)
+    write_atomic(files.server_key, server_key, mode=0o600)
+    write_atomic(files.hub_cert, hub.cert_pem, mode=0o644)
+    write_atomic(files.hub_key, hub_key, mode=0o600)
+    write_atomic(files.crl, ca.crl_pem(), mode=0o644)
+    for i in range(files.ingest_workers):
+        worker, worker_key = ca.issue_service(ingest_identity(i))
+        write_atomic(files.directory / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
+        write_atomic(files.directory / f"ingest-{i}.key", worker_key, mode=0o600)
 
 
 def _give_to(user: str, paths: list[Path | None], persistence_dir: Path | None) -> None:
