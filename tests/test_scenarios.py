@@ -15,13 +15,8 @@ import pytest
 
 from agent.store import DeviceStore
 from edgefleet.cli import main
-from simulator.scenario import (
-    ScenarioError,
-    ScenarioResult,
-    load_scenario,
-    parse_scenario,
-    run_scenario,
-)
+from edgefleet.rehearsal import ScenarioResult, run_scenario
+from simulator.scenario import ScenarioError, load_scenario, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 
