@@ -71,14 +71,7 @@ def summarise(
         "rollbacks": len({e.device_id for e in events if e.stage == "rolled_back"}),
         "refusals": dict(sorted(refusals.items())),
         "faults": _faults(injector),
-        "crashes": [
-            {
-                "device": c["device"],
-                "chunks_on_disk": len(c["persisted"]),
-                "refetched": len(c["refetched"]),
-            }
-            for c in injector.crashes
-        ],
+        "crashes": _crashes(injector),
         "hub_unreachable_s": round(watch.hub_unreachable_s, 1),
         "dropped_messages": dict(dropped),
         "elapsed_s": watch.elapsed_s,
@@ -119,3 +112,15 @@ def _faults(injector: FaultInjector) -> dict[str, dict[str, Any]]:
         }
         for kind, n in injector.planned().items()
     }
+
+
+def _crashes(injector: FaultInjector) -> list[dict[str, Any]]:
+    """Per crashed device: chunks it had on disk, and how many of them it fetched again."""
+    return [
+        {
+            "device": c["device"],
+            "chunks_on_disk": len(c["persisted"]),
+            "refetched": len(c["refetched"]),
+        }
+        for c in injector.crashes
+    ]
