@@ -65,7 +65,9 @@ class HubRollouts:
         try:
             return self.client.rollout(rollout_id)
         except Exception as e:
-            raise _unreachable(e) from e
+            if _is_down(e):
+                raise HubUnreachable(type(e).__name__) from e
+            raise
 
     def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
         """``GET /rollouts/{id}/devices``: one row per device.
@@ -76,16 +78,16 @@ class HubRollouts:
         try:
             return self.client.rollout_devices(rollout_id)
         except Exception as e:
-            raise _unreachable(e) from e
+            if _is_down(e):
+                raise HubUnreachable(type(e).__name__) from e
+            raise
 
 
-def _unreachable(e: Exception) -> Exception:
-    """``HubUnreachable`` for a hub that is down or failing; any other error unchanged."""
+def _is_down(e: Exception) -> bool:
+    """The hub is down or failing (no connection, or a 5xx answer), not refusing."""
     if isinstance(e, HubClientError):
-        down = e.status >= 500
-    else:
-        down = isinstance(e, (httpx.TransportError, OSError))
-    return HubUnreachable(type(e).__name__) if down else e
+        return e.status >= 500
+    return isinstance(e, (httpx.TransportError, OSError))
 
 
 @dataclass
