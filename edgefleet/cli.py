@@ -377,7 +377,8 @@ def _agent_enrol(args: argparse.Namespace) -> int:
 
 def _sim_run(args: argparse.Namespace) -> int:
     if args.scenario is not None:  # exit 0 when every device converged, else 1
-        from simulator.scenario import load_scenario, run_scenario
+        from edgefleet.rehearsal import run_scenario
+        from simulator.scenario import load_scenario
 
         scenario = load_scenario(args.scenario)  # a bad file fails here, before any start
         result = run_scenario(scenario, args.work_dir).summary

@@ -16,6 +16,7 @@ with a runtime of its own (:attr:`VirtualDevice.sessions`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import random
@@ -330,15 +331,14 @@ class Fleet:
             dev = VirtualDevice(self, i)
             self.devices.append(dev)
             jitter = self._rng.uniform(0, cfg.tick_s)
-            self.loop.call_later(jitter, lambda d=dev: self._every(cfg.tick_s, d.tick))
+            self.loop.call_later(jitter, functools.partial(self._every, cfg.tick_s, dev.tick))
             if cfg.rows_per_s > 0:
                 period = cfg.batch / cfg.rows_per_s
-                self.loop.call_later(
-                    self._rng.uniform(0, period), lambda d=dev, p=period: self._every(p, d.infer)
-                )
+                first = self._rng.uniform(0, period)
+                self.loop.call_later(first, functools.partial(self._every, period, dev.infer))
         return self
 
-    def _every(self, period: float, fn: Any) -> None:
+    def _every(self, period: float, fn: Callable[[], None]) -> None:
         fn()
         self.loop.call_every(period, fn)
 

@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edgefleet.rehearsal import run_scenario
 from hub.ml.pipeline import CLASSES, FEATURES, Dataset, PipelineConfig, builtin_dataset, evaluate
 from hub.ml.pipeline import train as train_model
 from shared.drift import psi
 from shared.sensors import Regime, SensorStream, generate
 from simulator.drift import DriftError, DriftSpec
-from simulator.scenario import ScenarioError, load_scenario, parse_scenario, run_scenario
+from simulator.scenario import ScenarioError, load_scenario, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 IDS = [f"sim-{i:05d}" for i in range(40)]

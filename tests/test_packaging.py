@@ -1,7 +1,12 @@
-"""A device installs the agent extra only: it must not need the hub's dependencies."""
+"""A device installs the agent extra only: it must not need the hub's dependencies.
+
+And the simulator, which runs the real agent code, stays on the device side (DESIGN §2:
+simulator -> agent, shared); composing it with the hub is edgefleet/'s job.
+"""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import tomllib
@@ -27,3 +32,43 @@ def test_agent_imports_nothing_from_the_hub() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "", f"the agent imported: {out.stdout.strip()}"
+
+
+SIMULATOR_MODULES = sorted(
+    f"simulator.{p.stem}" for p in (ROOT / "simulator").glob("*.py") if p.stem != "__init__"
+)
+NOT_FOR_THE_SIMULATOR = ("hub", "edgefleet")
+
+
+def test_importing_the_simulator_loads_neither_the_hub_nor_the_cli() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for name in {SIMULATOR_MODULES!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {NOT_FOR_THE_SIMULATOR!r})\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert len(SIMULATOR_MODULES) >= 5
+    assert out.stdout.strip() == "", f"the simulator imported: {out.stdout.strip()}"
+
+
+def test_no_simulator_module_names_the_hub_or_the_cli() -> None:
+    """Imports inside functions and under TYPE_CHECKING count too."""
+    bad = []
+    for path in sorted((ROOT / "simulator").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            bad += [
+                f"{path.name}:{node.lineno} {n}"
+                for n in names
+                if n.split(".")[0] in NOT_FOR_THE_SIMULATOR
+            ]
+    assert bad == []

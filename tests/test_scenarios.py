@@ -8,6 +8,7 @@ devices' own state (what they run, what they persisted).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,10 @@ import pytest
 
 from agent.store import DeviceStore
 from edgefleet.cli import main
-from simulator.scenario import (
-    ScenarioError,
-    ScenarioResult,
-    load_scenario,
-    parse_scenario,
-    run_scenario,
-)
+from edgefleet.rehearsal import ScenarioResult, run_scenario
+from simulator.fleet import Fleet, FleetConfig
+from simulator.scenario import ScenarioError, load_scenario, parse_scenario
+from simulator.timeline import HubUnreachable, play
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "simulator" / "scenarios"
 
@@ -211,3 +209,71 @@ def test_class_fractions_become_counts_that_sum_to_the_fleet() -> None:
     assert s.fleet.classes == (("a", 7), ("b", 3))
     s = parse_scenario({"seed": 1, "fleet": {"devices": 3, "classes": {"a": 0.5, "b": 0.5}}})
     assert sum(n for _c, n in s.fleet.classes) == 3
+
+
+class _FakeHub:
+    """A RolloutHub that is down for the first poll, then completes on the third."""
+
+    def __init__(self) -> None:
+        self.specs: list[dict[str, Any]] = []
+        self.polls = 0
+
+    def start_rollout(self, spec: Mapping[str, Any]) -> str:
+        self.specs.append(dict(spec))
+        return "r-1"
+
+    def rollout_status(self, rollout_id: str) -> dict[str, Any]:
+        self.polls += 1
+        if self.polls == 1:
+            raise HubUnreachable("ConnectError")
+        done = self.polls >= 3
+        return {
+            "id": rollout_id,
+            "state": "completed" if done else "running",
+            "finished": done,
+            "wave": 1,
+            "waves": 1,
+            "devices": 2,
+            "converged": 2 if done else 1,
+            "counts": {"healthy": 2} if done else {"healthy": 1, "sent": 1},
+            "failure_ratio": 0.0,
+            "halted_reason": None,
+        }
+
+    def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
+        raise HubUnreachable("ConnectError")
+
+
+class _NoProcesses:
+    def restart_broker(self, down_s: float) -> None:
+        raise AssertionError("no process fault in this scenario")
+
+    def kill_hub(self) -> None:
+        raise AssertionError("no process fault in this scenario")
+
+    def start_hub(self) -> None:
+        raise AssertionError("no process fault in this scenario")
+
+
+def test_the_timeline_follows_the_rollout_through_a_hub_outage(tmp_path: Path) -> None:
+    scenario = parse_scenario({"seed": 3, "fleet": {"devices": 2}, "rollout": {"canary": 1}})
+    fleet = Fleet(FleetConfig(2, "127.0.0.1", 1, tmp_path, b"{}"))  # never started
+    hub, lines = _FakeHub(), []
+    try:
+        played = play(
+            scenario,
+            fleet,
+            _NoProcesses(),
+            hub,
+            {"name": "vibration", "version": 2},
+            say=lines.append,
+        )
+    finally:
+        fleet.close()
+    assert hub.specs == [{"seed": "scenario-3", "canary": 1, "model": "vibration", "version": 2}]
+    assert played.rollout_id == "r-1" and played.rows == []
+    w = played.watch
+    assert w.hub_unreachable_s > 0 and not w.timed_out
+    assert w.status is not None and w.status["state"] == "completed"
+    assert w.seconds_to_converge is not None and w.halts == []
+    assert any("hub unreachable (ConnectError)" in line for line in lines), lines
