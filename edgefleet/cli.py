@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgefleet import broker_cli, keys_cli, rollout_cli
+from edgefleet import broker_cli, fleet_cli, keys_cli, rollout_cli
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
 API_KEY_ENV = "EDGEFLEET_API_KEY"
@@ -67,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     keys_cli.register(sub)
     rollout_cli.register(sub, api)
 
+    _demo_parser(sub)
+
+    _hub_parser(sub)
+
+    _agent_parser(sub)
+
+    _sim_parser(sub)
+
+    fleet_cli.register(sub, api)
+    return p
+
+
+def _demo_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="hub + simulated fleet, end to end, on this machine")
     demo.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
     demo.add_argument("--summary", type=Path, help="also write the summary as JSON here")
@@ -75,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to converge")
     demo.set_defaults(func=_demo)
 
+
+def _hub_parser(sub: Any) -> None:
     hub = sub.add_parser("hub", help="the central hub").add_subparsers(metavar="ACTION")
     serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
     serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
@@ -115,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_hub_serve)
     _apikey_parser(hub)
 
+
+def _agent_parser(sub: Any) -> None:
     agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
     run = agent.add_parser("run", help="run the agent daemon")
     run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
@@ -128,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     enrol.add_argument("--config-out", type=Path, required=True, help="write the TOML here")
     enrol.set_defaults(func=_agent_enrol)
 
+
+def _sim_parser(sub: Any) -> None:
     sim = sub.add_parser("sim", help="the fleet simulator").add_subparsers(metavar="ACTION")
     srun = sim.add_parser(
         "run",
@@ -155,37 +174,6 @@ def _parser() -> argparse.ArgumentParser:
     srun.add_argument("--device-class", default="sim-gateway")
     srun.add_argument("--summary", type=Path, help="write the summary as JSON here")
     srun.set_defaults(func=_sim_run)
-
-    models = sub.add_parser("models", help="the model registry").add_subparsers(metavar="ACTION")
-    mlist = models.add_parser("list", parents=[api], help="list model versions with metrics")
-    mlist.set_defaults(func=_models_list)
-    mtrain = models.add_parser("train", parents=[api], help="train, quantise, sign a model")
-    mtrain.add_argument("--name", default="vibration")
-    mtrain.add_argument("--n-train", type=int, default=12000)
-    mtrain.add_argument("--max-int8-loss", type=float, default=1.0, help="points of accuracy")
-    mtrain.set_defaults(func=_models_train)
-    mup = models.add_parser("upload", parents=[api], help="upload your own ONNX model")
-    mup.add_argument("--name", required=True)
-    mup.add_argument("file", type=Path)
-    mup.set_defaults(func=_models_upload)
-
-    devs = sub.add_parser("devices", parents=[api], help="list devices")
-    devs.set_defaults(func=_devices)
-
-    tok = sub.add_parser(
-        "enrol-token", parents=[api], help="issue a one-time enrolment token (operator)"
-    )
-    tok.add_argument("--device-id", help="bind the token to this device id")
-    tok.add_argument("--ttl", type=int, help="seconds until it expires (default 3600)")
-    tok.set_defaults(func=_enrol_token)
-
-    dep = sub.add_parser("deploy", parents=[api], help="deploy a model version to devices")
-    dep.add_argument("--model", required=True)
-    dep.add_argument("--version", type=int)
-    dep.add_argument("--devices", nargs="*", help="device ids (default: all)")
-    dep.add_argument("--wait", action="store_true", help="follow progress until the end")
-    dep.set_defaults(func=_deploy)
-    return p
 
 
 def _apikey_parser(hub: Any) -> None:
@@ -419,79 +407,6 @@ def _sim_run(args: argparse.Namespace) -> int:
     print(out)
     if args.summary:
         args.summary.write_text(out + "\n")
-    return 0
-
-
-def _client(args: argparse.Namespace) -> Any:
-    from edgefleet.client import HubClient
-
-    return HubClient(args.hub, api_key=args.api_key)
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        rows = c.models()
-    print(f"{'model':<16}{'ver':>4}  {'bytes':>9}  {'acc fp32':>8}  {'acc int8':>8}  sha256")
-    for r in rows:
-        print(
-            f"{r['name']:<16}{r['version']:>4}  {r['size_bytes']:>9}  "
-            f"{_f(r['accuracy_fp32'])}  {_f(r['accuracy_int8'])}  {r['sha256'][:16]}"
-        )
-    return 0
-
-
-def _f(x: float | None) -> str:
-    return f"{x:>8.3f}" if x is not None else f"{'-':>8}"
-
-
-def _models_train(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        job = c.train(name=args.name, n_train=args.n_train, max_int8_loss_points=args.max_int8_loss)
-        done = c.wait_job(
-            job["id"],
-            on_progress=lambda j: print(f"  {j['stage'] or j['status']} {j['progress']:.0%}"),
-        )
-    print(json.dumps(done["result"], indent=2))
-    return 0
-
-
-def _models_upload(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        job = c.upload(args.name, args.file.read_bytes())
-        done = c.wait_job(job["id"])
-    print(json.dumps(done["result"], indent=2))
-    return 0
-
-
-def _devices(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        for d in c.devices():
-            print(f"{d['id']:<24}{d['status']:<9}{d['model'] or '-'}:{d['version'] or '-'}")
-    return 0
-
-
-def _enrol_token(args: argparse.Namespace) -> int:
-    import time
-
-    with _client(args) as c:
-        t = c.create_enrol_token(args.device_id, args.ttl)
-    print(t["token"])
-    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["expires_at"]))
-    bound = f" for device {t['device_id']}" if t["device_id"] else ""
-    print(f"(one-time enrolment token {t['id']}{bound}, valid until {until})", file=sys.stderr)
-    return 0
-
-
-def _deploy(args: argparse.Namespace) -> int:
-    import time
-
-    with _client(args) as c:
-        st = c.deploy(args.model, args.version, args.devices or None)
-        print(f"deployment {st['id']}: {args.model} v{st['version']} to {st['devices']} devices")
-        while args.wait and not st["finished"]:
-            time.sleep(1)
-            st = c.deployment(st["id"], devices=False)
-            print(f"  {st['converged']}/{st['devices']} healthy  {st['stages']}")
     return 0
 
 
