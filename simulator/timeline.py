@@ -31,7 +31,6 @@ __all__ = ["HubUnreachable", "Played", "RolloutHub", "Say", "Watch", "play"]
 
 POLL_S = 0.25  # s: between status polls
 PROGRESS_EVERY_S = 1.0  # s: between progress lines
-TERMINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "aborted"})
 
 Say = Callable[[str], None]
 
@@ -158,7 +157,10 @@ def _follow(
         if t >= next_line:
             say(_progress_line(t, st, injector))
             next_line = t + PROGRESS_EVERY_S
-        done = st["finished"] or st["state"] in TERMINAL_ROLLOUT_STATES
+        # A halted or aborted rollout is over once the hub has put back every device it
+        # changed (``finished``: each rollback reported); stopping at the first poll that
+        # shows the halt would count devices a rollback had yet to reach.
+        done = st["finished"] or st["state"] == "completed"
         if done and not injector.busy and t >= scenario.duration_s:
             break
         if t > max(scenario.timeout_s, scenario.duration_s):
