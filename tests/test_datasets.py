@@ -25,7 +25,7 @@ from edgefleet.demo import ApiServer
 from hub.access.audit import AuditLog
 from hub.access.keys import ApiKeys, Role
 from hub.app import Hub, HubConfig
-from hub.ml.datasets import Datasets, attach
+from hub.ml.datasets import Datasets
 from hub.transport.broker import Mosquitto
 from shared import protocol
 from shared.reasons import Reason
@@ -124,7 +124,7 @@ def test_devices_capture_upload_and_a_retrain_ships_a_new_signed_version(
     assert dataset["devices"] == sorted(ids) and dataset["version"] == model["version"]
 
     # The stored rows are exactly the rows each device sampled and sent.
-    data = attach(fleet_stage.hub).dataset(dataset["id"])
+    data = fleet_stage.hub.datasets.dataset(dataset["id"])
     for i, device_id in enumerate(data.devices):
         manifest = next(
             protocol.decode(p).body
@@ -221,7 +221,7 @@ def artifacts(hub: Hub) -> set[Path]:
 
 def test_a_corrupt_chunk_is_never_stored(hub_stage: Stage) -> None:
     hub = hub_stage.hub
-    datasets: Datasets = attach(hub)
+    datasets: Datasets = hub.datasets
     before = artifacts(hub)
     good, bad = FakeDevice(hub_stage.mosquitto, "good-1"), FakeDevice(hub_stage.mosquitto, "bad-1")
     try:
@@ -247,7 +247,7 @@ def test_a_corrupt_chunk_is_never_stored(hub_stage: Stage) -> None:
 
 def test_missing_chunks_fail_the_upload_at_the_deadline(hub_stage: Stage) -> None:
     hub = hub_stage.hub
-    datasets = attach(hub)
+    datasets = hub.datasets
     datasets.grace_s = 1.0
     device = FakeDevice(hub_stage.mosquitto, "lossy-1")
     try:

@@ -17,7 +17,6 @@ from waiting import wait_for
 
 from hub.access.keys import Role
 from hub.app import pipeline_config
-from hub.ml.datasets import attach
 from hub.ml.jobs import Jobs
 from hub.store.tables import DriftAlert, Job, make_engine, session, sqlite_url
 from hub.transport.broker import Mosquitto
@@ -102,7 +101,7 @@ def test_a_run_whose_capture_gets_nothing_fails_visibly_and_audited(stage: Stage
     operator, viewer = stage.as_role(Role.operator), stage.as_role(Role.viewer)
     policy = {"enabled": True, "capture_s": 0.5, "gather_s": 0, "cooldown_s": 0}
     assert operator.put("/loop/policies/press", json=policy).status_code == 200
-    attach(stage.hub).grace_s = 0.5  # seconds after the capture for uploads to arrive
+    stage.hub.datasets.grace_s = 0.5  # seconds after the capture for uploads to arrive
     with session(stage.hub.engine) as s:  # what hub/telemetry/drift.py opens on a drifting device
         s.add(
             DriftAlert(
