@@ -50,6 +50,7 @@ class CapturedData:
 def write_device_rows(path: Path, version: int, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
     """Keep one device's verified arrays in staging until its capture ends."""
     buf = io.BytesIO()
+    # numpy's stub: **arrays might hold "allow_pickle" (a bool) for all mypy knows
     np.savez(buf, version=np.array(version), **arrays)  # type: ignore[arg-type]
     path.write_bytes(buf.getvalue())
 
@@ -79,7 +80,7 @@ def merge_device_rows(paths: Sequence[Path]) -> tuple[int, dict[str, npt.NDArray
 def to_npz(arrays: Mapping[str, npt.NDArray[Any]]) -> bytes:
     """The artifact of a dataset version: its arrays as an npz file."""
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub, as above
     return buf.getvalue()
 
 

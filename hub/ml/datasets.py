@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import numpy as np
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
 from hub.ml.dataset_versions import (
     NO_LABEL,
@@ -215,7 +215,7 @@ class Datasets:
 
     def datasets(self, model: str | None = None) -> list[DatasetVersion]:
         with session(self.engine) as s:
-            q = select(DatasetVersion).order_by(DatasetVersion.created_at)  # type: ignore[arg-type]
+            q = select(DatasetVersion).order_by(col(DatasetVersion.created_at))
             if model is not None:
                 q = q.where(DatasetVersion.model == model)
             return list(s.exec(q))

@@ -74,6 +74,7 @@ def quantize_int8(
         return dst.read_bytes()
 
 
+# onnxruntime ships no type hints, so its base class is Any to mypy
 class _CalibrationRows(CalibrationDataReader):  # type: ignore[misc]
     def __init__(self, input_name: str, rows: FloatRows) -> None:
         self._batches = iter(
