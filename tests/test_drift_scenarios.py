@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from edgefleet.rehearsal import run_scenario
-from hub.ml.pipeline import CLASSES, FEATURES, Dataset, PipelineConfig, builtin_dataset, evaluate
+from hub.ml.pipeline import Dataset, PipelineConfig, builtin_dataset, evaluate
 from hub.ml.pipeline import train as train_model
 from shared.drift import psi
-from shared.sensors import Regime, SensorStream, generate
+from shared.sensors import CLASSES, FEATURES, Regime, SensorStream, generate
 from simulator.drift import DriftError, DriftSpec
 from simulator.scenario import ScenarioError, load_scenario, parse_scenario
 

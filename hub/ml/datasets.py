@@ -15,6 +15,10 @@ again: a lost QoS 1 message is rare, and a new capture is one call. When every d
 an outcome (or the deadline passed), the verified uploads become one dataset version: an
 npz artifact in the content-addressed store and a ``DatasetVersion`` row.
 
+This module keeps the captures' state (SQL) and the uploads in progress;
+hub/ml/uploads.py checks an upload's chunks, bytes and arrays, and
+hub/ml/dataset_versions.py writes and reads the npz files.
+
 Exceptions::
 
     DatasetError(reason, detail)     unknown capture or dataset, bad arguments
@@ -23,7 +27,6 @@ Exceptions::
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import shutil
 import threading
@@ -31,27 +34,42 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-import numpy.typing as npt
 from sqlalchemy import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 
+from hub.ml.dataset_versions import (
+    NO_LABEL,
+    CapturedData,
+    captured_data,
+    merge_device_rows,
+    to_npz,
+    write_device_rows,
+)
+from hub.ml.uploads import Upload, manifest_problem, parse_upload
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import Capture, CaptureDevice, DatasetVersion, session
 from shared import protocol
 from shared.protocol import ProtocolError, UploadChunk
 from shared.reasons import Reason
 
+__all__ = [
+    "NO_LABEL",
+    "CapturedData",
+    "DatasetError",
+    "Datasets",
+    "SendCommand",
+    "parse_upload",
+]
+
 log = logging.getLogger(__name__)
 
 UPLOAD_GRACE_S: Final = 120.0  # seconds after a capture's end for its uploads to arrive
 ASSUMED_WINDOW_S: Final = 10.0  # seconds per telemetry window (CoreConfig's default)
 MAX_CAPTURE_DEVICES: Final = 10_000  # devices one capture may ask
-NO_LABEL: Final = -1  # label of a row the device's application gave none for
 TERMINAL: Final = frozenset({"verified", "failed", "refused"})
 SendCommand = Callable[[str, str, Mapping[str, Any]], None]  # (device, type, body)
 
@@ -68,31 +86,6 @@ class DatasetError(Exception):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-@dataclass(frozen=True)
-class CapturedData:
-    """The rows of a dataset version."""
-
-    x: npt.NDArray[np.float32]  # [rows, features]
-    labels: npt.NDArray[np.int64]  # [rows]; NO_LABEL where the device had none
-    outputs: dict[str, npt.NDArray[Any]]  # the model's outputs as the device computed them
-    devices: tuple[str, ...]
-    device_index: npt.NDArray[np.int32]  # [rows]: index into ``devices``
-
-    @property
-    def labelled(self) -> npt.NDArray[np.bool_]:
-        mask: npt.NDArray[np.bool_] = self.labels != NO_LABEL
-        return mask
-
-
-@dataclass
-class _Upload:
-    """One device's upload in progress: its manifest and the chunks verified so far."""
-
-    manifest: Mapping[str, Any]
-    directory: Path
-    received: set[int] = field(default_factory=set)
 
 
 class Datasets:
@@ -115,7 +108,7 @@ class Datasets:
         self.grace_s = UPLOAD_GRACE_S  # seconds after a capture's end for its uploads
         self.counts: Counter[str] = Counter()
         self._lock = threading.RLock()
-        self._uploads: dict[tuple[str, str], _Upload] = {}
+        self._uploads: dict[tuple[str, str], Upload] = {}
         staging_dir.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------- captures
@@ -222,7 +215,7 @@ class Datasets:
 
     def datasets(self, model: str | None = None) -> list[DatasetVersion]:
         with session(self.engine) as s:
-            q = select(DatasetVersion).order_by(DatasetVersion.created_at)  # type: ignore[arg-type]
+            q = select(DatasetVersion).order_by(col(DatasetVersion.created_at))
             if model is not None:
                 q = q.where(DatasetVersion.model == model)
             return list(s.exec(q))
@@ -242,16 +235,7 @@ class Datasets:
             DatasetError: ``not_found``.
         """
         row = self.dataset_row(dataset_id)
-        with np.load(io.BytesIO(self.store.get(row.sha256)), allow_pickle=False) as z:
-            arrays = {name: z[name] for name in z.files}
-        outputs = {k[4:]: v for k, v in arrays.items() if k.startswith("out.")}
-        return CapturedData(
-            arrays["x"],
-            arrays["labels"],
-            outputs,
-            tuple(row.devices),
-            arrays["device_index"],
-        )
+        return captured_data(self.store.get(row.sha256), tuple(row.devices))
 
     # ------------------------------------------------------------- from devices (MQTT thread)
 
@@ -290,7 +274,7 @@ class Datasets:
             hashes = upload.manifest["chunks"]
             if chunk.index in upload.received:
                 return  # a QoS 1 duplicate
-            if chunk.index >= len(hashes) or len(chunk.data) != _chunk_len(upload, chunk.index):
+            if chunk.index >= len(hashes) or len(chunk.data) != upload.chunk_len(chunk.index):
                 self._fail_upload(key, Reason.UPLOAD_INVALID, f"chunk {chunk.index} out of range")
                 return
             if hashlib.sha256(chunk.data).hexdigest() != hashes[chunk.index]:
@@ -340,14 +324,14 @@ class Datasets:
         with session(self.engine) as s:
             capture = s.get(Capture, row.capture_id)
         assert capture is not None
-        problem = _manifest_problem(body, capture)
+        problem = manifest_problem(body, capture)
         if problem is not None:
             self._set(row, "failed", Reason.UPLOAD_INVALID.value, problem)
             return
         directory = self.staging_dir / row.capture_id / row.device_id
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        self._uploads[key] = _Upload(dict(body), directory)
+        self._uploads[key] = Upload(dict(body), directory)
         self._set(
             row,
             "uploading",
@@ -363,21 +347,16 @@ class Datasets:
         log.warning("capture %s: upload of %s failed: %s", key[0], key[1], detail)
         self._set(self._device_row(*key), "failed", reason.value, detail)
 
-    def _complete(self, key: tuple[str, str], upload: _Upload) -> None:
+    def _complete(self, key: tuple[str, str], upload: Upload) -> None:
         """Every chunk verified: check the whole, parse the arrays, keep them verified."""
         m = upload.manifest
-        data = b"".join((upload.directory / str(i)).read_bytes() for i in range(len(m["chunks"])))
+        data = upload.read()
         try:
-            if len(data) != m["length"] or hashlib.sha256(data).hexdigest() != m["sha256"]:
-                raise ValueError("the whole upload does not match its length and sha256")
-            arrays = parse_upload(data, m["schema"])
-            _check_arrays(arrays, int(m["rows"]), int(m["labelled"]))
+            arrays = upload.arrays(data)
         except ValueError as e:
             self._fail_upload(key, Reason.UPLOAD_INVALID, str(e))
             return
-        buf = io.BytesIO()
-        np.savez(buf, version=np.array(int(m["version"])), **arrays)  # type: ignore[arg-type]
-        (upload.directory.parent / f"{key[1]}.npz").write_bytes(buf.getvalue())
+        write_device_rows(upload.directory.parent / f"{key[1]}.npz", int(m["version"]), arrays)
         shutil.rmtree(upload.directory, ignore_errors=True)
         del self._uploads[key]
         self.counts["uploads_verified"] += 1
@@ -415,27 +394,13 @@ class Datasets:
         log.info("capture %s %s (%d device(s) verified)", capture_id, capture.state, len(verified))
 
     def _store_dataset(self, capture: Capture, devices: list[str]) -> DatasetVersion:
-        parts = []
-        for device_id in devices:
-            path = self.staging_dir / capture.id / f"{device_id}.npz"
-            with np.load(path, allow_pickle=False) as z:
-                parts.append({name: z[name] for name in z.files})
-        versions = Counter(int(p["version"]) for p in parts)
-        arrays: dict[str, npt.NDArray[Any]] = {
-            name: np.concatenate([p[name] for p in parts])
-            for name in parts[0]
-            if name != "version" and all(name in p for p in parts)
-        }
-        arrays["device_index"] = np.concatenate(
-            [np.full(len(p["x"]), i, dtype=np.int32) for i, p in enumerate(parts)]
-        )
-        buf = io.BytesIO()
-        np.savez(buf, **arrays)  # type: ignore[arg-type]
-        digest = self.store.put(buf.getvalue())
+        staged = [self.staging_dir / capture.id / f"{device_id}.npz" for device_id in devices]
+        version, arrays = merge_device_rows(staged)
+        digest = self.store.put(to_npz(arrays))
         return DatasetVersion(
             id=uuid.uuid4().hex[:16],
             model=capture.model,
-            version=versions.most_common(1)[0][0],
+            version=version,
             capture_id=capture.id,
             devices=devices,
             rows=len(arrays["x"]),
@@ -444,70 +409,3 @@ class Datasets:
             sha256=digest,
             created_at=self.clock(),
         )
-
-
-# ------------------------------------------------------------------ the upload format
-
-
-def parse_upload(data: bytes, schema: Sequence[Mapping[str, Any]]) -> dict[str, npt.NDArray[Any]]:
-    """The arrays of an upload: raw little-endian, C order, in the schema's order.
-
-    Raises:
-        ValueError: the bytes do not add up to the schema.
-    """
-    arrays: dict[str, npt.NDArray[Any]] = {}
-    pos = 0
-    for spec in schema:
-        dtype = np.dtype(str(spec["dtype"])).newbyteorder("<")
-        shape = tuple(int(d) for d in spec["shape"])
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if pos + size > len(data):
-            raise ValueError(f"{spec['name']} needs {size} bytes, {len(data) - pos} left")
-        arrays[str(spec["name"])] = (
-            np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=pos)
-            .astype(dtype.newbyteorder("="))
-            .reshape(shape)
-        )
-        pos += size
-    if pos != len(data):
-        raise ValueError(f"{len(data) - pos} bytes beyond the schema's arrays")
-    return arrays
-
-
-def _manifest_problem(body: Mapping[str, Any], capture: Capture) -> str | None:
-    """What is wrong with an upload manifest beyond its schema, or None."""
-    n_chunks = -(-int(body["length"]) // int(body["chunk_size"]))
-    names = {a["name"]: a for a in body["schema"]}
-    size = sum(
-        int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize
-        for a in body["schema"]
-    )
-    rows = int(body["rows"])
-    x, labels = names.get("x"), names.get("labels")
-    for bad, msg in (
-        (body["model"] != capture.model, f"model {body['model']!r}, not {capture.model!r}"),
-        (rows > capture.max_rows, f"{rows} rows, more than the {capture.max_rows} asked for"),
-        (len(body["chunks"]) != n_chunks, "chunk count does not match length and chunk size"),
-        (size != body["length"], "the schema's arrays do not add up to the length"),
-        (x is None or len(x["shape"]) != 2 or x["shape"][0] != rows, "x must be [rows, n]"),
-        (labels is None or labels["shape"] != [rows], "labels must be [rows]"),
-        (any(a["shape"][0] != rows for a in body["schema"]), "every array needs `rows` rows"),
-    ):
-        if bad:
-            return msg
-    return None
-
-
-def _check_arrays(arrays: Mapping[str, npt.NDArray[Any]], rows: int, labelled: int) -> None:
-    x, labels = arrays["x"], arrays["labels"]
-    if x.dtype != np.float32 or not np.isfinite(x).all():
-        raise ValueError("x must be finite float32")
-    if labels.dtype != np.int64 or (labels < NO_LABEL).any():
-        raise ValueError("labels must be int64 class indices or -1")
-    if int(np.count_nonzero(labels != NO_LABEL)) != labelled:
-        raise ValueError("the labelled count does not match the labels")
-
-
-def _chunk_len(upload: _Upload, index: int) -> int:
-    size, length = int(upload.manifest["chunk_size"]), int(upload.manifest["length"])
-    return min(size, length - index * size)

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, func
-from sqlmodel import select
+from sqlmodel import col, select
 
 from hub.ml.pipeline import BuiltModel, PipelineConfig, build_manifest
 from hub.store.artifacts import ArtifactStore
@@ -109,7 +109,7 @@ class Registry:
         with session(self.engine) as s:
             q = select(ModelVersion).where(ModelVersion.name == name)
             if version is None:
-                q = q.order_by(ModelVersion.version.desc())  # type: ignore[attr-defined]
+                q = q.order_by(col(ModelVersion.version).desc())
             else:
                 q = q.where(ModelVersion.version == version)
             row = s.exec(q).first()
@@ -120,7 +120,7 @@ class Registry:
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         with session(self.engine) as s:
-            q = select(ModelVersion).order_by(ModelVersion.name, ModelVersion.version)
+            q = select(ModelVersion).order_by(col(ModelVersion.name), col(ModelVersion.version))
             if name is not None:
                 q = q.where(ModelVersion.name == name)
             return list(s.exec(q))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -113,36 +113,16 @@ def retrain(
     all_ids = list(dict.fromkeys([*(record.datasets if record else []), *dataset_ids]))
     x_cap, y_cap = _captured_rows(datasets, name, all_ids)
     base_data = builtin_dataset(config)
-    if x_cap.shape[1] != len(base_data.features):
-        raise RetrainError(
-            f"captured rows have {x_cap.shape[1]} features, the model {len(base_data.features)}"
-        )
-    order = np.random.default_rng(config.seed if seed is None else seed).permutation(len(x_cap))
-    n_hold = max(1, round(len(x_cap) * holdout_fraction))
-    if len(x_cap) - n_hold < 1:
-        raise RetrainError(f"{len(x_cap)} labelled captured row(s): too few to split")
-    hold, tr = np.sort(order[:n_hold]), np.sort(order[n_hold:])
-    x_tr, y_tr = np.repeat(x_cap[tr], captured_weight, 0), np.repeat(y_cap[tr], captured_weight)
-    data = Dataset(
-        np.concatenate([base_data.x_train, x_tr]),
-        np.concatenate([base_data.y_train, y_tr]),
-        np.concatenate([base_data.x_holdout, x_cap[hold]]),
-        np.concatenate([base_data.y_holdout, y_cap[hold]]),
-        base_data.features,
-        base_data.classes,
+    mixed = _mix(
+        base_data,
+        x_cap,
+        y_cap,
+        holdout_fraction=holdout_fraction,
+        captured_weight=captured_weight,
+        seed=config.seed if seed is None else seed,
     )
-    built = train(config, progress, dataset=data)
-    before = registry.store.get(base.sha256)
-    scores = {
-        "accuracy_original_holdout": evaluate(
-            built.model_bytes, base_data.x_holdout, base_data.y_holdout
-        ),
-        "accuracy_captured_holdout": evaluate(built.model_bytes, x_cap[hold], y_cap[hold]),
-        "previous_accuracy_captured_holdout": evaluate(before, x_cap[hold], y_cap[hold]),
-        "previous_accuracy_original_holdout": evaluate(
-            before, base_data.x_holdout, base_data.y_holdout
-        ),
-    }
+    built = train(config, progress, dataset=mixed.data)
+    scores = _compare(built.model_bytes, registry.store.get(base.sha256), base_data, mixed)
     if progress:
         progress("sign", 0.95)
     classes = tuple(c for c in base.device_classes.split(",") if c)
@@ -160,8 +140,8 @@ def retrain(
         **{k: round(v, 4) for k, v in scores.items()},
         "datasets": all_ids,
         "rows_original": len(base_data.x_train),
-        "rows_captured_train": len(tr),
-        "rows_captured_holdout": len(hold),
+        "rows_captured_train": mixed.n_captured_train,
+        "rows_captured_holdout": len(mixed.x_captured_holdout),
         "base_config": "recorded" if record else "default",
     }
 
@@ -209,6 +189,63 @@ def _config_dict(config: PipelineConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)
     out["hidden"] = list(config.hidden)
     return out
+
+
+class _Mixed(NamedTuple):
+    """Baseline rows plus captured rows, and the captured held-out rows on their own."""
+
+    data: Dataset
+    x_captured_holdout: npt.NDArray[np.float32]
+    y_captured_holdout: npt.NDArray[np.int64]
+    n_captured_train: int  # captured training rows, before weighting
+
+
+def _mix(
+    base: Dataset,
+    x_cap: npt.NDArray[np.float32],
+    y_cap: npt.NDArray[np.int64],
+    *,
+    holdout_fraction: float,
+    captured_weight: int,
+    seed: int,
+) -> _Mixed:
+    """Split the captured rows seeded; add them to the baseline's training and held-out rows.
+
+    Each captured training row is repeated ``captured_weight`` times.
+
+    Raises:
+        RetrainError: the captured rows have another width, or are too few to split.
+    """
+    if x_cap.shape[1] != len(base.features):
+        raise RetrainError(
+            f"captured rows have {x_cap.shape[1]} features, the model {len(base.features)}"
+        )
+    order = np.random.default_rng(seed).permutation(len(x_cap))
+    n_hold = max(1, round(len(x_cap) * holdout_fraction))
+    if len(x_cap) - n_hold < 1:
+        raise RetrainError(f"{len(x_cap)} labelled captured row(s): too few to split")
+    hold, tr = np.sort(order[:n_hold]), np.sort(order[n_hold:])
+    x_tr, y_tr = np.repeat(x_cap[tr], captured_weight, 0), np.repeat(y_cap[tr], captured_weight)
+    data = Dataset(
+        np.concatenate([base.x_train, x_tr]),
+        np.concatenate([base.y_train, y_tr]),
+        np.concatenate([base.x_holdout, x_cap[hold]]),
+        np.concatenate([base.y_holdout, y_cap[hold]]),
+        base.features,
+        base.classes,
+    )
+    return _Mixed(data, x_cap[hold], y_cap[hold], len(tr))
+
+
+def _compare(new: bytes, before: bytes, base: Dataset, mixed: _Mixed) -> dict[str, float]:
+    """Accuracy of the new and the previous model file on each held-out part apart."""
+    x_hold, y_hold = mixed.x_captured_holdout, mixed.y_captured_holdout
+    return {
+        "accuracy_original_holdout": evaluate(new, base.x_holdout, base.y_holdout),
+        "accuracy_captured_holdout": evaluate(new, x_hold, y_hold),
+        "previous_accuracy_captured_holdout": evaluate(before, x_hold, y_hold),
+        "previous_accuracy_original_holdout": evaluate(before, base.x_holdout, base.y_holdout),
+    }
 
 
 def _captured_rows(

@@ -1,6 +1,7 @@
-"""The hub's SQL schema (SQLModel) and engine set-up.
+"""The hub's SQL schema (SQLModel), and ``make_engine``, which creates it.
 
-SQLite (WAL) by default, PostgreSQL by URL. Rows are the hub's memory: devices as last
+SQLite (WAL) by default, PostgreSQL by URL (hub/store/engine.py connects; its ``session``
+and ``sqlite_url`` are importable from here too). Rows are the hub's memory: devices as last
 reported, model versions in the registry, deployments and each device's progress in
 them, the event log, telemetry windows (unique per device and sequence, so a replay is
 never counted twice), background jobs, and who may do what (API keys, one-time
@@ -10,13 +11,14 @@ enrolment tokens) with the audit log of what they did (hub/access/keys.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import JSON, Column, Engine, UniqueConstraint, event, inspect, text
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint, inspect, text
+from sqlmodel import Field, SQLModel
+
+from hub.store.engine import connect
+from hub.store.engine import session as session  # re-exported: callers import it from here
+from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
 
 
 def now() -> float:
@@ -450,28 +452,12 @@ class LoopRun(SQLModel, table=True):
     ended_at: float | None = None
 
 
-# ---------------------------------------------------------------- engine
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
+# ---------------------------------------------------------------- creating the schema
 
 
 def make_engine(url: str) -> Engine:
     """Create the engine and the tables. SQLite gets WAL and a busy timeout."""
-    connect_args: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        connect_args = {"check_same_thread": False, "timeout": 30}
-    engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-    if url.startswith("sqlite"):
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
+    engine = connect(url)
     SQLModel.metadata.create_all(engine)
     _add_telemetry_columns(engine)
     return engine
@@ -488,15 +474,11 @@ _TELEMETRY_ADDED: Final = {
 
 
 def _add_telemetry_columns(engine: Engine) -> None:
-    have = {c["name"] for c in inspect(engine).get_columns(Telemetry.__tablename__)}
+    table = Telemetry.__tablename__
+    assert isinstance(table, str)  # typed str | Callable (declared_attr); a str on a table
+    have = {c["name"] for c in inspect(engine).get_columns(table)}
     missing = [(n, t) for n, t in _TELEMETRY_ADDED.items() if n not in have]
     if missing:
         with engine.begin() as conn:
             for name, sql_type in missing:
                 conn.execute(text(f"ALTER TABLE telemetry ADD COLUMN {name} {sql_type}"))
-
-
-@contextmanager
-def session(engine: Engine) -> Iterator[Session]:
-    with Session(engine, expire_on_commit=False) as s:
-        yield s

@@ -12,6 +12,10 @@ Built on ``tuf.api.metadata`` (DESIGN §4). Roles:
   root metadata under ``x-edgefleet-director`` (signed by root like everything else), so a
   device pins them with the root and learns a rotation by walking the root chain.
 
+The roles' names, key plans and lifetimes are in hub/trust/roles.py, the private key
+files in hub/trust/keystore.py; ``Expiry``, ``RepositoryError`` and ``MAX_THRESHOLD`` stay
+importable from here.
+
 Two things differ from a stock TUF repository, both forced by the transport or by TUF:
 ``consistent_snapshot`` is off (fixed file names make the staging lookup a dict lookup),
 and a target's ``custom`` field holds the manifest as JSON text (ADR 0002).
@@ -29,53 +33,52 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]
+from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # no __all__
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import (  # type: ignore[attr-defined]  # re-exported without __all__
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
 from tuf.api.serialization.json import JSONSerializer
 
+from hub.trust.keystore import KeyStore
+from hub.trust.roles import (
+    MAX_THRESHOLD,
+    ONLINE_ROLES,
+    ROLES,
+    TOP_ROLES,
+    ChainRole,
+    Expiry,
+    RepositoryError,
+    check_plan,
+    director_field,
+    expires_in,
+    is_online,
+    key_plan,
+    remaining,
+    renew,
+)
 from shared.atomic import write_atomic
 from shared.director import DIRECTOR_FIELD
 from shared.reasons import Reason
 from shared.trust import TrustError, parse_metadata
 
-__all__ = ["Expiry", "RepositoryError", "TrustRepository"]
+__all__ = ["MAX_THRESHOLD", "Expiry", "RepositoryError", "TrustRepository"]
 
-TOP_ROLES: Final = ("root", "targets", "snapshot", "timestamp")
-ONLINE_ROLES: Final = ("targets", "snapshot", "timestamp")
-ROLES: Final = (*TOP_ROLES, "director")  # every role `edgefleet keys rotate` knows
 MAX_TARGET_NAME: Final = 256  # characters; the protocol's short-string limit
-MAX_THRESHOLD: Final = 16  # keys per role
 _CUSTOM_JSON: Final = "json"  # key of the JSON text inside a target's custom field
 _SERIALIZER: Final = JSONSerializer(compact=True)
-
-_ChainRole = Literal["targets", "snapshot", "timestamp"]
-
-
-class RepositoryError(Exception):
-    """The repository cannot do what was asked (a root key offline, a bad threshold...)."""
-
-
-@dataclass(frozen=True)
-class Expiry:
-    """Lifetime of each role's metadata, in seconds, counted from each signing."""
-
-    root: float = 365 * 86400
-    targets: float = 90 * 86400
-    snapshot: float = 7 * 86400
-    timestamp: float = 1 * 86400
-
-    def __post_init__(self) -> None:
-        for role in TOP_ROLES:
-            if not getattr(self, role) > 0:
-                raise ValueError(f"expiry of {role} must be > 0 seconds")
+DEFAULT_EXPIRY: Final = Expiry()
 
 
 class TrustRepository:
@@ -95,8 +98,7 @@ class TrustRepository:
 
     def __init__(self, root_dir: Path, expiry: Expiry, root_keys_dir: Path | None) -> None:
         """Use :meth:`open_or_init`."""
-        self._keys_dir = root_dir / "keys"
-        self._root_keys_dir = root_keys_dir or self._keys_dir / "root"
+        self._keys = KeyStore(root_dir / "keys", root_keys_dir)
         self._meta_dir = root_dir / "metadata"
         self._expiry = expiry
         self._lock = threading.Lock()
@@ -110,7 +112,7 @@ class TrustRepository:
         cls,
         root_dir: Path,
         *,
-        expiry: Expiry = Expiry(),
+        expiry: Expiry = DEFAULT_EXPIRY,
         thresholds: Mapping[str, int] | None = None,
         key_counts: Mapping[str, int] | None = None,
         root_keys_dir: Path | None = None,
@@ -143,7 +145,7 @@ class TrustRepository:
             if (repo._meta_dir / "root.json").exists():
                 repo._load()
             else:
-                repo._init(_key_plan(thresholds or {}, key_counts or {}))
+                repo._init(key_plan(thresholds or {}, key_counts or {}))
         return repo
 
     def close(self) -> None:
@@ -237,7 +239,7 @@ class TrustRepository:
     def refresh_timestamp(self, min_remaining_s: float) -> bool:
         """Re-sign the timestamp if it expires within ``min_remaining_s`` seconds."""
         with self._lock:
-            if _remaining(self._timestamp.signed) > min_remaining_s:
+            if remaining(self._timestamp.signed) > min_remaining_s:
                 return False
             self._publish("timestamp")
             return True
@@ -256,11 +258,11 @@ class TrustRepository:
         with self._lock:
             for role in ONLINE_ROLES:
                 md = getattr(self, f"_{role}")
-                if _remaining(md.signed) < fraction * getattr(self._expiry, role):
+                if remaining(md.signed) < fraction * getattr(self._expiry, role):
                     self._publish(role)
                     renewed.extend(ONLINE_ROLES[ONLINE_ROLES.index(role) :])
                     break  # _publish re-signed every later role too
-            root_low = _remaining(self._root.signed) < fraction * self._expiry.root
+            root_low = remaining(self._root.signed) < fraction * self._expiry.root
             if root_low and self._have_threshold("root"):
                 self._new_root(lambda root: None)
                 renewed.append("root")
@@ -295,13 +297,13 @@ class TrustRepository:
             self._need_root_keys(f"rotating {role}")
             need = threshold or self._threshold(role)
             count = keys or max(need, len(self._role_keyids(role)))
-            _check_plan(role, need, count)
+            check_plan(role, need, count)
             new = [CryptoSigner.generate_ed25519() for _ in range(count)]
             old = list(self._signers.get(role, []))
 
             def change(root: Root) -> None:
                 if role == "director":
-                    root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(new, need)
+                    root.unrecognized_fields[DIRECTOR_FIELD] = director_field(new, need)
                     return
                 for keyid in list(root.roles[role].keyids):
                     root.revoke_key(keyid, role)
@@ -311,13 +313,13 @@ class TrustRepository:
 
             # new keys on disk first: a crash before the root is written leaves spare keys
             for s in new:
-                self._save_key(role, s)
+                self._keys.save(role, s)
             self._new_root(change, extra_signers=new if role == "root" else [])
             self._signers[role] = new
             for s in old:
-                self._key_path(role, s.public_key.keyid).unlink(missing_ok=True)
-            if role in ONLINE_ROLES:
-                self._publish(role)  # type: ignore[arg-type]  # checked just above
+                self._keys.delete(role, s.public_key.keyid)
+            if is_online(role):
+                self._publish(role)
             return self._root.signed.version
 
     def renew_root(self) -> int:
@@ -335,7 +337,7 @@ class TrustRepository:
         if not self._have_threshold("root"):
             raise RepositoryError(
                 f"{what} needs {self._threshold('root')} root key(s); "
-                f"{len(self._signers.get('root', []))} usable in {self._root_keys_dir}"
+                f"{len(self._signers.get('root', []))} usable in {self._keys.root_keys_dir}"
             )
 
     def director_signers(self) -> list[CryptoSigner]:
@@ -347,23 +349,23 @@ class TrustRepository:
 
     def _init(self, plan: Mapping[str, tuple[int, int]]) -> None:
         """Make the keys (``plan``: role -> (threshold, keys)) and sign root v1."""
-        self._keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._keys.keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._meta_dir.mkdir(parents=True, exist_ok=True)
         for role in ROLES:
             self._signers[role] = [CryptoSigner.generate_ed25519() for _ in range(plan[role][1])]
             for s in self._signers[role]:
-                self._save_key(role, s)
-        root = Root(expires=_expires_in(self._expiry.root), consistent_snapshot=False)
+                self._keys.save(role, s)
+        root = Root(expires=expires_in(self._expiry.root), consistent_snapshot=False)
         for role in TOP_ROLES:
             for s in self._signers[role]:
                 root.add_key(s.public_key, role)
             root.roles[role].threshold = plan[role][0]
-        root.unrecognized_fields[DIRECTOR_FIELD] = _director_field(
+        root.unrecognized_fields[DIRECTOR_FIELD] = director_field(
             self._signers["director"], plan["director"][0]
         )
-        self._targets = Metadata(Targets(expires=_expires_in(self._expiry.targets)))
-        self._snapshot = Metadata(Snapshot(expires=_expires_in(self._expiry.snapshot)))
-        self._timestamp = Metadata(Timestamp(expires=_expires_in(self._expiry.timestamp)))
+        self._targets = Metadata(Targets(expires=expires_in(self._expiry.targets)))
+        self._snapshot = Metadata(Snapshot(expires=expires_in(self._expiry.snapshot)))
+        self._timestamp = Metadata(Timestamp(expires=expires_in(self._expiry.timestamp)))
         self._publish("targets", bump=False)
         # root.json last: its presence is what marks a complete repository
         self._store_root(Metadata(root), self._signers["root"])
@@ -380,7 +382,9 @@ class TrustRepository:
             for role in ROLES:
                 self._signers[role] = self._load_signers(role)
                 if role != "root" and len(self._signers[role]) < self._threshold(role):
-                    raise ValueError(f"fewer {role} keys in {self._keys_dir} than its threshold")
+                    raise ValueError(
+                        f"fewer {role} keys in {self._keys.keys_dir} than its threshold"
+                    )
         except (OSError, tuf_errors.RepositoryError, ValueError, KeyError) as e:
             raise TrustError(Reason.METADATA_INVALID, f"cannot open {self._meta_dir}: {e}") from e
         self._reconcile()
@@ -404,18 +408,6 @@ class TrustRepository:
 
     # ----------------------------------------------------------------- keys
 
-    def _role_dir(self, role: str) -> Path:
-        return self._root_keys_dir if role == "root" else self._keys_dir / role
-
-    def _key_path(self, role: str, keyid: str) -> Path:
-        return self._role_dir(role) / f"{keyid}.pem"
-
-    def _save_key(self, role: str, signer: CryptoSigner) -> None:
-        self._role_dir(role).mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomic(
-            self._key_path(role, signer.public_key.keyid), signer.private_bytes, mode=0o600
-        )
-
     def _role_keyids(self, role: str) -> set[str]:
         if role == "director":
             return set(self._root.signed.unrecognized_fields[DIRECTOR_FIELD]["keys"])
@@ -428,14 +420,7 @@ class TrustRepository:
 
     def _load_signers(self, role: str) -> list[CryptoSigner]:
         """The private keys of ``role`` that are here and that root lists for it."""
-        wanted = self._role_keyids(role)
-        folder = self._role_dir(role)
-        signers = []
-        for path in sorted(folder.glob("*.pem")) if folder.is_dir() else []:
-            signer = CryptoSigner(load_pem_private_key(path.read_bytes(), password=None))
-            if signer.public_key.keyid in wanted:
-                signers.append(signer)
-        return signers
+        return self._keys.load(role, self._role_keyids(role))
 
     def _have_threshold(self, role: str) -> bool:
         if role == "root" and not self._signers.get("root"):
@@ -459,16 +444,18 @@ class TrustRepository:
         self._roots[version] = data
         self._files["root.json"] = data
 
-    def _new_root(self, change: Any, extra_signers: list[CryptoSigner] | None = None) -> None:
+    def _new_root(
+        self, change: Callable[[Root], None], extra_signers: list[CryptoSigner] | None = None
+    ) -> None:
         """Sign root N+1 (after ``change(root)``) with the root keys of N and of N+1."""
         root = parse_metadata(Root, self._files["root.json"])
         change(root.signed)
         root.signed.version += 1
-        root.signed.expires = _expires_in(self._expiry.root)
+        root.signed.expires = expires_in(self._expiry.root)
         signers = {s.public_key.keyid: s for s in [*self._signers["root"], *(extra_signers or [])]}
         self._store_root(root, list(signers.values()))
 
-    def _publish(self, first: _ChainRole, *, bump: bool = True) -> None:
+    def _publish(self, first: ChainRole, *, bump: bool = True) -> None:
         """Re-sign ``first`` and every role after it (targets, snapshot, timestamp).
 
         Each role gets a new version (unless ``bump`` is false, at creation) and a new
@@ -478,73 +465,21 @@ class TrustRepository:
         """
         new: dict[str, bytes] = {}
         if first == "targets":
-            _renew(self._targets.signed, self._expiry.targets, bump)
+            renew(self._targets.signed, self._expiry.targets, bump)
             new["targets.json"] = self._sign(self._targets, self._signers["targets"])
         if first in ("targets", "snapshot"):
             length = len(new.get("targets.json", self._files.get("targets.json", b"")))
             self._snapshot.signed.meta["targets.json"] = MetaFile(
                 self._targets.signed.version, length=length
             )
-            _renew(self._snapshot.signed, self._expiry.snapshot, bump)
+            renew(self._snapshot.signed, self._expiry.snapshot, bump)
             new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
         length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))
         self._timestamp.signed.snapshot_meta = MetaFile(
             self._snapshot.signed.version, length=length
         )
-        _renew(self._timestamp.signed, self._expiry.timestamp, bump)
+        renew(self._timestamp.signed, self._expiry.timestamp, bump)
         new["timestamp.json"] = self._sign(self._timestamp, self._signers["timestamp"])
         for filename, data in new.items():
             write_atomic(self._meta_dir / filename, data)
         self._files.update(new)
-
-
-def _director_field(signers: list[CryptoSigner], threshold: int) -> dict[str, Any]:
-    return {
-        "keys": {s.public_key.keyid: s.public_key.to_dict() for s in signers},
-        "threshold": threshold,
-    }
-
-
-def _key_plan(
-    thresholds: Mapping[str, int], counts: Mapping[str, int]
-) -> dict[str, tuple[int, int]]:
-    """Role -> (threshold, keys to make); keys default to the threshold."""
-    unknown = (set(thresholds) | set(counts)) - set(ROLES)
-    if unknown:
-        raise RepositoryError(f"unknown role(s) {sorted(unknown)}: one of {', '.join(ROLES)}")
-    plan = {}
-    for role in ROLES:
-        need = int(thresholds.get(role, 1))
-        count = int(counts.get(role, need))
-        _check_plan(role, need, count)
-        plan[role] = (need, count)
-    return plan
-
-
-def _check_plan(role: str, threshold: int, keys: int) -> None:
-    if not 1 <= threshold <= MAX_THRESHOLD:
-        raise RepositoryError(f"threshold of {role} must be 1..{MAX_THRESHOLD}, got {threshold}")
-    if not threshold <= keys <= MAX_THRESHOLD:
-        raise RepositoryError(
-            f"{role} needs {threshold} signature(s): make {threshold}..{MAX_THRESHOLD} keys,"
-            f" not {keys}"
-        )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _remaining(signed: Root | Targets | Snapshot | Timestamp) -> float:
-    return (signed.expires - _now()).total_seconds()
-
-
-def _expires_in(seconds: float) -> datetime:
-    """Now + ``seconds``, rounded up to the whole second that TUF's format keeps."""
-    return (_now() + timedelta(seconds=seconds)).replace(microsecond=0) + timedelta(seconds=1)
-
-
-def _renew(signed: Targets | Snapshot | Timestamp, lifetime: float, bump: bool) -> None:
-    if bump:
-        signed.version += 1
-    signed.expires = _expires_in(lifetime)

@@ -1,0 +1,89 @@
+"""A built model (``BuiltModel``: the bytes that ship and their figures) and its manifest.
+
+``build_manifest`` turns a built model into the custom fields of its signed TUF target
+(shared/manifest.py): tensors, classes, chunk hashes, the health check and the drift
+baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hub.ml.config import PipelineConfig
+from hub.ml.inference import SCORES_OUTPUT
+from shared.chunks import chunk_hashes
+from shared.manifest import HealthCheck, Manifest, TensorSpec
+
+__all__ = ["BuiltModel", "build_manifest"]
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model ready to sign: the bytes that ship and everything the manifest needs."""
+
+    name: str
+    model_bytes: bytes  # the file that ships (int8 when trained here)
+    fp32_bytes: bytes  # the float model it came from (the same bytes when imported)
+    accuracy_fp32: float  # held-out accuracy, 0..1
+    accuracy_int8: float  # held-out accuracy of model_bytes, 0..1
+    size_fp32: int  # bytes
+    size_int8: int  # bytes of model_bytes
+    classes: tuple[str, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    baseline: dict[str, Any]
+    golden_inputs: tuple[tuple[float, ...], ...]
+    golden_outputs: tuple[tuple[float, ...], ...]  # model_bytes' scores for golden_inputs
+    train_seconds: float
+    quantize_seconds: float
+    golden_output: str = SCORES_OUTPUT  # name of the output the golden rows check
+    source: str = "trained"  # "trained" | "imported"
+
+
+def build_manifest(
+    built: BuiltModel,
+    *,
+    version: int,
+    chunk_size: int,
+    device_classes: tuple[str, ...] = (),
+    channel: str = "stable",
+    config: PipelineConfig,
+) -> Manifest:
+    """The manifest (TUF target custom fields) for ``built.model_bytes``.
+
+    Raises:
+        ManifestError: version, chunk size or golden rows out of range.
+    """
+    health = HealthCheck(
+        golden_inputs=built.golden_inputs,
+        golden_outputs=built.golden_outputs,
+        golden_output=built.golden_output,
+        tolerance=config.tolerance,
+        latency_budget_us=config.latency_budget_us,
+        memory_budget_mb=config.memory_budget_mb,
+        probation_s=config.probation_s,
+        probation_min_inferences=config.probation_min_inferences,
+        max_error_ratio=config.max_error_ratio,
+    )
+    return Manifest(
+        model=built.name,
+        channel=channel,
+        version=version,
+        format="onnx",
+        runtime="onnxruntime",
+        device_classes=tuple(device_classes),
+        inputs=built.inputs,
+        outputs=built.outputs,
+        classes=built.classes,
+        chunk_size=chunk_size,
+        chunks=tuple(chunk_hashes(built.model_bytes, chunk_size)),
+        health=health,
+        baseline=built.baseline,
+        metrics={
+            "accuracy_fp32": built.accuracy_fp32,
+            "accuracy_int8": built.accuracy_int8,
+            "size_fp32": float(built.size_fp32),
+            "size_int8": float(built.size_int8),
+        },
+    )
