@@ -19,21 +19,15 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX, AuditLog
 from hub.access.keys import KEY_NAME_PATTERN, ApiKeyError, ApiKeys, Role
-from hub.api.audit import AuditMiddleware, audit_context
-from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.api.audit import AuditMiddleware
+from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.errors import http_error, validation_error
 from hub.api.routes.datasets import dataset_routes
 from hub.api.routes.devices import device_routes
 from hub.api.routes.drift import drift_routes
@@ -41,7 +35,8 @@ from hub.api.routes.loop import loop_routes
 from hub.api.routes.rollouts import rollout_routes
 from hub.api.routes.signing import signing_routes
 from hub.api.routes.telemetry import telemetry_routes
-from hub.api.security import Admin, Operator, Viewer, authorize, required_role
+from hub.api.schemas import MAX_INT
+from hub.api.security import Admin, Operator, Viewer
 from hub.app import Hub, pipeline_config
 from hub.fleet.deployments import DeploymentError
 from hub.ml.jobs import Progress
@@ -108,8 +103,8 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
     app.state.audit = AuditLog(hub.engine)
     app.add_middleware(AuditMiddleware, log=app.state.audit)
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
 
     @app.get("/health", name="health")
     def health(h: HubDep) -> dict[str, Any]:
@@ -385,45 +380,3 @@ def _access_routes(app: FastAPI) -> None:
     ) -> list[AuditRecord]:
         """Audit records of mutating calls, newest first."""
         return log.query(actor=actor, action=action, outcome=outcome, since=since, limit=limit)
-
-
-# ---------------------------------------------------------------- errors
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if exc.status_code not in (401, 403) and (denied := await _check_key_first(request)):
-        return denied
-    audit_context(request).detail = str(exc.detail)
-    return await http_exception_handler(request, exc)
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    if denied := await _check_key_first(request):
-        return denied
-    # Where and what, never the input: it may hold a token.
-    audit_context(request).detail = "; ".join(
-        f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
-        for err in exc.errors()
-    )
-    return await request_validation_exception_handler(request, exc)
-
-
-async def _check_key_first(request: Request) -> Response | None:
-    """The 401 or 403 for a request refused before its key was checked, else None.
-
-    FastAPI reads and parses a JSON body before it runs the route's dependencies: when the
-    body is malformed, check the key now, so a caller without one learns nothing but 401.
-    """
-    route = request.scope.get("route")
-    role = required_role(route.dependant) if isinstance(route, APIRoute) else None
-    if role is None or getattr(request.state, "principal", None) is not None:
-        return None
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    try:
-        await run_in_threadpool(
-            authorize, request, role, key.strip() if scheme.lower() == "bearer" else None
-        )
-    except HTTPException as e:
-        audit_context(request).detail = str(e.detail)
-        return await http_exception_handler(request, e)
-    return None

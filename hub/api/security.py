@@ -10,8 +10,9 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from hub.access.keys import ApiKeys, Principal, Role, Unauthenticated
+from hub.access.keys import Principal, Role, Unauthenticated
 from hub.api.audit import audit_context
+from hub.api.deps import get_api_keys
 
 bearer = HTTPBearer(auto_error=False, description="An API key: ef_<keyid>_<secret>")
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -24,10 +25,9 @@ def authorize(request: Request, role: Role, key: str | None) -> Principal:
         HTTPException: 401 (no usable key, with ``WWW-Authenticate: Bearer``), 403 (the
             key's role is below ``role``).
     """
-    keys: ApiKeys = request.app.state.api_keys
     ctx = audit_context(request)
     try:
-        who = keys.authenticate(key)
+        who = get_api_keys(request).authenticate(key)
     except Unauthenticated as e:
         ctx.actor_keyid = e.keyid
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e

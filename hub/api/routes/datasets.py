@@ -8,7 +8,8 @@ from fastapi import Body, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlmodel import select
 
-from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
 from hub.ml.datasets import DatasetError
 from hub.ml.registry import RegistryError

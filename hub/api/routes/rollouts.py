@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from hub.api.deps import DENIALS, MAX_INT, Audit, HubDep
+from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec
 from hub.ml.registry import RegistryError

@@ -1,0 +1,64 @@
+"""The API's error answers: FastAPI's own, plus the audit record's detail and the key check
+a refused request must get first.
+
+A request FastAPI refuses before the route's dependencies run (a malformed JSON body, a
+path that fails validation) would otherwise tell a caller without a key what the route
+expects: these handlers check the key first, so such a caller learns nothing but 401.
+"""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, Request
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hub.api.audit import audit_context
+from hub.api.security import authorize, required_role
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    """An HTTP error, after the key check; its detail goes in the audit record."""
+    if exc.status_code not in (401, 403) and (denied := await _check_key_first(request)):
+        return denied
+    audit_context(request).detail = str(exc.detail)
+    return await http_exception_handler(request, exc)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+    """A 422, after the key check; where and what was wrong goes in the audit record."""
+    if denied := await _check_key_first(request):
+        return denied
+    # Where and what, never the input: it may hold a token.
+    audit_context(request).detail = "; ".join(
+        f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+        for err in exc.errors()
+    )
+    return await request_validation_exception_handler(request, exc)
+
+
+async def _check_key_first(request: Request) -> Response | None:
+    """The 401 or 403 for a request refused before its key was checked, else None.
+
+    FastAPI reads and parses a JSON body before it runs the route's dependencies: when the
+    body is malformed, check the key now, so a caller without one learns nothing but 401.
+    """
+    route = request.scope.get("route")
+    role = required_role(route.dependant) if isinstance(route, APIRoute) else None
+    if role is None or getattr(request.state, "principal", None) is not None:
+        return None
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    try:
+        await run_in_threadpool(
+            authorize, request, role, key.strip() if scheme.lower() == "bearer" else None
+        )
+    except HTTPException as e:
+        audit_context(request).detail = str(e.detail)
+        return await http_exception_handler(request, e)
+    return None
