@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
-from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Admin, Operator, Viewer
 from hub.app import Hub
 from hub.store.tables import Device, DevicePublic, EnrolToken, EnrolTokenPublic, session
@@ -16,6 +16,8 @@ from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefus
 from hub.trust.identities import DeviceRevoked, DeviceTaken
 from hub.trust.pki import PkiError
 from shared.protocol import is_device_id
+
+router = APIRouter(generate_unique_id_function=operation_id)
 
 ENROL_TOKEN_LIST_MAX = 1000  # tokens per listing
 
@@ -78,175 +80,181 @@ class EnrolTokenCreated(BaseModel):
 # device is admin work: whoever holds that token can take over the device's identity.
 
 
-def device_routes(app: FastAPI) -> None:
-    @app.post(
-        "/enrol",
-        name="device.enrol",
-        response_model=EnrolResponse,
-        responses={
-            403: {"description": "the enrolment token was refused, or the device is revoked"},
-            409: {"description": "the device id is enrolled: re-enrolment is admin work"},
-            422: {"description": "a bad device id or CSR"},
-        },
-    )
-    def enrol(req: EnrolRequest, h: HubDep, audit: Audit) -> EnrolResponse:
-        """Trade a one-time enrolment token for the hub's TUF root, the broker's address
-        and, for a CSR, a certificate for the device's own key."""
-        if not is_device_id(req.device_id):
-            raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
-        audit.target = req.device_id
-        before = {
+@router.post(
+    "/enrol",
+    name="device.enrol",
+    response_model=EnrolResponse,
+    responses={
+        403: {"description": "the enrolment token was refused, or the device is revoked"},
+        409: {"description": "the device id is enrolled: re-enrolment is admin work"},
+        422: {"description": "a bad device id or CSR"},
+    },
+)
+def enrol(req: EnrolRequest, h: HubDep, audit: Audit) -> EnrolResponse:
+    """Trade a one-time enrolment token for the hub's TUF root, the broker's address
+    and, for a CSR, a certificate for the device's own key."""
+    if not is_device_id(req.device_id):
+        raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
+    audit.target = req.device_id
+    before = {
+        "enrolled": h.identities.taken(req.device_id),
+        "revoked": req.device_id in h.identities.revoked,
+    }
+    try:
+        enrolment = h.enrol_device(req.device_id, req.token, req.device_class, req.csr)
+    except EnrolRefused as e:
+        audit.actor_keyid = f"enrol-token:{e.token_id}" if e.token_id else None
+        raise HTTPException(403, str(e)) from e
+    except DeviceRevoked as e:
+        raise HTTPException(403, str(e)) from e
+    except DeviceTaken as e:
+        raise HTTPException(409, str(e)) from e
+    except PkiError as e:
+        raise HTTPException(422, f"certificate request refused: {e}") from e
+    audit.actor_keyid = f"enrol-token:{enrolment.token_id}"
+    audit.change(
+        req.device_id,
+        before=before,
+        after={
+            "device_id": req.device_id,
+            "device_class": req.device_class,
+            "token_id": enrolment.token_id,
+            "certificate": enrolment.fields.get("certificate") is not None,
             "enrolled": h.identities.taken(req.device_id),
             "revoked": req.device_id in h.identities.revoked,
-        }
-        try:
-            enrolment = h.enrol_device(req.device_id, req.token, req.device_class, req.csr)
-        except EnrolRefused as e:
-            audit.actor_keyid = f"enrol-token:{e.token_id}" if e.token_id else None
-            raise HTTPException(403, str(e)) from e
-        except DeviceRevoked as e:
-            raise HTTPException(403, str(e)) from e
-        except DeviceTaken as e:
-            raise HTTPException(409, str(e)) from e
-        except PkiError as e:
-            raise HTTPException(422, f"certificate request refused: {e}") from e
-        audit.actor_keyid = f"enrol-token:{enrolment.token_id}"
-        audit.change(
-            req.device_id,
-            before=before,
-            after={
-                "device_id": req.device_id,
-                "device_class": req.device_class,
-                "token_id": enrolment.token_id,
-                "certificate": enrolment.fields.get("certificate") is not None,
-                "enrolled": h.identities.taken(req.device_id),
-                "revoked": req.device_id in h.identities.revoked,
-            },
-        )
-        return EnrolResponse(**enrolment.fields)
-
-    @app.get("/devices", name="device.list", response_model=list[DevicePublic], responses=DENIALS)
-    def list_devices(h: HubDep, who: Viewer, status: str | None = None) -> list[Device]:
-        with session(h.engine) as s:
-            q = select(Device).order_by(col(Device.id))
-            if status is not None:
-                q = q.where(Device.status == status)
-            return list(s.exec(q))
-
-    @app.get(
-        "/devices/{device_id}", name="device.get", response_model=DevicePublic, responses=DENIALS
+        },
     )
-    def get_device(device_id: str, h: HubDep, who: Viewer) -> Device:
-        return _device(h, device_id)
+    return EnrolResponse(**enrolment.fields)
 
-    @app.post(
-        "/devices/{device_id}/reenrol",
-        name="device.reenrol",
-        status_code=201,
-        response_model=EnrolTokenCreated,
-        responses=DENIALS,
-    )
-    def reenrol(device_id: str, h: HubDep, who: Admin, audit: Audit) -> EnrolTokenCreated:
-        """A one-time re-enrolment token for a known device (shown once): with it the
-        device gets a new certificate, its old ones are superseded and a revocation is
-        lifted. Only an admin may issue one."""
-        if not h.identities.taken(device_id):
-            _device(h, device_id)
-        new = h.issue_enrol_token(who.keyid, device_id, reenrol=True)
-        audit.change(
-            device_id,
-            before={"revoked": device_id in h.identities.revoked},
-            after={
-                "token_id": new.record.id,
-                "reenrol": True,
-                "expires_at": new.record.expires_at,
-            },
-        )
-        return _token_created(new.record, new.token)
 
-    @app.post(
-        "/devices/{device_id}/revoke",
-        name="device.revoke",
-        response_model=RevocationResult,
-        responses=DENIALS,
-    )
-    def revoke(
-        device_id: str,
-        h: HubDep,
-        who: Admin,
-        audit: Audit,
-        req: Annotated[RevokeRequest | None, Body()] = None,
-    ) -> RevocationResult:
-        """Revoke the device's certificates: the broker refuses it from the next CRL reload,
-        and the hub ignores it at once. Re-enrolment lifts it. A device that enrolled but
-        never connected can be revoked too."""
-        if not h.identities.taken(device_id):
-            _device(h, device_id)
-        before = device_id in h.identities.revoked
-        try:
-            row = h.revoke_device(device_id, (req or RevokeRequest()).reason, who.keyid)
-        except PkiError as e:
-            raise HTTPException(422, str(e)) from e
-        notice = h.identities.broker_notice
-        audit.change(
-            device_id,
-            before={"revoked": before},
-            after={"revoked": True, "reason": row.reason, "serials": row.serials, "broker": notice},
-        )
-        return RevocationResult(**row.model_dump(), broker=notice)
+@router.get("/devices", name="device.list", response_model=list[DevicePublic], responses=DENIALS)
+def list_devices(h: HubDep, who: Viewer, status: str | None = None) -> list[Device]:
+    with session(h.engine) as s:
+        q = select(Device).order_by(col(Device.id))
+        if status is not None:
+            q = q.where(Device.status == status)
+        return list(s.exec(q))
 
-    @app.post(
-        "/enrol-tokens",
-        name="enrol_token.create",
-        status_code=201,
-        response_model=EnrolTokenCreated,
-        responses={**DENIALS, 409: {"description": "the device id is enrolled: use reenrol"}},
-    )
-    def create_enrol_token(
-        h: HubDep, who: Operator, audit: Audit, req: Annotated[EnrolTokenCreate, Body()]
-    ) -> EnrolTokenCreated:
-        """A one-time enrolment token, bound to a device id if given (shown once)."""
-        if req.device_id is not None and not is_device_id(req.device_id):
-            raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
-        try:
-            new = h.issue_enrol_token(who.keyid, req.device_id, req.ttl_s)
-        except DeviceTaken as e:
-            raise HTTPException(409, str(e)) from e
-        audit.change(
-            new.record.id,
-            after={"device_id": req.device_id, "expires_at": new.record.expires_at},
-        )
-        return _token_created(new.record, new.token)
 
-    @app.get(
-        "/enrol-tokens",
-        name="enrol_token.list",
-        response_model=list[EnrolTokenPublic],
-        responses=DENIALS,
-    )
-    def list_enrol_tokens(
-        h: HubDep,
-        who: Operator,
-        limit: Annotated[int, Query(ge=1, le=ENROL_TOKEN_LIST_MAX)] = 100,
-    ) -> list[EnrolToken]:
-        """Enrolment tokens, newest first (never the tokens themselves)."""
-        return h.enrol_tokens.list(limit)
+@router.get(
+    "/devices/{device_id}", name="device.get", response_model=DevicePublic, responses=DENIALS
+)
+def get_device(device_id: str, h: HubDep, who: Viewer) -> Device:
+    return _device(h, device_id)
 
-    @app.delete(
-        "/enrol-tokens/{token_id}",
-        name="enrol_token.revoke",
-        response_model=EnrolTokenPublic,
-        responses=DENIALS,
+
+@router.post(
+    "/devices/{device_id}/reenrol",
+    name="device.reenrol",
+    status_code=201,
+    response_model=EnrolTokenCreated,
+    responses=DENIALS,
+)
+def reenrol(device_id: str, h: HubDep, who: Admin, audit: Audit) -> EnrolTokenCreated:
+    """A one-time re-enrolment token for a known device (shown once): with it the
+    device gets a new certificate, its old ones are superseded and a revocation is
+    lifted. Only an admin may issue one."""
+    if not h.identities.taken(device_id):
+        _device(h, device_id)
+    new = h.issue_enrol_token(who.keyid, device_id, reenrol=True)
+    audit.change(
+        device_id,
+        before={"revoked": device_id in h.identities.revoked},
+        after={
+            "token_id": new.record.id,
+            "reenrol": True,
+            "expires_at": new.record.expires_at,
+        },
     )
-    def revoke_enrol_token(token_id: str, h: HubDep, who: Operator, audit: Audit) -> EnrolToken:
-        try:
-            row = h.enrol_tokens.revoke(token_id)
-        except KeyError as e:
-            raise HTTPException(404, f"no enrolment token {token_id!r}") from e
-        except EnrolRefused as e:
-            raise HTTPException(409, f"enrolment token {token_id} cannot be revoked: {e}") from e
-        audit.change(token_id, before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
-        return row
+    return _token_created(new.record, new.token)
+
+
+@router.post(
+    "/devices/{device_id}/revoke",
+    name="device.revoke",
+    response_model=RevocationResult,
+    responses=DENIALS,
+)
+def revoke(
+    device_id: str,
+    h: HubDep,
+    who: Admin,
+    audit: Audit,
+    req: Annotated[RevokeRequest | None, Body()] = None,
+) -> RevocationResult:
+    """Revoke the device's certificates: the broker refuses it from the next CRL reload,
+    and the hub ignores it at once. Re-enrolment lifts it. A device that enrolled but
+    never connected can be revoked too."""
+    if not h.identities.taken(device_id):
+        _device(h, device_id)
+    before = device_id in h.identities.revoked
+    try:
+        row = h.revoke_device(device_id, (req or RevokeRequest()).reason, who.keyid)
+    except PkiError as e:
+        raise HTTPException(422, str(e)) from e
+    notice = h.identities.broker_notice
+    audit.change(
+        device_id,
+        before={"revoked": before},
+        after={"revoked": True, "reason": row.reason, "serials": row.serials, "broker": notice},
+    )
+    return RevocationResult(**row.model_dump(), broker=notice)
+
+
+@router.post(
+    "/enrol-tokens",
+    name="enrol_token.create",
+    status_code=201,
+    response_model=EnrolTokenCreated,
+    responses={**DENIALS, 409: {"description": "the device id is enrolled: use reenrol"}},
+)
+def create_enrol_token(
+    h: HubDep, who: Operator, audit: Audit, req: Annotated[EnrolTokenCreate, Body()]
+) -> EnrolTokenCreated:
+    """A one-time enrolment token, bound to a device id if given (shown once)."""
+    if req.device_id is not None and not is_device_id(req.device_id):
+        raise HTTPException(422, f"invalid device id {req.device_id!r}: letters, digits, _.-")
+    try:
+        new = h.issue_enrol_token(who.keyid, req.device_id, req.ttl_s)
+    except DeviceTaken as e:
+        raise HTTPException(409, str(e)) from e
+    audit.change(
+        new.record.id,
+        after={"device_id": req.device_id, "expires_at": new.record.expires_at},
+    )
+    return _token_created(new.record, new.token)
+
+
+@router.get(
+    "/enrol-tokens",
+    name="enrol_token.list",
+    response_model=list[EnrolTokenPublic],
+    responses=DENIALS,
+)
+def list_enrol_tokens(
+    h: HubDep,
+    who: Operator,
+    limit: Annotated[int, Query(ge=1, le=ENROL_TOKEN_LIST_MAX)] = 100,
+) -> list[EnrolToken]:
+    """Enrolment tokens, newest first (never the tokens themselves)."""
+    return h.enrol_tokens.list(limit)
+
+
+@router.delete(
+    "/enrol-tokens/{token_id}",
+    name="enrol_token.revoke",
+    response_model=EnrolTokenPublic,
+    responses=DENIALS,
+)
+def revoke_enrol_token(token_id: str, h: HubDep, who: Operator, audit: Audit) -> EnrolToken:
+    try:
+        row = h.enrol_tokens.revoke(token_id)
+    except KeyError as e:
+        raise HTTPException(404, f"no enrolment token {token_id!r}") from e
+    except EnrolRefused as e:
+        raise HTTPException(409, f"enrolment token {token_id} cannot be revoked: {e}") from e
+    audit.change(token_id, before={"revoked_at": None}, after={"revoked_at": row.revoked_at})
+    return row
 
 
 def _device(h: Hub, device_id: str) -> Device:

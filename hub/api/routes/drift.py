@@ -6,16 +6,18 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, Body, HTTPException, Path, Query
 from pydantic import BaseModel, Field
 
-from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.deps import DENIALS, Audit, HubDep, operation_id
+from hub.api.schemas import MODEL, TAG
 from hub.api.security import Operator, Viewer
 from hub.telemetry.drift_policy import Policy
 from hub.telemetry.drift_policy import open_alerts as _open_alerts
 
-MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-SCOPE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # a device id or a tag
+router = APIRouter(prefix="/drift", generate_unique_id_function=operation_id)
+
+SCOPE_ID = TAG  # a device id or a tag
 LIMIT_MAX = 1000  # rows per page of alerts or events
 
 
@@ -38,69 +40,72 @@ def open_alerts(hub: Any, model: str | None = None) -> list[dict[str, Any]]:
     ]
 
 
-def drift_routes(app: FastAPI) -> None:
-    @app.get("/drift/models/{model}", name="drift.get", responses=DENIALS)
-    def drift(
-        model: Annotated[str, Path(pattern=MODEL)],
-        h: HubDep,
-        who: Viewer,
-        scope: Literal["device", "group", "fleet"] = "fleet",
-        id: Annotated[str | None, Query(pattern=SCOPE_ID)] = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> dict[str, Any]:
-        """Per model version: windows, devices, rows and per-feature PSI/JS of the merged
-        sketches of one device (``id``), one group (tag ``id``) or the fleet, over
-        ``[since, until]`` (epoch seconds; open ends by default)."""
-        if scope != "fleet" and id is None:
-            raise HTTPException(422, f"scope {scope} needs an id")
-        return h.drift.report(model, scope, id, since, until)
+@router.get("/models/{model}", name="drift.get", responses=DENIALS)
+def drift(
+    model: Annotated[str, Path(pattern=MODEL)],
+    h: HubDep,
+    who: Viewer,
+    scope: Literal["device", "group", "fleet"] = "fleet",
+    id: Annotated[str | None, Query(pattern=SCOPE_ID)] = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> dict[str, Any]:
+    """Per model version: windows, devices, rows and per-feature PSI/JS of the merged
+    sketches of one device (``id``), one group (tag ``id``) or the fleet, over
+    ``[since, until]`` (epoch seconds; open ends by default)."""
+    if scope != "fleet" and id is None:
+        raise HTTPException(422, f"scope {scope} needs an id")
+    return h.drift.report(model, scope, id, since, until)
 
-    @app.get("/drift/alerts", name="drift.alerts", responses=DENIALS)
-    def alerts(
-        h: HubDep,
-        who: Viewer,
-        state: Literal["open", "cleared"] | None = None,
-        model: Annotated[str | None, Query(pattern=MODEL)] = None,
-        limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
-    ) -> list[dict[str, Any]]:
-        """Drift alerts, newest first: scope, devices, drifted features, latest scores."""
-        rows = h.drift.alerts(state=state, model=model, limit=limit)
-        return [a.model_dump() for a in rows]
 
-    @app.get("/drift/events", name="drift.events", responses=DENIALS)
-    def events(
-        h: HubDep,
-        who: Viewer,
-        since: float | None = None,
-        model: Annotated[str | None, Query(pattern=MODEL)] = None,
-        limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
-    ) -> list[dict[str, Any]]:
-        """The drift event stream, oldest first from ``since``: alerts raised and cleared."""
-        rows = h.drift.events(since=since, model=model, limit=limit)
-        return [e.model_dump() for e in rows]
+@router.get("/alerts", name="drift.alerts", responses=DENIALS)
+def alerts(
+    h: HubDep,
+    who: Viewer,
+    state: Literal["open", "cleared"] | None = None,
+    model: Annotated[str | None, Query(pattern=MODEL)] = None,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
+) -> list[dict[str, Any]]:
+    """Drift alerts, newest first: scope, devices, drifted features, latest scores."""
+    rows = h.drift.alerts(state=state, model=model, limit=limit)
+    return [a.model_dump() for a in rows]
 
-    @app.get("/drift/policies/{model}", name="drift.policy", responses=DENIALS)
-    def get_policy(
-        model: Annotated[str, Path(pattern=MODEL)], h: HubDep, who: Viewer
-    ) -> dict[str, Any]:
-        """The model's thresholds and persistence rule (the defaults until one is set)."""
-        return {"model": model, **asdict(h.drift.policy(model))}
 
-    @app.put("/drift/policies/{model}", name="drift.set_policy", responses=DENIALS)
-    def set_policy(
-        model: Annotated[str, Path(pattern=MODEL)],
-        h: HubDep,
-        who: Operator,
-        audit: Audit,
-        req: Annotated[PolicyRequest, Body()],
-    ) -> dict[str, Any]:
-        """Replace the model's drift policy; alerts follow it from the next window."""
-        try:
-            policy = Policy(**req.model_dump())
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from e
-        before = asdict(h.drift.policy(model))
-        h.drift.set_policy(model, policy, by=who.keyid)
-        audit.change(model, before=before, after=asdict(policy))
-        return {"model": model, **asdict(policy)}
+@router.get("/events", name="drift.events", responses=DENIALS)
+def events(
+    h: HubDep,
+    who: Viewer,
+    since: float | None = None,
+    model: Annotated[str | None, Query(pattern=MODEL)] = None,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
+) -> list[dict[str, Any]]:
+    """The drift event stream, oldest first from ``since``: alerts raised and cleared."""
+    rows = h.drift.events(since=since, model=model, limit=limit)
+    return [e.model_dump() for e in rows]
+
+
+@router.get("/policies/{model}", name="drift.policy", responses=DENIALS)
+def get_policy(
+    model: Annotated[str, Path(pattern=MODEL)], h: HubDep, who: Viewer
+) -> dict[str, Any]:
+    """The model's thresholds and persistence rule (the defaults until one is set)."""
+    return {"model": model, **asdict(h.drift.policy(model))}
+
+
+@router.put("/policies/{model}", name="drift.set_policy", responses=DENIALS)
+def set_policy(
+    model: Annotated[str, Path(pattern=MODEL)],
+    h: HubDep,
+    who: Operator,
+    audit: Audit,
+    req: Annotated[PolicyRequest, Body()],
+) -> dict[str, Any]:
+    """Replace the model's drift policy; alerts follow it from the next window."""
+    try:
+        policy = Policy(**req.model_dump())
+    except ValueError as e:
+        raise HTTPException(422, str(e)) from e
+    before = asdict(h.drift.policy(model))
+    h.drift.set_policy(model, policy, by=who.keyid)
+    audit.change(model, before=before, after=asdict(policy))
+    return {"model": model, **asdict(policy)}

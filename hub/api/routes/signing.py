@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 
-from hub.api.deps import DENIALS, Audit, HubDep
+from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Admin
 from hub.trust.repository import MAX_THRESHOLD, RepositoryError
+
+router = APIRouter(prefix="/signing-keys", generate_unique_id_function=operation_id)
 
 RoleName = Literal["root", "targets", "snapshot", "timestamp", "director"]
 
@@ -24,35 +26,35 @@ class RotateRequest(BaseModel):
     keys: int | None = Field(None, ge=1, le=MAX_THRESHOLD)  # keys to make (default: as now)
 
 
-def signing_routes(app: FastAPI) -> None:
-    @app.get("/signing-keys", name="signing_key.list", responses=DENIALS)
-    def signing_keys(h: HubDep, who: Admin) -> dict[str, Any]:
-        """Each role's threshold and key ids, and how many of its private keys are here."""
-        return h.trust.keys()
+@router.get("", name="signing_key.list", responses=DENIALS)
+def signing_keys(h: HubDep, who: Admin) -> dict[str, Any]:
+    """Each role's threshold and key ids, and how many of its private keys are here."""
+    return h.trust.keys()
 
-    @app.post(
-        "/signing-keys/{role}/rotate",
-        name="signing_key.rotate",
-        responses={**DENIALS, 409: {"description": "the root keys are not on this machine"}},
+
+@router.post(
+    "/{role}/rotate",
+    name="signing_key.rotate",
+    responses={**DENIALS, 409: {"description": "the root keys are not on this machine"}},
+)
+def rotate(
+    role: RoleName,
+    h: HubDep,
+    who: Admin,
+    audit: Audit,
+    req: Annotated[RotateRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Replace every key of ``role``; devices learn it by walking the root chain."""
+    before = h.trust.keys()[role]
+    try:
+        spec = req or RotateRequest()
+        version = h.trust.rotate(role, threshold=spec.threshold, keys=spec.keys)
+    except RepositoryError as e:
+        raise HTTPException(409, str(e)) from e
+    after = h.trust.keys()[role]
+    audit.change(
+        role,
+        before={"keyids": before["keyids"], "threshold": before["threshold"]},
+        after={"keyids": after["keyids"], "threshold": after["threshold"], "root": version},
     )
-    def rotate(
-        role: RoleName,
-        h: HubDep,
-        who: Admin,
-        audit: Audit,
-        req: Annotated[RotateRequest | None, Body()] = None,
-    ) -> dict[str, Any]:
-        """Replace every key of ``role``; devices learn it by walking the root chain."""
-        before = h.trust.keys()[role]
-        try:
-            spec = req or RotateRequest()
-            version = h.trust.rotate(role, threshold=spec.threshold, keys=spec.keys)
-        except RepositoryError as e:
-            raise HTTPException(409, str(e)) from e
-        after = h.trust.keys()[role]
-        audit.change(
-            role,
-            before={"keyids": before["keyids"], "threshold": before["threshold"]},
-            after={"keyids": after["keyids"], "threshold": after["threshold"], "root": version},
-        )
-        return {"role": role, "root_version": version, **after}
+    return {"role": role, "root_version": version, **after}

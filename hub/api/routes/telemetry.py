@@ -6,51 +6,53 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Path, Query
 
-from hub.api.deps import DENIALS, HubDep
+from hub.api.deps import DENIALS, HubDep, operation_id
+from hub.api.schemas import DEVICE, TAG
 from hub.api.security import Viewer
+from hub.app import Hub
 from hub.store.tables import session
 from hub.telemetry.queries import TelemetryQueryError, group_devices, series
 
-DEVICE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+router = APIRouter(prefix="/telemetry", generate_unique_id_function=operation_id)
+
 DEFAULT_RANGE_S = 3600.0  # seconds: the last hour when no start is given
 DEFAULT_RESOLUTION_S = 60.0  # seconds per point
 
 
-def telemetry_routes(app: FastAPI) -> None:
-    @app.get("/telemetry/devices/{device_id}", name="telemetry.device", responses=DENIALS)
-    def device_series(
-        device_id: Annotated[str, Path(pattern=DEVICE)],
-        h: HubDep,
-        who: Viewer,
-        start: Annotated[float | None, Query(ge=0)] = None,
-        end: Annotated[float | None, Query(ge=0)] = None,
-        resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
-    ) -> dict[str, Any]:
-        """One device's windows that started in ``[start, end)`` (epoch seconds; the last
-        hour by default), merged per ``resolution_s``: counts summed, latency percentiles
-        from the merged histograms."""
-        return _answer(h, [device_id], start, end, resolution_s, device=device_id)
+@router.get("/devices/{device_id}", name="telemetry.device", responses=DENIALS)
+def device_series(
+    device_id: Annotated[str, Path(pattern=DEVICE)],
+    h: HubDep,
+    who: Viewer,
+    start: Annotated[float | None, Query(ge=0)] = None,
+    end: Annotated[float | None, Query(ge=0)] = None,
+    resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
+) -> dict[str, Any]:
+    """One device's windows that started in ``[start, end)`` (epoch seconds; the last
+    hour by default), merged per ``resolution_s``: counts summed, latency percentiles
+    from the merged histograms."""
+    return _answer(h, [device_id], start, end, resolution_s, device=device_id)
 
-    @app.get("/telemetry/groups/{group}", name="telemetry.group", responses=DENIALS)
-    def group_series(
-        group: Annotated[str, Path(pattern=TAG)],
-        h: HubDep,
-        who: Viewer,
-        start: Annotated[float | None, Query(ge=0)] = None,
-        end: Annotated[float | None, Query(ge=0)] = None,
-        resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
-    ) -> dict[str, Any]:
-        """The windows of every device tagged ``group``, merged as for one device."""
-        with session(h.engine) as s:
-            devices = group_devices(s, group)
-        return _answer(h, devices, start, end, resolution_s, group=group)
+
+@router.get("/groups/{group}", name="telemetry.group", responses=DENIALS)
+def group_series(
+    group: Annotated[str, Path(pattern=TAG)],
+    h: HubDep,
+    who: Viewer,
+    start: Annotated[float | None, Query(ge=0)] = None,
+    end: Annotated[float | None, Query(ge=0)] = None,
+    resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
+) -> dict[str, Any]:
+    """The windows of every device tagged ``group``, merged as for one device."""
+    with session(h.engine) as s:
+        devices = group_devices(s, group)
+    return _answer(h, devices, start, end, resolution_s, group=group)
 
 
 def _answer(
-    h: Any,
+    h: Hub,
     devices: list[str],
     start: float | None,
     end: float | None,
