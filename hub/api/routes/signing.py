@@ -22,8 +22,8 @@ RoleName = Literal["root", "targets", "snapshot", "timestamp", "director"]
 
 
 class RotateRequest(BaseModel):
-    threshold: int | None = Field(None, ge=1, le=MAX_THRESHOLD)  # default: unchanged
-    keys: int | None = Field(None, ge=1, le=MAX_THRESHOLD)  # keys to make (default: as now)
+    threshold: int | None = Field(default=None, ge=1, le=MAX_THRESHOLD)  # default: unchanged
+    keys: int | None = Field(default=None, ge=1, le=MAX_THRESHOLD)  # default: as many as now
 
 
 @router.get("", name="signing_key.list", responses=DENIALS)

@@ -1,0 +1,72 @@
+"""Admin API: deployments of a model version to every device or a list of them, with
+each device's status and reported events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, HTTPException
+from pydantic import BaseModel, Field
+
+from hub.api.deps import DENIALS, Audit, HubDep, operation_id
+from hub.api.schemas import MAX_INT
+from hub.api.security import Operator, Viewer
+from hub.app import Hub
+from hub.fleet.deployments import DeploymentError
+from hub.ml.registry import RegistryError
+from shared.protocol import is_device_id
+
+router = APIRouter(prefix="/deployments", generate_unique_id_function=operation_id)
+
+
+class DeploymentRequest(BaseModel):
+    model: str = Field(min_length=1, max_length=64)
+    version: int | None = Field(None, ge=1, le=MAX_INT)
+    devices: list[str] | None = Field(None, min_length=1, max_length=100_000)
+
+
+@router.post("", name="deployment.create", status_code=201, responses=DENIALS)
+def create_deployment(
+    h: HubDep, who: Operator, audit: Audit, req: Annotated[DeploymentRequest, Body()]
+) -> dict[str, Any]:
+    if req.devices is not None:
+        bad = [d for d in req.devices if not is_device_id(d)]
+        if bad:
+            raise HTTPException(422, f"invalid device id(s): {bad[:5]}")
+    try:
+        dep = h.deployments.create(req.model, req.version, req.devices)
+    except RegistryError as e:
+        raise HTTPException(404, str(e)) from e
+    except DeploymentError as e:
+        raise HTTPException(409, str(e)) from e
+    summary = _status(h, dep.id, per_device=False)
+    audit.change(dep.id, after={k: v for k, v in summary.items() if k != "per_device"})
+    return summary
+
+
+@router.get("", name="deployment.list", responses=DENIALS)
+def list_deployments(h: HubDep, who: Viewer) -> list[dict[str, Any]]:
+    return [d.model_dump() for d in h.deployments.list()]
+
+
+@router.get("/{deployment_id}", name="deployment.get", responses=DENIALS)
+def deployment_status(
+    deployment_id: str, h: HubDep, who: Viewer, devices: bool = True
+) -> dict[str, Any]:
+    return _status(h, deployment_id, per_device=devices)
+
+
+@router.get("/{deployment_id}/events", name="deployment.events", responses=DENIALS)
+def deployment_events(
+    deployment_id: str, h: HubDep, who: Viewer, device: str | None = None
+) -> list[dict[str, Any]]:
+    _status(h, deployment_id, per_device=False)  # 404 when unknown
+    return [e.model_dump() for e in h.deployments.events(deployment_id, device)]
+
+
+def _status(h: Hub, deployment_id: str, *, per_device: bool) -> dict[str, Any]:
+    try:
+        st = h.deployments.status(deployment_id, per_device=per_device)
+    except DeploymentError as e:
+        raise HTTPException(404, str(e)) from e
+    return st.__dict__
