@@ -71,11 +71,11 @@ def create_app(hub: Hub) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for router in ROUTERS:
-        include(app, router)
+        _include(app, router)
     return app
 
 
-def include(app: FastAPI, router: APIRouter) -> None:
+def _include(app: FastAPI, router: APIRouter) -> None:
     """Add the router's routes to the app itself, in order.
 
     ``app.include_router`` (FastAPI 0.137 and later) keeps an included router as one
