@@ -1,7 +1,7 @@
 """A Python client for the hub's admin API (httpx). The CLI and the demo use it.
 
 ``HubClient(url, api_key="ef_...")`` sends the key as ``Authorization: Bearer``; every
-route but ``/health`` and ``/enrol`` needs one (hub/api/main.py names the role of each).
+route but ``/health`` and ``/enrol`` needs one (each route in hub/api/routes/ names its role).
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class HubConfig:
     db_url: str | None = None  # default: SQLite file in data_dir
     broker_url: str | None = None  # default: private Mosquitto, else embedded broker
     chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
-    dev_mode: bool = False  # accept the built-in development API key (hub.auth.DEV_KEY)
+    dev_mode: bool = False  # accept the built-in development API key (hub.access.keys.DEV_KEY)
     client_id: str = "edgefleet-hub"
     root_keys_dir: Path | None = None  # default data_dir/trust/keys/root; may be offline
     # What `edgefleet broker config` wrote, for an mqtts:// broker: the hub's client
@@ -122,7 +122,7 @@ def _is_loopback(host: str) -> bool:
 @dataclass(frozen=True)
 class Enrolment:
     token_id: str  # for the audit log; the token itself is never kept
-    fields: dict[str, Any]  # the answer to the device (hub.api.EnrolResponse)
+    fields: dict[str, Any]  # the answer to the device (hub.api.routes.devices.EnrolResponse)
 
 
 class Hub:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # no __all__
+from securesystemslib.signer import CryptoSigner
 
 from shared.atomic import write_atomic
 

@@ -38,9 +38,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # no __all__
+from securesystemslib.signer import CryptoSigner
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import (  # type: ignore[attr-defined]  # re-exported without __all__
+from tuf.api.metadata import (
     Metadata,
     MetaFile,
     Root,

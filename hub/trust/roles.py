@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeGuard
 
-from securesystemslib.signer import CryptoSigner  # type: ignore[attr-defined]  # no __all__
-from tuf.api.metadata import (  # type: ignore[attr-defined]  # re-exported without __all__
+from securesystemslib.signer import CryptoSigner
+from tuf.api.metadata import (
     Root,
     Snapshot,
     Targets,
