@@ -130,9 +130,7 @@ def main() -> None:
     r.feed(Connected(0.0))
     r.feed(Tick(0.0))
     r.install(1, 1.0)
-    acts = r.command(
-        "deploy", 30.0, deployment="d2", model="m", version=2, target="m/2/model.onnx"
-    )
+    acts = r.command("deploy", 30.0, deployment="d2", model="m", version=2, target="m/2/model.onnx")
     r.write("meta")
     fetch = next(a for a in acts if isinstance(a, Publish) and a.topic.endswith("/fetch"))
     req = json.loads(fetch.payload)["body"]["req"]
