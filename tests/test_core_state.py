@@ -3,6 +3,7 @@ are written back unchanged; every phase change goes through the one transition t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,12 @@ def test_only_an_ending_trigger_ends_a_job() -> None:
         state.end_job(Trigger.CHUNKS_COMPLETE)
     state.end_job(Trigger.FAILED)
     assert state.job is None
+
+
+def test_a_new_config_reaches_every_part_of_the_core() -> None:
+    core = restarted("meta")
+    core.config = dataclasses.replace(core.config, runtime="ai-edge-litert")
+    (fetch,) = fetched(core.handle(Connected(100.0)))
+    acts = core.handle(MetadataVerified(fetch["req"], make_target(2, model_data(2)), 1, 101.0))
+    assert [(e["stage"], e["reason"]) for e in events(acts)] == [("failed", "wrong_runtime")]
+    assert json.loads(core.state_message(102.0))["body"]["runtime"] == "ai-edge-litert"

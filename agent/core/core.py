@@ -70,7 +70,6 @@ class AgentCore:
         Raises:
             KeyError, ValueError, TypeError: ``state`` is not a state this device saved.
         """
-        self.config = config
         self._ctx = CoreContext(
             config, DeviceState.from_json(state), root_version, director_keys or DirectorKeys({})
         )
@@ -131,6 +130,15 @@ class AgentCore:
             self._updater.on_refused(ev, out)
 
     # ----------------------------------------------------------------- for readers
+
+    @property
+    def config(self) -> CoreConfig:
+        return self._ctx.config
+
+    @config.setter
+    def config(self, config: CoreConfig) -> None:
+        """Change the configuration (a device whose runtime changed, in tests)."""
+        self._ctx.config = config
 
     @property
     def state(self) -> dict[str, Any]:
