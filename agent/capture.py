@@ -1,6 +1,6 @@
 """Data capture on the device: a bounded, seeded reservoir sample of what the model saw.
 
-A :class:`Reservoir` is a row observer (agent/runtime.py ``RowObserver``): the Predictor
+A :class:`Reservoir` is a row observer (agent/predictor.py ``RowObserver``): the Predictor
 hands it every successful call's input rows and outputs. It keeps a uniform random
 sample of at most ``max_rows`` rows: every row seen is equally likely to be in it
 (reservoir sampling, Algorithm L, Li 1994: it draws ahead which row to keep next, so a

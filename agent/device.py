@@ -50,7 +50,8 @@ from agent.events import (
     WriteChunk,
 )
 from agent.health import load_and_check
-from agent.runtime import ModelSession, Predictor, SessionCache
+from agent.predictor import Predictor
+from agent.runtime import ModelSession, SessionCache
 from agent.spool import SPOOLED_KINDS, SpoolSender
 from agent.store import DeviceStore
 from shared.manifest import Manifest

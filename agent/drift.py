@@ -1,4 +1,4 @@
-"""The on-device drift sketch: a Predictor row observer (agent/runtime.py ``RowObserver``).
+"""The on-device drift sketch: a Predictor row observer (agent/predictor.py ``RowObserver``).
 
 :class:`DriftRecorder` bins every row the active model sees on the bin edges of that
 model's baseline (from its signed manifest) and keeps count/mean/M2 per feature and the

@@ -29,7 +29,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from agent.runtime import Array, InferenceError, NoModelError, Predictor
+from agent.predictor import Predictor
+from agent.runtime import Array, InferenceError, NoModelError
 from shared.manifest import TensorSpec
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class RequestError(Exception):
 
 
 class LocalEndpoint:
-    """Serves a :class:`~agent.runtime.Predictor` to applications on the device.
+    """Serves a :class:`~agent.predictor.Predictor` to applications on the device.
 
     Args:
         predictor: the device's predictor (the active model is read per request).

@@ -1,6 +1,6 @@
 """What goes into the agent core (events) and what comes out of it (actions).
 
-The core (agent/core.py) is sans-I/O: it never touches sockets, files, clocks or the
+The core (agent/core/) is sans-I/O: it never touches sockets, files, clocks or the
 runtime. An adapter (agent/device.py) feeds it events, carries out the actions it
 returns, and feeds the results back as events. Times are seconds since the epoch,
 always passed in.

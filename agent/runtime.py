@@ -1,11 +1,11 @@
-"""The on-device model runtime: backends, sessions, a shared session cache, the Predictor.
+"""The on-device model runtime: backends, sessions and a shared session cache.
 
 One interface, several backends (DESIGN §5): a :class:`Backend` turns a model file into a
 :class:`ModelSession` (I/O specs plus the runtime's own ``run``). :class:`OnnxBackend` wraps
 onnxruntime; a TFLite backend plugs in the same way. :class:`SessionCache` shares one
 session per model file (by sha256) between the many simulated devices of one process.
-:class:`Predictor` is what local applications call (directly or through agent/endpoint.py):
-it runs the active model, records telemetry, and is swapped atomically on activation.
+What local applications call, the :class:`~agent.predictor.Predictor`, runs a session of
+this module (agent/predictor.py).
 
 Exceptions::
 
@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter_ns
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
 
-from agent.telemetry import StatsRecorder
 from shared.manifest import TensorSpec
 
 Array = npt.NDArray[Any]
@@ -40,27 +36,9 @@ Array = npt.NDArray[Any]
 # RunOptions); the agent always passes None.
 RunFn = Callable[[list[str], dict[str, Array], None], Sequence[Array]]
 
-_as_c_array = np.ascontiguousarray  # module-level names: one lookup less per call
-_isfinite = math.isfinite
-
 DEFAULT_CACHED_MODELS = 8  # sessions kept by a SessionCache (least recently used dropped)
 
 log = logging.getLogger(__name__)
-
-
-class RowObserver(Protocol):
-    """Sees every successful predict call's rows (drift sketches, data capture).
-
-    Called on the caller's thread after the outputs are computed, so it must be cheap
-    and thread-safe. An exception is counted in ``Predictor.observer_errors`` and logged,
-    never raised to the application.
-    """
-
-    def observe(self, model: str, version: int, x: Array, outputs: dict[str, Array]) -> None:
-        """``x`` is the batch as the model saw it ([rows, features]); outputs are batched."""
-
-    def observe_labels(self, predicted: Array, labels: Array) -> None:
-        """True labels the application reported for predicted ones (same shape)."""
 
 
 class ModelRuntimeError(Exception):
@@ -347,177 +325,3 @@ class SessionCache:
 
     def __contains__(self, sha256: object) -> bool:
         return sha256 in self._sessions
-
-
-# --------------------------------------------------------------------------- predictor
-
-_FAST_CHECK_DTYPES = ("float32", "float64")  # BLAS dot; other float types use np.isfinite
-
-
-class Prediction(NamedTuple):
-    """Outputs and the model version that computed them."""
-
-    model: str
-    version: int
-    outputs: dict[str, Array]
-
-
-class _Active(NamedTuple):
-    """Everything predict needs, bound once per swap: one read and one unpack per call."""
-
-    run: RunFn
-    output_names: list[str]
-    input_name: str
-    input_dtype: np.dtype[Any]
-    dot_checked: tuple[int, ...]  # float32/64 outputs: finite iff dot(v, v) is finite
-    slow_checked: tuple[int, ...]  # other float outputs (float16): np.isfinite
-    model: str
-    version: int
-    session: ModelSession
-
-
-class Predictor:
-    """The on-device inference API: predict on the active model, with telemetry.
-
-    Thread-safe. :meth:`swap` replaces the active model with one reference assignment:
-    calls already running finish on the model they started with.
-
-    Args:
-        recorder: where calls are recorded (a fresh one by default); the agent core
-            drains it once per telemetry window.
-    """
-
-    __slots__ = ("_active", "observer_errors", "observers", "recorder")
-
-    def __init__(self, recorder: StatsRecorder | None = None) -> None:
-        self.recorder = recorder if recorder is not None else StatsRecorder()
-        self._active: _Active | None = None
-        # Replaced, never mutated in place, so a concurrent predict sees a whole tuple.
-        self.observers: tuple[RowObserver, ...] = ()
-        self.observer_errors = 0
-
-    def add_observer(self, observer: RowObserver) -> None:
-        """Let ``observer`` see every successful call from now on."""
-        self.observers = (*self.observers, observer)
-
-    def remove_observer(self, observer: RowObserver) -> None:
-        self.observers = tuple(o for o in self.observers if o is not observer)
-
-    def swap(self, session: ModelSession, model: str, version: int) -> None:
-        """Make ``session`` the active model (atomic).
-
-        Raises:
-            ValueError: the model does not have exactly one input.
-        """
-        if len(session.inputs) != 1:
-            raise ValueError(f"the Predictor serves single-input models; got {session.inputs}")
-        kinds = [o.dtype for o in session.outputs]
-        self._active = _Active(
-            run=session.run_fn,
-            output_names=[o.name for o in session.outputs],
-            input_name=session.input_name,
-            input_dtype=np.dtype(session.inputs[0].dtype),
-            dot_checked=tuple(i for i, k in enumerate(kinds) if k in _FAST_CHECK_DTYPES),
-            slow_checked=tuple(
-                i
-                for i, k in enumerate(kinds)
-                if k.startswith("float") and k not in _FAST_CHECK_DTYPES
-            ),
-            model=model,
-            version=version,
-            session=session,
-        )
-
-    def deactivate(self) -> None:
-        """No active model: predict raises NoModelError until the next swap."""
-        self._active = None
-
-    @property
-    def active(self) -> tuple[str, int] | None:
-        """``(model, version)`` of the active model, or None."""
-        a = self._active
-        return None if a is None else (a.model, a.version)
-
-    @property
-    def session(self) -> ModelSession | None:
-        a = self._active
-        return None if a is None else a.session
-
-    def predict(self, x: npt.ArrayLike) -> dict[str, Array]:
-        """Run the active model on one row (1-D) or a batch (2-D).
-
-        The input is converted to the model's dtype and made C-contiguous only when it is
-        not already (no copy otherwise). Outputs are always batched (a row gives 1 row).
-
-        Raises:
-            NoModelError: no model is active.
-            InferenceError: the input was refused or the runtime failed (counted).
-        """
-        return self._predict(self._active, x)
-
-    def predict_versioned(self, x: npt.ArrayLike) -> Prediction:
-        """:meth:`predict`, tagged with the model and version that computed it.
-
-        Reading :attr:`active` before or after :meth:`predict` could name another model
-        if a swap happens in between; this cannot.
-        """
-        active = self._active
-        outputs = self._predict(active, x)
-        assert active is not None  # _predict raised otherwise
-        return Prediction(active.model, active.version, outputs)
-
-    def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
-        if active is None:
-            raise NoModelError("no model is active")
-        run, names, input_name, dtype, dot_checked, slow_checked, model, version, _ = active
-        try:
-            arr = _as_c_array(x, dtype)  # x itself when already right: no copy
-            if arr.ndim == 1:
-                arr = arr.reshape(1, -1)
-            t0 = perf_counter_ns()
-            outs = run(names, {input_name: arr}, None)
-            t1 = perf_counter_ns()
-        except Exception as e:
-            self.recorder.record_error()
-            raise InferenceError(model, version, f"{type(e).__name__}: {e}") from e
-        # Non-finite check on float outputs only (labels are ints). dot(v, v) is one BLAS
-        # call, ~0.2 µs at batch 1 and ~0.45 µs at 256, against ~0.8 µs for v.sum() and
-        # ~1.1 µs for np.isfinite(v).all(): a NaN or inf anywhere makes it non-finite
-        # (squares cannot cancel). Caveat: |v| > 1.8e19 in float32 overflows and counts
-        # as non-finite too, which for a model's output is as alarming.
-        nonfinite = False
-        for i in dot_checked:
-            v = outs[i].ravel()
-            if not _isfinite(v.dot(v)):
-                nonfinite = True
-        for i in slow_checked:
-            if not np.isfinite(outs[i]).all():
-                nonfinite = True
-        self.recorder.record(t1 - t0, arr.shape[0], nonfinite)
-        result = dict(zip(names, outs))  # noqa: B905  (strict=True costs 0.1 µs; same lengths)
-        if self.observers:
-            for observer in self.observers:
-                try:
-                    observer.observe(model, version, arr, result)
-                except Exception:
-                    self.observer_errors += 1
-                    log.exception("predictor: observer %r failed", observer)
-        return result
-
-    def record_labels(self, predicted: npt.ArrayLike, labels: npt.ArrayLike) -> None:
-        """Report true labels for predicted ones (live accuracy).
-
-        Raises:
-            ValueError: the two do not have the same shape.
-        """
-        p = np.asarray(predicted)
-        y = np.asarray(labels)
-        if p.shape != y.shape:
-            raise ValueError(f"predicted {p.shape} and labels {y.shape} differ in shape")
-        self.recorder.record_labels(int(p.size), int(np.count_nonzero(p == y)))
-        for observer in self.observers:
-            try:
-                observer.observe_labels(p, y)
-            except Exception:
-                self.observer_errors += 1
-                log.exception("predictor: observer %r failed on labels", observer)

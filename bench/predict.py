@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from agent.runtime import ModelSession, OnnxBackend, Predictor
+from agent.predictor import Predictor
+from agent.runtime import ModelSession, OnnxBackend
 from shared.sensors import generate
 from tests.models import make_mlp_onnx, quantize_int8
 

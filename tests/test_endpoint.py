@@ -15,7 +15,8 @@ import pytest
 from models import make_log_onnx, make_mlp_onnx  # tests/models.py
 
 from agent.endpoint import MAX_DISCARD_BYTES, LocalEndpoint
-from agent.runtime import ModelSession, OnnxBackend, Predictor
+from agent.predictor import Predictor
+from agent.runtime import ModelSession, OnnxBackend
 from shared.sensors import generate
 
 MAX_ROWS = 32

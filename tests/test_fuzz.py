@@ -6,7 +6,7 @@ what is installed, and never stops the messages behind it. Targets:
 
 - ``shared/protocol.py``: ``decode`` for every topic kind, ``decode_blob``,
   ``split_meta_blob``, ``parse_topic``;
-- ``agent/core.py``: ``AgentCore.handle(MessageArrived)`` idle with models installed, and
+- ``agent/core/``: ``AgentCore.handle(MessageArrived)`` idle with models installed, and
   mid-job in the ``meta``, ``chunks`` and ``probation`` phases;
 - ``agent/device.py``: ``Device.message`` over a real store on disk;
 - ``hub/transport/link.py``: ``MqttLink._on_message`` with paho messages, real ``Ingest`` on SQLite

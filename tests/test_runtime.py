@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import make_log_onnx, make_mlp_onnx  # tests/models.py: pytest puts tests/ on sys.path
 
+from agent.predictor import Predictor
 from agent.runtime import (
     InferenceError,
     ModelLoadError,
     ModelSession,
     NoModelError,
     OnnxBackend,
-    Predictor,
     SessionCache,
 )
 from agent.telemetry import (

@@ -1,7 +1,7 @@
 """Answering a core's trust refresh in tests of the sans-I/O agent core.
 
 A rollback or capture command is held until the device has walked to the hub's newest
-root (agent/core.py): the core publishes a ``fetch_meta`` and acts once the adapter
+root (agent/core/commands.py): the core publishes a ``fetch_meta`` and acts once the adapter
 reports ``TrustRefreshed``. Tests of what such a command does answer that refresh the way
 the device adapter would when the hub has nothing newer.
 """

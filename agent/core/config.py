@@ -1,0 +1,24 @@
+"""The core's configuration and the limits it keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGENT_VERSION = "0.1.0"
+KEEP_VERSIONS = 2  # active + previous, kept on disk for rollback
+MAX_HELD_COMMANDS = 16  # commands waiting for one trust refresh, at most
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    device_id: str
+    device_class: str
+    runtime: str = "onnxruntime"
+    agent_version: str = AGENT_VERSION
+    window_s: float = 10.0  # telemetry window
+    chunk_window: int = 8  # chunks requested and not yet received, at most
+    fetch_timeout_s: float = 10.0  # no answer for this long: ask again
+    max_fetch_retries: int = 6  # then give up with fetch_timeout
+    max_chunk_failures: int = 3  # one chunk failing its hash this often: give up
+    max_probation_wait: float = 10.0  # probation_s multiples to wait for enough traffic
+    max_remembered_commands: int = 4096  # live command ids kept for replay detection
