@@ -63,6 +63,7 @@ class MqttLink:
         self.dropped: Counter[str] = Counter()
         self.connected = threading.Event()
         self._connection = 0  # counts connects: an ack belongs to one connection
+        self._subscribe_mid: int | None = -1  # the SUBSCRIBE of the current connection
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -79,6 +80,7 @@ class MqttLink:
         self._client.reconnect_delay_set(0.5, 10)  # type: ignore[arg-type]  # paho takes floats
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     def serve(self, handler: MessageHandler) -> MqttLink:
@@ -131,9 +133,14 @@ class MqttLink:
         stale = [t for t, _ in SUBSCRIPTIONS if t not in mine]
         if stale:
             client.unsubscribe(stale)
-        client.subscribe(self.subscriptions)
-        self.connected.set()
+        _result, self._subscribe_mid = client.subscribe(self.subscriptions)
         log.info("hub: connected to %s", self.address.url)
+
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, _codes: Any, _p: Any) -> None:
+        # Connected means subscribed: a message published after start() returns has a
+        # receiver even when the broker had no session of ours to keep it for us.
+        if mid == self._subscribe_mid:
+            self.connected.set()
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         self.connected.clear()
