@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from shared.sensors import N_FEATURES, generate
 TARGET_OPSET = 15  # DESIGN §8: the quantizer is confused by some graphs at opset 21/22
 
 
+@cache  # seeded, so the same arguments train the same model: once per session is enough
 def make_mlp_onnx(hidden: tuple[int, ...] = (64, 64), seed: int = 0, n: int = 2000) -> bytes:
     """A StandardScaler + MLPClassifier trained on ``n`` sensor rows, as ONNX bytes (fp32)."""
     x, y = generate(n, seed=seed)

@@ -27,8 +27,7 @@ from tuf.api.metadata import Metadata
 from update_rig import UpdateRig
 
 from agent.device import Device
-from hub.app import pipeline_config
-from hub.ml.pipeline import BuiltModel, train
+from hub.ml.pipeline import BuiltModel
 from hub.trust.repository import Expiry
 from shared import protocol
 from shared.reasons import Reason
@@ -36,11 +35,6 @@ from shared.reasons import Reason
 pytestmark = pytest.mark.slow
 
 DAY = 86400.0
-
-
-@pytest.fixture(scope="module")
-def built() -> BuiltModel:
-    return train(pipeline_config(n_train=2000, n_holdout=500, hidden=(16,)))
 
 
 # --------------------------------------------------------------------------- the attacker

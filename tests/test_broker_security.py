@@ -330,17 +330,21 @@ class WireTap:
     def _relay(self) -> None:
         self._server.settimeout(5)
         conn, _ = self._server.accept()
-        upstream = socket.create_connection(self.target)
-        peers = {conn: upstream, upstream: conn}
-        with conn, upstream:
+        with conn, socket.create_connection(self.target) as upstream:
+            peers = {conn: upstream, upstream: conn}
             while not self._stop.is_set():
                 ready, _, _ = select.select(list(peers), [], [], 0.1)
                 for sock in ready:
-                    data = sock.recv(65536)
+                    try:
+                        data = sock.recv(65536)
+                        self.carried += data
+                        peers[sock].sendall(data)
+                    except (ConnectionResetError, BrokenPipeError):
+                        # the client closed with the broker's close_notify unread: its
+                        # kernel answers with a reset (RST), an end like a FIN
+                        return
                     if not data:
                         return
-                    self.carried += data
-                    peers[sock].sendall(data)
 
     def close(self) -> None:
         self._stop.set()

@@ -15,18 +15,12 @@ from update_rig import UpdateRig
 from edgefleet.cli import main
 from hub.access.audit import AuditLog
 from hub.access.keys import CLI_ACTOR
-from hub.app import pipeline_config
-from hub.ml.pipeline import BuiltModel, train
+from hub.ml.pipeline import BuiltModel
 from hub.store.tables import make_engine, sqlite_url
 from hub.trust.repository import RepositoryError, TrustRepository
 from shared.reasons import Reason
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def built() -> BuiltModel:
-    return train(pipeline_config(n_train=2000, n_holdout=500, hidden=(16,)))
 
 
 def serving_v1(tmp_path: Path, built: BuiltModel, **options: object) -> UpdateRig:

@@ -155,3 +155,8 @@ class TlsClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # A refused client stopped while its loop thread was reconnecting keeps the new
+        # socket (paho closes it only at the next loop): close it now, not at collection
+        sock = self.client.socket()
+        if sock is not None:
+            sock.close()
