@@ -416,7 +416,7 @@ def _figures(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from hub.app import Hub, HubConfig, pipeline_config
+    from hub import Hub, HubConfig, pipeline_config
     from hub.transport.broker import Mosquitto
 
     work = Path(tempfile.mkdtemp(prefix="bench-drift-"))

@@ -198,7 +198,7 @@ def start_hub_consumer(
     (hub/transport/link.py ``MqttLink`` with the hub's subscriptions, into ``Ingest``, its writer
     thread). Both refuse windows older than the hub's retention (``RAW_AGE_S``).
     """
-    from hub.app import make_ingest, serve_devices
+    from hub import make_ingest, serve_devices
     from hub.store.tables import make_engine, sqlite_url
     from hub.telemetry.retention import RAW_AGE_S
     from hub.transport.broker import BrokerAddress

@@ -121,7 +121,7 @@ def rollout_reasons(hub: Any, rollout_id: str) -> dict[str, int]:
 
 
 def start_hub(work: Path, broker_url: str, chunk_size: int) -> Any:
-    from hub.app import Hub, HubConfig
+    from hub import Hub, HubConfig
 
     return Hub(
         HubConfig(data_dir=work / "hub", broker_url=broker_url, chunk_size=chunk_size)
@@ -130,7 +130,7 @@ def start_hub(work: Path, broker_url: str, chunk_size: int) -> Any:
 
 def publish_model(hub: Any, onnx: bytes) -> dict[str, Any]:
     """Import the ONNX file through the hub's pipeline, probation off; signed, registered."""
-    from hub.app import pipeline_config
+    from hub import pipeline_config
 
     config = pipeline_config(name=MODEL_NAME, probation_s=0.0, probation_min_inferences=0)
     return dict(hub.build_and_publish(config, onnx_bytes=onnx))

@@ -225,9 +225,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _hub_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from hub import Hub, HubConfig, create_app
     from hub.access.keys import DEV_KEY
-    from hub.api.main import create_app
-    from hub.app import Hub, HubConfig
 
     logging.getLogger().setLevel(logging.INFO)
     if args.dev:

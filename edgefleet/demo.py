@@ -25,9 +25,8 @@ from typing import Any
 import uvicorn
 
 from edgefleet.client import HubClient
+from hub import Hub, HubConfig, create_app
 from hub.access.keys import DEV_KEY
-from hub.api.main import create_app
-from hub.app import Hub, HubConfig
 from hub.transport.broker import free_port
 from simulator.fleet import Fleet, FleetConfig
 

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hub.api.main import create_app
-    from hub.app import Hub, HubConfig, make_ingest
+    from hub.app import Hub, HubConfig, make_ingest, pipeline_config, serve_devices
 
-__all__ = ["Hub", "HubConfig", "create_app", "make_ingest"]
+__all__ = ["Hub", "HubConfig", "create_app", "make_ingest", "pipeline_config", "serve_devices"]
 
 _HOMES = {
     "Hub": "hub.app",
     "HubConfig": "hub.app",
     "make_ingest": "hub.app",
+    "pipeline_config": "hub.app",
+    "serve_devices": "hub.app",
     "create_app": "hub.api.main",
 }
 

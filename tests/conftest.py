@@ -57,7 +57,7 @@ def built() -> BuiltModel:
 
     Frozen: the update rigs sign and serve it, none changes it.
     """
-    from hub.app import pipeline_config  # here: the agent's tests need not import the hub
+    from hub import pipeline_config
     from hub.ml.pipeline import train
 
     return train(pipeline_config(n_train=2000, n_holdout=500, hidden=(16,)))

@@ -19,9 +19,8 @@ from fastapi.routing import APIRoute
 from agent.identity import DeviceIdentity
 from edgefleet.cli import main as cli
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig, create_app
 from hub.access.keys import DEV_KEY, ApiKeys, Role
-from hub.api.main import create_app
-from hub.app import Hub, HubConfig
 from hub.store.tables import Device, session
 from hub.transport.broker import Mosquitto
 

@@ -23,9 +23,8 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 
+from hub import Hub, HubConfig, create_app
 from hub.access.keys import ApiKeys, Role
-from hub.api.main import create_app
-from hub.app import Hub, HubConfig
 from hub.transport.broker import Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

@@ -15,8 +15,8 @@ from waiting import wait_for
 from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
-from hub.app import Hub, HubConfig
 from hub.transport.broker import Mosquitto, free_port
 from shared.sensors import generate
 

@@ -22,9 +22,9 @@ from agent.capture import Reservoir, Sample, decode_sample, encode_sample, uploa
 from agent.events import CaptureEnded
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
 from hub.access.audit import AuditLog
 from hub.access.keys import ApiKeys, Role
-from hub.app import Hub, HubConfig
 from hub.ml.datasets import Datasets
 from hub.transport.broker import Mosquitto
 from shared import protocol

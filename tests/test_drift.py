@@ -18,8 +18,8 @@ from waiting import wait_for
 from agent.drift import DriftRecorder
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
-from hub.app import Hub, HubConfig
 from hub.ml.pipeline import baseline_stats
 from hub.store.tables import DeviceTag, make_engine, session, sqlite_url
 from hub.telemetry.drift import DriftMonitor

@@ -14,8 +14,8 @@ from waiting import wait_for
 
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
-from hub.app import Hub, HubConfig
 from hub.transport.broker import Mosquitto
 from shared.reasons import Reason
 from shared.sensors import generate

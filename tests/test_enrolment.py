@@ -23,8 +23,8 @@ from waiting import wait_for
 from agent.daemon import AgentConfig, AgentDaemon, enrol
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
 from hub.access.keys import DEV_KEY
-from hub.app import Hub, HubConfig
 from hub.transport.broker import Mosquitto, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
 from hub.trust.identities import CRL_REPUBLISH_S

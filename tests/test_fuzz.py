@@ -71,7 +71,7 @@ from agent.events import Done, MessageArrived, MetadataVerified, Publish, Tick
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
 from agent.telemetry import InferenceStats
-from hub.app import make_ingest, serve_devices
+from hub import make_ingest, serve_devices
 from hub.ingest.writer import Ingest
 from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore

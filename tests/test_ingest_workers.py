@@ -19,7 +19,7 @@ import pytest
 from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
-from hub.app import Hub, HubConfig
+from hub import Hub, HubConfig
 from hub.store.tables import sqlite_url
 from hub.transport.broker import Mosquitto, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config

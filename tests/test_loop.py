@@ -15,8 +15,8 @@ from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
 from waiting import wait_for
 
+from hub import pipeline_config
 from hub.access.keys import Role
-from hub.app import pipeline_config
 from hub.ml.jobs import Jobs
 from hub.store.tables import DriftAlert, Job, make_engine, session, sqlite_url
 from hub.transport.broker import Mosquitto

@@ -72,3 +72,16 @@ def test_no_simulator_module_names_the_hub_or_the_cli() -> None:
                 if n.split(".")[0] in NOT_FOR_THE_SIMULATOR
             ]
     assert bad == []
+
+
+def test_the_hub_public_surface_resolves_without_starting_fastapi() -> None:
+    code = (
+        "import sys, hub\n"
+        "light = 'fastapi' not in sys.modules\n"
+        "names = [n for n in hub.__all__ if getattr(hub, n, None) is None]\n"
+        "print(light, ','.join(names))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True"], out.stdout

@@ -18,8 +18,8 @@ from agent.runtime import OnnxBackend, SessionCache
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from edgefleet.rollout_cli import follow
+from hub import Hub, HubConfig
 from hub.access.keys import DEV_KEY
-from hub.app import Hub, HubConfig
 from hub.transport.broker import Mosquitto
 from simulator.faults import PerturbedBackend
 from simulator.fleet import Fleet, FleetConfig

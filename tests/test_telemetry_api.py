@@ -23,9 +23,8 @@ from waiting import wait_for
 from agent.telemetry import InferenceStats, LatencyHistogram
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
-from hub import make_ingest
+from hub import Hub, HubConfig, make_ingest
 from hub.access.keys import ApiKeys, Role
-from hub.app import Hub, HubConfig
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
 from hub.store.tables import DriftWindow, Telemetry, make_engine, session, sqlite_url

@@ -28,7 +28,7 @@ from waiting import wait_for
 
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
-from hub.app import make_ingest, serve_devices
+from hub import make_ingest, serve_devices
 from hub.ingest.report import Report
 from hub.store.tables import make_engine, sqlite_url
 from hub.transport.broker import BrokerAddress, Mosquitto

@@ -25,7 +25,7 @@ from agent.core import CoreConfig
 from agent.device import Device
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
-from hub.app import pipeline_config
+from hub import pipeline_config
 from hub.ml.pipeline import BuiltModel
 from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore
