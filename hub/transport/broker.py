@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psutil
+
 log = logging.getLogger(__name__)
 
 MAX_PACKET_BYTES = 2 * 2**20  # bytes; chunks are <= 64 KiB, metadata batches smaller
@@ -134,6 +136,15 @@ def wait_for_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port``."""
+    try:
+        conns = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
+
+
 class Mosquitto:
     """A private Mosquitto child process on a free loopback port."""
 
@@ -164,14 +175,20 @@ class Mosquitto:
             stderr=subprocess.PIPE,
             preexec_fn=raise_nofile,
         )
-        try:
-            wait_for_port("127.0.0.1", self.port, timeout)
-        except BrokerError:
-            err = b""
-            if self._proc.poll() is not None and self._proc.stderr:
-                err = self._proc.stderr.read()
-            self.stop()
-            raise BrokerError(f"mosquitto did not start: {err.decode(errors='replace')}") from None
+        # Our process must be the one listening: a free port can be taken by someone else
+        # between free_port() and the bind, and then a connect would reach their broker.
+        deadline = time.monotonic() + timeout
+        while not listens(self._proc.pid, self.port):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                err = b""
+                if self._proc.poll() is not None and self._proc.stderr:
+                    err = self._proc.stderr.read()
+                self.stop()
+                raise BrokerError(
+                    f"mosquitto did not start on port {self.port}: "
+                    f"{err.decode(errors='replace') or 'not listening'}"
+                )
+            time.sleep(0.05)
         log.info("private mosquitto on %s (pid %d)", self.address.url, self._proc.pid)
         return self
 
