@@ -360,10 +360,12 @@ def test_payload_and_topic_are_encrypted_on_the_wire(fleet: Fleet, clients: Clie
     secret = b"secret-reading-" + uuid.uuid4().hex.encode()
     try:
         a = connected(clients, fleet, fleet.a, port=tap.port)
-        assert accepted(a.publish("ef/v1/dev/dev-a/telemetry", secret))
-        wait_for(lambda: topics_seen(hub, secret), 5, "the reading at the hub")
+        try:
+            assert accepted(a.publish("ef/v1/dev/dev-a/telemetry", secret))
+            wait_for(lambda: topics_seen(hub, secret), 5, "the reading at the hub")
+        finally:
+            a.close()
     finally:
-        a.close()
         tap.close()
 
     assert len(tap.carried) > 500  # the handshake and the message went through it
