@@ -13,7 +13,6 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL, TAG
 from hub.api.security import Operator, Viewer
 from hub.telemetry.drift_policy import Policy
-from hub.telemetry.drift_policy import open_alerts as _open_alerts
 
 router = APIRouter(prefix="/drift", generate_unique_id_function=operation_id)
 
@@ -28,16 +27,6 @@ class PolicyRequest(BaseModel):
     n: int = Field(3, ge=1, le=100)
     min_rows: int = Field(500, ge=1, le=10**9)
     scope_window_s: float = Field(60.0, gt=0, le=7 * 86400)
-
-
-def open_alerts(hub: Any, model: str | None = None) -> list[dict[str, Any]]:
-    """Open alerts as plain dicts (for tools and benchmarks that hold a running ``Hub``):
-    hub/telemetry/drift.py ``AlertInfo`` fields, plus ``key`` (the scope id) and ``device`` (the
-    device id of a device-scope alert, else None)."""
-    return [
-        {**asdict(a), "key": a.scope_id, "device": a.scope_id if a.scope == "device" else None}
-        for a in _open_alerts(hub.engine, model)
-    ]
 
 
 @router.get("/models/{model}", name="drift.get", responses=DENIALS)
