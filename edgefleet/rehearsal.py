@@ -19,11 +19,12 @@ Exceptions::
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,8 @@ class HubRollouts:
         Raises:
             HubUnreachable: no connection, or a 5xx answer.
         """
-        try:
+        with _down_is_unreachable():
             return self.client.rollout(rollout_id)
-        except Exception as e:
-            if _is_down(e):
-                raise HubUnreachable(type(e).__name__) from e
-            raise
 
     def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
         """``GET /rollouts/{id}/devices``: one row per device.
@@ -75,12 +72,19 @@ class HubRollouts:
         Raises:
             HubUnreachable: no connection, or a 5xx answer.
         """
-        try:
+        with _down_is_unreachable():
             return self.client.rollout_devices(rollout_id)
-        except Exception as e:
-            if _is_down(e):
-                raise HubUnreachable(type(e).__name__) from e
-            raise
+
+
+@contextlib.contextmanager
+def _down_is_unreachable() -> Iterator[None]:
+    """Turn the hub being down or failing into HubUnreachable; a refusal passes through."""
+    try:
+        yield
+    except Exception as e:
+        if _is_down(e):
+            raise HubUnreachable(type(e).__name__) from e
+        raise
 
 
 def _is_down(e: Exception) -> bool:

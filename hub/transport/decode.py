@@ -5,9 +5,13 @@ so they accept and refuse the same things."""
 from __future__ import annotations
 
 import functools
+import logging
+from collections import Counter
 
 from shared import protocol
 from shared.protocol import ProtocolError
+
+log = logging.getLogger(__name__)
 
 TOPIC_CACHE_SIZE = 2**16  # topics remembered parsed (~0.3 KB each): a fleet's busiest ones
 # the same few topics recur for every message of a device; a bad one is not cached (raises)
@@ -34,3 +38,10 @@ def decode_device_message(
         return device_id, kind, protocol.decode_upload_chunk(payload)
     # (JSON on `upload` is refused here: that topic allows no message type)
     return device_id, kind, protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+
+
+def count_drop(dropped: Counter[str], reason: str, detail: str) -> None:
+    """Count a dropped device message; log the first of each reason (the rest are counted)."""
+    if dropped[reason] == 0:
+        log.warning("hub: dropped a message (%s): %s (further ones are counted)", reason, detail)
+    dropped[reason] += 1

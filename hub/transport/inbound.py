@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from hub.ingest.report import REPORT_KINDS, Report
 from hub.transport.broker import BrokerAddress, TlsIdentity
-from hub.transport.decode import decode_device_message
+from hub.transport.decode import count_drop, decode_device_message
 from hub.transport.fastsub import CONNECT_TIMEOUT_S, KEEPALIVE_S, Batch, FastSubscriber
 from shared import protocol
 from shared.protocol import Message, ProtocolError
@@ -190,16 +190,9 @@ class IngestSubscriber:
                 reports.append(Report(device_id, kind, message))
                 kinds[kind] += 1
             except ProtocolError as e:
-                self._drop(e.reason, f"{topic}: {e.detail}")
+                count_drop(self.dropped, e.reason, f"{topic}: {e.detail}")
             except Exception:  # one message never costs the batch
                 self.dropped["internal_error"] += 1
                 log.exception("fastsub: failed to handle a message on %s", topic)
         self.ingest.write_batch(reports)
         self.counts.update(kinds)
-
-    def _drop(self, reason: str, detail: str) -> None:
-        if self.dropped[reason] == 0:
-            log.warning(
-                "hub: dropped a message (%s): %s (further ones are counted)", reason, detail
-            )
-        self.dropped[reason] += 1

@@ -26,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from hub.ingest.report import Report
 from hub.transport.broker import BrokerAddress, TlsIdentity
+from hub.transport.decode import count_drop
 from shared import protocol
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,7 @@ class MqttLink:
 
     def drop(self, reason: str, detail: str) -> None:
         """Count a dropped message; log the first of each reason."""
-        if self.dropped[reason] == 0:
-            log.warning(
-                "hub: dropped a message (%s): %s (further ones are counted)", reason, detail
-            )
-        self.dropped[reason] += 1
+        count_drop(self.dropped, reason, detail)
 
     def acknowledge(self, reports: list[Report]) -> None:
         """Acknowledge stored reports (called by the ingest writer after its commit)."""
