@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgefleet import broker_cli, fleet_cli, keys_cli, rollout_cli
+from edgefleet import broker_cli, datasets_cli, fleet_cli, keys_cli, models_cli, rollout_cli
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
 API_KEY_ENV = "EDGEFLEET_API_KEY"
@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
     _sim_parser(sub)
 
+    models_cli.register(sub, api)
+    datasets_cli.register(sub, api)
     fleet_cli.register(sub, api)
     return p
 

@@ -7,8 +7,9 @@ route but ``/health`` and ``/enrol`` needs one (each route in hub/api/routes/ na
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
@@ -39,11 +40,7 @@ class HubClient:
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         r = self._http.request(method, path, **kw)
         if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail", r.text)
-            except ValueError:
-                detail = r.text
-            raise HubClientError(r.status_code, str(detail))
+            raise HubClientError(r.status_code, _detail(r))
         return r.json()
 
     def health(self) -> dict[str, Any]:
@@ -123,9 +120,23 @@ class HubClient:
         return dict(self._call("POST", "/models/train", json=settings))
 
     def upload(
-        self, name: str, data: bytes, device_classes: list[str] | None = None
+        self,
+        name: str,
+        data: bytes,
+        device_classes: list[str] | None = None,
+        *,
+        dataset: str | None = None,
+        quantize: bool = True,
+        unevaluated: bool = False,
+        **gates: Any,
     ) -> dict[str, Any]:
-        params = {"device_classes": device_classes} if device_classes else {}
+        """Import an ONNX model judged on ``dataset`` (a job): ``POST /models/{name}/upload``."""
+        params: dict[str, Any] = {"quantize": quantize, "unevaluated": unevaluated}
+        params |= {k: v for k, v in gates.items() if v is not None}
+        if device_classes:
+            params["device_classes"] = device_classes
+        if dataset is not None:
+            params["dataset"] = dataset
         return dict(
             self._call(
                 "POST",
@@ -135,6 +146,58 @@ class HubClient:
                 headers={"content-type": "application/octet-stream"},
             )
         )
+
+    def runs(self, model: str) -> list[dict[str, Any]]:
+        """Every build of ``model``: published and refused, with figures and gates."""
+        return list(self._call("GET", f"/models/{model}/runs"))
+
+    def lineage(self, model: str, version: int) -> dict[str, Any]:
+        return dict(self._call("GET", f"/models/{model}/versions/{version}/lineage"))
+
+    # ------------------------------------------------------------------ datasets
+
+    def upload_dataset(
+        self,
+        name: str,
+        path: Path,
+        *,
+        label: str | None = None,
+        task: str | None = None,
+        fmt: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload a CSV, Parquet or NPZ file (streamed from disk) as a dataset version.
+
+        The answer has ``created``: False when the same bytes were already that version.
+        """
+        params = {"label": label, "task": task, "format": fmt, "filename": path.name}
+        with path.open("rb") as f:
+            r = self._http.post(
+                f"/datasets/{name}",
+                content=_file_chunks(f),
+                params={k: v for k, v in params.items() if v is not None},
+                headers={"content-type": "application/octet-stream"},
+            )
+        if r.status_code >= 400:
+            raise HubClientError(r.status_code, _detail(r))
+        return dict(r.json()) | {"created": r.status_code == 201}
+
+    def datasets(self, name: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/datasets", params={"name": name} if name else {}))
+
+    def dataset(self, ref: str) -> dict[str, Any]:
+        """One dataset version: ``NAME``, ``NAME:SEQ`` or ``NAME:SHA256-PREFIX``."""
+        return dict(self._call("GET", f"/datasets/{ref}"))
+
+    def download_dataset(self, ref: str, dest: Path) -> Path:
+        """Write the version's file, byte for byte, to ``dest``."""
+        with self._http.stream("GET", f"/datasets/{ref}/file") as r:
+            if r.status_code >= 400:
+                r.read()
+                raise HubClientError(r.status_code, _detail(r))
+            with dest.open("wb") as f:
+                for block in r.iter_bytes():
+                    f.write(block)
+        return dest
 
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/jobs/{job_id}"))
@@ -253,14 +316,31 @@ class HubClient:
     def capture(self, capture_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/captures/{capture_id}"))
 
-    def datasets(self, model: str | None = None) -> list[dict[str, Any]]:
+    def capture_datasets(self, model: str | None = None) -> list[dict[str, Any]]:
+        """The rows captures produced (docs/capture.md)."""
         params = {"model": model} if model else {}
-        return list(self._call("GET", "/datasets", params=params))
+        return list(self._call("GET", "/captures/datasets", params=params))
 
-    def dataset(self, dataset_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/datasets/{dataset_id}"))
+    def capture_dataset(self, dataset_id: str) -> dict[str, Any]:
+        return dict(self._call("GET", f"/captures/datasets/{dataset_id}"))
 
     def retrain(self, model: str, datasets: list[str], **options: Any) -> dict[str, Any]:
         """Start a retrain job (poll it with :meth:`wait_job`)."""
         body = {"datasets": datasets, **options}
         return dict(self._call("POST", f"/models/{model}/retrain", json=body))
+
+
+UPLOAD_BLOCK = 1 << 20  # bytes read from disk per request chunk
+
+
+def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
+    while block := f.read(UPLOAD_BLOCK):
+        yield block
+
+
+def _detail(r: httpx.Response) -> str:
+    try:
+        detail = r.json().get("detail", r.text)
+    except ValueError:
+        detail = r.text
+    return str(detail)

@@ -1,30 +1,15 @@
-"""``edgefleet models|devices|enrol-token|deploy``: the registry and the fleet, through the
-admin API (edgefleet/client.py)."""
+"""``edgefleet devices|enrol-token|deploy``: the fleet, through the admin API
+(edgefleet/client.py). Models are edgefleet/models_cli.py's."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 
 def register(sub: Any, api: argparse.ArgumentParser) -> None:
     """Add the commands; ``api``: the parent parser with --hub/--api-key."""
-    models = sub.add_parser("models", help="the model registry").add_subparsers(metavar="ACTION")
-    mlist = models.add_parser("list", parents=[api], help="list model versions with metrics")
-    mlist.set_defaults(func=_models_list)
-    mtrain = models.add_parser("train", parents=[api], help="train, quantise, sign a model")
-    mtrain.add_argument("--name", default="vibration")
-    mtrain.add_argument("--n-train", type=int, default=12000)
-    mtrain.add_argument("--max-int8-loss", type=float, default=1.0, help="points of accuracy")
-    mtrain.set_defaults(func=_models_train)
-    mup = models.add_parser("upload", parents=[api], help="upload your own ONNX model")
-    mup.add_argument("--name", required=True)
-    mup.add_argument("file", type=Path)
-    mup.set_defaults(func=_models_upload)
-
     devs = sub.add_parser("devices", parents=[api], help="list devices")
     devs.set_defaults(func=_devices)
 
@@ -47,41 +32,6 @@ def _client(args: argparse.Namespace) -> Any:
     from edgefleet.client import HubClient
 
     return HubClient(args.hub, api_key=args.api_key)
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        rows = c.models()
-    print(f"{'model':<16}{'ver':>4}  {'bytes':>9}  {'acc fp32':>8}  {'acc int8':>8}  sha256")
-    for r in rows:
-        print(
-            f"{r['name']:<16}{r['version']:>4}  {r['size_bytes']:>9}  "
-            f"{_f(r['accuracy_fp32'])}  {_f(r['accuracy_int8'])}  {r['sha256'][:16]}"
-        )
-    return 0
-
-
-def _f(x: float | None) -> str:
-    return f"{x:>8.3f}" if x is not None else f"{'-':>8}"
-
-
-def _models_train(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        job = c.train(name=args.name, n_train=args.n_train, max_int8_loss_points=args.max_int8_loss)
-        done = c.wait_job(
-            job["id"],
-            on_progress=lambda j: print(f"  {j['stage'] or j['status']} {j['progress']:.0%}"),
-        )
-    print(json.dumps(done["result"], indent=2))
-    return 0
-
-
-def _models_upload(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        job = c.upload(args.name, args.file.read_bytes())
-        done = c.wait_job(job["id"])
-    print(json.dumps(done["result"], indent=2))
-    return 0
 
 
 def _devices(args: argparse.Namespace) -> int:

@@ -23,11 +23,14 @@ from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
 from hub.loop import Loop
+from hub.ml.builds import Builds
+from hub.ml.capture_versions import CaptureVersions
+from hub.ml.dataset_store import DEFAULT_MAX_UPLOAD_BYTES, DatasetStore
 from hub.ml.datasets import Datasets
 from hub.ml.jobs import Jobs, Progress
-from hub.ml.pipeline import PipelineConfig, import_onnx, train
+from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
-from hub.ml.retrain import Retrainer, record_training
+from hub.ml.retrain import Retrainer
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
@@ -88,6 +91,7 @@ class HubConfig:
     telemetry_raw_age_s: float = RAW_AGE_S
     telemetry_max_age_s: float = MAX_AGE_S
     telemetry_resolution_s: float = RESOLUTION_S
+    max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/dataset_store.py)
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
@@ -180,8 +184,15 @@ class Hub:
             subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
         )
         self.commands = DirectorCommands(self.mqtt, self.trust)
+        self.dataset_store = DatasetStore(
+            self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
+        )
         self.datasets = Datasets(
-            self.engine, self.store, cfg.data_dir / "uploads", self.commands.send_command
+            self.engine,
+            self.store,
+            cfg.data_dir / "uploads",
+            self.commands.send_command,
+            on_dataset=CaptureVersions(self.engine, self.dataset_store),
         )
         serve_devices(
             self.mqtt,
@@ -198,7 +209,10 @@ class Hub:
         self.rollouts = Rollouts(self.engine, self.registry, self.commands, revoked=self.revoked)
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
-        self.retrainer = Retrainer(self.registry, self.datasets, self.jobs)
+        self.builds = Builds(self.engine, self.registry, self.dataset_store, self.jobs)
+        self.retrainer = Retrainer(
+            self.registry, self.datasets, self.jobs, base_rows=self.builds.base_rows
+        )
         self.loop = Loop(
             self.engine, self.registry, self.datasets, self.retrainer, self.rollouts
         ).start()
@@ -356,30 +370,9 @@ class Hub:
         Raises:
             PipelineError / GateError: the model was not good enough or not usable.
         """
-        if onnx_bytes is None:
-            built = train(config, progress)
-            source = "trained"
-        else:
-            built = import_onnx(onnx_bytes, config, progress)
-            source = "uploaded"
-        if progress:
-            progress("sign", 0.95)
-        row = self.registry.publish(
-            built, config=config, source=source, device_classes=device_classes
+        return self.builds.builtin(
+            config, progress, device_classes=device_classes, onnx_bytes=onnx_bytes
         )
-        if onnx_bytes is None:  # a retrain starts from how this version was trained
-            record_training(self.engine, row.name, row.version, config)
-        return {
-            "name": row.name,
-            "version": row.version,
-            "sha256": row.sha256,
-            "format": row.format,
-            "size_bytes": row.size_bytes,
-            "size_fp32": row.size_fp32,
-            "accuracy_fp32": row.accuracy_fp32,
-            "accuracy_int8": row.accuracy_int8,
-            "target": row.target,
-        }
 
 
 def make_ingest(

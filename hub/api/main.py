@@ -27,11 +27,13 @@ from hub.api.deps import operation_id
 from hub.api.errors import http_error, validation_error
 from hub.api.routes import (
     access,
+    captures,
     datasets,
     deployments,
     devices,
     drift,
     health,
+    lineage,
     loop,
     models,
     rollouts,
@@ -48,9 +50,11 @@ ROUTERS: tuple[APIRouter, ...] = (
     rollouts.router,
     telemetry.router,
     loop.router,
+    captures.router,
     datasets.router,
     drift.router,
     models.router,
+    lineage.router,
     deployments.router,
     access.router,
 )

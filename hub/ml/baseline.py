@@ -26,6 +26,7 @@ def baseline_stats(
     *,
     features: Sequence[str] = FEATURES,
     classes: Sequence[str] = CLASSES,
+    task: str = "classification",
 ) -> dict[str, Any]:
     """Reference statistics for drift, JSON-able.
 
@@ -34,16 +35,21 @@ def baseline_stats(
     [e_i, e_i+1) and the last one is closed, so every row of ``x`` falls in one), ``mean``
     and ``std``. A live row below ``edges[0]`` or above ``edges[-1]`` belongs in the
     agent's underflow / overflow bins, whose reference share is 0. Outputs: the share of
-    rows whose argmax is each class.
+    rows whose argmax is each class, or for a regressor (``probabilities`` then holds
+    its values, [n]) quantile ``edges`` of the value and the share in each bin.
+    Image and window rows are flattened: one feature per value.
 
     Raises:
         PipelineError: shapes or names do not fit, or values are not finite.
     """
     xa = np.asarray(x, dtype=np.float32)
+    xa = xa.reshape(len(xa), -1) if xa.ndim > 2 else xa
     pa = np.asarray(probabilities, dtype=np.float64)
     if xa.ndim != 2 or xa.shape[1] != len(features) or len(xa) == 0:
         raise PipelineError(f"x must be [n>0, {len(features)}], got {xa.shape}")
-    if pa.shape != (len(xa), len(classes)):
+    if task != "classification":
+        pa = pa.reshape(len(xa), -1)[:, 0] if pa.size == len(xa) else pa
+    elif pa.shape != (len(xa), len(classes)):
         raise PipelineError(f"probabilities must be [{len(xa)}, {len(classes)}], got {pa.shape}")
     if bins < 1 or not np.isfinite(xa).all():
         raise PipelineError("baseline needs bins >= 1 and finite rows")
@@ -62,15 +68,23 @@ def baseline_stats(
                 "std": float(np.std(col, dtype=np.float64)),
             }
         )
-    predicted = np.bincount(pa.argmax(axis=1), minlength=len(classes))
-    return {
-        "n": len(xa),
-        "features": stats,
-        "outputs": {
+    return {"n": len(xa), "features": stats, "outputs": _outputs(pa, qs, classes, task)}
+
+
+def _outputs(
+    pa: npt.NDArray[np.float64], qs: npt.NDArray[np.float64], classes: Sequence[str], task: str
+) -> dict[str, Any]:
+    if task == "classification":
+        predicted = np.bincount(pa.argmax(axis=1), minlength=len(classes))
+        return {
             "classes": [str(c) for c in classes],
-            "hist": [float(c) / len(xa) for c in predicted],
-        },
-    }
+            "hist": [float(c) / len(pa) for c in predicted],
+        }
+    if pa.shape != (len(pa),) or not np.isfinite(pa).all():
+        raise PipelineError(f"regression outputs must be finite [{len(pa)}], got {pa.shape}")
+    edges = _strictly_increasing(np.quantile(pa, qs).astype(np.float32))
+    counts, _ = np.histogram(pa, bins=edges.astype(np.float64))
+    return {"edges": [float(e) for e in edges], "hist": [float(c) / len(pa) for c in counts]}
 
 
 def _strictly_increasing(edges: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -22,6 +22,11 @@ class PipelineConfig:
     opset: int = 15  # ONNX opset; the quantizer mishandles some graphs at 21/22
     per_channel: bool = False  # per-channel weight scales (measured: no gain here)
     max_int8_loss_points: float = 1.0  # percentage points of accuracy int8 may lose
+    max_int8_mae_increase: float = 0.05  # a regressor's int8 MAE over fp32's, relative
+    min_accuracy: float | None = None  # floor gate (classifiers), 0..1
+    max_mae: float | None = None  # ceiling gate (regressors), in the target's units
+    kind: str = "mlp"  # mlp | cnn
+    holdout_fraction: float = 0.2  # of a dataset's rows, kept apart to judge the model
     baseline_bins: int = 10  # quantile bins per feature for drift
     n_golden: int = 8  # rows in the device health check
     # Health check. Probabilities of the int8 file come in steps of 1/255 (~0.0039) and
@@ -46,6 +51,14 @@ class PipelineConfig:
                 (self.n_calibration < 1, "n_calibration must be >= 1"),
                 (not self.hidden or min(self.hidden) < 1, "hidden layers must be >= 1 wide"),
                 (not 13 <= self.opset <= 17, "opset must be within 13..17"),
+                (self.kind not in ("mlp", "cnn"), "kind must be mlp or cnn"),
+                (not 0 < self.holdout_fraction < 1, "holdout_fraction must be within (0, 1)"),
+                (self.max_int8_mae_increase < 0, "max_int8_mae_increase must be >= 0"),
+                (
+                    self.min_accuracy is not None and not 0 <= self.min_accuracy <= 1,
+                    "min_accuracy must be within 0..1",
+                ),
+                (self.max_mae is not None and self.max_mae < 0, "max_mae must be >= 0"),
                 (self.baseline_bins < 1, "baseline_bins must be >= 1"),
                 (self.n_golden < 1, "n_golden must be >= 1"),
                 (self.tolerance < 0, "tolerance must be >= 0"),

@@ -72,6 +72,7 @@ ASSUMED_WINDOW_S: Final = 10.0  # seconds per telemetry window (CoreConfig's def
 MAX_CAPTURE_DEVICES: Final = 10_000  # devices one capture may ask
 TERMINAL: Final = frozenset({"verified", "failed", "refused"})
 SendCommand = Callable[[str, str, Mapping[str, Any]], None]  # (device, type, body)
+OnDataset = Callable[[DatasetVersion, dict[str, Any]], None]  # (row, its arrays)
 
 
 class DatasetError(Exception):
@@ -99,8 +100,10 @@ class Datasets:
         send_command: SendCommand,
         *,
         clock: Callable[[], float] = time.time,
+        on_dataset: OnDataset | None = None,
     ) -> None:
         self.engine = engine
+        self.on_dataset = on_dataset  # each new capture's rows, after they are committed
         self.store = store
         self.staging_dir = staging_dir
         self.send_command = send_command
@@ -382,18 +385,25 @@ class Datasets:
                 s.add(d)
             verified = sorted(d.device_id for d in devices if d.status == "verified")
             capture.ended_at = self.clock()
+            dataset, arrays = None, None
             if verified:
-                dataset = self._store_dataset(capture, verified)
+                dataset, arrays = self._store_dataset(capture, verified)
                 s.add(dataset)
                 capture.state, capture.dataset_id = "done", dataset.id
             else:
                 capture.state, capture.reason = "failed", "no device uploaded a verified sample"
             s.add(capture)
             s.commit()
+            if dataset is not None:
+                s.refresh(dataset)
         shutil.rmtree(self.staging_dir / capture_id, ignore_errors=True)
+        if dataset is not None and arrays is not None and self.on_dataset is not None:
+            self.on_dataset(dataset, arrays)
         log.info("capture %s %s (%d device(s) verified)", capture_id, capture.state, len(verified))
 
-    def _store_dataset(self, capture: Capture, devices: list[str]) -> DatasetVersion:
+    def _store_dataset(
+        self, capture: Capture, devices: list[str]
+    ) -> tuple[DatasetVersion, dict[str, Any]]:
         staged = [self.staging_dir / capture.id / f"{device_id}.npz" for device_id in devices]
         version, arrays = merge_device_rows(staged)
         digest = self.store.put(to_npz(arrays))
@@ -408,4 +418,4 @@ class Datasets:
             features=int(arrays["x"].shape[1]),
             sha256=digest,
             created_at=self.clock(),
-        )
+        ), arrays

@@ -4,12 +4,15 @@ Exceptions::
 
     PipelineError(detail)                      bad data, unusable model, failed step
     ├── ConfigError(detail)                    a setting out of range (also a ValueError)
-    └── GateError(accuracy_fp32, accuracy_int8, max_loss_points)
+    └── ModelRefused(gates, metrics)           a gate refused the model (hub/ml/gates.py)
+        └── GateError(accuracy_fp32, accuracy_int8, max_loss_points)   the int8 loss alone
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GateError", "PipelineError"]
+from typing import Any
+
+__all__ = ["ConfigError", "GateError", "ModelRefused", "PipelineError"]
 
 
 class PipelineError(Exception):
@@ -20,7 +23,24 @@ class ConfigError(PipelineError, ValueError):
     """A pipeline setting out of range (a ValueError too, like other bad arguments)."""
 
 
-class GateError(PipelineError):
+class ModelRefused(PipelineError):
+    """A gate refused the model; it is kept as a refused run with its figures.
+
+    Attributes:
+        gates: every gate judged, as ``{"name", "passed", "detail"}``.
+        metrics: the figures it was judged on (``{"fp32": {...}, "int8": {...}}``).
+    """
+
+    def __init__(
+        self, gates: list[dict[str, Any]], metrics: dict[str, Any], message: str | None = None
+    ) -> None:
+        self.gates = gates
+        self.metrics = metrics
+        failed = [f"{g['name']}: {g['detail']}" for g in gates if not g["passed"]]
+        super().__init__(message or "model refused by " + "; ".join(failed))
+
+
+class GateError(ModelRefused):
     """The int8 model lost more accuracy than the gate allows.
 
     Attributes:
@@ -29,12 +49,21 @@ class GateError(PipelineError):
         max_loss_points: the largest loss allowed, in percentage points.
     """
 
-    def __init__(self, accuracy_fp32: float, accuracy_int8: float, max_loss_points: float):
+    def __init__(
+        self,
+        accuracy_fp32: float,
+        accuracy_int8: float,
+        max_loss_points: float,
+        gates: list[dict[str, Any]] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
         self.accuracy_fp32 = accuracy_fp32
         self.accuracy_int8 = accuracy_int8
         self.max_loss_points = max_loss_points
         loss = (accuracy_fp32 - accuracy_int8) * 100
         super().__init__(
+            gates or [],
+            metrics or {},
             f"int8 model refused: accuracy {accuracy_int8:.4f} (int8) vs {accuracy_fp32:.4f}"
-            f" (fp32) is a loss of {loss:.2f} points, over the {max_loss_points:.2f} allowed"
+            f" (fp32) is a loss of {loss:.2f} points, over the {max_loss_points:.2f} allowed",
         )

@@ -15,7 +15,7 @@ from hub.ml.errors import GateError, PipelineError
 from hub.ml.inference import class_scores, open_session, scores_output
 from hub.ml.training_data import IntLabels
 
-__all__ = ["SATURATED", "evaluate", "gate", "golden_indices"]
+__all__ = ["SATURATED", "evaluate", "gate", "golden_indices", "spread_indices"]
 
 SATURATED = 0.99  # a golden row's top score stays below this, so it tests more than 0/1
 
@@ -57,3 +57,10 @@ def golden_indices(
         members = np.flatnonzero(y[pool] == c)
         rank[members] = np.arange(len(members))
     return pool[np.argsort(rank * n_classes + y[pool], kind="stable")[:n]]
+
+
+def spread_indices(y: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.intp]:
+    """``n`` rows whose targets spread over the range (a regressor's golden rows)."""
+    order = np.argsort(y, kind="stable")
+    pick = np.linspace(0, len(order) - 1, num=min(n, len(order))).round().astype(np.intp)
+    return np.sort(order[np.unique(pick)])

@@ -23,9 +23,11 @@ __all__ = [
     "open_session",
     "scores_output",
     "tensor_specs",
+    "value_output",
 ]
 
 SCORES_OUTPUT = "probabilities"
+VALUE_OUTPUT = "value"
 
 
 def open_session(model_bytes: bytes) -> ort.InferenceSession:
@@ -58,6 +60,26 @@ def scores_output(session: ort.InferenceSession) -> str:
     return str(candidates[0])
 
 
+def value_output(session: ort.InferenceSession) -> str:
+    """The name of a regressor's output: ``value``, or the only float [N] / [N, 1]."""
+    outputs = session.get_outputs()
+    if any(o.name == VALUE_OUTPUT for o in outputs):
+        return VALUE_OUTPUT
+    candidates = [
+        o.name
+        for o in outputs
+        if o.type == "tensor(float)"
+        and (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[1] in (1, None)))
+    ]
+    if len(candidates) != 1:
+        described = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs)
+        raise PipelineError(
+            f"no regression output: need '{VALUE_OUTPUT}' or one float32 [N, 1] output,"
+            f" found {described}"
+        )
+    return str(candidates[0])
+
+
 def class_scores(
     session: ort.InferenceSession, x: FloatRows, output: str
 ) -> npt.NDArray[np.float32]:
@@ -73,26 +95,45 @@ def class_scores(
     return np.asarray(scores, dtype=np.float32)
 
 
-def check_compatible(session: ort.InferenceSession, data: Dataset) -> None:
-    """Refuse a model the dataset (and so the devices' rows) cannot feed or score."""
-    width, k = len(data.features), len(data.classes)
+def check_compatible(session: ort.InferenceSession, data: Dataset) -> str:
+    """Refuse a model the dataset (and so the devices' rows) cannot feed or score.
+
+    Returns:
+        The name of the output that gives class scores or values.
+    """
     inputs = session.get_inputs()
     if len(inputs) != 1:
         raise PipelineError(f"the model must take one input, it takes {len(inputs)}")
     (inp,) = inputs
-    if inp.type != "tensor(float)" or len(inp.shape) != 2:
+    want = [None, *data.row_shape]
+    shown = "[N, " + ", ".join(map(str, data.row_shape)) + "]"
+    if inp.type != "tensor(float)" or len(inp.shape) != len(want):
         raise PipelineError(
-            f"input '{inp.name}' must be float32 [N, {width}], got {inp.type} {inp.shape}"
+            f"input '{inp.name}' must be float32 {shown} for this dataset,"
+            f" got {inp.type} {inp.shape}"
         )
-    if isinstance(inp.shape[1], int) and inp.shape[1] != width:
-        raise PipelineError(
-            f"input '{inp.name}' takes {inp.shape[1]} features; the dataset has {width}"
-        )
+    for axis, (got, need) in enumerate(zip(inp.shape[1:], data.row_shape, strict=True), 1):
+        if isinstance(got, int) and got != need:
+            what = "features" if len(data.row_shape) == 1 else f"values on axis {axis}"
+            raise PipelineError(
+                f"input '{inp.name}' takes {got} {what}; the dataset has {need} {shown}"
+            )
     non_tensors = [o.name for o in session.get_outputs() if not o.type.startswith("tensor(")]
     if non_tensors:
         raise PipelineError(
             f"outputs {non_tensors} are not tensors (exported with ZipMap? use zipmap=False)"
         )
+    if data.is_classifier:
+        return _check_scores(session, data)
+    name = value_output(session)
+    got = class_scores(session, data.x_holdout[:2], name)
+    if got.size != 2:
+        raise PipelineError(f"output '{name}' gave shape {got.shape} for 2 rows, expected (2, 1)")
+    return name
+
+
+def _check_scores(session: ort.InferenceSession, data: Dataset) -> str:
+    k = len(data.classes)
     name = scores_output(session)
     scores = next(o for o in session.get_outputs() if o.name == name)
     if scores.type != "tensor(float)" or len(scores.shape) != 2:
@@ -106,6 +147,7 @@ def check_compatible(session: ort.InferenceSession, data: Dataset) -> None:
     got = class_scores(session, data.x_holdout[:2], name)
     if got.shape != (2, k):
         raise PipelineError(f"output '{name}' gave shape {got.shape} for 2 rows, expected (2, {k})")
+    return name
 
 
 def tensor_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -7,7 +7,7 @@ baseline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hub.ml.config import PipelineConfig
@@ -25,8 +25,8 @@ class BuiltModel:
     name: str
     model_bytes: bytes  # the file that ships (int8 when trained here)
     fp32_bytes: bytes  # the float model it came from (the same bytes when imported)
-    accuracy_fp32: float  # held-out accuracy, 0..1
-    accuracy_int8: float  # held-out accuracy of model_bytes, 0..1
+    accuracy_fp32: float | None  # held-out accuracy, 0..1 (None for a regressor)
+    accuracy_int8: float | None  # held-out accuracy of model_bytes, 0..1
     size_fp32: int  # bytes
     size_int8: int  # bytes of model_bytes
     classes: tuple[str, ...]
@@ -39,6 +39,10 @@ class BuiltModel:
     quantize_seconds: float
     golden_output: str = SCORES_OUTPUT  # name of the output the golden rows check
     source: str = "trained"  # "trained" | "imported"
+    task: str = "classification"  # or "regression"
+    metrics: dict[str, Any] = field(default_factory=dict)  # {"fp32": {...}, "int8": {...}}
+    gates: tuple[dict[str, Any], ...] = ()  # every gate judged (hub/ml/gates.py)
+    split: dict[str, Any] = field(default_factory=dict)  # how the rows were split
 
 
 def build_manifest(
@@ -80,10 +84,17 @@ def build_manifest(
         chunks=tuple(chunk_hashes(built.model_bytes, chunk_size)),
         health=health,
         baseline=built.baseline,
-        metrics={
-            "accuracy_fp32": built.accuracy_fp32,
-            "accuracy_int8": built.accuracy_int8,
-            "size_fp32": float(built.size_fp32),
-            "size_int8": float(built.size_int8),
-        },
+        metrics=_headline_metrics(built),
     )
+
+
+def _headline_metrics(built: BuiltModel) -> dict[str, float]:
+    """The figures a manifest carries: quality of both files, and their sizes."""
+    figures = {"size_fp32": float(built.size_fp32), "size_int8": float(built.size_int8)}
+    if built.accuracy_fp32 is not None and built.accuracy_int8 is not None:
+        figures |= {"accuracy_fp32": built.accuracy_fp32, "accuracy_int8": built.accuracy_int8}
+    for part in ("fp32", "int8"):
+        mae = built.metrics.get(part, {}).get("mae")
+        if mae is not None:
+            figures[f"mae_{part}"] = float(mae)
+    return figures

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,25 +41,36 @@ import onnx
 
 from hub.ml.baseline import baseline_stats
 from hub.ml.config import PipelineConfig
-from hub.ml.errors import ConfigError, GateError, PipelineError
-from hub.ml.evaluation import evaluate, gate, golden_indices
+from hub.ml.convnet import conv_config, fit_convnet
+from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
+from hub.ml.evaluation import evaluate, golden_indices, spread_indices
+from hub.ml.gates import enforce, judge
 from hub.ml.inference import (
     check_compatible,
     class_scores,
     open_session,
     scores_output,
     tensor_specs,
+    value_output,
 )
 from hub.ml.manifest import BuiltModel, build_manifest
-from hub.ml.quantize import quantize_int8
+from hub.ml.metrics import model_outputs, score
+from hub.ml.quantize import is_quantized, quantize_int8
 from hub.ml.training import export_onnx, fit
-from hub.ml.training_data import Dataset, builtin_dataset, calibration_rows, dataset_from_arrays
+from hub.ml.training_data import (
+    Dataset,
+    builtin_dataset,
+    calibration_rows,
+    dataset_from_arrays,
+    split_arrays,
+)
 
 __all__ = [
     "BuiltModel",
     "ConfigError",
     "Dataset",
     "GateError",
+    "ModelRefused",
     "PipelineConfig",
     "PipelineError",
     "baseline_stats",
@@ -67,14 +79,17 @@ __all__ = [
     "dataset_from_arrays",
     "evaluate",
     "export_onnx",
+    "fit_model",
     "import_onnx",
     "quantize_int8",
+    "split_arrays",
     "train",
 ]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
+Champion = tuple[int, bytes]  # the deployed version and its file
 
 # Overall job fraction reached at the start of each stage. The hub's job runner goes on
 # to "sign" at 0.95, so the pipeline stays below it.
@@ -91,17 +106,25 @@ STAGES: dict[str, float] = {
 
 
 def train(
-    config: PipelineConfig, progress: Progress | None = None, *, dataset: Dataset | None = None
+    config: PipelineConfig,
+    progress: Progress | None = None,
+    *,
+    dataset: Dataset | None = None,
+    champion: Champion | None = None,
+    params: dict[str, Any] | None = None,
 ) -> BuiltModel:
     """Train, export, quantise, evaluate and gate a model; compute baseline and golden rows.
 
     Args:
-        config: what to train.
+        config: what to train (``config.kind``: an MLP, or a conv net for image and window
+            rows).
         progress: called with (stage, overall fraction 0..1) as each stage starts.
         dataset: rows to use; the built-in generator's (``builtin_dataset``) by default.
+        champion: the deployed version to beat on the same hold-out (champion gate).
+        params: the tuner's settings for this one build.
 
     Raises:
-        GateError: the int8 model loses more accuracy than ``config.max_int8_loss_points``.
+        ModelRefused (GateError for a classifier's int8 loss alone): a gate refused it.
         PipelineError: a step failed.
     """
     report = _reporter(progress)
@@ -109,32 +132,61 @@ def train(
     data = dataset if dataset is not None else builtin_dataset(config)
     report("train")
     t0 = time.perf_counter()
-    model = fit(data, config)
+    fp32 = fit_model(data, config, params, progress)
     train_seconds = time.perf_counter() - t0
-    report("export")
-    fp32 = export_onnx(model, len(data.features), config.opset)
     report("quantize")
     t0 = time.perf_counter()
     calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
     int8 = quantize_int8(fp32, calibration, per_channel=config.per_channel)
     quantize_seconds = time.perf_counter() - t0
     report("evaluate")
-    acc_fp32 = evaluate(fp32, data.x_holdout, data.y_holdout)
-    acc_int8 = evaluate(int8, data.x_holdout, data.y_holdout)
+    metrics = {"fp32": score(fp32, data), "int8": score(int8, data)}
     report("gate")
-    gate(acc_fp32, acc_int8, config.max_int8_loss_points)
-    log.info("%s: accuracy fp32 %.4f, int8 %.4f", config.name, acc_fp32, acc_int8)
+    gates = judge(data.task, metrics["fp32"], metrics["int8"], config, _champion(champion, data))
+    enforce(data.task, gates, metrics, config)
+    log.info("%s: %s", config.name, "; ".join(g.detail for g in gates))
     return _finish(
         int8,
         data,
         config,
         report,
         fp32_bytes=fp32,
-        accuracy_fp32=acc_fp32,
-        accuracy_int8=acc_int8,
+        metrics=metrics,
+        gates=[g.to_json() for g in gates],
         train_seconds=train_seconds,
         quantize_seconds=quantize_seconds,
         source="trained",
+    )
+
+
+def fit_model(
+    data: Dataset,
+    config: PipelineConfig,
+    params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> bytes:
+    """The fp32 ONNX file of an MLP (tabular rows) or a conv net (images, windows)."""
+    if config.kind == "mlp":
+        fitted = fit(data, config, params)
+        return export_onnx(fitted, len(data.features), config.opset)
+    if len(data.row_shape) < 2:
+        raise PipelineError(
+            "a conv net needs image [H, W(, C)] or window [T, C] rows; this dataset has rows"
+            f" of {data.row_shape[0]} features: train an mlp"
+        )
+
+    def epoch(fraction: float) -> None:
+        if progress is not None:
+            progress("train", STAGES["train"] + fraction * (STAGES["quantize"] - STAGES["train"]))
+
+    return fit_convnet(
+        data.x_train,
+        data.y_train,
+        task=data.task,
+        n_outputs=len(data.classes) if data.is_classifier else 1,
+        config=conv_config(config.seed, params),
+        opset=config.opset,
+        progress=epoch,
     )
 
 
@@ -144,35 +196,69 @@ def import_onnx(
     progress: Progress | None = None,
     *,
     dataset: Dataset | None = None,
+    quantize: bool = False,
+    champion: Champion | None = None,
 ) -> BuiltModel:
-    """Bring-your-own ONNX: check it fits the dataset, evaluate it; it ships as is.
+    """Bring-your-own ONNX: check it fits the dataset, judge it; quantise it when asked.
 
-    The model needs one float32 input [N, features] and a float32 output of class scores
-    [N, classes] (named ``probabilities``, or the only one of that shape). Being neither
-    trained nor quantised here, its figures fill both the fp32 and the int8 slots.
+    The model needs one float32 input ``[N, *row shape]`` and class scores ``[N, classes]``
+    (named ``probabilities``, or the only float output of that shape) for a classifier,
+    or one value per row (``value``, or the only float [N, 1]) for a regressor. With
+    ``quantize`` (and a model not already quantised) an int8 copy is made and gated like
+    a trained one; otherwise the file ships as is and its figures fill both slots.
 
     Raises:
+        ModelRefused: a gate refused it.
         PipelineError: not ONNX, not runnable, or not compatible with the dataset.
     """
     report = _reporter(progress)
     report("dataset")
     data = dataset if dataset is not None else builtin_dataset(config)
     report("evaluate")
-    session = open_session(model_bytes)
-    check_compatible(session, data)
-    accuracy = evaluate(model_bytes, data.x_holdout, data.y_holdout)
+    check_compatible(open_session(model_bytes), data)
+    fp32 = model_bytes
+    quantize_seconds = 0.0
+    if quantize and not is_quantized(model_bytes):
+        report("quantize")
+        t0 = time.perf_counter()
+        calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
+        model_bytes = quantize_int8(fp32, calibration, per_channel=config.per_channel)
+        quantize_seconds = time.perf_counter() - t0
+    figures = score(fp32, data)
+    metrics = {
+        "fp32": figures,
+        "int8": score(model_bytes, data) if model_bytes != fp32 else figures,
+    }
+    report("gate")
+    gates = judge(data.task, metrics["fp32"], metrics["int8"], config, _champion(champion, data))
+    enforce(data.task, gates, metrics, config)
     return _finish(
         model_bytes,
         data,
         config,
         report,
-        fp32_bytes=model_bytes,
-        accuracy_fp32=accuracy,
-        accuracy_int8=accuracy,
+        fp32_bytes=fp32,
+        metrics=metrics,
+        gates=[g.to_json() for g in gates],
         train_seconds=0.0,
-        quantize_seconds=0.0,
+        quantize_seconds=quantize_seconds,
         source="imported",
     )
+
+
+def _champion(champion: Champion | None, data: Dataset) -> dict[str, Any] | None:
+    """The deployed version's figures on this hold-out (it must fit the same rows)."""
+    if champion is None:
+        return None
+    version, model_bytes = champion
+    try:
+        check_compatible(open_session(model_bytes), data)
+        figures = score(model_bytes, data, latency=False)
+    except PipelineError as e:
+        raise PipelineError(
+            f"the champion v{version} cannot be scored on this dataset's hold-out: {e}"
+        ) from e
+    return figures | {"version": version}
 
 
 def _finish(
@@ -182,49 +268,61 @@ def _finish(
     report: Callable[[str], None],
     *,
     fp32_bytes: bytes,
-    accuracy_fp32: float,
-    accuracy_int8: float,
+    metrics: dict[str, Any],
+    gates: list[dict[str, Any]],
     train_seconds: float,
     quantize_seconds: float,
     source: str,
 ) -> BuiltModel:
     """Baseline and golden rows from the bytes that ship; the BuiltModel."""
     session = open_session(model_bytes)
-    scores_name = scores_output(session)
+    out_name = scores_output(session) if data.is_classifier else value_output(session)
     report("baseline")
-    train_scores = class_scores(session, data.x_train, scores_name)
     baseline = baseline_stats(
         data.x_train,
-        train_scores,
+        model_outputs(session, data.x_train, data.task),
         config.baseline_bins,
         features=data.features,
         classes=data.classes,
+        task=data.task,
     )
     report("golden")
-    holdout_scores = class_scores(session, data.x_holdout, scores_name)
-    pick = golden_indices(data.y_holdout, holdout_scores, config.n_golden, len(data.classes))
+    holdout_out = model_outputs(session, data.x_holdout, data.task)
+    if data.is_classifier:
+        pick = golden_indices(data.y_holdout, holdout_out, config.n_golden, len(data.classes))
+    else:
+        pick = spread_indices(data.y_holdout, config.n_golden)
     golden = data.x_holdout[pick]
     # A fresh session, as the device will have; one batch equals row by row (measured).
-    golden_scores = class_scores(open_session(model_bytes), golden, scores_name)
+    golden_out = class_scores(open_session(model_bytes), golden, out_name)
     inputs, outputs = tensor_specs(onnx.load_model_from_string(model_bytes))
+    accuracy = (
+        (metrics["fp32"]["accuracy"], metrics["int8"]["accuracy"])
+        if data.is_classifier
+        else (None, None)
+    )
     return BuiltModel(
         name=config.name,
         model_bytes=model_bytes,
         fp32_bytes=fp32_bytes,
-        accuracy_fp32=accuracy_fp32,
-        accuracy_int8=accuracy_int8,
+        accuracy_fp32=accuracy[0],
+        accuracy_int8=accuracy[1],
         size_fp32=len(fp32_bytes),
         size_int8=len(model_bytes),
         classes=data.classes,
         inputs=inputs,
         outputs=outputs,
         baseline=baseline,
-        golden_inputs=_rows(golden),
-        golden_outputs=_rows(golden_scores),
+        golden_inputs=_rows(golden.reshape(len(golden), -1)),
+        golden_outputs=_rows(golden_out.reshape(len(golden_out), -1)),
         train_seconds=train_seconds,
         quantize_seconds=quantize_seconds,
-        golden_output=scores_name,
+        golden_output=out_name,
         source=source,
+        task=data.task,
+        metrics=metrics,
+        gates=tuple(gates),
+        split=dict(data.split),
     )
 
 

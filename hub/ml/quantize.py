@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -30,11 +31,23 @@ from hub.ml.errors import PipelineError
 from hub.ml.inference import open_session
 from hub.ml.training_data import FloatRows
 
-__all__ = ["quantize_int8"]
+__all__ = ["is_quantized", "quantize_int8"]
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 128  # rows per calibration batch fed to the quantizer
+
+
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"})
+
+
+def is_quantized(model_bytes: bytes) -> bool:
+    """Whether an ONNX file already holds quantised operators (QDQ or QOperator)."""
+    model = onnx.load_model_from_string(model_bytes)
+    return any(
+        n.op_type in QUANTIZED_OPS or n.op_type.startswith(("QLinear", "MatMulInteger"))
+        for n in model.graph.node
+    )
 
 
 def quantize_int8(

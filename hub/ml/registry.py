@@ -64,6 +64,7 @@ class Registry:
         config: PipelineConfig,
         source: str = "trained",
         device_classes: tuple[str, ...] = (),
+        dataset: str | None = None,
     ) -> ModelVersion:
         """Sign and register ``built`` as the next version of its model."""
         with self._lock:
@@ -92,6 +93,10 @@ class Registry:
                 target=target,
                 source=source,
                 device_classes=",".join(device_classes),
+                task=built.task,
+                mae_fp32=built.metrics.get("fp32", {}).get("mae"),
+                mae_int8=built.metrics.get("int8", {}).get("mae"),
+                dataset=dataset,
             )
             with session(self.engine) as s:
                 s.add(row)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 import numpy as np
@@ -39,9 +39,12 @@ from hub.ml.pipeline import (
     train,
 )
 from hub.ml.registry import Registry
+from hub.ml.training_data import BUILTIN
 from hub.store.tables import Job, TrainingRecord, session
 
 log = logging.getLogger(__name__)
+
+BaseRows = Callable[[str, PipelineConfig], Dataset]  # (dataset version id, config) -> rows
 
 HOLDOUT_FRACTION: Final = 0.25  # of the captured labelled rows, kept apart to evaluate
 MAX_CAPTURED_WEIGHT: Final = 100  # times a captured training row may be repeated
@@ -86,6 +89,7 @@ def retrain(
     holdout_fraction: float = HOLDOUT_FRACTION,
     captured_weight: int = 1,
     seed: int | None = None,
+    base_rows: BaseRows | None = None,
 ) -> dict[str, Any]:
     """Train the next version of ``name`` on its baseline rows plus captured rows; publish it.
 
@@ -95,6 +99,8 @@ def retrain(
         holdout_fraction: share of the captured labelled rows kept apart to evaluate.
         captured_weight: how many times each captured training row counts (1..100).
         seed: for the split of captured rows; the base config's seed by default.
+        base_rows: the rows of a dataset version (``NAME:SEQ``) split as for training; a
+            model trained on one retrains on it, never on the built-in generator.
 
     Raises:
         RetrainError, DatasetError, RegistryError, PipelineError, GateError.
@@ -110,9 +116,22 @@ def retrain(
     base = registry.get(name)
     record = training_record(registry.engine, name, base.version)
     config = _base_config(name, record)
-    all_ids = list(dict.fromkeys([*(record.datasets if record else []), *dataset_ids]))
+    recorded = record.datasets if record else []
+    origin = [d for d in recorded if ":" in d][:1]  # a dataset version, or the generator
+    captured = [d for d in recorded if ":" not in d]
+    all_ids = list(dict.fromkeys([*captured, *dataset_ids]))
     x_cap, y_cap = _captured_rows(datasets, name, all_ids)
-    base_data = builtin_dataset(config)
+    if origin and origin[0] != BUILTIN:
+        if base_rows is None:
+            raise RetrainError(f"{name} was trained on {origin[0]}, which this hub cannot read")
+        base_data = base_rows(origin[0], config)
+    else:  # trained on the built-in generator: its rows are the base
+        base_data = builtin_dataset(config)
+    if not base_data.is_classifier:
+        raise RetrainError(
+            f"{name} is a regressor; captured rows carry class labels, so it cannot be"
+            " retrained on them (upload a new dataset version and train on it)"
+        )
     mixed = _mix(
         base_data,
         x_cap,
@@ -127,7 +146,7 @@ def retrain(
         progress("sign", 0.95)
     classes = tuple(c for c in base.device_classes.split(",") if c)
     row = registry.publish(built, config=config, source="retrained", device_classes=classes)
-    record_training(registry.engine, name, row.version, config, all_ids)
+    record_training(registry.engine, name, row.version, config, [*origin, *all_ids])
     log.info("%s v%d retrained from v%d on %s", name, row.version, base.version, all_ids)
     return {
         "name": row.name,
@@ -149,10 +168,17 @@ def retrain(
 class Retrainer:
     """Runs :func:`retrain` as background jobs (poll them with ``Jobs.get``)."""
 
-    def __init__(self, registry: Registry, datasets: Datasets, jobs: Jobs) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        datasets: Datasets,
+        jobs: Jobs,
+        base_rows: BaseRows | None = None,
+    ) -> None:
         self.registry = registry
         self.datasets = datasets
         self.jobs = jobs
+        self.base_rows = base_rows
 
     def submit(self, name: str, dataset_ids: Sequence[str], **options: Any) -> Job:
         """Check the model and datasets now, then retrain in a job.
@@ -166,7 +192,15 @@ class Retrainer:
             self.datasets.dataset_row(dataset_id)  # DatasetError now, not in the job
         return self.jobs.submit(
             "retrain",
-            lambda progress: retrain(self.registry, self.datasets, name, ids, progress, **options),
+            lambda progress: retrain(
+                self.registry,
+                self.datasets,
+                name,
+                ids,
+                progress,
+                base_rows=self.base_rows,
+                **options,
+            ),
         )
 
 

@@ -1,4 +1,8 @@
-"""Training and export: a StandardScaler + MLPClassifier (scikit-learn), then ONNX (skl2onnx).
+"""Training and export: a StandardScaler + MLP (scikit-learn), then ONNX (skl2onnx).
+
+A classifier exports ``label`` and ``probabilities``; a regressor is fitted on the
+standardised target and exports ``value`` [N, 1], with the inverse of that
+standardisation added to the graph. Conv nets are hub/ml/convnet.py's.
 
 Training is seeded and runs on one BLAS thread (``BLAS_THREADS``), so the same config
 gives the same bytes on any core count. The export turns ZipMap off (plain tensors) and
@@ -7,9 +11,16 @@ pins the opset the config names.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import helper, numpy_helper
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.neural_network import MLPClassifier
+from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -18,9 +29,10 @@ from hub.ml.config import PipelineConfig
 from hub.ml.errors import PipelineError
 from hub.ml.training_data import Dataset
 
-__all__ = ["INPUT_NAME", "export_onnx", "fit"]
+__all__ = ["INPUT_NAME", "VALUE_OUTPUT", "Fitted", "export_onnx", "fit"]
 
 INPUT_NAME = "input"
+VALUE_OUTPUT = "value"  # a regressor's output, float32 [N, 1]
 MAX_EPOCHS = 200  # early stopping ends training long before (about 30 epochs here)
 # One BLAS thread: a 16-64-64-4 MLP gains nothing from more (0.55 s either way), two
 # OpenBLAS threads on two busy cores took 25-34 s instead of 0.8-1.5 s, and the
@@ -28,36 +40,87 @@ MAX_EPOCHS = 200  # early stopping ends training long before (about 30 epochs he
 BLAS_THREADS = 1
 
 
-def fit(data: Dataset, config: PipelineConfig) -> Pipeline:
-    """A StandardScaler + MLPClassifier fitted on ``data``'s training rows.
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted scikit-learn pipeline, and the target scaling of a regressor."""
+
+    model: Pipeline
+    y_mean: float = 0.0
+    y_std: float = 1.0
+    regressor: bool = False
+
+
+def fit(data: Dataset, config: PipelineConfig, params: dict[str, Any] | None = None) -> Fitted:
+    """A StandardScaler + MLP fitted on ``data``'s training rows.
+
+    Args:
+        params: the tuner's overrides of the MLP's settings (``hidden``, ``alpha``,
+            ``learning_rate_init``).
 
     Raises:
         PipelineError: scikit-learn could not train on these rows.
     """
-    model = make_pipeline(
-        StandardScaler(),
-        MLPClassifier(
-            hidden_layer_sizes=config.hidden,
-            early_stopping=True,
-            max_iter=MAX_EPOCHS,
-            random_state=config.seed,
-        ),
-    )
+    p = params or {}
+    settings: dict[str, Any] = {
+        "hidden_layer_sizes": tuple(p.get("hidden", config.hidden)),
+        "alpha": float(p.get("alpha", 1e-4)),
+        "learning_rate_init": float(p.get("learning_rate_init", 1e-3)),
+        "early_stopping": True,
+        "max_iter": MAX_EPOCHS,
+        "random_state": config.seed,
+    }
+    y: npt.NDArray[Any] = data.y_train
+    y_mean, y_std = 0.0, 1.0
+    if data.is_classifier:
+        estimator: Any = MLPClassifier(**settings)
+    else:
+        y_mean, y_std = float(np.mean(y)), float(np.std(y)) or 1.0
+        y = (y - y_mean) / y_std
+        estimator = MLPRegressor(**settings)
+    model = make_pipeline(StandardScaler(), estimator)
+    x = data.x_train.reshape(len(data.x_train), -1)
     try:
         with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-            model.fit(data.x_train, data.y_train)
+            model.fit(x, y)
     except ValueError as e:
         raise PipelineError(f"training failed: {e}") from e
-    return model
+    return Fitted(model, y_mean, y_std, regressor=not data.is_classifier)
 
 
-def export_onnx(model: Pipeline, n_features: int, opset: int) -> bytes:
-    """The fitted scikit-learn model as ONNX: ``input`` float32 [N, n_features] →
-    ``label`` int64 [N], ``probabilities`` float32 [N, classes]."""
+def export_onnx(fitted: Fitted | Pipeline, n_features: int, opset: int) -> bytes:
+    """The fitted model as ONNX: ``input`` float32 [N, n_features] → ``label`` int64 [N]
+    and ``probabilities`` float32 [N, classes], or ``value`` float32 [N, 1]."""
+    if isinstance(fitted, Pipeline):
+        fitted = Fitted(fitted)
     onx = to_onnx(
-        model,
+        fitted.model,
         initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
-        options={"zipmap": False},  # plain tensors, not a sequence of maps
+        options={"zipmap": False} if not fitted.regressor else None,
         target_opset={"": opset, "ai.onnx.ml": 1},
     )
+    if fitted.regressor:
+        _unscale_output(onx, fitted.y_mean, fitted.y_std)
     return bytes(onx.SerializeToString())
+
+
+def _unscale_output(model: onnx.ModelProto, mean: float, std: float) -> None:
+    """Turn the regressor's standardised output into ``value`` = output * std + mean."""
+    graph = model.graph
+    (out,) = graph.output
+    scaled = out.name
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([std], dtype=np.float32), "value_std"),
+            numpy_helper.from_array(np.array([mean], dtype=np.float32), "value_mean"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Mul", [scaled, "value_std"], ["value_scaled"]),
+            helper.make_node("Add", ["value_scaled", "value_mean"], [VALUE_OUTPUT]),
+        ]
+    )
+    del graph.output[:]
+    graph.output.append(
+        helper.make_tensor_value_info(VALUE_OUTPUT, onnx.TensorProto.FLOAT, [None, 1])
+    )

@@ -39,6 +39,20 @@ class ArtifactStore:
             raise
         return digest
 
+    def put_file(self, src: Path, sha256: str) -> str:
+        """Move the file ``src`` (whose sha256 the caller computed while writing it) in.
+
+        ``src`` must be on the same file system (a temporary file under the data dir);
+        it is gone afterwards either way.
+        """
+        dest = self.path(sha256)
+        if dest.exists():
+            src.unlink(missing_ok=True)
+            return sha256
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        return sha256
+
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 

@@ -10,20 +10,69 @@ enrolment tokens) with the audit log of what they did (hub/access/keys.py).
 
 from __future__ import annotations
 
-import time
 from typing import Any, Final
 
 from sqlalchemy import JSON, Column, Engine, UniqueConstraint, inspect, text
 from sqlmodel import Field, SQLModel
 
+# Data and build tables live in hub/store/data_tables.py; importable from here too.
+from hub.store.data_tables import (
+    Capture,
+    CaptureDevice,
+    DatasetVersion,
+    DataVersion,
+    DataVersionPublic,
+    TrainingRecord,
+    TrainingRun,
+    now,
+)
 from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
 
-
-def now() -> float:
-    return time.time()
-
+__all__ = [
+    "ApiKey",
+    "ApiKeyBase",
+    "ApiKeyPublic",
+    "AuditRecord",
+    "AuditRecordBase",
+    "AuditRecordPublic",
+    "Capture",
+    "CaptureDevice",
+    "DataVersion",
+    "DataVersionPublic",
+    "DatasetVersion",
+    "Deployment",
+    "DeploymentDevice",
+    "Device",
+    "DeviceBase",
+    "DevicePublic",
+    "DeviceTag",
+    "DriftAlert",
+    "DriftEvent",
+    "DriftPolicy",
+    "DriftWindow",
+    "EnrolToken",
+    "EnrolTokenBase",
+    "EnrolTokenPublic",
+    "EventRecord",
+    "Job",
+    "LoopPolicy",
+    "LoopRun",
+    "ModelVersion",
+    "ModelVersionBase",
+    "ModelVersionPublic",
+    "Revocation",
+    "Rollout",
+    "RolloutDevice",
+    "Telemetry",
+    "TrainingRecord",
+    "TrainingRun",
+    "make_engine",
+    "now",
+    "session",
+    "sqlite_url",
+]
 
 # ---------------------------------------------------------------- devices
 
@@ -77,6 +126,10 @@ class ModelVersionBase(SQLModel):
     target: str
     source: str = "trained"  # trained | uploaded
     device_classes: str = ""  # comma-separated; empty = any
+    task: str = "classification"  # classification | regression | unevaluated
+    mae_fp32: float | None = None  # a regressor's held-out MAE
+    mae_int8: float | None = None
+    dataset: str | None = None  # the dataset version that judged it (NAME:SEQ)
 
 
 class ModelVersion(ModelVersionBase, table=True):
@@ -350,65 +403,6 @@ class AuditRecordPublic(AuditRecordBase):
     id: int
 
 
-# ---------------------------------------------------------------- data capture (hub/ml/datasets.py)
-
-
-class Capture(SQLModel, table=True):
-    """A capture the hub asked devices for (docs/capture.md)."""
-
-    id: str = Field(primary_key=True, max_length=64)
-    model: str = Field(index=True, max_length=64)
-    max_rows: int  # per device
-    duration_s: float | None = None
-    windows: int | None = None
-    seed: int = 0
-    state: str = "running"  # running | done | failed
-    reason: str | None = None  # why it failed (no device uploaded anything)
-    dataset_id: str | None = None  # the dataset version it produced
-    created_by: str | None = None
-    created_at: float = Field(default_factory=now)
-    deadline: float  # devices whose upload is not verified by then have failed
-    ended_at: float | None = None
-
-
-class CaptureDevice(SQLModel, table=True):
-    capture_id: str = Field(primary_key=True, foreign_key="capture.id")
-    device_id: str = Field(primary_key=True, max_length=64)
-    # sent | started | uploading | verified | failed | refused
-    status: str = "sent"
-    reason: str | None = None
-    detail: str | None = None
-    version: int | None = None  # the model version its rows came from
-    rows: int | None = None
-    labelled: int | None = None
-    updated_at: float = Field(default_factory=now)
-
-
-class DatasetVersion(SQLModel, table=True):
-    """Captured rows, stored as an npz artifact (content-addressed by ``sha256``)."""
-
-    id: str = Field(primary_key=True, max_length=64)
-    model: str = Field(index=True, max_length=64)
-    version: int  # the model version the rows were captured from
-    capture_id: str | None = Field(default=None, index=True)
-    devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    rows: int
-    labelled: int
-    features: int
-    sha256: str  # of the npz artifact
-    created_at: float = Field(default_factory=now)
-
-
-class TrainingRecord(SQLModel, table=True):
-    """How a model version was trained: the pipeline config and the datasets it used."""
-
-    name: str = Field(primary_key=True, max_length=64)
-    version: int = Field(primary_key=True)
-    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-    datasets: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    created_at: float = Field(default_factory=now)
-
-
 # ---------------------------------------------------------------- the closed loop
 
 
@@ -460,6 +454,7 @@ def make_engine(url: str) -> Engine:
     engine = connect(url)
     SQLModel.metadata.create_all(engine)
     _add_telemetry_columns(engine)
+    _add_columns(engine, "modelversion", _MODEL_VERSION_ADDED)
     return engine
 
 
@@ -482,3 +477,21 @@ def _add_telemetry_columns(engine: Engine) -> None:
         with engine.begin() as conn:
             for name, sql_type in missing:
                 conn.execute(text(f"ALTER TABLE telemetry ADD COLUMN {name} {sql_type}"))
+
+
+# Columns ModelVersion gained with datasets and regressors (ADR 0014), as above.
+_MODEL_VERSION_ADDED: Final = {
+    "task": "VARCHAR NOT NULL DEFAULT 'classification'",
+    "mae_fp32": "FLOAT",
+    "mae_int8": "FLOAT",
+    "dataset": "VARCHAR",
+}
+
+
+def _add_columns(engine: Engine, table: str, added: dict[str, str]) -> None:
+    have = {c["name"] for c in inspect(engine).get_columns(table)}
+    missing = [(n, t) for n, t in added.items() if n not in have]
+    if missing:
+        with engine.begin() as conn:
+            for name, sql_type in missing:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))

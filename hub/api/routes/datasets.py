@@ -1,137 +1,145 @@
-"""Admin API: data captures, dataset versions, and retraining on them (docs/capture.md)."""
+"""Admin API: the operator's datasets (ADR 0014), uploaded as files, kept as versions.
+
+    POST /datasets/{name}?label=&task=&format=&filename=   the file as the request body
+    GET  /datasets[?name=]                                  every version
+    GET  /datasets/{name}[:{version}]                       one (the latest without version)
+    GET  /datasets/{name}[:{version}]/file                  its exact bytes
+
+The body streams to a temporary file (size cap: the hub's ``max_dataset_bytes``), is
+parsed and checked there, then kept; a refusal answers 422 naming the column and row.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Query
-from pydantic import BaseModel, Field
-from sqlmodel import select
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
-from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
-from hub.ml.datasets import DatasetError
-from hub.ml.registry import RegistryError
-from hub.ml.retrain import MAX_CAPTURED_WEIGHT
-from hub.store.tables import DatasetVersion, DeviceTag, session
-from shared import protocol
+from hub.ml.dataset_files import FORMATS, DatasetFileError
+from hub.ml.dataset_store import DatasetStoreError, StagedFile
+from hub.store.tables import DataVersion, DataVersionPublic
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
-
-class CaptureRequest(BaseModel):
-    model: str = Field(min_length=1, max_length=64)
-    devices: list[str] | None = Field(None, min_length=1, max_length=10_000)
-    group: str | None = Field(None, pattern=TAG)  # every device tagged with it
-    rows: int = Field(1000, ge=1, le=protocol.MAX_CAPTURE_ROWS)  # per device
-    duration_s: float | None = Field(None, gt=0, le=protocol.MAX_CAPTURE_S)
-    windows: int | None = Field(None, ge=1, le=protocol.MAX_CAPTURE_WINDOWS)
-    seed: int = Field(0, ge=0, le=MAX_INT)
+BINARY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
-class RetrainRequest(BaseModel):
-    datasets: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-        min_length=1, max_length=64
-    )
-    holdout_fraction: float = Field(0.25, gt=0, lt=1)
-    captured_weight: int = Field(1, ge=1, le=MAX_CAPTURED_WEIGHT)
-    seed: int | None = Field(None, ge=0, le=MAX_INT)
+@router.post(
+    "/datasets/{name}",
+    name="dataset.upload",
+    status_code=201,
+    response_model=DataVersionPublic,
+    responses=DENIALS,
+    openapi_extra=BINARY_BODY,
+)
+async def upload_dataset(
+    name: str,
+    request: Request,
+    response: Response,
+    h: HubDep,
+    who: Operator,
+    audit: Audit,
+    label: Annotated[str | None, Query(max_length=256)] = None,
+    task: Annotated[str | None, Query(pattern="^(classification|regression)$")] = None,
+    format: Annotated[str | None, Query(pattern="^(csv|parquet|npz)$")] = None,
+    filename: Annotated[str, Query(max_length=256)] = "",
+) -> Any:
+    """Upload a CSV, Parquet or NPZ file as the next version of dataset ``name``.
 
-
-@router.post("/captures", name="capture.create", status_code=201, responses=DENIALS)
-def create_capture(
-    h: HubDep, who: Operator, audit: Audit, req: Annotated[CaptureRequest, Body()]
-) -> dict[str, Any]:
-    """Ask devices (a list, or a group) for a sample of their model's rows."""
-    devices = _devices(h, req)
+    The same bytes again give the same version back (200 instead of 201).
+    """
+    store = h.dataset_store
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > store.max_bytes:
+        raise HTTPException(413, f"dataset file over the {store.max_bytes} byte limit")
+    staged = store.stage()
     try:
-        h.registry.get(req.model)
-    except RegistryError as e:
-        raise HTTPException(404, str(e)) from e
+        await _receive(request, staged)
+    except DatasetStoreError as e:
+        raise HTTPException(e.status, e.detail) from e
+    finally:
+        if staged.size == 0:
+            staged.discard()
     try:
-        capture_id = h.datasets.start_capture(
-            req.model,
-            devices,
-            req.rows,
-            req.duration_s,
-            windows=req.windows,
-            seed=req.seed,
+        added = await run_in_threadpool(
+            store.add,
+            name,
+            staged,
+            filename=filename,
+            label=label,
+            task=task,
+            fmt=format,
             created_by=who.keyid,
         )
-    except DatasetError as e:
-        raise HTTPException(422, e.detail) from e
-    status = h.datasets.capture(capture_id)
+    except DatasetStoreError as e:
+        raise HTTPException(e.status, e.detail) from e
+    except DatasetFileError as e:
+        raise HTTPException(422, str(e)) from e
+    row = added.version
+    if not added.created:
+        response.status_code = 200
     audit.change(
-        capture_id,
-        after={k: status[k] for k in ("model", "max_rows", "duration_s", "windows")}
-        | {"devices": len(devices)},
+        row.id,
+        after={"dataset": row.id, "sha256": row.sha256, "rows": row.rows, "new": added.created},
     )
-    return status
+    return row
 
 
-@router.get("/captures/{capture_id}", name="capture.get", responses=DENIALS)
-def get_capture(capture_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
-    """The capture, each device's status, and the dataset it produced (when done)."""
-    try:
-        return h.datasets.capture(capture_id)
-    except DatasetError as e:
-        raise HTTPException(404, e.detail) from e
+async def _receive(request: Request, staged: StagedFile) -> None:
+    async for chunk in request.stream():
+        if chunk:
+            staged.write(chunk)
+    if staged.size == 0:
+        raise DatasetStoreError("empty body: send the dataset file as the request body", 400)
 
 
 @router.get(
-    "/datasets", name="dataset.list", response_model=list[DatasetVersion], responses=DENIALS
+    "/datasets", name="dataset.list", response_model=list[DataVersionPublic], responses=DENIALS
 )
 def list_datasets(
-    h: HubDep, who: Viewer, model: Annotated[str | None, Query(max_length=64)] = None
+    h: HubDep, who: Viewer, name: Annotated[str | None, Query(max_length=64)] = None
 ) -> list[Any]:
-    return h.datasets.datasets(model)
+    return h.dataset_store.versions(name)
 
 
 @router.get(
-    "/datasets/{dataset_id}",
-    name="dataset.get",
-    response_model=DatasetVersion,
-    responses=DENIALS,
+    "/datasets/{ref}", name="dataset.get", response_model=DataVersionPublic, responses=DENIALS
 )
-def get_dataset(dataset_id: str, h: HubDep, who: Viewer) -> Any:
+def get_dataset(ref: str, h: HubDep, who: Viewer) -> Any:
+    """One version: ``NAME`` (the latest), ``NAME:SEQ`` or ``NAME:SHA256-PREFIX``."""
+    return _version(h, ref)
+
+
+@router.get(
+    "/datasets/{ref}/file",
+    name="dataset.download",
+    responses=DENIALS | {200: {"content": {"application/octet-stream": {}}}},
+    response_class=FileResponse,
+)
+def download_dataset(ref: str, h: HubDep, who: Viewer) -> FileResponse:
+    """The version's file, byte for byte as uploaded."""
+    row = _version(h, ref)
+    ext = row.format if row.format in FORMATS else "npz"
+    return FileResponse(
+        h.dataset_store.file_path(row),
+        media_type="application/octet-stream",
+        filename=f"{row.name}-{row.seq}.{ext}",
+        headers={"x-sha256": row.sha256},
+    )
+
+
+def _version(h: Hub, ref: str) -> DataVersion:
     try:
-        return h.datasets.dataset_row(dataset_id)
-    except DatasetError as e:
-        raise HTTPException(404, e.detail) from e
-
-
-@router.post("/models/{name}/retrain", name="model.retrain", status_code=202, responses=DENIALS)
-def retrain_model(
-    name: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[RetrainRequest, Body()]
-) -> dict[str, Any]:
-    """Retrain on the model's baseline rows plus the datasets' labelled rows (a job)."""
-    try:
-        job = h.retrainer.submit(
-            name,
-            req.datasets,
-            holdout_fraction=req.holdout_fraction,
-            captured_weight=req.captured_weight,
-            seed=req.seed,
-        )
-    except (RegistryError, DatasetError) as e:
-        raise HTTPException(404, str(e)) from e
-    audit.change(job.id, after={"job": job.id, "model": name, **req.model_dump()})
-    fields = ("id", "kind", "status", "stage", "progress", "error")
-    return {f: getattr(job, f) for f in fields} | {"result": None}
-
-
-def _devices(h: Hub, req: CaptureRequest) -> list[str]:
-    if (req.devices is None) == (req.group is None):
-        raise HTTPException(422, "name the devices or a group (one of them)")
-    if req.devices is not None:
-        bad = [d for d in req.devices if not protocol.is_device_id(d)]
-        if bad:
-            raise HTTPException(422, f"invalid device id(s): {bad[:5]}")
-        return req.devices
-    with session(h.engine) as s:
-        members = list(s.exec(select(DeviceTag.device_id).where(DeviceTag.tag == req.group)))
-    if not members:
-        raise HTTPException(404, f"no device in group {req.group!r}")
-    return members
+        return h.dataset_store.get(ref)
+    except DatasetStoreError as e:
+        raise HTTPException(e.status, e.detail) from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import BaseModel, Field
@@ -14,6 +14,7 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
 from hub.app import Hub, pipeline_config
+from hub.ml.builds import BuildError, TrainSpec, UploadSpec
 from hub.ml.jobs import Progress
 from hub.ml.pipeline import PipelineConfig
 from hub.store.tables import ModelVersionPublic
@@ -25,6 +26,17 @@ MAX_UPLOAD_BYTES = 64 * 2**20  # bytes; larger model files are refused
 
 class TrainRequest(BaseModel):
     name: str = Field(default="vibration", pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")
+    # NAME[:VERSION] of an uploaded dataset; none: the built-in generator's rows (n_train)
+    dataset: str | None = Field(default=None, min_length=1, max_length=140)
+    kind: Literal["mlp", "cnn"] = "mlp"
+    task: Literal["classification", "regression"] | None = None  # the dataset's by default
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)  # floor gate
+    max_mae: float | None = Field(default=None, ge=0)  # ceiling gate (regressors)
+    max_int8_mae_increase: float = Field(default=0.05, ge=0, le=100)  # relative
+    champion: bool = False  # refuse unless it beats the deployed version
+    tune: int = Field(default=0, ge=0, le=200)  # tuner trials
+    tune_timeout_s: float = Field(default=600, gt=0, le=86400)
     n_train: int = Field(default=12000, ge=500, le=1_000_000)
     seed: int = Field(default=7, ge=0, le=2**32 - 1)
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
@@ -71,13 +83,43 @@ def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> Jo
         overrides["tolerance"] = req.golden_tolerance
     if req.latency_budget_us is not None:
         overrides["latency_budget_us"] = req.latency_budget_us
+    for key in (
+        "kind",
+        "holdout_fraction",
+        "min_accuracy",
+        "max_mae",
+        "max_int8_mae_increase",
+    ):
+        overrides[key] = getattr(req, key)
     cfg = _config(overrides)
     classes = tuple(req.device_classes)
+    if req.dataset is None:
+        if req.kind != "mlp" or req.tune or req.task == "regression":
+            raise HTTPException(
+                422,
+                "name a dataset (upload one with `edgefleet datasets upload`) to train"
+                " a conv net, a regressor, or with the tuner",
+            )
 
-    def build(progress: Progress) -> dict[str, Any]:
-        return h.build_and_publish(cfg, progress, device_classes=classes)
+        def build(progress: Progress) -> dict[str, Any]:
+            return h.build_and_publish(cfg, progress, device_classes=classes)
 
-    job = h.jobs.submit("train", build)
+        job = h.jobs.submit("train", build)
+    else:
+        spec = TrainSpec(
+            config=cfg,
+            dataset=req.dataset,
+            task=req.task,
+            champion=req.champion,
+            tune_trials=req.tune,
+            tune_timeout_s=req.tune_timeout_s,
+            device_classes=classes,
+            created_by=who.keyid,
+        )
+        try:
+            job = h.builds.train(spec)
+        except BuildError as e:
+            raise HTTPException(e.status, e.detail) from e
     audit.change(job.id, after={"job": job.id, **req.model_dump()})
     return _job(h, job.id)
 
@@ -104,19 +146,39 @@ async def upload_model(
     who: Operator,
     audit: Audit,
     device_classes: Annotated[list[str] | None, Query(max_length=32)] = None,
+    dataset: Annotated[str | None, Query(min_length=1, max_length=140)] = None,
+    quantize: bool = True,
+    unevaluated: bool = False,
+    champion: bool = False,
+    min_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_mae: Annotated[float | None, Query(ge=0)] = None,
+    filename: Annotated[str, Query(max_length=256)] = "",
 ) -> JobPublic:
-    """Import your own ONNX model (the request body) through the same gates."""
-    cfg = _named_config(name)
+    """Import your own ONNX model (the request body), judged on a dataset's hold-out.
+
+    An fp32 model is quantised to int8 through the same gates unless ``quantize=false``.
+    With no dataset the model is accepted only with ``unevaluated=true``.
+    """
+    cfg = _named_config(name, min_accuracy=min_accuracy, max_mae=max_mae)
     data = await _read_capped(request, MAX_UPLOAD_BYTES)
     if not data:
         raise HTTPException(400, "empty body: send the ONNX file as the request body")
     classes = tuple(device_classes or ())
-    job = h.jobs.submit(
-        "upload",
-        lambda progress: h.build_and_publish(
-            cfg, progress, device_classes=classes, onnx_bytes=data
-        ),
+    spec = UploadSpec(
+        config=cfg,
+        model_bytes=data,
+        dataset=dataset,
+        quantize=quantize,
+        unevaluated=unevaluated,
+        champion=champion,
+        device_classes=classes,
+        created_by=who.keyid,
+        filename=filename,
     )
+    try:
+        job = h.builds.upload(spec)
+    except BuildError as e:
+        raise HTTPException(e.status, e.detail) from e
     audit.change(
         job.id,
         after={
@@ -125,6 +187,9 @@ async def upload_model(
             "size_bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
             "device_classes": list(classes),
+            "dataset": dataset,
+            "quantize": quantize,
+            "unevaluated": unevaluated,
         },
     )
     return _job(h, job.id)
@@ -162,11 +227,12 @@ def _config(overrides: dict[str, Any]) -> PipelineConfig:
         raise HTTPException(422, str(e)) from e
 
 
-def _named_config(name: str) -> PipelineConfig:
+def _named_config(name: str, **gates: float | None) -> PipelineConfig:
     try:
-        return pipeline_config(name=TrainRequest(name=name).name)
+        valid = TrainRequest(name=name).name
     except ValueError as e:
         raise HTTPException(422, f"invalid model name {name!r}") from e
+    return _config({"name": valid, **gates})
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:

@@ -1,0 +1,257 @@
+"""``edgefleet models``: train on a dataset, upload your own, list, runs and lineage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgefleet.progress import JobProgress
+
+
+def register(sub: Any, api: argparse.ArgumentParser) -> None:
+    """Add the commands; ``api``: the parent parser with --hub/--api-key."""
+    models = sub.add_parser("models", help="the model registry").add_subparsers(metavar="ACTION")
+    mlist = models.add_parser("list", parents=[api], help="list model versions with metrics")
+    mlist.add_argument("--json", action="store_true", help="print JSON")
+    mlist.set_defaults(func=_list)
+    _train_parser(models, api)
+    _upload_parser(models, api)
+    runs = models.add_parser(
+        "runs", parents=[api], help="every build of a model, refused ones with their figures"
+    )
+    runs.add_argument("name", help="the model")
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.set_defaults(func=_runs)
+    lin = models.add_parser(
+        "lineage", parents=[api], help="datasets, training, gates, signature, rollouts, devices"
+    )
+    lin.add_argument("ref", help="NAME:VERSION")
+    lin.add_argument("--json", action="store_true", help="print JSON")
+    lin.set_defaults(func=_lineage)
+
+
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-accuracy", type=float, help="floor gate for a classifier (0..1)")
+    p.add_argument("--max-mae", type=float, help="ceiling gate for a regressor (its units)")
+    p.add_argument(
+        "--champion",
+        action="store_true",
+        help="refuse it unless it beats the deployed version on the same hold-out",
+    )
+
+
+def _train_parser(models: Any, api: argparse.ArgumentParser) -> None:
+    p = models.add_parser(
+        "train",
+        parents=[api],
+        help="train, quantise, judge and sign a model on a dataset",
+        description="Train on a dataset version (edgefleet datasets upload), quantise to int8,"
+        " judge both files on a seeded hold-out, and sign it if every gate passes.",
+    )
+    p.add_argument("--name", default="vibration", help="the model's name")
+    p.add_argument(
+        "--dataset", help="NAME[:VERSION] of a dataset (default: the built-in generator)"
+    )
+    p.add_argument("--kind", choices=("mlp", "cnn"), default="mlp", help="cnn: images and windows")
+    p.add_argument("--task", choices=("classification", "regression"), help="default: dataset's")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of rows held out")
+    p.add_argument("--seed", type=int, default=7, help="for the split and the training")
+    p.add_argument("--max-int8-loss", type=float, default=1.0, help="points of accuracy")
+    p.add_argument("--max-int8-mae-increase", type=float, default=0.05, help="relative, regressors")
+    _gate_args(p)
+    p.add_argument("--tune", type=int, default=0, metavar="N", help="tuner trials (Optuna)")
+    p.add_argument("--tune-timeout", type=float, default=600, help="tuner budget, seconds")
+    p.add_argument("--n-train", type=int, default=12000, help="rows of the built-in generator")
+    p.add_argument("--device-class", action="append", default=[], help="repeat for several")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_train)
+
+
+def _upload_parser(models: Any, api: argparse.ArgumentParser) -> None:
+    p = models.add_parser(
+        "upload",
+        parents=[api],
+        help="upload your own ONNX model, judged on a dataset",
+        description="Check the model against the dataset's schema, score it on its hold-out,"
+        " quantise an fp32 model to int8 through the same gates, and sign it.",
+    )
+    p.add_argument("file", type=Path, help="the ONNX file")
+    p.add_argument("--name", required=True, help="the model's name")
+    p.add_argument("--dataset", help="NAME[:VERSION] to judge it on")
+    p.add_argument("--no-quantize", action="store_true", help="ship the file as it is")
+    p.add_argument("--unevaluated", action="store_true", help="accept it with no dataset (says so)")
+    _gate_args(p)
+    p.add_argument("--device-class", action="append", default=[], help="repeat for several")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_upload)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from edgefleet.client import HubClient
+
+    return HubClient(args.hub, api_key=args.api_key)
+
+
+def _train(args: argparse.Namespace) -> int:
+    settings: dict[str, Any] = {
+        "name": args.name,
+        "dataset": args.dataset,
+        "kind": args.kind,
+        "task": args.task,
+        "holdout_fraction": args.holdout,
+        "seed": args.seed,
+        "max_int8_loss_points": args.max_int8_loss,
+        "max_int8_mae_increase": args.max_int8_mae_increase,
+        "min_accuracy": args.min_accuracy,
+        "max_mae": args.max_mae,
+        "champion": args.champion,
+        "tune": args.tune,
+        "tune_timeout_s": args.tune_timeout,
+        "n_train": args.n_train,
+        "device_classes": args.device_class,
+    }
+    with _client(args) as c:
+        job = c.train(**{k: v for k, v in settings.items() if v is not None})
+        return _follow(c, job["id"], args)
+
+
+def _upload(args: argparse.Namespace) -> int:
+    if not args.file.is_file():
+        print(f"error: no file {args.file}", file=sys.stderr)
+        return 2
+    with _client(args) as c:
+        job = c.upload(
+            args.name,
+            args.file.read_bytes(),
+            args.device_class or None,
+            dataset=args.dataset,
+            quantize=not args.no_quantize,
+            unevaluated=args.unevaluated,
+            champion=args.champion,
+            min_accuracy=args.min_accuracy,
+            max_mae=args.max_mae,
+            filename=args.file.name,
+        )
+        return _follow(c, job["id"], args)
+
+
+def _follow(c: Any, job_id: str, args: argparse.Namespace) -> int:
+    from edgefleet.client import HubClientError
+
+    try:
+        done = c.wait_job(job_id, timeout=24 * 3600, on_progress=JobProgress())
+    except HubClientError as e:
+        print(f"refused: {e.message}", file=sys.stderr)
+        runs = c.runs(args.name)
+        if runs and runs[-1]["status"] in ("refused", "failed"):
+            print(figures(runs[-1]["metrics"], runs[-1]["gates"]), file=sys.stderr)
+        return 1
+    result = done["result"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{result['name']} v{result['version']} signed: {result['target']} ({result['task']})")
+    print(figures(result.get("metrics") or {}, result.get("gates") or []))
+    return 0
+
+
+def figures(metrics: dict[str, Any], gates: list[dict[str, Any]]) -> str:
+    """fp32 beside int8, then each gate: what an operator reads after a build."""
+    lines = []
+    fp32, int8 = metrics.get("fp32", {}), metrics.get("int8", {})
+    keys = [k for k in ("accuracy", "macro_f1", "mae", "rmse", "r2") if k in int8]
+    keys += ["latency_us_per_row", "size_bytes"]
+    if int8:
+        lines.append(f"  {'':<20}{'fp32':>12}{'int8':>12}")
+        for k in keys:
+            lines.append(f"  {k:<20}{_num(fp32.get(k)):>12}{_num(int8.get(k)):>12}")
+    for g in gates:
+        lines.append(f"  gate {g['name']:<10} {'pass' if g['passed'] else 'FAIL'}  {g['detail']}")
+    return "\n".join(lines) if lines else "  (unevaluated: no dataset judged it)"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int):
+        return str(v)
+    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<16}{'ver':>4}  {'bytes':>9}  {'acc fp32':>8}  {'acc int8':>8}  sha256")
+    for r in rows:
+        print(
+            f"{r['name']:<16}{r['version']:>4}  {r['size_bytes']:>9}  "
+            f"{_f(r['accuracy_fp32'])}  {_f(r['accuracy_int8'])}  {r['sha256'][:16]}"
+        )
+    return 0
+
+
+def _f(x: float | None) -> str:
+    return f"{x:>8.3f}" if x is not None else f"{'-':>8}"
+
+
+def _runs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        runs = c.runs(args.name)
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    for r in runs:
+        v = f"v{r['version']}" if r["version"] else "-"
+        print(f"{r['id']}  {r['status']:<10}{v:<5}{r['source']:<10}{','.join(r['datasets'])}")
+        if r["refusal"]:
+            print(f"    {r['refusal']}")
+    return 0
+
+
+def _lineage(args: argparse.Namespace) -> int:
+    name, _, version = args.ref.partition(":")
+    if not version.isdigit():
+        print("error: give NAME:VERSION, e.g. vibration:3", file=sys.stderr)
+        return 2
+    with _client(args) as c:
+        lin = c.lineage(name, int(version))
+    if args.json:
+        print(json.dumps(lin, indent=2))
+        return 0
+    print(render_lineage(lin))
+    return 0
+
+
+def render_lineage(lin: dict[str, Any]) -> str:
+    t, sig = lin["training"], lin["signature"]
+    lines = [f"{lin['model']} v{lin['version']}  ({lin['source']})"]
+    if not lin["evaluated"]:
+        lines.append("  UNEVALUATED: no dataset judged this model")
+    for d in lin["datasets"]:
+        extra = f"  sha256 {d['sha256'][:16]}  {d['rows']} rows" if "sha256" in d else ""
+        lines.append(f"  dataset   {d['id']}{extra}")
+    if t.get("run"):
+        split = t["split"]
+        lines.append(
+            f"  run       {t['run']}  built by edgefleet {t['package_version']}"
+            f" at {t['source_revision'] or '?'}"
+        )
+        lines.append(
+            f"  split     seed {split.get('seed')}, hold-out {split.get('holdout_rows')} rows"
+        )
+        if t["trials"]:
+            lines.append(f"  tuner     {len(t['trials'])} trials")
+        lines.append(figures(t["metrics"], t["gates"]))
+    lines.append(f"  signed    {sig['target']}  sha256 {sig['sha256'][:16]}  {sig['length']} B")
+    for r in lin["rollouts"]:
+        lines.append(f"  rollout   {r['id']}  {r['state']}  {r['devices']}")
+    for d in lin["deployments"]:
+        lines.append(f"  deploy    {d['id']}  {d['devices']} devices")
+    lines.append(f"  running on {lin['running']['devices']} device(s)")
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""Admin API: training runs (published and refused) and a model version's lineage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+
+from hub.api.deps import DENIALS, HubDep, operation_id
+from hub.api.security import Viewer
+from hub.ml.lineage import lineage
+from hub.ml.registry import RegistryError
+from hub.store.tables import TrainingRun
+
+router = APIRouter(generate_unique_id_function=operation_id)
+
+
+@router.get(
+    "/models/{name}/runs",
+    name="model.runs",
+    response_model=list[TrainingRun],
+    responses=DENIALS,
+)
+def model_runs(name: str, h: HubDep, who: Viewer) -> list[Any]:
+    """Every build of the model, refused ones with their figures and the gate that refused."""
+    return h.builds.runs(name)
+
+
+@router.get("/models/{name}/versions/{version}/lineage", name="model.lineage", responses=DENIALS)
+def model_lineage(name: str, version: int, h: HubDep, who: Viewer) -> dict[str, Any]:
+    """Datasets, training, metrics, gates, signature, rollouts and devices of a version."""
+    try:
+        return lineage(h.engine, h.registry, name, version)
+    except RegistryError as e:
+        raise HTTPException(404, str(e)) from e

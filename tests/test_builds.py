@@ -1,0 +1,229 @@
+"""Training and judging on the operator's datasets, through the real hub and API.
+
+Datasets from scikit-learn's bundled data (wine: classification, diabetes: regression)
+uploaded as CSV files; every build runs the real pipeline (scikit-learn, skl2onnx,
+onnxruntime's quantizer and sessions) in the hub's job thread, and is read back as
+the operator would: the job, the runs, the model list and the lineage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_diabetes, load_wine
+from sklearn.linear_model import LogisticRegression
+from skl2onnx import to_onnx
+
+from edgefleet.client import HubClient, HubClientError
+from edgefleet.demo import ApiServer
+from hub import Hub, HubConfig
+from hub.access.keys import ApiKeys, Role
+from hub.transport.broker import Mosquitto
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+JOB_TIMEOUT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def stage(
+    mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Hub, HubClient]]:
+    tmp = tmp_path_factory.mktemp("builds")
+    hub = Hub(
+        HubConfig(data_dir=tmp / "hub", broker_url=mosquitto.address.url, client_id="hub-builds")
+    ).start()
+    api = ApiServer(hub).start()
+    client = HubClient(api.url, api_key=ApiKeys(hub.engine).create("o", Role.operator, "t").key)
+    wine, diabetes = load_wine(), load_diabetes()
+    write_csv(tmp / "wine.csv", wine.data, [f"c{t}" for t in wine.target])
+    write_csv(tmp / "diabetes.csv", diabetes.data, diabetes.target)
+    client.upload_dataset("wine", tmp / "wine.csv", label="label")
+    client.upload_dataset("diabetes", tmp / "diabetes.csv", label="label")
+    yield hub, client
+    client.close()
+    api.stop()
+    hub.stop()
+
+
+def manifest_of(hub: Hub, target: str) -> dict[str, Any]:
+    """The signed custom fields of ``target``, as a device reads them from targets.json."""
+    files = dict(hub.trust.metadata_for(hub.trust.root_version))
+    signed = json.loads(files["targets.json"])["signed"]
+    return dict(json.loads(signed["targets"][target]["custom"]["json"]))
+
+
+def write_csv(path: Path, x: np.ndarray, y: Any) -> None:
+    header = ",".join([*(f"f{i}" for i in range(x.shape[1])), "label"])
+    rows = [",".join([*(f"{v:.6g}" for v in r), str(t)]) for r, t in zip(x, y, strict=True)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+
+
+def build(client: HubClient, **settings: Any) -> dict[str, Any]:
+    job = client.train(**settings)
+    return client.wait_job(job["id"], timeout=JOB_TIMEOUT_S)["result"]
+
+
+def refused_build(client: HubClient, model: str, **settings: Any) -> tuple[str, dict[str, Any]]:
+    with pytest.raises(HubClientError) as caught:
+        build(client, name=model, **settings)
+    return caught.value.message, client.runs(model)[-1]
+
+
+def test_a_classifier_on_a_csv_with_its_figures_and_lineage(
+    stage: tuple[Hub, HubClient],
+) -> None:
+    hub, client = stage
+    r = build(client, name="wine", dataset="wine", hidden=[32])
+    assert (r["task"], r["datasets"]) == ("classification", ["wine:1"])
+    fp32, int8 = r["metrics"]["fp32"], r["metrics"]["int8"]
+    assert int8["accuracy"] > 0.85 and fp32["accuracy"] - int8["accuracy"] <= 0.01
+    assert 0 < int8["macro_f1"] <= 1 and np.array(int8["confusion"]).shape == (3, 3)
+    assert sum(map(sum, int8["confusion"])) == int8["rows"] == 36  # 20% of 178, stratified
+    assert int8["size_bytes"] < fp32["size_bytes"]
+    assert int8["latency_us_per_row"] > 0
+    assert [g["name"] for g in r["gates"]] == ["int8_loss"] and r["gates"][0]["passed"]
+
+    lin = client.lineage("wine", r["version"])
+    dataset = client.dataset("wine:1")
+    assert lin["datasets"] == [
+        {
+            "id": "wine:1",
+            "sha256": dataset["sha256"],
+            "rows": 178,
+            "task": "classification",
+            "kind": "tabular",
+            "format": "csv",
+            "source": "upload",
+        }
+    ]
+    t = lin["training"]
+    assert t["status"] == "published" and t["metrics"] == r["metrics"]
+    assert t["split"]["seed"] == 7 and t["split"]["stratified"] is True
+    assert t["config"]["hidden"] == [32] and t["package_version"]
+    assert lin["signature"]["sha256"] == r["sha256"] and lin["signature"]["target"] == r["target"]
+    assert lin["evaluated"] is True and lin["running"]["devices"] == 0
+
+    # The manifest the devices get: golden rows and a drift baseline from the user's data.
+    manifest = manifest_of(hub, r["target"])
+    assert len(manifest["health"]["golden_inputs"][0]) == 13
+    assert [f["name"] for f in manifest["baseline"]["features"]][:2] == ["f0", "f1"]
+    assert manifest["classes"] == ["c0", "c1", "c2"]
+
+
+def test_a_regressor_with_mae_and_an_output_histogram(stage: tuple[Hub, HubClient]) -> None:
+    hub, client = stage
+    r = build(client, name="diab", dataset="diabetes", hidden=[32])
+    int8 = r["metrics"]["int8"]
+    assert r["task"] == "regression" and {"mae", "rmse", "r2"} <= set(int8)
+    assert int8["mae"] < 60 and int8["r2"] > 0.2  # the target spans 25..346
+    assert r["accuracy_int8"] is None
+    models = {(m["name"], m["version"]): m for m in client.models()}
+    row = models[("diab", r["version"])]
+    assert (row["task"], row["mae_int8"], row["dataset"]) == ("regression", int8["mae"], "diabetes:1")
+    manifest = manifest_of(hub, r["target"])
+    outputs = manifest["baseline"]["outputs"]
+    assert "edges" in outputs and len(outputs["hist"]) == len(outputs["edges"]) - 1
+    assert manifest["health"]["golden_output"] == "value"
+    assert all(len(row) == 1 for row in manifest["health"]["golden_outputs"])
+
+
+def test_refusals_keep_the_run_with_its_figures(stage: tuple[Hub, HubClient]) -> None:
+    _, client = stage
+    before = len(client.models())
+    message, run = refused_build(client, "floor", dataset="wine", min_accuracy=0.9999)
+    assert "floor" in message and "< the floor 0.9999" in message
+    assert run["status"] == "refused" and run["version"] is None
+    assert run["metrics"]["int8"]["accuracy"] < 0.9999
+    assert {g["name"]: g["passed"] for g in run["gates"]} == {"int8_loss": True, "floor": False}
+
+    message, run = refused_build(client, "loss", dataset="wine", max_int8_loss_points=-100)
+    assert "int8 model refused" in message and "over the -100.00 allowed" in message
+    assert run["status"] == "refused"
+
+    message, run = refused_build(client, "mae", dataset="diabetes", max_mae=1.0)
+    assert "MAE" in message and "> the ceiling 1" in message
+    assert len(client.models()) == before  # nothing refused was published
+
+
+def test_champion_challenger(stage: tuple[Hub, HubClient]) -> None:
+    _, client = stage
+    build(client, name="champ", dataset="wine", hidden=[32])
+    message, run = refused_build(
+        client, "champ", dataset="wine", hidden=[1], champion=True, seed=3
+    )
+    assert "champion" in message and "of the deployed v1 on the same hold-out" in message
+    assert run["gates"][-1]["name"] == "champion" and not run["gates"][-1]["passed"]
+
+
+def test_train_refuses_what_does_not_fit_before_any_job(stage: tuple[Hub, HubClient]) -> None:
+    _, client = stage
+    with pytest.raises(HubClientError, match="no dataset 'nope'"):
+        client.train(name="x", dataset="nope")
+    with pytest.raises(HubClientError, match="conv net needs images or windows"):
+        client.train(name="x", dataset="wine", kind="cnn")
+    with pytest.raises(HubClientError, match="cannot train a regression model"):
+        client.train(name="x", dataset="wine", task="regression")
+
+
+def test_the_tuner_records_every_trial_and_starts_from_the_defaults(
+    stage: tuple[Hub, HubClient],
+) -> None:
+    _, client = stage
+    r = build(client, name="tuned", dataset="wine", tune=3, tune_timeout_s=120)
+    assert r["trials"] == 3
+    trials = client.lineage("tuned", r["version"])["training"]["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2]
+    assert trials[0]["params"]["alpha"] == 1e-4  # trial 0: the defaults
+    assert all(t["state"] == "complete" and 0 < t["metric"] <= 1 for t in trials)
+
+
+# ------------------------------------------------------------------ bring your own
+
+
+def wine_onnx(x: np.ndarray, y: np.ndarray, features: int = 13) -> bytes:
+    model = LogisticRegression(max_iter=2000).fit(x[:, :features], y)
+    onx = to_onnx(
+        model,
+        x[:1, :features].astype(np.float32),
+        options={"zipmap": False},
+        target_opset={"": 15, "ai.onnx.ml": 1},
+    )
+    return bytes(onx.SerializeToString())
+
+
+def upload(client: HubClient, name: str, data: bytes, **kw: Any) -> dict[str, Any]:
+    job = client.upload(name, data, **kw)
+    return client.wait_job(job["id"], timeout=JOB_TIMEOUT_S)["result"]
+
+
+def test_an_uploaded_model_is_judged_on_the_named_dataset(stage: tuple[Hub, HubClient]) -> None:
+    _, client = stage
+    wine = load_wine()
+    good = wine_onnx(wine.data, wine.target)
+    r = upload(client, "byo", good, dataset="wine", quantize=False)
+    assert r["metrics"]["int8"]["accuracy"] > 0.85 and r["size_bytes"] == len(good)
+    q = upload(client, "byoq", good, dataset="wine")
+    assert q["size_bytes"] != len(good) and q["metrics"]["int8"]["accuracy"] > 0.8
+
+    narrow = wine_onnx(wine.data, wine.target, features=10)
+    with pytest.raises(HubClientError, match=r"takes 10 features; the dataset has 13"):
+        upload(client, "byo", narrow, dataset="wine")
+
+    rng = np.random.default_rng(0)
+    noise = wine_onnx(rng.normal(size=(178, 13)), rng.integers(0, 3, 178))
+    with pytest.raises(HubClientError, match="floor"):
+        upload(client, "byo", noise, dataset="wine", min_accuracy=0.8)
+    assert client.runs("byo")[-1]["status"] == "refused"
+
+    with pytest.raises(HubClientError, match="--unevaluated"):
+        client.upload("byo", good)
+    u = upload(client, "raw", good, unevaluated=True)
+    lin = client.lineage("raw", u["version"])
+    assert lin["evaluated"] is False and lin["datasets"] == []
+    assert [m for m in client.models("raw")][0]["task"] == "unevaluated"
