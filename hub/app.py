@@ -141,30 +141,13 @@ class Hub:
         cfg = self.config
         if cfg.broker_url:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
-        self.engine = make_engine(db_url)
-        self.trust = TrustRepository.open_or_init(
-            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
-        )
-        tls_dir = cfg.broker_tls_dir
-        self.identities = Identities(
-            self.engine,
-            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
-            crl_path=tls_dir / "crl.pem" if tls_dir else None,
-            reload_command=cfg.broker_reload,
-        )
-        self.store = ArtifactStore(cfg.data_dir / "artifacts")
-        self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
-        self.retention = RetentionPolicy(
-            cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
-        )
+        db_url = self._open_storage(cfg)
         if cfg.broker_url:
             self.broker = BrokerAddress.parse(cfg.broker_url)
         else:
             self.local_broker = start_local_broker(cfg.data_dir / "broker")
             self.broker = self.local_broker.address
-        tls = None
+        tls, tls_dir = None, cfg.broker_tls_dir
         if self.broker.tls:
             if tls_dir is None:
                 raise ValueError(
@@ -225,6 +208,28 @@ class Hub:
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
+
+    def _open_storage(self, cfg: HubConfig) -> str:
+        """The database, trust metadata, device identities, artifacts and registry."""
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
+        self.engine = make_engine(db_url)
+        self.trust = TrustRepository.open_or_init(
+            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
+        )
+        tls_dir = cfg.broker_tls_dir
+        self.identities = Identities(
+            self.engine,
+            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            crl_path=tls_dir / "crl.pem" if tls_dir else None,
+            reload_command=cfg.broker_reload,
+        )
+        self.store = ArtifactStore(cfg.data_dir / "artifacts")
+        self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
+        self.retention = RetentionPolicy(
+            cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
+        )
+        return db_url
 
     def stop(self) -> None:
         if not self._started:

@@ -9,15 +9,19 @@ the operator would: the job, the runs, the model list and the lineage.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_diabetes, load_wine
-from sklearn.linear_model import LogisticRegression
 from skl2onnx import to_onnx
+from sklearn.datasets import load_diabetes, load_wine
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
@@ -45,6 +49,12 @@ def stage(
     write_csv(tmp / "diabetes.csv", diabetes.data, diabetes.target)
     client.upload_dataset("wine", tmp / "wine.csv", label="label")
     client.upload_dataset("diabetes", tmp / "diabetes.csv", label="label")
+    # An exact linear target: fp32 fits it closely, so int8's rounding shows as a rise
+    # in MAE over the default 5% (+9.4% measured).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    np.savez(tmp / "linear.npz", x=x, y=(x @ rng.normal(size=8) * 100).astype(np.float32))
+    client.upload_dataset("linear", tmp / "linear.npz")
     yield hub, client
     client.close()
     api.stop()
@@ -79,7 +89,7 @@ def test_a_classifier_on_a_csv_with_its_figures_and_lineage(
     stage: tuple[Hub, HubClient],
 ) -> None:
     hub, client = stage
-    r = build(client, name="wine", dataset="wine", hidden=[32])
+    r = build(client, name="wine", dataset="wine")
     assert (r["task"], r["datasets"]) == ("classification", ["wine:1"])
     fp32, int8 = r["metrics"]["fp32"], r["metrics"]["int8"]
     assert int8["accuracy"] > 0.85 and fp32["accuracy"] - int8["accuracy"] <= 0.01
@@ -105,7 +115,7 @@ def test_a_classifier_on_a_csv_with_its_figures_and_lineage(
     t = lin["training"]
     assert t["status"] == "published" and t["metrics"] == r["metrics"]
     assert t["split"]["seed"] == 7 and t["split"]["stratified"] is True
-    assert t["config"]["hidden"] == [32] and t["package_version"]
+    assert t["config"]["hidden"] == [64, 64] and t["package_version"]
     assert lin["signature"]["sha256"] == r["sha256"] and lin["signature"]["target"] == r["target"]
     assert lin["evaluated"] is True and lin["running"]["devices"] == 0
 
@@ -118,14 +128,18 @@ def test_a_classifier_on_a_csv_with_its_figures_and_lineage(
 
 def test_a_regressor_with_mae_and_an_output_histogram(stage: tuple[Hub, HubClient]) -> None:
     hub, client = stage
-    r = build(client, name="diab", dataset="diabetes", hidden=[32])
+    r = build(client, name="diab", dataset="diabetes")
     int8 = r["metrics"]["int8"]
     assert r["task"] == "regression" and {"mae", "rmse", "r2"} <= set(int8)
     assert int8["mae"] < 60 and int8["r2"] > 0.2  # the target spans 25..346
     assert r["accuracy_int8"] is None
     models = {(m["name"], m["version"]): m for m in client.models()}
     row = models[("diab", r["version"])]
-    assert (row["task"], row["mae_int8"], row["dataset"]) == ("regression", int8["mae"], "diabetes:1")
+    assert (row["task"], row["mae_int8"], row["dataset"]) == (
+        "regression",
+        int8["mae"],
+        "diabetes:1",
+    )
     manifest = manifest_of(hub, r["target"])
     outputs = manifest["baseline"]["outputs"]
     assert "edges" in outputs and len(outputs["hist"]) == len(outputs["edges"]) - 1
@@ -142,9 +156,12 @@ def test_refusals_keep_the_run_with_its_figures(stage: tuple[Hub, HubClient]) ->
     assert run["metrics"]["int8"]["accuracy"] < 0.9999
     assert {g["name"]: g["passed"] for g in run["gates"]} == {"int8_loss": True, "floor": False}
 
-    message, run = refused_build(client, "loss", dataset="wine", max_int8_loss_points=-100)
-    assert "int8 model refused" in message and "over the -100.00 allowed" in message
-    assert run["status"] == "refused"
+    message, run = refused_build(client, "loss", dataset="linear")
+    fp32, int8 = run["metrics"]["fp32"]["mae"], run["metrics"]["int8"]["mae"]
+    assert (
+        int8 > fp32 * 1.05 and "int8_loss: MAE" in message and "over the 5.00% allowed" in message
+    )
+    assert run["status"] == "refused" and not run["gates"][0]["passed"]
 
     message, run = refused_build(client, "mae", dataset="diabetes", max_mae=1.0)
     assert "MAE" in message and "> the ceiling 1" in message
@@ -153,10 +170,8 @@ def test_refusals_keep_the_run_with_its_figures(stage: tuple[Hub, HubClient]) ->
 
 def test_champion_challenger(stage: tuple[Hub, HubClient]) -> None:
     _, client = stage
-    build(client, name="champ", dataset="wine", hidden=[32])
-    message, run = refused_build(
-        client, "champ", dataset="wine", hidden=[1], champion=True, seed=3
-    )
+    build(client, name="champ", dataset="wine")
+    message, run = refused_build(client, "champ", dataset="wine", hidden=[1], champion=True, seed=3)
     assert "champion" in message and "of the deployed v1 on the same hold-out" in message
     assert run["gates"][-1]["name"] == "champion" and not run["gates"][-1]["passed"]
 
@@ -187,7 +202,12 @@ def test_the_tuner_records_every_trial_and_starts_from_the_defaults(
 
 
 def wine_onnx(x: np.ndarray, y: np.ndarray, features: int = 13) -> bytes:
-    model = LogisticRegression(max_iter=2000).fit(x[:, :features], y)
+    model = make_pipeline(
+        StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), max_iter=500, random_state=0)
+    )
+    with warnings.catch_warnings():  # the noise model never converges: that is the point
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(x[:, :features], y)
     onx = to_onnx(
         model,
         x[:1, :features].astype(np.float32),
@@ -226,4 +246,4 @@ def test_an_uploaded_model_is_judged_on_the_named_dataset(stage: tuple[Hub, HubC
     u = upload(client, "raw", good, unevaluated=True)
     lin = client.lineage("raw", u["version"])
     assert lin["evaluated"] is False and lin["datasets"] == []
-    assert [m for m in client.models("raw")][0]["task"] == "unevaluated"
+    assert client.models("raw")[0]["task"] == "unevaluated"

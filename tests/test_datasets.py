@@ -119,8 +119,8 @@ def test_devices_capture_upload_and_a_retrain_ships_a_new_signed_version(
     done = client.capture(capture["id"])
     assert done["state"] == "done", done
     assert {d["status"] for d in done["devices"]} == {"verified"}
-    dataset = client.dataset(done["dataset_id"])
-    assert [d["id"] for d in client.datasets(model["name"])] == [dataset["id"]]
+    dataset = client.capture_dataset(done["dataset_id"])
+    assert [d["id"] for d in client.capture_datasets(model["name"])] == [dataset["id"]]
     assert dataset["devices"] == sorted(ids) and dataset["version"] == model["version"]
 
     # The stored rows are exactly the rows each device sampled and sent.
@@ -240,8 +240,11 @@ def test_a_corrupt_chunk_is_never_stored(hub_stage: Stage) -> None:
     data = datasets.dataset(result["dataset_id"])
     assert data.devices == ("good-1",)
     assert np.array_equal(data.x, sent.x) and np.array_equal(data.labels, sent.labels)
-    # one artifact more (the good device's rows); nothing left in staging
-    assert len(artifacts(hub) - before) == 1
+    # the good device's rows, and their labelled rows kept as a dataset version (whose
+    # source file and canonical arrays are the same bytes); nothing left in staging
+    kept = hub.dataset_store.get("captured-m")
+    assert (kept.source, kept.capture_id, kept.rows) == ("capture", capture, sent.labelled)
+    assert len(artifacts(hub) - before) == 2
     assert not any((hub.config.data_dir / "uploads").rglob("*.npz"))
 
 

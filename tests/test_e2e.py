@@ -171,7 +171,10 @@ def test_bad_requests_get_clear_errors(stage: Stage) -> None:
     with pytest.raises(HubClientError) as e:
         stage.client.train(n_train=-5)
     assert e.value.status == 422
-    job = stage.client.upload("vibration", b"definitely not onnx")
+    with pytest.raises(HubClientError) as e:
+        stage.client.upload("vibration", b"definitely not onnx")
+    assert e.value.status == 422 and "--unevaluated" in e.value.message
+    job = stage.client.upload("vibration", b"definitely not onnx", unevaluated=True)
     with pytest.raises(HubClientError) as e:
         stage.client.wait_job(job["id"])
     assert "ONNX" in e.value.message

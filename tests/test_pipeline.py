@@ -119,7 +119,7 @@ def test_train_reports_progress_in_order(
 ) -> None:
     _, stages = trained
     names = [s for s, _ in stages]
-    assert names[:4] == ["dataset", "train", "export", "quantize"]
+    assert names[:3] == ["dataset", "train", "quantize"]
     assert names[-1] == "golden" and "gate" in names
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions) and fractions[0] >= 0 and fractions[-1] < 0.95

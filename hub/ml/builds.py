@@ -260,8 +260,9 @@ class Builds:
         except ModelRefused as e:
             self._record(run_id, run, config, "refused", created_by, e.metrics, e.gates, str(e))
             raise
-        except PipelineError as e:
-            self._record(run_id, run, config, "failed", created_by, {}, [], str(e))
+        except Exception as e:  # a failed build is a run too, whatever failed
+            detail = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            self._record(run_id, run, config, "failed", created_by, {}, [], detail)
             raise
         progress("sign", 0.95)
         row = self.registry.publish(

@@ -68,7 +68,8 @@ def _classification(scores: npt.NDArray[np.float32], y: npt.NDArray[Any], k: int
     tp = np.diag(confusion).astype(np.float64)
     precision = tp / np.maximum(confusion.sum(axis=0), 1)
     recall = tp / np.maximum(confusion.sum(axis=1), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    both = precision + recall
+    f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(both), where=both > 0)
     return {
         "accuracy": float(np.mean(predicted == y)),
         "macro_f1": float(f1.mean()),

@@ -41,7 +41,6 @@ import onnx
 
 from hub.ml.baseline import baseline_stats
 from hub.ml.config import PipelineConfig
-from hub.ml.convnet import conv_config, fit_convnet
 from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
 from hub.ml.evaluation import evaluate, golden_indices, spread_indices
 from hub.ml.gates import enforce, judge
@@ -96,7 +95,6 @@ Champion = tuple[int, bytes]  # the deployed version and its file
 STAGES: dict[str, float] = {
     "dataset": 0.0,
     "train": 0.05,
-    "export": 0.6,
     "quantize": 0.65,
     "evaluate": 0.75,
     "gate": 0.8,
@@ -175,6 +173,8 @@ def fit_model(
             f" of {data.row_shape[0]} features: train an mlp"
         )
 
+    from hub.ml.convnet import conv_config, fit_convnet  # torch only where conv nets are
+
     def epoch(fraction: float) -> None:
         if progress is not None:
             progress("train", STAGES["train"] + fraction * (STAGES["quantize"] - STAGES["train"]))
@@ -222,7 +222,10 @@ def import_onnx(
         report("quantize")
         t0 = time.perf_counter()
         calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
-        model_bytes = quantize_int8(fp32, calibration, per_channel=config.per_channel)
+        try:
+            model_bytes = quantize_int8(fp32, calibration, per_channel=config.per_channel)
+        except PipelineError as e:
+            raise PipelineError(f"{e} (to ship it as it is, upload with --no-quantize)") from e
         quantize_seconds = time.perf_counter() - t0
     figures = score(fp32, data)
     metrics = {

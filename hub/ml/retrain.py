@@ -121,17 +121,7 @@ def retrain(
     captured = [d for d in recorded if ":" not in d]
     all_ids = list(dict.fromkeys([*captured, *dataset_ids]))
     x_cap, y_cap = _captured_rows(datasets, name, all_ids)
-    if origin and origin[0] != BUILTIN:
-        if base_rows is None:
-            raise RetrainError(f"{name} was trained on {origin[0]}, which this hub cannot read")
-        base_data = base_rows(origin[0], config)
-    else:  # trained on the built-in generator: its rows are the base
-        base_data = builtin_dataset(config)
-    if not base_data.is_classifier:
-        raise RetrainError(
-            f"{name} is a regressor; captured rows carry class labels, so it cannot be"
-            " retrained on them (upload a new dataset version and train on it)"
-        )
+    base_data = _origin_rows(name, origin, config, base_rows)
     mixed = _mix(
         base_data,
         x_cap,
@@ -205,6 +195,24 @@ class Retrainer:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _origin_rows(
+    name: str, origin: list[str], config: PipelineConfig, base_rows: BaseRows | None
+) -> Dataset:
+    """The rows the model was trained on: its dataset version's, or the generator's."""
+    if origin and origin[0] != BUILTIN:
+        if base_rows is None:
+            raise RetrainError(f"{name} was trained on {origin[0]}, which this hub cannot read")
+        data = base_rows(origin[0], config)
+    else:  # trained on the built-in generator: its rows are the base
+        data = builtin_dataset(config)
+    if not data.is_classifier:
+        raise RetrainError(
+            f"{name} is a regressor; captured rows carry class labels, so it cannot be"
+            " retrained on them (upload a new dataset version and train on it)"
+        )
+    return data
 
 
 def _base_config(name: str, record: TrainingRecord | None) -> PipelineConfig:

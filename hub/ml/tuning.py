@@ -21,7 +21,6 @@ from typing import Any, Final
 import optuna
 
 from hub.ml.config import PipelineConfig
-from hub.ml.convnet import conv_search_space
 from hub.ml.errors import PipelineError
 from hub.ml.metrics import headline, score
 from hub.ml.pipeline import fit_model
@@ -142,6 +141,8 @@ def _build_and_score(
 
 def _suggest(trial: optuna.Trial, config: PipelineConfig) -> dict[str, Any]:
     if config.kind == "cnn":
+        from hub.ml.convnet import conv_search_space
+
         return {
             name: (
                 trial.suggest_categorical(name, choices)
