@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "drift_observer": ("bench.drift_observer", "the drift recorder's cost per predict call"),
     "drift": ("bench.drift", "drift on a share of N devices: detection delay, accuracy, ADWIN"),
     "dataset_files": ("bench.dataset_files", "read_dataset on a ~200 MB CSV: RSS growth, time"),
+    "models": ("bench.models", "fp32 vs int8 builds on bundled datasets, tuner gain, upload RSS"),
 }
 
 

@@ -66,6 +66,11 @@ class HubProcess:
                     raise ScenarioError(f"the hub did not answer in {timeout_s:g} s")
                 time.sleep(0.1)
 
+    @property
+    def pid(self) -> int | None:
+        """The hub process's id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as after a power cut or the OOM killer."""
         if self._proc is not None and self._proc.poll() is None:

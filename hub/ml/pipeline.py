@@ -40,6 +40,7 @@ import numpy.typing as npt
 import onnx
 
 from hub.ml.baseline import baseline_stats
+from hub.ml.compact import compact
 from hub.ml.config import PipelineConfig
 from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
 from hub.ml.evaluation import evaluate, golden_indices, spread_indices
@@ -82,6 +83,7 @@ __all__ = [
     "import_onnx",
     "quantize_int8",
     "split_arrays",
+    "to_int8",
     "train",
 ]
 
@@ -134,8 +136,7 @@ def train(
     train_seconds = time.perf_counter() - t0
     report("quantize")
     t0 = time.perf_counter()
-    calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
-    int8 = quantize_int8(fp32, calibration, per_channel=config.per_channel)
+    int8 = to_int8(fp32, data, config)
     quantize_seconds = time.perf_counter() - t0
     report("evaluate")
     metrics = {"fp32": score(fp32, data), "int8": score(int8, data)}
@@ -166,7 +167,7 @@ def fit_model(
     """The fp32 ONNX file of an MLP (tabular rows) or a conv net (images, windows)."""
     if config.kind == "mlp":
         fitted = fit(data, config, params)
-        return export_onnx(fitted, len(data.features), config.opset)
+        return compact(export_onnx(fitted, len(data.features), config.opset))
     if len(data.row_shape) < 2:
         raise PipelineError(
             "a conv net needs image [H, W(, C)] or window [T, C] rows; this dataset has rows"
@@ -179,7 +180,7 @@ def fit_model(
         if progress is not None:
             progress("train", STAGES["train"] + fraction * (STAGES["quantize"] - STAGES["train"]))
 
-    return fit_convnet(
+    fp32 = fit_convnet(
         data.x_train,
         data.y_train,
         task=data.task,
@@ -187,7 +188,15 @@ def fit_model(
         config=conv_config(config.seed, params),
         opset=config.opset,
         progress=epoch,
+        kind=data.kind,
     )
+    return compact(fp32)
+
+
+def to_int8(fp32: bytes, data: Dataset, config: PipelineConfig) -> bytes:
+    """The int8 file of ``fp32``: static QDQ calibrated on training rows, names compacted."""
+    calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
+    return compact(quantize_int8(fp32, calibration, per_channel=config.per_channel))
 
 
 def import_onnx(
@@ -221,9 +230,8 @@ def import_onnx(
     if quantize and not is_quantized(model_bytes):
         report("quantize")
         t0 = time.perf_counter()
-        calibration = calibration_rows(data.x_train, config.n_calibration, config.seed)
         try:
-            model_bytes = quantize_int8(fp32, calibration, per_channel=config.per_channel)
+            model_bytes = to_int8(fp32, data, config)
         except PipelineError as e:
             raise PipelineError(f"{e} (to ship it as it is, upload with --no-quantize)") from e
         quantize_seconds = time.perf_counter() - t0
