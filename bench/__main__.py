@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "hub telemetry ingest into SQLite vs mosquitto_sub, same stream"),
     "drift_observer": ("bench.drift_observer", "the drift recorder's cost per predict call"),
     "drift": ("bench.drift", "drift on a share of N devices: detection delay, accuracy, ADWIN"),
+    "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),
 }
 
 
