@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "drift": ("bench.drift", "drift on a share of N devices: detection delay, accuracy, ADWIN"),
     "dataset_files": ("bench.dataset_files", "read_dataset on a ~200 MB CSV: RSS growth, time"),
     "models": ("bench.models", "fp32 vs int8 builds on bundled datasets, tuner gain, upload RSS"),
+    "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),
 }
 
 

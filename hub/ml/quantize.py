@@ -57,15 +57,16 @@ def quantize_int8(
 
     Args:
         fp32_bytes: the float ONNX model; its first input receives the calibration rows.
-        calibration_x: representative rows, float [n, features].
+        calibration_x: representative rows, float [n, *row_shape]: [n, features] for
+            tabular models, [n, H, W], [n, H, W, C] or [n, T, C] for conv nets.
         per_channel: one weight scale per output channel instead of per tensor.
 
     Raises:
         PipelineError: the quantizer failed.
     """
     rows = np.ascontiguousarray(calibration_x, dtype=np.float32)
-    if rows.ndim != 2 or len(rows) == 0:
-        raise PipelineError(f"calibration rows must be [n>0, features], got {rows.shape}")
+    if rows.ndim < 2 or len(rows) == 0:
+        raise PipelineError(f"calibration rows must be [n>0, *row_shape], got {rows.shape}")
     input_name = open_session(fp32_bytes).get_inputs()[0].name
     with tempfile.TemporaryDirectory(prefix="edgefleet-quant-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
