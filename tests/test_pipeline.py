@@ -119,7 +119,8 @@ def test_train_reports_progress_in_order(
 ) -> None:
     _, stages = trained
     names = [s for s, _ in stages]
-    assert names[:3] == ["dataset", "train", "quantize"]
+    assert list(dict.fromkeys(names))[:3] == ["dataset", "train", "quantize"]
+    assert names.count("train") > 10  # an update per epoch: the bar moves while it trains
     assert names[-1] == "golden" and "gate" in names
     fractions = [f for _, f in stages]
     assert fractions == sorted(fractions) and fractions[0] >= 0 and fractions[-1] < 0.95

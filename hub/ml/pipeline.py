@@ -165,8 +165,13 @@ def fit_model(
     progress: Progress | None = None,
 ) -> bytes:
     """The fp32 ONNX file of an MLP (tabular rows) or a conv net (images, windows)."""
+
+    def epoch(fraction: float) -> None:
+        if progress is not None:
+            progress("train", STAGES["train"] + fraction * (STAGES["quantize"] - STAGES["train"]))
+
     if config.kind == "mlp":
-        fitted = fit(data, config, params)
+        fitted = fit(data, config, params, epoch)
         return compact(export_onnx(fitted, len(data.features), config.opset))
     if len(data.row_shape) < 2:
         raise PipelineError(
@@ -175,10 +180,6 @@ def fit_model(
         )
 
     from hub.ml.convnet import conv_config, fit_convnet  # torch only where conv nets are
-
-    def epoch(fraction: float) -> None:
-        if progress is not None:
-            progress("train", STAGES["train"] + fraction * (STAGES["quantize"] - STAGES["train"]))
 
     fp32 = fit_convnet(
         data.x_train,

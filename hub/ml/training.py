@@ -11,6 +11,7 @@ pins the opset the config names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = ["INPUT_NAME", "VALUE_OUTPUT", "Fitted", "export_onnx", "fit"]
 INPUT_NAME = "input"
 VALUE_OUTPUT = "value"  # a regressor's output, float32 [N, 1]
 MAX_EPOCHS = 200  # early stopping ends training long before (about 30 epochs here)
+PATIENCE = 10  # epochs without a gain before training stops (scikit-learn's default)
+TOL = 1e-4  # the gain in validation score that counts (scikit-learn's default)
 # One BLAS thread: a 16-64-64-4 MLP gains nothing from more (0.55 s either way), two
 # OpenBLAS threads on two busy cores took 25-34 s instead of 0.8-1.5 s, and the
 # trained weights then depend on the core count.
@@ -50,8 +53,19 @@ class Fitted:
     regressor: bool = False
 
 
-def fit(data: Dataset, config: PipelineConfig, params: dict[str, Any] | None = None) -> Fitted:
-    """A StandardScaler + MLP fitted on ``data``'s training rows.
+def fit(
+    data: Dataset,
+    config: PipelineConfig,
+    params: dict[str, Any] | None = None,
+    on_epoch: Callable[[float], None] | None = None,
+) -> Fitted:
+    """A StandardScaler + MLP fitted on ``data``'s training rows, an epoch at a time.
+
+    As scikit-learn's own early stopping, a tenth of the rows (seeded) is kept to judge
+    each epoch, training stops after ``PATIENCE`` epochs without a gain over ``TOL`` and
+    the best epoch's weights are kept; run here so ``on_epoch`` can report progress (the
+    fraction of ``MAX_EPOCHS`` done), and judged by the validation loss rather than
+    accuracy (see ``_loss``).
 
     Args:
         params: the tuner's overrides of the MLP's settings (``hidden``, ``alpha``,
@@ -65,8 +79,6 @@ def fit(data: Dataset, config: PipelineConfig, params: dict[str, Any] | None = N
         "hidden_layer_sizes": tuple(p.get("hidden", config.hidden)),
         "alpha": float(p.get("alpha", 1e-4)),
         "learning_rate_init": float(p.get("learning_rate_init", 1e-3)),
-        "early_stopping": True,
-        "max_iter": MAX_EPOCHS,
         "random_state": config.seed,
     }
     y: npt.NDArray[Any] = data.y_train
@@ -77,14 +89,60 @@ def fit(data: Dataset, config: PipelineConfig, params: dict[str, Any] | None = N
         y_mean, y_std = float(np.mean(y)), float(np.std(y)) or 1.0
         y = (y - y_mean) / y_std
         estimator = MLPRegressor(**settings)
-    model = make_pipeline(StandardScaler(), estimator)
     x = data.x_train.reshape(len(data.x_train), -1)
+    scaler = StandardScaler().fit(x)
+    classes = np.arange(len(data.classes)) if data.is_classifier else None
     try:
         with threadpool_limits(limits=BLAS_THREADS, user_api="blas"):
-            model.fit(x, y)
+            _epochs(estimator, scaler.transform(x), y, classes, config.seed, on_epoch)
     except ValueError as e:
         raise PipelineError(f"training failed: {e}") from e
+    model = make_pipeline(scaler, estimator)
     return Fitted(model, y_mean, y_std, regressor=not data.is_classifier)
+
+
+def _epochs(
+    estimator: Any,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    classes: npt.NDArray[Any] | None,
+    seed: int,
+    on_epoch: Callable[[float], None] | None,
+) -> None:
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, len(x) // 10)
+    val, tr = np.sort(order[:n_val]), np.sort(order[n_val:])
+    best: tuple[list[Any], list[Any]] | None = None
+    best_score, stale = -np.inf, 0
+    extra = {"classes": classes} if classes is not None else {}
+    for epoch in range(1, MAX_EPOCHS + 1):
+        estimator.partial_fit(x[tr], y[tr], **extra)
+        score = -_loss(estimator, x[val], y[val], classes)
+        if score > best_score + TOL:
+            best_score, stale = score, 0
+            best = ([c.copy() for c in estimator.coefs_], [b.copy() for b in estimator.intercepts_])
+        else:
+            stale += 1
+        if on_epoch is not None:
+            on_epoch(epoch / MAX_EPOCHS)
+        if stale >= PATIENCE:
+            break
+    if best is not None:
+        estimator.coefs_, estimator.intercepts_ = best
+
+
+def _loss(
+    estimator: Any, x: npt.NDArray[Any], y: npt.NDArray[Any], classes: npt.NDArray[Any] | None
+) -> float:
+    """Validation loss: log loss (classifier) or mean squared error (regressor).
+
+    Smoother than accuracy on a small validation part (14 rows of wine move accuracy
+    in steps of 7 points, and training stopped at a third of the accuracy it reaches).
+    """
+    if classes is None:
+        return float(np.mean((estimator.predict(x) - y) ** 2))
+    proba = np.clip(estimator.predict_proba(x)[np.arange(len(y)), y], 1e-12, 1.0)
+    return float(-np.mean(np.log(proba)))
 
 
 def export_onnx(fitted: Fitted | Pipeline, n_features: int, opset: int) -> bytes:

@@ -173,7 +173,16 @@ def _suggest(trial: optuna.Trial, config: PipelineConfig) -> dict[str, Any]:
 def _defaults(config: PipelineConfig) -> dict[str, Any]:
     """Trial 0: the build's own settings, in the search space's terms."""
     if config.kind == "cnn":
-        return {}
+        from hub.ml.convnet import ConvConfig
+
+        d = ConvConfig()
+        return {
+            "width": d.channels[0],
+            "dense": d.dense,
+            "epochs": d.epochs,
+            "learning_rate": d.learning_rate,
+            "weight_decay": d.weight_decay,
+        }
     widths = set(config.hidden)
     width = config.hidden[0] if len(widths) == 1 and config.hidden[0] in MLP_WIDTHS else 64
     return {
