@@ -2,10 +2,12 @@
 
 Standard library only (``http.server``): a device installs nothing more for it.
 
-    POST /v1/predict   {"inputs": [[16 numbers], ...], "labels": [int, ...]?}
+    POST /v1/predict   {"inputs": [row, ...], "labels": [int, ...]?}
                        -> 200 {"model", "version", "outputs": {"label": [...], ...}}
     GET  /v1/model     -> 200 {"model", "version", "inputs", "outputs"} or 503
 
+A row has the model's row shape: ``[16 numbers]`` for a tabular model, nested ``[H][W]``
+or ``[H][W][C]`` for images, ``[T][C]`` for windows, or those flattened to H*W*C numbers.
 ``labels`` (optional, one per row) are the true labels when the application knows them:
 they are recorded for live accuracy. Every refusal is a JSON ``{"error": code, "detail":
 text}`` with a 4xx status (503 when no model is active, 500 when the runtime fails on an
@@ -207,6 +209,8 @@ class LocalEndpoint:
                 HTTPStatus.BAD_REQUEST, "bad_inputs", f"inputs are not rows of numbers: {e}"
             ) from e
         row_shape = tuple(shape[1:])
+        if x.ndim == 2 and len(row_shape) > 1 and x.shape[1] == _size(row_shape):
+            x = x.reshape(len(x), *cast("tuple[int, ...]", row_shape))  # rows sent flattened
         if x.ndim != len(shape) or any(
             want is not None and got != want
             for got, want in zip(x.shape[1:], row_shape, strict=True)
@@ -399,6 +403,16 @@ def _finite_or_none(v: Any) -> Any:
     if isinstance(v, list):
         return [_finite_or_none(u) for u in v]
     return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _size(row_shape: tuple[int | None, ...]) -> int | None:
+    """Values in one row, None when a dimension is dynamic."""
+    size = 1
+    for d in row_shape:
+        if d is None:
+            return None
+        size *= d
+    return size
 
 
 def _spec_json(spec: TensorSpec) -> dict[str, Any]:

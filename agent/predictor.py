@@ -6,6 +6,10 @@ the telemetry window (agent/telemetry.py), hands the rows to its observers (drif
 sketches, data capture) and is swapped atomically on activation. Its errors are the
 runtime's (agent/runtime.py): :class:`~agent.runtime.NoModelError` before any model was
 activated, :class:`~agent.runtime.InferenceError` when the runtime refuses an input.
+
+Inputs: a batch ``[N, *row_shape]`` of the model's input (``[N, features]``, images
+``[N, H, W]`` or ``[N, H, W, C]``, windows ``[N, T, C]``), or one row ``row_shape``,
+which gets the batch axis added (the model's input rank says which it is).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class RowObserver(Protocol):
     """
 
     def observe(self, model: str, version: int, x: Array, outputs: dict[str, Array]) -> None:
-        """``x`` is the batch as the model saw it ([rows, features]); outputs are batched."""
+        """``x`` is the batch as the model saw it ([rows, *row_shape]); outputs batched."""
 
     def observe_labels(self, predicted: Array, labels: Array) -> None:
         """True labels the application reported for predicted ones (same shape)."""
@@ -60,6 +64,7 @@ class _Active(NamedTuple):
     output_names: list[str]
     input_name: str
     input_dtype: np.dtype[Any]
+    row_rank: int  # dimensions of one row: an input of this rank gets the batch axis
     dot_checked: tuple[int, ...]  # float32/64 outputs: finite iff dot(v, v) is finite
     slow_checked: tuple[int, ...]  # other float outputs (float16): np.isfinite
     model: str
@@ -108,6 +113,7 @@ class Predictor:
             output_names=[o.name for o in session.outputs],
             input_name=session.input_name,
             input_dtype=np.dtype(session.inputs[0].dtype),
+            row_rank=len(session.inputs[0].shape) - 1,
             dot_checked=tuple(i for i, k in enumerate(kinds) if k in _FAST_CHECK_DTYPES),
             slow_checked=tuple(
                 i
@@ -135,7 +141,7 @@ class Predictor:
         return None if a is None else a.session
 
     def predict(self, x: npt.ArrayLike) -> dict[str, Array]:
-        """Run the active model on one row (1-D) or a batch (2-D).
+        """Run the active model on one row or a batch (module docstring).
 
         The input is converted to the model's dtype and made C-contiguous only when it is
         not already (no copy otherwise). Outputs are always batched (a row gives 1 row).
@@ -160,11 +166,13 @@ class Predictor:
     def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
         if active is None:
             raise NoModelError("no model is active")
-        run, names, input_name, dtype, dot_checked, slow_checked, model, version, _ = active
+        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version, _ = (
+            active
+        )
         try:
             arr = _as_c_array(x, dtype)  # x itself when already right: no copy
-            if arr.ndim == 1:
-                arr = arr.reshape(1, -1)
+            if arr.ndim == row_rank:  # one row: add the batch axis (a view)
+                arr = arr[None]
             t0 = perf_counter_ns()
             outs = run(names, {input_name: arr}, None)
             t1 = perf_counter_ns()
