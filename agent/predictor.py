@@ -7,6 +7,11 @@ sketches, data capture) and is swapped atomically on activation. Its errors are 
 runtime's (agent/runtime.py): :class:`~agent.runtime.NoModelError` before any model was
 activated, :class:`~agent.runtime.InferenceError` when the runtime refuses an input.
 
+:meth:`Predictor.predict_versioned` gives each call a prediction id and keeps its
+predictions for a while (agent/labels.py), so true labels that come later
+(:meth:`Predictor.join_labels`) count for the model version that made them.
+:meth:`Predictor.predict`, the bare hot path, keeps nothing and gives no id.
+
 Inputs: a batch ``[N, *row_shape]`` of the model's input (``[N, features]``, images
 ``[N, H, W]`` or ``[N, H, W, C]``, windows ``[N, T, C]``), or one row ``row_shape``,
 which gets the batch axis added (the model's input rank says which it is).
@@ -16,12 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from time import perf_counter_ns
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.labels import ItemError, LabelReport, LateLabel, RecentPredictions, Task, task_of
 from agent.runtime import Array, InferenceError, ModelSession, NoModelError, RunFn
 from agent.telemetry import StatsRecorder
 
@@ -50,11 +57,13 @@ _FAST_CHECK_DTYPES = ("float32", "float64")  # BLAS dot; other float types use n
 
 
 class Prediction(NamedTuple):
-    """Outputs and the model version that computed them."""
+    """Outputs, the model version that computed them, and the call's prediction id
+    (labels for its rows name it, agent/labels.py)."""
 
     model: str
     version: int
     outputs: dict[str, Array]
+    id: str
 
 
 class _Active(NamedTuple):
@@ -70,6 +79,7 @@ class _Active(NamedTuple):
     model: str
     version: int
     session: ModelSession
+    task: Task  # what labels of its predictions are compared with
 
 
 class Predictor:
@@ -81,12 +91,19 @@ class Predictor:
     Args:
         recorder: where calls are recorded (a fresh one by default); the agent core
             drains it once per telemetry window.
+        predictions: where :meth:`predict_versioned` keeps its predictions for late
+            labels (the bounds of agent/labels.py by default).
     """
 
-    __slots__ = ("_active", "observer_errors", "observers", "recorder")
+    __slots__ = ("_active", "observer_errors", "observers", "predictions", "recorder")
 
-    def __init__(self, recorder: StatsRecorder | None = None) -> None:
+    def __init__(
+        self,
+        recorder: StatsRecorder | None = None,
+        predictions: RecentPredictions | None = None,
+    ) -> None:
         self.recorder = recorder if recorder is not None else StatsRecorder()
+        self.predictions = predictions if predictions is not None else RecentPredictions()
         self._active: _Active | None = None
         # Replaced, never mutated in place, so a concurrent predict sees a whole tuple.
         self.observers: tuple[RowObserver, ...] = ()
@@ -99,8 +116,14 @@ class Predictor:
     def remove_observer(self, observer: RowObserver) -> None:
         self.observers = tuple(o for o in self.observers if o is not observer)
 
-    def swap(self, session: ModelSession, model: str, version: int) -> None:
+    def swap(
+        self, session: ModelSession, model: str, version: int, classes: Sequence[str] = ()
+    ) -> None:
         """Make ``session`` the active model (atomic).
+
+        Args:
+            classes: the model's class names in index order (its manifest's
+                ``classes``), so late labels may name a class; empty: indices only.
 
         Raises:
             ValueError: the model does not have exactly one input.
@@ -123,6 +146,7 @@ class Predictor:
             model=model,
             version=version,
             session=session,
+            task=task_of(model, version, {o.name: o.shape for o in session.outputs}, classes),
         )
 
     def deactivate(self) -> None:
@@ -153,7 +177,8 @@ class Predictor:
         return self._predict(self._active, x)
 
     def predict_versioned(self, x: npt.ArrayLike) -> Prediction:
-        """:meth:`predict`, tagged with the model and version that computed it.
+        """:meth:`predict`, tagged with the model and version that computed it and a
+        prediction id; the predictions are kept for :meth:`join_labels`.
 
         Reading :attr:`active` before or after :meth:`predict` could name another model
         if a swap happens in between; this cannot.
@@ -161,12 +186,13 @@ class Predictor:
         active = self._active
         outputs = self._predict(active, x)
         assert active is not None  # _predict raised otherwise
-        return Prediction(active.model, active.version, outputs)
+        pid = self.predictions.add(active.task, outputs)
+        return Prediction(active.model, active.version, outputs, pid)
 
     def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
         if active is None:
             raise NoModelError("no model is active")
-        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version, _ = (
+        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version, _, _ = (
             active
         )
         try:
@@ -203,8 +229,20 @@ class Predictor:
                     log.exception("predictor: observer %r failed", observer)
         return result
 
-    def record_labels(self, predicted: npt.ArrayLike, labels: npt.ArrayLike) -> None:
-        """Report true labels for predicted ones (live accuracy).
+    def record_labels(
+        self,
+        predicted: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        """Report true labels for predicted ones (live accuracy), on the thread that just
+        predicted them (data capture joins them to that call, agent/capture.py).
+
+        Args:
+            model / version: the version that predicted them (a :class:`Prediction`
+                says); without them, the labels count for the window's active model.
 
         Raises:
             ValueError: the two do not have the same shape.
@@ -213,10 +251,39 @@ class Predictor:
         y = np.asarray(labels)
         if p.shape != y.shape:
             raise ValueError(f"predicted {p.shape} and labels {y.shape} differ in shape")
-        self.recorder.record_labels(int(p.size), int(np.count_nonzero(p == y)))
+        self.recorder.record_labels(
+            int(p.size), int(np.count_nonzero(p == y)), model=model, version=version
+        )
         for observer in self.observers:
             try:
                 observer.observe_labels(p, y)
             except Exception:
                 self.observer_errors += 1
                 log.exception("predictor: observer %r failed on labels", observer)
+
+    def join_labels(self, items: Iterable[LateLabel | ItemError]) -> LabelReport:
+        """Join true labels that came later to the rows of earlier predictions, and
+        record them for the versions that made those predictions (agent/labels.py).
+
+        Never raises for a bad item: the report counts it and says why (an
+        :class:`~agent.labels.ItemError` among ``items``, from parsing, is reported as is).
+        """
+        report, versions = self.predictions.join(list(items))
+        for v in versions:
+            task = v.task
+            if task.regression:
+                self.recorder.record_errors(
+                    task.model, task.version, v.labelled, v.abs_err_sum, v.sq_err_sum
+                )
+            else:
+                self.recorder.record_labels(
+                    v.labelled, v.correct, model=task.model, version=task.version
+                )
+        return report
+
+    def record_label(
+        self, prediction_id: str, label: int | float | str, row: int = 0
+    ) -> LabelReport:
+        """One row's true label (a class index or name, or a regressor's value): the
+        one-item :meth:`join_labels`; ``report.joined == 1`` when it counted."""
+        return self.join_labels([LateLabel(prediction_id, label, row)])
