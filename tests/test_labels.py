@@ -8,6 +8,7 @@ import http.client
 import json
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,11 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from models import make_conv_onnx, make_mlp_onnx, make_regressor_onnx  # tests/models.py
+from update_rig import UpdateRig
 
 from agent.endpoint import LocalEndpoint
 from agent.labels import ItemError, LateLabel, RecentPredictions, Task, parse_labels, task_of
 from agent.predictor import Predictor
 from agent.runtime import ModelSession, OnnxBackend
+from hub.ml.pipeline import BuiltModel
 from shared import protocol
 from shared.sensors import CLASSES, generate
 
@@ -464,3 +467,48 @@ def test_label_fields_at_their_bounds_are_accepted() -> None:
         labelled=5, correct=0, abs_err_sum=0.0, sq_err_sum=1e200, other_versions=others
     )
     assert protocol.decode(protocol.encode("telemetry", body, ts=1.0)).body == body
+
+
+# --------------------------------------------------------------------------- on a device
+
+
+def test_a_device_joins_late_labels_across_a_deployment_and_a_rollback(
+    built: BuiltModel, tmp_path: Path
+) -> None:
+    """The real Device, updated by the hub's signed metadata: class names come from the
+    manifest at activation, and from the saved baseline after a rollback; labels of v1's
+    predictions that come while v2 serves travel in ``other_versions``."""
+    rig = UpdateRig(tmp_path, built)
+    rig.publish()
+    rig.install(1)
+    predictor = rig.device.predictor
+    x, y = generate(6, seed=45)
+    names = [built.classes[i] for i in y]
+    before = predictor.predict_versioned(x)  # v1
+    rig.publish()
+    rig.install(2)
+    now = predictor.predict_versioned(x[0])  # v2
+    assert predictor.record_label(now.id, names[0]).joined == 1
+    late = [LateLabel(before.id, n, i) for i, n in enumerate(names)]
+    assert predictor.join_labels(late).joined == 6
+
+    def windows() -> list[dict[str, Any]]:
+        rig.wire.clear()
+        for _ in range(3):  # the open telemetry window closes (it may open just now)
+            rig.device.tick()
+            rig.clock.now += 11
+        return [json.loads(p)["body"] for t, p in rig.wire if t.endswith("/telemetry")]
+
+    v1_correct = int((before.outputs["label"] == y).sum())
+    bodies = windows()
+    assert {(b["model"], b["version"]) for b in bodies} == {(built.name, 2)}
+    assert sum(b["labelled"] for b in bodies) == 1
+    assert [o for b in bodies for o in b.get("other_versions", [])] == [
+        {"model": built.name, "version": 1, "labelled": 6, "correct": v1_correct}
+    ]
+    assert rig.send(rig.command("rollback", 1, deployment="back"))[-1]["stage"] == "rolled_back"
+    after = predictor.predict_versioned(x[0])
+    assert predictor.record_label(after.id, names[0]).joined == 1  # names after a rollback too
+    bodies = windows()
+    assert {(b["model"], b["version"]) for b in bodies} == {(built.name, 1)}
+    assert sum(b["labelled"] for b in bodies) == 1
