@@ -33,7 +33,6 @@ Thread-safe: one lock around the table of predictions.
 from __future__ import annotations
 
 import itertools
-import math
 import secrets
 import threading
 import time
@@ -336,8 +335,10 @@ class RecentPredictions:
         if self._labelled[pos]:
             return ItemError(index, "duplicate", f"row {item.row} of {item.id!r} has a label")
         value = float(self._values[pos])
-        if not abs(value) < math.inf:  # NaN too
-            return ItemError(index, "nonfinite_prediction", "the predicted value is not finite")
+        if not abs(value) <= FLOAT32_MAX:  # NaN and inf too: their errors would not add up
+            return ItemError(
+                index, "nonfinite_prediction", f"the predicted value {value} is not finite"
+            )
         self._labelled[pos] = 1
         return task, value, label
 

@@ -229,6 +229,16 @@ def test_a_model_without_label_or_value_gets_a_clear_error() -> None:
     assert [e.error for e in report.errors] == ["no_label_output"]
 
 
+def test_a_value_that_is_not_finite_cannot_be_judged() -> None:
+    table = RecentPredictions()
+    task = Task("r", 1, "value", regression=True)
+    pid = table.add(task, {"value": np.array([[np.nan], [1e300], [np.inf], [2.0]])})
+    report, versions = table.join([LateLabel(pid, 1.0, row) for row in range(4)])
+    assert [e.error for e in report.errors] == ["nonfinite_prediction"] * 3
+    assert report.joined == 1 and versions[0].abs_err_sum == 1.0
+    assert table.join([LateLabel(pid, 1.0, 0)])[0].invalid == 1  # still not labelled
+
+
 def test_probabilities_alone_are_compared_by_their_argmax() -> None:
     table = RecentPredictions()
     task = task_of("p", 1, {"probabilities": (None, 3)})
