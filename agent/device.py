@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.capture import Reservoir, encode_sample
 from agent.core import AgentCore, CoreConfig
@@ -183,8 +184,11 @@ class Device:
                 return self._health_check(
                     RunHealthCheck(action.model, action.version, action.target)
                 )
-            self.predictor.swap(self._staged, action.model, action.version)
-            self.drift.activate(action.model, action.version, action.target.custom.get("baseline"))
+            custom = action.target.custom
+            self.predictor.swap(
+                self._staged, action.model, action.version, _names(custom.get("classes"))
+            )
+            self.drift.activate(action.model, action.version, custom.get("baseline"))
             self._staged = None
             return Done("activate", self.clock())
         if isinstance(action, RollBack):
@@ -269,8 +273,9 @@ class Device:
         fmt = str(info["target"]).rsplit(".", 1)[-1]
         path = self.store.model_path(action.model, action.to_version, fmt)
         session = self.sessions.get(info["sha256"], path)
-        self.predictor.swap(session, action.model, action.to_version)
-        self.drift.activate(action.model, action.to_version, load_baseline(path.parent))
+        baseline = load_baseline(path.parent)
+        self.predictor.swap(session, action.model, action.to_version, _baseline_classes(baseline))
+        self.drift.activate(action.model, action.to_version, baseline)
         return Done("rollback", self.clock())
 
     # ------------------------------------------------------------- data capture
@@ -317,13 +322,29 @@ class Device:
                     "%s: %s on disk does not match its signed sha256", self.config.device_id, path
                 )
                 continue
-            self.predictor.swap(self.sessions.get(info["sha256"], path), model, entry["version"])
-            self.drift.activate(model, entry["version"], load_baseline(path.parent))
+            session = self.sessions.get(info["sha256"], path)
+            baseline = load_baseline(path.parent)
+            self.predictor.swap(session, model, entry["version"], _baseline_classes(baseline))
+            self.drift.activate(model, entry["version"], baseline)
 
     def _count_outcome(self, payload: bytes) -> None:
         body = json.loads(payload)["body"]
         key = body["stage"] + (f":{body['reason']}" if body.get("reason") else "")
         self.outcomes[key] += 1
+
+
+def _names(raw: Any) -> tuple[str, ...]:
+    """Class names from a verified manifest field (anything else: none)."""
+    if isinstance(raw, list | tuple) and all(isinstance(c, str) for c in raw):
+        return tuple(raw)
+    return ()
+
+
+def _baseline_classes(baseline: dict[str, Any] | None) -> tuple[str, ...]:
+    """A classifier's class names after a restart or a rollback: the saved drift
+    baseline lists them (the manifest's ``classes``, in the same order)."""
+    outputs = (baseline or {}).get("outputs")
+    return _names(outputs.get("classes")) if isinstance(outputs, dict) else ()
 
 
 def _sha256_ok(path: Path, expected: str) -> bool:

@@ -13,6 +13,12 @@ moments: no Python loop over features or rows. Measured here: ~3.5 us per one-ro
 (the "shifted data" method: stable while the live mean stays near the baseline) and
 turned into mean/M2 once per drain.
 
+Images and windows (inputs ``[rows, H, W(, C)]`` or ``[rows, T, C]``) are flattened to
+``[rows, H*W*C]``: the hub's baseline for such a model is over the flattened values. Rows
+whose width does not match the baseline are counted (:attr:`DriftRecorder.mismatched_rows`,
+logged once per model version), never sketched. A regressor's output (``value``) is
+sketched as the baseline's ``scores`` histogram.
+
 Thread safety: one lock around the buffer, the binning and the drain (an uncontended
 lock costs ~0.1 us), so no row is lost or counted twice.
 """
@@ -34,7 +40,10 @@ from shared.drift import Baseline, DriftError, DriftSketch
 
 log = logging.getLogger(__name__)
 
-FLUSH_ROWS = 256  # rows buffered before they are binned (bounds memory: 16 KiB at 16 features)
+FLUSH_ROWS = 256  # rows buffered before they are binned (16 KiB at 16 features)
+# values (rows x features) buffered before they are binned: an image's rows are wide, and
+# binning makes a temporary of values x bins bytes (<= 4 MiB at 256 bins)
+FLUSH_VALUES = 16_384
 BASELINE_FILE = "baseline.json"  # beside the model file: survives restarts and rollbacks
 
 Array = npt.NDArray[Any]
@@ -70,6 +79,7 @@ class _Layout:
         self.sizes = [len(e) + 1 for e in baseline.edges]
         self.n_out = len(baseline.output_shares)
         self.out_edges = baseline.output_edges
+        self.flush_rows = max(1, min(FLUSH_ROWS, FLUSH_VALUES // n_feat))
 
 
 class _Accumulator:
@@ -97,6 +107,8 @@ class DriftRecorder:
         self._buffered = 0  # rows in _xs
         self._out_name: str | None = None  # the output that gives classes or scores
         self.skipped_outputs = 0  # calls whose outputs gave no class or score
+        self.mismatched_rows = 0  # rows whose width is not the baseline's: not sketched
+        self._warned = False  # a mismatch logged for the active version
 
     def activate(self, model: str, version: int, baseline: Mapping[str, Any] | None) -> None:
         """Sketch ``model`` ``version`` from now on (rows of the previous one are dropped).
@@ -114,13 +126,17 @@ class DriftRecorder:
             self._layout = layout
             self._acc = _Accumulator(layout) if layout else None
             self._xs, self._outs, self._buffered, self._out_name = [], [], 0, None
+            self._warned = False
 
     def observe(self, model: str, version: int, x: Array, outputs: dict[str, Array]) -> None:
         """Buffer the rows (a copy: the caller may reuse its array); bin every FLUSH_ROWS."""
         layout = self._layout
         if layout is None or (model, version) != self._key:
-            return
-        if x.ndim != 2 or x.shape[1] != layout.n_feat:
+            return  # no baseline, or a call that started before a swap
+        if x.ndim != 2:
+            x = x.reshape(len(x), -1) if x.ndim > 2 else x.reshape(1, -1)
+        if x.shape[1] != layout.n_feat:
+            self._mismatch(model, version, x.shape[1], layout.n_feat, len(x))
             return
         with self._lock:
             if self._layout is not layout or self._acc is None:
@@ -128,8 +144,22 @@ class DriftRecorder:
             self._xs.append(x.copy())
             self._outs.append(outputs)
             self._buffered += x.shape[0]
-            if self._buffered >= FLUSH_ROWS:
+            if self._buffered >= layout.flush_rows:
                 self._flush(layout, self._acc)
+
+    def _mismatch(self, model: str, version: int, width: int, n_feat: int, rows: int) -> None:
+        with self._lock:
+            self.mismatched_rows += rows
+            warned, self._warned = self._warned, True
+        if not warned:
+            log.warning(
+                "drift: %s v%d sees rows of %d values, its baseline has %d features: "
+                "not sketched (counted in mismatched_rows)",
+                model,
+                version,
+                width,
+                n_feat,
+            )
 
     def _flush(self, layout: _Layout, acc: _Accumulator) -> None:
         """Bin the buffered rows into ``acc`` (caller holds the lock)."""
@@ -234,6 +264,9 @@ def _pick_output(layout: _Layout, outputs: dict[str, Array]) -> str | None:
             if v.ndim == 2 and v.shape[1] == layout.n_out and v.dtype.kind == "f":
                 return name
         return None
+    value = outputs.get("value")  # a regressor's output (ADR 0014)
+    if value is not None and value.dtype.kind == "f":
+        return "value"
     for name, v in outputs.items():
         if v.dtype.kind == "f" and v.ndim >= 1:
             return name

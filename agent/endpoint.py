@@ -2,15 +2,26 @@
 
 Standard library only (``http.server``): a device installs nothing more for it.
 
-    POST /v1/predict   {"inputs": [[16 numbers], ...], "labels": [int, ...]?}
-                       -> 200 {"model", "version", "outputs": {"label": [...], ...}}
+    POST /v1/predict   {"inputs": [row, ...], "labels": [int, ...]?}
+                       -> 200 {"id", "model", "version", "outputs": {"label": [...], ...}}
+    POST /v1/labels    {"labels": [{"id": str, "row": int?, "label": int | str | number}]}
+                       -> 200 {"joined", "unknown", "duplicate", "invalid", "errors": [...]}
     GET  /v1/model     -> 200 {"model", "version", "inputs", "outputs"} or 503
 
-``labels`` (optional, one per row) are the true labels when the application knows them:
-they are recorded for live accuracy. Every refusal is a JSON ``{"error": code, "detail":
-text}`` with a 4xx status (503 when no model is active, 500 when the runtime fails on an
-input that passed validation); the server never crashes on bad input and counts each code
-in :attr:`LocalEndpoint.errors`.
+A row has the model's row shape: ``[16 numbers]`` for a tabular model, nested ``[H][W]``
+or ``[H][W][C]`` for images, ``[T][C]`` for windows, or those flattened to H*W*C numbers.
+``id`` names the call's predictions (one id per call; its rows by their index, ``row``).
+``labels`` in a predict request (optional, one class index per row) are the true labels
+when the application knows them at once; when they come later, ``POST /v1/labels`` joins
+them to the prediction (agent/labels.py): a class index or name for a classifier, a
+number for a regressor, counted for the model version that made the prediction. The
+answer counts each outcome and lists why each item that was not joined was not
+(``{"index", "error", "detail"}``, the first 100). docs/endpoint.md has the details.
+
+Every refusal of a request is a JSON ``{"error": code, "detail": text}`` with a 4xx
+status (503 when no model is active, 500 when the runtime fails on an input that passed
+validation); the server never crashes on bad input and counts each code in
+:attr:`LocalEndpoint.errors`.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from agent.labels import MAX_LABELS, parse_labels
 from agent.predictor import Predictor
 from agent.runtime import Array, InferenceError, NoModelError
 from shared.manifest import TensorSpec
@@ -62,7 +74,7 @@ class LocalEndpoint:
         predictor: the device's predictor (the active model is read per request).
         host / port: where to listen; loopback by default, port 0 picks a free port.
         unix_socket: listen on this Unix socket path instead of TCP.
-        max_rows / max_body_bytes: request caps.
+        max_rows / max_body_bytes / max_labels: request caps.
     """
 
     def __init__(
@@ -74,6 +86,7 @@ class LocalEndpoint:
         unix_socket: Path | None = None,
         max_rows: int = MAX_ROWS,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_labels: int = MAX_LABELS,
     ) -> None:
         self.predictor = predictor
         self.host = host
@@ -81,7 +94,9 @@ class LocalEndpoint:
         self.unix_socket = unix_socket
         self.max_rows = max_rows
         self.max_body_bytes = max_body_bytes
+        self.max_labels = max_labels
         self.errors: Counter[str] = Counter()  # refusal code -> count
+        self.labels: Counter[str] = Counter()  # late label outcome -> count
         self.requests = 0
         self.address: tuple[str, int] = ("", 0)  # bound by start()
         self._server: _TCPServer | _UnixServer | None = None
@@ -168,7 +183,7 @@ class LocalEndpoint:
         x = self._inputs(request, session.inputs[0].shape, session.inputs[0].dtype)
         labels = self._labels(request, len(x))
         try:
-            model, version, outputs = self.predictor.predict_versioned(x)
+            model, version, outputs, pid = self.predictor.predict_versioned(x)
         except NoModelError as e:  # deactivated since we looked
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", str(e)) from e
         except InferenceError as e:
@@ -180,12 +195,39 @@ class LocalEndpoint:
                 raise RequestError(
                     HTTPStatus.BAD_REQUEST, "bad_labels", "the model has no 'label' output"
                 )
-            self.predictor.record_labels(outputs["label"], labels)
+            self.predictor.record_labels(outputs["label"], labels, model=model, version=version)
+            self.predictor.predictions.mark_labelled(pid)  # a later label is a duplicate
         return {
+            "id": pid,
             "model": model,
             "version": version,
             "outputs": {name: _to_json(arr) for name, arr in outputs.items()},
         }
+
+    def join_labels(self, body: bytes) -> dict[str, Any]:
+        """Body of ``POST /v1/labels`` for a request body.
+
+        Raises:
+            RequestError: the request as a whole is refused (bad items are not: the
+                answer lists them).
+        """
+        raw = _parse_json(body).get("labels")
+        if not isinstance(raw, list) or not raw:
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                "bad_labels",
+                '"labels" must be a non-empty list of {"id", "row"?, "label"}',
+            )
+        if len(raw) > self.max_labels:
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                "too_many_labels",
+                f"{len(raw)} labels > {self.max_labels} per request",
+            )
+        answer = self.predictor.join_labels(parse_labels(raw)).to_json()
+        for outcome in ("joined", "unknown", "duplicate", "invalid"):
+            self.labels[outcome] += answer[outcome]
+        return answer
 
     def _inputs(self, request: dict[str, Any], shape: tuple[int | None, ...], dtype: str) -> Array:
         rows = request.get("inputs")
@@ -207,6 +249,8 @@ class LocalEndpoint:
                 HTTPStatus.BAD_REQUEST, "bad_inputs", f"inputs are not rows of numbers: {e}"
             ) from e
         row_shape = tuple(shape[1:])
+        if x.ndim == 2 and len(row_shape) > 1 and x.shape[1] == _size(row_shape):
+            x = x.reshape(len(x), *cast("tuple[int, ...]", row_shape))  # rows sent flattened
         if x.ndim != len(shape) or any(
             want is not None and got != want
             for got, want in zip(x.shape[1:], row_shape, strict=True)
@@ -293,9 +337,11 @@ class _Handler(BaseHTTPRequestHandler):
             path = self.path.split("?", 1)[0]
             if path == "/v1/predict" and method == "POST":
                 self._send(HTTPStatus.OK, endpoint.predict(body))
+            elif path == "/v1/labels" and method == "POST":
+                self._send(HTTPStatus.OK, endpoint.join_labels(body))
             elif path == "/v1/model" and method == "GET":
                 self._send(HTTPStatus.OK, endpoint.model_info())
-            elif path in ("/v1/predict", "/v1/model"):
+            elif path in ("/v1/predict", "/v1/labels", "/v1/model"):
                 raise RequestError(
                     HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{method} {path}"
                 )
@@ -399,6 +445,16 @@ def _finite_or_none(v: Any) -> Any:
     if isinstance(v, list):
         return [_finite_or_none(u) for u in v]
     return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def _size(row_shape: tuple[int | None, ...]) -> int | None:
+    """Values in one row, None when a dimension is dynamic."""
+    size = 1
+    for d in row_shape:
+        if d is None:
+            return None
+        size *= d
+    return size
 
 
 def _spec_json(spec: TensorSpec) -> dict[str, Any]:

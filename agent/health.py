@@ -1,11 +1,13 @@
 """The pre-activation health check of a staged model (DESIGN §5).
 
 A staged model is activated only if it loads, its inputs and outputs match the signed
-manifest's specs, its golden inputs give the manifest's golden outputs within tolerance,
-the p95 of single-row inferences is within the latency budget and loading it grew the
-process's memory within the memory budget. Every failure is collected (not just the
-first) as a human-readable line; the agent reports them with reason code
-``health_check_failed`` (shared/reasons.py) and discards the staged model.
+manifest's specs, its golden inputs (flattened per row in the manifest, reshaped here to
+the model's input: images and windows too) give the manifest's golden outputs (a
+regressor's: rows of one value) within tolerance, the p95 of single-row inferences is
+within the latency budget and loading it grew the process's memory within the memory
+budget. Every failure is collected (not just the first) as a human-readable line; the
+agent reports them with reason code ``health_check_failed`` (shared/reasons.py) and
+discards the staged model.
 
 Memory is measured only when a ``rss_fn`` is given: the simulator shares one session
 between many devices of a process (agent/runtime.py SessionCache), so per-device RSS
@@ -200,9 +202,30 @@ def _golden_array(session: ModelSession, health: HealthCheck) -> tuple[Array | N
     if dtype.kind not in "biuf":
         return None, f"the model's input is {session.inputs[0].dtype}; the agent serves numbers"
     try:
-        return np.asarray(health.golden_inputs, dtype=dtype), None
+        golden = np.asarray(health.golden_inputs, dtype=dtype)
     except (ValueError, OverflowError) as e:  # ragged rows, out of the dtype's range
         return None, f"golden inputs are not a table of numbers: {e}"
+    return _as_input_shape(golden, session.inputs[0].shape)
+
+
+def _as_input_shape(
+    golden: Array, shape: tuple[int | None, ...]
+) -> tuple[Array | None, str | None]:
+    """Golden rows travel flattened (ADR 0014): reshape them to the model's input.
+
+    ``[rows, H*W*C]`` becomes ``[rows, H, W, C]`` for an input ``[N, H, W, C]``; one
+    dynamic dimension in a row is inferred, more cannot be.
+    """
+    row_shape = tuple(shape[1:])
+    if golden.ndim != 2 or len(row_shape) <= 1:
+        return golden, None  # a tabular model takes the rows as they are
+    if sum(d is None for d in row_shape) > 1:
+        return None, f"cannot reshape golden rows to an input of shape {_shape(shape)}"
+    known = int(np.prod([d for d in row_shape if d is not None]))
+    width = golden.shape[1]
+    if known == 0 or width % known or (None not in row_shape and width != known):
+        return None, (f"golden rows of {width} values do not fit an input of shape {_shape(shape)}")
+    return golden.reshape(len(golden), *(-1 if d is None else d for d in row_shape)), None
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:

@@ -6,18 +6,29 @@ the telemetry window (agent/telemetry.py), hands the rows to its observers (drif
 sketches, data capture) and is swapped atomically on activation. Its errors are the
 runtime's (agent/runtime.py): :class:`~agent.runtime.NoModelError` before any model was
 activated, :class:`~agent.runtime.InferenceError` when the runtime refuses an input.
+
+:meth:`Predictor.predict_versioned` gives each call a prediction id and keeps its
+predictions for a while (agent/labels.py), so true labels that come later
+(:meth:`Predictor.join_labels`) count for the model version that made them.
+:meth:`Predictor.predict`, the bare hot path, keeps nothing and gives no id.
+
+Inputs: a batch ``[N, *row_shape]`` of the model's input (``[N, features]``, images
+``[N, H, W]`` or ``[N, H, W, C]``, windows ``[N, T, C]``), or one row ``row_shape``,
+which gets the batch axis added (the model's input rank says which it is).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from time import perf_counter_ns
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from agent.labels import ItemError, LabelReport, LateLabel, RecentPredictions, Task, task_of
 from agent.runtime import Array, InferenceError, ModelSession, NoModelError, RunFn
 from agent.telemetry import StatsRecorder
 
@@ -36,7 +47,7 @@ class RowObserver(Protocol):
     """
 
     def observe(self, model: str, version: int, x: Array, outputs: dict[str, Array]) -> None:
-        """``x`` is the batch as the model saw it ([rows, features]); outputs are batched."""
+        """``x`` is the batch as the model saw it ([rows, *row_shape]); outputs batched."""
 
     def observe_labels(self, predicted: Array, labels: Array) -> None:
         """True labels the application reported for predicted ones (same shape)."""
@@ -46,11 +57,13 @@ _FAST_CHECK_DTYPES = ("float32", "float64")  # BLAS dot; other float types use n
 
 
 class Prediction(NamedTuple):
-    """Outputs and the model version that computed them."""
+    """Outputs, the model version that computed them, and the call's prediction id
+    (labels for its rows name it, agent/labels.py)."""
 
     model: str
     version: int
     outputs: dict[str, Array]
+    id: str
 
 
 class _Active(NamedTuple):
@@ -60,11 +73,13 @@ class _Active(NamedTuple):
     output_names: list[str]
     input_name: str
     input_dtype: np.dtype[Any]
+    row_rank: int  # dimensions of one row: an input of this rank gets the batch axis
     dot_checked: tuple[int, ...]  # float32/64 outputs: finite iff dot(v, v) is finite
     slow_checked: tuple[int, ...]  # other float outputs (float16): np.isfinite
     model: str
     version: int
     session: ModelSession
+    task: Task  # what labels of its predictions are compared with
 
 
 class Predictor:
@@ -76,12 +91,19 @@ class Predictor:
     Args:
         recorder: where calls are recorded (a fresh one by default); the agent core
             drains it once per telemetry window.
+        predictions: where :meth:`predict_versioned` keeps its predictions for late
+            labels (the bounds of agent/labels.py by default).
     """
 
-    __slots__ = ("_active", "observer_errors", "observers", "recorder")
+    __slots__ = ("_active", "observer_errors", "observers", "predictions", "recorder")
 
-    def __init__(self, recorder: StatsRecorder | None = None) -> None:
+    def __init__(
+        self,
+        recorder: StatsRecorder | None = None,
+        predictions: RecentPredictions | None = None,
+    ) -> None:
         self.recorder = recorder if recorder is not None else StatsRecorder()
+        self.predictions = predictions if predictions is not None else RecentPredictions()
         self._active: _Active | None = None
         # Replaced, never mutated in place, so a concurrent predict sees a whole tuple.
         self.observers: tuple[RowObserver, ...] = ()
@@ -94,8 +116,14 @@ class Predictor:
     def remove_observer(self, observer: RowObserver) -> None:
         self.observers = tuple(o for o in self.observers if o is not observer)
 
-    def swap(self, session: ModelSession, model: str, version: int) -> None:
+    def swap(
+        self, session: ModelSession, model: str, version: int, classes: Sequence[str] = ()
+    ) -> None:
         """Make ``session`` the active model (atomic).
+
+        Args:
+            classes: the model's class names in index order (its manifest's
+                ``classes``), so late labels may name a class; empty: indices only.
 
         Raises:
             ValueError: the model does not have exactly one input.
@@ -108,6 +136,7 @@ class Predictor:
             output_names=[o.name for o in session.outputs],
             input_name=session.input_name,
             input_dtype=np.dtype(session.inputs[0].dtype),
+            row_rank=len(session.inputs[0].shape) - 1,
             dot_checked=tuple(i for i, k in enumerate(kinds) if k in _FAST_CHECK_DTYPES),
             slow_checked=tuple(
                 i
@@ -117,6 +146,7 @@ class Predictor:
             model=model,
             version=version,
             session=session,
+            task=task_of(model, version, {o.name: o.shape for o in session.outputs}, classes),
         )
 
     def deactivate(self) -> None:
@@ -135,7 +165,7 @@ class Predictor:
         return None if a is None else a.session
 
     def predict(self, x: npt.ArrayLike) -> dict[str, Array]:
-        """Run the active model on one row (1-D) or a batch (2-D).
+        """Run the active model on one row or a batch (module docstring).
 
         The input is converted to the model's dtype and made C-contiguous only when it is
         not already (no copy otherwise). Outputs are always batched (a row gives 1 row).
@@ -147,7 +177,8 @@ class Predictor:
         return self._predict(self._active, x)
 
     def predict_versioned(self, x: npt.ArrayLike) -> Prediction:
-        """:meth:`predict`, tagged with the model and version that computed it.
+        """:meth:`predict`, tagged with the model and version that computed it and a
+        prediction id; the predictions are kept for :meth:`join_labels`.
 
         Reading :attr:`active` before or after :meth:`predict` could name another model
         if a swap happens in between; this cannot.
@@ -155,16 +186,19 @@ class Predictor:
         active = self._active
         outputs = self._predict(active, x)
         assert active is not None  # _predict raised otherwise
-        return Prediction(active.model, active.version, outputs)
+        pid = self.predictions.add(active.task, outputs)
+        return Prediction(active.model, active.version, outputs, pid)
 
     def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
         if active is None:
             raise NoModelError("no model is active")
-        run, names, input_name, dtype, dot_checked, slow_checked, model, version, _ = active
+        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version, _, _ = (
+            active
+        )
         try:
             arr = _as_c_array(x, dtype)  # x itself when already right: no copy
-            if arr.ndim == 1:
-                arr = arr.reshape(1, -1)
+            if arr.ndim == row_rank:  # one row: add the batch axis (a view)
+                arr = arr[None]
             t0 = perf_counter_ns()
             outs = run(names, {input_name: arr}, None)
             t1 = perf_counter_ns()
@@ -195,8 +229,20 @@ class Predictor:
                     log.exception("predictor: observer %r failed", observer)
         return result
 
-    def record_labels(self, predicted: npt.ArrayLike, labels: npt.ArrayLike) -> None:
-        """Report true labels for predicted ones (live accuracy).
+    def record_labels(
+        self,
+        predicted: npt.ArrayLike,
+        labels: npt.ArrayLike,
+        *,
+        model: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        """Report true labels for predicted ones (live accuracy), on the thread that just
+        predicted them (data capture joins them to that call, agent/capture.py).
+
+        Args:
+            model / version: the version that predicted them (a :class:`Prediction`
+                says); without them, the labels count for the window's active model.
 
         Raises:
             ValueError: the two do not have the same shape.
@@ -205,10 +251,39 @@ class Predictor:
         y = np.asarray(labels)
         if p.shape != y.shape:
             raise ValueError(f"predicted {p.shape} and labels {y.shape} differ in shape")
-        self.recorder.record_labels(int(p.size), int(np.count_nonzero(p == y)))
+        self.recorder.record_labels(
+            int(p.size), int(np.count_nonzero(p == y)), model=model, version=version
+        )
         for observer in self.observers:
             try:
                 observer.observe_labels(p, y)
             except Exception:
                 self.observer_errors += 1
                 log.exception("predictor: observer %r failed on labels", observer)
+
+    def join_labels(self, items: Iterable[LateLabel | ItemError]) -> LabelReport:
+        """Join true labels that came later to the rows of earlier predictions, and
+        record them for the versions that made those predictions (agent/labels.py).
+
+        Never raises for a bad item: the report counts it and says why (an
+        :class:`~agent.labels.ItemError` among ``items``, from parsing, is reported as is).
+        """
+        report, versions = self.predictions.join(list(items))
+        for v in versions:
+            task = v.task
+            if task.regression:
+                self.recorder.record_errors(
+                    task.model, task.version, v.labelled, v.abs_err_sum, v.sq_err_sum
+                )
+            else:
+                self.recorder.record_labels(
+                    v.labelled, v.correct, model=task.model, version=task.version
+                )
+        return report
+
+    def record_label(
+        self, prediction_id: str, label: int | float | str, row: int = 0
+    ) -> LabelReport:
+        """One row's true label (a class index or name, or a regressor's value): the
+        one-item :meth:`join_labels`; ``report.joined == 1`` when it counted."""
+        return self.join_labels([LateLabel(prediction_id, label, row)])

@@ -10,9 +10,12 @@ and reads the same layout), whose sparse form also travels in each window.
 
 from __future__ import annotations
 
+import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.bodies import MAX_OTHER_VERSIONS
 from shared.latency import (
     LAST_BUCKET,
     LINEAR_LIMIT,
@@ -25,13 +28,57 @@ from shared.latency import (
 )
 
 __all__ = [
+    "MAX_OTHER_VERSIONS",
     "N_BUCKETS",
     "InferenceStats",
+    "LabelStats",
     "LatencyHistogram",
     "StatsRecorder",
     "bucket_bounds",
     "bucket_of",
 ]
+
+
+VersionKey = tuple[str, int]  # (model, version) that made the predictions
+
+
+@dataclass(eq=True, slots=True)
+class LabelStats:
+    """True labels joined to one model version's predictions, in one window.
+
+    A classifier's labels count ``correct``; a regressor's (``regression``) add up the
+    absolute and squared errors of its ``value`` instead.
+    """
+
+    labelled: int = 0
+    correct: int = 0
+    abs_err_sum: float = 0.0
+    sq_err_sum: float = 0.0
+    regression: bool = False
+
+    def merge(self, other: LabelStats) -> None:
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.abs_err_sum += other.abs_err_sum
+        self.sq_err_sum += other.sq_err_sum
+        self.regression = self.regression or other.regression
+
+    def copy(self) -> LabelStats:
+        return LabelStats(
+            self.labelled, self.correct, self.abs_err_sum, self.sq_err_sum, self.regression
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """As telemetry body fields: ``labelled`` and ``correct``, or ``labelled`` and the
+        two error sums (a regressor's ``correct`` is 0)."""
+        if self.regression:
+            return {
+                "labelled": self.labelled,
+                "correct": 0,
+                "abs_err_sum": self.abs_err_sum,
+                "sq_err_sum": self.sq_err_sum,
+            }
+        return {"labelled": self.labelled, "correct": self.correct}
 
 
 @dataclass(eq=True, slots=True)
@@ -43,9 +90,12 @@ class InferenceStats:
         errors: calls that raised.
         nonfinite: calls whose float outputs held a NaN or an infinity.
         rows: rows inferred by the calls that succeeded.
-        labelled: rows whose true label the application reported.
+        labelled: rows whose true label was reported without naming the model version
+            (:meth:`StatsRecorder.record_labels` alone); counted for the window's model.
         correct: of those, rows whose predicted label was right.
         latency: per-call latency of the calls that succeeded.
+        versions: labels joined to the predictions of each model version (late labels
+            may name a version that is no longer active).
     """
 
     count: int = 0
@@ -55,6 +105,7 @@ class InferenceStats:
     labelled: int = 0
     correct: int = 0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    versions: dict[VersionKey, LabelStats] = field(default_factory=dict)
 
     def merge(self, other: InferenceStats) -> None:
         """Add ``other`` into this window."""
@@ -65,16 +116,32 @@ class InferenceStats:
         self.labelled += other.labelled
         self.correct += other.correct
         self.latency.merge(other.latency)
+        for key, stats in other.versions.items():
+            mine = self.versions.get(key)
+            if mine is None:
+                self.versions[key] = stats.copy()
+            else:
+                mine.merge(stats)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, model: str | None = None, version: int | None = None) -> dict[str, Any]:
         """The window's fields of a ``telemetry`` message body.
 
         ``count, errors, latency_us {p50, p95, p99}, latency_hist, labelled, correct`` are
         the protocol's fields; ``nonfinite`` and ``rows`` ride along (receivers ignore
-        unknown fields).
+        unknown fields). Labels are reported for the window's ``model`` ``version`` (the
+        active one) at the top level, with ``abs_err_sum`` and ``sq_err_sum`` for a
+        regressor; labels of other versions go in ``other_versions`` (at most
+        MAX_OTHER_VERSIONS, those with the most labels).
         """
         h = self.latency
-        return {
+        own = LabelStats(self.labelled, self.correct)
+        others: list[tuple[VersionKey, LabelStats]] = []
+        for key, stats in self.versions.items():
+            if key == (model, version):
+                own.merge(stats)
+            else:
+                others.append((key, stats))
+        body = {
             "count": self.count,
             "errors": self.errors,
             "latency_us": {
@@ -82,13 +149,19 @@ class InferenceStats:
                 "p95": round(h.percentile(95), 3),
                 "p99": round(h.percentile(99), 3),
             },
-            "labelled": self.labelled,
-            "correct": self.correct,
+            **own.fields(),
             "nonfinite": self.nonfinite,
             "rows": self.rows,
             # the sparse histogram itself: the hub merges windows exactly with it
             "latency_hist": h.to_dict(),
         }
+        if others:
+            others.sort(key=lambda kv: (-kv[1].labelled, kv[0]))
+            body["other_versions"] = [
+                {"model": m, "version": v, **stats.fields()}
+                for (m, v), stats in others[:MAX_OTHER_VERSIONS]
+            ]
+        return body
 
 
 class StatsRecorder:
@@ -102,13 +175,18 @@ class StatsRecorder:
     that read the window just before a drain adds itself to the drained window (lost if
     that window was already summarised); on CPython 3.10, which may switch threads
     between the read and the write, a rare concurrent update can be lost. A free-threaded
-    (no-GIL) build would need a lock here.
+    (no-GIL) build would need a lock here. Labels, off the hot path and arriving from
+    any thread at any time, do take a lock (shared with :meth:`drain`): none is lost.
     """
 
-    __slots__ = ("_stats",)
+    __slots__ = ("_labels_lock", "_stats")
 
     def __init__(self) -> None:
         self._stats = InferenceStats()
+        # Labels come from the application's threads (late labels at any time) and must
+        # not be lost across a drain: their path and drain() take this lock; the hot
+        # path (record) does not.
+        self._labels_lock = threading.Lock()
 
     def record(self, latency_ns: int, rows: int, nonfinite: bool) -> None:
         """One successful call. On the hot path: LatencyHistogram.record is inlined."""
@@ -134,22 +212,66 @@ class StatsRecorder:
         s.count += 1
         s.errors += 1
 
-    def record_labels(self, labelled: int, correct: int) -> None:
-        """Rows whose true label became known, and how many the model got right."""
+    def record_labels(
+        self, labelled: int, correct: int, *, model: str | None = None, version: int | None = None
+    ) -> None:
+        """Rows whose true label became known, and how many the model got right.
+
+        Args:
+            model / version: the model version that made the predictions; without them
+                the labels count for the model active when the window closes.
+
+        Raises:
+            ValueError: ``correct`` is not within ``0..labelled``.
+        """
         if not 0 <= correct <= labelled:
             raise ValueError(f"correct={correct} must be within 0..labelled={labelled}")
-        s = self._stats
-        s.labelled += labelled
-        s.correct += correct
+        with self._labels_lock:
+            s = self._stats
+            if model is None or version is None:
+                s.labelled += labelled
+                s.correct += correct
+                return
+            stats = s.versions.setdefault((model, version), LabelStats())
+            stats.labelled += labelled
+            stats.correct += correct
+
+    def record_errors(
+        self, model: str, version: int, labelled: int, abs_err_sum: float, sq_err_sum: float
+    ) -> None:
+        """A regressor's rows whose true value became known, with the sums of the absolute
+        and squared errors of the predicted values.
+
+        Raises:
+            ValueError: a negative count or sum, or a sum that is not finite.
+        """
+        if labelled < 0 or not (0 <= abs_err_sum < math.inf and 0 <= sq_err_sum < math.inf):
+            raise ValueError(f"bad error sums: {labelled}, {abs_err_sum}, {sq_err_sum}")
+        with self._labels_lock:
+            stats = self._stats.versions.setdefault((model, version), LabelStats())
+            stats.regression = True
+            stats.labelled += labelled
+            stats.abs_err_sum += abs_err_sum
+            stats.sq_err_sum += sq_err_sum
 
     def drain(self) -> InferenceStats:
         """Close the window: return its stats and start a fresh one (one swap: atomic)."""
-        old, self._stats = self._stats, InferenceStats()
+        with self._labels_lock:
+            old, self._stats = self._stats, InferenceStats()
         return old
 
     def peek(self) -> InferenceStats:
         """A copy of the open window (for probation checks that must not close it)."""
         s = self._stats
+        with self._labels_lock:
+            versions = {k: v.copy() for k, v in s.versions.items()}
         return InferenceStats(
-            s.count, s.errors, s.nonfinite, s.rows, s.labelled, s.correct, s.latency.copy()
+            s.count,
+            s.errors,
+            s.nonfinite,
+            s.rows,
+            s.labelled,
+            s.correct,
+            s.latency.copy(),
+            versions,
         )

@@ -12,6 +12,11 @@ on the SAME input arrays:
   the public wrapper (agent/runtime.py ``_ort_run`` says why); predict minus binding is
   the Predictor's own cost.
 
+Apart, at batch 1: ``Predictor.predict_versioned`` (what the local endpoint calls: a
+prediction id, and the prediction kept for late labels, agent/labels.py) against
+``predict``, in blocks of their own so the figures above are not disturbed
+(``batch1_versioned_us``, ``batch1_versioned_extra_us``).
+
 A 2-core machine shared with other work drifts by more than the overhead we look for, so
 the contenders alternate in short blocks, in an order that rotates and reverses from block
 to block; figures are medians over blocks, and the ratio is the median of per-block
@@ -110,6 +115,24 @@ def compare(session: ModelSession, batch: int, blocks: int) -> dict[str, float]:
     }
 
 
+def versioned(session: ModelSession, blocks: int) -> dict[str, float]:
+    """``predict_versioned`` against ``predict`` at batch 1, alternating blocks."""
+    predictor = Predictor()
+    predictor.swap(session, "bench", 1)
+    rows = generate(N_INPUTS, seed=7)[0]
+    inputs = [np.ascontiguousarray(rows[i : i + 1]) for i in range(N_INPUTS)]
+    n = CALLS_PER_BLOCK[1]
+    plain: list[float] = []
+    kept: list[float] = []
+    _block(predictor.predict_versioned, inputs, n)  # warm-up (allocates the rings)
+    for k in range(blocks):
+        pair = ((predictor.predict, plain), (predictor.predict_versioned, kept))
+        for call, times in pair if k % 2 == 0 else reversed(pair):
+            times.append(_block(call, inputs, n))
+    extra = [v - p for p, v in zip(plain, kept, strict=True)]
+    return {"us": statistics.median(kept), "extra_us": statistics.median(extra)}
+
+
 def measure(session: ModelSession, model: str, blocks: int) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "model_bytes": session.size}
     for batch in (1, 256):
@@ -122,6 +145,9 @@ def measure(session: ModelSession, model: str, blocks: int) -> dict[str, Any]:
         out[f"batch{batch}_met"] = r["ratio"] <= GOALS[batch]
         out[f"batch{batch}_binding_us"] = round(r["binding_us"], 3)
         out[f"batch{batch}_predictor_own_us"] = round(r["own_us"], 3)
+    v = versioned(session, blocks)
+    out["batch1_versioned_us"] = round(v["us"], 3)
+    out["batch1_versioned_extra_us"] = round(v["extra_us"], 3)
     return out
 
 
@@ -181,6 +207,11 @@ def _print_table(results: list[dict[str, Any]], report: dict[str, Any]) -> None:
                 f"{GOALS[b]:>6.2f} {'yes' if r[f'batch{b}_met'] else 'NO':>4}   "
                 f"{r[f'batch{b}_binding_us']:>10.2f} {r[f'batch{b}_predictor_own_us']:>7.2f}"
             )
+    for r in results:
+        print(
+            f"{r['model']:<22} predict_versioned at batch 1: {r['batch1_versioned_us']:.2f} µs, "
+            f"{r['batch1_versioned_extra_us']:+.2f} µs over predict (id + kept prediction)"
+        )
     print(
         "raw: the public InferenceSession.run (the goal's baseline); binding: the C++ "
         "binding predict calls; own: predict minus binding, the Predictor's own cost."

@@ -275,6 +275,35 @@ class HubClient:
             self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
         )
 
+    def performance(
+        self,
+        model: str,
+        *,
+        version: int | None = None,
+        device: str | None = None,
+        group: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> dict[str, Any]:
+        """Live accuracy or MAE / RMSE of ``model`` per version, from labelled predictions
+        of one device, one group (tag) or the fleet (neither given), over ``[start, end)``
+        (epoch seconds; the hub defaults to the last hour)."""
+        params = {
+            "model": model,
+            "version": version,
+            "device": device,
+            "group": group,
+            "start": start,
+            "end": end,
+        }
+        return dict(
+            self._call(
+                "GET",
+                "/telemetry/performance",
+                params={k: v for k, v in params.items() if v is not None},
+            )
+        )
+
     def drift(
         self, model: str, scope: str = "fleet", id: str | None = None, **range_: float
     ) -> dict[str, Any]:

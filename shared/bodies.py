@@ -34,6 +34,12 @@ TERMINAL_STAGES: Final = frozenset({"healthy", "rolled_back", "failed", "refused
 MAX_CHUNK_BYTES: Final = 64 * 2**10  # bytes (DESIGN §8: keeps the broker's memory flat)
 MAX_UINT: Final = 2**63  # unsigned fields stay below it: a SQL BIGINT holds them
 LATENCY_BUCKETS: Final = N_BUCKETS  # shared/latency.py: buckets of a LatencyHistogram
+# Live accuracy / error of labelled predictions (docs/telemetry.md)
+MAX_OTHER_VERSIONS: Final = 8  # entries of a telemetry window's ``other_versions``
+# a window's sum of absolute or squared errors stays below it: the hub adds up to
+# 500,000 windows of them and still gets a finite float (the agent refuses a label
+# beyond float32's range, so one error squared is < 5e77)
+MAX_ERR_SUM: Final = 1e200
 
 # Data capture (docs/capture.md): limits a receiver checks before it trusts a size.
 MAX_CAPTURE_ROWS: Final = 100_000  # rows one capture command may ask for
@@ -147,6 +153,35 @@ def _latency_hist(x: Any) -> bool:
     )
 
 
+_err_sum: Final = _bounded(is_number, 0.0, MAX_ERR_SUM)
+_VERSION_LABEL_KEYS: Final = frozenset(
+    {"model", "version", "labelled", "correct", "abs_err_sum", "sq_err_sum"}
+)
+
+
+def _version_labels(x: Any) -> bool:
+    """One ``other_versions`` entry: a model version's labels joined in this window."""
+    return (
+        isinstance(x, dict)
+        and x.keys() <= _VERSION_LABEL_KEYS
+        and is_short_str(x.get("model"))
+        and is_nonneg_int(x.get("version"))
+        and is_nonneg_int(x.get("labelled"))
+        and ("correct" not in x or (is_nonneg_int(x["correct"]) and x["correct"] <= x["labelled"]))
+        and ("abs_err_sum" not in x or _err_sum(x["abs_err_sum"]))
+        and ("sq_err_sum" not in x or _err_sum(x["sq_err_sum"]))
+    )
+
+
+def _other_versions(x: Any) -> bool:
+    return (
+        isinstance(x, list)
+        and 0 < len(x) <= MAX_OTHER_VERSIONS
+        and all(_version_labels(v) for v in x)
+        and len({(v["model"], v["version"]) for v in x}) == len(x)
+    )
+
+
 def _chunk_list(x: Any) -> bool:
     return (
         isinstance(x, list) and 0 < len(x) <= 256 and all(is_nonneg_int(i) and i < 2**20 for i in x)
@@ -235,6 +270,11 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "spool_dropped": (is_nonneg_int, False),  # windows the device's spool dropped, ever
         "labelled": (is_nonneg_int, False),
         "correct": (is_nonneg_int, False),
+        # a regressor's labels (docs/telemetry.md): sums of |value - label| and its square
+        "abs_err_sum": (_err_sum, False),
+        "sq_err_sum": (_err_sum, False),
+        # labels joined in this window to predictions of other model versions
+        "other_versions": (_other_versions, False),
         "cpu_pct": (_opt_number, False),
         "rss_bytes": (_opt_nonneg_int, False),
     },

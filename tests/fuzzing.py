@@ -596,6 +596,10 @@ def report_seeds(now: float) -> dict[str, list[bytes]]:
         "correct": 38,
         "cpu_pct": 12.5,
         "rss_bytes": 88473600,
+        "other_versions": [
+            {"model": "m", "version": 2, "labelled": 6, "correct": 5},
+            {"model": "r", "version": 1, "labelled": 4, "abs_err_sum": 2.5, "sq_err_sum": 3.25},
+        ],
     }
     state = {
         "status": "online",
@@ -775,6 +779,26 @@ def _chunks(x: Any) -> bool:
     return type(x) is list and 1 <= len(x) <= 256 and all(_uint(i) and i < 2**20 for i in x)
 
 
+def _err_sum(x: Any) -> bool:
+    return _number(x) and 0 <= x <= 1e200
+
+
+def _other_versions(x: Any) -> bool:
+    return (
+        type(x) is list
+        and 1 <= len(x) <= 8
+        and all(
+            type(v) is dict
+            and _short(v.get("model"))
+            and _uint(v.get("version"))
+            and _uint(v.get("labelled"))
+            and ("correct" not in v or (_uint(v["correct"]) and v["correct"] <= v["labelled"]))
+            and all(_err_sum(v[k]) for k in ("abs_err_sum", "sq_err_sum") if k in v)
+            for v in x
+        )
+    )
+
+
 # type -> field -> (check, required)
 DOC_BODIES: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], bool]]] = {
     "state": {
@@ -805,6 +829,9 @@ DOC_BODIES: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], bool]]] = {
         "latency_us": (_latency, True),
         "labelled": (_uint, False),
         "correct": (_uint, False),
+        "abs_err_sum": (_err_sum, False),
+        "sq_err_sum": (_err_sum, False),
+        "other_versions": (_other_versions, False),
         "cpu_pct": (lambda x: x is None or _number(x), False),
         "rss_bytes": (_opt_uint, False),
     },

@@ -66,6 +66,7 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("PUT", "/devices/{device_id}/tags"): Role.operator,
     ("GET", "/telemetry/devices/{device_id}"): Role.viewer,
     ("GET", "/telemetry/groups/{group}"): Role.viewer,
+    ("GET", "/telemetry/performance"): Role.viewer,
     ("GET", "/drift/models/{model}"): Role.viewer,
     ("GET", "/drift/alerts"): Role.viewer,
     ("GET", "/drift/events"): Role.viewer,

@@ -30,7 +30,7 @@ from agent.events import (
     VerifyMetadata,
     WriteChunk,
 )
-from agent.telemetry import InferenceStats
+from agent.telemetry import InferenceStats, StatsRecorder
 from shared import protocol
 from shared.director import DirectorKeys, sign_command
 from shared.reasons import Reason
@@ -373,6 +373,34 @@ def test_telemetry_windows_carry_sequence_numbers() -> None:
         ]
     assert [b["seq"] for b in sent] == [0, 1]
     assert sent[0]["count"] == 21  # the ticks at 0, 5 and 10 s
+
+
+def test_labels_count_for_the_version_that_predicted_in_the_window() -> None:
+    h = Harness(AgentCore(CoreConfig(DEV, "gw", window_s=10), director_keys=KEYS))
+    h.install(2, bytes(range(256)), now=0.0)  # "m" v2 is active
+    recorder = StatsRecorder()
+    recorder.record_labels(10, 7, model="m", version=2)
+    recorder.record_labels(5, 1, model="m", version=1)  # late labels of the version before
+    recorder.record_errors("r", 3, 4, 2.0, 1.5)  # a regressor's
+    recorder.record_labels(2, 2)  # no version named: the window's model
+    acts = h.core.handle(Tick(25.0, recorder.drain()))
+    (body,) = [
+        json.loads(a.payload)["body"]
+        for a in acts
+        if isinstance(a, Publish) and a.topic.endswith("/telemetry")
+    ]
+    assert (body["model"], body["version"], body["labelled"], body["correct"]) == ("m", 2, 12, 9)
+    assert body["other_versions"] == [
+        {"model": "m", "version": 1, "labelled": 5, "correct": 1},
+        {
+            "model": "r",
+            "version": 3,
+            "labelled": 4,
+            "correct": 0,
+            "abs_err_sum": 2.0,
+            "sq_err_sum": 1.5,
+        },
+    ]
 
 
 def test_duplicate_deploy_reports_progress_and_reinstall_reports_healthy() -> None:

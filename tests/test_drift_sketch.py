@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import make_conv_onnx  # tests/models.py
 
 from agent.core import AgentCore, CoreConfig
 from agent.drift import DriftRecorder
 from agent.events import Publish, Tick
+from agent.predictor import Predictor
+from agent.runtime import OnnxBackend
 from agent.telemetry import InferenceStats
 from hub.ml.pipeline import baseline_stats
 from shared import protocol
@@ -276,3 +279,96 @@ def test_core_publishes_one_drift_message_per_window_with_the_telemetry_seq() ->
     # a window without rows publishes telemetry only
     acts = core.handle(Tick(20.0, InferenceStats(), drift=rec.drain()))
     assert [a.topic.rsplit("/", 1)[-1] for a in acts if isinstance(a, Publish)] == ["telemetry"]
+
+
+# ------------------------------------------------------------ images, windows, regressors
+
+
+def flat_baseline(
+    x: np.ndarray, *, bins: int = 6, value: np.ndarray | None = None
+) -> dict[str, Any]:
+    """A baseline as the hub makes one for an image or window model: per flattened value
+    (n_feat = H*W*C), and for a regressor a ``scores`` histogram of ``value``."""
+    flat = x.reshape(len(x), -1)
+    features = []
+    for j in range(flat.shape[1]):
+        edges = np.unique(np.quantile(flat[:, j], np.linspace(0, 1, bins + 1)))
+        hist, _ = np.histogram(flat[:, j], bins=edges)
+        features.append(
+            {"name": f"v{j}", "edges": edges.tolist(), "hist": (hist / len(flat)).tolist()}
+        )
+    if value is None:
+        return {
+            "features": features,
+            "outputs": {"classes": ["a", "b", "c"], "hist": [0.4, 0.3, 0.3]},
+        }
+    edges = np.quantile(value, np.linspace(0, 1, bins + 1))
+    hist, _ = np.histogram(value, bins=edges)
+    outputs = {"edges": edges.tolist(), "hist": (hist / len(value)).tolist()}
+    return {"features": features, "outputs": outputs}
+
+
+def test_image_rows_are_flattened_to_the_baselines_features() -> None:
+    session = OnnxBackend().load_bytes(make_conv_onnx((4, 4, 2)))
+    rng = np.random.default_rng(6)
+    reference = rng.normal(size=(500, 4, 4, 2)).astype(np.float32)
+    p = Predictor()
+    p.swap(session, "img", 1)
+    rec = DriftRecorder()
+    rec.activate("img", 1, flat_baseline(reference))
+    p.add_observer(rec)
+    live = rng.normal(size=(300, 4, 4, 2)).astype(np.float32)
+    for i in range(0, 300, 25):
+        p.predict(live[i : i + 25])
+    p.predict(live[0])  # one row: the batch axis is added, then flattened
+    got = rec.drain()
+    assert got is not None and got.sketch.rows == 301 and rec.mismatched_rows == 0
+    layout = Baseline.from_manifest(flat_baseline(reference))
+    flat = np.concatenate([live, live[:1]]).reshape(301, -1)
+    for j in (0, 13, 31):  # every flattened value is its own feature
+        assert np.array_equal(got.sketch.counts[j], raw_counts(flat[:, j], layout.edges[j]))
+    labels = session.run(np.concatenate([live, live[:1]]))[0]
+    assert np.array_equal(got.sketch.output_counts, np.bincount(labels, minlength=3))
+
+
+def test_rows_of_another_width_are_counted_not_dropped_silently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rng = np.random.default_rng(7)
+    rec = DriftRecorder()
+    rec.activate("img", 1, flat_baseline(rng.normal(size=(200, 4, 4)).astype(np.float32)))
+    wrong = rng.normal(size=(10, 5, 5)).astype(np.float32)  # 25 values, the baseline has 16
+    with caplog.at_level("WARNING", logger="agent.drift"):
+        rec.observe("img", 1, wrong, {"label": np.zeros(10, dtype=np.int64)})
+        rec.observe("img", 1, wrong[:3], {"label": np.zeros(3, dtype=np.int64)})
+    assert rec.mismatched_rows == 13
+    assert rec.drain() is None  # nothing sketched
+    assert len([r for r in caplog.records if "mismatched_rows" in r.getMessage()]) == 1
+
+
+def test_a_regressors_value_is_sketched_on_the_baselines_score_edges() -> None:
+    session = OnnxBackend().load_bytes(make_conv_onnx((12, 3), task="regression", window=True))
+    rng = np.random.default_rng(8)
+    reference = rng.normal(size=(400, 12, 3)).astype(np.float32)
+    baseline = flat_baseline(reference, value=session.run(reference)[0][:, 0])
+    layout = Baseline.from_manifest(baseline)
+    assert layout.output_kind == "scores"
+    p = Predictor()
+    p.swap(session, "load", 1)
+    rec = DriftRecorder()
+    rec.activate("load", 1, baseline)
+    p.add_observer(rec)
+    live = rng.normal(0.3, 1.2, size=(260, 12, 3)).astype(np.float32)  # some fall outside
+    for i in range(0, 260, 20):
+        p.predict(live[i : i + 20])
+    got = rec.drain()
+    assert got is not None and got.sketch.output_kind == "scores"
+    value = session.run(live)[0][:, 0].astype(np.float64)
+    assert np.array_equal(got.sketch.output_counts, raw_counts(value, layout.output_edges))
+    assert got.sketch.output_counts[0] + got.sketch.output_counts[-1] > 0  # under/overflow seen
+    assert rec.skipped_outputs == 0
+    # and the sketch travels: a drift message the hub accepts, scored against the baseline
+    body = {"seq": 1, "model": "load", "version": 1, "sketch": got.sketch.to_dict()}
+    decoded = protocol.decode(protocol.encode("drift", body, ts=1.0))
+    scores = score_sketch(layout, DriftSketch.from_dict(decoded.body["sketch"]))
+    assert scores[OUTPUTS].psi > 0

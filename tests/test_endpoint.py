@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from models import make_log_onnx, make_mlp_onnx  # tests/models.py
+from models import make_conv_onnx, make_log_onnx, make_mlp_onnx  # tests/models.py
 
 from agent.endpoint import MAX_DISCARD_BYTES, LocalEndpoint
 from agent.predictor import Predictor
@@ -86,9 +86,9 @@ def test_labels_are_recorded(
     x, y = generate(MAX_ROWS, seed=32)
     status, reply = call(conn, "POST", "/v1/predict", {"inputs": x.tolist(), "labels": y.tolist()})
     assert status == 200
-    stats = predictor.recorder.drain()
-    assert (stats.count, stats.rows, stats.labelled) == (1, MAX_ROWS, MAX_ROWS)
-    assert stats.correct == sum(
+    window = predictor.recorder.drain().summary("vibration", 7)  # for the version that ran
+    assert (window["count"], window["rows"], window["labelled"]) == (1, MAX_ROWS, MAX_ROWS)
+    assert window["correct"] == sum(
         a == b for a, b in zip(reply["outputs"]["label"], y.tolist(), strict=True)
     )
 
@@ -293,3 +293,64 @@ def test_unix_socket(tmp_path: Path, predictor: Predictor) -> None:
         ep.stop()
     assert not path.exists()
     ep.stop()  # idempotent
+
+
+# ------------------------------------------------------------ conv nets and regressors
+
+
+@pytest.fixture(scope="module")
+def conv() -> ModelSession:
+    return OnnxBackend().load_bytes(make_conv_onnx((6, 6, 3), task="regression"))
+
+
+def serve(session: ModelSession, model: str = "conv") -> tuple[Predictor, LocalEndpoint]:
+    p = Predictor()
+    p.swap(session, model, 1)
+    return p, LocalEndpoint(p, max_rows=MAX_ROWS, max_body_bytes=MAX_BODY)
+
+
+def test_an_image_regressor_takes_nested_or_flattened_rows(conv: ModelSession) -> None:
+    x = np.random.default_rng(9).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    (want,) = conv.native.run(None, {"input": x})
+    p, ep = serve(conv)
+    with ep:
+        c = http.client.HTTPConnection(*ep.address, timeout=10)
+        nested = call(c, "POST", "/v1/predict", {"inputs": x.tolist()})
+        flat = call(c, "POST", "/v1/predict", {"inputs": x.reshape(4, -1).tolist()})
+        status, info = call(c, "GET", "/v1/model")
+        c.close()
+    assert info["inputs"] == [{"name": "input", "dtype": "float32", "shape": [None, 6, 6, 3]}]
+    assert info["outputs"] == [{"name": "value", "dtype": "float32", "shape": [None, 1]}]
+    for status, reply in (nested, flat):
+        assert status == 200, reply
+        assert list(reply["outputs"]) == ["value"]
+        np.testing.assert_array_equal(np.asarray(reply["outputs"]["value"], np.float32), want)
+    assert p.recorder.drain().rows == 8
+
+
+IMAGE = np.zeros((6, 6, 3)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("inputs", "code", "detail"),
+    [
+        ([np.zeros((6, 6)).tolist()], "wrong_width", "[6, 6, 3], got rows of shape [6, 6]"),
+        ([np.zeros((6, 6, 4)).tolist()], "wrong_width", "got rows of shape [6, 6, 4]"),
+        ([[0.0] * 107], "wrong_width", "got rows of shape [107]"),  # flattened, one short
+        ([IMAGE, np.zeros((6, 5, 3)).tolist()], "bad_inputs", "not rows of numbers"),  # ragged
+        (IMAGE, "wrong_width", "[6, 6, 3]"),  # one bare image, not a list of them
+    ],
+    ids=["grey", "4 channels", "flat short", "ragged", "bare image"],
+)
+def test_rows_that_are_not_the_models_image_are_refused(
+    conv: ModelSession, inputs: Any, code: str, detail: str
+) -> None:
+    p, ep = serve(conv)
+    with ep:
+        c = http.client.HTTPConnection(*ep.address, timeout=10)
+        status, reply = call(c, "POST", "/v1/predict", {"inputs": inputs})
+        ok, _ = call(c, "POST", "/v1/predict", {"inputs": [IMAGE]})
+        c.close()
+    assert (status, reply["error"]) == (400, code), reply
+    assert detail in reply["detail"]
+    assert ok == 200 and p.recorder.drain().count == 1

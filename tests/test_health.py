@@ -9,7 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from models import make_log_onnx, make_mlp_onnx, quantize_int8  # tests/models.py
+from models import (  # tests/models.py
+    make_conv_onnx,
+    make_log_onnx,
+    make_mlp_onnx,
+    make_regressor_onnx,
+    quantize_int8,
+)
 
 from agent.health import HealthResult, load_and_check, run_health_check
 from agent.runtime import ModelSession, OnnxBackend, SessionCache
@@ -315,3 +321,81 @@ def test_a_two_input_model_fails_without_running(staged: tuple[Path, ModelSessio
         "input 'extra' is not in the manifest",
         "the model has 2 inputs; the agent serves one",
     )
+
+
+# ------------------------------------------------------------ conv nets and regressors
+
+
+def flat_golden(session: ModelSession, x: np.ndarray, output: str, **overrides: Any) -> HealthCheck:
+    """The health check the hub signs for a conv net: rows flattened (ADR 0014)."""
+    want = session.run(x)[list(session.output_names).index(output)]
+    fields: dict[str, Any] = {
+        "golden_inputs": tuple(tuple(map(float, r)) for r in x.reshape(len(x), -1)),
+        "golden_outputs": tuple(tuple(map(float, np.ravel(r))) for r in want),
+        "golden_output": output,
+        "tolerance": 1e-4,
+        "latency_budget_us": GENEROUS_US,
+        "memory_budget_mb": 1024.0,
+        "probation_s": 10.0,
+        "probation_min_inferences": 10,
+        "max_error_ratio": 0.05,
+    }
+    fields.update(overrides)
+    return HealthCheck(**fields)
+
+
+@pytest.mark.parametrize(
+    ("row_shape", "task", "window", "output"),
+    [
+        ((8, 8), "classification", False, "probabilities"),
+        ((6, 6, 3), "classification", False, "probabilities"),
+        ((6, 6, 3), "regression", False, "value"),
+        ((20, 3), "regression", True, "value"),
+    ],
+)
+def test_flattened_golden_rows_are_reshaped_to_the_models_input(
+    row_shape: tuple[int, ...], task: str, window: bool, output: str
+) -> None:
+    session = OnnxBackend().load_bytes(make_conv_onnx(row_shape, task=task, window=window))
+    x = np.random.default_rng(4).normal(size=(6, *row_shape)).astype(np.float32)
+    health = flat_golden(session, x, output)
+    if task == "regression":
+        assert all(len(r) == 1 for r in health.golden_outputs)  # rows of one value
+    result = run_health_check(session, health, session.inputs, session.outputs)
+    assert result.ok, result.failures
+    assert result.max_golden_diff is not None and result.max_golden_diff <= 1e-6
+    # a regressor whose value drifted from the signed one fails, naming the row
+    moved = [list(r) for r in health.golden_outputs]
+    moved[4][0] += 0.5
+    bad = run_health_check(
+        session,
+        dataclasses.replace(health, golden_outputs=tuple(map(tuple, moved))),
+        session.inputs,
+        session.outputs,
+    )
+    assert f"golden output {output!r} row 4 differs by 0.5 > tolerance 0.0001" in bad.failures
+
+
+def test_golden_rows_that_do_not_fit_the_image_fail_without_raising() -> None:
+    session = OnnxBackend().load_bytes(make_conv_onnx((6, 6, 3)))
+    x = np.random.default_rng(5).normal(size=(3, 6, 6, 3)).astype(np.float32)
+    health = flat_golden(session, x, "probabilities")
+    short = tuple(r[:-1] for r in health.golden_inputs)  # 107 values, not 6*6*3
+    result = run_health_check(
+        session, dataclasses.replace(health, golden_inputs=short), session.inputs, session.outputs
+    )
+    assert result.failures == (
+        "golden rows of 107 values do not fit an input of shape [None, 6, 6, 3]",
+    )
+
+
+def test_a_regressor_golden_check_through_its_manifest(tmp_path: Path) -> None:
+    data = make_regressor_onnx()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data)
+    session = OnnxBackend().load(path)
+    x, _ = generate(5, seed=22)
+    health = flat_golden(session, x, "value")
+    manifest = manifest_for(data, health, outputs=session.outputs, classes=())
+    loaded, result = load_and_check(OnnxBackend(), path, manifest, check_memory=False)
+    assert result.ok and loaded is not None, result.failures

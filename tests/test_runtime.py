@@ -12,7 +12,12 @@ import onnxruntime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from models import make_log_onnx, make_mlp_onnx  # tests/models.py: pytest puts tests/ on sys.path
+from models import (  # tests/models.py: pytest puts tests/ on sys.path
+    make_conv_onnx,
+    make_log_onnx,
+    make_mlp_onnx,
+    make_regressor_onnx,
+)
 
 from agent.predictor import Predictor
 from agent.runtime import (
@@ -280,6 +285,47 @@ def test_record_labels_counts_correct_rows(predictor: Predictor) -> None:
     assert stats.correct / stats.labelled > 0.5  # the model learned something
     with pytest.raises(ValueError, match="shape"):
         predictor.record_labels(out["label"], y[:10])
+
+
+@pytest.mark.parametrize(
+    ("row_shape", "task", "window"),
+    [
+        ((8, 8), "classification", False),  # a grey image [H, W]
+        ((6, 6, 3), "classification", False),  # a colour image [H, W, C]
+        ((6, 6, 3), "regression", False),
+        ((20, 3), "regression", True),  # a window [T, C]
+    ],
+)
+def test_conv_nets_take_one_row_or_a_batch_by_the_input_rank(
+    row_shape: tuple[int, ...], task: str, window: bool
+) -> None:
+    session = OnnxBackend().load_bytes(make_conv_onnx(row_shape, task=task, window=window))
+    p = Predictor()
+    p.swap(session, "conv", 1)
+    x = np.random.default_rng(3).normal(size=(5, *row_shape)).astype(np.float32)
+    want = dict(zip(session.output_names, session.native.run(None, {"input": x}), strict=True))
+    batch = p.predict(x)
+    one = p.predict(x[2])  # one row of the model's row shape: the batch axis is added
+    for name, value in want.items():
+        np.testing.assert_array_equal(batch[name], value)
+        np.testing.assert_array_equal(one[name], value[2:3])
+    if task == "regression":
+        assert list(batch) == ["value"] and batch["value"].shape == (5, 1)
+    with pytest.raises(InferenceError):  # a flat row is not an image: refused, counted
+        p.predict(x[2].ravel())
+    stats = p.recorder.drain()
+    assert (stats.count, stats.rows, stats.errors) == (3, 6, 1)
+
+
+def test_a_regressor_serves_its_value(mlp: ModelSession) -> None:
+    session = OnnxBackend().load_bytes(make_regressor_onnx())
+    p = Predictor()
+    p.swap(session, "load", 2)
+    x, _ = generate(4, seed=17)
+    got = p.predict_versioned(x)
+    assert (got.model, got.version, list(got.outputs)) == ("load", 2, ["value"])
+    np.testing.assert_array_equal(got.outputs["value"], session.native.run(None, {"input": x})[0])
+    np.testing.assert_array_equal(p.predict(x[0])["value"], got.outputs["value"][:1])
 
 
 def test_swap_refuses_a_multi_input_model(mlp: ModelSession) -> None:

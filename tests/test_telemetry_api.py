@@ -8,6 +8,7 @@ Python client. The retention tests drive the ingest and retention on a SQLite fi
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from sqlalchemy import Engine
 from sqlmodel import select
 from waiting import wait_for
 
-from agent.telemetry import InferenceStats, LatencyHistogram
+from agent.telemetry import InferenceStats, LatencyHistogram, StatsRecorder
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig, make_ingest
@@ -28,7 +29,7 @@ from hub.access.keys import ApiKeys, Role
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
 from hub.store.tables import DriftWindow, Telemetry, make_engine, session, sqlite_url
-from hub.telemetry.queries import series
+from hub.telemetry.queries import performance, series
 from hub.telemetry.retention import RetentionPolicy, run_retention
 from hub.transport.broker import Mosquitto
 from shared import protocol
@@ -152,6 +153,150 @@ def test_bad_queries_get_a_clear_422(stage: Any) -> None:
     assert unknown["devices"] == 0 and unknown["points"] == []
 
 
+# ------------------------------------------------------------------ live performance
+
+
+def labelled_window(
+    device: str, seq: int, active: tuple[str, int], labels: list[tuple[Any, ...]], t0: float
+) -> tuple[str, bytes]:
+    """A telemetry window as the agent sends it after joining ``labels``:
+    ``(model, version, labelled, correct)`` of a classifier or ``(model, version,
+    labelled, abs_err_sum, sq_err_sum)`` of a regressor, made by whatever version."""
+    recorder = StatsRecorder()
+    recorder.record(20_000, 1, False)
+    for model, version, n, *figures in labels:
+        if len(figures) == 1:
+            recorder.record_labels(n, figures[0], model=model, version=version)
+        else:
+            recorder.record_errors(model, version, n, figures[0], figures[1])
+    body = {
+        "seq": seq,
+        "start": t0 + seq * WINDOW_S,
+        "end": t0 + (seq + 1) * WINDOW_S,
+        "model": active[0],
+        "version": active[1],
+        **recorder.drain().summary(*active),
+    }
+    return protocol.topic(device, "telemetry"), protocol.encode("telemetry", body, ts=body["end"])
+
+
+def expected_performance(messages: list[tuple[str, bytes]], model: str) -> dict[int, Any]:
+    """Per version of ``model``: figures summed straight from the wire bodies."""
+    sums: dict[int, dict[str, Any]] = {}
+    for topic, payload in messages:
+        body = protocol.decode(payload).body
+        parts = [{"model": body["model"], "version": body["version"], **body}]
+        parts += body.get("other_versions", [])
+        for part in parts:
+            if part["model"] != model or not part.get("labelled"):
+                continue
+            acc = sums.setdefault(
+                part["version"], {"n": 0, "correct": 0, "abs": 0.0, "sq": 0.0, "devices": set()}
+            )
+            acc["n"] += part["labelled"]
+            acc["correct"] += part.get("correct", 0)
+            acc["abs"] += part.get("abs_err_sum", 0.0)
+            acc["sq"] += part.get("sq_err_sum", 0.0)
+            acc["devices"].add(protocol.parse_topic(topic)[0])
+    return sums
+
+
+def classifier_figures(sums: dict[int, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": v,
+            "task": "classification",
+            "labelled": a["n"],
+            "correct": a["correct"],
+            "accuracy": round(a["correct"] / a["n"], 6),
+            "devices": len(a["devices"]),
+        }
+        for v, a in sorted(sums.items())
+    ]
+
+
+def test_live_accuracy_and_error_per_version_for_a_device_a_group_and_the_fleet(
+    mosquitto: Mosquitto, stage: Any
+) -> None:
+    hub, viewer, operator = stage
+    t0 = (time.time() // 3600 - 20) * 3600
+    # pf-a runs cls v2 and still gets labels for what v1 predicted before the rollout;
+    # pf-b still runs v1; pf-c runs v2 outside the group; pf-r runs a regressor, v3,
+    # and gets late labels for v2's values
+    a = [
+        labelled_window("pf-a", i, ("cls", 2), [("cls", 2, 10, i), ("cls", 1, 4, 2)], t0)
+        for i in range(10)
+    ]
+    b = [labelled_window("pf-b", i, ("cls", 1), [("cls", 1, 6, 5)], t0) for i in range(10)]
+    c = [labelled_window("pf-c", i, ("cls", 2), [("cls", 2, 8, 8)], t0) for i in range(10)]
+    r = [
+        labelled_window(
+            "pf-r",
+            i,
+            ("reg", 3),
+            [("reg", 3, 5, i + 0.5, (i + 1) ** 2), ("reg", 2, 2, 3.0, 5.0)],
+            t0,
+        )
+        for i in range(10)
+    ]
+    everything = a + b + c + r
+    online = [
+        (protocol.topic(d, "state"), protocol.encode("state", {"status": "online"}, ts=T0))
+        for d in ("pf-a", "pf-b", "pf-c", "pf-r")
+    ]
+    before = hub.ingest.counts["telemetry"]
+    publish_all(mosquitto, online + everything)
+    wait_for(
+        lambda: hub.ingest.counts["telemetry"] >= before + len(everything), 20, "windows stored"
+    )
+    for d in ("pf-a", "pf-b"):
+        operator.set_tags(d, ["line-9"])
+    span = {"start": t0, "end": t0 + 3600}
+
+    one = viewer.performance("cls", device="pf-a", **span)
+    assert (one["scope"], one["device"], one["devices"]) == ("device", "pf-a", 1)
+    assert one["versions"] == classifier_figures(expected_performance(a, "cls"))
+    assert one["versions"][0]["labelled"] == 40  # v1's late labels, counted for v1
+
+    group = viewer.performance("cls", group="line-9", **span)
+    assert (group["scope"], group["devices"]) == ("group", 2)
+    assert group["versions"] == classifier_figures(expected_performance(a + b, "cls"))
+
+    fleet = viewer.performance("cls", **span)
+    assert fleet["scope"] == "fleet"
+    assert fleet["versions"] == classifier_figures(expected_performance(a + b + c, "cls"))
+    only_v2 = viewer.performance("cls", version=2, **span)["versions"]
+    assert only_v2 == [v for v in fleet["versions"] if v["version"] == 2]
+
+    want = expected_performance(r, "reg")
+    got = viewer.performance("reg", **span)["versions"]
+    assert [v["version"] for v in got] == [2, 3]
+    for v in got:
+        w = want[v["version"]]
+        assert v["task"] == "regression" and v["labelled"] == w["n"] and v["devices"] == 1
+        assert v["mae"] == round(w["abs"] / w["n"], 6)
+        assert v["rmse"] == round(math.sqrt(w["sq"] / w["n"]), 6)
+        assert "accuracy" not in v
+
+    # the series sees the same labels: accuracy of the classifiers', MAE of the regressors'
+    (point,) = viewer.telemetry(device="pf-r", start=t0, end=t0 + 3600, resolution_s=3600)["points"]
+    assert point["accuracy"] is None and point["labelled"] == want[2]["n"] + want[3]["n"]
+    assert point["mae"] == round((want[2]["abs"] + want[3]["abs"]) / point["labelled"], 6)
+
+
+def test_bad_performance_queries_get_a_clear_422(stage: Any) -> None:
+    _, viewer, _ = stage
+    with pytest.raises(HubClientError, match="at most one of device and group"):
+        viewer.performance("cls", device="pf-a", group="line-9")
+    with pytest.raises(HubClientError, match="empty range"):
+        viewer.performance("cls", start=T0 + 10, end=T0)
+    with pytest.raises(HubClientError) as info:
+        viewer.performance("no such model!")
+    assert info.value.status == 422
+    nobody = viewer.performance("cls", group="no-such-group", start=T0, end=T0 + 60)
+    assert (nobody["devices"], nobody["versions"]) == (0, [])
+
+
 # ------------------------------------------------------------------ retention
 
 
@@ -197,6 +342,52 @@ def test_downsampling_preserves_totals_and_is_idempotent(engine: Engine) -> None
     second = run_retention(engine, policy, now=now)
     assert (second.folded, second.rows_written, second.deleted) == (0, 0, 0)
     assert totals(engine, 86400) == after
+
+
+def test_downsampling_keeps_labels_per_version(engine: Engine) -> None:
+    """Folding windows of two versions into hourly rows keeps each version's figures."""
+    messages = [
+        labelled_window(
+            "fold",
+            i,
+            ("cls", 2) if i >= 300 else ("cls", 1),  # a rollout at window 300
+            [("cls", 2, 3, i % 4)] if i >= 300 else [("cls", 1, 5, 3)],
+            T0,
+        )
+        for i in range(600)
+    ]
+    messages += [  # late labels of v1 after the rollout, and a regressor's
+        labelled_window("fold", 600 + i, ("cls", 2), [("cls", 1, 2, 1)], T0) for i in range(50)
+    ]
+    messages += [
+        labelled_window("fold-r", i, ("reg", 1), [("reg", 1, 4, 0.25 * i, 0.5 * i)], T0)
+        for i in range(400)
+    ]
+    ingest_all(engine, messages)
+
+    def figures() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        with session(engine) as s:
+            return (
+                performance(s, "cls", None, None, T0 - 86400, T0 + 86400),
+                performance(s, "reg", None, None, T0 - 86400, T0 + 86400),
+                series(s, None, T0 - 86400, T0 + 86400, 86400),
+            )
+
+    before = figures()
+    assert [v["labelled"] for v in before[0]] == [300 * 5 + 50 * 2, 300 * 3]
+    result = run_retention(
+        engine, RetentionPolicy(3600, 30 * 86400, 3600), now=T0 + 650 * WINDOW_S + 3601
+    )
+    assert result.folded == 1050
+    after = figures()
+    assert after[:2] == before[:2]
+    for b, a in zip(before[2], after[2], strict=True):
+        for key in ("labelled", "correct", "accuracy", "mae", "rmse"):
+            assert b[key] == a[key], key
+    with session(engine) as s:
+        hour = s.get(Telemetry, ("fold", -1 - int((T0 + 3000 * 1.0) // 3600)))
+    assert hour is not None and hour.version == 2 and hour.other_versions is not None
+    assert json.loads(hour.other_versions)[0]["version"] == 1
 
 
 def test_a_replay_of_folded_windows_is_refused_not_double_counted(engine: Engine) -> None:
@@ -255,9 +446,13 @@ def test_a_database_from_before_the_new_columns_is_upgraded_in_place(tmp_path: P
         )
     engine = make_engine(sqlite_url(db))
     ingest_all(engine, [window("new", 0, random.Random(2))])
+    ingest_all(engine, [labelled_window("new-r", 1, ("r", 2), [("r", 1, 4, 2.0, 1.0)], T0)])
+    with session(engine) as s:  # the columns added in place hold a regressor's late labels
+        (got,) = performance(s, "r", None, None, T0, T0 + 60)
+    assert (got["version"], got["labelled"], got["mae"], got["rmse"]) == (1, 4, 0.5, 0.5)
     points = totals(engine, 86400)
-    assert sum(p["windows"] for p in points) == 2
+    assert sum(p["windows"] for p in points) == 3
     assert (
         sum(p["count"] for p in points)
-        == 5 + protocol.decode(window("new", 0, random.Random(2))[1]).body["count"]
+        == 5 + protocol.decode(window("new", 0, random.Random(2))[1]).body["count"] + 1
     )

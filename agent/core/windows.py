@@ -47,13 +47,15 @@ class TelemetryWindows:
         state = self.ctx.state
         window = self._stats or InferenceStats()
         active = next(iter(state.models.items()), None)
+        model, version = (active[0], active[1]["version"]) if active else (None, None)
         body: dict[str, Any] = {
             "seq": state.seq,
             "start": start,
             "end": ev.now,
-            "model": active[0] if active else None,
-            "version": active[1]["version"] if active else None,
-            **window.summary(),
+            "model": model,
+            "version": version,
+            # labels of this version at the top level, of others in ``other_versions``
+            **window.summary(model, version),
             "cpu_pct": ev.cpu_pct,
             "rss_bytes": ev.rss_bytes,
         }

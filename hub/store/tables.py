@@ -244,8 +244,11 @@ class Telemetry(SQLModel, table=True):
     p50_us: float
     p95_us: float
     p99_us: float
-    labelled: int = 0
-    correct: int = 0
+    labelled: int = 0  # rows of model/version labelled in this window
+    correct: int = 0  # of those, predicted right (a classifier)
+    abs_err_sum: float | None = None  # a regressor's: sum of |value - label| over labelled
+    sq_err_sum: float | None = None  # and of its square
+    other_versions: str | None = None  # JSON [{model, version, labelled, ...}]: late labels
     cpu_pct: float | None = None
     rss_bytes: int | None = None
     latency_hist: str | None = None  # JSON {bucket: count} (agent/telemetry.py's layout)
@@ -465,6 +468,9 @@ _TELEMETRY_ADDED: Final = {
     "spool_dropped": "BIGINT",
     "windows": "INTEGER NOT NULL DEFAULT 1",
     "resolution_s": "FLOAT NOT NULL DEFAULT 0",
+    "abs_err_sum": "FLOAT",
+    "sq_err_sum": "FLOAT",
+    "other_versions": "TEXT",
 }
 
 

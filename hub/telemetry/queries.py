@@ -5,6 +5,10 @@ exactly: counts add up, latency histograms add bucket by bucket (shared/latency.
 percentiles are read from the merged histogram, never averaged. A row stored without a
 histogram (an older agent) makes its bucket's percentiles a count-weighted mean of the
 windows' own, flagged ``"exact": false``. CPU is the mean over windows, RSS the maximum.
+Labels are kept per model version (hub/telemetry/labels.py): a series point gives the
+accuracy of its classifiers' labels and the MAE / RMSE of its regressors'; the
+performance query gives them per version of one model, for a device, a group or the
+fleet.
 
 Exceptions::
 
@@ -20,9 +24,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from hub.store.tables import DeviceTag, Telemetry
+from hub.telemetry.labels import LabelSum, VersionKey, label_parts, other_versions_json
 from shared.latency import LatencyHistogram
 
 MAX_QUERY_ROWS: Final = 500_000  # windows one query may read; ask a coarser range past it
@@ -43,8 +49,7 @@ class WindowSum:
     windows: int = 0
     count: int = 0
     errors: int = 0
-    labelled: int = 0
-    correct: int = 0
+    labels: dict[VersionKey, LabelSum] = field(default_factory=dict)  # per model version
     cpu_sum: float = 0.0  # cpu_pct x windows, over the windows that reported it
     cpu_windows: int = 0
     rss_max: int | None = None
@@ -63,8 +68,8 @@ class WindowSum:
         self.windows += row.windows
         self.count += row.count
         self.errors += row.errors
-        self.labelled += row.labelled
-        self.correct += row.correct
+        for key, part in label_parts(row):
+            self.labels.setdefault(key, LabelSum()).add(part)
         if row.cpu_pct is not None:
             self.cpu_sum += row.cpu_pct * row.windows
             self.cpu_windows += row.windows
@@ -96,8 +101,13 @@ class WindowSum:
         return p50, p95, p99
 
     def to_row(self, device_id: str, seq: int, resolution_s: float) -> Telemetry:
-        """As one downsampled ``Telemetry`` row."""
+        """As one downsampled ``Telemetry`` row: its own version's labels in the columns,
+        the other versions' in ``other_versions`` (labels of no model go with its own)."""
         p50, p95, p99 = self.percentiles()
+        own = LabelSum()
+        for (model, version), part in self.labels.items():
+            if (model, version) == (self.model, self.version) or model is None:
+                own.add(part)
         return Telemetry(
             device_id=device_id,
             seq=seq,
@@ -110,8 +120,11 @@ class WindowSum:
             p50_us=p50,
             p95_us=p95,
             p99_us=p99,
-            labelled=self.labelled,
-            correct=self.correct,
+            labelled=own.labelled,
+            correct=own.correct,
+            abs_err_sum=own.abs_err_sum if own.regression else None,
+            sq_err_sum=own.sq_err_sum if own.regression else None,
+            other_versions=other_versions_json(self.labels, (self.model, self.version)),
             cpu_pct=self.cpu_sum / self.cpu_windows if self.cpu_windows else None,
             rss_bytes=self.rss_max,
             latency_hist=json.dumps(dict(self.hist), separators=(",", ":")) if self.exact else None,
@@ -123,6 +136,9 @@ class WindowSum:
     def to_point(self) -> dict[str, Any]:
         """As one point of a series (the API's answer)."""
         p50, p95, p99 = self.percentiles()
+        classes, values = LabelSum(), LabelSum(regression=True)
+        for part in self.labels.values():
+            (values if part.regression else classes).add(part)
         return {
             "start": self.start,
             "end": self.end,
@@ -131,9 +147,11 @@ class WindowSum:
             "count": self.count,
             "errors": self.errors,
             "error_ratio": round(self.errors / self.count, 6) if self.count else 0.0,
-            "labelled": self.labelled,
-            "correct": self.correct,
-            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "labelled": classes.labelled + values.labelled,
+            "correct": classes.correct,
+            "accuracy": classes.figures()["accuracy"],  # of the classifiers' labels
+            "mae": values.figures()["mae"],  # of the regressors' labels
+            "rmse": values.figures()["rmse"],
             "latency_us": {"p50": p50, "p95": p95, "p99": p99},
             "latency_exact": self.exact,
             "cpu_pct": round(self.cpu_sum / self.cpu_windows, 3) if self.cpu_windows else None,
@@ -192,3 +210,49 @@ def series(
         raise TelemetryQueryError(f"more than {MAX_QUERY_ROWS} windows: narrow the range")
     buckets = merge_by_bucket(rows, resolution_s)
     return [buckets[k].to_point() for k in sorted(buckets)]
+
+
+def performance(
+    s: Session,
+    model: str,
+    version: int | None,
+    devices: Sequence[str] | None,
+    start: float,
+    end: float,
+) -> list[dict[str, Any]]:
+    """Live accuracy (classifier) or MAE / RMSE (regressor) of ``model`` per version, from
+    the labels joined on ``devices`` (None: the whole fleet) in windows that started in
+    ``[start, end)``; only ``version`` when given. Labels count for the version that made
+    the prediction, whatever was active when they came (hub/telemetry/labels.py).
+
+    Raises:
+        TelemetryQueryError: an empty range, or one holding more than MAX_QUERY_ROWS
+            windows with labels.
+    """
+    if not end > start:
+        raise TelemetryQueryError(f"empty range: end {end} <= start {start}")
+    query = select(Telemetry).where(
+        Telemetry.end >= start,
+        Telemetry.start >= start,
+        Telemetry.start < end,
+        or_(
+            and_(col(Telemetry.model) == model, col(Telemetry.labelled) > 0),
+            col(Telemetry.other_versions).is_not(None),
+        ),
+    )
+    if devices is not None:
+        if not devices:
+            return []
+        query = query.where(col(Telemetry.device_id).in_(list(devices)))
+    rows = s.exec(query.limit(MAX_QUERY_ROWS + 1)).all()
+    if len(rows) > MAX_QUERY_ROWS:
+        raise TelemetryQueryError(f"more than {MAX_QUERY_ROWS} windows: narrow the range")
+    sums: dict[int, LabelSum] = {}
+    reporters: dict[int, set[str]] = {}
+    for row in rows:
+        for (m, v), part in label_parts(row):
+            if m != model or v is None or (version is not None and v != version):
+                continue
+            sums.setdefault(v, LabelSum()).add(part)
+            reporters.setdefault(v, set()).add(row.device_id)
+    return [{"version": v, **sums[v].figures(), "devices": len(reporters[v])} for v in sorted(sums)]

@@ -100,6 +100,9 @@ _TELEMETRY_COLUMNS = (
     "p99_us",
     "labelled",
     "correct",
+    "abs_err_sum",
+    "sq_err_sum",
+    "other_versions",
     "cpu_pct",
     "rss_bytes",
     "latency_hist",
@@ -125,9 +128,9 @@ def _insert_sqlite(s: Session, values: list[tuple[Any, ...]]) -> int:
 
 
 def _compact_json(value: Any) -> str:
-    """Compact JSON of a latency histogram (``{"bucket": count}``), the text json.dumps
-    with separators=(",", ":") gives: orjson writes it in ~0.3 µs, json in ~4, once per
-    telemetry window."""
+    """Compact JSON of a latency histogram (``{"bucket": count}``) or of the labels of
+    other versions, the text json.dumps with separators=(",", ":") gives: orjson writes
+    it in ~0.3 µs, json in ~4, once per telemetry window."""
     return orjson.dumps(value).decode()
 
 
@@ -138,6 +141,7 @@ def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:
     """
     lat = b["latency_us"]
     hist = b.get("latency_hist")
+    others = b.get("other_versions")
     get = b.get
     return (
         device_id,
@@ -153,6 +157,9 @@ def _telemetry_values(device_id: str, b: Mapping[str, Any]) -> tuple[Any, ...]:
         lat["p99"],
         get("labelled", 0),
         get("correct", 0),
+        get("abs_err_sum"),
+        get("sq_err_sum"),
+        _compact_json(others) if others is not None else None,
         get("cpu_pct"),
         get("rss_bytes"),
         _compact_json(hist) if hist is not None else None,

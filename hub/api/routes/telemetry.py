@@ -1,5 +1,5 @@
-"""Admin API: telemetry series per device or group, merged to a resolution
-(hub/telemetry/queries.py)."""
+"""Admin API: telemetry series per device or group, merged to a resolution, and live
+model performance per version from labelled predictions (hub/telemetry/queries.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path, Query
 
 from hub.api.deps import DENIALS, HubDep, operation_id
-from hub.api.schemas import DEVICE, TAG
+from hub.api.schemas import DEVICE, MAX_INT, MODEL, TAG
 from hub.api.security import Viewer
 from hub.app import Hub
 from hub.store.tables import session
-from hub.telemetry.queries import TelemetryQueryError, group_devices, series
+from hub.telemetry.queries import TelemetryQueryError, group_devices, performance, series
 
 router = APIRouter(prefix="/telemetry", generate_unique_id_function=operation_id)
 
@@ -49,6 +49,48 @@ def group_series(
     with session(h.engine) as s:
         devices = group_devices(s, group)
     return _answer(h, devices, start, end, resolution_s, group=group)
+
+
+@router.get("/performance", name="telemetry.performance", responses=DENIALS)
+def model_performance(
+    h: HubDep,
+    who: Viewer,
+    model: Annotated[str, Query(pattern=MODEL)],
+    version: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
+    device: Annotated[str | None, Query(pattern=DEVICE)] = None,
+    group: Annotated[str | None, Query(pattern=TAG)] = None,
+    start: Annotated[float | None, Query(ge=0)] = None,
+    end: Annotated[float | None, Query(ge=0)] = None,
+) -> dict[str, Any]:
+    """Live accuracy (a classifier) or MAE and RMSE (a regressor) of ``model``, per
+    version, from the true labels devices joined to its predictions in windows that
+    started in ``[start, end)`` (epoch seconds; the last hour by default). Of one
+    ``device``, one ``group`` (a tag), or the fleet when neither is given. Labels count
+    for the version that made the prediction, even when they came after a rollout."""
+    if device is not None and group is not None:
+        raise HTTPException(422, "name at most one of device and group")
+    end = time.time() if end is None else end
+    start = end - DEFAULT_RANGE_S if start is None else start
+    scope: dict[str, Any] = {"scope": "fleet", "devices": None}
+    devices: list[str] | None = None
+    with session(h.engine) as s:
+        if device is not None:
+            devices, scope = [device], {"scope": "device", "device": device, "devices": 1}
+        elif group is not None:
+            devices = group_devices(s, group)
+            scope = {"scope": "group", "group": group, "devices": len(devices)}
+        try:
+            versions = performance(s, model, version, devices, start, end)
+        except TelemetryQueryError as e:
+            raise HTTPException(422, str(e)) from e
+    return {
+        "model": model,
+        "version": version,
+        **scope,
+        "start": start,
+        "end": end,
+        "versions": versions,
+    }
 
 
 def _answer(
