@@ -10,9 +10,9 @@ enrolment tokens) with the audit log of what they did (hub/access/keys.py).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
-from sqlalchemy import JSON, Column, Engine, UniqueConstraint, inspect, text
+from sqlalchemy import JSON, Column, Engine, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 # Data and build tables live in hub/store/data_tables.py; importable from here too.
@@ -29,6 +29,7 @@ from hub.store.data_tables import (
 from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
+from hub.store.migrate import add_columns
 
 __all__ = [
     "ApiKey",
@@ -456,48 +457,5 @@ def make_engine(url: str) -> Engine:
     """Create the engine and the tables. SQLite gets WAL and a busy timeout."""
     engine = connect(url)
     SQLModel.metadata.create_all(engine)
-    _add_telemetry_columns(engine)
-    _add_columns(engine, "modelversion", _MODEL_VERSION_ADDED)
+    add_columns(engine)
     return engine
-
-
-# Columns Telemetry gained after its first release: added to an older database in place
-# (create_all makes missing tables only). Additive, so an older hub can still read it.
-_TELEMETRY_ADDED: Final = {
-    "latency_hist": "TEXT",
-    "spool_dropped": "BIGINT",
-    "windows": "INTEGER NOT NULL DEFAULT 1",
-    "resolution_s": "FLOAT NOT NULL DEFAULT 0",
-    "abs_err_sum": "FLOAT",
-    "sq_err_sum": "FLOAT",
-    "other_versions": "TEXT",
-}
-
-
-def _add_telemetry_columns(engine: Engine) -> None:
-    table = Telemetry.__tablename__
-    assert isinstance(table, str)  # typed str | Callable (declared_attr); a str on a table
-    have = {c["name"] for c in inspect(engine).get_columns(table)}
-    missing = [(n, t) for n, t in _TELEMETRY_ADDED.items() if n not in have]
-    if missing:
-        with engine.begin() as conn:
-            for name, sql_type in missing:
-                conn.execute(text(f"ALTER TABLE telemetry ADD COLUMN {name} {sql_type}"))
-
-
-# Columns ModelVersion gained with datasets and regressors (ADR 0014), as above.
-_MODEL_VERSION_ADDED: Final = {
-    "task": "VARCHAR NOT NULL DEFAULT 'classification'",
-    "mae_fp32": "FLOAT",
-    "mae_int8": "FLOAT",
-    "dataset": "VARCHAR",
-}
-
-
-def _add_columns(engine: Engine, table: str, added: dict[str, str]) -> None:
-    have = {c["name"] for c in inspect(engine).get_columns(table)}
-    missing = [(n, t) for n, t in added.items() if n not in have]
-    if missing:
-        with engine.begin() as conn:
-            for name, sql_type in missing:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
