@@ -27,7 +27,7 @@ class JobProgress:
             self.out.write(f"\r  [{bar}] {pct:3d}%  {stage:<12}")
             if job.get("status") in ("done", "failed"):
                 self.out.write("\n")
-        elif self._last is None or self._last[0] != stage:
+        elif self._last is None or self._last[0] != stage or job.get("status") == "done":
             self.out.write(f"  {stage} {pct}%\n")
         self.out.flush()
         self._last = (stage, pct)

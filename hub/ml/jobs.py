@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from hub.ml.errors import PipelineError
 from hub.store.tables import Job, now, session
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class Jobs:
             result = fn(progress)
         except Exception as e:
             log.warning("job %s failed: %s", job_id, e)
-            self._update(job_id, status="failed", error=f"{type(e).__name__}: {e}")
+            # A pipeline refusal is a sentence for the operator; anything else says its type.
+            error = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            self._update(job_id, status="failed", error=error)
             return
         self._update(job_id, status="done", progress=1.0, result=json.dumps(result))
