@@ -353,6 +353,11 @@ class HubClient:
     def capture_dataset(self, dataset_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/captures/datasets/{dataset_id}"))
 
+    def label_capture(self, dataset_id: str, labels: list[tuple[int, int | str]]) -> dict[str, Any]:
+        """Labels for captured rows ((row, class)): a new version of those rows."""
+        body = {"labels": [{"row": r, "label": label} for r, label in labels]}
+        return dict(self._call("POST", f"/captures/datasets/{dataset_id}/labels", json=body))
+
     def retrain(self, model: str, datasets: list[str], **options: Any) -> dict[str, Any]:
         """Start a retrain job (poll it with :meth:`wait_job`)."""
         body = {"datasets": datasets, **options}

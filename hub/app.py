@@ -170,12 +170,13 @@ class Hub:
         self.dataset_store = DatasetStore(
             self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
         )
+        self.capture_versions = CaptureVersions(self.engine, self.dataset_store)
         self.datasets = Datasets(
             self.engine,
             self.store,
             cfg.data_dir / "uploads",
             self.commands.send_command,
-            on_dataset=CaptureVersions(self.engine, self.dataset_store),
+            on_dataset=self.capture_versions,
         )
         serve_devices(
             self.mqtt,

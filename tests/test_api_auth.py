@@ -76,6 +76,7 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("GET", "/captures/{capture_id}"): Role.viewer,
     ("GET", "/captures/datasets"): Role.viewer,
     ("GET", "/captures/datasets/{dataset_id}"): Role.viewer,
+    ("POST", "/captures/datasets/{dataset_id}/labels"): Role.operator,
     ("POST", "/datasets/{name}"): Role.operator,
     ("GET", "/datasets"): Role.viewer,
     ("GET", "/datasets/{ref}"): Role.viewer,

@@ -20,7 +20,7 @@ from waiting import wait_for
 
 from agent.capture import Reservoir, Sample, decode_sample, encode_sample, upload_messages
 from agent.events import CaptureEnded
-from edgefleet.client import HubClient
+from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.audit import AuditLog
@@ -246,6 +246,36 @@ def test_a_corrupt_chunk_is_never_stored(hub_stage: Stage) -> None:
     assert (kept.source, kept.capture_id, kept.rows) == ("capture", capture, sent.labelled)
     assert len(artifacts(hub) - before) == 2
     assert not any((hub.config.data_dir / "uploads").rglob("*.npz"))
+
+
+def test_labels_posted_to_the_hub_make_a_new_version_of_captured_rows(
+    hub_stage: Stage,
+) -> None:
+    hub, client = hub_stage.hub, hub_stage.client
+    device = FakeDevice(hub_stage.mosquitto, "lab-1")
+    try:
+        capture = hub.datasets.start_capture("m", ["lab-1"], 300, 60.0)
+        sent = device.upload(capture, 300)
+        wait_for(lambda: hub.datasets.capture(capture)["state"] == "done", 15, "capture done")
+    finally:
+        device.close()
+    first = hub.datasets.capture(capture)["dataset_id"]
+    relabel = [(0, 3), (1, 2), (2, 1)]
+    made = client.label_capture(first, relabel)
+    assert made["id"] != first and made["capture_id"] == capture
+    data = hub.datasets.dataset(made["id"])
+    assert [int(data.labels[r]) for r, _ in relabel] == [3, 2, 1]
+    assert np.array_equal(data.labels[3:], sent.labels[3:])  # the rest as the device sent
+    assert hub.dataset_store.get("captured-m:2").rows == made["labelled"]
+    with pytest.raises(HubClientError) as e:
+        client.label_capture(first, [(0, 1), (0, 2), (10_000, 1)])
+    assert e.value.status == 422
+    assert (
+        "row 0 labelled twice" in e.value.message and "row 10000 is not within" in e.value.message
+    )
+    with pytest.raises(HubClientError) as e:
+        client.label_capture("nope", [(0, 1)])
+    assert e.value.status == 404
 
 
 def test_missing_chunks_fail_the_upload_at_the_deadline(hub_stage: Stage) -> None:

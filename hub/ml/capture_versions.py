@@ -87,6 +87,11 @@ class CaptureVersions:
             "capture %s: %d labelled rows kept as %s", row.capture_id, len(x), added.version.id
         )
 
+    def classes(self, model: str) -> list[str]:
+        """The class names of the dataset the model was trained on (empty if unknown)."""
+        origin = self._origin(model)
+        return list(origin.data_schema.get("classes") or []) if origin else []
+
     def _origin(self, model: str) -> DataVersion | None:
         """The dataset version the model's latest build was trained on, if any."""
         with session(self.engine) as s:

@@ -14,6 +14,7 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
+from hub.ml.capture_labels import MAX_LABELS, label_captured
 from hub.ml.datasets import DatasetError
 from hub.ml.registry import RegistryError
 from hub.ml.retrain import MAX_CAPTURED_WEIGHT
@@ -96,6 +97,40 @@ def get_dataset(dataset_id: str, h: HubDep, who: Viewer) -> Any:
         return h.datasets.dataset_row(dataset_id)
     except DatasetError as e:
         raise HTTPException(404, e.detail) from e
+
+
+class CaptureLabel(BaseModel):
+    row: int = Field(ge=0, le=MAX_INT)
+    label: int | str = Field(union_mode="left_to_right")  # a class index or name
+
+
+class CaptureLabels(BaseModel):
+    labels: list[CaptureLabel] = Field(min_length=1, max_length=MAX_LABELS)
+
+
+@router.post(
+    "/captures/datasets/{dataset_id}/labels",
+    name="capture.label",
+    status_code=201,
+    response_model=DatasetVersion,
+    responses=DENIALS,
+)
+def label_capture(
+    dataset_id: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[CaptureLabels, Body()]
+) -> Any:
+    """Labels for captured rows, by row index: a new version of those rows."""
+    try:
+        row = h.datasets.dataset_row(dataset_id)
+        version = label_captured(
+            h.datasets,
+            dataset_id,
+            [(item.row, item.label) for item in req.labels],
+            h.capture_versions.classes(row.model),
+        )
+    except DatasetError as e:
+        raise HTTPException(404 if e.reason == "not_found" else 422, e.detail) from e
+    audit.change(version.id, after={"from": dataset_id, "labels": len(req.labels)})
+    return version
 
 
 @router.get("/captures/{capture_id}", name="capture.get", responses=DENIALS)
