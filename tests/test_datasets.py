@@ -151,6 +151,9 @@ def test_devices_capture_upload_and_a_retrain_ships_a_new_signed_version(
     for key in ("accuracy_original_holdout", "accuracy_captured_holdout"):
         assert 0.5 < result[key] <= 1.0, result
     assert client.models(model["name"])[-1]["source"] == "retrained"
+    lineage = client.lineage(model["name"], result["version"])["training"]
+    assert (lineage["source"], lineage["status"]) == ("retrained", "published")
+    assert lineage["gates"][0]["name"] == "int8_loss" and lineage["package_version"]
     audited = {r.action for r in AuditLog(fleet_stage.hub.engine).query(limit=50)}
     assert {"capture.create", "model.retrain"} <= audited
     # signed: the devices verify it through TUF and run it

@@ -29,9 +29,9 @@ from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel
 from hub.ml.pipeline import Dataset, PipelineConfig, import_onnx, split_arrays, train
-from hub.ml.provenance import package_version, source_revision
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import record_training
+from hub.ml.runs import record_run
 from hub.ml.training_data import BUILTIN
 from hub.ml.tuning import TUNE_SHARE, tune
 from hub.ml.unevaluated import import_unevaluated
@@ -315,7 +315,8 @@ class Builds:
         *,
         version: int | None = None,
     ) -> None:
-        row = TrainingRun(
+        record_run(
+            self.engine,
             id=run_id,
             model=config.name,
             version=version,
@@ -329,14 +330,8 @@ class Builds:
             gates=gates,
             trials=run.trials,
             refusal=refusal,
-            package_version=package_version(),
-            source_revision=source_revision(),
             created_by=created_by,
         )
-        with session(self.engine) as s:
-            s.add(row)
-            s.commit()
-        log.info("training run %s: %s %s (%s)", run_id, config.name, status, refusal or "")
 
     def _dataset(self, ref: str) -> DataVersion:
         try:

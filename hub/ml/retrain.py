@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 
 from hub.ml.datasets import Datasets
 from hub.ml.jobs import Jobs, Progress
+from hub.ml.manifest import BuiltModel
 from hub.ml.pipeline import (
     Dataset,
     PipelineConfig,
@@ -39,6 +40,7 @@ from hub.ml.pipeline import (
     train,
 )
 from hub.ml.registry import Registry
+from hub.ml.runs import record_run
 from hub.ml.training_data import BUILTIN
 from hub.store.tables import Job, TrainingRecord, session
 
@@ -137,6 +139,7 @@ def retrain(
     classes = tuple(c for c in base.device_classes.split(",") if c)
     row = registry.publish(built, config=config, source="retrained", device_classes=classes)
     record_training(registry.engine, name, row.version, config, [*origin, *all_ids])
+    _record_run(registry, row.version, config, built, [*origin, *all_ids], captured_weight)
     log.info("%s v%d retrained from v%d on %s", name, row.version, base.version, all_ids)
     return {
         "name": row.name,
@@ -195,6 +198,29 @@ class Retrainer:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _record_run(
+    registry: Registry,
+    version: int,
+    config: PipelineConfig,
+    built: BuiltModel,
+    datasets: list[str],
+    captured_weight: int,
+) -> None:
+    """The retrain as a training run, so its lineage answers like any build's."""
+    record_run(
+        registry.engine,
+        model=config.name,
+        version=version,
+        status="published",
+        source="retrained",
+        datasets=datasets,
+        split=dict(built.split),
+        config=_config_dict(config) | {"captured_weight": captured_weight},
+        metrics=built.metrics,
+        gates=list(built.gates),
+    )
 
 
 def _origin_rows(
