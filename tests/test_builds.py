@@ -27,7 +27,9 @@ from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
+from hub.ml.dataset_versions import to_npz
 from hub.ml.sample_data import digits_images, write_npz
+from hub.store.tables import DatasetVersion, session
 from hub.transport.broker import Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -268,3 +270,38 @@ def test_a_conv_net_on_images_where_int8_pays(stage: tuple[Hub, HubClient], tmp_
     assert all(len(row) == 256 for row in manifest["health"]["golden_inputs"])
     assert len(manifest["baseline"]["features"]) == 256
     assert client.lineage("digits", r["version"])["training"]["config"]["kind"] == "cnn"
+
+
+def test_a_retrain_starts_from_the_dataset_the_model_was_trained_on(
+    stage: tuple[Hub, HubClient],
+) -> None:
+    hub, client = stage
+    r = build(client, name="wineloop", dataset="wine")
+    # Captured rows of this model, as a finished capture leaves them (the capture protocol
+    # itself is tests/test_datasets.py's): wine rows with labels, two devices.
+    wine = load_wine()
+    x = wine.data[::3].astype(np.float32)
+    arrays = {
+        "x": x,
+        "labels": wine.target[::3].astype(np.int64),
+        "device_index": (np.arange(len(x)) % 2).astype(np.int32),
+    }
+    captured = DatasetVersion(
+        id="cap-wine-1",
+        model="wineloop",
+        version=r["version"],
+        devices=["d0", "d1"],
+        rows=len(x),
+        labelled=len(x),
+        features=13,
+        sha256=hub.store.put(to_npz(arrays)),
+    )
+    with session(hub.engine) as s:
+        s.add(captured)
+        s.commit()
+    job = client.retrain("wineloop", ["cap-wine-1"])
+    result = client.wait_job(job["id"], timeout=JOB_TIMEOUT_S)["result"]
+    assert result["rows_original"] == 142  # wine:1's training rows, not the generator's
+    lineage = client.lineage("wineloop", result["version"])
+    assert [d["id"] for d in lineage["datasets"]] == ["wine:1", "cap-wine-1"]
+    assert lineage["training"]["source"] == "retrained"
