@@ -64,6 +64,7 @@ def _train_parser(models: Any, api: argparse.ArgumentParser) -> None:
     _gate_args(p)
     p.add_argument("--tune", type=int, default=0, metavar="N", help="tuner trials (Optuna)")
     p.add_argument("--tune-timeout", type=float, default=600, help="tuner budget, seconds")
+    p.add_argument("--tune-max-kb", type=float, help="tuner's size budget for the int8 file, KiB")
     p.add_argument("--n-train", type=int, default=12000, help="rows of the built-in generator")
     p.add_argument("--device-class", action="append", default=[], help="repeat for several")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -110,6 +111,7 @@ def _train(args: argparse.Namespace) -> int:
         "champion": args.champion,
         "tune": args.tune,
         "tune_timeout_s": args.tune_timeout,
+        "tune_max_bytes": int(args.tune_max_kb * 1024) if args.tune_max_kb else None,
         "n_train": args.n_train,
         "device_classes": args.device_class,
     }

@@ -203,6 +203,10 @@ def test_the_tuner_records_every_trial_and_starts_from_the_defaults(
     assert trials[0]["params"]["alpha"] == 1e-4  # trial 0: the defaults
     assert all(t["state"] == "complete" and 0 < t["metric"] <= 1 for t in trials)
 
+    message, run = refused_build(client, "tiny", dataset="wine", tune=2, tune_max_bytes=1024)
+    assert "the tuner found no model within the budgets in 2 trial(s)" in message
+    assert "> 1024 bytes" in message and run["status"] == "failed"
+
 
 # ------------------------------------------------------------------ bring your own
 

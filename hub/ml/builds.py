@@ -33,7 +33,7 @@ from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import record_training
 from hub.ml.runs import record_run
 from hub.ml.training_data import BUILTIN
-from hub.ml.tuning import TUNE_SHARE, tune
+from hub.ml.tuning import TUNE_SHARE, TuneError, tune
 from hub.ml.unevaluated import import_unevaluated
 from hub.store.tables import DataVersion, Device, Job, TrainingRun, session
 
@@ -63,6 +63,7 @@ class TrainSpec:
     champion: bool = False  # refuse it unless it beats the deployed version
     tune_trials: int = 0
     tune_timeout_s: float = 600.0  # seconds the tuner may spend in all
+    tune_max_bytes: int | None = None  # the tuner's size budget for the int8 file
     device_classes: tuple[str, ...] = ()
     created_by: str | None = None
 
@@ -192,25 +193,38 @@ class Builds:
     ) -> dict[str, Any]:
         data = self._split(version, task, spec.config)
         run = _Run(_config_json(spec.config), "trained", [version.id], split=dict(data.split))
-        params = None
-        steps = progress
-        if spec.tune_trials:
-            result = tune(data, spec.config, spec.tune_trials, spec.tune_timeout_s, progress)
-            run.trials, params = result.trials, result.best_params
-            run.split["tuner_default_value"] = result.default_value
-
-            def steps(stage: str, fraction: float) -> None:  # the build after the tuner
-                progress(stage, TUNE_SHARE[1] + fraction * (0.95 - TUNE_SHARE[1]))
-
         champion = self._champion(spec.config.name) if spec.champion else None
-        return self._build(
-            run,
-            spec.config,
-            spec.device_classes,
-            spec.created_by,
-            lambda: train(spec.config, steps, dataset=data, champion=champion, params=params),
-            progress,
-        )
+
+        def build() -> BuiltModel:  # the tuner first when asked: its failure is the run's
+            params, steps = None, progress
+            if spec.tune_trials:
+                params = self._tune(spec, data, run, progress)
+
+                def steps(stage: str, fraction: float) -> None:  # the build after the tuner
+                    progress(stage, TUNE_SHARE[1] + fraction * (0.95 - TUNE_SHARE[1]))
+
+            return train(spec.config, steps, dataset=data, champion=champion, params=params)
+
+        return self._build(run, spec.config, spec.device_classes, spec.created_by, build, progress)
+
+    def _tune(
+        self, spec: TrainSpec, data: Dataset, run: _Run, progress: Progress
+    ) -> dict[str, Any]:
+        try:
+            result = tune(
+                data,
+                spec.config,
+                spec.tune_trials,
+                spec.tune_timeout_s,
+                progress,
+                max_size_bytes=spec.tune_max_bytes,
+            )
+        except TuneError as e:
+            run.trials = e.trials
+            raise
+        run.trials = result.trials
+        run.split["tuner_default_value"] = result.default_value
+        return result.best_params
 
     def _upload(
         self, spec: UploadSpec, version: DataVersion | None, progress: Progress

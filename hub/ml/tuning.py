@@ -27,7 +27,7 @@ from hub.ml.metrics import headline, score
 from hub.ml.pipeline import fit_model, to_int8
 from hub.ml.training_data import Dataset, split_arrays
 
-__all__ = ["TUNE_SHARE", "TuneResult", "tune"]
+__all__ = ["TUNE_SHARE", "TuneError", "TuneResult", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,14 @@ SMALL_ROWS: Final = 5000
 REPEATS_SMALL: Final = 3
 TUNE_SHARE: Final = (0.05, 0.55)  # the overall job fraction the tuner reports within
 MLP_WIDTHS: Final = (16, 32, 64, 128)
+
+
+class TuneError(PipelineError):
+    """No trial produced a model within the budgets; ``trials`` says what each did."""
+
+    def __init__(self, detail: str, trials: list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.trials = trials
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ def tune(
     """Search settings for ``config.kind`` on ``data``; the best trial's settings.
 
     Raises:
-        PipelineError: no trial produced a model within the budgets.
+        TuneError: no trial produced a model within the budgets.
     """
     splits = REPEATS_SMALL if len(data.x_train) < SMALL_ROWS else 1
     inner = [
@@ -106,9 +114,10 @@ def tune(
         r.setdefault("state", "failed")
     good = [r for r in records if r["state"] == "complete"]
     if not good:
-        raise PipelineError(
+        raise TuneError(
             f"the tuner found no model within the budgets in {len(records)} trial(s): "
-            + "; ".join(str(r.get("detail", r["state"])) for r in records[:3])
+            + "; ".join(str(r.get("detail", r["state"])) for r in records[:3]),
+            records,
         )
     best = max(good, key=lambda r: float(r["value"]))
     log.info("tuner: %d trials, best %s = %.4f", len(records), best["params"], best["value"])

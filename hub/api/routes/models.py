@@ -37,6 +37,7 @@ class TrainRequest(BaseModel):
     champion: bool = False  # refuse unless it beats the deployed version
     tune: int = Field(default=0, ge=0, le=200)  # tuner trials
     tune_timeout_s: float = Field(default=600, gt=0, le=86400)
+    tune_max_bytes: int | None = Field(default=None, ge=1024, le=2**31)  # int8 size budget
     n_train: int = Field(default=12000, ge=500, le=1_000_000)
     seed: int = Field(default=7, ge=0, le=2**32 - 1)
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
@@ -113,6 +114,7 @@ def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> Jo
             champion=req.champion,
             tune_trials=req.tune,
             tune_timeout_s=req.tune_timeout_s,
+            tune_max_bytes=req.tune_max_bytes,
             device_classes=classes,
             created_by=who.keyid,
         )
