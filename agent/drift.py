@@ -19,6 +19,12 @@ whose width does not match the baseline are counted (:attr:`DriftRecorder.mismat
 logged once per model version), never sketched. A regressor's output (``value``) is
 sketched as the baseline's ``scores`` histogram.
 
+Confidence: when the baseline has a calibration table (shared/calibration.py), each
+flush also counts the rows' top-class probability (the max of the class-score output the
+table names, ``probabilities`` for the hub's models) on the table's bins, for the hub's
+accuracy estimate. It is done with the rest of the binning, off the per-call path; calls
+whose outputs lack that output are counted in :attr:`DriftRecorder.skipped_confidence`.
+
 Thread safety: one lock around the buffer, the binning and the drain (an uncontended
 lock costs ~0.1 us), so no row is lost or counted twice.
 """
@@ -36,6 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from shared.calibration import confidence_counts
 from shared.drift import Baseline, DriftError, DriftSketch
 
 log = logging.getLogger(__name__)
@@ -79,11 +86,12 @@ class _Layout:
         self.sizes = [len(e) + 1 for e in baseline.edges]
         self.n_out = len(baseline.output_shares)
         self.out_edges = baseline.output_edges
+        self.calibration = baseline.calibration  # None: no confidence counts
         self.flush_rows = max(1, min(FLUSH_ROWS, FLUSH_VALUES // n_feat))
 
 
 class _Accumulator:
-    __slots__ = ("bins", "n", "out", "rows", "s1", "s2")
+    __slots__ = ("bins", "conf", "n", "out", "rows", "s1", "s2")
 
     def __init__(self, layout: _Layout) -> None:
         self.rows = 0
@@ -92,6 +100,8 @@ class _Accumulator:
         self.s1 = np.zeros(layout.n_feat)  # sum of (x - ref_mean)
         self.s2 = np.zeros(layout.n_feat)  # sum of (x - ref_mean)**2
         self.out = np.zeros(layout.n_out, dtype=np.int64)
+        cal = layout.calibration
+        self.conf = None if cal is None else np.zeros(cal.bins, dtype=np.int64)
 
 
 class DriftRecorder:
@@ -107,6 +117,7 @@ class DriftRecorder:
         self._buffered = 0  # rows in _xs
         self._out_name: str | None = None  # the output that gives classes or scores
         self.skipped_outputs = 0  # calls whose outputs gave no class or score
+        self.skipped_confidence = 0  # calls without the class scores the calibration names
         self.mismatched_rows = 0  # rows whose width is not the baseline's: not sketched
         self._warned = False  # a mismatch logged for the active version
 
@@ -165,8 +176,9 @@ class DriftRecorder:
         """Bin the buffered rows into ``acc`` (caller holds the lock)."""
         if not self._xs:
             return
-        x = np.concatenate(self._xs) if len(self._xs) > 1 else self._xs[0]
-        outs, self._xs, self._outs, self._buffered = self._outs, [], [], 0
+        xs, outs = self._xs, self._outs
+        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        self._xs, self._outs, self._buffered = [], [], 0
         rows = x.shape[0]
         idx = (x[:, :, None] >= layout.lower).sum(axis=2) + (x > layout.upper)
         acc.bins += np.bincount((idx + layout.offsets).ravel(), minlength=len(acc.bins))
@@ -186,6 +198,41 @@ class DriftRecorder:
         out = self._output_counts(layout, outs, rows)
         if out is not None:
             acc.out += out
+        if acc.conf is not None:
+            self._count_confidence(layout, acc.conf, xs, outs, rows)
+
+    def _count_confidence(
+        self,
+        layout: _Layout,
+        conf: Array,
+        xs: list[Array],
+        outs: list[dict[str, Array]],
+        rows: int,
+    ) -> None:
+        """Top-class probabilities of the flushed calls onto the calibration bins; a call
+        without class scores of one row each is skipped (and counted)."""
+        cal = layout.calibration
+        assert cal is not None
+        name = cal.output
+        try:  # the usual case, at ~0.1 us a call: every call has them
+            scores = np.concatenate([o[name] for o in outs]) if len(outs) > 1 else outs[0][name]
+            usable = scores.ndim == 2 and len(scores) == rows and scores.shape[1]
+        except (KeyError, ValueError):
+            usable = False
+        if not usable:  # call by call
+            good = [
+                s
+                for x, o in zip(xs, outs, strict=True)
+                if (s := o.get(name)) is not None
+                and s.ndim == 2
+                and len(s) == len(x)
+                and s.shape[1]
+            ]
+            self.skipped_confidence += len(outs) - len(good)
+            if not good:
+                return
+            scores = np.concatenate(good)
+        conf += confidence_counts(scores, cal.edges)
 
     def _output_counts(
         self, layout: _Layout, outs: list[dict[str, Array]], rows: int
@@ -236,6 +283,7 @@ class DriftRecorder:
             m2=np.where(n > 0, m2, 0.0),
             output_kind=layout.baseline.output_kind,
             output_counts=acc.out,
+            confidence=acc.conf,
         )
         return ModelSketch(key[0], key[1], sketch)
 
