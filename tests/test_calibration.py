@@ -21,7 +21,7 @@ from agent.predictor import Predictor
 from agent.runtime import OnnxBackend
 from hub.ml.baseline import CONFIDENCE_BINS, PRIOR_ROWS, baseline_stats, calibration_table
 from shared import protocol
-from shared.calibration import Calibration, CalibrationError
+from shared.calibration import Calibration, CalibrationError, confidence_counts
 from shared.drift import Baseline, DriftError, DriftSketch, merge_all
 from shared.sensors import CLASSES, Shift, generate
 
@@ -174,6 +174,20 @@ def test_the_estimate_weighs_each_bins_accuracy_by_its_count() -> None:
 
 
 # ------------------------------------------------------------------ the agent's counts
+
+
+def test_binning_follows_numpy_histogram_on_the_edges_and_clips_outside() -> None:
+    edges = np.linspace(0.0, 1.0, 21).round(6)
+    on_edges = np.asarray([0.0, 0.25, 0.5, 0.75, 1.0], dtype=np.float32)  # exact in float32
+    inside = np.random.default_rng(3).random(500).astype(np.float32)
+    tops = np.concatenate([on_edges, inside])
+    scores = np.stack([tops, 1 - tops], axis=1)
+    scores[:, 1] = np.minimum(scores[:, 1], tops)  # the first column is the top class
+    want, _ = np.histogram(tops, bins=edges)  # [e_i, e_i+1), the last one closed
+    assert confidence_counts(scores, edges).tolist() == want.tolist()
+    odd = np.asarray([[-0.1, -0.2], [1.2, 0.0], [np.nan, 0.5]], dtype=np.float32)
+    got = confidence_counts(odd, edges)
+    assert got[0] == 1 and got[-1] == 1 and got.sum() == 2  # clipped; a NaN row not counted
 
 
 def test_the_recorder_counts_each_rows_top_class_probability(
