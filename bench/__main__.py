@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "hub telemetry ingest into SQLite vs mosquitto_sub, same stream"),
     "drift_observer": ("bench.drift_observer", "the drift recorder's cost per predict call"),
     "drift": ("bench.drift", "drift on a share of N devices: detection delay, accuracy, ADWIN"),
+    "cbpe": ("bench.cbpe", "estimated (from confidence) vs measured accuracy per drift scenario"),
     "dataset_files": ("bench.dataset_files", "read_dataset on a ~200 MB CSV: RSS growth, time"),
     "models": ("bench.models", "fp32 vs int8 builds on bundled datasets, tuner gain, upload RSS"),
     "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),

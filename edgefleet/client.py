@@ -287,7 +287,9 @@ class HubClient:
     ) -> dict[str, Any]:
         """Live accuracy or MAE / RMSE of ``model`` per version, from labelled predictions
         of one device, one group (tag) or the fleet (neither given), over ``[start, end)``
-        (epoch seconds; the hub defaults to the last hour)."""
+        (epoch seconds; the hub defaults to the last hour); for a classifier with a
+        calibration table also ``estimated_accuracy`` / ``estimated_rows`` from the
+        devices' confidence counts, labelled or not (docs/telemetry.md)."""
         params = {
             "model": model,
             "version": version,

@@ -10,7 +10,10 @@ hub/ml/pipeline.py ``baseline_stats``):
   edges[-1]``); bins follow numpy.histogram (``[e_i, e_i+1)``, the last one closed), and
   count / mean / M2 of the finite values (Chan et al.'s parallel merge);
 - outputs: counts per predicted class, or a score histogram (with underflow / overflow)
-  for a model that is not a classifier.
+  for a model that is not a classifier; and, when the baseline has a calibration table
+  (shared/calibration.py), counts of the rows' top-class probability on its bins, from
+  which the hub estimates accuracy without labels. Optional both ways: a sketch without
+  them (an older agent) merges with one that has them.
 
 Sketches merge by adding counts (and merging moments), so the hub can combine windows
 and devices exactly: merging is associative and commutative.
@@ -33,6 +36,8 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from shared.calibration import MAX_CONFIDENCE_BINS, Calibration
 
 MAX_FEATURES: Final = 1024  # input features a sketch may describe
 MAX_BINS: Final = 256  # bins per feature or output histogram (underflow/overflow excluded)
@@ -63,6 +68,8 @@ class Baseline:
         output_classes: class names (``classes``), empty for scores.
         output_edges: score histogram edges (``scores``), empty for classes.
         output_shares: reference shares of the classes, or of [underflow, bins..., overflow].
+        calibration: a classifier's hold-out accuracy per confidence bin (None: the
+            baseline has none, as before it existed, or the model is not a classifier).
     """
 
     names: tuple[str, ...]
@@ -72,6 +79,7 @@ class Baseline:
     output_classes: tuple[str, ...]
     output_edges: FloatArray
     output_shares: FloatArray
+    calibration: Calibration | None = None
 
     @classmethod
     def from_manifest(cls, baseline: Mapping[str, Any]) -> Baseline:
@@ -101,9 +109,19 @@ class Baseline:
                 classes = tuple(map(str, out["classes"]))
                 if not 0 < len(classes) <= MAX_CLASSES or oh.shape != (len(classes),):
                     raise DriftError("outputs: hist must have one share per class")
+                cal = out.get("calibration")
                 return cls(
-                    tuple(names), tuple(edges), tuple(shares), "classes", classes, np.zeros(0), oh
+                    tuple(names),
+                    tuple(edges),
+                    tuple(shares),
+                    "classes",
+                    classes,
+                    np.zeros(0),
+                    oh,
+                    None if cal is None else Calibration.from_manifest(cal),
                 )
+            if "calibration" in out:
+                raise DriftError("outputs: a calibration table is for classifiers only")
             oe = _edges(out["edges"])
             if oh.shape != (len(oe) - 1,):
                 raise DriftError("outputs: hist does not fit its edges")
@@ -123,7 +141,7 @@ class Baseline:
 
     def empty_sketch(self) -> DriftSketch:
         """A sketch of no rows with this baseline's layout."""
-        n_out = len(self.output_shares)
+        n_out, cal = len(self.output_shares), self.calibration
         return DriftSketch(
             rows=0,
             counts=tuple(np.zeros(len(e) + 1, dtype=np.int64) for e in self.edges),
@@ -132,6 +150,7 @@ class Baseline:
             m2=np.zeros(len(self.edges)),
             output_kind=self.output_kind,
             output_counts=np.zeros(n_out, dtype=np.int64),
+            confidence=None if cal is None else np.zeros(cal.bins, dtype=np.int64),
         )
 
 
@@ -160,6 +179,8 @@ class DriftSketch:
         output_kind: ``"classes"`` or ``"scores"``.
         output_counts: per class, or [underflow, bins..., overflow] of the scores; sums
             to at most ``rows`` (a row whose output could not be read is not counted).
+        confidence: per bin of the baseline's calibration table, rows whose top-class
+            probability fell in it (sums to at most ``rows``); None: not counted.
     """
 
     rows: int
@@ -169,6 +190,7 @@ class DriftSketch:
     m2: FloatArray
     output_kind: str
     output_counts: IntArray
+    confidence: IntArray | None = None
 
     def merge(self, other: DriftSketch) -> DriftSketch:
         """The sketch of both sets of rows.
@@ -181,6 +203,11 @@ class DriftSketch:
             or len(self.counts) != len(other.counts)
             or any(a.shape != b.shape for a, b in zip(self.counts, other.counts, strict=True))
             or self.output_counts.shape != other.output_counts.shape
+            or (
+                self.confidence is not None
+                and other.confidence is not None
+                and self.confidence.shape != other.confidence.shape
+            )
         ):
             raise DriftError("sketches of different layouts do not merge")
         n = self.n + other.n
@@ -196,6 +223,7 @@ class DriftSketch:
             m2=np.where(n > 0, m2, 0.0),
             output_kind=self.output_kind,
             output_counts=self.output_counts + other.output_counts,
+            confidence=_add(self.confidence, other.confidence),
         )
 
     def std(self) -> FloatArray:
@@ -204,13 +232,16 @@ class DriftSketch:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-able wire form (the ``sketch`` of a ``drift`` message)."""
+        outputs: dict[str, Any] = {"kind": self.output_kind, "counts": self.output_counts.tolist()}
+        if self.confidence is not None:
+            outputs["confidence"] = self.confidence.tolist()
         return {
             "rows": self.rows,
             "features": [
                 {"counts": c.tolist(), "n": int(n), "mean": float(mu), "m2": float(m2)}
                 for c, n, mu, m2 in zip(self.counts, self.n, self.mean, self.m2, strict=True)
             ],
-            "outputs": {"kind": self.output_kind, "counts": self.output_counts.tolist()},
+            "outputs": outputs,
         }
 
     @classmethod
@@ -251,6 +282,11 @@ class DriftSketch:
         oc = _counts(outs.get("counts"), max(MAX_CLASSES, MAX_BINS + 2), "outputs")
         if int(oc.sum()) > rows:
             raise DriftError("outputs: more counts than rows")
+        conf = None
+        if outs.get("confidence") is not None:
+            conf = _counts(outs["confidence"], MAX_CONFIDENCE_BINS, "outputs.confidence")
+            if outs["kind"] != "classes" or int(conf.sum()) > rows:
+                raise DriftError("outputs: confidence counts are a classifier's, at most rows")
         return cls(
             rows=rows,
             counts=tuple(counts),
@@ -259,16 +295,28 @@ class DriftSketch:
             m2=np.asarray(m2s, dtype=np.float64),
             output_kind=str(outs["kind"]),
             output_counts=oc,
+            confidence=conf,
         )
 
     def fits(self, baseline: Baseline) -> bool:
-        """Whether this sketch was made on ``baseline``'s layout."""
+        """Whether this sketch was made on ``baseline``'s layout (confidence counts, when
+        there are any, on its calibration bins)."""
+        cal = baseline.calibration
         return (
             self.output_kind == baseline.output_kind
             and len(self.counts) == len(baseline.shares)
             and all(len(c) == len(s) for c, s in zip(self.counts, baseline.shares, strict=True))
             and len(self.output_counts) == len(baseline.output_shares)
+            and (self.confidence is None or (cal is not None and len(self.confidence) == cal.bins))
         )
+
+
+def _add(a: IntArray | None, b: IntArray | None) -> IntArray | None:
+    """Confidence counts of a merge: a sketch without them adds nothing."""
+    if a is None or b is None:
+        one = b if a is None else a
+        return None if one is None else one.copy()
+    return a + b
 
 
 def merge_all(sketches: Sequence[DriftSketch]) -> DriftSketch:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from shared.sensors import CLASSES, FEATURES, Regime, Shift
+from shared.sensors import CLASSES, FEATURES, Regime, SensorStream, Shift
 
 __all__ = ["KINDS", "AccuracyLog", "DriftError", "DriftSchedule", "DriftSpec"]
 
@@ -118,6 +118,13 @@ class DriftSpec:
         if kind == "covariate":
             return _with(spec, shift=_shift(table))
         return _with(spec, regime=_regime(table))
+
+    def apply(self, stream: SensorStream) -> None:
+        """Drift ``stream`` from its next rows on (what a device's sensors read)."""
+        if self.shift is not None:
+            stream.shift = self.shift
+        if self.regime is not None:
+            stream.regime = self.regime
 
     def pick(self, device_ids: Sequence[str], seed: int) -> list[str]:
         """The devices this drift hits, in ``device_ids`` order (seeded: same every run).
@@ -285,10 +292,7 @@ class DriftSchedule:
 
     def _strike(self, i: int, spec: DriftSpec, devices: list[Any]) -> None:
         for d in devices:
-            if spec.shift is not None:
-                d.stream.shift = spec.shift
-            if spec.regime is not None:
-                d.stream.regime = spec.regime
+            spec.apply(d.stream)
         self.started[i] = round(time.monotonic() - self.accuracy.t0, 3)
 
     def drifted(self) -> set[str]:

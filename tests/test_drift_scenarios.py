@@ -1,6 +1,7 @@
 """Drift in the simulator: the concept shift a retrained model can learn, ``[[drift]]``
-tables, and a rehearsal on real parts where drifted devices lose accuracy and the
-stationary ones do not."""
+tables, how close the accuracy estimated from confidence comes to the measured one under
+each kind of drift, and a rehearsal on real parts where drifted devices lose accuracy and
+the stationary ones do not."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.cbpe import SCENARIOS as CBPE_SCENARIOS
+from bench.cbpe import run_scenario as run_on_device
 from edgefleet.rehearsal import run_scenario
 from hub.ml.pipeline import Dataset, PipelineConfig, builtin_dataset, evaluate
 from hub.ml.pipeline import train as train_model
@@ -77,6 +80,54 @@ def test_the_baseline_regime_is_the_generator_unchanged() -> None:
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
     shown = generate(500, seed=4, regime=Regime(speed_krpm=(1.2, 3.6), signatures=(0, 1, 2, 3)))
     assert np.array_equal(shown[1], y) and np.allclose(shown[0], x)
+
+
+# ------------------------------------------------------------------ estimated accuracy
+
+# Per scenario, rows of one device's drifted stream through the agent's Predictor and
+# DriftRecorder (bench/cbpe.py; docs/drift.md has the table for all of them).
+ESTIMATE_ROWS = 10_000
+# How far the estimate may be from the measured accuracy where it should follow it:
+# CBPE's own bias on these shifts (measured by `python -m bench cbpe` over stream seeds
+# 1-5: +0.007..+0.012 on band_bpfo, +0.002..+0.005 on the slow speeds) plus three
+# standard deviations of sampling noise: the measured accuracy over 10,000 rows
+# (sqrt(0.83 * 0.17 / 10,000) = 0.004) and the calibration table from 4,000 hold-out
+# rows (~0.004 on the estimate), together ~0.017.
+TRACKS_WITHIN = 0.03
+
+
+def cbpe_table(name: str) -> dict[str, Any] | None:
+    return next(table for n, _, table in CBPE_SCENARIOS if n == name)
+
+
+def test_the_estimate_follows_accuracy_under_covariate_shift_and_misses_concept_drift(
+    baseline_model: Any,
+) -> None:
+    def measure(name: str) -> tuple[float, float]:
+        measured, estimated, _ = run_on_device(
+            baseline_model.model_bytes,
+            baseline_model.baseline,
+            cbpe_table(name),
+            rows=ESTIMATE_ROWS,
+        )
+        return measured, estimated
+
+    calm_measured, calm_estimated = measure("none")
+    assert abs(calm_estimated - calm_measured) < TRACKS_WITHIN
+    # A bearing-band sensor reading high: the model is less sure and less right, and the
+    # estimate follows the drop (~9 points) to within the tolerance.
+    measured, estimated = measure("covariate band_bpfo +0.08")
+    assert measured < calm_measured - 0.06  # the shift costs accuracy ...
+    assert abs(estimated - measured) < TRACKS_WITHIN  # ... and the estimate sees it
+    # The textbook covariate shift, P(x) moves and P(y | x) does not: slower machines.
+    measured, estimated = measure("speed 0.6-1.0 krpm")
+    assert measured < calm_measured - 0.03
+    assert abs(estimated - measured) < TRACKS_WITHIN
+    # The blind spot: imbalance and misalignment swap signatures, the model is as sure
+    # as ever and wrong; the estimate stays where it was while accuracy falls 25 points.
+    measured, estimated = measure("concept (drift.toml)")
+    assert measured < calm_measured - 0.15
+    assert abs(estimated - calm_estimated) < 0.02 and estimated - measured > 0.15
 
 
 # ------------------------------------------------------------------ [[drift]] tables

@@ -274,6 +274,12 @@ def test_baseline_of_the_trained_model(built: BuiltModel) -> None:
     assert outputs["classes"] == list(CLASSES)
     assert sum(outputs["hist"]) == pytest.approx(1.0)
     assert outputs["hist"][0] > 0.4  # "normal" dominates the built-in data (55%)
+    # the calibration table: the shipped int8 file's confidence on the hold-out rows
+    table = outputs["calibration"]
+    assert table["output"] == built.golden_output == "probabilities"
+    assert sum(table["rows"]) == SMALL.n_holdout
+    holdout_estimate = np.dot(table["rows"], table["accuracy"]) / SMALL.n_holdout
+    assert holdout_estimate == pytest.approx(built.accuracy_int8, abs=0.01)
 
 
 def test_baseline_edges_stay_strictly_increasing_on_tied_values() -> None:

@@ -2,7 +2,9 @@
 
 The API test runs the real hub (its MQTT consumer, ingest and SQLite) behind a real
 uvicorn: telemetry is published on the broker as devices do and read back with the
-Python client. The retention tests drive the ingest and retention on a SQLite file.
+Python client; so are drift windows whose confidence counts give the estimated accuracy
+beside the measured one. The retention tests drive the ingest and retention on a SQLite
+file.
 """
 
 from __future__ import annotations
@@ -15,24 +17,28 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import Engine
 from sqlmodel import select
 from waiting import wait_for
 
+from agent.drift import DriftRecorder
 from agent.telemetry import InferenceStats, LatencyHistogram, StatsRecorder
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
-from hub import Hub, HubConfig, make_ingest
+from hub import Hub, HubConfig, make_ingest, pipeline_config
 from hub.access.keys import ApiKeys, Role
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
 from hub.store.tables import DriftWindow, Telemetry, make_engine, session, sqlite_url
+from hub.telemetry.drift import trust_baselines
 from hub.telemetry.queries import performance, series
 from hub.telemetry.retention import RetentionPolicy, run_retention
 from hub.transport.broker import Mosquitto
 from shared import protocol
+from shared.sensors import CLASSES, generate
 
 T0 = 1_700_000_000.0  # a fixed epoch for the synthetic windows
 WINDOW_S = 10.0
@@ -295,6 +301,112 @@ def test_bad_performance_queries_get_a_clear_422(stage: Any) -> None:
     assert info.value.status == 422
     nobody = viewer.performance("cls", group="no-such-group", start=T0, end=T0 + 60)
     assert (nobody["devices"], nobody["versions"]) == (0, [])
+
+
+# ------------------------------------------------------------------ estimated accuracy
+
+
+def confident_window(
+    device: str,
+    seq: int,
+    version: tuple[str, int],
+    baseline: dict[str, Any],
+    tops: list[float],
+    ts: float,
+) -> tuple[str, bytes]:
+    """A drift message as the agent's recorder makes it, from rows whose top-class
+    probabilities are ``tops``."""
+    k = len(CLASSES)
+    probs = np.asarray([[t, *[(1 - t) / (k - 1)] * (k - 1)] for t in tops], dtype=np.float32)
+    rec = DriftRecorder()
+    rec.activate(*version, baseline)
+    x, _ = generate(len(tops), seed=seq)
+    rec.observe(*version, x, {"label": probs.argmax(axis=1), "probabilities": probs})
+    drained = rec.drain()
+    assert drained is not None
+    body = {"seq": seq, "model": version[0], "version": version[1]}
+    body["sketch"] = drained.sketch.to_dict()
+    return protocol.topic(device, "drift"), protocol.encode("drift", body, ts=ts)
+
+
+def test_estimated_accuracy_beside_the_measured_one(mosquitto: Mosquitto, stage: Any) -> None:
+    """Sketches with known confidence counts give the exact estimate, per device, group
+    and fleet, beside the labels' accuracy where both exist and alone where not."""
+    hub, viewer, operator = stage
+    built = hub.build_and_publish(pipeline_config(name="est", n_train=2000, n_holdout=1000))
+    v = built["version"]
+    baseline = dict(trust_baselines(hub.registry, hub.trust)("est", v) or {})
+    table = baseline["outputs"]["calibration"]  # as the signed manifest gives it to devices
+    t0 = (time.time() // 3600 - 18) * 3600
+    # per device: each window's top-class probabilities; bin b holds [b/20, (b+1)/20)
+    tops = {
+        "es-a": [[0.97] * 30 + [0.62] * 10 + [0.33] * 5, [0.88] * 12 + [0.97] * 8],
+        "es-b": [[0.41] * 20 + [0.97] * 20, [0.52] * 7],
+        "es-c": [[0.97] * 50],
+    }
+    drift = [
+        confident_window(d, i, ("est", v), baseline, window, t0 + (i + 1) * WINDOW_S)
+        for d, windows in tops.items()
+        for i, window in enumerate(windows)
+    ]
+    # outside the range, and an older agent's sketch without counts: neither is estimated
+    drift.append(confident_window("es-a", 7, ("est", v), baseline, [0.3] * 9, t0 - 5))
+    older = json.loads(confident_window("es-c", 8, ("est", v), baseline, [0.4] * 9, t0 + 50)[1])
+    del older["body"]["sketch"]["outputs"]["confidence"]
+    drift.append((protocol.topic("es-c", "drift"), json.dumps(older).encode()))
+    labels = [  # es-a and es-c label their predictions, also of a version with no sketches
+        labelled_window("es-a", 0, ("est", v), [("est", v, 40, 37), ("est", v + 1, 5, 4)], t0),
+        labelled_window("es-c", 0, ("est", v), [("est", v, 10, 6)], t0),
+    ]
+    online = [
+        (protocol.topic(d, "state"), protocol.encode("state", {"status": "online"}, ts=T0))
+        for d in tops
+    ]
+    before = hub.ingest.counts["telemetry"]
+    publish_all(mosquitto, online + labels + drift)
+    wait_for(lambda: hub.ingest.counts["telemetry"] >= before + 2, 20, "labels stored")
+    wait_for(lambda: estimated_windows(hub, "est") >= len(drift), 20, "drift windows stored")
+    for d in ("es-a", "es-b"):
+        operator.set_tags(d, ["line-e"])
+    span = {"start": t0, "end": t0 + 3600}
+
+    def estimate(devices: list[str]) -> dict[str, Any]:
+        counts = np.zeros(len(table["accuracy"]), dtype=np.int64)
+        for d in devices:
+            for window in tops[d]:
+                for t in window:
+                    counts[int(t * 20)] += 1  # 20 equal bins, no value on an edge
+        return {
+            "estimated_accuracy": round(float(counts @ table["accuracy"]) / counts.sum(), 6),
+            "estimated_rows": int(counts.sum()),
+            "estimated_devices": len(devices),
+        }
+
+    def measured(labelled: int, correct: int, devices: int) -> dict[str, Any]:
+        accuracy = round(correct / labelled, 6)
+        return {"labelled": labelled, "correct": correct, "accuracy": accuracy, "devices": devices}
+
+    cls = {"task": "classification"}
+    a = viewer.performance("est", device="es-a", **span)["versions"]
+    assert a == [
+        {"version": v, **cls, **measured(40, 37, 1), **estimate(["es-a"])},
+        {"version": v + 1, **cls, **measured(5, 4, 1)},  # labels only: no estimate
+    ]
+    b = viewer.performance("est", device="es-b", **span)["versions"]
+    assert b == [{"version": v, **cls, **estimate(["es-b"])}]  # no labels: the estimate only
+    group = viewer.performance("est", group="line-e", version=v, **span)["versions"]
+    assert group == [{"version": v, **cls, **measured(40, 37, 1), **estimate(["es-a", "es-b"])}]
+    fleet = viewer.performance("est", version=v, **span)["versions"]
+    want = estimate(["es-a", "es-b", "es-c"])
+    assert fleet == [{"version": v, **cls, **measured(50, 43, 2), **want}]
+    assert want["estimated_rows"] == 45 + 20 + 40 + 7 + 50
+    # a range that holds none of the windows gives neither figure
+    assert viewer.performance("est", start=t0 - 3600, end=t0 - 100)["versions"] == []
+
+
+def estimated_windows(hub: Any, model: str) -> int:
+    with session(hub.engine) as s:
+        return len(s.exec(select(DriftWindow).where(DriftWindow.model == model)).all())
 
 
 # ------------------------------------------------------------------ retention

@@ -286,10 +286,15 @@ def _finish(
     quantize_seconds: float,
     source: str,
 ) -> BuiltModel:
-    """Baseline and golden rows from the bytes that ship; the BuiltModel."""
+    """Baseline and golden rows from the bytes that ship; the BuiltModel.
+
+    The drift baseline's bins come from the training rows; a classifier's calibration
+    table from the hold-out rows, which the model never trained on (hub/ml/baseline.py).
+    """
     session = open_session(model_bytes)
     out_name = scores_output(session) if data.is_classifier else value_output(session)
     report("baseline")
+    holdout_out = model_outputs(session, data.x_holdout, data.task)
     baseline = baseline_stats(
         data.x_train,
         model_outputs(session, data.x_train, data.task),
@@ -297,9 +302,10 @@ def _finish(
         features=data.features,
         classes=data.classes,
         task=data.task,
+        holdout=(holdout_out, data.y_holdout) if data.is_classifier else None,
+        scores_output=out_name,
     )
     report("golden")
-    holdout_out = model_outputs(session, data.x_holdout, data.task)
     if data.is_classifier:
         pick = golden_indices(data.y_holdout, holdout_out, config.n_golden, len(data.classes))
     else:

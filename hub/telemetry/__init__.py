@@ -1,3 +1,5 @@
-"""What devices measure: telemetry windows (windows.py: storing; queries.py: series;
-retention.py: downsampling and expiry) and fleet drift (drift.py: the monitor and ingest
-applier; drift_policy.py: policies and open alerts; drift_scopes.py: group and fleet)."""
+"""What devices measure: telemetry windows (windows.py: storing; queries.py: series and
+performance; labels.py: label figures per model version; estimates.py: accuracy
+estimated from confidence counts; retention.py: downsampling and expiry) and fleet drift
+(drift.py: the monitor and ingest applier; drift_policy.py: policies and open alerts;
+drift_scopes.py: group and fleet)."""

@@ -8,7 +8,8 @@ windows' own, flagged ``"exact": false``. CPU is the mean over windows, RSS the 
 Labels are kept per model version (hub/telemetry/labels.py): a series point gives the
 accuracy of its classifiers' labels and the MAE / RMSE of its regressors'; the
 performance query gives them per version of one model, for a device, a group or the
-fleet.
+fleet, beside a classifier's accuracy estimated from its devices' confidence counts
+(hub/telemetry/estimates.py) where its baseline has a calibration table.
 
 Exceptions::
 
@@ -28,6 +29,7 @@ from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 
 from hub.store.tables import DeviceTag, Telemetry
+from hub.telemetry.estimates import CalibrationSource, EstimateRangeError, estimated_performance
 from hub.telemetry.labels import LabelSum, VersionKey, label_parts, other_versions_json
 from shared.latency import LatencyHistogram
 
@@ -219,15 +221,22 @@ def performance(
     devices: Sequence[str] | None,
     start: float,
     end: float,
+    calibration: CalibrationSource | None = None,
 ) -> list[dict[str, Any]]:
     """Live accuracy (classifier) or MAE / RMSE (regressor) of ``model`` per version, from
     the labels joined on ``devices`` (None: the whole fleet) in windows that started in
     ``[start, end)``; only ``version`` when given. Labels count for the version that made
     the prediction, whatever was active when they came (hub/telemetry/labels.py).
 
+    With ``calibration`` (version -> its calibration table), a classifier's versions also
+    get ``estimated_accuracy``, ``estimated_rows`` and ``estimated_devices`` from the
+    drift windows' confidence counts (hub/telemetry/estimates.py). A version shows the
+    figures it has: measured (``labelled``, ``correct``, ``accuracy``, ``devices``),
+    estimated, or both.
+
     Raises:
         TelemetryQueryError: an empty range, or one holding more than MAX_QUERY_ROWS
-            windows with labels.
+            windows with labels (or drift windows).
     """
     if not end > start:
         raise TelemetryQueryError(f"empty range: end {end} <= start {start}")
@@ -255,4 +264,14 @@ def performance(
                 continue
             sums.setdefault(v, LabelSum()).add(part)
             reporters.setdefault(v, set()).add(row.device_id)
-    return [{"version": v, **sums[v].figures(), "devices": len(reporters[v])} for v in sorted(sums)]
+    measured = {v: {**sums[v].figures(), "devices": len(reporters[v])} for v in sums}
+    estimated: dict[int, dict[str, Any]] = {}
+    if calibration is not None:
+        try:
+            estimated = estimated_performance(s, model, version, devices, start, end, calibration)
+        except EstimateRangeError as e:
+            raise TelemetryQueryError(str(e)) from e
+    return [
+        {"version": v, "task": "classification", **measured.get(v, {}), **estimated.get(v, {})}
+        for v in sorted(measured.keys() | estimated.keys())
+    ]

@@ -1,5 +1,7 @@
 """Admin API: telemetry series per device or group, merged to a resolution, and live
-model performance per version from labelled predictions (hub/telemetry/queries.py)."""
+model performance per version from labelled predictions, beside the accuracy estimated
+from the devices' confidence counts where labels never come (hub/telemetry/queries.py,
+hub/telemetry/estimates.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from hub.api.schemas import DEVICE, MAX_INT, MODEL, TAG
 from hub.api.security import Viewer
 from hub.app import Hub
 from hub.store.tables import session
+from hub.telemetry.estimates import CalibrationSource
 from hub.telemetry.queries import TelemetryQueryError, group_devices, performance, series
+from shared.calibration import Calibration
 
 router = APIRouter(prefix="/telemetry", generate_unique_id_function=operation_id)
 
@@ -66,7 +70,12 @@ def model_performance(
     version, from the true labels devices joined to its predictions in windows that
     started in ``[start, end)`` (epoch seconds; the last hour by default). Of one
     ``device``, one ``group`` (a tag), or the fleet when neither is given. Labels count
-    for the version that made the prediction, even when they came after a rollout."""
+    for the version that made the prediction, even when they came after a rollout.
+
+    Beside it, for a classifier whose baseline has a calibration table,
+    ``estimated_accuracy`` (and ``estimated_rows``, ``estimated_devices``): the accuracy
+    its confidence predicts for the rows the same devices sketched in drift windows that
+    ended in the range, labelled or not. A version shows what it has: either or both."""
     if device is not None and group is not None:
         raise HTTPException(422, "name at most one of device and group")
     end = time.time() if end is None else end
@@ -80,7 +89,9 @@ def model_performance(
             devices = group_devices(s, group)
             scope = {"scope": "group", "group": group, "devices": len(devices)}
         try:
-            versions = performance(s, model, version, devices, start, end)
+            versions = performance(
+                s, model, version, devices, start, end, calibration=_calibration(h, model)
+            )
         except TelemetryQueryError as e:
             raise HTTPException(422, str(e)) from e
     return {
@@ -91,6 +102,16 @@ def model_performance(
         "end": end,
         "versions": versions,
     }
+
+
+def _calibration(h: Hub, model: str) -> CalibrationSource:
+    """A version's calibration table, from its signed baseline (cached by the monitor)."""
+
+    def source(version: int) -> Calibration | None:
+        baseline = h.drift.baseline(model, version)
+        return None if baseline is None else baseline.calibration
+
+    return source
 
 
 def _answer(
