@@ -2,8 +2,10 @@
 
 Scoring (hub/ml/metrics.py), the check that a model fits a dataset
 (hub/ml/compatibility.py), the golden rows and the drift baseline (hub/ml/pipeline.py)
-run a model through ``ModelRunner`` and never name a runtime. ``open_runner`` opens the
-bytes in onnxruntime (hub/ml/inference.py).
+run a model through ``ModelRunner`` and never name a runtime. ``open_runner`` reads the
+format from the bytes, not from a file name: a TFLite flatbuffer has ``TFL3`` at byte 4
+and opens in a TFLite interpreter (hub/ml/tflite.py); anything else is tried as ONNX in
+onnxruntime (hub/ml/inference.py), and what is neither is refused.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from hub.ml.errors import PipelineError
 from hub.ml.inference import OnnxRunner, open_session
+from hub.ml.tflite import TFLiteRunner, is_tflite
 from hub.ml.training_data import FloatRows
 from shared.manifest import TensorSpec
 
-__all__ = ["ModelRunner", "open_runner"]
+__all__ = ["ModelRunner", "model_format", "open_runner"]
 
 
 class ModelRunner(Protocol):
@@ -51,10 +55,21 @@ class ModelRunner(Protocol):
         """Run one row ``[1, *row shape]`` as a device does per inference (timed for latency)."""
 
 
+def model_format(model_bytes: bytes) -> str:
+    """``tflite`` for a TFLite flatbuffer, else ``onnx`` (what the bytes are tried as)."""
+    return "tflite" if is_tflite(model_bytes) else "onnx"
+
+
 def open_runner(model_bytes: bytes) -> ModelRunner:
     """The model in the runtime its bytes call for.
 
     Raises:
-        PipelineError: not a loadable ONNX model.
+        PipelineError: neither a loadable ONNX model nor a TFLite one, or no runtime for it.
     """
-    return OnnxRunner(model_bytes, open_session(model_bytes))
+    if is_tflite(model_bytes):
+        return TFLiteRunner(model_bytes)
+    try:
+        session = open_session(model_bytes)
+    except PipelineError as e:
+        raise PipelineError(f"{e}; nor is it a TFLite file (no 'TFL3' at byte 4)") from e
+    return OnnxRunner(model_bytes, session)
