@@ -21,7 +21,7 @@ from hub.ml.tflite import TFLiteRunner, is_tflite
 from hub.ml.training_data import FloatRows
 from shared.manifest import TensorSpec
 
-__all__ = ["ModelRunner", "model_format", "open_runner"]
+__all__ = ["ModelRunner", "open_runner"]
 
 
 class ModelRunner(Protocol):
@@ -53,11 +53,6 @@ class ModelRunner(Protocol):
 
     def run_row(self, row: FloatRows) -> None:
         """Run one row ``[1, *row shape]`` as a device does per inference (timed for latency)."""
-
-
-def model_format(model_bytes: bytes) -> str:
-    """``tflite`` for a TFLite flatbuffer, else ``onnx`` (what the bytes are tried as)."""
-    return "tflite" if is_tflite(model_bytes) else "onnx"
 
 
 def open_runner(model_bytes: bytes) -> ModelRunner:
