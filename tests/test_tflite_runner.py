@@ -24,6 +24,7 @@ from hub.ml.errors import PipelineError
 from hub.ml.pipeline import build_manifest, import_model
 from hub.ml.runner import open_runner
 from hub.ml.tflite import TFLiteRunner
+from hub.ml.unevaluated import import_unevaluated
 
 pytestmark = [pytest.mark.tflite, pytest.mark.slow]
 
@@ -148,3 +149,12 @@ def test_judging_a_tflite_file_never_imports_tensorflow(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.split("\n")[-2] == "tflite []"
+
+
+def test_an_unevaluated_tflite_gets_golden_rows_of_its_own_shape() -> None:
+    model = wine_tflite(int8=True)  # a batch of one: the golden rows run one by one
+    built = import_unevaluated(model, CONFIG)
+    assert (built.format, built.runtime, built.task) == ("tflite", "tflite", "unevaluated")
+    golden = np.array(built.golden_inputs, dtype=np.float32)
+    assert golden.shape == (CONFIG.n_golden, 13)
+    np.testing.assert_array_equal(litert_rows(model, golden), built.golden_outputs)
