@@ -130,7 +130,10 @@ class HubClient:
         unevaluated: bool = False,
         **gates: Any,
     ) -> dict[str, Any]:
-        """Import an ONNX model judged on ``dataset`` (a job): ``POST /models/{name}/upload``."""
+        """Import an ONNX or TFLite model judged on ``dataset`` (a job).
+
+        ``POST /models/{name}/upload``.
+        """
         params: dict[str, Any] = {"quantize": quantize, "unevaluated": unevaluated}
         params |= {k: v for k, v in gates.items() if v is not None}
         if device_classes:

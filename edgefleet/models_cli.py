@@ -75,11 +75,12 @@ def _upload_parser(models: Any, api: argparse.ArgumentParser) -> None:
     p = models.add_parser(
         "upload",
         parents=[api],
-        help="upload your own ONNX model, judged on a dataset",
+        help="upload your own ONNX or TFLite model, judged on a dataset",
         description="Check the model against the dataset's schema, score it on its hold-out,"
-        " quantise an fp32 model to int8 through the same gates, and sign it.",
+        " quantise an fp32 ONNX model to int8 through the same gates, and sign it. A .tflite"
+        " file ships as it is (the format is read from the file's bytes).",
     )
-    p.add_argument("file", type=Path, help="the ONNX file")
+    p.add_argument("file", type=Path, help="the .onnx or .tflite file")
     p.add_argument("--name", required=True, help="the model's name")
     p.add_argument("--dataset", help="NAME[:VERSION] to judge it on")
     p.add_argument("--no-quantize", action="store_true", help="ship the file as it is")
@@ -157,6 +158,8 @@ def _follow(c: Any, job_id: str, args: argparse.Namespace) -> int:
         return 0
     print(f"{result['name']} v{result['version']} signed: {result['target']} ({result['task']})")
     print(figures(result.get("metrics") or {}, result.get("gates") or []))
+    for note in result.get("notes") or ():
+        print(f"  note: {note}")
     return 0
 
 

@@ -29,7 +29,7 @@ from hub.ml.pipeline import (
     build_manifest,
     dataset_from_arrays,
     evaluate,
-    import_onnx,
+    import_model,
     quantize_int8,
     train,
 )
@@ -224,7 +224,7 @@ def test_health_tolerance_tells_the_int8_file_from_its_fp32_twin(built: BuiltMod
 
 
 def test_import_accepts_an_fp32_model_and_ships_it_as_is(built: BuiltModel) -> None:
-    imported = import_onnx(built.fp32_bytes, SMALL)
+    imported = import_model(built.fp32_bytes, SMALL)
     assert imported.model_bytes == built.fp32_bytes
     assert imported.accuracy_int8 == imported.accuracy_fp32 == built.accuracy_fp32
     assert imported.source == "imported" and imported.outputs == built.outputs
@@ -247,11 +247,11 @@ def test_import_refuses_what_the_devices_cannot_use(
     make: Callable[[], bytes], message: str
 ) -> None:
     with pytest.raises(PipelineError, match=message):
-        import_onnx(make(), SMALL)
+        import_model(make(), SMALL)
 
 
 def test_import_accepts_a_hand_built_model_of_the_right_shape() -> None:
-    imported = import_onnx(_tiny_model(N_FEATURES, "probabilities"), SMALL)
+    imported = import_model(_tiny_model(N_FEATURES, "probabilities"), SMALL)
     assert 0 <= imported.accuracy_int8 <= 1  # random weights: any accuracy, but it runs
     assert imported.golden_output == "probabilities"
 

@@ -28,7 +28,7 @@ from hub.ml.dataset_store import DatasetStore, DatasetStoreError
 from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel
-from hub.ml.pipeline import Dataset, PipelineConfig, import_onnx, split_arrays, train
+from hub.ml.pipeline import Dataset, PipelineConfig, import_model, split_arrays, train
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import record_training
 from hub.ml.runs import record_run
@@ -147,7 +147,7 @@ class Builds:
         device_classes: tuple[str, ...] = (),
         onnx_bytes: bytes | None = None,
     ) -> dict[str, Any]:
-        """Train on (or judge an ONNX file on) the built-in generator's rows, here and now.
+        """Train on (or judge a model file on) the built-in generator's rows, here and now.
 
         Raises:
             ModelRefused / PipelineError: refused or unusable (recorded as a run).
@@ -166,7 +166,7 @@ class Builds:
             config,
             device_classes,
             None,
-            lambda: import_onnx(onnx_bytes, config, progress),
+            lambda: import_model(onnx_bytes, config, progress),
             report,
         )
 
@@ -248,7 +248,7 @@ class Builds:
             spec.config,
             spec.device_classes,
             spec.created_by,
-            lambda: import_onnx(
+            lambda: import_model(
                 spec.model_bytes,
                 spec.config,
                 progress,
@@ -305,6 +305,8 @@ class Builds:
             "task": built.task,
             "sha256": row.sha256,
             "format": row.format,
+            "runtime": row.runtime,
+            "notes": list(built.notes),
             "size_bytes": row.size_bytes,
             "size_fp32": row.size_fp32,
             "accuracy_fp32": row.accuracy_fp32,

@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from hub.ml.compatibility import scores_output
 from hub.ml.errors import GateError, PipelineError
-from hub.ml.inference import class_scores, open_session, scores_output
+from hub.ml.runner import open_runner
 from hub.ml.training_data import IntLabels
 
 __all__ = ["SATURATED", "evaluate", "gate", "golden_indices", "spread_indices"]
@@ -26,8 +27,8 @@ def evaluate(model_bytes: bytes, x: npt.ArrayLike, y: npt.ArrayLike) -> float:
     Raises:
         PipelineError: the model cannot be loaded or run on these rows.
     """
-    session = open_session(model_bytes)
-    scores = class_scores(session, np.asarray(x, dtype=np.float32), scores_output(session))
+    runner = open_runner(model_bytes)
+    scores = runner.run(np.asarray(x, dtype=np.float32), scores_output(runner))
     labels = np.asarray(y)
     if len(scores) != len(labels):
         raise PipelineError(f"{len(scores)} score rows for {len(labels)} labels")

@@ -1,11 +1,14 @@
 """Running an ONNX model on the hub with onnxruntime: sessions, class scores, tensor specs.
 
-Every step that reads a model file (quantisation, evaluation, golden rows, the check of a
+Every step that reads an ONNX file (quantisation, evaluation, golden rows, the check of a
 bring-your-own model) opens it here, with the same session options, and gets onnxruntime's
-own exception types back as ``PipelineError``.
+own exception types back as ``PipelineError``. ``OnnxRunner`` is the ONNX side of the
+runner seam (hub/ml/runner.py); hub/ml/tflite.py is the TFLite side.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,21 +16,13 @@ import onnx
 import onnxruntime as ort
 
 from hub.ml.errors import PipelineError
-from hub.ml.training_data import Dataset, FloatRows
+from hub.ml.training_data import FloatRows
 from shared.manifest import TensorSpec
 
-__all__ = [
-    "SCORES_OUTPUT",
-    "check_compatible",
-    "class_scores",
-    "open_session",
-    "scores_output",
-    "tensor_specs",
-    "value_output",
-]
+__all__ = ["OnnxRunner", "class_scores", "open_session", "tensor_specs"]
 
-SCORES_OUTPUT = "probabilities"
-VALUE_OUTPUT = "value"
+# onnxruntime's element types whose numpy name differs (the others: int8 -> int8, ...)
+ORT_DTYPES = {"float": "float32", "double": "float64", "string": "str"}
 
 
 def open_session(model_bytes: bytes) -> ort.InferenceSession:
@@ -45,39 +40,43 @@ def open_session(model_bytes: bytes) -> ort.InferenceSession:
         raise PipelineError(f"not a loadable ONNX model: {type(e).__name__}: {e}") from e
 
 
-def scores_output(session: ort.InferenceSession) -> str:
-    """The name of the class-score output: ``probabilities``, or the only float [N, k]."""
-    outputs = session.get_outputs()
-    if any(o.name == SCORES_OUTPUT for o in outputs):
-        return SCORES_OUTPUT
-    candidates = [o.name for o in outputs if o.type == "tensor(float)" and len(o.shape) == 2]
-    if len(candidates) != 1:
-        described = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs)
-        raise PipelineError(
-            f"no class-score output: need '{SCORES_OUTPUT}' or one float32 [N, classes] output,"
-            f" found {described}"
-        )
-    return str(candidates[0])
+class OnnxRunner:
+    """An ONNX file in an onnxruntime session (one thread, as a device runs it)."""
 
+    format: Final = "onnx"
+    runtime: Final = "onnxruntime"
 
-def value_output(session: ort.InferenceSession) -> str:
-    """The name of a regressor's output: ``value``, or the only float [N] / [N, 1]."""
-    outputs = session.get_outputs()
-    if any(o.name == VALUE_OUTPUT for o in outputs):
-        return VALUE_OUTPUT
-    candidates = [
-        o.name
-        for o in outputs
-        if o.type == "tensor(float)"
-        and (len(o.shape) == 1 or (len(o.shape) == 2 and o.shape[1] in (1, None)))
-    ]
-    if len(candidates) != 1:
-        described = ", ".join(f"{o.name} {o.type} {o.shape}" for o in outputs)
-        raise PipelineError(
-            f"no regression output: need '{VALUE_OUTPUT}' or one float32 [N, 1] output,"
-            f" found {described}"
-        )
-    return str(candidates[0])
+    def __init__(self, model_bytes: bytes, session: ort.InferenceSession | None = None) -> None:
+        """Open ``model_bytes`` (in ``session`` when it is already open).
+
+        Raises:
+            PipelineError: not a loadable ONNX model, or outputs that are not tensors.
+        """
+        self.session = session if session is not None else open_session(model_bytes)
+        self._bytes = model_bytes
+        self._input = next((i.name for i in self.session.get_inputs()), "")
+        non_tensors = [o.name for o in self.session.get_outputs() if not _is_tensor(o.type)]
+        if non_tensors:
+            raise PipelineError(
+                f"outputs {non_tensors} are not tensors (exported with ZipMap? use zipmap=False)"
+            )
+
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_session_spec(i) for i in self.session.get_inputs())
+
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return tuple(_session_spec(o) for o in self.session.get_outputs())
+
+    def specs(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        """The manifest's tensors, from the graph itself."""
+        return tensor_specs(onnx.load_model_from_string(self._bytes))
+
+    def run(self, x: FloatRows, output: str) -> npt.NDArray[np.float32]:
+        return class_scores(self.session, x, output)
+
+    def run_row(self, row: FloatRows) -> None:
+        """Run one row (``[1, *row shape]``), every output: what the latency figure times."""
+        self.session.run(None, {self._input: row})
 
 
 def class_scores(
@@ -95,65 +94,20 @@ def class_scores(
     return np.asarray(scores, dtype=np.float32)
 
 
-def check_compatible(session: ort.InferenceSession, data: Dataset) -> str:
-    """Refuse a model the dataset (and so the devices' rows) cannot feed or score.
-
-    Returns:
-        The name of the output that gives class scores or values.
-    """
-    inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise PipelineError(f"the model must take one input, it takes {len(inputs)}")
-    (inp,) = inputs
-    want = [None, *data.row_shape]
-    shown = "[N, " + ", ".join(map(str, data.row_shape)) + "]"
-    if inp.type != "tensor(float)" or len(inp.shape) != len(want):
-        raise PipelineError(
-            f"input '{inp.name}' must be float32 {shown} for this dataset,"
-            f" got {inp.type} {inp.shape}"
-        )
-    for axis, (got, need) in enumerate(zip(inp.shape[1:], data.row_shape, strict=True), 1):
-        if isinstance(got, int) and got != need:
-            what = "features" if len(data.row_shape) == 1 else f"values on axis {axis}"
-            raise PipelineError(
-                f"input '{inp.name}' takes {got} {what}; the dataset has {need} {shown}"
-            )
-    non_tensors = [o.name for o in session.get_outputs() if not o.type.startswith("tensor(")]
-    if non_tensors:
-        raise PipelineError(
-            f"outputs {non_tensors} are not tensors (exported with ZipMap? use zipmap=False)"
-        )
-    if data.is_classifier:
-        return _check_scores(session, data)
-    name = value_output(session)
-    got = class_scores(session, data.x_holdout[:2], name)
-    if got.size != 2:
-        raise PipelineError(f"output '{name}' gave shape {got.shape} for 2 rows, expected (2, 1)")
-    return name
-
-
-def _check_scores(session: ort.InferenceSession, data: Dataset) -> str:
-    k = len(data.classes)
-    name = scores_output(session)
-    scores = next(o for o in session.get_outputs() if o.name == name)
-    if scores.type != "tensor(float)" or len(scores.shape) != 2:
-        raise PipelineError(
-            f"output '{name}' must be float32 [N, {k}], got {scores.type} {scores.shape}"
-        )
-    if isinstance(scores.shape[1], int) and scores.shape[1] != k:
-        raise PipelineError(
-            f"output '{name}' gives {scores.shape[1]} class scores; the dataset has {k} classes"
-        )
-    got = class_scores(session, data.x_holdout[:2], name)
-    if got.shape != (2, k):
-        raise PipelineError(f"output '{name}' gave shape {got.shape} for 2 rows, expected (2, {k})")
-    return name
-
-
 def tensor_specs(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     initializers = {i.name for i in model.graph.initializer}
     inputs = tuple(_spec(v) for v in model.graph.input if v.name not in initializers)
     return inputs, tuple(_spec(v) for v in model.graph.output)
+
+
+def _is_tensor(ort_type: str) -> bool:
+    return ort_type.startswith("tensor(")
+
+
+def _session_spec(value: ort.NodeArg) -> TensorSpec:
+    inner = value.type.removeprefix("tensor(").removesuffix(")")
+    shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+    return TensorSpec(name=value.name, dtype=ORT_DTYPES.get(inner, inner), shape=shape)
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from hub.ml.compatibility import SCORES_OUTPUT
 from hub.ml.config import PipelineConfig
-from hub.ml.inference import SCORES_OUTPUT
 from shared.chunks import chunk_hashes
 from shared.manifest import HealthCheck, Manifest, TensorSpec
 
@@ -43,6 +43,9 @@ class BuiltModel:
     metrics: dict[str, Any] = field(default_factory=dict)  # {"fp32": {...}, "int8": {...}}
     gates: tuple[dict[str, Any], ...] = ()  # every gate judged (hub/ml/gates.py)
     split: dict[str, Any] = field(default_factory=dict)  # how the rows were split
+    format: str = "onnx"  # of model_bytes: "onnx" | "tflite" (hub/ml/runner.py)
+    runtime: str = "onnxruntime"  # what a device needs to run it: "onnxruntime" | "tflite"
+    notes: tuple[str, ...] = ()  # what the operator should know about this build
 
 
 def build_manifest(
@@ -74,8 +77,8 @@ def build_manifest(
         model=built.name,
         channel=channel,
         version=version,
-        format="onnx",
-        runtime="onnxruntime",
+        format=built.format,
+        runtime=built.runtime,
         device_classes=tuple(device_classes),
         inputs=built.inputs,
         outputs=built.outputs,

@@ -1,9 +1,9 @@
 """A model file's figures on held-out rows: quality, per-row latency and size.
 
 Classifiers: accuracy, macro-F1 and the confusion matrix (rows: true class, columns:
-predicted). Regressors: MAE, RMSE and R². Latency is the median of single-row runs in one
-onnxruntime session on one thread (as a device runs it), after a warm-up, over up to
-``LATENCY_ROWS`` held-out rows.
+predicted). Regressors: MAE, RMSE and R². Latency is the median of single-row runs in the
+model's own runtime on one thread (onnxruntime or a TFLite interpreter, as a device runs
+it; hub/ml/runner.py), after a warm-up, over up to ``LATENCY_ROWS`` held-out rows.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
+from hub.ml.compatibility import scores_output, value_output
 from hub.ml.errors import PipelineError
-from hub.ml.inference import class_scores, open_session, scores_output, value_output
+from hub.ml.runner import ModelRunner, open_runner
 from hub.ml.training_data import Dataset
 
 __all__ = ["LATENCY_ROWS", "headline", "model_outputs", "score"]
@@ -26,12 +26,12 @@ WARMUP_RUNS: Final = 20
 
 
 def model_outputs(
-    session: ort.InferenceSession, x: npt.NDArray[np.float32], task: str
+    runner: ModelRunner, x: npt.NDArray[np.float32], task: str
 ) -> npt.NDArray[np.float32]:
     """Class scores [N, k] of a classifier, or values [N] of a regressor."""
     if task == "classification":
-        return class_scores(session, x, scores_output(session))
-    values = class_scores(session, x, value_output(session))
+        return runner.run(x, scores_output(runner))
+    values = runner.run(x, value_output(runner))
     return values.reshape(len(x), -1)[:, 0]
 
 
@@ -41,8 +41,8 @@ def score(model_bytes: bytes, data: Dataset, *, latency: bool = True) -> dict[st
     Raises:
         PipelineError: the model cannot be loaded or run on these rows.
     """
-    session = open_session(model_bytes)
-    out = model_outputs(session, data.x_holdout, data.task)
+    runner = open_runner(model_bytes)
+    out = model_outputs(runner, data.x_holdout, data.task)
     if len(out) != len(data.y_holdout):
         raise PipelineError(f"{len(out)} output rows for {len(data.y_holdout)} labels")
     figures = (
@@ -52,7 +52,7 @@ def score(model_bytes: bytes, data: Dataset, *, latency: bool = True) -> dict[st
     )
     figures["size_bytes"] = len(model_bytes)
     if latency:
-        figures["latency_us_per_row"] = _latency_us(session, data.x_holdout)
+        figures["latency_us_per_row"] = _latency_us(runner, data.x_holdout)
     return figures
 
 
@@ -90,14 +90,13 @@ def _regression(values: npt.NDArray[np.float32], y: npt.NDArray[Any]) -> dict[st
     }
 
 
-def _latency_us(session: ort.InferenceSession, x: npt.NDArray[np.float32]) -> float:
-    name = session.get_inputs()[0].name
+def _latency_us(runner: ModelRunner, x: npt.NDArray[np.float32]) -> float:
     rows = x[: max(1, min(LATENCY_ROWS, len(x)))]
     for i in range(WARMUP_RUNS):
-        session.run(None, {name: rows[i % len(rows)][None]})
+        runner.run_row(rows[i % len(rows)][None])
     times = []
     for row in rows:
         t0 = time.perf_counter_ns()
-        session.run(None, {name: row[None]})
+        runner.run_row(row[None])
         times.append(time.perf_counter_ns() - t0)
     return float(np.median(times)) / 1000.0

@@ -5,7 +5,7 @@
 calibration on training rows), evaluates both files with onnxruntime on held-out rows and
 refuses the int8 file when it loses more accuracy than the gate allows. It then computes
 the drift baseline and the golden rows of the health check, all from the exact bytes that
-ship. ``import_onnx`` lets a bring-your-own ONNX model enter at "evaluate".
+ship. ``import_model`` lets a bring-your-own ONNX or TFLite model enter at "evaluate".
 ``build_manifest`` turns the result into the signed manifest's custom fields.
 
 This module runs the stages in order and reports progress; each stage has a module of
@@ -15,7 +15,10 @@ its own, and every public name is importable from here:
 - hub/ml/training_data.py    ``Dataset``, the built-in rows, ``dataset_from_arrays``
 - hub/ml/training.py         fit and ``export_onnx``
 - hub/ml/quantize.py         ``quantize_int8`` (and what was measured to choose its settings)
-- hub/ml/inference.py        onnxruntime sessions and class scores
+- hub/ml/runner.py           ``open_runner``: a model file in its runtime, by its bytes
+- hub/ml/inference.py        onnxruntime sessions (the ONNX runner)
+- hub/ml/tflite.py           a TFLite interpreter (the TFLite runner)
+- hub/ml/compatibility.py    does a model fit a dataset; which output is scored
 - hub/ml/evaluation.py       ``evaluate``, the gate, the golden rows
 - hub/ml/baseline.py         ``baseline_stats`` (the drift baseline)
 - hub/ml/manifest.py         ``BuiltModel``, ``build_manifest``
@@ -33,29 +36,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 
 from hub.ml.baseline import baseline_stats
 from hub.ml.compact import compact
+from hub.ml.compatibility import check_compatible, scores_output, value_output
 from hub.ml.config import PipelineConfig
 from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
 from hub.ml.evaluation import evaluate, golden_indices, spread_indices
 from hub.ml.gates import enforce, judge
-from hub.ml.inference import (
-    check_compatible,
-    class_scores,
-    open_session,
-    scores_output,
-    tensor_specs,
-    value_output,
-)
 from hub.ml.manifest import BuiltModel, build_manifest
 from hub.ml.metrics import model_outputs, score
 from hub.ml.quantize import is_quantized, quantize_int8
+from hub.ml.runner import open_runner
 from hub.ml.training import export_onnx, fit
 from hub.ml.training_data import (
     Dataset,
@@ -80,7 +76,7 @@ __all__ = [
     "evaluate",
     "export_onnx",
     "fit_model",
-    "import_onnx",
+    "import_model",
     "quantize_int8",
     "split_arrays",
     "to_int8",
@@ -91,6 +87,11 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 Champion = tuple[int, bytes]  # the deployed version and its file
+
+SHIPS_AS_IS: Final = (
+    "a TFLite file ships as uploaded: the hub quantises ONNX only, so this file is int8"
+    " or float as you built it"
+)
 
 # Overall job fraction reached at the start of each stage. The hub's job runner goes on
 # to "sign" at 0.95, so the pipeline stays below it.
@@ -200,7 +201,7 @@ def to_int8(fp32: bytes, data: Dataset, config: PipelineConfig) -> bytes:
     return compact(quantize_int8(fp32, calibration, per_channel=config.per_channel))
 
 
-def import_onnx(
+def import_model(
     model_bytes: bytes,
     config: PipelineConfig,
     progress: Progress | None = None,
@@ -209,26 +210,30 @@ def import_onnx(
     quantize: bool = False,
     champion: Champion | None = None,
 ) -> BuiltModel:
-    """Bring-your-own ONNX: check it fits the dataset, judge it; quantise it when asked.
+    """Bring-your-own ONNX or TFLite: check it fits the dataset, judge it; quantise when asked.
 
-    The model needs one float32 input ``[N, *row shape]`` and class scores ``[N, classes]``
-    (named ``probabilities``, or the only float output of that shape) for a classifier,
-    or one value per row (``value``, or the only float [N, 1]) for a regressor. With
-    ``quantize`` (and a model not already quantised) an int8 copy is made and gated like
-    a trained one; otherwise the file ships as is and its figures fill both slots.
+    The format comes from the bytes (hub/ml/runner.py). The model needs one float32 input
+    ``[N, *row shape]`` and class scores ``[N, classes]`` (named ``probabilities``, or the
+    only float output of that shape) for a classifier, or one value per row (``value``,
+    or the only float [N, 1]) for a regressor (hub/ml/compatibility.py). With ``quantize``
+    an ONNX model not already quantised gets an int8 copy, gated like a trained one;
+    otherwise, and always for TFLite, the file ships as is and its figures fill both slots.
 
     Raises:
         ModelRefused: a gate refused it.
-        PipelineError: not ONNX, not runnable, or not compatible with the dataset.
+        PipelineError: neither ONNX nor TFLite, not runnable, or not compatible with the
+            dataset.
     """
     report = _reporter(progress)
     report("dataset")
     data = dataset if dataset is not None else builtin_dataset(config)
     report("evaluate")
-    check_compatible(open_session(model_bytes), data)
+    runner = open_runner(model_bytes)
+    check_compatible(runner, data)
     fp32 = model_bytes
     quantize_seconds = 0.0
-    if quantize and not is_quantized(model_bytes):
+    # The hub's quantizer is onnxruntime's: a .tflite ships as the operator built it.
+    if quantize and runner.format == "onnx" and not is_quantized(model_bytes):
         report("quantize")
         t0 = time.perf_counter()
         try:
@@ -255,6 +260,7 @@ def import_onnx(
         train_seconds=0.0,
         quantize_seconds=quantize_seconds,
         source="imported",
+        notes=(SHIPS_AS_IS,) if runner.format == "tflite" else (),
     )
 
 
@@ -264,7 +270,7 @@ def _champion(champion: Champion | None, data: Dataset) -> dict[str, Any] | None
         return None
     version, model_bytes = champion
     try:
-        check_compatible(open_session(model_bytes), data)
+        check_compatible(open_runner(model_bytes), data)
         figures = score(model_bytes, data, latency=False)
     except PipelineError as e:
         raise PipelineError(
@@ -285,19 +291,20 @@ def _finish(
     train_seconds: float,
     quantize_seconds: float,
     source: str,
+    notes: tuple[str, ...] = (),
 ) -> BuiltModel:
-    """Baseline and golden rows from the bytes that ship; the BuiltModel.
+    """Baseline and golden rows from the bytes that ship, in their own runtime; the BuiltModel.
 
     The drift baseline's bins come from the training rows; a classifier's calibration
     table from the hold-out rows, which the model never trained on (hub/ml/baseline.py).
     """
-    session = open_session(model_bytes)
-    out_name = scores_output(session) if data.is_classifier else value_output(session)
+    runner = open_runner(model_bytes)
+    out_name = scores_output(runner) if data.is_classifier else value_output(runner)
     report("baseline")
-    holdout_out = model_outputs(session, data.x_holdout, data.task)
+    holdout_out = model_outputs(runner, data.x_holdout, data.task)
     baseline = baseline_stats(
         data.x_train,
-        model_outputs(session, data.x_train, data.task),
+        model_outputs(runner, data.x_train, data.task),
         config.baseline_bins,
         features=data.features,
         classes=data.classes,
@@ -311,9 +318,11 @@ def _finish(
     else:
         pick = spread_indices(data.y_holdout, config.n_golden)
     golden = data.x_holdout[pick]
-    # A fresh session, as the device will have; one batch equals row by row (measured).
-    golden_out = class_scores(open_session(model_bytes), golden, out_name)
-    inputs, outputs = tensor_specs(onnx.load_model_from_string(model_bytes))
+    # A fresh runner, as the device will have; one batch equals row by row (measured for
+    # onnxruntime, and for TFLite in hub/ml/tflite.py).
+    fresh = open_runner(model_bytes)
+    golden_out = fresh.run(golden, out_name)
+    inputs, outputs = fresh.specs()
     accuracy = (
         (metrics["fp32"]["accuracy"], metrics["int8"]["accuracy"])
         if data.is_classifier
@@ -341,6 +350,9 @@ def _finish(
         metrics=metrics,
         gates=tuple(gates),
         split=dict(data.split),
+        format=fresh.format,
+        runtime=fresh.runtime,
+        notes=notes,
     )
 
 

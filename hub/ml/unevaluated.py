@@ -9,12 +9,12 @@ else refuses it. Every listing shows such a version as unevaluated.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
+from hub.ml.compatibility import shape_text
 from hub.ml.config import PipelineConfig
 from hub.ml.errors import PipelineError
-from hub.ml.inference import class_scores, open_session, tensor_specs
 from hub.ml.manifest import BuiltModel
+from hub.ml.runner import open_runner
 
 __all__ = ["import_unevaluated"]
 
@@ -23,25 +23,26 @@ def import_unevaluated(model_bytes: bytes, config: PipelineConfig) -> BuiltModel
     """The model as it is, with golden rows of its own making.
 
     Raises:
-        PipelineError: not a runnable ONNX model with one float input of fixed row shape.
+        PipelineError: not a runnable ONNX or TFLite model with one float input of fixed
+            row shape.
     """
-    session = open_session(model_bytes)
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or inputs[0].type != "tensor(float)":
+    runner = open_runner(model_bytes)
+    inputs = runner.inputs()
+    if len(inputs) != 1 or inputs[0].dtype != "float32":
         raise PipelineError("the model must take one float32 input")
-    row_shape = inputs[0].shape[1:]
-    if not row_shape or not all(isinstance(d, int) and d > 0 for d in row_shape):
+    row_shape = [d for d in inputs[0].shape[1:] if d is not None and d > 0]
+    if not row_shape or len(row_shape) != len(inputs[0].shape) - 1:
         raise PipelineError(
-            f"input '{inputs[0].name}' has shape {inputs[0].shape}: an unevaluated model needs"
-            " fixed sizes after the batch axis (or name a dataset)"
+            f"input '{inputs[0].name}' has shape {shape_text(inputs[0].shape)}: an unevaluated"
+            " model needs fixed sizes after the batch axis (or name a dataset)"
         )
-    floats = [o.name for o in session.get_outputs() if o.type == "tensor(float)"]
+    floats = [o.name for o in runner.outputs() if o.dtype == "float32"]
     if not floats:
         raise PipelineError("the model has no float32 output to check on the device")
     rng = np.random.default_rng(config.seed)
     golden = rng.standard_normal((config.n_golden, *row_shape)).astype(np.float32)
-    out = class_scores(session, golden, floats[0])
-    specs_in, specs_out = tensor_specs(onnx.load_model_from_string(model_bytes))
+    out = runner.run(golden, floats[0])
+    specs_in, specs_out = runner.specs()
     return BuiltModel(
         name=config.name,
         model_bytes=model_bytes,
@@ -61,4 +62,6 @@ def import_unevaluated(model_bytes: bytes, config: PipelineConfig) -> BuiltModel
         golden_output=floats[0],
         source="imported",
         task="unevaluated",
+        format=runner.format,
+        runtime=runner.runtime,
     )

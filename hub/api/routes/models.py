@@ -1,5 +1,5 @@
-"""Admin API: models (train from the built-in dataset, upload an ONNX file, list versions
-with their metrics) and the jobs that build them."""
+"""Admin API: models (train from the built-in dataset, upload an ONNX or TFLite file, list
+versions with their metrics) and the jobs that build them."""
 
 from __future__ import annotations
 
@@ -156,15 +156,16 @@ async def upload_model(
     max_mae: Annotated[float | None, Query(ge=0)] = None,
     filename: Annotated[str, Query(max_length=256)] = "",
 ) -> JobPublic:
-    """Import your own ONNX model (the request body), judged on a dataset's hold-out.
+    """Import your own ONNX or TFLite model (the request body), judged on a dataset's hold-out.
 
-    An fp32 model is quantised to int8 through the same gates unless ``quantize=false``.
+    The format is read from the bytes. An fp32 ONNX model is quantised to int8 through the
+    same gates unless ``quantize=false``; a TFLite file always ships as it is.
     With no dataset the model is accepted only with ``unevaluated=true``.
     """
     cfg = _named_config(name, min_accuracy=min_accuracy, max_mae=max_mae)
     data = await _read_capped(request, MAX_UPLOAD_BYTES)
     if not data:
-        raise HTTPException(400, "empty body: send the ONNX file as the request body")
+        raise HTTPException(400, "empty body: send the .onnx or .tflite file as the request body")
     classes = tuple(device_classes or ())
     spec = UploadSpec(
         config=cfg,
