@@ -114,7 +114,9 @@ def test_devices_capture_upload_and_a_retrain_ships_a_new_signed_version(
         )
     ids = [d.device_id for d in fleet.devices]
     capture = client.start_capture(model["name"], devices=ids, rows=150, duration_s=3.0)
-    assert capture["statuses"] == {"sent": DEVICES}
+    # A snapshot taken as the commands go out: a fast device may already have answered.
+    statuses = capture["statuses"]
+    assert set(statuses) <= {"sent", "started"} and sum(statuses.values()) == DEVICES
     wait_for(lambda: client.capture(capture["id"])["state"] != "running", 30, "capture ends")
     done = client.capture(capture["id"])
     assert done["state"] == "done", done
