@@ -174,6 +174,16 @@ def _sim_parser(sub: Any) -> None:
     )
     srun.add_argument("--id-prefix", default="sim")
     srun.add_argument("--device-class", default="sim-gateway")
+    srun.add_argument(
+        "--rows",
+        type=Path,
+        metavar="FILE",
+        help="infer on this labelled CSV or NPZ's rows instead of the sensor generator",
+    )
+    srun.add_argument("--label", help="with --rows: the label column of a CSV (NPZ: y)")
+    srun.add_argument(
+        "--late-share", type=float, default=0.0, help="with --rows: labels sent later (0..1)"
+    )
     srun.add_argument("--summary", type=Path, help="write the summary as JSON here")
     srun.set_defaults(func=_sim_run)
 
@@ -391,6 +401,11 @@ def _sim_run(args: argparse.Namespace) -> int:
             root = c.enrol(f"{args.id_prefix}-image", args.token)["root"].encode()
     else:
         raise ValueError("give --root FILE, or --token (and --hub) to fetch the root")
+    rows = None
+    if args.rows is not None:
+        from simulator.rows import load_rows
+
+        rows = load_rows(args.rows, args.label)  # a bad file: RowsError, one line
     summary = run_fleet(
         FleetConfig(
             devices=args.devices,
@@ -400,6 +415,8 @@ def _sim_run(args: argparse.Namespace) -> int:
             pinned_root=root,
             id_prefix=args.id_prefix,
             device_class=args.device_class,
+            rows=rows,
+            late_label_share=args.late_share,
         ),
         duration_s=args.duration,
         processes=args.processes,
