@@ -39,7 +39,7 @@ import numpy as np
 from edgefleet.client import HubClient
 from edgefleet.datasets_cli import describe
 from edgefleet.demo import DemoOptions, DemoStage, demo_stage, deploy, health_budget, wait_online
-from edgefleet.models_cli import figures, render_lineage
+from edgefleet.models_cli import figures, performance_report, render_lineage
 from edgefleet.progress import JobProgress
 from hub.ml.dataset_files import guess_format, read_dataset
 from hub.ml.training_data import holdout_indices
@@ -103,8 +103,8 @@ def run_dataset_demo(
         wait_online(client, opts.devices, stage.progress)
         rollout_id, seconds = deploy(client, model, opts, stage.progress)
         played = _play(stage, fleet, data, name)
-        perf = client.performance(name)
-        say(render_performance(perf, model, played))
+        perf, live = performance_report(client, name)  # as `edgefleet models performance`
+        say(f"live   {live}\n{_labels_line(played)}")
         lineage = client.lineage(name, model["version"])
         say(render_lineage(lineage))
     return {
@@ -291,25 +291,8 @@ def _play_timeout(fleet: Fleet, data: DataOptions) -> float:
     return 3 * rows * data.passes / cfg.rows_per_s + 30.0
 
 
-def render_performance(perf: dict[str, Any], model: dict[str, Any], played: dict[str, Any]) -> str:
-    """Live figures per version, beside the hold-out figure of the version trained here."""
-    hold = (model.get("metrics") or {}).get("int8", {})
-    scope = perf.get("group") or perf.get("device") or "the fleet"
-    lines = [f"live   {perf['model']} on {scope}, from GET /telemetry/performance:"]
-    for v in perf["versions"]:
-        mine = v["version"] == model["version"]
-        if v["task"] == "regression":
-            figure = f"MAE {v['mae']:.4f}  RMSE {v['rmse']:.4f}"
-            ref = f"MAE {hold['mae']:.4f}  RMSE {hold['rmse']:.4f}" if mine and hold else ""
-        else:
-            figure = f"accuracy {v['accuracy']:.4f} ({v['correct']:,}/{v['labelled']:,})"
-            ref = f"accuracy {hold['accuracy']:.4f}" if mine and hold else ""
-        lines.append(
-            f"  v{v['version']}  {figure}  on {v['labelled']:,} labelled rows from"
-            f" {v['devices']} device(s)" + (f"   hold-out int8: {ref}" if ref else "")
-        )
-    lines.append(
+def _labels_line(played: dict[str, Any]) -> str:
+    return (
         f"  devices labelled {played['labelled']:,} rows: {played['late_joined']:,} by a"
         f" late label ({played['late_refused']} refused), the rest with the call"
     )
-    return "\n".join(lines)
