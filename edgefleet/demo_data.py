@@ -129,6 +129,8 @@ def model_name(path: Path) -> str:
 def _load(data: DataOptions) -> RowSource:
     if data.play not in ("holdout", "all"):
         raise DemoDataError(f"play must be holdout or all, got {data.play!r}")
+    if not 0 <= data.late_share <= 1 or data.late_after_s < 0 or data.passes < 1:
+        raise DemoDataError("need a late share within 0..1, late_after_s >= 0, passes >= 1")
     try:
         return load_rows(data.file, data.label)
     except RowsError as e:
@@ -174,7 +176,7 @@ def _rows_to_play(
     )
     times = "once" if data.passes == 1 else f"{data.passes} times"
     if data.play == "all":
-        return source, f"each device plays all {len(source)} rows {times}{late}"
+        return source, f"each device plays all {len(source)} rows of {data.file.name} {times}{late}"
     split = client.lineage(model["name"], model["version"])["training"]["split"]
     hold = holdout_rows(data.file, data.label, data.task, split, source)
     return source.subset(hold), (
