@@ -27,8 +27,10 @@ Exceptions::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ import numpy as np
 
 from edgefleet.client import HubClient
 from edgefleet.datasets_cli import describe
-from edgefleet.demo import DemoOptions, DemoStage, demo_stage, deploy, health_budget, wait_online
+from edgefleet.demo import DemoOptions, DemoStage, demo_stage, deploy, wait_online
 from edgefleet.models_cli import figures, performance_report, render_lineage
 from edgefleet.progress import JobProgress
 from hub.ml.dataset_files import guess_format, read_dataset
@@ -52,6 +54,13 @@ __all__ = ["DataOptions", "DemoDataError", "run_dataset_demo"]
 JOB_TIMEOUT_S = 600.0  # for a build
 LABELS_TIMEOUT_S = 30.0  # after the devices played, for their labels to reach the hub
 POLL_S = 0.25  # s
+CALLS_PER_S = 2.0  # inference calls a second per device, as in the usual demo
+# The health check's p95 single-row latency budget (µs) for models this demo trains. Its
+# devices share one process with the hub, whose drift scoring of many features (256 for a
+# 16x16 image) holds the GIL for a switch interval (5 ms) at a time: with 50 devices on
+# digits, 1 to 4 of them failed the hub's default 5 ms on a 45 µs model. As in
+# tests/test_e2e.py, the budget here measures that crowd, not the model.
+CROWD_LATENCY_BUDGET_US = 50_000.0
 
 
 class DemoDataError(RuntimeError):
@@ -71,7 +80,7 @@ class DataOptions:
     passes: int = 1  # plays of every row on each device
     late_share: float = 0.3  # of the labels, reported later by prediction id
     late_after_s: float = 2.0  # how much later (s)
-    window_s: float = 2.0  # the devices' telemetry window (s)
+    window_s: float = 5.0  # the devices' telemetry window (s), as in the usual demo
 
 
 def run_dataset_demo(
@@ -102,6 +111,8 @@ def run_dataset_demo(
         fleet = _start_fleet(stage, opts, data, rows)
         wait_online(client, opts.devices, stage.progress)
         rollout_id, seconds = deploy(client, model, opts, stage.progress)
+        if (refused := _refusals(client, rollout_id)) is not None:
+            say(refused)
         played = _play(stage, fleet, data, name)
         perf, live = performance_report(client, name)  # as `edgefleet models performance`
         say(f"live   {live}\n{_labels_line(played)}")
@@ -151,7 +162,7 @@ def _train(
         "kind": data.kind,
         "probation_s": opts.probation_s,
         "probation_min_inferences": opts.probation_min_inferences,
-        **health_budget(opts),
+        "latency_budget_us": opts.latency_budget_us or CROWD_LATENCY_BUDGET_US,
     }
     if data.task is not None:
         settings["task"] = data.task
@@ -231,7 +242,9 @@ def holdout_rows(
 
 
 def _start_fleet(stage: DemoStage, opts: DemoOptions, data: DataOptions, rows: RowSource) -> Fleet:
-    # One pass over the rows in about infer_s seconds, at least the demo's usual rate.
+    # One pass over the rows in about infer_s seconds (at least the demo's usual rate), in
+    # as many calls a second as the usual demo makes: more rows a call, not more calls, so
+    # the devices' Python does not crowd the health checks measured beside it.
     rate = max(10.0, len(rows) * data.passes / opts.infer_s)
     return stage.start_fleet(
         stage.fleet_config(
@@ -241,9 +254,23 @@ def _start_fleet(stage: DemoStage, opts: DemoOptions, data: DataOptions, rows: R
             late_label_share=data.late_share,
             late_label_after_s=data.late_after_s,
             rows_per_s=rate,
+            batch=max(5, math.ceil(rate / CALLS_PER_S)),
             window_s=data.window_s,
         )
     )
+
+
+def _refusals(client: HubClient, rollout_id: str) -> str | None:
+    """A line naming the devices the rollout did not make healthy, by state and reason."""
+    rows = client.rollout_devices(rollout_id)
+    why = Counter(
+        f"{d['state']}" + (f" ({d['reason']})" if d.get("reason") else "")
+        for d in rows
+        if d["state"] != "healthy"
+    )
+    if not why:
+        return None
+    return "rollout not healthy: " + ", ".join(f"{n} {w}" for w, n in sorted(why.items()))
 
 
 def _play(stage: DemoStage, fleet: Fleet, data: DataOptions, name: str) -> dict[str, Any]:
@@ -251,7 +278,7 @@ def _play(stage: DemoStage, fleet: Fleet, data: DataOptions, name: str) -> dict[
     the fleet's own counts then."""
     progress = stage.progress
     deadline = time.monotonic() + _play_timeout(fleet, data)
-    while not fleet.played and time.monotonic() < deadline:
+    while not _played(fleet) and time.monotonic() < deadline:
         t = Tally.total(d.tally for d in fleet.devices)
         progress.show(f"infer  {t.inferences:,} rows inferred, {t.labelled:,} labelled")
         time.sleep(POLL_S)
@@ -284,6 +311,15 @@ def _play(stage: DemoStage, fleet: Fleet, data: DataOptions, name: str) -> dict[
         "unmatched_labels": fs.unmatched_labels,
         "labelled_at_hub": at_hub,
     }
+
+
+def _played(fleet: Fleet) -> bool:
+    """Every device that runs a model played its passes (after the rollout, one without a
+    model is one the rollout failed on: it will not play)."""
+    return all(
+        d.player is None or d.player.finished or d.device.predictor.active is None
+        for d in fleet.devices
+    )
 
 
 def _play_timeout(fleet: Fleet, data: DataOptions) -> float:

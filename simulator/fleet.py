@@ -390,11 +390,6 @@ class Fleet:
         fn()
         self.loop.call_every(period, fn)
 
-    @property
-    def played(self) -> bool:
-        """Every device played its passes over ``config.rows`` (False without passes)."""
-        return all(d.player is not None and d.player.finished for d in self.devices)
-
     def summary(self) -> FleetSummary:
         versions: Counter[str] = Counter()
         outcomes: Counter[str] = Counter()
