@@ -56,10 +56,10 @@ LABELS_TIMEOUT_S = 30.0  # after the devices played, for their labels to reach t
 POLL_S = 0.25  # s
 CALLS_PER_S = 2.0  # inference calls a second per device, as in the usual demo
 # The health check's p95 single-row latency budget (µs) for models this demo trains. Its
-# devices share one process with the hub, whose drift scoring of many features (256 for a
-# 16x16 image) holds the GIL for a switch interval (5 ms) at a time: with 50 devices on
-# digits, 1 to 4 of them failed the hub's default 5 ms on a 45 µs model. As in
-# tests/test_e2e.py, the budget here measures that crowd, not the model.
+# devices share one process and the GIL with the hub's threads (ingest, drift scoring of
+# 256 features for a 16x16 image), which keep it up to a switch interval (5 ms) at a
+# time: with 50 devices on digits, 1 to 4 failed the hub's default 5 ms (p95 5.2-10.5 ms)
+# on a 45 µs model. As in tests/test_e2e.py, the budget here measures that crowd.
 CROWD_LATENCY_BUDGET_US = 50_000.0
 
 
