@@ -160,6 +160,13 @@ class Predictor:
         return None if a is None else (a.model, a.version)
 
     @property
+    def task(self) -> Task | None:
+        """What labels of the active model's predictions are compared with (its output,
+        classifier or regressor, class names in index order), or None."""
+        a = self._active
+        return None if a is None else a.task
+
+    @property
     def session(self) -> ModelSession | None:
         a = self._active
         return None if a is None else a.session

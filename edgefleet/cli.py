@@ -88,6 +88,21 @@ def _demo_parser(sub: Any) -> None:
     demo.add_argument("--broker", help="use this MQTT broker (mqtt://host:port)")
     demo.add_argument("--work-dir", type=Path, help="keep hub and device state here")
     demo.add_argument("--timeout", type=float, default=180.0, help="seconds to converge")
+    data = demo.add_argument_group(
+        "your own data (edgefleet/demo_data.py): upload, train, roll out, live figures"
+    )
+    data.add_argument("--dataset", type=Path, metavar="FILE", help="a labelled CSV or NPZ")
+    data.add_argument("--label", help="the label column of a CSV (NPZ: y)")
+    data.add_argument("--task", choices=("classification", "regression"), help="default: inferred")
+    data.add_argument("--kind", choices=("mlp", "cnn"), default="mlp", help="cnn: images, windows")
+    data.add_argument("--name", help="the dataset's and model's name (default: the file's)")
+    data.add_argument(
+        "--play",
+        choices=("holdout", "all"),
+        default="holdout",
+        help="rows the devices infer on: those held out to judge the model (default), or all",
+    )
+    data.add_argument("--late-share", type=float, default=0.3, help="labels sent later (0..1)")
     demo.set_defaults(func=_demo)
 
 
@@ -174,6 +189,16 @@ def _sim_parser(sub: Any) -> None:
     )
     srun.add_argument("--id-prefix", default="sim")
     srun.add_argument("--device-class", default="sim-gateway")
+    srun.add_argument(
+        "--rows",
+        type=Path,
+        metavar="FILE",
+        help="infer on this labelled CSV or NPZ's rows instead of the sensor generator",
+    )
+    srun.add_argument("--label", help="with --rows: the label column of a CSV (NPZ: y)")
+    srun.add_argument(
+        "--late-share", type=float, default=0.0, help="with --rows: labels sent later (0..1)"
+    )
     srun.add_argument("--summary", type=Path, help="write the summary as JSON here")
     srun.set_defaults(func=_sim_run)
 
@@ -212,16 +237,26 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.devices < 1:
         raise ValueError("--devices must be at least 1")
-    summary = run_demo(
-        DemoOptions(
-            devices=args.devices,
-            summary_path=args.summary,
-            broker_url=args.broker,
-            work_dir=args.work_dir,
-            converge_timeout_s=args.timeout,
-        )
+    opts = DemoOptions(
+        devices=args.devices,
+        summary_path=args.summary,
+        broker_url=args.broker,
+        work_dir=args.work_dir,
+        converge_timeout_s=args.timeout,
     )
-    return 0 if summary["converged"] == summary["devices"] else 1
+    if args.dataset is None:
+        summary = run_demo(opts)
+        return 0 if summary["converged"] == summary["devices"] else 1
+    from edgefleet.demo_data import DataOptions, run_dataset_demo
+
+    data = DataOptions(
+        args.dataset, args.label, args.task, args.kind, args.name, args.play,
+        late_share=args.late_share,
+    )  # fmt: skip
+    summary = run_dataset_demo(opts, data)
+    if args.summary:
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    return 0 if summary["running"] == args.devices else 1
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
@@ -391,6 +426,11 @@ def _sim_run(args: argparse.Namespace) -> int:
             root = c.enrol(f"{args.id_prefix}-image", args.token)["root"].encode()
     else:
         raise ValueError("give --root FILE, or --token (and --hub) to fetch the root")
+    rows = None
+    if args.rows is not None:
+        from simulator.rows import load_rows
+
+        rows = load_rows(args.rows, args.label)  # a bad file: RowsError, one line
     summary = run_fleet(
         FleetConfig(
             devices=args.devices,
@@ -400,6 +440,8 @@ def _sim_run(args: argparse.Namespace) -> int:
             pinned_root=root,
             id_prefix=args.id_prefix,
             device_class=args.device_class,
+            rows=rows,
+            late_label_share=args.late_share,
         ),
         duration_s=args.duration,
         processes=args.processes,

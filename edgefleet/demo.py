@@ -7,10 +7,13 @@ canary, then waves), lets them infer on simulated sensor data, and prints (and o
 writes) a summary.
 
 The hub runs in development mode, and the demo calls its API with the development key.
+``edgefleet demo --dataset FILE`` runs the same path on the operator's own data:
+edgefleet/demo_data.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -18,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ class DemoOptions:
     probation_s: float = 3.0
     probation_min_inferences: int = 6  # inference calls; a device makes 2 a second
     n_train: int = 12000
+    latency_budget_us: float | None = None  # p95 of the health check (the hub's default)
 
 
 class ApiServer:
@@ -105,50 +110,82 @@ class Progress:
         self._last = ""
 
 
-def run_demo(opts: DemoOptions) -> dict[str, Any]:
-    work = opts.work_dir or Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+@dataclass
+class DemoStage:
+    """A running demo: the hub, its API, a client with the development key, and the
+    fleet once :meth:`start_fleet` started it."""
+
+    work: Path
+    hub: Hub
+    api: ApiServer
+    client: HubClient
+    progress: Progress
+    fleet: Fleet | None = None
+    loop_thread: threading.Thread | None = None
+
+    def enrol_image(self) -> bytes:
+        """The root the simulated devices pin: they share one image, enrolled once."""
+        token = self.client.create_enrol_token("demo-image")["token"]
+        return str(self.client.enrol("demo-image", token)["root"]).encode()
+
+    def start_fleet(self, config: FleetConfig) -> Fleet:
+        self.fleet = Fleet(config).start()
+        self.loop_thread = self.fleet.loop.start_thread()
+        return self.fleet
+
+    def stop_fleet(self) -> None:
+        """Stop the devices' loop (they stay open: :meth:`close` closes them)."""
+        if self.fleet is not None and self.loop_thread is not None:
+            self.fleet.loop.stop()
+            self.loop_thread.join(10)
+            self.loop_thread = None
+
+    def fleet_config(self, devices: int, **fields: Any) -> FleetConfig:
+        return FleetConfig(
+            devices=devices,
+            host=self.hub.broker.host,
+            port=self.hub.broker.port,
+            work_dir=self.work / "devices",
+            pinned_root=self.enrol_image(),
+            **fields,
+        )
+
+
+@contextlib.contextmanager
+def demo_stage(opts: DemoOptions, prefix: str = "edgefleet-demo-") -> Iterator[DemoStage]:
+    """Start the hub and its API (and say where), yield them; stop all on the way out."""
+    work = opts.work_dir or Path(tempfile.mkdtemp(prefix=prefix))
     progress = Progress()
     hub = Hub(HubConfig(data_dir=work / "hub", broker_url=opts.broker_url, dev_mode=True)).start()
     api = ApiServer(hub).start()
-    fleet: Fleet | None = None
-    loop_thread: threading.Thread | None = None
+    stage = DemoStage(work, hub, api, HubClient(api.url, api_key=DEV_KEY), progress)
     try:
         progress.done(f"hub    {api.url}  (API docs: {api.url}/docs)   broker {hub.broker.url}")
         progress.done(f"       development mode: API key {DEV_KEY}")
-        client = HubClient(api.url, api_key=DEV_KEY)
-        model = _train(client, opts, progress)
-        # The simulated devices share one image: it enrols once and pins the hub's root.
-        token = client.create_enrol_token("demo-image")["token"]
-        root = client.enrol("demo-image", token)["root"].encode()
-        fleet = Fleet(
-            FleetConfig(
-                devices=opts.devices,
-                host=hub.broker.host,
-                port=hub.broker.port,
-                work_dir=work / "devices",
-                pinned_root=root,
-            )
-        ).start()
-        loop_thread = fleet.loop.start_thread()
-        _wait_online(client, opts.devices, progress)
-        dep_id, seconds = _deploy(client, model, opts, progress)
-        progress.done(f"infer  letting {opts.devices} devices infer for {opts.infer_s:.0f} s")
-        time.sleep(opts.infer_s)
-        fleet.loop.stop()
-        loop_thread.join(10)
-        loop_thread = None
-        hub.ingest.flush()
-        summary = _summary(client, hub, fleet, model, dep_id, seconds, opts)
+        yield stage
     finally:
-        if fleet is not None:
-            if loop_thread is not None:
-                fleet.loop.stop()
-                loop_thread.join(10)
-            fleet.close()
+        stage.stop_fleet()
+        if stage.fleet is not None:
+            stage.fleet.close()
+        stage.client.close()
         api.stop()
         hub.stop()
         if not opts.keep and opts.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    with demo_stage(opts) as stage:
+        client, progress = stage.client, stage.progress
+        model = _train(client, opts, progress)
+        fleet = stage.start_fleet(stage.fleet_config(opts.devices))
+        wait_online(client, opts.devices, progress)
+        dep_id, seconds = deploy(client, model, opts, progress)
+        progress.done(f"infer  letting {opts.devices} devices infer for {opts.infer_s:.0f} s")
+        time.sleep(opts.infer_s)
+        stage.stop_fleet()
+        stage.hub.ingest.flush()
+        summary = _summary(client, stage.hub, fleet, model, dep_id, seconds, opts)
     print_summary(summary)
     if opts.summary_path is not None:
         opts.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -162,6 +199,7 @@ def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str
         n_train=opts.n_train,
         probation_s=opts.probation_s,
         probation_min_inferences=opts.probation_min_inferences,
+        **health_budget(opts),
     )
 
     def show(j: dict[str, Any]) -> None:
@@ -176,7 +214,12 @@ def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str
     return result
 
 
-def _wait_online(client: HubClient, n: int, progress: Progress, timeout: float = 60.0) -> None:
+def health_budget(opts: DemoOptions) -> dict[str, float]:
+    """The health check's latency budget, when the demo sets one (else the hub's)."""
+    return {} if opts.latency_budget_us is None else {"latency_budget_us": opts.latency_budget_us}
+
+
+def wait_online(client: HubClient, n: int, progress: Progress, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         online = len(client.devices(status="online"))
@@ -189,7 +232,7 @@ def _wait_online(client: HubClient, n: int, progress: Progress, timeout: float =
         time.sleep(0.2)
 
 
-def _deploy(
+def deploy(
     client: HubClient, model: dict[str, Any], opts: DemoOptions, progress: Progress
 ) -> tuple[str, float | None]:
     """A staged rollout: a 10% canary, then three waves, each gated on the failure ratio."""

@@ -1,10 +1,12 @@
-"""``edgefleet models``: train on a dataset, upload your own, list, runs and lineage."""
+"""``edgefleet models``: train on a dataset, upload your own, list, runs, lineage, and
+live performance per version."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,26 @@ def register(sub: Any, api: argparse.ArgumentParser) -> None:
     lin.add_argument("ref", help="NAME:VERSION")
     lin.add_argument("--json", action="store_true", help="print JSON")
     lin.set_defaults(func=_lineage)
+    _performance_parser(models, api)
+
+
+def _performance_parser(models: Any, api: argparse.ArgumentParser) -> None:
+    p = models.add_parser(
+        "performance",
+        parents=[api],
+        help="live accuracy or MAE per version, from the labels devices joined",
+        description="GET /telemetry/performance: per model version, the true labels devices"
+        " reported (with the call or later, by prediction id) and the figure they make,"
+        " beside the version's hold-out figure from training.",
+    )
+    p.add_argument("name", help="the model")
+    p.add_argument("--version", type=int, help="only this version")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--device", help="one device (default: the fleet)")
+    who.add_argument("--group", help="devices tagged GROUP")
+    p.add_argument("--since", type=float, default=3600.0, help="seconds back (default 3600)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_performance)
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
@@ -231,6 +253,59 @@ def _lineage(args: argparse.Namespace) -> int:
         return 0
     print(render_lineage(lin))
     return 0
+
+
+def _performance(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        perf, text = performance_report(
+            c,
+            args.name,
+            version=args.version,
+            device=args.device,
+            group=args.group,
+            start=time.time() - args.since,
+        )
+    print(json.dumps(perf, indent=2) if args.json else text)
+    return 0
+
+
+def performance_report(client: Any, name: str, **scope: Any) -> tuple[dict[str, Any], str]:
+    """``GET /telemetry/performance`` for ``name`` (``scope``: version, device, group,
+    start, end), and what ``edgefleet models performance`` prints of it: each version's
+    live figure beside its hold-out figure (from its lineage)."""
+    from edgefleet.client import HubClientError
+
+    perf: dict[str, Any] = client.performance(name, **scope)
+    holdout = {}
+    for v in perf["versions"]:
+        try:
+            metrics = client.lineage(name, v["version"])["training"].get("metrics") or {}
+        except HubClientError:  # a version no longer in the registry
+            continue
+        holdout[v["version"]] = metrics.get("int8") or {}
+    return perf, render_performance(perf, holdout)
+
+
+def render_performance(perf: dict[str, Any], holdout: dict[int, dict[str, Any]]) -> str:
+    """Live figures per version (``GET /telemetry/performance``), each beside the hold-out
+    figure its training gave (``holdout``: version -> int8 metrics), when there is one."""
+    scope = perf.get("group") or perf.get("device") or "the fleet"
+    lines = [f"{perf['model']} on {scope}, from GET /telemetry/performance:"]
+    for v in perf["versions"]:
+        ref = holdout.get(v["version"]) or {}
+        if v["task"] == "regression":
+            figure = f"MAE {v['mae']:.4f}  RMSE {v['rmse']:.4f}"
+            held = f"MAE {ref['mae']:.4f}  RMSE {ref['rmse']:.4f}" if "mae" in ref else ""
+        else:
+            figure = f"accuracy {v['accuracy']:.4f} ({v['correct']:,}/{v['labelled']:,})"
+            held = f"accuracy {ref['accuracy']:.4f}" if "accuracy" in ref else ""
+        lines.append(
+            f"  v{v['version']}  {figure}  on {v['labelled']:,} labelled rows from"
+            f" {v['devices']} device(s)" + (f"   hold-out int8: {held}" if held else "")
+        )
+    if not perf["versions"]:
+        lines.append("  no labelled predictions in this range")
+    return "\n".join(lines)
 
 
 def render_lineage(lin: dict[str, Any]) -> str:

@@ -161,6 +161,14 @@ def _train(
     client: HubClient, scenario: Scenario, say: Say
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     settings = {"name": scenario.model.name, **scenario.model.train}
+    if scenario.rows is not None:  # the model learns the rows the devices will play
+        rows = scenario.rows
+        try:
+            v = client.upload_dataset(scenario.model.name, rows.file, label=rows.label)
+        except HubClientError as e:
+            raise ScenarioError(f"rows.file: the hub refused it: {e.message}") from e
+        say(f"data   {v['id']}: {v['rows']} rows, {v['task']}, from {rows.file.name}")
+        settings.setdefault("dataset", v["id"])
     versions = []
     for _ in range(2 if scenario.model.baseline else 1):
         try:
@@ -188,9 +196,23 @@ def _start_fleet(client: HubClient, scenario: Scenario, stage: Stage, work: Path
             rows_per_s=f.rows_per_s,
             window_s=f.window_s,
             fetch_timeout_s=f.fetch_timeout_s,
+            **_rows_config(scenario),
         )
     ).start()
     return fleet
+
+
+def _rows_config(scenario: Scenario) -> dict[str, Any]:
+    """The FleetConfig fields of ``[rows]`` (none without it)."""
+    rows = scenario.rows
+    if rows is None:
+        return {}
+    return {
+        "rows": rows.source,
+        "row_passes": rows.passes,
+        "late_label_share": rows.late_share,
+        "late_label_after_s": rows.late_after_s,
+    }
 
 
 def _wait_online(client: HubClient, n: int, say: Say) -> None:

@@ -3,9 +3,11 @@
 Each virtual device is an ``agent.device.Device`` (the same core, store, verifier and
 runtime the daemon ships) with its own MQTT connection, its own state directory and
 its own stream of sensor rows from the built-in generator, labelled, so live accuracy
-is measured. All devices of one process share one selector loop (simulator/mqttloop.py;
-paho's own thread-per-client loop stalls near 340 clients) and one cache of model
-sessions keyed by sha256. ``run_fleet`` spreads devices over several processes.
+is measured; or, with ``FleetConfig.rows``, the rows of a dataset file played by
+simulator/player.py (labels at once or later, by prediction id). All devices of one
+process share one selector loop (simulator/mqttloop.py; paho's own thread-per-client
+loop stalls near 340 clients) and one cache of model sessions keyed by sha256.
+``run_fleet`` spreads devices over several processes.
 
 Fault hooks (simulator/faults.py drives them, on the loop thread): a device can crash
 and restart from its state directory (:meth:`VirtualDevice.crash`, :meth:`restart`),
@@ -38,6 +40,8 @@ from agent.store import DeviceStore
 from shared import protocol
 from shared.sensors import SensorStream
 from simulator.mqttloop import ClientHandle, MqttLoop, Will
+from simulator.player import RowPlayer, Tally
+from simulator.rows import RowSource
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,20 @@ class FleetConfig:
     # (e.g. on /dev/shm), or under each device's state directory when None
     spool_dir: Path | None = None
     spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes per device
+    # Infer on these rows of a dataset file (simulator/rows.py) instead of the built-in
+    # sensor stream; each device plays them in its own seeded order.
+    rows: RowSource | None = None
+    row_passes: int | None = None  # with rows: play each row this many times, then stop
+    late_label_share: float = 0.0  # with rows: share whose label comes later, by id
+    late_label_after_s: float = 2.0  # with rows: how much later (s)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.late_label_share <= 1.0:
+            raise ValueError(f"late_label_share must be within 0..1, got {self.late_label_share}")
+        if self.late_label_after_s < 0:
+            raise ValueError(f"late_label_after_s must be >= 0, got {self.late_label_after_s}")
+        if self.row_passes is not None and self.row_passes < 1:
+            raise ValueError(f"row_passes must be >= 1, got {self.row_passes}")
 
     def class_of(self, index: int) -> str:
         """The device class of the device with this (absolute) index."""
@@ -107,6 +125,12 @@ class FleetSummary:
     correct: int
     telemetry_messages: int
     dropped: dict[str, int] = field(default_factory=dict)
+    labelled_values: int = 0  # of the labelled rows, a regressor's
+    abs_err_sum: float = 0.0  # over those: sum of |value - label|
+    late_labels: int = 0  # rows whose label was sent later, by prediction id
+    late_joined: int = 0  # of those, joined by the agent
+    late_refused: int = 0  # of those, refused or lost (a restart in between)
+    unmatched_labels: int = 0  # rows whose label is not a class of the model
 
     def merge(self, other: FleetSummary) -> None:
         self.devices += other.devices
@@ -123,6 +147,12 @@ class FleetSummary:
         self.labelled += other.labelled
         self.correct += other.correct
         self.telemetry_messages += other.telemetry_messages
+        self.labelled_values += other.labelled_values
+        self.abs_err_sum += other.abs_err_sum
+        self.late_labels += other.late_labels
+        self.late_joined += other.late_joined
+        self.late_refused += other.late_refused
+        self.unmatched_labels += other.unmatched_labels
 
 
 class VirtualDevice:
@@ -131,11 +161,23 @@ class VirtualDevice:
         self.device_id = f"{cfg.id_prefix}-{index:05d}"
         self.device_class = cfg.class_of(index)
         self.fleet = fleet
-        self.stream = SensorStream(cfg.seed * 1_000_003 + index)
-        self.inferences = 0
-        self.errors = 0
-        self.labelled = 0
-        self.correct = 0
+        seed = cfg.seed * 1_000_003 + index
+        self.stream = SensorStream(seed)
+        self.tally = Tally()  # what it inferred and labelled
+        self.player = (
+            None
+            if cfg.rows is None
+            else RowPlayer(
+                cfg.rows,
+                seed,
+                self.tally,
+                lambda: self.device.predictor if self.up else None,
+                fleet.loop.call_later,
+                passes=cfg.row_passes,
+                late_share=cfg.late_label_share,
+                late_after_s=cfg.late_label_after_s,
+            )
+        )
         self.telemetry = 0
         self.sessions: SessionCache = fleet.sessions  # a fault may give it a runtime of its own
         self.inbound_faults: list[InboundFault] = []  # applied in order to what arrives
@@ -290,19 +332,25 @@ class VirtualDevice:
     def infer(self) -> None:
         if not self.up:
             return
+        if self.player is not None:
+            played = self.player.play(self.device.predictor, self.fleet.config.batch)
+            if played is not None:
+                for tap in self.fleet.label_taps:
+                    tap(self, *played)
+            return
         x, y = self.stream.next(self.fleet.config.batch)
         try:
             out = self.device.predictor.predict(x)
         except NoModelError:
             return
         except InferenceError:
-            self.errors += 1
+            self.tally.errors += 1
             return
         predicted = out["label"]
         self.device.predictor.record_labels(predicted, y)
-        self.inferences += len(x)
-        self.labelled += len(y)
-        self.correct += int(np.count_nonzero(predicted == y))
+        self.tally.inferences += len(x)
+        self.tally.labelled += len(y)
+        self.tally.correct += int(np.count_nonzero(predicted == y))
         for tap in self.fleet.label_taps:
             tap(self, predicted, y)
 
@@ -351,17 +399,24 @@ class Fleet:
             versions[f"{active[0]}:{active[1]}" if active else "none"] += 1
             outcomes.update(d.device.outcomes)
             dropped.update(d.device.core.dropped)
+        tallies = [d.tally for d in self.devices]
         return FleetSummary(
             devices=len(self.devices),
             online=sum(1 for d in self.devices if d.client.connected),
             versions=dict(versions),
             outcomes=dict(outcomes),
-            inferences=sum(d.inferences for d in self.devices),
-            inference_errors=sum(d.errors for d in self.devices),
-            labelled=sum(d.labelled for d in self.devices),
-            correct=sum(d.correct for d in self.devices),
+            inferences=sum(t.inferences for t in tallies),
+            inference_errors=sum(t.errors for t in tallies),
+            labelled=sum(t.labelled for t in tallies),
+            correct=sum(t.correct for t in tallies),
             telemetry_messages=sum(d.telemetry for d in self.devices),
             dropped=dict(dropped),
+            labelled_values=sum(t.labelled_values for t in tallies),
+            abs_err_sum=sum(t.abs_err_sum for t in tallies),
+            late_labels=sum(t.late for t in tallies),
+            late_joined=sum(t.late_joined for t in tallies),
+            late_refused=sum(t.late_refused for t in tallies),
+            unmatched_labels=sum(t.unmatched for t in tallies),
         )
 
     def close(self, flush_s: float = 0.5) -> None:

@@ -35,6 +35,18 @@ to train, a rollout and a list of faults (simulator/faultspec.py)::
     at_s = 20
     share = 0.25
 
+    [rows]                          # the operator's data instead of the sensor stream
+    file = "wine.csv"               # CSV (header row) or NPZ (x, y); relative to this file
+    label = "cultivar"              # a CSV's label column (NPZ: the array, default y)
+    late_share = 0.3                # labels reported later, by prediction id (default 0)
+    late_after_s = 2.0              # how much later (s, default 2)
+    passes = 2                      # play every row this many times (default: until the end)
+
+With ``[rows]`` the rehearsal uploads the file as a dataset named after the model and
+trains the model on it (``model.train`` adds to that: ``kind``, ``task`` ...), and every
+device infers on the file's rows (simulator/rows.py, simulator/player.py); ``[[drift]]``,
+which shifts the built-in sensor stream, does not go with it.
+
 This module reads and validates the file (:func:`load_scenario`). What happens once the
 rollout starts (faults, drift, following the rollout, the summary) is
 simulator/timeline.py; the stage it needs (a private Mosquitto, the hub as a child
@@ -58,10 +70,12 @@ from typing import Any
 
 from simulator.drift import DriftError, DriftSpec
 from simulator.faultspec import FaultError, FaultSpec
+from simulator.rows import RowsError, RowSource, load_rows
 
 __all__ = [
     "FleetSpec",
     "ModelSpec",
+    "RowsSpec",
     "Scenario",
     "ScenarioError",
     "load_scenario",
@@ -110,6 +124,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class RowsSpec:
+    """``[rows]``: devices infer on a dataset file's rows, and the model is trained on it."""
+
+    file: Path
+    source: RowSource  # the file, read (and checked) when the scenario is
+    label: str | None = None
+    late_share: float = 0.0  # of the labels, reported later by prediction id
+    late_after_s: float = 2.0  # how much later (s)
+    passes: int | None = None  # plays of every row per device; None: until the end
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     seed: int
@@ -125,6 +151,7 @@ class Scenario:
     # Keep the fleet running at least this long after the rollout starts (s), e.g. to
     # watch live accuracy after a drift.
     duration_s: float = 0.0
+    rows: RowsSpec | None = None  # [rows]: the operator's data instead of the sensor stream
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -140,11 +167,16 @@ def load_scenario(path: Path) -> Scenario:
         raise ScenarioError(f"{path}: cannot read: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from e
-    return parse_scenario(data, source=str(path))
+    return parse_scenario(data, source=str(path), base_dir=Path(path).parent)
 
 
-def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenario:
+def parse_scenario(
+    data: Mapping[str, Any], source: str = "scenario", base_dir: Path | None = None
+) -> Scenario:
     """Validate a scenario given as a dict (as TOML parses it).
+
+    Args:
+        base_dir: where a relative ``rows.file`` is (default: the working directory).
 
     Raises:
         ScenarioError: ``"{source}: {field}: {what is wrong}"``.
@@ -154,7 +186,7 @@ def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenari
         return ScenarioError(f"{source}: {where}: {what}")
 
     top = {"name", "seed", "timeout_s", "duration_s", "broker", "fleet", "model", "rollout"}
-    top |= {"fault", "drift"}
+    top |= {"fault", "drift", "rows"}
     _only(data, top, "", fail)
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str) or not name:
@@ -191,6 +223,11 @@ def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenari
     duration_s = _get(data, "duration_s", (int, float), fail, default=0.0)
     if duration_s < 0:
         raise fail("duration_s", f"must be >= 0 seconds, got {duration_s}")
+    rows = None
+    if "rows" in data:
+        rows = _parse_rows(_table(data, "rows", fail, required=True), base_dir, fail)
+        if drifts:
+            raise fail("drift", "shifts the built-in sensor stream: not with [rows]")
     return Scenario(
         name,
         seed,
@@ -202,7 +239,31 @@ def parse_scenario(data: Mapping[str, Any], source: str = "scenario") -> Scenari
         persistence,
         drifts,
         float(duration_s),
+        rows,
     )
+
+
+def _parse_rows(t: Mapping[str, Any], base_dir: Path | None, fail: Fail) -> RowsSpec:
+    w = "rows."
+    _only(t, {"file", "label", "late_share", "late_after_s", "passes"}, w, fail)
+    file = Path(_get(t, "file", str, fail, where=w, required=True))
+    if not file.is_absolute() and base_dir is not None:
+        file = base_dir / file
+    label = _get(t, "label", str, fail, where=w)
+    late_share = _get(t, "late_share", (int, float), fail, where=w, default=0.0)
+    if not 0 <= late_share <= 1:
+        raise fail("rows.late_share", f"must be within 0..1, got {late_share}")
+    late_after_s = _get(t, "late_after_s", (int, float), fail, where=w, default=2.0)
+    if late_after_s < 0:
+        raise fail("rows.late_after_s", f"must be >= 0 seconds, got {late_after_s}")
+    passes = _get(t, "passes", int, fail, where=w)
+    if passes is not None and passes < 1:
+        raise fail("rows.passes", f"must be >= 1, got {passes}")
+    try:
+        source = load_rows(file, label)
+    except RowsError as e:
+        raise fail("rows.file", str(e)) from e
+    return RowsSpec(file, source, label, float(late_share), float(late_after_s), passes)
 
 
 def _parse_drifts(raw: Any, devices: int, fail: Fail) -> tuple[DriftSpec, ...]:

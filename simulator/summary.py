@@ -14,6 +14,7 @@ from typing import Any
 
 from simulator.faults import FaultInjector
 from simulator.fleet import DeviceEvent, Fleet
+from simulator.player import Tally
 from simulator.scenario import Scenario
 from simulator.timeline import Played, Watch
 
@@ -79,7 +80,26 @@ def summarise(
     }
     if scenario.drifts:
         summary["drift"] = played.drift.summary()
+    if scenario.rows is not None:
+        summary["labels"] = _labels(fleet)
     return summary
+
+
+def _labels(fleet: Fleet) -> dict[str, Any]:
+    """What the devices inferred on the rows and the labels they reported (their count)."""
+    t = Tally.total(d.tally for d in fleet.devices)
+    values = t.labelled_values
+    return {
+        "inferences": t.inferences,
+        "labelled": t.labelled,
+        "accuracy": round(t.correct / classes, 4) if (classes := t.labelled - values) else None,
+        "mae": round(t.abs_err_sum / values, 4) if values else None,
+        "late": t.late,
+        "late_joined": t.late_joined,
+        "late_refused": t.late_refused,
+        "late_pending": t.pending,  # still on their way when the run ended
+        "unmatched": t.unmatched,
+    }
 
 
 def _rollout(watch: Watch, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -170,6 +170,16 @@ BAD_FILES = [
     ('seed = 1\n[fleet]\ndevices = 3\n[[fault]]\nkind = "hub_restart"\ncount = 1\n', "count"),
     ("seed = 1\n[fleet]\ndevices = 3\nspeed = 9\n", "speed"),
     ("seed = 1\n[fleet\n", "not valid TOML"),
+    ('seed = 1\n[fleet]\ndevices = 3\n[rows]\nlabel = "y"\n', "rows.file: missing"),
+    (
+        'seed = 1\n[fleet]\ndevices = 3\n[rows]\nfile = "nope.csv"\nlabel = "y"\n',
+        "nope.csv: cannot read: No such file",
+    ),
+    (
+        'seed = 1\n[fleet]\ndevices = 3\n[rows]\nfile = "a.csv"\nlate_share = 1.5\n',
+        "rows.late_share: must be within 0..1",
+    ),
+    ('seed = 1\n[fleet]\ndevices = 3\n[rows]\nfile = "a.csv"\nspeed = 1\n', "rows.speed"),
 ]
 
 
@@ -181,6 +191,43 @@ def test_bad_scenario_files_name_the_field(tmp_path: Path, text: str, field: str
         load_scenario(path)
     message = str(e.value)
     assert message.startswith(f"{path}: ") and field in message and "\n" not in message
+
+
+def test_rows_name_the_file_column_and_row_and_do_not_go_with_drift(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,x\n1,n/a,z\n")
+    path = tmp_path / "s.toml"
+    path.write_text('seed = 1\n[fleet]\ndevices = 3\n[rows]\nfile = "d.csv"\nlabel = "y"\n')
+    with pytest.raises(ScenarioError) as e:
+        load_scenario(path)  # the file is relative to the scenario's directory
+    assert str(e.value) == f"{path}: rows.file: d.csv: column 'b' row 2: 'n/a' is not a number"
+    (tmp_path / "d.csv").write_text("a,b,y\n1,2,x\n1,3,z\n")
+    assert load_scenario(path).rows is not None
+    with pytest.raises(ScenarioError, match="drift: shifts the built-in sensor stream"):
+        parse_scenario(
+            {
+                "seed": 1,
+                "fleet": {"devices": 3},
+                "rows": {"file": str(tmp_path / "d.csv"), "label": "y"},
+                "drift": [{"kind": "covariate", "offset": {"temp_c": 1.0}}],
+            }
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_rehearsal_on_the_operators_own_rows(tmp_path: Path) -> None:
+    result = _run("own-data", tmp_path)
+    s = result.summary
+    n = s["devices"]
+    assert s["versions"] == {"wine:1": n} and s["converged"] == n, s
+    labels = s["labels"]
+    # Every device inferred on the file's rows and reported their labels, part of them
+    # later by prediction id (30%: within 4 binomial sd of that share of those sent).
+    assert labels["unmatched"] == 0 and labels["late_refused"] == 0
+    assert labels["labelled"] > 20 * n and labels["accuracy"] >= 0.9
+    sent = labels["labelled"] - labels["late_joined"] + labels["late"]
+    assert abs(labels["late"] / sent - 0.3) < 4 * (0.3 * 0.7 / sent) ** 0.5
+    assert labels["late_joined"] > 0
 
 
 def test_bad_scenario_file_is_one_line_from_the_cli(

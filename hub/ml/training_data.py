@@ -27,6 +27,7 @@ __all__ = [
     "builtin_dataset",
     "calibration_rows",
     "dataset_from_arrays",
+    "holdout_indices",
     "split_arrays",
 ]
 
@@ -163,15 +164,10 @@ def split_arrays(
     Raises:
         PipelineError: too few rows for the split, or rows and labels that do not fit.
     """
-    if not 0 < holdout_fraction < 1:
-        raise PipelineError("holdout_fraction must be within (0, 1)")
     n = len(x)
-    n_hold = max(1, round(n * holdout_fraction))
-    rng = np.random.default_rng(seed)
-    if task == "classification":
-        hold = _stratified_holdout(y, n_hold, rng)
-    else:
-        hold = np.sort(rng.permutation(n)[:n_hold])
+    hold = holdout_indices(
+        y, stratified=task == "classification", holdout_fraction=holdout_fraction, seed=seed
+    )
     if len(hold) >= n:
         raise PipelineError(f"{n} rows leave none to train on after a hold-out of {len(hold)}")
     mask = np.zeros(n, dtype=bool)
@@ -190,6 +186,28 @@ def split_arrays(
     return Dataset(
         x[~mask], y[~mask], x[mask], y[mask], names, tuple(classes), task=task, split=split
     )
+
+
+def holdout_indices(
+    y: npt.NDArray[Any], *, stratified: bool, holdout_fraction: float, seed: int
+) -> npt.NDArray[np.intp]:
+    """The sorted row indices a seeded split holds out (what ``split_arrays`` keeps apart
+    and records the sha256 of, as ``holdout_sha256``: ``sha256`` of them as ``<i8``).
+
+    Args:
+        y: the labels: class indices when ``stratified``.
+        stratified: each class in its share (a classifier), else rows at random.
+
+    Raises:
+        PipelineError: ``holdout_fraction`` is not within (0, 1).
+    """
+    if not 0 < holdout_fraction < 1:
+        raise PipelineError("holdout_fraction must be within (0, 1)")
+    n_hold = max(1, round(len(y) * holdout_fraction))
+    rng = np.random.default_rng(seed)
+    if stratified:
+        return _stratified_holdout(y, n_hold, rng)
+    return np.sort(rng.permutation(len(y))[:n_hold])
 
 
 def _stratified_holdout(
