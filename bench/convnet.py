@@ -1,6 +1,6 @@
 """Conv nets in fp32 and int8: file size, hold-out accuracy and per-row latency.
 
-For each shipped sample dataset (hub/ml/sample_data.py: digits upscaled to 16x16, and
+For each shipped sample dataset (hub/ml/data/samples.py: digits upscaled to 16x16, and
 3-axis vibration windows [128, 3]) the benchmark trains the default ``ConvConfig`` with
 ``fit_convnet``, quantises the export with the pipeline's ``quantize_int8`` (512
 calibration rows, per-tensor scales), and measures both files. The goals, which the
@@ -37,9 +37,9 @@ import onnxruntime
 
 from agent.runtime import ModelSession, OnnxBackend
 from hub.ml.convnet import ConvConfig, fit_convnet
+from hub.ml.data.samples import digits_images, windows_dataset
 from hub.ml.evaluation import evaluate
 from hub.ml.quantize import quantize_int8
-from hub.ml.sample_data import digits_images, windows_dataset
 from hub.ml.training_data import calibration_rows
 
 DATASETS: dict[str, tuple[str, Callable[[int], tuple[Any, Any]]]] = {

@@ -1,4 +1,4 @@
-"""Memory and time of ``read_dataset`` on a big numeric CSV (hub/ml/dataset_files.py).
+"""Memory and time of ``read_dataset`` on a big numeric CSV (hub/ml/data/files.py).
 
 Writes a CSV of about ``--mb`` MB (``--features`` float columns printed with 8 significant
 digits, and an integer label of 5 classes) to a temporary directory, then reads it in a
@@ -58,7 +58,7 @@ def _status_kib(field: str) -> int:
 
 def _child(path: Path) -> int:
     """Read ``path`` and print the figures as JSON (run in a fresh process)."""
-    from hub.ml.dataset_files import read_dataset
+    from hub.ml.data.files import read_dataset
 
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark is the RSS now
     base_kib = _status_kib("VmRSS")

@@ -8,7 +8,7 @@ fp32 file measured in the same run. With ``--tune N`` it also runs the tuner (N 
 and reports the int8 metric of the tuned build against the default build's.
 
 Datasets: scikit-learn's bundled breast cancer and wine (classification), diabetes
-(regression), and digits upscaled to 16x16 images for the conv net (hub/ml/sample_data.py).
+(regression), and digits upscaled to 16x16 images for the conv net (hub/ml/data/samples.py).
 
 Goals: int8 size <= 0.5x fp32 for MLPs and <= 0.3x for conv nets; accuracy loss <= 1
 point; the conv net's int8 per-row latency below its fp32.
@@ -56,7 +56,7 @@ def _tabular(load: Callable[..., Any], task: str) -> Loader:
 
 
 def _digits() -> tuple[Dataset, str]:
-    from hub.ml.sample_data import digits_images
+    from hub.ml.data.samples import digits_images
 
     x, y = digits_images(SEED, size=16)
     classes = [str(c) for c in range(10)]

@@ -43,7 +43,7 @@ from edgefleet.datasets_cli import describe
 from edgefleet.demo import DemoOptions, DemoStage, demo_stage, deploy, wait_online
 from edgefleet.models_cli import figures, performance_report, render_lineage
 from edgefleet.progress import JobProgress
-from hub.ml.dataset_files import guess_format, read_dataset
+from hub.ml.data.files import guess_format, read_dataset
 from hub.ml.training_data import holdout_indices
 from simulator.fleet import Fleet
 from simulator.player import Tally

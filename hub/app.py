@@ -24,9 +24,9 @@ from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
 from hub.loop import Loop
 from hub.ml.builds import Builds
-from hub.ml.capture_versions import CaptureVersions
-from hub.ml.dataset_store import DEFAULT_MAX_UPLOAD_BYTES, DatasetStore
-from hub.ml.datasets import Datasets
+from hub.ml.data.capture_versions import CaptureVersions
+from hub.ml.data.captures import Datasets
+from hub.ml.data.store import DEFAULT_MAX_UPLOAD_BYTES, DatasetStore
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
@@ -91,7 +91,7 @@ class HubConfig:
     telemetry_raw_age_s: float = RAW_AGE_S
     telemetry_max_age_s: float = MAX_AGE_S
     telemetry_resolution_s: float = RESOLUTION_S
-    max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/dataset_store.py)
+    max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:

@@ -5,7 +5,7 @@ Per model and off by default (:class:`~hub.db.LoopPolicy`). When it is on, each 
 1. **start**: open drift alerts of the model (hub/telemetry/drift.py) name devices; those not in a
    run and not in their cool-down start a run (one run per model at a time), ``gather_s``
    after the first of them, so devices that drift together are treated together;
-2. **capturing**: a capture (hub/ml/datasets.py) of up to ``capture_rows`` rows from each of
+2. **capturing**: a capture (hub/ml/data/captures.py) of up to ``capture_rows`` rows from each of
    them, for ``capture_s`` seconds; its verified uploads become one dataset version;
 3. **retraining**: a retrain job (hub/ml/retrain.py) on the version's training rows plus the
    captured labelled rows: quantised, gated, signed and published like any version;
@@ -39,7 +39,7 @@ from sqlmodel import col, select
 
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec
 from hub.fleet.rollouts import Rollouts
-from hub.ml.datasets import DatasetError, Datasets
+from hub.ml.data.captures import DatasetError, Datasets
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import Retrainer
 from hub.store.tables import AuditRecord, LoopPolicy, LoopRun, session

@@ -6,7 +6,7 @@ label column; every other column is a feature and must be a number) or an NPZ wi
 takes, and what ``GET /datasets/{ref}/file`` gives back for an NPZ upload), into a
 :class:`RowSource`. Rows stay in file order, so row ``i`` here is row ``i`` at the hub.
 
-Labels are kept as the hub names them (hub/ml/dataset_checks.py), so they can be matched
+Labels are kept as the hub names them (hub/ml/data/checks.py), so they can be matched
 with a model's classes (its manifest's ``classes``, which the hub sorts) whatever the
 order: text as it is; numbers as numbers, named ``"3"`` for 3 or 3.0 and ``"2.5"`` for
 2.5 when they are classes. A classifier's label is then looked up by name, a regressor's

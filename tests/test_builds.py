@@ -27,8 +27,8 @@ from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
-from hub.ml.dataset_versions import to_npz
-from hub.ml.sample_data import digits_images, write_npz
+from hub.ml.data.captured_rows import to_npz
+from hub.ml.data.samples import digits_images, write_npz
 from hub.store.tables import DatasetVersion, session
 from hub.transport.broker import Mosquitto
 

@@ -1,5 +1,5 @@
 """Conv nets (hub/ml/convnet.py) with the real parts: PyTorch, the ONNX export, onnxruntime,
-the int8 quantizer; and the shipped sample datasets (hub/ml/sample_data.py)."""
+the int8 quantizer; and the shipped sample datasets (hub/ml/data/samples.py)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ import onnxruntime as ort
 import pytest
 
 from hub.ml.convnet import MISSING_TORCH, ConvConfig, fit_convnet, row_kind
-from hub.ml.errors import ConfigError, PipelineError
-from hub.ml.evaluation import evaluate
-from hub.ml.quantize import quantize_int8
-from hub.ml.sample_data import (
+from hub.ml.data.samples import (
     DIGIT_CLASSES,
     WINDOW_CLASSES,
     digits_images,
     windows_dataset,
     write_npz,
 )
+from hub.ml.errors import ConfigError, PipelineError
+from hub.ml.evaluation import evaluate
+from hub.ml.quantize import quantize_int8
 
 QUICK = ConvConfig(epochs=6)  # the measured architecture (hub/ml/convnet.py), trained briefly
 TINY = ConvConfig(channels=(4,), dense=8, epochs=1)  # for shapes and refusals only

@@ -1,4 +1,4 @@
-"""Reading operators' dataset files (hub/ml/dataset_files.py): real files in tmp_path.
+"""Reading operators' dataset files (hub/ml/data/files.py): real files in tmp_path.
 
 Each refusal is asserted as the user reads it: the sentence, the column and the row.
 """
@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hub.ml.dataset_files import (
+from hub.ml.data.files import (
     FORMATS,
     TASKS,
     DatasetFileError,
@@ -23,7 +23,7 @@ from hub.ml.dataset_files import (
     guess_format,
     read_dataset,
 )
-from hub.ml.dataset_tables import CSV_BLOCK_BYTES
+from hub.ml.data.tabular import CSV_BLOCK_BYTES
 
 ROWS = 20  # rows of the small files: over the default min_rows of 10
 

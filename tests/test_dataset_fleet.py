@@ -27,7 +27,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from edgefleet.demo import DemoOptions
 from edgefleet.demo_data import DataOptions, run_dataset_demo
-from hub.ml.sample_data import digits_images, write_npz
+from hub.ml.data.samples import digits_images, write_npz
 from hub.transport.broker import Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

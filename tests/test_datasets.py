@@ -25,7 +25,7 @@ from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.audit import AuditLog
 from hub.access.keys import ApiKeys, Role
-from hub.ml.datasets import Datasets
+from hub.ml.data.captures import Datasets
 from hub.transport.broker import Mosquitto
 from shared import protocol
 from shared.reasons import Reason

@@ -14,7 +14,7 @@ from models import make_mlp_onnx, make_regressor_onnx  # tests/models.py
 
 from agent.predictor import Predictor
 from agent.runtime import ModelSession, OnnxBackend
-from hub.ml.dataset_files import guess_format, read_dataset
+from hub.ml.data.files import guess_format, read_dataset
 from shared.sensors import CLASSES, FEATURES, generate
 from simulator.player import RowPlayer, Tally
 from simulator.rows import RowDeck, RowsError, RowSource, load_rows

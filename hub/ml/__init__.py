@@ -1,15 +1,13 @@
-"""Models on the hub: training, quantising and evaluating them, captured data, the registry.
+"""Models on the hub: data, builds (train, quantise, judge), the registry and lineage.
 
-- pipeline.py runs the stages (config, training_data, training, quantize, inference,
-  evaluation, baseline, manifest; errors.py holds their errors) and re-exports their
-  public names.
-- datasets.py asks devices for captures; uploads.py checks what they send;
-  dataset_versions.py stores the rows as npz artifacts.
-- dataset_files.py reads an operator's CSV, Parquet or NPZ file into canonical arrays
-  and a schema (dataset_tables.py streams the tables; dataset_checks.py holds the checks
-  and DatasetFileError).
-- retrain.py trains a model's next version with captured rows added; jobs.py runs such
-  work in the background with progress.
+- data/ holds the operator's dataset versions and the rows captures bring in (its
+  ``__init__`` has the map); nothing there builds models.
+- pipeline.py runs a build's stages (config, training_data, training or convnet, compact,
+  quantize, runner/inference/tflite, metrics, gates, baseline, manifest; errors.py holds
+  their errors) and re-exports their public names; tuning.py is the bounded search.
+- builds.py runs builds on dataset versions as jobs (jobs.py) and records each as a
+  training run (runs.py, with provenance.py); lineage.py reads a version's story back.
+- retrain.py trains a model's next version with captured rows added.
 - registry.py publishes built models as signed TUF targets and reads back the files and
   chunks devices fetch.
 """

@@ -24,7 +24,7 @@ import numpy as np
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from hub.ml.dataset_store import DatasetStore, DatasetStoreError
+from hub.ml.data.store import DatasetStore, DatasetStoreError
 from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel

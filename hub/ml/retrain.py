@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine
 
-from hub.ml.datasets import Datasets
+from hub.ml.data.captures import Datasets
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel
 from hub.ml.pipeline import (
@@ -96,7 +96,7 @@ def retrain(
     """Train the next version of ``name`` on its baseline rows plus captured rows; publish it.
 
     Args:
-        dataset_ids: dataset versions (hub/ml/datasets.py) of this model; their labelled rows
+        dataset_ids: dataset versions (hub/ml/data/captures.py) of this model; their labelled rows
             are used, unlabelled ones are not.
         holdout_fraction: share of the captured labelled rows kept apart to evaluate.
         captured_weight: how many times each captured training row counts (1..100).

@@ -2,7 +2,7 @@
 
 A ``Dataset`` holds training rows (the quantizer calibrates on some of them too) and
 held-out rows (evaluation, the gate and the golden rows of the health check). Rows the
-devices captured are kept apart, in hub/ml/datasets.py; a retrain adds them here.
+devices captured are kept apart, in hub/ml/data/captures.py; a retrain adds them here.
 """
 
 from __future__ import annotations

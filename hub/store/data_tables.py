@@ -16,7 +16,7 @@ def now() -> float:
     return time.time()
 
 
-# ---------------------------------------------------------------- data capture (hub/ml/datasets.py)
+# ------------------------------------------------------- data capture (hub/ml/data/captures.py)
 
 
 class Capture(SQLModel, table=True):

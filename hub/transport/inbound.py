@@ -4,7 +4,7 @@
 answered at once (hub/transport/fetch.py); a report (state, events, telemetry, drift)
 goes to the :class:`ReportSink` (the ingest writer) and is acknowledged only once it is
 stored; a capture message or upload chunk goes to the :class:`CaptureSink` (the data
-capture, hub/ml/datasets.py). :class:`IngestSubscriber` is the same for an ingest-only
+capture, hub/ml/data/captures.py). :class:`IngestSubscriber` is the same for an ingest-only
 process (hub/workers.py): the fast subscriber's batches into one committed write.
 A message that does not parse is counted and dropped with one log line per reason; it
 never stops the loop.

@@ -14,8 +14,8 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
-from hub.ml.capture_labels import MAX_LABELS, label_captured
-from hub.ml.datasets import DatasetError
+from hub.ml.data.capture_labels import MAX_LABELS, label_captured
+from hub.ml.data.captures import DatasetError
 from hub.ml.registry import RegistryError
 from hub.ml.retrain import MAX_CAPTURED_WEIGHT
 from hub.store.tables import DatasetVersion, DeviceTag, session

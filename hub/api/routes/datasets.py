@@ -20,8 +20,8 @@ from fastapi.responses import FileResponse
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
-from hub.ml.dataset_files import FORMATS, DatasetFileError
-from hub.ml.dataset_store import DatasetStoreError, StagedFile
+from hub.ml.data.files import FORMATS, DatasetFileError
+from hub.ml.data.store import DatasetStoreError, StagedFile
 from hub.store.tables import DataVersion, DataVersionPublic
 
 router = APIRouter(generate_unique_id_function=operation_id)

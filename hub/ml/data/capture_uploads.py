@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from hub.ml.dataset_versions import NO_LABEL
+from hub.ml.data.captured_rows import NO_LABEL
 from hub.store.tables import Capture
 
 __all__ = ["Upload", "check_arrays", "manifest_problem", "parse_upload"]

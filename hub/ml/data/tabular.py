@@ -10,7 +10,7 @@ CSV has no types: pyarrow infers them from the first block. When a later block h
 float in a column inferred as integers (or bools), the file is read again with that
 column as float64; any other value that is not a number is refused with its row.
 
-Errors are ``DatasetFileError`` (hub/ml/dataset_checks.py); rows are 1-based data rows.
+Errors are ``DatasetFileError`` (hub/ml/data/checks.py); rows are 1-based data rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from hub.ml.dataset_checks import (
+from hub.ml.data.checks import (
     TABLE_BASE,
     DatasetFileError,
     first_non_number,

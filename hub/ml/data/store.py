@@ -2,7 +2,7 @@
 
 An upload streams into a temporary file under the data dir (:meth:`DatasetStore.stage`
 gives a :class:`StagedFile` that hashes and caps as it writes), then
-:meth:`DatasetStore.add` parses it (hub/ml/dataset_files.py), writes the canonical arrays
+:meth:`DatasetStore.add` parses it (hub/ml/data/files.py), writes the canonical arrays
 (npz: ``x`` float32, ``y``) and moves both files into the content-addressed artifact
 store before the ``DataVersion`` row is committed. Any failure deletes what was written:
 nothing half-written stays. The same bytes under the same name are the same version.
@@ -13,7 +13,7 @@ of at least 6 hex digits of its sha256; ``NAME`` alone is the latest.
 Exceptions::
 
     DatasetStoreError(detail, status)     unknown dataset, bad reference, too large
-    DatasetFileError(detail, column, row) the file's content (hub/ml/dataset_files.py)
+    DatasetFileError(detail, column, row) the file's content (hub/ml/data/files.py)
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
-from hub.ml.dataset_files import DatasetFileError, ParsedDataset, guess_format, read_dataset
+from hub.ml.data.files import DatasetFileError, ParsedDataset, guess_format, read_dataset
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import DataVersion, session
 

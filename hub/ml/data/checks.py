@@ -1,6 +1,6 @@
 """The checks every dataset file passes, whatever its format, and the error they raise.
 
-hub/ml/dataset_files.py reads a file; this module says whether a column holds numbers, where
+hub/ml/data/files.py reads a file; this module says whether a column holds numbers, where
 the first value that is not one is, and turns the label column into ``y`` and its task
 (classification or regression, given or inferred from the values).
 

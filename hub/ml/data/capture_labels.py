@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import numpy as np
 
-from hub.ml.dataset_versions import NO_LABEL
-from hub.ml.datasets import DatasetError, Datasets
+from hub.ml.data.captured_rows import NO_LABEL
+from hub.ml.data.captures import DatasetError, Datasets
 from hub.store.tables import DatasetVersion, session
 
 __all__ = ["MAX_LABELS", "label_captured"]

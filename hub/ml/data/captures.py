@@ -16,8 +16,8 @@ an outcome (or the deadline passed), the verified uploads become one dataset ver
 npz artifact in the content-addressed store and a ``DatasetVersion`` row.
 
 This module keeps the captures' state (SQL) and the uploads in progress;
-hub/ml/uploads.py checks an upload's chunks, bytes and arrays, and
-hub/ml/dataset_versions.py writes and reads the npz files.
+hub/ml/data/capture_uploads.py checks an upload's chunks, bytes and arrays, and
+hub/ml/data/captured_rows.py writes and reads the npz files.
 
 Exceptions::
 
@@ -41,7 +41,8 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.ml.dataset_versions import (
+from hub.ml.data.capture_uploads import Upload, manifest_problem, parse_upload
+from hub.ml.data.captured_rows import (
     NO_LABEL,
     CapturedData,
     captured_data,
@@ -49,7 +50,6 @@ from hub.ml.dataset_versions import (
     to_npz,
     write_device_rows,
 )
-from hub.ml.uploads import Upload, manifest_problem, parse_upload
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import Capture, CaptureDevice, DatasetVersion, session
 from shared import protocol

@@ -2,7 +2,7 @@
 
 ``read_dataset(path, fmt, label=..., task=...)`` reads a file on disk, never one bytes
 object: CSV through pyarrow's streaming reader block by block, Parquet batch by batch
-(hub/ml/dataset_tables.py), NPZ member by member. It returns a ``ParsedDataset``: ``x``
+(hub/ml/data/tabular.py), NPZ member by member. It returns a ``ParsedDataset``: ``x``
 float32 ``[N, *row_shape]``, ``y`` (int64 indices into ``schema["classes"]`` or float32
 values) and the schema of docs/adr/0014. ``guess_format`` names a file's format from its
 first bytes and its name. No DB, no HTTP: the caller stores what this returns.
@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from hub.ml.dataset_checks import (
+from hub.ml.data.checks import (
     NPZ_BASE,
     TABLE_BASE,
     TASKS,
@@ -38,7 +38,7 @@ from hub.ml.dataset_checks import (
     encode_label,
     nonfinite_detail,
 )
-from hub.ml.dataset_tables import read_csv, read_parquet
+from hub.ml.data.tabular import read_csv, read_parquet
 
 __all__ = [
     "FORMATS",

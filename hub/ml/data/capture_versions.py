@@ -1,6 +1,6 @@
 """A finished capture's labelled rows, kept as a dataset version (ADR 0014).
 
-The rows a capture produced (hub/ml/datasets.py) stay a ``DatasetVersion`` for the
+The rows a capture produced (hub/ml/data/captures.py) stay a ``DatasetVersion`` for the
 closed loop; their labelled rows also become a ``DataVersion`` named
 ``captured-<model>``, of the same kind as an upload, checked against the model's input:
 the row width of the dataset the model was trained on, and labels within its classes.
@@ -19,9 +19,9 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.ml.dataset_files import DatasetFileError, ParsedDataset
-from hub.ml.dataset_store import DatasetStore
-from hub.ml.dataset_versions import NO_LABEL
+from hub.ml.data.captured_rows import NO_LABEL
+from hub.ml.data.files import DatasetFileError, ParsedDataset
+from hub.ml.data.store import DatasetStore
 from hub.store.tables import DatasetVersion, DataVersion, TrainingRun, session
 
 __all__ = ["CaptureVersions"]
