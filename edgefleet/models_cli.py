@@ -214,17 +214,26 @@ def _list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<16}{'ver':>4}  {'bytes':>9}  {'acc fp32':>8}  {'acc int8':>8}  sha256")
+    print(
+        f"{'model':<16}{'ver':>4}  {'task':<15}{'bytes':>9}  {'fp32':>9}  {'int8':>9}"
+        f"  {'dataset':<16}sha256"
+    )
     for r in rows:
+        task = r.get("task", "classification")
+        if task == "regression":
+            fp32, int8 = f"MAE {_f(r.get('mae_fp32'))}", f"MAE {_f(r.get('mae_int8'))}"
+        else:
+            fp32, int8 = _f(r["accuracy_fp32"]), _f(r["accuracy_int8"])
+        dataset = r.get("dataset") or ("(unevaluated)" if task == "unevaluated" else "-")
         print(
-            f"{r['name']:<16}{r['version']:>4}  {r['size_bytes']:>9}  "
-            f"{_f(r['accuracy_fp32'])}  {_f(r['accuracy_int8'])}  {r['sha256'][:16]}"
+            f"{r['name']:<16}{r['version']:>4}  {task:<15}{r['size_bytes']:>9}  {fp32:>9}"
+            f"  {int8:>9}  {dataset:<16}{r['sha256'][:16]}"
         )
     return 0
 
 
 def _f(x: float | None) -> str:
-    return f"{x:>8.3f}" if x is not None else f"{'-':>8}"
+    return f"{x:.3f}" if x is not None else "-"
 
 
 def _runs(args: argparse.Namespace) -> int:

@@ -126,6 +126,9 @@ def test_train_runs_and_lineage(
     assert code == 1 and "refused: model refused by floor" in err
     assert "gate floor      FAIL" in err and "int8" in err
 
+    code, out, _ = run(["models", "list", *api], capsys)
+    assert code == 0 and "classification" in out and "cancer:1" in out
+
     code, out, _ = run(["models", "runs", "cancer", *api], capsys)
     assert code == 0 and "published v1" in out and "refused" in out
 
