@@ -64,6 +64,7 @@ from hub.trust.identities import Identities
 from hub.trust.pki import CertificateAuthority, PkiError
 from hub.trust.repository import TrustRepository
 from hub.workers import IngestWorkers, WorkerConfig
+from shared import protocol
 from shared.chunks import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
@@ -347,6 +348,8 @@ class Hub:
             PkiError: an unknown CRL reason.
         """
         row = self.identities.revoke(device_id, reason, by)
+        # Its retained state would otherwise stay in the broker for every new subscriber.
+        self.mqtt.clear_retained(protocol.topic(device_id, "state"))
         return row
 
     def _maintain(self) -> None:

@@ -333,3 +333,22 @@ def test_ingest_subscriber_stores_what_hub_mqtt_would(
         ).fetchall()
     assert [r[0] for r in rows] == list(range(20))
     assert rows[0][1] == 150.0 and rows[0][2] == '{"112":3,"120":2}'
+
+
+def test_retained_messages_other_than_state_are_dropped_and_counted(
+    mosquitto: Mosquitto, publisher: mqtt.Client, prefix: str
+) -> None:
+    for kind in ("telemetry", "state"):
+        publisher.publish(
+            f"{prefix}/d1/{kind}", kind.encode(), qos=1, retain=True
+        ).wait_for_publish(5)
+    got = Collector()
+    sub = FastSubscriber(_address(mosquitto), f"{prefix}-ret", [(f"{prefix}/#", 1)], got)
+    sub.start()
+    _publish(publisher, [(f"{prefix}/d1/telemetry", b"live")])  # live: not retained
+    wait_for(lambda: b"live" in got.payloads, 10, "the live message")
+    sub.stop()
+    for kind in ("telemetry", "state"):  # leave the shared broker as it was
+        publisher.publish(f"{prefix}/d1/{kind}", b"", qos=1, retain=True).wait_for_publish(5)
+    assert sorted(got.payloads) == [b"live", b"state"]
+    assert sub.dropped["retained"] == 1

@@ -62,6 +62,7 @@ BatchHandler = Callable[[Batch], None]
 _PINGREQ = b"\xc0\x00"
 _DISCONNECT = b"\xe0\x00"
 _PUBLISH, _PUBREL, _SUBACK, _CONNACK, _PINGRESP, _UNSUBACK = 3, 6, 9, 2, 13, 11
+RETAINED_KIND = "/state"  # the one device topic whose retained message the hub reads
 CONNACK_CODES = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -374,9 +375,13 @@ class FastSubscriber:
                 payload_at = topic_end + 2 if qos else topic_end
                 if payload_at > stop or qos == 3:
                     raise PacketError("malformed_packet", f"PUBLISH header {header:#x}")
-                batch.append(
-                    (buf[p + 2 : topic_end].decode("utf-8", "replace"), buf[payload_at:stop])
-                )
+                topic = buf[p + 2 : topic_end].decode("utf-8", "replace")
+                if header & 0x01 and not topic.endswith(RETAINED_KIND):
+                    # A retained report would come back at every reconnect (issue 11 item 7):
+                    # acknowledged, counted, never stored.
+                    self._count_drop("retained", topic)
+                else:
+                    batch.append((topic, buf[payload_at:stop]))
                 if qos == 1:
                     acks.append(b"\x40\x02" + buf[topic_end:payload_at])  # PUBACK
                 elif qos == 2:

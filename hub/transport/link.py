@@ -31,6 +31,8 @@ from shared import protocol
 
 log = logging.getLogger(__name__)
 
+RETAINED_KIND = "/state"  # the one device topic whose retained message the hub reads
+
 SUBSCRIPTIONS = [(f"{protocol.ROOT}/+/{kind}", 1) for kind in sorted(protocol.DEVICE_TO_HUB)]
 
 
@@ -110,6 +112,10 @@ class MqttLink:
         """Count a dropped message; log the first of each reason."""
         count_drop(self.dropped, reason, detail)
 
+    def clear_retained(self, topic: str) -> None:
+        """Delete the broker's retained message on ``topic`` (an empty retained publish)."""
+        self._client.publish(topic, b"", qos=1, retain=True)
+
     def acknowledge(self, reports: list[Report]) -> None:
         """Acknowledge stored reports (called by the ingest writer after its commit)."""
         connection = self._connection
@@ -151,6 +157,10 @@ class MqttLink:
             ack = (self._connection, msg.mid) if msg.qos else None
             if self.handler is None:
                 self.drop("no_handler", topic)
+            elif msg.retain and not topic.endswith(RETAINED_KIND):
+                # Only a device's state is meant to be retained; any other retained message
+                # would be answered or stored again at every reconnect (issue 11 item 7).
+                self.drop("retained", topic)
             else:
                 stored_later = self.handler.handle(topic, bytes(msg.payload), ack)
         finally:
