@@ -50,6 +50,7 @@ from hub.transport.broker import (
     start_local_broker,
 )
 from hub.transport.commands import DirectorCommands
+from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
 from hub.transport.inbound import (
     NO_FETCHES,
@@ -167,7 +168,8 @@ class Hub:
             tls=tls,
             subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
         )
-        self.commands = DirectorCommands(self.mqtt, self.trust)
+        self.entitlements = load_entitlements(self.engine)
+        self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self.dataset_store = DatasetStore(
             self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
         )
@@ -182,7 +184,7 @@ class Hub:
         serve_devices(
             self.mqtt,
             self.ingest,
-            FetchAnswers(self.registry, self.trust),
+            FetchAnswers(self.registry, self.trust, self.entitlements),
             captures=self.datasets,
             revoked=self.revoked,
         )

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 MAX_PACKET_BYTES = 2 * 2**20  # bytes; chunks are <= 64 KiB, metadata batches smaller
 MAX_QUEUED_MESSAGES = 200_000  # per client; the hub's subscription must never drop
 MAX_INFLIGHT_MESSAGES = 100  # per client
+# Bytes queued per client: bounds what one device that asks and never reads can make the
+# broker hold (2.5 GB in 17 s was measured with no limit), and leaves the hub's own queue
+# room for 200,000 telemetry windows of ~1 KiB while it is away (issue 11, item 2).
+MAX_QUEUED_BYTES = 256 * 2**20
 
 
 class BrokerError(RuntimeError):
@@ -104,7 +108,7 @@ def mosquitto_config(
             *(keep or ["persistence false"]),
             f"max_packet_size {MAX_PACKET_BYTES}",
             f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-            "max_queued_bytes 0",
+            f"max_queued_bytes {MAX_QUEUED_BYTES}",
             f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
             "persistent_client_expiration 1d",
             "set_tcp_nodelay true",

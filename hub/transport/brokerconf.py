@@ -61,6 +61,7 @@ from pathlib import Path
 from hub.transport.broker import (
     MAX_INFLIGHT_MESSAGES,
     MAX_PACKET_BYTES,
+    MAX_QUEUED_BYTES,
     MAX_QUEUED_MESSAGES,
     BrokerError,
     raise_nofile,
@@ -254,7 +255,7 @@ def config_text(
         # sized for a hub that receives from thousands of devices (DESIGN §8)
         f"max_packet_size {MAX_PACKET_BYTES}",  # > a blob (1 MiB) + header, topic, properties
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
-        "max_queued_bytes 0",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         f"max_inflight_messages {MAX_INFLIGHT_MESSAGES}",
         f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
         "set_tcp_nodelay true",

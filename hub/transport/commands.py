@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from securesystemslib.signer import Signer
 
+from hub.transport.entitlements import Entitlements
 from shared import protocol
 from shared.director import sign_command
 
@@ -36,11 +37,17 @@ class Publisher(Protocol):
 
 class DirectorCommands:
     def __init__(
-        self, link: Publisher, keys: DirectorKeys, *, ttl_s: float = COMMAND_TTL_S
+        self,
+        link: Publisher,
+        keys: DirectorKeys,
+        *,
+        ttl_s: float = COMMAND_TTL_S,
+        entitlements: Entitlements | None = None,
     ) -> None:
         self.link = link
         self.keys = keys
         self.ttl_s = ttl_s
+        self.entitlements = entitlements  # a deploy lets its device fetch the target
 
     def send_command(self, device_id: str, msg_type: str, body: Mapping[str, Any]) -> None:
         """Sign a command for one device and queue it (QoS 1)."""
@@ -53,5 +60,7 @@ class DirectorCommands:
             ttl_s=self.ttl_s,
             root_version=self.keys.root_version,
         )
+        if msg_type == "deploy" and self.entitlements is not None and "target" in body:
+            self.entitlements.grant(device_id, str(body["target"]))  # before it can ask
         self.link.publish(protocol.topic(device_id, "cmd"), payload, 1)
         self.link.count("commands")

@@ -46,7 +46,7 @@ class CaptureSink(Protocol):
 
 
 class FetchSource(Protocol):
-    def answer(self, message: Message) -> list[tuple[bytes, str]]: ...
+    def answer(self, device_id: str, message: Message) -> list[tuple[bytes, str]]: ...
 
 
 class Link(Protocol):
@@ -67,7 +67,7 @@ def no_revocations() -> frozenset[str]:
 class _NoFetches:
     """For a consumer of reports alone: a fetch is dropped as ``no_fetch``."""
 
-    def answer(self, message: Message) -> list[tuple[bytes, str]]:
+    def answer(self, device_id: str, message: Message) -> list[tuple[bytes, str]]:
         raise ProtocolError("no_fetch", "this consumer answers no fetches")
 
 
@@ -127,7 +127,7 @@ class DeviceMessages:
 
     def _answer_fetch(self, device_id: str, message: Message) -> None:
         blob_topic = protocol.topic(device_id, "blob")
-        for payload, count in self.fetch.answer(message):
+        for payload, count in self.fetch.answer(device_id, message):
             self.link.publish(blob_topic, payload, 1)
             self.link.counts[count] += 1
 
