@@ -94,6 +94,11 @@ def _opt_str(x: Any) -> bool:
     return x is None or (isinstance(x, str) and len(x) <= 4096 and is_text(x))
 
 
+def _opt_name(x: Any) -> bool:
+    """None, or a model name as the registry allows them (at most 64 characters)."""
+    return x is None or (isinstance(x, str) and 0 < len(x) <= 64 and is_text(x))
+
+
 def _opt_number(x: Any) -> bool:
     return x is None or is_number(x)
 
@@ -261,7 +266,7 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "seq": (is_nonneg_int, True),
         "start": (is_number, True),
         "end": (is_number, True),
-        "model": (_opt_str, False),
+        "model": (_opt_name, False),
         "version": (_opt_nonneg_int, False),
         "count": (is_nonneg_int, True),
         "errors": (is_nonneg_int, True),

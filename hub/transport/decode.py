@@ -6,20 +6,28 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Final
 
 from shared import protocol
 from shared.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
+DATED_KINDS: Final = frozenset({"telemetry", "drift"})  # kept by their dates (retention)
+MAX_CLOCK_SKEW_S: Final = 300.0  # seconds a device's clock may run ahead of the hub's
 TOPIC_CACHE_SIZE = 2**16  # topics remembered parsed (~0.3 KB each): a fleet's busiest ones
 # the same few topics recur for every message of a device; a bad one is not cached (raises)
 _parse_topic = functools.lru_cache(maxsize=TOPIC_CACHE_SIZE)(protocol.parse_topic)
 
 
 def decode_device_message(
-    topic: str, payload: bytes, revoked: frozenset[str] = frozenset()
+    topic: str,
+    payload: bytes,
+    revoked: frozenset[str] = frozenset(),
+    clock: Callable[[], float] = time.time,
 ) -> tuple[str, str, protocol.Message | protocol.UploadChunk]:
     """Validate one device-to-hub message: ``(device id, topic kind, message)``.
 
@@ -27,7 +35,8 @@ def decode_device_message(
     envelope of a type its topic allows.
 
     Raises:
-        ProtocolError: a bad topic or payload, or a revoked device, with its reason.
+        ProtocolError: a bad topic or payload, a revoked device, or a telemetry or drift
+            window dated more than ``MAX_CLOCK_SKEW_S`` ahead of the hub's clock.
     """
     device_id, kind = _parse_topic(topic)
     if kind not in protocol.DEVICE_TO_HUB:
@@ -37,7 +46,14 @@ def decode_device_message(
     if kind == "upload" and payload[:4] == protocol.UPLOAD_MAGIC:
         return device_id, kind, protocol.decode_upload_chunk(payload)
     # (JSON on `upload` is refused here: that topic allows no message type)
-    return device_id, kind, protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+    message = protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+    if kind in DATED_KINDS:
+        dated = max(message.ts, float(message.body.get("end", 0.0)))
+        ahead = dated - clock()
+        if ahead > MAX_CLOCK_SKEW_S:
+            # A window dated in the future escapes retention for as long (issue 11, item 4).
+            raise ProtocolError("future_window", f"{device_id} {kind} dated {ahead:.0f} s ahead")
+    return device_id, kind, message
 
 
 def count_drop(dropped: Counter[str], reason: str, detail: str) -> None:
