@@ -27,6 +27,7 @@ import hashlib
 import json
 import random
 import shutil
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,6 +78,7 @@ from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import ModelVersion, Telemetry, make_engine, session, sqlite_url
 from hub.transport.broker import BrokerAddress
+from hub.transport.decode import MAX_CLOCK_SKEW_S
 from hub.transport.fetch import FetchAnswers
 from hub.transport.link import MqttLink
 from hub.trust.repository import TrustRepository
@@ -898,9 +900,13 @@ def expected_hub_drop(topic: str, payload: bytes) -> str | None:
         _, kind = protocol.parse_topic(topic)
         if kind not in protocol.DEVICE_TO_HUB:
             return "unexpected_topic"
-        protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
+        message = protocol.decode(payload, expect=protocol.TOPIC_TYPES[kind])
     except ProtocolError as e:
         return e.reason
+    if kind in ("telemetry", "drift"):  # dated: a window from the future is refused
+        dated = max(message.ts, float(message.body.get("end", 0.0)))
+        if dated > time.time() + MAX_CLOCK_SKEW_S:
+            return "future_window"
     return None
 
 
