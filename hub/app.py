@@ -140,6 +140,11 @@ class Hub:
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> Hub:
+        """Open the storage, connect to the broker, start the hub's threads."""
+        with private_umask():  # what it creates (hub.db, keys, uploads) is its account's alone
+            return self._start()
+
+    def _start(self) -> Hub:
         cfg = self.config
         if cfg.broker_url:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
@@ -218,23 +223,22 @@ class Hub:
         db_path = cfg.data_dir / "hub.db" if cfg.db_url is None else None
         # what an older hub (or a hand) left readable to others: said, not changed
         self.storage_warnings = check_private([cfg.data_dir, *([db_path] if db_path else [])])
-        with private_umask():
-            cfg.data_dir.mkdir(parents=True, exist_ok=True)
-            if db_path is not None:
-                create_private_file(db_path)  # SQLite gives -wal and -shm its mode
-            db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
-            self.engine = make_engine(db_url)
-            self.trust = TrustRepository.open_or_init(
-                cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
-            )
-            tls_dir = cfg.broker_tls_dir
-            self.identities = Identities(
-                self.engine,
-                CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
-                crl_path=tls_dir / "crl.pem" if tls_dir else None,
-                reload_command=cfg.broker_reload,
-            )
-            self.store = ArtifactStore(cfg.data_dir / "artifacts")
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)  # 0700 under start's umask
+        if db_path is not None:
+            create_private_file(db_path)  # SQLite gives -wal and -shm its mode
+        db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
+        self.engine = make_engine(db_url)
+        self.trust = TrustRepository.open_or_init(
+            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
+        )
+        tls_dir = cfg.broker_tls_dir
+        self.identities = Identities(
+            self.engine,
+            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            crl_path=tls_dir / "crl.pem" if tls_dir else None,
+            reload_command=cfg.broker_reload,
+        )
+        self.store = ArtifactStore(cfg.data_dir / "artifacts")
         self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
         self.retention = RetentionPolicy(
             cfg.telemetry_raw_age_s, cfg.telemetry_max_age_s, cfg.telemetry_resolution_s
