@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +63,25 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the broker's files and print how to start it."""
     from hub.transport.brokerconf import write_broker_config
-    from hub.trust.pki import CRL_VALIDITY, CertificateAuthority
+    from hub.trust.pki import CRL_VALIDITY, CertificateAuthority, PkiError
 
     ca = CertificateAuthority.open_or_init(args.data_dir / "pki")
     out = args.out or args.data_dir / "broker-tls"
-    files = write_broker_config(
-        out,
-        ca,
-        port=args.port,
-        bind=args.bind,
-        server_names=tuple(args.server_names or ("localhost", "127.0.0.1")),
-        persistence_dir=args.persistence_dir,
-        plain_port=args.plain_port,
-        user=args.user,
-        ingest_workers=args.ingest_workers,
-    )
+    try:
+        files = write_broker_config(
+            out,
+            ca,
+            port=args.port,
+            bind=args.bind,
+            server_names=tuple(args.server_names or ("localhost", "127.0.0.1")),
+            persistence_dir=args.persistence_dir,
+            plain_port=args.plain_port,
+            user=args.user,
+            ingest_workers=args.ingest_workers,
+        )
+    except PkiError as e:  # a device holds a service name: nothing was written
+        print(f"broker config refused: {e}", file=sys.stderr)
+        return 1
     print(f"broker: CA in {ca.directory}; wrote to {files.directory}:")
     written = [
         (files.config, "Mosquitto config"),

@@ -284,6 +284,8 @@ def _hub_serve(args: argparse.Namespace) -> int:
         root_keys_dir=args.root_keys,
     )
     with Hub(config) as hub:
+        for warning in hub.storage_warnings:
+            print(f"hub: WARNING: {warning}")
         print(
             f"hub: API on http://{args.host}:{args.port} (docs at /docs), broker {hub.broker.url}"
         )
@@ -302,11 +304,16 @@ def _key_store(args: argparse.Namespace) -> Any:
     """The hub's API keys and audit log, from its database (as hub serve picks it)."""
     from hub.access.audit import AuditLog
     from hub.access.keys import ApiKeys
+    from hub.store.datadir import create_private_file, private_umask
     from hub.store.tables import make_engine, sqlite_url
 
     if args.db is None:
-        args.data.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(args.db or sqlite_url(args.data / "hub.db"))
+        with private_umask():  # as the hub makes them (hub/store/datadir.py)
+            args.data.mkdir(parents=True, exist_ok=True)
+            create_private_file(args.data / "hub.db")
+            engine = make_engine(sqlite_url(args.data / "hub.db"))
+    else:
+        engine = make_engine(args.db)
     return ApiKeys(engine), AuditLog(engine)
 
 

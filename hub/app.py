@@ -32,6 +32,7 @@ from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
 from hub.ml.retrain import Retrainer
 from hub.store.artifacts import ArtifactStore
+from hub.store.datadir import check_private, create_private_file, private_umask
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import (
@@ -135,11 +136,17 @@ class Hub:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         self.local_broker: Mosquitto | EmbeddedBroker | None = None
+        self.storage_warnings: list[str] = []  # a data dir or hub.db others can read
         self._started = False
 
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> Hub:
+        """Open the storage, connect to the broker, start the hub's threads."""
+        with private_umask():  # what it creates (hub.db, keys, uploads) is its account's alone
+            return self._start()
+
+    def _start(self) -> Hub:
         cfg = self.config
         if cfg.broker_url:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
@@ -214,8 +221,14 @@ class Hub:
         return self
 
     def _open_storage(self, cfg: HubConfig) -> str:
-        """The database, trust metadata, device identities, artifacts and registry."""
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        """The database, trust metadata, device identities, artifacts and registry, in a
+        data directory only the hub's account can read (hub/store/datadir.py)."""
+        db_path = cfg.data_dir / "hub.db" if cfg.db_url is None else None
+        # what an older hub (or a hand) left readable to others: said, not changed
+        self.storage_warnings = check_private([cfg.data_dir, *([db_path] if db_path else [])])
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)  # 0700 under start's umask
+        if db_path is not None:
+            create_private_file(db_path)  # SQLite gives -wal and -shm its mode
         db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
         self.engine = make_engine(db_url)
         self.trust = TrustRepository.open_or_init(
@@ -300,6 +313,7 @@ class Hub:
         """A one-time enrolment token, bound to ``device_id`` if given (shown once).
 
         Raises:
+            PkiError: ``reserved_identity``: ``device_id`` is a name of the hub's.
             DeviceTaken: ``device_id`` already has an identity and this is no
                 re-enrolment (an admin's, which may replace it).
         """
@@ -318,8 +332,8 @@ class Hub:
         TUF root to pin, the broker, and a certificate for the key in its ``csr`` (PEM).
 
         Raises:
-            PkiError: a CSR that cannot be used, or none when the broker needs TLS (the
-                token is not used up).
+            PkiError: a CSR that cannot be used, or none when the broker needs TLS, or
+                ``reserved_identity`` for a name of the hub's (the token is not used up).
             EnrolRefused: the token is unknown, used, revoked, expired or for another id.
             DeviceTaken / DeviceRevoked: the id has an identity and the token is not an
                 admin's re-enrolment token for it (the token is not used up).

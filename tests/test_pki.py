@@ -105,6 +105,18 @@ REFUSALS: list[tuple[str, Callable[[], bytes], str, str]] = [
         "edgefleet-broker",
         "reserved_identity",
     ),
+    (
+        "an ingest worker's name, before it is issued",
+        lambda: make_csr("edgefleet-ingest-5"),
+        "edgefleet-ingest-5",
+        "reserved_identity",
+    ),
+    (
+        "the hub's prefix in another case",
+        lambda: make_csr("EDGEFLEET-x"),
+        "EDGEFLEET-x",
+        "reserved_identity",
+    ),
     ("wildcard in the id", lambda: make_csr("dev+"), "dev+", "bad_identity"),
     ("slash in the id", lambda: make_csr("a/b"), "a/b", "bad_identity"),
     (
@@ -138,6 +150,16 @@ def test_a_service_name_is_reserved_once_issued(ca: CertificateAuthority) -> Non
     ca.issue_service("hub-eu-1")
     with pytest.raises(PkiError, match="reserved_identity"):
         ca.issue_device(make_csr("hub-eu-1"), "hub-eu-1")
+
+
+def test_a_service_name_a_device_holds_is_not_issued(ca: CertificateAuthority) -> None:
+    device = ca.issue_device(make_csr("hub-eu-2"), "hub-eu-2")
+    with pytest.raises(PkiError) as e:
+        ca.issue_service("hub-eu-2")
+    assert e.value.reason == "identity_held" and format(device.serial, "x") in e.value.detail
+    assert ca.serials_for("hub-eu-2") == [device.serial]
+    ca.revoke(device.serial, "cessation_of_operation")  # freed: a revoked certificate
+    ca.issue_service("hub-eu-2")
 
 
 def test_service_certificates(ca: CertificateAuthority) -> None:

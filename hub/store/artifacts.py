@@ -26,7 +26,7 @@ class ArtifactStore:
         dest = self.path(digest)
         if dest.exists():
             return digest
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # files 0600 (mkstemp)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -49,7 +49,7 @@ class ArtifactStore:
         if dest.exists():
             src.unlink(missing_ok=True)
             return sha256
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # others kept out
         os.replace(src, dest)
         return sha256
 

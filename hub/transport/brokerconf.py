@@ -151,6 +151,9 @@ def write_broker_config(
 
     Returns:
         The paths written and the listener's address.
+
+    Raises:
+        PkiError: ``identity_held``: a device holds a service name (nothing is written).
     """
     out_dir = Path(out_dir).resolve()  # mosquitto resolves relative paths from its cwd
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +194,8 @@ def write_broker_config(
 
 def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
     """The CA, the CRL, and fresh certificates for the broker, the hub and its workers."""
+    workers = [ingest_identity(i) for i in range(files.ingest_workers)]
+    ca.check_service_names([BROKER_IDENTITY, files.hub_identity, *workers])  # before any write
     server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=files.server_names)
     hub, hub_key = ca.issue_service(files.hub_identity)
     write_atomic(files.ca, ca.ca_pem, mode=0o644)
@@ -199,8 +204,8 @@ def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
     write_atomic(files.hub_cert, hub.cert_pem, mode=0o644)
     write_atomic(files.hub_key, hub_key, mode=0o600)
     write_atomic(files.crl, ca.crl_pem(), mode=0o644)
-    for i in range(files.ingest_workers):
-        worker, worker_key = ca.issue_service(ingest_identity(i))
+    for i, name in enumerate(workers):
+        worker, worker_key = ca.issue_service(name)
         write_atomic(files.directory / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
         write_atomic(files.directory / f"ingest-{i}.key", worker_key, mode=0o600)
 

@@ -11,7 +11,8 @@ which supersedes its old certificates or lifts its revocation.
 
 Errors::
 
-    PkiError (hub/trust/pki.py)     a CSR that cannot be used (``reason`` says why)
+    PkiError (hub/trust/pki.py)     a CSR or device id that cannot be used (``reason``
+                                    says why: ``reserved_identity`` for the hub's names)
     DeviceTaken               the id is enrolled or revoked and the token is no re-enrolment
       DeviceRevoked           … it is revoked
 """
@@ -96,9 +97,12 @@ class Identities:
         """Refuse to enrol a taken id without a re-enrolment token (before it is used up).
 
         Raises:
+            PkiError: ``reserved_identity``: the id is a name of the hub's (whatever the
+                token, a re-enrolment too).
             DeviceRevoked: the id is revoked.
             DeviceTaken: the id is enrolled.
         """
+        self.ca.check_device_name(device_id)
         if reenrol:
             return
         how = "POST /devices/{id}/reenrol"

@@ -23,7 +23,9 @@ Exceptions::
         bad_signature       the CSR is not signed by the key it carries (tampered)
         identity_mismatch   the CSR's CN is not the device id being enrolled
         bad_identity        the device id is not a valid protocol device id
-        reserved_identity   the name belongs to the hub, the broker or another service
+        reserved_identity   the name belongs to the hub, the broker or another service:
+                            every name starting ``edgefleet-`` and every service name issued
+        identity_held       a service certificate asked for a name a device holds
         weak_key            the key is not EC P-256 (or Ed25519)
         bad_reason          an unknown revocation reason
         bad_ca              the CA directory is incomplete or its files do not match
@@ -37,30 +39,36 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
+from hub.trust.profiles import client_extensions, self_signed_ca, server_extensions
 from shared.atomic import write_atomic
 from shared.protocol import is_device_id
 
 __all__ = [
     "BROKER_IDENTITY",
     "HUB_IDENTITY",
+    "SERVICE_PREFIX",
     "CertificateAuthority",
     "IssuedCert",
     "PkiError",
     "RevokedCert",
+    "is_service_name",
 ]
 
 HUB_IDENTITY = "edgefleet-hub"  # the CN (and so the MQTT username) of the hub's client
 BROKER_IDENTITY = "edgefleet-broker"  # the CN of the broker's server certificate
 RESERVED_IDENTITIES = frozenset({HUB_IDENTITY, BROKER_IDENTITY})
+# Every name the hub or `edgefleet broker config` issues starts with this (the hub, the
+# broker, the ingest workers ``edgefleet-ingest-N``); the ACL gives those names rights over
+# other devices' topics, so no device may enrol under any of them, now or later.
+SERVICE_PREFIX = "edgefleet-"
 
 CA_VALIDITY = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # not_before is back-dated by this much
@@ -138,7 +146,8 @@ class CertificateAuthority:
             directory.mkdir(parents=True, exist_ok=True)
             os.chmod(directory, 0o700)
             key = ec.generate_private_key(ec.SECP256R1())
-            cert = _self_signed_ca(key, name)
+            now = _now()
+            cert = self_signed_ca(key, name, now - CLOCK_SKEW, now + CA_VALIDITY)
             write_atomic(key_path, _key_pem(key), mode=0o600)
             write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
             ca = cls(directory, key, cert)
@@ -175,7 +184,7 @@ class CertificateAuthority:
         """
         public_key = self.check_csr(csr_pem, device_id)
         with self._lock:
-            return self._issue(public_key, device_id, days, _client_extensions())
+            return self._issue(public_key, device_id, days, client_extensions(), kind="device")
 
     def check_csr(self, csr_pem: bytes, device_id: str) -> Any:
         """Check a device's CSR without issuing anything; its public key.
@@ -194,10 +203,65 @@ class CertificateAuthority:
             raise PkiError("identity_mismatch", f"CSR is for {cn!r}, enrolling {device_id!r}")
         public_key = csr.public_key()
         _check_key(public_key)
-        with self._lock:
-            if device_id in self._reserved():
-                raise PkiError("reserved_identity", f"{device_id!r} is a name of the hub's")
+        self.check_device_name(device_id)
         return public_key
+
+    def check_device_name(self, device_id: str) -> None:
+        """Refuse a device id that is, or may one day be, a name of the hub's services.
+
+        Raises:
+            PkiError: ``reserved_identity``.
+        """
+        with self._lock:
+            issued = device_id in self._ledger["services"]
+        if issued or device_id in RESERVED_IDENTITIES or is_service_name(device_id):
+            raise PkiError(
+                "reserved_identity",
+                f"{device_id!r} is a name of the hub's: names starting {SERVICE_PREFIX!r}"
+                " and every service name are reserved for the hub's own identities",
+            )
+
+    def check_service_names(self, names: Sequence[str]) -> None:
+        """Refuse to issue service certificates for names a device holds.
+
+        A device enrolled under such a name before it was reserved (an older hub) would
+        get the service's rights in the broker's ACL the moment the service is configured.
+
+        Raises:
+            PkiError: ``identity_held``, naming the devices and how to free the names.
+        """
+        held = {name: self.device_serials(name) for name in names}
+        held = {name: serials for name, serials in held.items() if serials}
+        if not held:
+            return
+        which = ", ".join(
+            f"{name} (certificate serial {', '.join(format(n, 'x') for n in serials)})"
+            for name, serials in sorted(held.items())
+        )
+        how = " and ".join(f"POST /devices/{name}/revoke" for name in sorted(held))
+        raise PkiError(
+            "identity_held",
+            f"a device holds {which}: revoke it on the hub's API ({how}), restart the"
+            " broker, then run this again; or ask for fewer service names (--ingest-workers)",
+        )
+
+    def device_serials(self, subject: str) -> list[int]:
+        """Serials of the unrevoked, unexpired device certificates issued to ``subject``.
+
+        Ledgers written before certificates recorded their kind: a certificate whose
+        subject was never issued as a service is a device's.
+        """
+        now = _now()
+        with self._lock:
+            services = set(self._ledger["services"])
+            return [
+                int(serial)
+                for serial, entry in self._ledger["issued"].items()
+                if entry["subject"] == subject
+                and entry.get("kind", "service" if subject in services else "device") == "device"
+                and serial not in self._ledger["revoked"]
+                and dt.datetime.fromisoformat(entry["not_after"]) > now
+            ]
 
     def issue_service(
         self, name: str, *, server_names: Sequence[str] = (), days: int = 825
@@ -214,12 +278,13 @@ class CertificateAuthority:
         """
         if not name or "/" in name or "+" in name or "#" in name:
             raise PkiError("bad_identity", f"{name!r} is not a usable service name")
+        self.check_service_names([name])
         key = ec.generate_private_key(ec.SECP256R1())
-        extensions = _server_extensions(server_names) if server_names else _client_extensions()
+        extensions = server_extensions(server_names) if server_names else client_extensions()
         with self._lock:
             if name not in self._ledger["services"]:
                 self._ledger["services"].append(name)
-            issued = self._issue(key.public_key(), name, days, extensions)
+            issued = self._issue(key.public_key(), name, days, extensions, kind="service")
         return issued, _key_pem(key)
 
     def _issue(
@@ -228,6 +293,8 @@ class CertificateAuthority:
         subject: str,
         days: int,
         extensions: list[tuple[x509.ExtensionType, bool]],
+        *,
+        kind: str,
     ) -> IssuedCert:
         now = _now()
         not_after = now + dt.timedelta(days=days)
@@ -249,6 +316,7 @@ class CertificateAuthority:
         self._ledger["issued"][str(serial)] = {
             "subject": subject,
             "not_after": not_after.isoformat(),
+            "kind": kind,  # "device" or "service"
         }
         self._save_ledger()
         return IssuedCert(serial, cert.public_bytes(serialization.Encoding.PEM), not_after, subject)
@@ -334,9 +402,6 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ internals
 
-    def _reserved(self) -> set[str]:
-        return set(RESERVED_IDENTITIES) | set(self._ledger["services"])
-
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
         ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
@@ -347,6 +412,11 @@ class CertificateAuthority:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def is_service_name(name: str) -> bool:
+    """Whether ``name`` is in the hub's own namespace (any case: ``Edgefleet-hub`` too)."""
+    return name.lower().startswith(SERVICE_PREFIX)
 
 
 def _now() -> dt.datetime:
@@ -361,72 +431,6 @@ def _load_ledger(path: Path) -> dict[str, Any]:
         except (OSError, ValueError) as e:
             raise PkiError("bad_ca", f"cannot read the ledger {path}: {e}") from e
     return ledger
-
-
-def _self_signed_ca(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate:
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
-    usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(usage, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _client_extensions() -> list[tuple[x509.ExtensionType, bool]]:
-    return [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        (_leaf_usage(), True),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
-    ]
-
-
-def _server_extensions(server_names: Sequence[str]) -> list[tuple[x509.ExtensionType, bool]]:
-    names: list[x509.GeneralName] = []
-    for name in server_names:
-        try:
-            names.append(x509.IPAddress(ip_address(name)))
-        except ValueError:
-            names.append(x509.DNSName(name))
-    return [
-        (x509.BasicConstraints(ca=False, path_length=None), True),
-        (_leaf_usage(), True),
-        (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
-        (x509.SubjectAlternativeName(names), False),
-    ]
 
 
 def _parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

@@ -85,7 +85,10 @@ class EnrolTokenCreated(BaseModel):
     name="device.enrol",
     response_model=EnrolResponse,
     responses={
-        403: {"description": "the enrolment token was refused, or the device is revoked"},
+        403: {
+            "description": "the enrolment token was refused, the device is revoked, or the"
+            " id is a name of the hub's (reserved_identity)"
+        },
         409: {"description": "the device id is enrolled: re-enrolment is admin work"},
         422: {"description": "a bad device id or CSR"},
     },
@@ -110,7 +113,7 @@ def enrol(req: EnrolRequest, h: HubDep, audit: Audit) -> EnrolResponse:
     except DeviceTaken as e:
         raise HTTPException(409, str(e)) from e
     except PkiError as e:
-        raise HTTPException(422, f"certificate request refused: {e}") from e
+        raise _pki_refusal(e) from e
     audit.actor_keyid = f"enrol-token:{enrolment.token_id}"
     audit.change(
         req.device_id,
@@ -125,6 +128,13 @@ def enrol(req: EnrolRequest, h: HubDep, audit: Audit) -> EnrolResponse:
         },
     )
     return EnrolResponse(**enrolment.fields)
+
+
+def _pki_refusal(e: PkiError) -> HTTPException:
+    """403 for a name of the hub's (no token can grant it), 422 for a bad CSR."""
+    if e.reason == "reserved_identity":
+        return HTTPException(403, f"enrolment refused: {e}")
+    return HTTPException(422, f"certificate request refused: {e}")
 
 
 @router.get("/devices", name="device.list", response_model=list[DevicePublic], responses=DENIALS)
@@ -156,7 +166,10 @@ def reenrol(device_id: str, h: HubDep, who: Admin, audit: Audit) -> EnrolTokenCr
     lifted. Only an admin may issue one."""
     if not h.identities.taken(device_id):
         _device(h, device_id)
-    new = h.issue_enrol_token(who.keyid, device_id, reenrol=True)
+    try:
+        new = h.issue_enrol_token(who.keyid, device_id, reenrol=True)
+    except PkiError as e:
+        raise _pki_refusal(e) from e
     audit.change(
         device_id,
         before={"revoked": device_id in h.identities.revoked},
@@ -218,6 +231,8 @@ def create_enrol_token(
         new = h.issue_enrol_token(who.keyid, req.device_id, req.ttl_s)
     except DeviceTaken as e:
         raise HTTPException(409, str(e)) from e
+    except PkiError as e:
+        raise _pki_refusal(e) from e
     audit.change(
         new.record.id,
         after={"device_id": req.device_id, "expires_at": new.record.expires_at},
