@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
 
@@ -123,46 +124,45 @@ def test_successful_calls_and_role_denials_stay_one_row_each(stage: Stage) -> No
 # ---------------------------------------------------------------- who is recorded
 
 
-def revoked_key(stage: Stage) -> str:
+def admin_keyid(stage: Stage) -> str:
+    return stage.keys[Role.admin].split("_")[1]
+
+
+def wrong_secret_of_the_admins_key(stage: Stage) -> tuple[str | None, str | None]:
+    return f"ef_{admin_keyid(stage)}_{'A' * 43}", admin_keyid(stage)
+
+
+def revoked_key(stage: Stage) -> tuple[str | None, str | None]:
     admin = stage.as_role(Role.admin)
     new = admin.post("/api-keys", json={"name": "gone", "role": "admin"}).json()
     assert admin.delete(f"/api-keys/{new['keyid']}").status_code == 200
-    return str(new["key"])
+    return new["key"], new["keyid"]
 
 
-# (the key presented, the keyid it claims) for each way a key fails
-FAILED_KEYS = {
-    "wrong secret of the admin's key": (lambda s: f"ef_{admin_keyid(s)}_{'A' * 43}", "admin"),
-    "unknown keyid": (lambda s: "ef_0123456789abcdef_nope", "0123456789abcdef"),
-    "revoked key": (revoked_key, "revoked"),
-    "malformed key": (lambda s: "ef_NOTHEX_secret", None),
-    "no key": (lambda s: None, None),
-    "development key outside dev mode": (lambda s: DEV_KEY, DEV_KEYID),
+# each way a key fails: (the key presented, the keyid it claims)
+FAILED_KEYS: dict[str, Callable[[Stage], tuple[str | None, str | None]]] = {
+    "wrong secret of the admin's key": wrong_secret_of_the_admins_key,
+    "unknown keyid": lambda s: ("ef_0123456789abcdef_nope", "0123456789abcdef"),
+    "revoked key": revoked_key,
+    "malformed key": lambda s: ("ef_NOTHEX_secret", None),
+    "no key": lambda s: (None, None),
+    "development key outside dev mode": lambda s: (DEV_KEY, DEV_KEYID),
 }
-
-
-def admin_keyid(stage: Stage) -> str:
-    return stage.keys[Role.admin].split("_")[1]
 
 
 @pytest.mark.parametrize("case", FAILED_KEYS)
 def test_a_refused_key_is_recorded_as_unauthenticated_with_its_claim_unverified(
     stage: Stage, case: str
 ) -> None:
-    make, claims = FAILED_KEYS[case]
-    key = make(stage)
-    expected = {"admin": admin_keyid(stage), "revoked": key and key.split("_")[1]}.get(
-        claims or "", claims
-    )
+    key, claimed = FAILED_KEYS[case](stage)
     r = stage.http(key).post("/api-keys", json={"name": "x", "role": "admin"})
     assert r.status_code == 401
-    [record] = stage.audit(action="api_key.create", outcome="denied")
+    [record] = stage.audit(action="api_key.create", outcome="denied")  # GET /audit
     assert record["actor_keyid"] == UNAUTHENTICATED
     assert record["actor_name"] is None and record["role"] is None
-    assert record["claimed_keyid"] == expected
-    # nothing is pinned on the key that was claimed
-    if expected is not None:
-        assert stage.audit(actor=expected, outcome="denied") == []
+    assert record["claimed_keyid"] == claimed
+    if claimed is not None:  # nothing is pinned on the key that was claimed
+        assert stage.audit(actor=claimed, outcome="denied") == []
 
 
 # ---------------------------------------------------------------- retention
@@ -237,3 +237,24 @@ def test_the_flood_is_summarised_against_a_client_that_races(stage: Stage) -> No
     rows = refused_rows(stage)
     assert len(rows) <= windows_between(start, time.time())
     assert sum(r["count"] for r in rows) == n * each
+
+
+def test_an_older_database_gains_the_new_audit_columns_in_place(tmp_path: Path) -> None:
+    """claimed_keyid and count are additive (hub/store/migrate.py): an older hub.db keeps
+    its records, which count as one call each."""
+    url = sqlite_url(tmp_path / "hub.db")
+    engine = make_engine(url)
+    with engine.begin() as conn:  # as a hub.db written before the columns existed
+        conn.execute(text("ALTER TABLE auditrecord DROP COLUMN claimed_keyid"))
+        conn.execute(text("ALTER TABLE auditrecord DROP COLUMN count"))
+        conn.execute(
+            text(
+                "INSERT INTO auditrecord (ts, action, method, path, outcome, status)"
+                " VALUES (1.0, 'old', 'POST', '/', 'ok', 200)"
+            )
+        )
+    engine.dispose()
+    engine = make_engine(url)
+    [record] = AuditLog(engine).query()
+    assert (record.action, record.count, record.claimed_keyid) == ("old", 1, None)
+    engine.dispose()
