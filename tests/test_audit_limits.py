@@ -24,6 +24,7 @@ from hub.access.audit import (
     OVERFLOW_DETAIL,
     UNAUTHENTICATED,
     AuditLog,
+    FailedAuthLimit,
     run_audit_retention,
 )
 from hub.access.keys import DEV_KEY, DEV_KEYID, Role
@@ -257,4 +258,44 @@ def test_an_older_database_gains_the_new_audit_columns_in_place(tmp_path: Path) 
     engine = make_engine(url)
     [record] = AuditLog(engine).query()
     assert (record.action, record.count, record.claimed_keyid) == ("old", 1, None)
+    engine.dispose()
+
+
+def refused(ts: float, client: str, claimed: str | None = None) -> AuditRecord:
+    return AuditRecord(
+        ts=ts,
+        actor_keyid=UNAUTHENTICATED,
+        claimed_keyid=claimed,
+        action="deployment.create",
+        method="POST",
+        path="/deployments",
+        outcome="denied",
+        status=401,
+        client=client,
+    )
+
+
+def test_refused_calls_make_one_row_per_caller_and_interval(tmp_path: Path) -> None:
+    """On a SQLite database of its own with set times: each interval starts new rows; a
+    row deleted under the log (retention) is written again, not lost."""
+    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    log = AuditLog(engine, FailedAuthLimit(interval_s=60, groups=2))
+    t0 = 6000.0  # the start of an interval
+    for i in range(10):
+        log.write_refused(refused(t0 + i, "10.0.0.1"))
+        log.write_refused(refused(t0 + i, "10.0.0.2", "0123456789abcdef"))
+        log.write_refused(refused(t0 + i, f"10.0.1.{i}"))  # beyond the 2 groups
+    log.write_refused(refused(t0 + 60, "10.0.0.1"))  # the next interval
+    rows = sorted(log.query(), key=lambda r: (r.ts, r.id or 0))
+    assert [(r.client, r.claimed_keyid, r.count) for r in rows] == [
+        ("10.0.0.1", None, 10),
+        ("10.0.0.2", "0123456789abcdef", 10),
+        (None, None, 10),  # the overflow row
+        ("10.0.0.1", None, 1),
+    ]
+    assert rows[2].detail == OVERFLOW_DETAIL
+    assert run_audit_retention(engine, max_age_s=1, now=t0 + 62) == 4
+    log.write_refused(refused(t0 + 61, "10.0.0.1"))
+    [again] = log.query()
+    assert (again.client, again.count) == ("10.0.0.1", 1)
     engine.dispose()

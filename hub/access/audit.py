@@ -81,18 +81,20 @@ class AuditLog:
                 record.detail = OVERFLOW_DETAIL
             row = self._rows.get(group)
             with session(self.engine) as s:
-                if row is None:
-                    s.add(record)
-                    s.commit()
-                    assert record.id is not None
-                    self._rows[group] = record.id
-                else:
-                    s.execute(
+                if row is not None:
+                    counted = s.execute(
                         update(AuditRecord)
                         .where(col(AuditRecord.id) == row)
                         .values(count=col(AuditRecord.count) + 1)
                     )
                     s.commit()
+                    if counted.rowcount == 1:  # type: ignore[attr-defined]
+                        return
+                # the first of its group (or its row is gone, deleted by retention)
+                s.add(record)
+                s.commit()
+                assert record.id is not None
+                self._rows[group] = record.id
 
     def query(
         self,
