@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from hub.access.audit import AUDIT_MAX_AGE_S, run_audit_retention
 from hub.fleet.deployments import Deployments
 from hub.fleet.progress import ProgressApplier
 from hub.fleet.rollouts import Rollouts
@@ -94,7 +95,12 @@ class HubConfig:
     telemetry_raw_age_s: float = RAW_AGE_S
     telemetry_max_age_s: float = MAX_AGE_S
     telemetry_resolution_s: float = RESOLUTION_S
+    audit_max_age_s: float = AUDIT_MAX_AGE_S  # seconds audit records are kept (365 days)
     max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
+
+    def __post_init__(self) -> None:
+        if self.audit_max_age_s <= 0:
+            raise ValueError(f"audit_max_age_s must be > 0, not {self.audit_max_age_s}")
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
@@ -369,7 +375,8 @@ class Hub:
         return row
 
     def _maintain(self) -> None:
-        """Re-sign TUF roles before they expire; re-issue the CRL before it does."""
+        """Re-sign TUF roles before they expire; re-issue the CRL before it does; delete
+        telemetry and audit records past their age."""
         while not self._stopping.wait(self.config.maintenance_s):
             try:
                 renewed = self.trust.refresh_expiring()
@@ -377,6 +384,7 @@ class Hub:
                     log.info("re-signed %s before expiry", ", ".join(renewed))
                 self.identities.refresh_crl()
                 run_retention(self.engine, self.retention)
+                run_audit_retention(self.engine, self.config.audit_max_age_s)
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("hub maintenance failed")
 

@@ -118,13 +118,16 @@ class Stage:
         return records
 
 
-def start_stage(mosquitto: Mosquitto, tmp_path: Path, *, dev_mode: bool = False) -> Stage:
+def start_stage(
+    mosquitto: Mosquitto, tmp_path: Path, *, dev_mode: bool = False, **config: Any
+) -> Stage:
     hub = Hub(
         HubConfig(
             data_dir=tmp_path / "hub",
             broker_url=mosquitto.address.url,
             client_id=f"hub-auth-{tmp_path.name}",
             dev_mode=dev_mode,
+            **config,
         )
     ).start()
     keys = ApiKeys(hub.engine)
@@ -369,7 +372,8 @@ def test_mutations_are_audited_with_before_after_and_no_secrets(stage: Stage) ->
     assert denied["status"] == 403 and denied["role"] == "viewer"
     assert "role operator required" in denied["detail"] and denied["after"] is None
     anonymous = by_action["api_key.revoke", "denied"]
-    assert anonymous["status"] == 401 and anonymous["actor_keyid"] == "0123456789abcdef"
+    assert anonymous["status"] == 401 and anonymous["actor_keyid"] == "unauthenticated"
+    assert anonymous["claimed_keyid"] == "0123456789abcdef"  # unverified, not the actor
     assert anonymous["role"] is None and anonymous["target"] == "x"
     failed = by_action["deployment.create", "error"]
     assert failed["status"] == 404 and "no-such-model" in failed["detail"]

@@ -1,7 +1,11 @@
 """The audit trail of the API: every mutating request (POST, PUT, PATCH, DELETE), allowed
 or not, writes one record to the audit log (hub/access/audit.py), committed before the
 response goes out (:class:`AuditMiddleware`). Routes add what they changed through
-:func:`audit_context`. Secrets (API keys, enrolment tokens) never go in."""
+:func:`audit_context`. Secrets (API keys, enrolment tokens) never go in.
+
+A refused call by nobody verified (its key failed, or it named no route) is recorded with
+the actor ``unauthenticated`` and the keyid it claimed in ``claimed_keyid``, and is
+summarised per caller and interval instead of one row each (hub/access/audit.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hub.access.audit import AuditLog
+from hub.access.audit import UNAUTHENTICATED, AuditLog
 from hub.access.keys import Principal
 from hub.store.tables import AuditRecord
 
@@ -29,9 +33,17 @@ class AuditContext:
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     detail: str | None = None
+    claimed_keyid: str | None = None  # the keyid of a refused key: unverified
+    verified: bool = False  # the caller's API key was accepted
 
     def actor(self, who: Principal) -> None:
         self.actor_keyid, self.actor_name, self.role = who.keyid, who.name, who.role.value
+        self.verified = True
+
+    def unauthenticated(self, claimed_keyid: str | None) -> None:
+        """The caller's key was refused: the keyid it claimed is not who it is."""
+        self.actor_keyid, self.actor_name, self.role = UNAUTHENTICATED, None, None
+        self.claimed_keyid, self.verified = claimed_keyid, False
 
     def change(
         self,
@@ -46,7 +58,8 @@ class AuditMiddleware:
     """Writes one audit record for every mutating request (POST, PUT, PATCH, DELETE).
 
     The record is committed before the response starts, so a client never sees the
-    outcome of a call that left no record; a call that raised is recorded as a 500.
+    outcome of a call that left no record; a call that raised is recorded as a 500. A
+    refused call by nobody verified goes to :meth:`AuditLog.write_refused` (summarised).
     """
 
     def __init__(self, app: ASGIApp, log: AuditLog) -> None:
@@ -65,7 +78,10 @@ class AuditMiddleware:
             nonlocal written
             if not written:
                 written = True
-                await run_in_threadpool(self.log.write, audit_record(scope, ctx, status))
+                rec = audit_record(scope, ctx, status)
+                summarised = rec.outcome != "ok" and not ctx.verified
+                write = self.log.write_refused if summarised else self.log.write
+                await run_in_threadpool(write, rec)
 
         async def send_recorded(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -109,6 +125,7 @@ def audit_record(scope: Scope, ctx: AuditContext, status: int) -> AuditRecord:
         status=status,
         detail=ctx.detail[:DETAIL_MAX] if ctx.detail else None,
         client=client[0] if client else None,
+        claimed_keyid=ctx.claimed_keyid,
     )
 
 

@@ -29,7 +29,7 @@ def authorize(request: Request, role: Role, key: str | None) -> Principal:
     try:
         who = get_api_keys(request).authenticate(key)
     except Unauthenticated as e:
-        ctx.actor_keyid = e.keyid
+        ctx.unauthenticated(e.keyid)
         raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
     ctx.actor(who)
     request.state.principal = who

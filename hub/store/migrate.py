@@ -34,6 +34,13 @@ MODEL_VERSION_ADDED: Final = {
 }
 
 
+# Columns AuditRecord gained with rate-limited failed authentication (ADR 0006), as above.
+AUDIT_ADDED: Final = {
+    "claimed_keyid": "VARCHAR",
+    "count": "INTEGER NOT NULL DEFAULT 1",
+}
+
+
 def add_columns(engine: Engine) -> None:
     """Add what an older database lacks of :data:`ADDED`."""
     for table, added in ADDED.items():
@@ -49,4 +56,8 @@ def _add(engine: Engine, table: str, added: dict[str, str]) -> None:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
-ADDED: Final = {"telemetry": TELEMETRY_ADDED, "modelversion": MODEL_VERSION_ADDED}
+ADDED: Final = {
+    "telemetry": TELEMETRY_ADDED,
+    "modelversion": MODEL_VERSION_ADDED,
+    "auditrecord": AUDIT_ADDED,
+}

@@ -384,7 +384,8 @@ class EnrolTokenPublic(EnrolTokenBase):
 
 class AuditRecordBase(SQLModel):
     ts: float = Field(default_factory=now, index=True)
-    actor_keyid: str | None = Field(default=None, index=True)  # or "enrol-token:<id>"
+    # the verified caller: a keyid, "enrol-token:<id>", or "unauthenticated" (no usable key)
+    actor_keyid: str | None = Field(default=None, index=True)
     actor_name: str | None = None
     role: str | None = None  # the actor's role when the call was made
     action: str = Field(index=True)  # "deployment.create", ...; "unrouted" for no route
@@ -397,6 +398,10 @@ class AuditRecordBase(SQLModel):
     status: int  # the HTTP status answered; 0 for a change made with the CLI
     detail: str | None = None  # the refusal or error message, never a secret
     client: str | None = None  # the client's address
+    # the keyid a refused key claimed: unverified, never the actor (hub/access/audit.py)
+    claimed_keyid: str | None = None
+    # requests this record stands for: >1 for a summary of refused unauthenticated calls
+    count: int = 1
 
 
 class AuditRecord(AuditRecordBase, table=True):
