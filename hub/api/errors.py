@@ -4,6 +4,9 @@ a refused request must get first.
 A request FastAPI refuses before the route's dependencies run (a malformed JSON body, a
 path that fails validation) would otherwise tell a caller without a key what the route
 expects: these handlers check the key first, so such a caller learns nothing but 401.
+(hub/api/limits.py checks it earlier still, before the body is read.) A 422 never echoes a
+large input back: each input is cut to :data:`INPUT_MAX` characters, at most
+:data:`ERRORS_MAX` errors are listed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Every route but ``/health`` (a liveness probe) and ``/enrol`` (which takes a one
 enrolment token) needs an API key (``Authorization: Bearer ef_<keyid>_<secret>``) of the
 role it names (hub/api/security.py): viewer for reading, operator for training, uploads,
 deployments and enrolment tokens, admin for API keys, re-enrolment and the audit log.
+The key is checked, and the request body capped (1 MiB for JSON; the uploads keep their
+own caps), before anything reads the body (hub/api/limits.py).
 Each route's name is its OpenAPI operationId and, for a mutating route, the action in its
 audit records (hub/api/audit.py).
 """
