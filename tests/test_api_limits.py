@@ -19,7 +19,7 @@ import pytest
 from edgefleet.stage import HubProcess
 from hub.access.keys import DEV_KEY
 from hub.api.errors import INPUT_MAX
-from hub.api.limits import JSON_BODY_MAX
+from hub.api.limits import JSON_BODY_MAX, LIST_BODY_MAX
 from hub.api.serving import HEAD_TIMEOUT_S, KEEP_ALIVE_TIMEOUT_S, RateLimitedLog
 from hub.transport.broker import Mosquitto
 
@@ -86,9 +86,9 @@ def test_a_huge_body_without_a_key_gets_401_and_is_never_buffered(
 
 
 def test_a_json_body_over_the_cap_with_a_key_gets_413(hub: HubProcess) -> None:
-    body = json.dumps({"model": "m", "devices": ["d" * 1000] * 2048}).encode()  # ~2 MiB
+    body = json.dumps({"name": "k", "role": "viewer", "pad": "p" * (2 * MIB)}).encode()
     assert len(body) > JSON_BODY_MAX
-    r = httpx.post(f"{hub.url}/deployments", content=body, headers=ADMIN, timeout=10)
+    r = httpx.post(f"{hub.url}/api-keys", content=body, headers=ADMIN, timeout=10)
     assert r.status_code == 413, r.text
     assert f"over the {JSON_BODY_MAX} byte limit" in r.json()["detail"]
 
@@ -96,8 +96,22 @@ def test_a_json_body_over_the_cap_with_a_key_gets_413(hub: HubProcess) -> None:
         for i in range(0, len(body), 64 * 1024):
             yield body[i : i + 64 * 1024]
 
-    r = httpx.post(f"{hub.url}/deployments", content=chunks(), headers=ADMIN, timeout=10)
+    r = httpx.post(f"{hub.url}/api-keys", content=chunks(), headers=ADMIN, timeout=10)
     assert r.status_code == 413, r.text
+
+
+def test_a_route_taking_long_lists_has_room_for_them_and_no_more(hub: HubProcess) -> None:
+    """POST /deployments may name 100,000 devices: 25,000 of 64 characters (1.7 MB, over
+    the JSON cap) pass its body cap (and are refused for the unknown model); a body past
+    LIST_BODY_MAX is not."""
+    ids = [f"{n:064d}" for n in range(25_000)]
+    r = httpx.post(
+        f"{hub.url}/deployments", json={"model": "nothing", "devices": ids}, headers=ADMIN
+    )
+    assert r.status_code == 404, r.text[:300]
+    body = json.dumps({"model": "m", "pad": "p" * LIST_BODY_MAX}).encode()
+    r = httpx.post(f"{hub.url}/deployments", content=body, headers=ADMIN, timeout=10)
+    assert r.status_code == 413, r.text[:300]
 
 
 def test_enrol_with_a_4mib_body_gets_413(hub: HubProcess) -> None:

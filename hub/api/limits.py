@@ -22,6 +22,9 @@ from hub.api.errors import http_error
 from hub.api.security import authorize, bearer_key, required_role
 
 JSON_BODY_MAX = 2**20  # bytes; every route that takes JSON (or nothing)
+# bytes; the JSON routes whose schema allows 100,000 device ids (64 characters each) or
+# capture labels: the most such a body can validly be, with room to spare
+LIST_BODY_MAX = 8 * 2**20
 
 
 class BodyTooLarge(HTTPException):

@@ -27,7 +27,7 @@ from hub.access.keys import ApiKeys
 from hub.api.audit import AuditMiddleware
 from hub.api.deps import operation_id
 from hub.api.errors import http_error, validation_error
-from hub.api.limits import BodyLimit
+from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.routes import (
     access,
     captures,
@@ -75,7 +75,11 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
     app.state.audit = AuditLog(hub.engine)
     # The audit middleware wraps the body limit, so a refusal there is audited too.
-    caps = {"model.upload": models.MAX_UPLOAD_BYTES, "dataset.upload": hub.dataset_store.max_bytes}
+    caps = {
+        "model.upload": models.MAX_UPLOAD_BYTES,
+        "dataset.upload": hub.dataset_store.max_bytes,
+        **dict.fromkeys(("deployment.create", "rollout.create", "capture.label"), LIST_BODY_MAX),
+    }
     app.add_middleware(BodyLimit, routes=app.router.routes, caps=caps)
     app.add_middleware(AuditMiddleware, log=app.state.audit)
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
