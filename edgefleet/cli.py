@@ -264,6 +264,7 @@ def _hub_serve(args: argparse.Namespace) -> int:
 
     from hub import Hub, HubConfig, create_app
     from hub.access.keys import DEV_KEY
+    from hub.api.serving import server_config
 
     logging.getLogger().setLevel(logging.INFO)
     if args.dev:
@@ -296,7 +297,8 @@ def _hub_serve(args: argparse.Namespace) -> int:
         # uvicorn re-raises a SIGTERM it caught once it has shut down; exit through Python
         # then, so the hub stops its broker and writers instead of leaving them orphaned.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        uvicorn.run(create_app(hub), host=args.host, port=args.port, log_level="info")
+        served = server_config(create_app(hub), args.host, args.port, log_level="info")
+        uvicorn.Server(served).run()
     return 0
 
 

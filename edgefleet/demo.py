@@ -31,6 +31,7 @@ import uvicorn
 from edgefleet.client import HubClient
 from hub import Hub, HubConfig, create_app
 from hub.access.keys import DEV_KEY
+from hub.api.serving import server_config
 from hub.transport.broker import free_port
 from simulator.fleet import Fleet, FleetConfig
 
@@ -57,9 +58,7 @@ class ApiServer:
 
     def __init__(self, hub: Hub, port: int | None = None) -> None:
         self.port = port or free_port()
-        config = uvicorn.Config(
-            create_app(hub), host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        config = server_config(create_app(hub), "127.0.0.1", self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, name="hub-api", daemon=True)
 

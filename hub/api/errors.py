@@ -4,23 +4,27 @@ a refused request must get first.
 A request FastAPI refuses before the route's dependencies run (a malformed JSON body, a
 path that fails validation) would otherwise tell a caller without a key what the route
 expects: these handlers check the key first, so such a caller learns nothing but 401.
+(hub/api/limits.py checks it earlier still, before the body is read.) A 422 never echoes a
+large input back: each input is cut to :data:`INPUT_MAX` characters, at most
+:data:`ERRORS_MAX` errors are listed.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from fastapi import HTTPException, Request
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.api.audit import audit_context
-from hub.api.security import authorize, required_role
+from hub.api.security import authorize, bearer_key, required_role
 
 
 async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -40,7 +44,26 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
         f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
         for err in exc.errors()
     )
-    return await request_validation_exception_handler(request, exc)
+    errors = [_brief(err) for err in exc.errors()[:ERRORS_MAX]]
+    if len(exc.errors()) > ERRORS_MAX:
+        errors.append({"msg": f"{len(exc.errors()) - ERRORS_MAX} more errors not listed"})
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+ERRORS_MAX = 20  # errors listed in a 422 answer
+INPUT_MAX = 100  # characters of an offending input echoed in a 422 answer
+
+
+def _brief(err: Any) -> dict[str, Any]:
+    """One validation error with its input cut to :data:`INPUT_MAX` characters: a 422 never
+    echoes a large input back."""
+    brief = dict(err)
+    if "input" in brief:
+        value = brief["input"]
+        text = value if isinstance(value, str) else json.dumps(jsonable_encoder(value))
+        if len(text) > INPUT_MAX:
+            brief["input"] = text[:INPUT_MAX] + f"... ({len(text)} characters)"
+    return brief
 
 
 async def _check_key_first(request: Request) -> Response | None:
@@ -53,11 +76,9 @@ async def _check_key_first(request: Request) -> Response | None:
     role = required_role(route.dependant) if isinstance(route, APIRoute) else None
     if role is None or getattr(request.state, "principal", None) is not None:
         return None
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    key = bearer_key(request.headers.get("authorization", ""))
     try:
-        await run_in_threadpool(
-            authorize, request, role, key.strip() if scheme.lower() == "bearer" else None
-        )
+        await run_in_threadpool(authorize, request, role, key)
     except HTTPException as e:
         audit_context(request).detail = str(e.detail)
         return await http_exception_handler(request, e)

@@ -10,6 +10,8 @@ Every route but ``/health`` (a liveness probe) and ``/enrol`` (which takes a one
 enrolment token) needs an API key (``Authorization: Bearer ef_<keyid>_<secret>``) of the
 role it names (hub/api/security.py): viewer for reading, operator for training, uploads,
 deployments and enrolment tokens, admin for API keys, re-enrolment and the audit log.
+The key is checked, and the request body capped (1 MiB for JSON; the uploads keep their
+own caps), before anything reads the body (hub/api/limits.py).
 Each route's name is its OpenAPI operationId and, for a mutating route, the action in its
 audit records (hub/api/audit.py).
 """
@@ -25,6 +27,7 @@ from hub.access.keys import ApiKeys
 from hub.api.audit import AuditMiddleware
 from hub.api.deps import operation_id
 from hub.api.errors import http_error, validation_error
+from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.routes import (
     access,
     captures,
@@ -71,6 +74,13 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
     app.state.audit = AuditLog(hub.engine)
+    # The audit middleware wraps the body limit, so a refusal there is audited too.
+    caps = {
+        "model.upload": models.MAX_UPLOAD_BYTES,
+        "dataset.upload": hub.dataset_store.max_bytes,
+        **dict.fromkeys(("deployment.create", "rollout.create", "capture.label"), LIST_BODY_MAX),
+    }
+    app.add_middleware(BodyLimit, routes=app.router.routes, caps=caps)
     app.add_middleware(AuditMiddleware, log=app.state.audit)
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]

@@ -26,16 +26,24 @@ def authorize(request: Request, role: Role, key: str | None) -> Principal:
             key's role is below ``role``).
     """
     ctx = audit_context(request)
-    try:
-        who = get_api_keys(request).authenticate(key)
-    except Unauthenticated as e:
-        ctx.unauthenticated(e.keyid)
-        raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
-    ctx.actor(who)
-    request.state.principal = who
+    who = getattr(request.state, "principal", None)
+    if not isinstance(who, Principal):  # not yet checked (hub/api/limits.py checks first)
+        try:
+            who = get_api_keys(request).authenticate(key)
+        except Unauthenticated as e:
+            ctx.unauthenticated(e.keyid)
+            raise HTTPException(401, str(e), headers={"WWW-Authenticate": "Bearer"}) from e
+        ctx.actor(who)
+        request.state.principal = who
     if not who.role.allows(role):
         raise HTTPException(403, f"role {role.value} required; this key's role is {who.role}")
     return who
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, else None."""
+    scheme, _, key = authorization.partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else None
 
 
 def require(role: Role) -> Callable[..., Principal]:

@@ -66,10 +66,13 @@ async def upload_dataset(
     try:
         await _receive(request, staged)
     except DatasetStoreError as e:
+        staged.discard()
         raise HTTPException(e.status, e.detail) from e
-    finally:
-        if staged.size == 0:
-            staged.discard()
+    except BaseException:  # cut off (hub/api/limits.py) or the client went away
+        staged.discard()
+        raise
+    if staged.size == 0:
+        staged.discard()
     try:
         added = await run_in_threadpool(
             store.add,
