@@ -167,7 +167,6 @@ class DatasetStore:
             DatasetStoreError: a bad name or format.
             DatasetFileError: the content is refused (the column and row it names).
         """
-        npz_path: Path | None = None
         try:
             sha = staged.close()
             parse_ref(name)
@@ -179,29 +178,13 @@ class DatasetStore:
             fmt = fmt or guess_format(filename, staged.head)
             parsed = read_dataset(staged.path, fmt, label=label, task=task, min_rows=MIN_ROWS)
             _check_split(parsed)
-            npz_path, arrays_sha = self._write_arrays(parsed)
-            self.store.put_file(npz_path, arrays_sha)
+            arrays_sha = self._store_arrays(parsed)
             self.store.put_file(staged.path, sha)
-            row = DataVersion(
-                id="",
-                name=name,
-                seq=0,
-                sha256=sha,
-                format=fmt,
-                task=parsed.schema["task"],
-                kind=parsed.schema["kind"],
-                label=parsed.schema["label"],
-                rows=len(parsed.x),
-                size_bytes=staged.size,
-                data_schema=parsed.schema,
-                arrays_sha256=arrays_sha,
-                created_by=created_by,
+            return self._new_version(
+                name, parsed, sha, fmt, staged.size, arrays_sha, created_by=created_by
             )
-            return Added(self._insert(row), True)
         finally:
             staged.discard()
-            if npz_path is not None:
-                npz_path.unlink(missing_ok=True)
 
     def add_arrays(
         self,
@@ -220,30 +203,19 @@ class DatasetStore:
         if existing is not None:
             return Added(existing, False)
         _check_split(parsed)
-        npz_path, arrays_sha = self._write_arrays(parsed)
-        try:
-            self.store.put_file(npz_path, arrays_sha)
-        finally:
-            npz_path.unlink(missing_ok=True)
+        arrays_sha = self._store_arrays(parsed)
         self.store.put(source_file)
-        row = DataVersion(
-            id="",
-            name=name,
-            seq=0,
-            sha256=sha,
-            format=fmt,
-            task=parsed.schema["task"],
-            kind=parsed.schema["kind"],
-            label=parsed.schema["label"],
-            rows=len(parsed.x),
-            size_bytes=len(source_file),
+        return self._new_version(
+            name,
+            parsed,
+            sha,
+            fmt,
+            len(source_file),
+            arrays_sha,
             source=source,
             capture_id=capture_id,
             model=model,
-            data_schema=parsed.schema,
-            arrays_sha256=arrays_sha,
         )
-        return Added(self._insert(row), True)
 
     def get(self, ref: str) -> DataVersion:
         """The version ``NAME[:VERSION]`` names.
@@ -296,6 +268,43 @@ class DatasetStore:
         with session(self.engine) as s:
             q = select(DataVersion).where(DataVersion.name == name, DataVersion.sha256 == sha)
             return s.exec(q).first()
+
+    def _new_version(
+        self,
+        name: str,
+        parsed: ParsedDataset,
+        sha: str,
+        fmt: str,
+        size: int,
+        arrays_sha: str,
+        **fields: Any,
+    ) -> Added:
+        """The next version of ``name``: the file ``sha``, its arrays, its schema."""
+        row = DataVersion(
+            id="",
+            name=name,
+            seq=0,
+            sha256=sha,
+            format=fmt,
+            task=parsed.schema["task"],
+            kind=parsed.schema["kind"],
+            label=parsed.schema["label"],
+            rows=len(parsed.x),
+            size_bytes=size,
+            data_schema=parsed.schema,
+            arrays_sha256=arrays_sha,
+            **fields,
+        )
+        return Added(self._insert(row), True)
+
+    def _store_arrays(self, parsed: ParsedDataset) -> str:
+        """Write the canonical arrays and move them into the artifact store; their sha256."""
+        npz_path, arrays_sha = self._write_arrays(parsed)
+        try:
+            self.store.put_file(npz_path, arrays_sha)
+        finally:
+            npz_path.unlink(missing_ok=True)
+        return arrays_sha
 
     def _write_arrays(self, parsed: ParsedDataset) -> tuple[Path, str]:
         self.staging.mkdir(parents=True, exist_ok=True)
