@@ -16,6 +16,7 @@ Config (TOML)::
     endpoint = "127.0.0.1:8780"     # "" disables the local endpoint
     spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
     spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
+    spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from agent.device import Device
 from agent.endpoint import LocalEndpoint
 from agent.identity import DeviceIdentity
 from agent.runtime import OnnxBackend, SessionCache
-from agent.spool import DEFAULT_MAX_BYTES, Spool, SpoolSender
+from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S, Spool, SpoolSender
 from agent.store import DeviceStore
 from shared import protocol
 from shared.trust import DeviceVerifier
@@ -66,6 +67,7 @@ class AgentConfig:
     endpoint: str = "127.0.0.1:8780"
     spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
     spool_fsync: bool = False
+    spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -105,6 +107,9 @@ class AgentConfig:
             raise ConfigError(f"{source}: spool_max_bytes must be an integer >= 4096")
         if not isinstance(raw.get("spool_fsync", False), bool):
             raise ConfigError(f"{source}: spool_fsync must be true or false")
+        replay = raw.get("spool_replay_per_s", REPLAY_PER_S)
+        if not isinstance(replay, (int, float)) or isinstance(replay, bool) or replay <= 0:
+            raise ConfigError(f"{source}: spool_replay_per_s must be a positive number")
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -115,6 +120,7 @@ class AgentConfig:
             endpoint=str(raw.get("endpoint", "127.0.0.1:8780")),
             spool_max_bytes=spool_max,
             spool_fsync=bool(raw.get("spool_fsync", False)),
+            spool_replay_per_s=float(replay),
         )
 
 
@@ -147,6 +153,7 @@ class AgentDaemon:
         self.spool = SpoolSender(
             Spool(config.state_dir / SPOOL_DIR, config.spool_max_bytes, fsync=config.spool_fsync),
             self._send_spooled,
+            per_s=config.spool_replay_per_s,
         )
         self.device = Device(
             CoreConfig(

@@ -45,6 +45,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -58,6 +59,11 @@ DEFAULT_MAX_BYTES: Final = 16 * 2**20  # bytes of unacknowledged windows per dev
 SEGMENT_BYTES: Final = 256 * 2**10  # bytes: a new segment file starts past this size
 DEFAULT_WINDOW: Final = 64  # spooled messages handed to MQTT and not yet acknowledged
 SPOOLED_KINDS: Final = frozenset({"telemetry", "drift"})  # topic kinds that go through here
+# The pace of a replay after an outage: a burst, then a sustained rate. The hub drops a
+# device's reports beyond its ingest budget (hub/transport/budget.py INGEST: 20/s after
+# a burst of 1,000), so an honest device stays well inside it and loses nothing.
+REPLAY_BURST: Final = 200  # messages sent at once
+REPLAY_PER_S: Final = 5.0  # messages per second after the burst
 
 _REC: Final = struct.Struct(">IIQH")  # payload length, crc32, entry id, topic length
 _CURSOR: Final = struct.Struct(">QQ")  # acked_below, dropped
@@ -290,9 +296,23 @@ class SpoolSender:
     holds the lock next (right away when nobody does).
     """
 
-    def __init__(self, spool: Spool, send: Send, *, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        send: Send,
+        *,
+        window: int = DEFAULT_WINDOW,
+        burst: int = REPLAY_BURST,
+        per_s: float = REPLAY_PER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.spool = spool
         self.window = window
+        self.burst = burst
+        self.per_s = per_s
+        self.clock = clock
+        self._tokens = float(burst)  # messages that may be sent now (a token bucket)
+        self._tokens_at = clock()
         self._send = send
         self._lock = threading.Lock()
         self._in_flight: dict[int, int] = {}  # MQTT mid -> entry id
@@ -351,7 +371,10 @@ class SpoolSender:
     def _pump_locked(self) -> None:
         while True:
             self._apply_acks()  # including acks that raced the registrations below
-            room = self.window - len(self._in_flight)
+            now = self.clock()
+            elapsed, self._tokens_at = max(0.0, now - self._tokens_at), now
+            self._tokens = min(float(self.burst), self._tokens + elapsed * self.per_s)
+            room = min(self.window - len(self._in_flight), int(self._tokens))
             if not self._online or room <= 0:
                 return
             # a list, not the live view: applying an ack changes the spool's deque
@@ -365,3 +388,4 @@ class SpoolSender:
                     return
                 self._in_flight[mid] = entry.id
                 self._sent_up_to = entry.id
+                self._tokens -= 1.0

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.access.audit import AUDIT_MAX_AGE_S, run_audit_retention
-from hub.fleet.deployments import Deployments
+from hub.fleet.deployments import EVENTS_MAX_AGE_S, Deployments, run_event_retention
 from hub.fleet.progress import ProgressApplier
 from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report, ReportApplier
@@ -51,6 +51,7 @@ from hub.transport.broker import (
     TlsIdentity,
     start_local_broker,
 )
+from hub.transport.budget import INGEST, Budget
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
@@ -96,11 +97,15 @@ class HubConfig:
     telemetry_max_age_s: float = MAX_AGE_S
     telemetry_resolution_s: float = RESOLUTION_S
     audit_max_age_s: float = AUDIT_MAX_AGE_S  # seconds audit records are kept (365 days)
+    events_max_age_s: float = EVENTS_MAX_AGE_S  # seconds deployment events are kept (365 days)
+    # what one device may send to be stored (hub/transport/budget.py)
+    ingest_budget: Budget = INGEST
     max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
 
     def __post_init__(self) -> None:
-        if self.audit_max_age_s <= 0:
-            raise ValueError(f"audit_max_age_s must be > 0, not {self.audit_max_age_s}")
+        for name in ("audit_max_age_s", "events_max_age_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
@@ -194,12 +199,14 @@ class Hub:
             self.commands.send_command,
             on_dataset=self.capture_versions,
         )
+        self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
         serve_devices(
             self.mqtt,
             self.ingest,
-            FetchAnswers(self.registry, self.trust, self.entitlements),
+            self.fetch,
             captures=self.datasets,
             revoked=self.revoked,
+            budget=cfg.ingest_budget,
         )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
@@ -293,6 +300,7 @@ class Hub:
                 index=i,
                 tls_dir=cfg.broker_tls_dir,
                 raw_max_age_s=self.retention.raw_age_s,
+                budget=cfg.ingest_budget,
             )
             for i in range(cfg.ingest_workers)
         ]
@@ -376,7 +384,7 @@ class Hub:
 
     def _maintain(self) -> None:
         """Re-sign TUF roles before they expire; re-issue the CRL before it does; delete
-        telemetry and audit records past their age."""
+        telemetry, drift windows, deployment events and audit records past their age."""
         while not self._stopping.wait(self.config.maintenance_s):
             try:
                 renewed = self.trust.refresh_expiring()
@@ -385,6 +393,7 @@ class Hub:
                 self.identities.refresh_crl()
                 run_retention(self.engine, self.retention)
                 run_audit_retention(self.engine, self.config.audit_max_age_s)
+                run_event_retention(self.engine, self.config.events_max_age_s)
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("hub maintenance failed")
 
@@ -433,11 +442,13 @@ def serve_devices(
     *,
     captures: CaptureSink | None = None,
     revoked: Callable[[], frozenset[str]] = no_revocations,
+    budget: Budget = INGEST,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 
     Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
     to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
+    Each device's reports are paid for from ``budget`` (hub/transport/budget.py).
 
     Raises:
         ValueError: ``ingest`` already acknowledges for another consumer.
@@ -445,7 +456,9 @@ def serve_devices(
     if ingest.on_stored is not None:
         raise ValueError("this Ingest already acknowledges for another consumer")
     ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
-    handler = DeviceMessages(link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked)
+    handler = DeviceMessages(
+        link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
+    )
     return link.serve(handler)
 
 

@@ -37,6 +37,7 @@ from hub.store.tables import Revocation, make_engine, session
 from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress, TlsIdentity
 from hub.transport.brokerconf import ingest_identity
+from hub.transport.budget import INGEST, Budget
 from hub.transport.inbound import IngestSubscriber
 from shared.protocol import ROOT
 
@@ -67,6 +68,7 @@ class WorkerConfig:
     index: int = 0
     tls_dir: Path | None = None  # for an mqtts:// broker
     raw_max_age_s: float | None = None  # older windows are refused (hub/telemetry/windows.py)
+    budget: Budget = INGEST  # what one device may send to be stored, per worker
 
     def check(self) -> None:
         """Raises IngestWorkerError: a TLS broker without this worker's identity."""
@@ -98,6 +100,7 @@ class IngestWorker:
             client_id=ingest_identity(config.index),
             subscriptions=[(TELEMETRY_SHARE, 1)],
             tls=tls,
+            budget=config.budget,
         )
         self._revocations_read = 0.0
 

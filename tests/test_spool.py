@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import SEGMENT_BYTES, Entry, Spool, SpoolSender
+from agent.spool import REPLAY_BURST, REPLAY_PER_S, SEGMENT_BYTES, Entry, Spool, SpoolSender
+from hub.transport.budget import INGEST
 
 TOPIC = "ef/v1/dev/d1/telemetry"
 
@@ -172,7 +173,7 @@ def test_acks_from_paho_thread_while_the_device_submits(tmp_path: Path) -> None:
         acks.put(mid)  # the broker acknowledges at once, on another thread
         return mid
 
-    sender = SpoolSender(Spool(tmp_path), send, window=8)
+    sender = SpoolSender(Spool(tmp_path), send, window=8, burst=2000)  # unpaced
     sender.connected()
     stop = threading.Event()
 
@@ -193,3 +194,25 @@ def test_acks_from_paho_thread_while_the_device_submits(tmp_path: Path) -> None:
     thread.join(10)
     assert len(sender.spool) == 0
     assert next(mids) - 1 >= 2000  # every window was sent (some twice is allowed)
+
+
+def test_a_replay_after_an_outage_is_paced_under_the_hubs_ingest_budget(tmp_path: Path) -> None:
+    """A long outage's backlog goes out as a burst, then at a sustained pace: the hub
+    drops a device's reports beyond its ingest budget, so an honest agent stays inside."""
+    now = [0.0]
+    link = FakeLink()
+    sender = SpoolSender(Spool(tmp_path), link.send, window=10_000, clock=lambda: now[0])
+    for i in range(1000):  # spooled while offline
+        sender.submit(TOPIC, payload(i))
+    assert link.sent == []
+    sender.connected()
+    assert len(link.sent) == REPLAY_BURST
+    now[0] += 10.0
+    sender.pump()  # the daemon's tick
+    assert len(link.sent) == REPLAY_BURST + int(10 * REPLAY_PER_S)
+    # the pace stays inside the hub's budget with room for the device's own reports
+    assert INGEST.burst / 2 >= REPLAY_BURST and INGEST.per_s / 2 >= REPLAY_PER_S
+    for _ in range(1000):
+        now[0] += 1.0
+        sender.pump()
+    assert [int(p[:8]) for _, p in link.sent] == list(range(1000))  # in order, all of them

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -32,6 +33,7 @@ from hub import make_ingest, serve_devices
 from hub.ingest.report import Report
 from hub.store.tables import make_engine, sqlite_url
 from hub.transport.broker import BrokerAddress, Mosquitto
+from hub.transport.budget import INGEST
 from hub.transport.link import MqttLink
 from hub.trust.repository import TrustRepository
 from shared import protocol
@@ -51,7 +53,11 @@ class TelemetryHub:
         self.ingest.start()
         # telemetry needs no registry or trust: they answer fetches only
         self.mqtt = MqttLink(BrokerAddress("127.0.0.1", broker.port), client_id=client_id)
-        serve_devices(self.mqtt, self.ingest)
+        # time runs 40x faster here than on a device (0.25 s windows for 10 s): the
+        # device's replay pace is scaled alike (simulator/fleet.py), so is the hub's budget
+        speed = 10.0 / WINDOW_S
+        budget = replace(INGEST, per_s=INGEST.per_s * speed, bytes_per_s=INGEST.bytes_per_s * speed)
+        serve_devices(self.mqtt, self.ingest, budget=budget)
         self.mqtt.start()
 
     def seqs(self) -> dict[str, list[int]]:
@@ -185,7 +191,8 @@ def replay_spool(broker: Mosquitto, spool_dir: Path, messages: list[tuple[str, b
     """Spool ``messages`` and send them all over a real paho connection; acks received."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="outage-replayer")
     spool = Spool(spool_dir)
-    sender = SpoolSender(spool, lambda t, p: client.publish(t, p, 1).mid)
+    send = lambda t, p: client.publish(t, p, 1).mid  # noqa: E731
+    sender = SpoolSender(spool, send, burst=len(messages))  # all at once, unpaced
     acked = 0
 
     def on_publish(*a: object) -> None:

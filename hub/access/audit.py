@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import Engine, delete, or_, update
+from sqlalchemy import Engine, or_, update
 from sqlmodel import col, select
 
+from hub.store.expiry import RETENTION_BATCH, delete_older
 from hub.store.tables import AuditRecord, session
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,6 @@ UNAUTHENTICATED: Final = "unauthenticated"  # actor_keyid of a call whose key wa
 FAILED_AUTH_INTERVAL_S: Final = 60.0  # seconds per summary interval
 FAILED_AUTH_GROUPS: Final = 20  # (client, claimed keyid) rows per interval, then overflow
 AUDIT_MAX_AGE_S: Final = 365 * 86400.0  # seconds an audit record is kept
-RETENTION_BATCH: Final = 5000  # records deleted per transaction
 OVERFLOW_DETAIL: Final = f"summary: refused calls beyond {FAILED_AUTH_GROUPS} callers"
 
 _Group = tuple[str | None, str | None, str | None]  # client, claimed keyid, actor
@@ -128,24 +128,12 @@ def run_audit_retention(
     now: float | None = None,
     batch: int = RETENTION_BATCH,
 ) -> int:
-    """Delete the records older than ``max_age_s``, ``batch`` per transaction (so the
-    log's writers wait for one short transaction at a time); how many went."""
-    if max_age_s <= 0 or batch <= 0:
-        raise ValueError(f"need max_age_s > 0 and batch > 0: {max_age_s}, {batch}")
+    """Delete the records older than ``max_age_s``, ``batch`` per transaction; how many
+    went."""
+    if max_age_s <= 0:
+        raise ValueError(f"max_age_s must be > 0, not {max_age_s}")
     cutoff = (time.time() if now is None else now) - max_age_s
-    deleted = 0
-    while True:
-        with session(engine) as s:
-            ids = select(AuditRecord.id).where(col(AuditRecord.ts) < cutoff).limit(batch)
-            gone = int(
-                s.execute(  # type: ignore[attr-defined]
-                    delete(AuditRecord).where(col(AuditRecord.id).in_(ids.scalar_subquery()))
-                ).rowcount
-            )
-            s.commit()
-        deleted += gone
-        if gone < batch:
-            break
+    deleted = delete_older(engine, AuditRecord, AuditRecord.ts, cutoff, batch)
     if deleted:
         log.info("audit retention: deleted %d records older than %.0f s", deleted, max_age_s)
     return deleted

@@ -3,22 +3,34 @@
 This is the all-at-once strategy: every targeted device gets a deploy command at
 once, and its progress comes back on ``events`` (written by hub/ingest/writer.py). Canary,
 waves, rate limits and fleet rollback build on the same rows.
+
+Events are kept ``EVENTS_MAX_AGE_S`` (a year by default, ``HubConfig.events_max_age_s``)
+and then deleted by :func:`run_event_retention` from the hub's maintenance thread; the
+deployment rows and each device's outcome stay.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
 
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
 from hub.ml.registry import Registry
+from hub.store.expiry import delete_older
 from hub.store.tables import Deployment, DeploymentDevice, Device, EventRecord, now, session
 from shared.protocol import TERMINAL_STAGES
+
+log = logging.getLogger(__name__)
+
+EVENTS_MAX_AGE_S: Final = 365 * 86400.0  # seconds a deployment event is kept
 
 
 class DeploymentError(Exception):
@@ -152,3 +164,14 @@ class Deployments:
             if device_id is not None:
                 q = q.where(EventRecord.device_id == device_id)
             return list(s.exec(q.order_by(col(EventRecord.ts), col(EventRecord.id))))
+
+
+def run_event_retention(engine: Engine, max_age_s: float, now: float | None = None) -> int:
+    """Delete the deployment events older than ``max_age_s``; how many went."""
+    if max_age_s <= 0:
+        raise ValueError(f"max_age_s must be > 0, not {max_age_s}")
+    cutoff = (time.time() if now is None else now) - max_age_s
+    deleted = delete_older(engine, EventRecord, EventRecord.ts, cutoff)
+    if deleted:
+        log.info("event retention: deleted %d events older than %.0f s", deleted, max_age_s)
+    return deleted

@@ -6,6 +6,10 @@ rollout (hub/fleet/states.py) or of its plain deployment. A state's ``last`` fie
 device's latest event, docs/protocol.md) is applied like an event unless the hub has it
 already: that is how an event lost while the hub had no subscription comes back.
 
+An event (or a ``last``) for a deployment or rollout the device is not part of is
+dropped and counted as ``events_not_addressed``: the hub made no such deployment for that
+device, so the row would only be a device's free write to the disk (issue 11, item 4).
+
 Messages are applied in arrival order, so a later event overrides an earlier one. The rows
 a batch touches are loaded with one query per table (not a query per message, and no
 autoflush in between), the event log is appended with one ``executemany``: a 1,000-device
@@ -39,19 +43,22 @@ class ProgressApplier:
     """Stores ``state`` and ``events`` reports (a :class:`hub.ingest.report.ReportApplier`)."""
 
     def apply(self, s: Session, reports: Sequence[Report]) -> Mapping[str, int]:
-        apply_progress(s, reports)
-        return {}
+        return apply_progress(s, reports)
 
     def committed(self, reports: Sequence[Report]) -> Mapping[str, int]:
         return {}
 
 
-def apply_progress(s: Session, reports: Sequence[Report]) -> None:
-    """Stage the states and events among ``reports`` in ``s`` (the caller commits)."""
+def apply_progress(s: Session, reports: Sequence[Report]) -> Mapping[str, int]:
+    """Stage the states and events among ``reports`` in ``s`` (the caller commits); the
+    counts of what was dropped."""
     mine = [r for r in reports if r.kind in ("state", "events")]
-    if mine:
-        with s.no_autoflush:
-            _Batch(s, mine).apply()
+    if not mine:
+        return {}
+    with s.no_autoflush:
+        batch = _Batch(s, mine)
+        batch.apply()
+    return {"events_not_addressed": batch.not_addressed} if batch.not_addressed else {}
 
 
 class _Batch:
@@ -60,6 +67,7 @@ class _Batch:
         self.reports = reports
         self.records: list[dict[str, Any]] = []
         self.reopen: set[str] = set()
+        self.not_addressed = 0  # events for a deployment the device is not part of
         lasts = [(r.device_id, r.message.body["last"]) for r in reports if _last(r.message)]
         keys = {(r.message.body["deployment"], r.device_id) for r in reports if r.kind == "events"}
         keys |= {(last["deployment"], device_id) for device_id, last in lasts}
@@ -114,6 +122,13 @@ class _Batch:
             self._event(r.device_id, {**last, "detail": READ_BACK}, float(last["ts"]), r.received)
 
     def _event(self, device_id: str, b: Mapping[str, Any], ts: float, received: float) -> None:
+        ts = min(ts, received)  # no event happened after the hub had it (nor escapes retention)
+        key = (b["deployment"], device_id)
+        rollout_row = self.rollout_rows.get(key)
+        row = self.deployment_rows.get(key)
+        if rollout_row is None and row is None:
+            self.not_addressed += 1  # no deployment of this hub's was sent to this device
+            return
         self.seen.add(_event_key(device_id, b))
         self.records.append(
             {
@@ -127,17 +142,12 @@ class _Batch:
                 "ts": ts,
             }
         )
-        key = (b["deployment"], device_id)
-        rollout_row = self.rollout_rows.get(key)
         if rollout_row is not None:
             moved = apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received)
             if moved and rollout_row.state in CHANGED:
                 self.reopen.add(rollout_row.rollout_id)
             return
-        row = self.deployment_rows.get(key)
-        if row is None:
-            return  # an event for a deployment this hub did not make (or a rollback id)
-        if not accepts(row.stage, b["stage"]):
+        if row is None or not accepts(row.stage, b["stage"]):
             return  # late progress after the outcome, or a stale copy's refusal (states.py)
         row.stage = b["stage"]
         row.reason = b.get("reason")

@@ -196,6 +196,17 @@ class Mosquitto:
         log.info("private mosquitto on %s (pid %d)", self.address.url, self._proc.pid)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The running broker's process id.
+
+        Raises:
+            RuntimeError: it is not running.
+        """
+        if self._proc is None:
+            raise RuntimeError("mosquitto is not running")
+        return self._proc.pid
+
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()

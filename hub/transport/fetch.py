@@ -12,13 +12,12 @@ second (a token bucket), beyond which its fetches are dropped and counted.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final, Protocol
 
+from hub.transport.budget import Budget, Budgets
 from hub.transport.entitlements import Entitlements
 from shared import protocol
 
@@ -29,6 +28,7 @@ MAX_FETCH_CHUNKS: Final = 64
 FETCHES_PER_S: Final = 20.0  # a device's sustained fetch rate (burst: FETCH_BURST)
 FETCH_BURST: Final = 40.0
 BYTES_PER_S: Final = 4 * 2**20  # a device's sustained answer bytes per second (burst: 2x)
+FETCH: Final = Budget(FETCHES_PER_S, FETCH_BURST, BYTES_PER_S, 2.0 * BYTES_PER_S)
 
 
 class ChunkSource(Protocol):
@@ -45,13 +45,6 @@ class MetadataSource(Protocol):
     def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
         """Every root newer than ``root_version``, then timestamp, snapshot, targets."""
         ...
-
-
-@dataclass
-class _Bucket:
-    fetches: float
-    bytes: float
-    at: float
 
 
 class FetchAnswers:
@@ -71,13 +64,11 @@ class FetchAnswers:
         self.chunks = chunks
         self.metadata = metadata
         self.entitlements = entitlements
-        self.clock = clock
         self.refused: Counter[str] = Counter()  # not_deployed, over_budget
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
+        self.budgets = Budgets(FETCH, clock)
 
     def answer(self, device_id: str, message: protocol.Message) -> list[tuple[bytes, str]]:
-        if not self._take(device_id, fetches=1.0, nbytes=0.0):
+        if not self.budgets.take(device_id):
             self.refused["over_budget"] += 1
             return []
         if message.type == "fetch_chunks":
@@ -92,26 +83,10 @@ class FetchAnswers:
                 }
                 return [(protocol.encode_blob(header), "fetch_errors")]
         blobs = answer_fetch(self.chunks, self.metadata, message)
-        if not self._take(device_id, fetches=0.0, nbytes=float(sum(len(b) for b, _ in blobs))):
+        if not self.budgets.take(device_id, 0.0, float(sum(len(b) for b, _ in blobs))):
             self.refused["over_budget"] += 1
             return []
         return blobs
-
-    def _take(self, device_id: str, *, fetches: float, nbytes: float) -> bool:
-        """Spend from the device's bucket; False (nothing spent) when it cannot pay."""
-        now = self.clock()
-        with self._lock:
-            b = self._buckets.get(device_id)
-            if b is None:
-                b = self._buckets[device_id] = _Bucket(FETCH_BURST, 2.0 * BYTES_PER_S, now)
-            dt, b.at = max(0.0, now - b.at), now
-            b.fetches = min(FETCH_BURST, b.fetches + dt * FETCHES_PER_S)
-            b.bytes = min(2.0 * BYTES_PER_S, b.bytes + dt * BYTES_PER_S)
-            if b.fetches < fetches or (nbytes and b.bytes <= 0):
-                return False
-            b.fetches -= fetches
-            b.bytes -= nbytes  # may go below 0 once: the next answers wait for it to refill
-            return True
 
 
 def answer_fetch(

@@ -7,7 +7,9 @@ stored; a capture message or upload chunk goes to the :class:`CaptureSink` (the 
 capture, hub/ml/data/captures.py). :class:`IngestSubscriber` is the same for an ingest-only
 process (hub/workers.py): the fast subscriber's batches into one committed write.
 A message that does not parse is counted and dropped with one log line per reason; it
-never stops the loop.
+never stops the loop. Reports and capture messages are paid for from the device's ingest
+budget (hub/transport/budget.py ``INGEST``): beyond it they are dropped as
+``over_ingest_budget``, so one device cannot fill the disk (issue 11, item 4).
 """
 
 from __future__ import annotations
@@ -19,12 +21,17 @@ from typing import Any, Protocol
 
 from hub.ingest.report import REPORT_KINDS, Report
 from hub.transport.broker import BrokerAddress, TlsIdentity
+from hub.transport.budget import INGEST, Budget, Budgets
 from hub.transport.decode import count_drop, decode_device_message
 from hub.transport.fastsub import CONNECT_TIMEOUT_S, KEEPALIVE_S, Batch, FastSubscriber
 from shared import protocol
 from shared.protocol import Message, ProtocolError
 
 log = logging.getLogger(__name__)
+
+# fetches have a budget of their own (hub/transport/fetch.py); capture uploads are
+# bounded per upload (hub/ml/data/capture_uploads.py)
+UNBUDGETED = frozenset({"fetch", "upload"})
 
 
 class ReportSink(Protocol):
@@ -83,6 +90,7 @@ class DeviceMessages:
         reports: stores reports (they are acknowledged once stored).
         captures: takes capture messages and upload chunks (dropped uncounted if None).
         revoked: the revoked devices, read per message (hub/trust/identities.py).
+        budget: what each device may send to be stored, per second.
     """
 
     def __init__(
@@ -93,17 +101,22 @@ class DeviceMessages:
         *,
         captures: CaptureSink | None = None,
         revoked: Callable[[], frozenset[str]] = no_revocations,
+        budget: Budget = INGEST,
     ) -> None:
         self.link = link
         self.fetch = fetch
         self.reports = reports
         self.captures = captures
         self.revoked = revoked
+        self.budgets = Budgets(budget)
 
     def handle(self, topic: str, payload: bytes, ack: Any) -> bool:
         """Handle one message; True if its acknowledgement waits until it is stored."""
         try:
             device_id, kind, message = decode_device_message(topic, payload, self.revoked())
+            paid = kind in UNBUDGETED or self.budgets.take(device_id, 1.0, float(len(payload)))
+            if not paid:
+                raise ProtocolError("over_ingest_budget", f"{device_id} sends more than its budget")
             stored_later = False
             if isinstance(message, protocol.UploadChunk):
                 if self.captures is not None:
@@ -150,6 +163,8 @@ class IngestSubscriber:
         tls: CA, certificate and key for ``mqtts``.
         revoked: devices whose messages are refused.
         keepalive_s: the MQTT keepalive.
+        budget: what each device may send to be stored, per second (per worker: a
+            shared subscription spreads a device's messages over the workers).
     """
 
     def __init__(
@@ -162,9 +177,11 @@ class IngestSubscriber:
         tls: TlsIdentity | None = None,
         revoked: frozenset[str] = frozenset(),
         keepalive_s: int = KEEPALIVE_S,
+        budget: Budget = INGEST,
     ) -> None:
         self.ingest = ingest
         self.revoked = revoked
+        self.budgets = Budgets(budget)
         self.counts: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.subscriber = FastSubscriber(
@@ -187,6 +204,8 @@ class IngestSubscriber:
                 device_id, kind, message = decode_device_message(topic, payload, revoked)
                 if kind not in REPORT_KINDS or not isinstance(message, Message):
                     raise ProtocolError("not_ingested", f"{kind} messages need the full hub")
+                if not self.budgets.take(device_id, 1.0, float(len(payload))):
+                    raise ProtocolError("over_ingest_budget", f"{device_id} sends too much")
                 reports.append(Report(device_id, kind, message))
                 kinds[kind] += 1
             except ProtocolError as e:
