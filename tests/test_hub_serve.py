@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -30,7 +31,9 @@ import psutil
 import pytest
 from waiting import wait_for
 
+from agent.daemon import enrol
 from edgefleet.cli import main as cli
+from edgefleet.client import HubClient
 from hub.access.keys import DEV_KEY
 from hub.transport.broker import BrokerAddress, Mosquitto, free_port
 from hub.transport.local_broker import BROKER_FILE
@@ -113,10 +116,14 @@ class Serve:
         self.proc.kill()
         self.proc.wait()
 
-    def device_status(self, device_id: str) -> str:
+    def device(self, device_id: str) -> dict[str, Any]:
+        """The device as GET /devices/{id} answers ({} before it has ever reported)."""
         r = httpx.get(f"{self.url}/devices/{device_id}", headers=ADMIN, timeout=10)
-        assert r.status_code == 200, r.text
-        return str(r.json()["status"])
+        assert r.status_code in (200, 404), r.text
+        return dict(r.json()) if r.status_code == 200 else {}
+
+    def device_status(self, device_id: str) -> str | None:
+        return self.device(device_id).get("status")
 
 
 @pytest.fixture
@@ -192,6 +199,47 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_an_enrolled_agent_is_back_online_after_a_hub_restart(
+    tmp_path: Path, started: list[Serve]
+) -> None:
+    """The whole story with a real agent: its agent.toml, written at enrolment, still
+    names the hub's broker after the hub restarts, and it reports again."""
+    data = tmp_path / "hub"
+    first = Serve(data).start()
+    started.append(first)
+    with HubClient(first.url, api_key=DEV_KEY) as client:
+        token = client.create_enrol_token("press-1")["token"]
+    config = tmp_path / "agent.toml"
+    enrol(
+        hub_url=first.url,
+        token=token,
+        device_id="press-1",
+        device_class="generic-linux",
+        state_dir=tmp_path / "device",
+        config_out=config,
+    )
+    with config.open("a") as f:
+        f.write('endpoint = ""\n')  # no local endpoint: its default port may be in use
+    before = config.read_text()
+    cmd = [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config)]
+    with open(tmp_path / "agent.err", "wb") as err:
+        agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_for(lambda: first.device_status("press-1") == "online", 60, "the agent online")
+        first.stop()
+        restarted = time.time()
+        second = Serve(data).start()
+        started.append(second)
+        # paho retries after 1, 2, 4 ... s (at most 60): the broker was away for seconds
+        back = lambda: second.device("press-1").get("last_seen", 0) > restarted  # noqa: E731
+        wait_for(back, 90, "the agent reporting to the restarted hub")
+        assert second.device_status("press-1") == "online"
+        assert config.read_text() == before
+    finally:
+        agent.terminate()
+        agent.wait(15)
 
 
 def test_a_taken_broker_port_is_named_with_the_option_to_choose_another(
