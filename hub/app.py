@@ -109,6 +109,8 @@ class HubConfig:
         for name in ("audit_max_age_s", "events_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        if self.broker_port is not None and self.broker_url:
+            raise ValueError("--broker-port is the private broker's: give it without --broker")
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:

@@ -34,6 +34,7 @@ from waiting import wait_for
 from agent.daemon import enrol
 from edgefleet.cli import main as cli
 from edgefleet.client import HubClient
+from hub import HubConfig
 from hub.access.keys import DEV_KEY
 from hub.transport.broker import BrokerAddress, Mosquitto, free_port
 from hub.transport.local_broker import BROKER_FILE
@@ -260,6 +261,12 @@ def test_a_taken_broker_port_is_named_with_the_option_to_choose_another(
     started.append(moved)
     assert moved.broker.port == other
     assert f":{other}" in (data / BROKER_FILE).read_text()
+
+
+def test_broker_port_with_an_external_broker_is_refused(tmp_path: Path) -> None:
+    """A --broker-port the hub would ignore would leave the operator believing it."""
+    with pytest.raises(ValueError, match="--broker-port"):
+        HubConfig(tmp_path, broker_url="mqtt://127.0.0.1:1883", broker_port=1884)
 
 
 def test_devices_behind_another_broker_url_are_unknown_and_the_same_one_keeps_them(
