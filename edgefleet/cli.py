@@ -75,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _demo_parser(sub)
 
-    hub_cli.register(sub)
+    hub_cli.register(sub, api)
 
     _agent_parser(sub)
 

@@ -57,6 +57,10 @@ class HubClient:
         """One device as last reported: status, class, model and version, last seen."""
         return dict(self._call("GET", f"/devices/{device_id}"))
 
+    def device_classes(self) -> list[dict[str, Any]]:
+        """The device classes the hub knows: runtime, artefact, architectures, budgets."""
+        return list(self._call("GET", "/device-classes"))
+
     def enrol(
         self,
         device_id: str,

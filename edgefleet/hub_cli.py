@@ -7,6 +7,7 @@ once it does, and hints at the first admin key only while there is none (docs/hu
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import signal
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 
-def register(sub: Any) -> None:
-    """``edgefleet hub serve`` and ``edgefleet hub apikey``."""
+def register(sub: Any, api: argparse.ArgumentParser) -> None:
+    """``edgefleet hub serve``, ``hub apikey`` and ``hub classes`` (``api``: the options
+    of a command that calls the admin API)."""
     hub = sub.add_parser("hub", help="the central hub").add_subparsers(metavar="ACTION")
     serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
     serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
@@ -73,6 +75,29 @@ def register(sub: Any) -> None:
     )
     serve.set_defaults(func=_hub_serve)
     _apikey_parser(hub)
+    classes = hub.add_parser(
+        "classes", parents=[api], help="the device classes the hub knows (firmware-images/)"
+    )
+    classes.add_argument("--json", action="store_true", help="print them as JSON")
+    classes.set_defaults(func=_classes)
+
+
+def _classes(args: argparse.Namespace) -> int:
+    from edgefleet.client import HubClient
+
+    with HubClient(args.hub, api_key=args.api_key) as c:
+        found = c.device_classes()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"{'class':<16}{'runtime':<13}{'interpreter':<16}{'arch':<13}{'memory':>8}{'p95':>10}")
+    for k in found:
+        print(
+            f"{k['name']:<16}{k['runtime']:<13}{k['interpreter']:<16}"
+            f"{','.join(k['architectures']):<13}{k['memory_budget_mb']:>6.0f}MB"
+            f"{k['latency_budget_us'] / 1000:>8.1f}ms"
+        )
+    return 0
 
 
 def _apikey_parser(hub: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.access.audit import AUDIT_MAX_AGE_S, run_audit_retention
+from hub.fleet.classes import DEFAULT_CLASSES_DIR, load_classes
 from hub.fleet.deployments import EVENTS_MAX_AGE_S, Deployments, run_event_retention
 from hub.fleet.progress import ProgressApplier, forget_presence
 from hub.fleet.rollouts import Rollouts
@@ -104,6 +105,7 @@ class HubConfig:
     # what one device may send to be stored (hub/transport/budget.py)
     ingest_budget: Budget = INGEST
     max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
+    classes_dir: Path = DEFAULT_CLASSES_DIR  # <class>/profile.toml (hub/fleet/classes.py)
 
     def __post_init__(self) -> None:
         for name in ("audit_max_age_s", "events_max_age_s"):
@@ -151,6 +153,7 @@ class Enrolment:
 class Hub:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
+        self.classes = load_classes(config.classes_dir)  # ClassError: a bad profile
         self.local_broker: Mosquitto | EmbeddedBroker | None = None
         self.storage_warnings: list[str] = []  # a data dir or hub.db others can read
         self._started = False

@@ -3,11 +3,18 @@ and a bad profile is refused with its file and field named."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from edgefleet.client import HubClient, HubClientError
+from edgefleet.stage import HubProcess
+from hub.access.keys import DEV_KEY
 from hub.fleet.classes import DEFAULT_CLASSES_DIR, ClassError, load_classes
+from hub.transport.broker import Mosquitto
 
 GOOD = """device_class = "{name}"
 runtime = "tflite"
@@ -68,3 +75,30 @@ def test_an_unknown_class_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ClassError, match=r"no device class 'nosuch' \(known: board\)"):
         classes.get("nosuch")
     assert len(load_classes(tmp_path / "missing")) == 0
+
+
+@pytest.mark.broker
+def test_the_hub_serves_its_classes_to_the_api_and_the_cli(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    hub = HubProcess(tmp_path / "hub", mosquitto.address.url).start()
+    try:
+        with HubClient(hub.url, api_key=DEV_KEY) as c:
+            listed = {k["name"]: k for k in c.device_classes()}
+            assert listed["pi-litert"]["artefact"] == "tflite"
+            assert listed["generic-linux"]["architectures"] == ["amd64", "arm64"]
+            with pytest.raises(HubClientError, match="no device class 'nosuch'"):
+                c._call("GET", "/device-classes/nosuch")
+        out = subprocess.run(
+            [sys.executable, "-m", "edgefleet.cli", "hub", "classes", "--hub", hub.url],
+            env={**os.environ, "EDGEFLEET_API_KEY": DEV_KEY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        lines = out.splitlines()
+        assert lines[0].split() == ["class", "runtime", "interpreter", "arch", "memory", "p95"]
+        assert "legacy-tflite   tflite       tflite-runtime  armhf,arm64" in out
+    finally:
+        hub.stop()

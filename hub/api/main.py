@@ -32,6 +32,7 @@ from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.routes import (
     access,
     captures,
+    classes,
     datasets,
     deployments,
     devices,
@@ -50,6 +51,7 @@ from hub.app import Hub
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     devices.router,
+    classes.router,
     signing.router,
     rollouts.router,
     telemetry.router,
