@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgefleet import broker_cli, datasets_cli, fleet_cli, keys_cli, models_cli, rollout_cli
+from edgefleet import (
+    agent_cli,
+    broker_cli,
+    datasets_cli,
+    fleet_cli,
+    keys_cli,
+    models_cli,
+    rollout_cli,
+)
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
 API_KEY_ENV = "EDGEFLEET_API_KEY"
@@ -71,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _hub_parser(sub)
 
-    _agent_parser(sub)
+    agent_cli.register(sub)
 
     _sim_parser(sub)
 
@@ -146,21 +154,6 @@ def _hub_parser(sub: Any) -> None:
     )
     serve.set_defaults(func=_hub_serve)
     _apikey_parser(hub)
-
-
-def _agent_parser(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
-    run = agent.add_parser("run", help="run the agent daemon")
-    run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
-    run.set_defaults(func=_agent_run)
-    enrol = agent.add_parser("enrol", help="enrol with a hub: pin its root, write a config")
-    enrol.add_argument("--hub", default=DEFAULT_HUB)
-    enrol.add_argument("--token", required=True, help="a one-time enrolment token")
-    enrol.add_argument("--device-id", required=True)
-    enrol.add_argument("--device-class", default="generic")
-    enrol.add_argument("--state-dir", type=Path, required=True)
-    enrol.add_argument("--config-out", type=Path, required=True, help="write the TOML here")
-    enrol.set_defaults(func=_agent_enrol)
 
 
 def _sim_parser(sub: Any) -> None:
@@ -374,37 +367,6 @@ def _apikey_revoke(args: argparse.Namespace) -> int:
         after={"revoked_at": row.revoked_at},
     )
     print(f"revoked {row.keyid} ({row.role} '{row.name}')")
-    return 0
-
-
-def _agent_run(args: argparse.Namespace) -> int:
-    from agent.daemon import AgentConfig, run_daemon
-
-    run_daemon(AgentConfig.load(args.config))
-    return 0
-
-
-def _agent_enrol(args: argparse.Namespace) -> int:
-    from urllib.error import HTTPError
-
-    from agent.daemon import enrol
-
-    try:
-        enrol(
-            hub_url=args.hub,
-            token=args.token,
-            device_id=args.device_id,
-            device_class=args.device_class,
-            state_dir=args.state_dir,
-            config_out=args.config_out,
-        )
-    except HTTPError as e:  # the hub's reason, not urllib's "Forbidden"
-        try:
-            detail = json.loads(e.read()).get("detail", e.reason)
-        except ValueError:
-            detail = e.reason
-        raise RuntimeError(f"the hub refused the enrolment ({e.code}): {detail}") from e
-    print(f"enrolled {args.device_id}; config written to {args.config_out}")
     return 0
 
 

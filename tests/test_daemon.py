@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
 from hub.transport.broker import Mosquitto, free_port
-from shared.sensors import generate
+from shared.sensors import CLASSES, FEATURES, generate
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -35,7 +36,38 @@ def post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any
     return out
 
 
-def test_daemon_installs_serves_and_reports(private_mosquitto: Mosquitto, tmp_path: Path) -> None:
+def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+UPDATE_STEPS = (  # what an operator reads in the agent's log, in order, once each
+    "deploy received",
+    "downloading",
+    "verified against its signed metadata",
+    "installed (staged beside the active model)",
+    "health check passed (p95 ",
+    "activated; on probation",
+    "healthy (",
+)
+
+
+def update_lines(caplog: pytest.LogCaptureFixture, deployment: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "agent.update" and r.levelno == logging.INFO and deployment in r.getMessage()
+    ]
+
+
+def test_daemon_installs_serves_and_reports(
+    private_mosquitto: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     hub = Hub(HubConfig(data_dir=tmp_path / "hub", broker_url=private_mosquitto.address.url))
     hub.start()
     api = ApiServer(hub).start()
@@ -77,10 +109,33 @@ def test_daemon_installs_serves_and_reports(private_mosquitto: Mosquitto, tmp_pa
             time.sleep(0.1)
         st = client.deployment(dep["id"])
         assert st["per_device"][0]["stage"] == "healthy", st
+        # The device's own log told each step, once, in order.
+        lines = update_lines(caplog, dep["id"])
+        assert len(lines) == len(UPDATE_STEPS), lines
+        for line, step in zip(lines, UPDATE_STEPS, strict=True):
+            assert f"update {model['name']} v{model['version']}" in line and step in line, line
+        # And /v1/status says what it runs and how the update ended.
+        status, body = get(port, "/v1/status")
+        assert status == 200, body
+        assert body["connection"]["connected"] is True
+        assert body["connection"]["broker"] == private_mosquitto.address.url
+        assert body["models"] == {
+            model["name"]: {"version": model["version"], "versions": [model["version"]]}
+        }
+        assert body["serving"] == {"model": model["name"], "version": model["version"]}
+        assert body["update"]["in_progress"] is None
+        last = body["update"]["last"]
+        assert (last["deployment"], last["stage"], last["reason"]) == (dep["id"], "healthy", None)
+        assert set(body["spool"]) == {"windows", "bytes", "dropped"}
         status, body = post(port, "/v1/predict", {"inputs": x.tolist()})
         assert status == 200
         assert (body["model"], body["version"]) == (model["name"], model["version"])
         assert len(body["outputs"]["label"]) == 4
+        # names from the signed manifest, beside the indices
+        assert body["outputs"]["class"] == [CLASSES[i] for i in body["outputs"]["label"]]
+        status, info = get(port, "/v1/model")
+        assert (info["classes"], info["features"]) == (list(CLASSES), list(FEATURES))
+        assert info["inputs"][0]["features"] == list(FEATURES)
         wait_for(lambda: hub.ingest.counts["telemetry"] >= 1, 10, "telemetry")
     finally:
         if daemon is not None:
