@@ -12,8 +12,8 @@ progression so that it can say when the next attempt comes, and logs:
   for the first failed attempt after a change, or when the reason changes; the same
   failure again only once every :data:`REPEAT_LOG_S` (``still cannot connect ...``),
   the attempts in between at DEBUG;
-- ``URL refused the connection: reason`` (ERROR) for a CONNACK refusal (a bad
-  certificate, not authorised), once per reason.
+- the same ``cannot connect`` line at ERROR when the broker answered with a refusal
+  (``refused: Not authorized``: a certificate or an ACL a person must fix).
 
 Thread safety: paho's thread reports, the endpoint's threads read; one lock.
 """
@@ -57,6 +57,7 @@ class ConnectionLog:
         self.since = clock()  # when ``connected`` last changed (or the agent started)
         self.retries = 0  # failed attempts since the last successful connection
         self.last_error: str | None = None
+        self._logged_error: str | None = None  # the failure the log last told
         self._delay: float | None = None  # paho's current backoff; None: the next is min
         self._next_attempt: float | None = None
         self._last_logged = 0.0  # when a repeated failure was last logged
@@ -68,46 +69,44 @@ class ConnectionLog:
     def attempt_failed(self, error: str) -> None:
         """A connection attempt failed before the broker answered (refused, timeout, DNS)."""
         with self._lock:
-            delay = self._backoff()
-            self.retries += 1
-            changed = error != self.last_error or self.retries == 1
-            self.last_error = error
-            now = self.clock()
-            if changed:
-                self._last_logged = now
-                log.warning(
-                    "cannot connect to %s (%s); retrying in %.0f s"
-                    " (attempt %d; backoff %.0f..%.0f s)",
-                    self.url,
-                    error,
-                    delay,
-                    self.retries,
-                    self.min_delay_s,
-                    self.max_delay_s,
-                )
-            elif now - self._last_logged >= REPEAT_LOG_S:
-                self._last_logged = now
-                log.warning(
-                    "still cannot connect to %s (%s): %d attempts in %.0f s; retrying in %.0f s",
-                    self.url,
-                    error,
-                    self.retries,
-                    now - self.since,
-                    delay,
-                )
-            else:
-                log.debug("cannot connect to %s (%s); retrying in %.0f s", self.url, error, delay)
+            self._failed(error)
+
+    def _failed(self, error: str) -> None:
+        delay = self._backoff()
+        self.retries += 1
+        self.last_error = error
+        now = self.clock()
+        if error != self._logged_error:
+            self._logged_error, self._last_logged = error, now
+            refused = error.startswith("refused")  # a certificate, an ACL: a person must act
+            log.log(
+                logging.ERROR if refused else logging.WARNING,
+                "cannot connect to %s (%s); retrying in %.0f s (attempt %d; backoff %.0f..%.0f s)",
+                self.url,
+                error,
+                delay,
+                self.retries,
+                self.min_delay_s,
+                self.max_delay_s,
+            )
+        elif now - self._last_logged >= REPEAT_LOG_S:
+            self._last_logged = now
+            log.warning(
+                "still cannot connect to %s (%s): %d attempts in %.0f s; retrying in %.0f s",
+                self.url,
+                error,
+                self.retries,
+                now - self.since,
+                delay,
+            )
+        else:
+            log.debug("cannot connect to %s (%s); retrying in %.0f s", self.url, error, delay)
 
     def refused(self, reason: str) -> None:
-        """The broker answered the CONNECT with a refusal (CONNACK failure)."""
+        """The broker answered the CONNECT with a refusal (CONNACK failure). paho closes
+        the socket and reports a disconnect next: that ends the attempt (and logs it)."""
         with self._lock:
-            error = f"refused: {reason}"
-            if error != self.last_error:
-                log.error("%s refused the connection: %s", self.url, reason)
-            else:
-                log.debug("%s refused the connection again: %s", self.url, reason)
-            self.last_error = error
-            # paho closes the socket and reports a disconnect next: that is the retry.
+            self.last_error = f"refused: {reason}"
 
     def up(self) -> None:
         """The broker accepted the connection."""
@@ -124,7 +123,7 @@ class ConnectionLog:
                     self.retries,
                 )
             self.connected, self.since = True, now
-            self.retries, self.last_error = 0, None
+            self.retries, self.last_error, self._logged_error = 0, None, None
             self._delay, self._next_attempt = None, None
 
     def down(self, reason: str) -> None:
@@ -133,22 +132,12 @@ class ConnectionLog:
             if self._stopping:
                 self.connected = False
                 return
-            if not self.connected:  # the end of a refused attempt: count it as one
-                delay = self._backoff()
-                self.retries += 1
-                log.debug("%s: attempt %d ended (%s)", self.url, self.retries, reason)
-                if self.retries == 1 or self.clock() - self._last_logged >= REPEAT_LOG_S:
-                    self._last_logged = self.clock()
-                    log.warning(
-                        "%s: %s; retrying in %.0f s (attempt %d)",
-                        self.url,
-                        self.last_error or reason,
-                        delay,
-                        self.retries,
-                    )
+            if not self.connected:  # an attempt ended before it was accepted
+                refusal = self.last_error if (self.last_error or "").startswith("refused") else None
+                self._failed(refusal or reason)
                 return
             self.connected, self.since = False, self.clock()
-            self.last_error = reason
+            self.last_error = self._logged_error = reason
             delay = self._backoff()
             self._last_logged = self.since
             log.warning(

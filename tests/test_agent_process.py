@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from agent_process import AgentProcess  # tests/agent_process.py
 
 from agent.spool import Spool
 from agent.store import DeviceStore
-from hub.transport.broker import Mosquitto, free_port
+from hub.transport.broker import Mosquitto, free_port, mosquitto_config, wait_for_port
 from hub.trust.repository import TrustRepository
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -133,3 +134,45 @@ def test_a_second_agent_on_the_same_endpoint_is_told_the_port_and_the_setting(
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         pass
     assert first.proc is not None and first.proc.poll() is None
+
+
+@pytest.fixture
+def refusing_broker(tmp_path: Path) -> Iterator[str]:
+    """A real Mosquitto that answers every CONNECT with "not authorised"."""
+    port = free_port()
+    conf = tmp_path / "refusing.conf"
+    conf.write_text(
+        mosquitto_config(port, tmp_path).replace("allow_anonymous true", "allow_anonymous false")
+    )
+    proc = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port("127.0.0.1", port, 10)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_refused_connection_is_logged_once_with_the_brokers_reason(
+    refusing_broker: str, pinned_root: bytes, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"
+    agent = AgentProcess(tmp_path / "agent", refusing_broker, pinned_root, endpoint=endpoint)
+    agents.append(agent.start())
+    agent.wait_log(
+        f"ERROR agent.connection: cannot connect to {refusing_broker} (refused: Not authorized);"
+        " retrying in 1 s (attempt 1; backoff 1..60 s)",
+        5,
+    )
+    deadline = time.monotonic() + 10
+    while (body := agent.get(endpoint, "/v1/status")[1])["connection"]["retries"] < 3:
+        assert time.monotonic() < deadline, body  # paho's backoff: 1 s, then 2 s
+        time.sleep(0.2)
+    assert body["connection"]["connected"] is False
+    assert body["connection"]["last_error"] == "refused: Not authorized"
+    # three refusals, told once: the repeats wait a minute before a "still" line
+    assert agent.log.count("refused") == 1 and agent.log.count("retrying") == 1, agent.log
+    agent.signal(signal.SIGTERM)
+    assert agent.wait_exit(STOP_WITHIN_S) == 0
