@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from waiting import wait_for
 
-from agent.daemon import AgentConfig, AgentDaemon, ConfigError, enrol
+from agent.daemon import AgentConfig, AgentDaemon, ConfigError
+from edgefleet.cli import main
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
@@ -76,19 +77,17 @@ def test_daemon_installs_serves_and_reports(
     runner: threading.Thread | None = None
     try:
         cfg_path = tmp_path / "agent.toml"
-        enrol(
-            hub_url=api.url,
-            token=client.create_enrol_token("press-17")["token"],
-            device_id="press-17",
-            device_class="generic-linux",
-            state_dir=tmp_path / "device",
-            config_out=cfg_path,
-        )
         port = free_port()
+        # as an operator enrols a second agent on a machine: its own endpoint port
+        argv = ["agent", "enrol", "--hub", api.url, "--device-id", "press-17"]
+        argv += ["--token", client.create_enrol_token("press-17")["token"]]
+        argv += ["--device-class", "generic-linux", "--state-dir", str(tmp_path / "device")]
+        argv += ["--config-out", str(cfg_path), "--endpoint", f"127.0.0.1:{port}"]
+        assert main(argv) == 0
+        assert f'endpoint = "127.0.0.1:{port}"' in cfg_path.read_text()
         config = AgentConfig.load(cfg_path)
-        config = AgentConfig(
-            **{**config.__dict__, "endpoint": f"127.0.0.1:{port}", "window_s": 1.0}
-        )
+        assert config.endpoint == f"127.0.0.1:{port}"
+        config = AgentConfig(**{**config.__dict__, "window_s": 1.0})
         daemon = AgentDaemon(config)
         daemon.start()
         runner = threading.Thread(target=daemon.run_forever, daemon=True)
@@ -158,6 +157,8 @@ def test_daemon_installs_serves_and_reports(
         ('device_id = "a"\ndevice_class = "c"\nbroker = "http://h"\nstate_dir = "/x"\n', "broker"),
         ("not toml [", "agent.toml"),
         (GOOD + "foo = 1\n", "unknown"),
+        (GOOD + 'endpoint = "8780"\n', 'endpoint must be "host:port"'),
+        (GOOD + 'endpoint = "127.0.0.1:99999"\n', "endpoint"),
     ],
 )
 def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
