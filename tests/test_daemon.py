@@ -172,3 +172,10 @@ def test_daemon_refuses_to_start_without_enrolment(tmp_path: Path) -> None:
     config = AgentConfig("a", "c", "mqtt://127.0.0.1:1", tmp_path / "state")
     with pytest.raises(ConfigError, match="enrol first"):
         AgentDaemon(config)
+
+
+def test_every_agent_setting_is_documented() -> None:
+    """docs/agent.md's table has a row for each field AgentConfig accepts."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "agent.md").read_text()
+    missing = [f for f in AgentConfig.__dataclass_fields__ if f"| `{f}` |" not in doc]
+    assert not missing, f"docs/agent.md lacks {missing}"
