@@ -39,6 +39,7 @@ from agent.identity import DeviceIdentity
 from agent.runtime import OnnxBackend, SessionCache
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
+from agent.update_log import UpdateLog
 from shared import protocol
 
 __all__ = [
@@ -109,6 +110,7 @@ class AgentDaemon:
             publish=self._publish,
             sessions=SessionCache(OnnxBackend()),
             spool=self.spool,
+            update_log=UpdateLog(config.device_id),
         )
         self.connection = ConnectionLog(config.broker, *RECONNECT_S)
         self._client.will_set(

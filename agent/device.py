@@ -78,6 +78,7 @@ class Device:
         clock: Callable[[], float] = time.time,
         spool: SpoolSender | None = None,
         on_spooled: Callable[[str, bytes], None] | None = None,
+        update_log: UpdateLog | None = None,
     ) -> None:
         self.config = config
         # telemetry and drift go through the spool (written before they are sent, removed
@@ -103,7 +104,9 @@ class Device:
         self.drift = DriftRecorder()  # sketches the active model's rows on its baseline
         self.predictor.add_observer(self.drift)
         self.outcomes: Counter[str] = Counter()  # stage[:reason] of every event published
-        self.update_log = UpdateLog(config.device_id)  # each update step once, at INFO
+        # each update step once, at INFO: the daemon's one device logs them; the
+        # simulator's thousands do not
+        self.update_log = update_log
         self._staged: ModelSession | None = None
         self._capture: tuple[str, Reservoir] | None = None  # (capture id, its sample)
         if (capture := self.core.capture) is not None:  # restarted mid-capture: sample anew
@@ -264,18 +267,20 @@ class Device:
         )
         job = self.core.job or {"model": action.model, "version": action.version}
         if session is None or not result.ok:
-            self.update_log.health(job, False, "; ".join(result.failures))
+            if self.update_log is not None:
+                self.update_log.health(job, False, "; ".join(result.failures))
             return Refused(
                 "health", Reason.HEALTH_CHECK_FAILED, "; ".join(result.failures), self.clock()
             )
         self._staged = session
         h = manifest.health
-        self.update_log.health(
-            job,
-            True,
-            f"p95 {result.p95_us:.0f} us",
-            f"for {h.probation_s:g} s (at least {h.probation_min_inferences} inferences)",
-        )
+        if self.update_log is not None:
+            self.update_log.health(
+                job,
+                True,
+                f"p95 {result.p95_us:.0f} us",
+                f"for {h.probation_s:g} s (at least {h.probation_min_inferences} inferences)",
+            )
         return Done("health", self.clock(), detail=f"p95 {result.p95_us:.0f} us")
 
     def _roll_back(self, action: RollBack) -> Event:
@@ -375,7 +380,8 @@ class Device:
 
     def _count_outcome(self, payload: bytes) -> None:
         body = json.loads(payload)["body"]
-        self.update_log.event(body)
+        if self.update_log is not None:
+            self.update_log.event(body)
         key = body["stage"] + (f":{body['reason']}" if body.get("reason") else "")
         self.outcomes[key] += 1
 

@@ -38,7 +38,7 @@ def test_each_step_is_logged_once_even_when_the_deploy_comes_again(
     tmp_path: Path, built: BuiltModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="agent.update")
-    rig = UpdateRig(tmp_path, built)
+    rig = UpdateRig(tmp_path, built, log_updates=True)
     rig.publish()
     rig.install(1)
     rig.deploy(1)  # the hub re-sends a deploy it saw no answer to
@@ -53,7 +53,7 @@ def test_a_rollback_and_a_failure_are_warnings_with_their_reason(
     tmp_path: Path, built: BuiltModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="agent.update")
-    rig = UpdateRig(tmp_path, built)
+    rig = UpdateRig(tmp_path, built, log_updates=True)
     rig.publish()
     rig.install(1)
     rig.publish()
