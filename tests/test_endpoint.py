@@ -387,3 +387,15 @@ def test_rows_that_are_not_the_models_image_are_refused(
     assert (status, reply["error"]) == (400, code), reply
     assert detail in reply["detail"]
     assert ok == 200 and p.recorder.drain().count == 1
+
+
+def test_status_is_served_when_the_agent_gives_one(predictor: Predictor) -> None:
+    with LocalEndpoint(predictor) as bare:  # an endpoint without a daemon: no such route
+        c = http.client.HTTPConnection(*bare.address, timeout=10)
+        assert call(c, "GET", "/v1/status")[0] == 404
+        c.close()
+    with LocalEndpoint(predictor, status=lambda: {"connection": {"connected": True}}) as ep:
+        c = http.client.HTTPConnection(*ep.address, timeout=10)
+        assert call(c, "GET", "/v1/status") == (200, {"connection": {"connected": True}})
+        assert call(c, "POST", "/v1/status", {})[1]["error"] == "method_not_allowed"
+        c.close()
