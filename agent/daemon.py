@@ -202,10 +202,10 @@ class AgentDaemon:
             if e.errno != errno.EADDRINUSE:
                 raise
             raise EndpointInUse(
-                f"the local inference endpoint's port {address[1]} ({self.config.endpoint})"
-                " is in use, by another agent on this machine? Give this one another port:"
-                f' endpoint = "{address[0]}:{address[1] + 1}" in {self.source}'
-                ' (endpoint = "" turns the endpoint off)'
+                f"port {address[1]} of the local inference endpoint (the endpoint setting,"
+                f' "{self.config.endpoint}") is in use, by another agent on this machine?'
+                f' Give this one another port: endpoint = "{address[0]}:{address[1] + 1}"'
+                f' in {self.source} (endpoint = "" turns the endpoint off)'
             ) from e
         log.info("local inference endpoint on http://%s:%d (/v1/predict, /v1/status)", *bound)
 

@@ -128,7 +128,8 @@ def test_a_second_agent_on_the_same_endpoint_is_told_the_port_and_the_setting(
     assert rc != 0
     lines = [line for line in second.log.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("edgefleet: error: "), second.log
-    assert f"port {port}" in lines[0] and "endpoint = " in lines[0], lines[0]
+    assert f"port {port} of the local inference endpoint (the endpoint setting" in lines[0]
+    assert f'endpoint = "127.0.0.1:{port + 1}"' in lines[0], lines[0]
     assert str(second.config) in lines[0] and "Traceback" not in second.log
     # the first one never noticed
     with socket.create_connection(("127.0.0.1", port), timeout=2):
