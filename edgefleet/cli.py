@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgefleet import (
+    agent_cli,
     broker_cli,
     datasets_cli,
     fleet_cli,
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     hub_cli.register(sub, api)
 
-    _agent_parser(sub)
+    agent_cli.register(sub)
 
     _sim_parser(sub)
 
@@ -110,21 +111,6 @@ def _demo_parser(sub: Any) -> None:
     )
     data.add_argument("--late-share", type=float, default=0.3, help="labels sent later (0..1)")
     demo.set_defaults(func=_demo)
-
-
-def _agent_parser(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
-    run = agent.add_parser("run", help="run the agent daemon")
-    run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
-    run.set_defaults(func=_agent_run)
-    enrol = agent.add_parser("enrol", help="enrol with a hub: pin its root, write a config")
-    enrol.add_argument("--hub", default=DEFAULT_HUB)
-    enrol.add_argument("--token", required=True, help="a one-time enrolment token")
-    enrol.add_argument("--device-id", required=True)
-    enrol.add_argument("--device-class", default="generic")
-    enrol.add_argument("--state-dir", type=Path, required=True)
-    enrol.add_argument("--config-out", type=Path, required=True, help="write the TOML here")
-    enrol.set_defaults(func=_agent_enrol)
 
 
 def _sim_parser(sub: Any) -> None:
@@ -195,37 +181,6 @@ def _demo(args: argparse.Namespace) -> int:
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["running"] == args.devices else 1
-
-
-def _agent_run(args: argparse.Namespace) -> int:
-    from agent.daemon import AgentConfig, run_daemon
-
-    run_daemon(AgentConfig.load(args.config))
-    return 0
-
-
-def _agent_enrol(args: argparse.Namespace) -> int:
-    from urllib.error import HTTPError
-
-    from agent.daemon import enrol
-
-    try:
-        enrol(
-            hub_url=args.hub,
-            token=args.token,
-            device_id=args.device_id,
-            device_class=args.device_class,
-            state_dir=args.state_dir,
-            config_out=args.config_out,
-        )
-    except HTTPError as e:  # the hub's reason, not urllib's "Forbidden"
-        try:
-            detail = json.loads(e.read()).get("detail", e.reason)
-        except ValueError:
-            detail = e.reason
-        raise RuntimeError(f"the hub refused the enrolment ({e.code}): {detail}") from e
-    print(f"enrolled {args.device_id}; config written to {args.config_out}")
-    return 0
 
 
 def _sim_run(args: argparse.Namespace) -> int:
