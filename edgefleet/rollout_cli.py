@@ -3,6 +3,8 @@
 ``edgefleet rollout watch ID`` redraws a live view once a second (counts per device
 state, the current wave, the failure ratio) until the rollout is finished, then prints
 each device's outcome; ``--device DEV`` prints that device's event history instead.
+Ctrl-C stops the watching, not the rollout: the CLI says so, with the commands to watch
+or abort it, and exits 130.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def _create(args: argparse.Namespace) -> int:
             f"in {st['waves']} wave(s)"
         )
         if args.watch:
-            return follow(client, st["id"])
+            return follow_or_say(client, st["id"])
     return 0
 
 
@@ -105,7 +107,7 @@ def _watch(args: argparse.Namespace) -> int:
                 reason = f" ({e['reason']})" if e.get("reason") else ""
                 print(f"{stamp}  v{e['version']}  {e['stage']}{reason}  {e.get('detail') or ''}")
             return 0
-        return follow(client, args.id)
+        return follow_or_say(client, args.id)
 
 
 def _action(args: argparse.Namespace) -> int:
@@ -114,6 +116,25 @@ def _action(args: argparse.Namespace) -> int:
         st = client.rollout_action(args.id, args.action, **body)
     print(f"rollout {st['id']}: {st['state']}")
     return 0
+
+
+def follow_or_say(client: HubClient, rollout_id: str) -> int:
+    """:func:`follow`; on Ctrl-C, say that the rollout goes on and how to reach it."""
+    try:
+        return follow(client, rollout_id)
+    except KeyboardInterrupt:
+        print(interrupted("rollout", rollout_id), file=sys.stderr)
+        raise  # the CLI exits 130
+
+
+def interrupted(kind: str, rollout_id: str) -> str:
+    """What Ctrl-C while following a rollout (or a deployment, one) leaves behind."""
+    return (
+        f"\nstopped watching; the {kind} {rollout_id} continues on the hub.\n"
+        f"  watch it:  edgefleet rollout watch {rollout_id}\n"
+        f"  abort it:  edgefleet rollout abort {rollout_id}"
+        "  (add --rollback to put back the devices it changed)"
+    )
 
 
 def follow(client: HubClient, rollout_id: str, out: TextIO = sys.stdout) -> int:

@@ -87,8 +87,14 @@ class RolloutEngine:
             quiet_since = max(row.sent_at, row.updated_at)
             dev = devices.get(row.device_id)
             if dev is not None:
-                if dev.status != "online":
-                    continue  # its Last Will: reconciled when it is back
+                if dev.status != "online":  # its Last Will: reconciled when it is back…
+                    away_s = t - max(quiet_since, dev.last_seen)
+                    if spec.offline_timeout and away_s > spec.device_timeout_s:
+                        detail = (
+                            f"offline {away_s:.0f} s after {row.attempts} send(s): never came back"
+                        )
+                        move(row, "timed_out", t, detail=detail)  # …unless it is given up
+                    continue
                 if dev.last_seen > quiet_since:  # back (or the hub is) since: silent?
                     quiet_since = dev.last_seen
                     if t - dev.last_seen > RECONCILE_GRACE_S:

@@ -14,6 +14,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+KINDS = ("rollout", "deployment")
+
 
 class RolloutError(Exception):
     """A rollout request that cannot be met."""
@@ -39,6 +41,11 @@ class RolloutSpec:
     retries: int = 2  # re-sends after a timeout before the device counts as failed
     rollback_on_halt: bool = True
     seed: str | None = None  # shuffles the waves (default: the rollout id)
+    # "deployment": a plain `deploy`, one ungated wave (hub/fleet/deployments.py)
+    kind: str = "rollout"
+    # a device offline for device_timeout_s after its send times out instead of waiting
+    # for its return (a plain deployment ends; a rollout's late comers get it when back)
+    offline_timeout: bool = False
 
     def __post_init__(self) -> None:
         problems = [
@@ -52,6 +59,7 @@ class RolloutSpec:
                 (self.min_sample < 1, "min_sample must be >= 1"),
                 (self.device_timeout_s <= 0, "device_timeout_s must be > 0"),
                 (self.retries < 0, "retries must be >= 0"),
+                (self.kind not in KINDS, f"kind must be one of {', '.join(KINDS)}"),
             )
             if bad
         ]

@@ -171,8 +171,10 @@ class Rollouts:
             busy = presence_of(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
         t = self.clock()
         away = {d.id for d in busy.values() if d.status != "online"}
-        if rollout.state == "completed" and all(
-            gone_long(busy.get(r.device_id), spec, t) for r in rows if r.state not in DONE
+        if (
+            not spec.offline_timeout
+            and rollout.state == "completed"
+            and all(gone_long(busy.get(r.device_id), spec, t) for r in rows if r.state not in DONE)
         ):
             settled = True  # every wave done; the long-gone get it when they are back
         return RolloutStatus(
