@@ -226,12 +226,13 @@ class RolloutEngine:
             tagged = select(DeviceTag.device_id).where(DeviceTag.tag == tag)
             tagged_ids: set[str] = set(s.exec(tagged))
             chosen &= tagged_ids
-        revoked = sorted(chosen & self.revoked())
+        barred = self.revoked()
+        revoked = sorted(chosen & barred)
         if spec.devices is not None and revoked:
             raise RolloutError(f"{len(revoked)} revoked device id(s): {few(revoked)}")
-        chosen -= self.revoked()
+        chosen -= barred
         if not chosen:
-            raise RolloutError("no devices match (none known, or none with those tags/class)")
+            raise RolloutError(no_match(spec, revoked))
         return {
             d: known[d].version if known[d].model == spec.model else None for d in sorted(chosen)
         }
@@ -293,6 +294,21 @@ class RolloutEngine:
                     t,
                 )
                 s.commit()
+
+
+def no_match(spec: RolloutSpec, revoked: list[str]) -> str:
+    """Why no device is chosen, in the operator's words: the revoked ones it left out by
+    name, else what nothing matched."""
+    if revoked:
+        verb = "is" if len(revoked) == 1 else "are"
+        return f"no devices match: {few(revoked)} {verb} revoked"
+    wanted = [f"class {spec.device_class}"] if spec.device_class is not None else []
+    tags = (*spec.tags, *([spec.group] if spec.group else []))
+    if tags:
+        wanted.append(f"tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}")
+    if not wanted:
+        return "no devices match: none has reported to this hub yet"
+    return f"no devices match: none known with {' and '.join(wanted)}"
 
 
 def is_settled(rollout: Rollout, spec: RolloutSpec, rows: list[RolloutDevice]) -> bool:
