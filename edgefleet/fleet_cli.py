@@ -54,6 +54,8 @@ def register(sub: Any, api: argparse.ArgumentParser) -> None:
         help="seconds of silence or absence before a device times out (default 600)",
     )
     dep.add_argument("--retries", type=int, help="re-sends to a silent device (default 2)")
+    dep.add_argument("--probation-s", type=float, help="default: the model's manifest")
+    dep.add_argument("--probation-min-inferences", type=int, help="default: the manifest's")
     dep.add_argument("--wait", action="store_true", help="follow progress until the end")
     dep.set_defaults(func=_deploy)
 
@@ -107,7 +109,12 @@ def _enrol_token(args: argparse.Namespace) -> int:
 def _deploy(args: argparse.Namespace) -> int:
     import time
 
-    options = {"device_timeout_s": args.device_timeout_s, "retries": args.retries}
+    options = {
+        "device_timeout_s": args.device_timeout_s,
+        "retries": args.retries,
+        "probation_s": args.probation_s,
+        "probation_min_inferences": args.probation_min_inferences,
+    }
     body = {k: v for k, v in options.items() if v is not None}
     with _client(args) as c:
         st = c.create_deployment(
@@ -131,9 +138,9 @@ def _deploy(args: argparse.Namespace) -> int:
             raise
     print(outcome(st))
     for d in st["per_device"]:
-        if d["stage"] != "healthy":
+        if d.get("outcome", d["stage"]) != "healthy":
             why = "  ".join(str(x) for x in (d["reason"], d["detail"]) if x)
-            print(f"  {d['device']:<24}{d['stage']:<11}{why}")
+            print(f"  {d['device']:<24}{d.get('outcome', d['stage']):<11}  {why}".rstrip())
     return 0 if st["converged"] == st["devices"] else 1
 
 
@@ -141,6 +148,8 @@ def progress_line(st: dict[str, Any]) -> str:
     """One line of a deployment's progress (``GET /deployments/{id}``)."""
     stages = "  ".join(f"{k} {v}" for k, v in sorted(st["stages"].items()))
     line = f"  {st['converged']}/{st['devices']} healthy  {stages}"
+    if st.get("in_probation"):
+        line += f"  ({st['in_probation']} on probation)"
     if st.get("offline"):
         line += (
             f"  ({st['offline']} offline: sent again when back, timed out after"
@@ -152,7 +161,10 @@ def progress_line(st: dict[str, Any]) -> str:
 def outcome(st: dict[str, Any]) -> str:
     """The deployment's final line: how many healthy, and what became of the others."""
     others = {k: v for k, v in st["stages"].items() if k != "healthy"}
+    blind = st.get("healthy_without_traffic", 0)
+    untested = f" ({blind} with no inferences during probation)" if blind else ""
     if not others:
-        return f"deployment {st['id']}: all {st['devices']} devices healthy"
+        return f"deployment {st['id']}: all {st['devices']} devices healthy{untested}"
     rest = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(others.items()))
-    return f"deployment {st['id']} finished: {st['converged']}/{st['devices']} healthy, {rest}"
+    done = f"{st['converged']}/{st['devices']} healthy{untested}"
+    return f"deployment {st['id']} finished: {done}, {rest}"

@@ -88,8 +88,11 @@ class Rig:
 
 
 @contextmanager
-def fleet_rig(broker: Mosquitto, work: Path, devices: int, prefix: str) -> Iterator[Rig]:
-    """A hub and ``devices`` simulated devices, all online."""
+def fleet_rig(
+    broker: Mosquitto, work: Path, devices: int, prefix: str, rows_per_s: float = 10.0
+) -> Iterator[Rig]:
+    """A hub and ``devices`` simulated devices, all online, each inferring on
+    ``rows_per_s`` rows a second (0: no live traffic)."""
     hub = Hub(
         HubConfig(
             data_dir=work / "hub",
@@ -109,6 +112,7 @@ def fleet_rig(broker: Mosquitto, work: Path, devices: int, prefix: str) -> Itera
         id_prefix=prefix,
         device_class="gateway",
         fetch_timeout_s=3.0,
+        rows_per_s=rows_per_s,
     )
     fleet = Fleet(cfg).start()
     thread = fleet.loop.start_thread()

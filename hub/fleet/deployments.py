@@ -25,6 +25,7 @@ from typing import Any, Final
 from sqlalchemy import Engine
 from sqlmodel import col, func, select
 
+from hub.fleet import probation
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec
 from hub.fleet.rollouts import Rollouts
 from hub.store.expiry import delete_older
@@ -64,6 +65,9 @@ class DeploymentStatus:
     state: str = "completed"  # the rollout's: running, completed (aborted by an operator)
     offline: int = 0  # devices without an outcome that are offline now
     device_timeout_s: float | None = None
+    in_probation: int = 0  # activated, on probation now
+    probation: list[dict[str, Any]] = field(default_factory=list)  # as a rollout's status
+    healthy_without_traffic: int = 0  # healthy, but their probation saw no inference
 
 
 class Deployments:
@@ -158,7 +162,13 @@ class Deployments:
             converged=st.converged,
             finished=st.finished,
             per_device=[
-                {"device": r.device_id, "stage": r.state, "reason": r.reason, "detail": r.detail}
+                {
+                    "device": r.device_id,
+                    "stage": r.state,
+                    "reason": r.reason,
+                    "detail": r.detail,
+                    "outcome": probation.outcome(r),
+                }
                 for r in rows
             ]
             if per_device
@@ -166,6 +176,9 @@ class Deployments:
             state=st.state,
             offline=st.offline,
             device_timeout_s=float(st.spec.get("device_timeout_s", DEVICE_TIMEOUT_S)),
+            in_probation=st.in_probation,
+            probation=st.probation,
+            healthy_without_traffic=st.healthy_without_traffic,
         )
 
     def _old_status(self, deployment_id: str, *, per_device: bool) -> DeploymentStatus:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
+from hub.fleet import probation
 from hub.fleet.states import CHANGED, accepts, apply_event
 from hub.ingest.report import Report
 from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
@@ -144,6 +145,8 @@ class _Batch:
         )
         if rollout_row is not None:
             moved = apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received)
+            if moved:
+                probation.note(rollout_row, b["stage"], b, received)
             if moved and rollout_row.state in CHANGED:
                 self.reopen.add(rollout_row.rollout_id)
             return

@@ -194,6 +194,9 @@ class RolloutEngine:
             "version": rollout.version,
             "target": rollout.target,
         }
+        for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
+            if rollout.spec.get(name) is not None:
+                body[name] = rollout.spec[name]
         self.commands.send_command(row.device_id, "deploy", body)
         row.attempts += 1
         row.sent_at = row.updated_at = t

@@ -46,6 +46,9 @@ class RolloutSpec:
     # a device offline for device_timeout_s after its send times out instead of waiting
     # for its return (a plain deployment ends; a rollout's late comers get it when back)
     offline_timeout: bool = False
+    # the devices' probation, instead of the model manifest's (sent in the deploy command)
+    probation_s: float | None = None  # seconds
+    probation_min_inferences: int | None = None  # live inferences needed to judge it
 
     def __post_init__(self) -> None:
         problems = [
@@ -59,6 +62,14 @@ class RolloutSpec:
                 (self.min_sample < 1, "min_sample must be >= 1"),
                 (self.device_timeout_s <= 0, "device_timeout_s must be > 0"),
                 (self.retries < 0, "retries must be >= 0"),
+                (
+                    self.probation_s is not None and not 0 <= self.probation_s <= 86400,
+                    "probation_s must be 0..86400",
+                ),
+                (
+                    self.probation_min_inferences is not None and self.probation_min_inferences < 0,
+                    "probation_min_inferences must be >= 0",
+                ),
                 (self.kind not in KINDS, f"kind must be one of {', '.join(KINDS)}"),
             )
             if bad
@@ -87,6 +98,11 @@ class RolloutStatus:
     created_at: float
     ended_at: float | None
     spec: dict[str, Any] = field(default_factory=dict)
+    in_probation: int = 0  # devices activated, on probation now
+    # the first of them (hub/fleet/probation.py): device, left_s, max_left_s, inferences,
+    # min_inferences
+    probation: list[dict[str, Any]] = field(default_factory=list)
+    healthy_without_traffic: int = 0  # healthy, but their probation saw no inference
 
 
 def split_waves(devices: list[str], spec: RolloutSpec, seed: str) -> list[list[str]]:

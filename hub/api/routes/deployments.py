@@ -26,6 +26,9 @@ class DeploymentRequest(BaseModel):
     # silence while online, or absence, before a device times out (hub/fleet/deployments.py)
     device_timeout_s: float = Field(DEVICE_TIMEOUT_S, gt=0, le=7 * 86400)
     retries: int = Field(RETRIES, ge=0, le=100)
+    # the devices' probation instead of the model manifest's (seconds; live inferences)
+    probation_s: float | None = Field(None, ge=0, le=86400)
+    probation_min_inferences: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 @router.post("", name="deployment.create", status_code=201, responses=DENIALS)
@@ -44,6 +47,8 @@ def create_deployment(
             device_timeout_s=req.device_timeout_s,
             retries=req.retries,
             created_by=who.keyid,
+            probation_s=req.probation_s,
+            probation_min_inferences=req.probation_min_inferences,
         )
     except RegistryError as e:
         raise HTTPException(404, str(e)) from e
