@@ -134,7 +134,7 @@ def _deploy(args: argparse.Namespace) -> int:
                 last = line
             st = c.deployment(st["id"])
         except KeyboardInterrupt:
-            print(interrupted("deployment", st["id"]), file=sys.stderr)
+            print(interrupted("deployment", st["id"], args.hub), file=sys.stderr)
             raise
     print(outcome(st))
     for d in st["per_device"]:

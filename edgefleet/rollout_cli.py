@@ -97,7 +97,7 @@ def _create(args: argparse.Namespace) -> int:
         )
         print(f"  probation: {probation_terms(st['spec'])}")
         if args.watch:
-            return follow_or_say(client, st["id"])
+            return follow_or_say(client, st["id"], args.hub)
     return 0
 
 
@@ -119,7 +119,7 @@ def _watch(args: argparse.Namespace) -> int:
                 reason = f" ({e['reason']})" if e.get("reason") else ""
                 print(f"{stamp}  v{e['version']}  {e['stage']}{reason}  {e.get('detail') or ''}")
             return 0
-        return follow_or_say(client, args.id)
+        return follow_or_say(client, args.id, args.hub)
 
 
 def _action(args: argparse.Namespace) -> int:
@@ -130,21 +130,23 @@ def _action(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow_or_say(client: HubClient, rollout_id: str) -> int:
+def follow_or_say(client: HubClient, rollout_id: str, hub: str) -> int:
     """:func:`follow`; on Ctrl-C, say that the rollout goes on and how to reach it."""
     try:
         return follow(client, rollout_id)
     except KeyboardInterrupt:
-        print(interrupted("rollout", rollout_id), file=sys.stderr)
+        print(interrupted("rollout", rollout_id, hub), file=sys.stderr)
         raise  # the CLI exits 130
 
 
-def interrupted(kind: str, rollout_id: str) -> str:
-    """What Ctrl-C while following a rollout (or a deployment, one) leaves behind."""
+def interrupted(kind: str, rollout_id: str, hub: str) -> str:
+    """What Ctrl-C while following a rollout (or a deployment, one) leaves behind: the
+    commands to reach it again (with the hub it was started on)."""
+    at = f" --hub {hub}"
     return (
         f"\nstopped watching; the {kind} {rollout_id} continues on the hub.\n"
-        f"  watch it:  edgefleet rollout watch {rollout_id}\n"
-        f"  abort it:  edgefleet rollout abort {rollout_id}"
+        f"  watch it:  edgefleet rollout watch {rollout_id}{at}\n"
+        f"  abort it:  edgefleet rollout abort {rollout_id}{at}"
         "  (add --rollback to put back the devices it changed)"
     )
 

@@ -98,8 +98,9 @@ def test_ctrl_c_during_rollout_create_watch_says_the_rollout_goes_on(rig: Rig) -
     rollout_id = out.split()[1].rstrip(":")
     assert code == 130
     assert f"the rollout {rollout_id} continues on the hub" in err
-    assert f"watch it:  edgefleet rollout watch {rollout_id}" in err
-    assert f"abort it:  edgefleet rollout abort {rollout_id}" in err
+    hub = f"--hub {rig.api.url}"  # the commands work as printed
+    assert f"watch it:  edgefleet rollout watch {rollout_id} {hub}\n" in err, err
+    assert f"abort it:  edgefleet rollout abort {rollout_id} {hub}  (add --rollback" in err, err
     assert rig.client.rollout(rollout_id)["state"] == "running"
 
 
@@ -114,6 +115,6 @@ def test_ctrl_c_during_deploy_wait_says_the_deployment_goes_on(rig: Rig) -> None
     dep_id = out.split()[1].rstrip(":")
     assert code == 130
     assert f"the deployment {dep_id} continues on the hub" in err
-    assert f"edgefleet rollout watch {dep_id}" in err
-    assert f"edgefleet rollout abort {dep_id}" in err
+    assert f"edgefleet rollout watch {dep_id} --hub {rig.api.url}" in err, err
+    assert f"edgefleet rollout abort {dep_id} --hub {rig.api.url}" in err, err
     assert rig.client.deployment(dep_id, devices=False)["finished"] is False
