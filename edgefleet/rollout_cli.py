@@ -104,8 +104,9 @@ def _create(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for r in client.rollouts():
+            kind = "deploy" if r["spec"].get("kind") == "deployment" else "rollout"
             print(
-                f"{r['id']}  {r['state']:<9}  {r['model']} v{r['version']}  "
+                f"{r['id']}  {r['state']:<9}  {kind:<7}  {r['model']} v{r['version']}  "
                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['created_at']))}"
             )
     return 0
