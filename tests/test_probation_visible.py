@@ -73,6 +73,7 @@ def test_watch_shows_probation_and_the_devices_serve_out_the_rollouts_length(
     rollout_id = seen[0]["id"]
     for row in busy.client.rollout_devices(rollout_id):
         assert row["state"] == "healthy" and row["probation"]["inferences"] >= 5, row
+        assert row["attempts"] == 1, row  # a probation longer than 5 s is not silence
         assert row["probation"]["probation_s"] == PROBATION_S, row
         events: dict[str, float] = {}  # the first of each stage
         for e in busy.client.rollout_events(rollout_id, device=row["device_id"]):

@@ -335,3 +335,20 @@ def test_probation_terms_travel_in_the_command_and_come_back_on_the_row(bench: B
     st = bench.rollouts.status("r1")
     assert (st.in_probation, st.healthy_without_traffic, st.converged) == (0, 1, 2)
     assert bench.row("b").probation == {"since": T0, **terms, "inferences": 12, "errors": 0}
+
+
+def test_a_device_on_probation_publishing_its_state_is_not_sent_the_command_again(
+    bench: Bench,
+) -> None:
+    """The agent publishes its state right after ``activated``; that state names the
+    rollout in ``last``, so a probation longer than the reconcile grace is no silence."""
+    start(bench, {"a": 0}, device_timeout_s=600)
+    bench.tick()
+    event(bench, "a", "activated")
+    bench.clock.t += 0.01
+    last = {"deployment": "r1", "model": "m", "version": 2, "stage": "activated"}
+    state = {"status": "online", "last": {**last, "ts": bench.clock.t}}
+    bench.report("a", "state", "state", state)
+    bench.tick(RECONCILE_GRACE_S * 4)
+    assert bench.mqtt.to("a") == 1, bench.row("a").detail
+    assert bench.row("a").state == "activated"

@@ -25,7 +25,7 @@ from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from hub.fleet import probation
-from hub.fleet.states import CHANGED, accepts, apply_event
+from hub.fleet.states import CHANGED, IN_FLIGHT, accepts, apply_event
 from hub.ingest.report import Report
 from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
 from shared.protocol import Message
@@ -121,6 +121,13 @@ class _Batch:
         last = body.get("last")
         if last is not None and _event_key(r.device_id, last) not in self.seen:
             self._event(r.device_id, {**last, "detail": READ_BACK}, float(last["ts"]), r.received)
+        if last is not None:
+            row = self.rollout_rows.get((last["deployment"], r.device_id))
+            if row is not None and row.state in IN_FLIGHT:
+                # a state whose latest event is about this rollout is a word about it: the
+                # device has the command (it publishes its state on activation, then
+                # serves its probation), so it is not "back and silent" (reconciliation)
+                row.updated_at = max(row.updated_at, r.received)
 
     def _event(self, device_id: str, b: Mapping[str, Any], ts: float, received: float) -> None:
         ts = min(ts, received)  # no event happened after the hub had it (nor escapes retention)
