@@ -352,3 +352,26 @@ def test_a_device_on_probation_publishing_its_state_is_not_sent_the_command_agai
     bench.tick(RECONCILE_GRACE_S * 4)
     assert bench.mqtt.to("a") == 1, bench.row("a").detail
     assert bench.row("a").state == "activated"
+
+
+def test_a_deployment_made_before_deployments_were_rollouts_still_reads(bench: Bench) -> None:
+    from hub.fleet.deployments import Deployments
+    from hub.store.tables import Deployment, DeploymentDevice
+
+    with session(bench.engine) as s:
+        s.add(Deployment(id="old1", model="m", version=2, target="m/2/model.onnx", devices=2))
+        s.flush()
+        s.add(DeploymentDevice(deployment_id="old1", device_id="a", stage="healthy"))
+        s.add(DeploymentDevice(deployment_id="old1", device_id="b", stage="sent"))
+        s.commit()
+    deployments = Deployments(bench.engine, bench.rollouts)
+
+    st = deployments.status("old1")
+
+    assert (st.stages, st.converged, st.finished, st.state) == (
+        {"healthy": 1, "sent": 1},
+        1,
+        False,
+        "running",
+    )
+    assert [d["id"] for d in deployments.list()] == ["old1"]

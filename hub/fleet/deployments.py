@@ -203,13 +203,14 @@ class Deployments:
             stages=dict(stages),
             reasons=dict(reasons),
             converged=stages.get("healthy", 0),
-            finished=all(r.stage in TERMINAL_STAGES for r in rows),
+            finished=(done := all(r.stage in TERMINAL_STAGES for r in rows)),
             per_device=[
                 {"device": r.device_id, "stage": r.stage, "reason": r.reason, "detail": r.detail}
                 for r in rows
             ]
             if per_device
             else [],
+            state="completed" if done else "running",
         )
 
     def events(
