@@ -372,6 +372,16 @@ class HubClient:
         body = {"datasets": datasets, **options}
         return dict(self._call("POST", f"/models/{model}/retrain", json=body))
 
+    # -- fleet: plain deployments with their options, revocation by the CLI (fleetux)
+
+    def create_deployment(self, model: str, **body: Any) -> dict[str, Any]:
+        """``POST /deployments`` with any of its fields (devices, device_timeout_s, …)."""
+        return dict(self._call("POST", "/deployments", json={"model": model, **body}))
+
+    def deployments(self) -> list[dict[str, Any]]:
+        """Deployments, newest first."""
+        return list(self._call("GET", "/deployments"))
+
 
 UPLOAD_BLOCK = 1 << 20  # bytes read from disk per request chunk
 

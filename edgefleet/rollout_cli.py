@@ -3,6 +3,8 @@
 ``edgefleet rollout watch ID`` redraws a live view once a second (counts per device
 state, the current wave, the failure ratio) until the rollout is finished, then prints
 each device's outcome; ``--device DEV`` prints that device's event history instead.
+Ctrl-C stops the watching, not the rollout: the CLI says so, with the commands to watch
+or abort it, and exits 130.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ def register(subparsers: Any, api: argparse.ArgumentParser) -> None:
     how.add_argument("--retries", type=int, default=2)
     how.add_argument("--no-rollback", action="store_false", dest="rollback_on_halt")
     how.add_argument("--seed", help="shuffles the waves (default: the rollout id)")
+    how.add_argument(
+        "--probation-s",
+        type=float,
+        help="seconds each device watches live traffic before it calls the version"
+        " healthy (default: the model's manifest)",
+    )
+    how.add_argument(
+        "--probation-min-inferences",
+        type=int,
+        help="live inferences needed to judge the probation (default: the manifest's)",
+    )
     create.add_argument("--watch", action="store_true", help="then follow it")
     create.set_defaults(func=_create)
 
@@ -73,7 +86,7 @@ def _create(args: argparse.Namespace) -> int:
     fields = (
         "version", "devices", "device_class", "tags", "group", "canary", "canary_percent",
         "waves", "rate_per_min", "max_failure_ratio", "min_sample", "device_timeout_s",
-        "retries", "rollback_on_halt", "seed",
+        "retries", "rollback_on_halt", "seed", "probation_s", "probation_min_inferences",
     )  # fmt: skip
     spec = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     with _client(args) as client:
@@ -82,16 +95,18 @@ def _create(args: argparse.Namespace) -> int:
             f"rollout {st['id']}: {st['model']} v{st['version']} to {st['devices']} devices "
             f"in {st['waves']} wave(s)"
         )
+        print(f"  probation: {probation_terms(st['spec'])}")
         if args.watch:
-            return follow(client, st["id"])
+            return follow_or_say(client, st["id"], args.hub)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for r in client.rollouts():
+            kind = "deploy" if r["spec"].get("kind") == "deployment" else "rollout"
             print(
-                f"{r['id']}  {r['state']:<9}  {r['model']} v{r['version']}  "
+                f"{r['id']}  {r['state']:<9}  {kind:<7}  {r['model']} v{r['version']}  "
                 f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(r['created_at']))}"
             )
     return 0
@@ -105,7 +120,7 @@ def _watch(args: argparse.Namespace) -> int:
                 reason = f" ({e['reason']})" if e.get("reason") else ""
                 print(f"{stamp}  v{e['version']}  {e['stage']}{reason}  {e.get('detail') or ''}")
             return 0
-        return follow(client, args.id)
+        return follow_or_say(client, args.id, args.hub)
 
 
 def _action(args: argparse.Namespace) -> int:
@@ -116,8 +131,30 @@ def _action(args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(client: HubClient, rollout_id: str, out: TextIO = sys.stdout) -> int:
+def follow_or_say(client: HubClient, rollout_id: str, hub: str) -> int:
+    """:func:`follow`; on Ctrl-C, say that the rollout goes on and how to reach it."""
+    try:
+        return follow(client, rollout_id)
+    except KeyboardInterrupt:
+        print(interrupted("rollout", rollout_id, hub), file=sys.stderr)
+        raise  # the CLI exits 130
+
+
+def interrupted(kind: str, rollout_id: str, hub: str) -> str:
+    """What Ctrl-C while following a rollout (or a deployment, one) leaves behind: the
+    commands to reach it again (with the hub it was started on)."""
+    at = f" --hub {hub}"
+    return (
+        f"\nstopped watching; the {kind} {rollout_id} continues on the hub.\n"
+        f"  watch it:  edgefleet rollout watch {rollout_id}{at}\n"
+        f"  abort it:  edgefleet rollout abort {rollout_id}{at}"
+        "  (add --rollback to put back the devices it changed)"
+    )
+
+
+def follow(client: HubClient, rollout_id: str, out: TextIO | None = None) -> int:
     """Redraw the rollout's view until it is finished; 0 if it completed, 1 otherwise."""
+    out = out or sys.stdout  # (looked up now: a test captures it)
     tty = out.isatty()
     drawn = 0
     last = ""
@@ -137,7 +174,7 @@ def follow(client: HubClient, rollout_id: str, out: TextIO = sys.stdout) -> int:
         time.sleep(WATCH_S)
     for d in client.rollout_devices(rollout_id):
         reason = f" ({d['reason']})" if d.get("reason") else ""
-        out.write(f"  {d['device_id']:<24} wave {d['wave'] + 1}  {d['state']}{reason}\n")
+        out.write(f"  {d['device_id']:<24} wave {d['wave'] + 1}  {outcome(d)}{reason}\n")
     return 0 if st["state"] == "completed" else 1
 
 
@@ -151,8 +188,52 @@ def render(st: dict[str, Any]) -> str:
         f" ({st['failure_ratio']:.0%})  rolled back {st['rolled_back']}",
         f"  {counts}",
     ]
+    lines += probation_lines(st)
     if st.get("offline"):
         lines.append(f"  {st['offline']} offline: sent again when they are back")
     if st.get("halted_reason"):
         lines.append(f"  halted: {st['halted_reason']}")
     return "\n".join(lines)
+
+
+def probation_terms(spec: dict[str, Any]) -> str:
+    """The probation a rollout asked for, in words."""
+    seconds, least = spec.get("probation_s"), spec.get("probation_min_inferences")
+    if seconds is None and least is None:
+        return "as the model's manifest says (each device reports it when it activates)"
+    said = [f"{seconds:g} s" if seconds is not None else "the manifest's length"]
+    said.append(f"at least {least} inferences" if least is not None else "the manifest's minimum")
+    return ", ".join(said) + " (this rollout's)"
+
+
+def probation_lines(st: dict[str, Any]) -> list[str]:
+    """Devices on probation: time left and the live inferences seen against the minimum;
+    and the healthy ones whose probation saw no inference."""
+    lines = []
+    if st.get("in_probation"):
+        lines.append(f"  on probation {st['in_probation']}:")
+        for p in st.get("probation", []):
+            if p["left_s"] > 0:
+                left = f"{p['left_s']:.0f} s left"
+            elif p["min_inferences"] and p["inferences"] < p["min_inferences"]:
+                left = f"waiting for traffic, up to {p['max_left_s']:.0f} s more"
+            else:
+                left = "being judged"
+            least = p["min_inferences"] if p["min_inferences"] is not None else "?"
+            lines.append(f"    {p['device']:<24} {left}  {p['inferences']}/{least} inferences seen")
+        hidden = st["in_probation"] - len(st.get("probation", []))
+        if hidden > 0:
+            lines.append(f"    … and {hidden} more")
+    if st.get("healthy_without_traffic"):
+        lines.append(
+            f"  {st['healthy_without_traffic']} healthy with no inferences during probation"
+            " (no evidence either way)"
+        )
+    return lines
+
+
+def outcome(row: dict[str, Any]) -> str:
+    """A device's state, saying when "healthy" rested on no traffic at all."""
+    if row["state"] == "healthy" and (row.get("probation") or {}).get("inferences") == 0:
+        return "healthy (no inferences during probation)"
+    return str(row["state"])

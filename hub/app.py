@@ -214,10 +214,8 @@ class Hub:
         )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
-        self.deployments = Deployments(
-            self.engine, self.registry, self.commands, revoked=self.revoked
-        )
         self.rollouts = Rollouts(self.engine, self.registry, self.commands, revoked=self.revoked)
+        self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
         self.builds = Builds(self.engine, self.registry, self.dataset_store, self.jobs)

@@ -47,6 +47,7 @@ MAX_CAPTURE_S: Final = 7 * 86400.0  # seconds a capture may run
 MAX_CAPTURE_WINDOWS: Final = 10_000  # telemetry windows a capture may run
 MAX_UPLOAD_BYTES: Final = 16 * 2**20  # bytes of one device's upload (<= 256 chunks of 64 KiB)
 MAX_UPLOAD_ARRAYS: Final = 16  # arrays in an upload's schema
+MAX_PROBATION_S: Final = 86400.0  # seconds a deploy command may ask a probation to last
 UPLOAD_DTYPES: Final = frozenset({"float32", "float64", "int32", "int64"})  # little-endian
 
 Check = Callable[[Any], bool]
@@ -261,6 +262,13 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "reason": (_opt_str, False),
         "detail": (_opt_str, False),
         "from_version": (_opt_nonneg_int, False),
+        # on activated: the probation's terms (the deploy command's, or the manifest's)
+        "probation_s": (_bounded(is_number, 0, MAX_PROBATION_S), False),
+        "probation_min_inferences": (is_nonneg_int, False),
+        "probation_max_s": (_bounded(is_number, 0, 100 * MAX_PROBATION_S), False),
+        # on a probation's outcome: the live traffic it judged
+        "inferences": (is_nonneg_int, False),
+        "errors": (is_nonneg_int, False),
     },
     "telemetry": {
         "seq": (is_nonneg_int, True),
@@ -305,6 +313,9 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "model": (is_short_str, True),
         "version": (is_nonneg_int, True),
         "target": (is_short_str, True),
+        # the probation the rollout asks for, instead of the manifest's (optional)
+        "probation_s": (_bounded(is_number, 0, MAX_PROBATION_S), False),
+        "probation_min_inferences": (is_nonneg_int, False),
         **_COMMAND_FIELDS,
     },
     "rollback": {

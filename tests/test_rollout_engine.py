@@ -289,3 +289,89 @@ def test_one_batch_applies_events_and_read_back_outcomes_in_order(bench: Bench) 
     with session(bench.engine) as s:
         c = s.get(Device, "c")
     assert c is not None and (c.status, c.last_seen) == ("online", bench.clock.t)
+
+
+def test_a_deployment_times_out_a_device_that_stays_away_and_finishes(bench: Bench) -> None:
+    """A plain deployment (offline_timeout): away for device_timeout_s after its send,
+    a device ends timed_out, and the status is finished only then."""
+    start(bench, {"a": 0, "b": 0}, device_timeout_s=60, kind="deployment", offline_timeout=True)
+    bench.set_status("b", "offline", at=T0 - 600)  # away long before the deployment
+    bench.tick()
+    event(bench, "a", "healthy")
+    bench.tick(30)
+    st = bench.rollouts.status("r1")  # (a rollout would call this finished: b is long gone)
+    assert (st.state, st.offline, st.finished) == ("completed", 1, False)
+    bench.tick(31)  # away longer than the timeout since its send: given up
+    row = bench.row("b")
+    assert row.state == "timed_out" and "never came back" in (row.detail or ""), row
+    st = bench.rollouts.status("r1")
+    assert (st.state, st.finished, st.counts) == ("completed", True, {"healthy": 1, "timed_out": 1})
+    assert bench.mqtt.to("b") == 1  # nothing sent to a device that is away
+
+
+def test_probation_terms_travel_in_the_command_and_come_back_on_the_row(bench: Bench) -> None:
+    start(bench, {"a": 0, "b": 0}, probation_s=30.0, probation_min_inferences=7)
+    bench.tick()
+    body = next(b for d, _, b in bench.mqtt.sent if d == "a")
+    assert (body["probation_s"], body["probation_min_inferences"]) == (30.0, 7)
+    terms = {"probation_s": 30.0, "probation_min_inferences": 7, "probation_max_s": 300.0}
+    for device_id in ("a", "b"):
+        body = {"deployment": "r1", "model": "m", "version": 2, "stage": "activated", **terms}
+        bench.report(device_id, "events", "event", body)
+    bench.tick(10)
+    st = bench.rollouts.status("r1")
+    assert st.in_probation == 2
+    assert st.probation[0] == {
+        "device": "a",
+        "left_s": 20.0,
+        "max_left_s": 290.0,
+        "inferences": 0,  # no telemetry in this bench
+        "min_inferences": 7,
+    }
+    judged = {"deployment": "r1", "model": "m", "version": 2, "stage": "healthy"}
+    bench.report("a", "events", "event", {**judged, "inferences": 0, "errors": 0})
+    bench.report("b", "events", "event", {**judged, "inferences": 12, "errors": 0})
+    bench.tick(1)
+    st = bench.rollouts.status("r1")
+    assert (st.in_probation, st.healthy_without_traffic, st.converged) == (0, 1, 2)
+    assert bench.row("b").probation == {"since": T0, **terms, "inferences": 12, "errors": 0}
+
+
+def test_a_device_on_probation_publishing_its_state_is_not_sent_the_command_again(
+    bench: Bench,
+) -> None:
+    """The agent publishes its state right after ``activated``; that state names the
+    rollout in ``last``, so a probation longer than the reconcile grace is no silence."""
+    start(bench, {"a": 0}, device_timeout_s=600)
+    bench.tick()
+    event(bench, "a", "activated")
+    bench.clock.t += 0.01
+    last = {"deployment": "r1", "model": "m", "version": 2, "stage": "activated"}
+    state = {"status": "online", "last": {**last, "ts": bench.clock.t}}
+    bench.report("a", "state", "state", state)
+    bench.tick(RECONCILE_GRACE_S * 4)
+    assert bench.mqtt.to("a") == 1, bench.row("a").detail
+    assert bench.row("a").state == "activated"
+
+
+def test_a_deployment_made_before_deployments_were_rollouts_still_reads(bench: Bench) -> None:
+    from hub.fleet.deployments import Deployments
+    from hub.store.tables import Deployment, DeploymentDevice
+
+    with session(bench.engine) as s:
+        s.add(Deployment(id="old1", model="m", version=2, target="m/2/model.onnx", devices=2))
+        s.flush()
+        s.add(DeploymentDevice(deployment_id="old1", device_id="a", stage="healthy"))
+        s.add(DeploymentDevice(deployment_id="old1", device_id="b", stage="sent"))
+        s.commit()
+    deployments = Deployments(bench.engine, bench.rollouts)
+
+    st = deployments.status("old1")
+
+    assert (st.stages, st.converged, st.finished, st.state) == (
+        {"healthy": 1, "sent": 1},
+        1,
+        False,
+        "running",
+    )
+    assert [d["id"] for d in deployments.list()] == ["old1"]

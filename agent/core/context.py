@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 from agent.core.config import CoreConfig
@@ -67,6 +68,7 @@ class CoreContext:
         detail: str | None = None,
         from_version: int | None = None,
         remember: bool = True,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Publish a deployment event; ``remember`` it as the retained state's ``last``
         (not a refused command: that changed nothing, and is not persisted)."""
@@ -82,6 +84,8 @@ class CoreContext:
             body["detail"] = detail[:MAX_DETAIL]
         if from_version is not None:
             body["from_version"] = from_version
+        if extra:
+            body |= extra  # optional fields of the event body (probation's terms and figures)
         out.add(Publish(self.topic("events"), protocol.encode("event", body, ts=now)))
         if remember:
             self.state.last = {

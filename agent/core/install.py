@@ -70,7 +70,13 @@ class Installer:
         from_version = previous["version"] if previous else None
         job.activated(from_version, now)
         self.ctx.persist(out, durable=True)
-        self.ctx.event(out, job.ref, "activated", now, from_version=from_version)
+        seconds, min_inferences = job.probation_terms()
+        terms = {
+            "probation_s": seconds,
+            "probation_min_inferences": min_inferences,
+            "probation_max_s": seconds * self.ctx.config.max_probation_wait,
+        }
+        self.ctx.event(out, job.ref, "activated", now, from_version=from_version, extra=terms)
         self.ctx.publish_state(out, now)
         self.judge(out, job, now)
 
@@ -86,12 +92,12 @@ class Installer:
         """Settle the probation once it has lasted long enough, with enough traffic
         (or waited too long for it)."""
         assert job.probation is not None
-        health = job.manifest.health
+        probation_s, min_inferences = job.probation_terms()
         elapsed = now - job.probation.activated_at
-        if elapsed < health.probation_s:
+        if elapsed < probation_s:
             return
-        max_wait = health.probation_s * self.ctx.config.max_probation_wait
-        if job.probation.count < health.probation_min_inferences and elapsed < max_wait:
+        max_wait = probation_s * self.ctx.config.max_probation_wait
+        if job.probation.count < min_inferences and elapsed < max_wait:
             return  # wait for enough live traffic to judge
         self.settle(out, job, now)
 
@@ -100,6 +106,7 @@ class Installer:
         assert job.probation is not None
         health = job.manifest.health
         count, errors = job.probation.count, job.probation.errors
+        seen = {"inferences": count, "errors": errors}  # the evidence, for the hub
         ratio = errors / count if count else 0.0
         if ratio > health.max_error_ratio:
             detail = (
@@ -109,7 +116,9 @@ class Installer:
             from_version = job.probation.from_version
             if from_version is None:
                 # Nothing to go back to: say so, and keep the only model there is.
-                self.ctx.event(out, job.ref, "failed", now, Reason.PROBATION_FAILED, detail)
+                self.ctx.event(
+                    out, job.ref, "failed", now, Reason.PROBATION_FAILED, detail, extra=seen
+                )
                 self.ctx.finish_job(out, Trigger.SETTLED, now)
                 return
             self._roll_back(
@@ -121,7 +130,7 @@ class Installer:
         detail = f"{count} inferences, {errors} errors in probation"
         if superseded:
             detail += " (cut short by a newer deployment)"
-        self.ctx.event(out, job.ref, "healthy", now, detail=detail)
+        self.ctx.event(out, job.ref, "healthy", now, detail=detail, extra=seen)
         out.add(Prune(job.model, tuple(self.ctx.state.models[job.model]["versions"])))
         self.ctx.finish_job(out, Trigger.SETTLED, now)
 

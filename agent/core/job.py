@@ -22,6 +22,9 @@ from agent.core.phases import (
 from shared.manifest import Manifest
 from shared.trust import VerifiedTarget
 
+# fields of a deploy command that set the job's probation instead of the manifest
+PROBATION_FIELDS = ("probation_s", "probation_min_inferences")
+
 
 @dataclass(frozen=True)
 class DeploymentRef:
@@ -68,6 +71,9 @@ class Job:
     retries: int = 0  # fetches asked again without an answer
     last_progress: float = 0.0
     probation: Probation | None = None  # from activation on
+    # the deploy command's probation terms (probation_s, probation_min_inferences), which
+    # override the manifest's; None: the manifest's (and in files saved before them)
+    probation_asked: dict[str, float] | None = None
     _manifest: Manifest | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -91,6 +97,14 @@ class Job:
         if self._manifest is None:
             self._manifest = Manifest.from_custom(self.verified_target.custom)
         return self._manifest
+
+    def probation_terms(self) -> tuple[float, int]:
+        """Seconds of probation and the live inferences needed to judge it: the deploy
+        command's if it set them, else the manifest's."""
+        health = self.manifest.health
+        asked = self.probation_asked or {}
+        seconds = float(asked.get("probation_s", health.probation_s))
+        return seconds, int(asked.get("probation_min_inferences", health.probation_min_inferences))
 
     def advance(self, trigger: Trigger) -> None:
         """Move to the phase ``trigger`` leads to (the job goes on).
@@ -143,6 +157,8 @@ class Job:
         }
         if self.probation is not None:
             data |= self.probation.to_json()
+        if self.probation_asked is not None:
+            data["probation_asked"] = self.probation_asked
         return data
 
     @classmethod
@@ -175,4 +191,5 @@ class Job:
             retries=data["retries"],
             last_progress=data["last_progress"],
             probation=probation,
+            probation_asked=data.get("probation_asked"),
         )

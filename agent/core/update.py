@@ -13,7 +13,7 @@ from typing import Any
 from agent.core.context import CoreContext, log
 from agent.core.download import Download
 from agent.core.install import Installer
-from agent.core.job import DeploymentRef, Job
+from agent.core.job import PROBATION_FIELDS, DeploymentRef, Job
 from agent.core.phases import Phase
 from agent.events import Done, MetadataVerified, Outbox, Refused, StagedChunks, Tick
 from shared import protocol
@@ -60,6 +60,7 @@ class Updater:
             body["target"],
             keyids=body.get("keyids", []),
             last_progress=now,
+            probation_asked={k: body[k] for k in PROBATION_FIELDS if k in body} or None,
         )
         ctx.state.job = job
         ctx.event(out, job.ref, "received", now)

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, insert, update
 from sqlmodel import Session, col, select
 
-from hub.fleet.states import CHANGED, accepts, apply_event
+from hub.fleet import probation
+from hub.fleet.states import CHANGED, IN_FLIGHT, accepts, apply_event
 from hub.ingest.report import Report
 from hub.store.tables import DeploymentDevice, Device, EventRecord, Rollout, RolloutDevice
 from shared.protocol import Message
@@ -122,6 +123,13 @@ class _Batch:
         last = body.get("last")
         if last is not None and _event_key(r.device_id, last) not in self.seen:
             self._event(r.device_id, {**last, "detail": READ_BACK}, float(last["ts"]), r.received)
+        if last is not None:
+            row = self.rollout_rows.get((last["deployment"], r.device_id))
+            if row is not None and row.state in IN_FLIGHT:
+                # a state whose latest event is about this rollout is a word about it: the
+                # device has the command (it publishes its state on activation, then
+                # serves its probation), so it is not "back and silent" (reconciliation)
+                row.updated_at = max(row.updated_at, r.received)
 
     def _event(self, device_id: str, b: Mapping[str, Any], ts: float, received: float) -> None:
         ts = min(ts, received)  # no event happened after the hub had it (nor escapes retention)
@@ -146,6 +154,8 @@ class _Batch:
         )
         if rollout_row is not None:
             moved = apply_event(rollout_row, b["stage"], b.get("reason"), b.get("detail"), received)
+            if moved:
+                probation.note(rollout_row, b["stage"], b, received)
             if moved and rollout_row.state in CHANGED:
                 self.reopen.add(rollout_row.rollout_id)
             return

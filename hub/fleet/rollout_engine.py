@@ -87,8 +87,14 @@ class RolloutEngine:
             quiet_since = max(row.sent_at, row.updated_at)
             dev = devices.get(row.device_id)
             if dev is not None:
-                if dev.status != "online":
-                    continue  # its Last Will: reconciled when it is back
+                if dev.status != "online":  # its Last Will: reconciled when it is back…
+                    away_s = t - max(quiet_since, dev.last_seen)
+                    if spec.offline_timeout and away_s > spec.device_timeout_s:
+                        detail = (
+                            f"offline {away_s:.0f} s after {row.attempts} send(s): never came back"
+                        )
+                        move(row, "timed_out", t, detail=detail)  # …unless it is given up
+                    continue
                 if dev.last_seen > quiet_since:  # back (or the hub is) since: silent?
                     quiet_since = dev.last_seen
                     if t - dev.last_seen > RECONCILE_GRACE_S:
@@ -188,6 +194,9 @@ class RolloutEngine:
             "version": rollout.version,
             "target": rollout.target,
         }
+        for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
+            if rollout.spec.get(name) is not None:
+                body[name] = rollout.spec[name]
         self.commands.send_command(row.device_id, "deploy", body)
         row.attempts += 1
         row.sent_at = row.updated_at = t
@@ -220,12 +229,13 @@ class RolloutEngine:
             tagged = select(DeviceTag.device_id).where(DeviceTag.tag == tag)
             tagged_ids: set[str] = set(s.exec(tagged))
             chosen &= tagged_ids
-        revoked = sorted(chosen & self.revoked())
+        barred = self.revoked()
+        revoked = sorted(chosen & barred)
         if spec.devices is not None and revoked:
             raise RolloutError(f"{len(revoked)} revoked device id(s): {few(revoked)}")
-        chosen -= self.revoked()
+        chosen -= barred
         if not chosen:
-            raise RolloutError("no devices match (none known, or none with those tags/class)")
+            raise RolloutError(no_match(spec, revoked))
         return {
             d: known[d].version if known[d].model == spec.model else None for d in sorted(chosen)
         }
@@ -287,6 +297,21 @@ class RolloutEngine:
                     t,
                 )
                 s.commit()
+
+
+def no_match(spec: RolloutSpec, revoked: list[str]) -> str:
+    """Why no device is chosen, in the operator's words: the revoked ones it left out by
+    name, else what nothing matched."""
+    if revoked:
+        verb = "is" if len(revoked) == 1 else "are"
+        return f"no devices match: {few(revoked)} {verb} revoked"
+    wanted = [f"class {spec.device_class}"] if spec.device_class is not None else []
+    tags = (*spec.tags, *([spec.group] if spec.group else []))
+    if tags:
+        wanted.append(f"tag{'s' if len(tags) > 1 else ''} {', '.join(tags)}")
+    if not wanted:
+        return "no devices match: none has reported to this hub yet"
+    return f"no devices match: none known with {' and '.join(wanted)}"
 
 
 def is_settled(rollout: Rollout, spec: RolloutSpec, rows: list[RolloutDevice]) -> bool:

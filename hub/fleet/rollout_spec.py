@@ -14,6 +14,8 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+KINDS = ("rollout", "deployment")
+
 
 class RolloutError(Exception):
     """A rollout request that cannot be met."""
@@ -39,6 +41,14 @@ class RolloutSpec:
     retries: int = 2  # re-sends after a timeout before the device counts as failed
     rollback_on_halt: bool = True
     seed: str | None = None  # shuffles the waves (default: the rollout id)
+    # "deployment": a plain `deploy`, one ungated wave (hub/fleet/deployments.py)
+    kind: str = "rollout"
+    # a device offline for device_timeout_s after its send times out instead of waiting
+    # for its return (a plain deployment ends; a rollout's late comers get it when back)
+    offline_timeout: bool = False
+    # the devices' probation, instead of the model manifest's (sent in the deploy command)
+    probation_s: float | None = None  # seconds
+    probation_min_inferences: int | None = None  # live inferences needed to judge it
 
     def __post_init__(self) -> None:
         problems = [
@@ -52,6 +62,15 @@ class RolloutSpec:
                 (self.min_sample < 1, "min_sample must be >= 1"),
                 (self.device_timeout_s <= 0, "device_timeout_s must be > 0"),
                 (self.retries < 0, "retries must be >= 0"),
+                (
+                    self.probation_s is not None and not 0 <= self.probation_s <= 86400,
+                    "probation_s must be 0..86400",
+                ),
+                (
+                    self.probation_min_inferences is not None and self.probation_min_inferences < 0,
+                    "probation_min_inferences must be >= 0",
+                ),
+                (self.kind not in KINDS, f"kind must be one of {', '.join(KINDS)}"),
             )
             if bad
         ]
@@ -79,6 +98,11 @@ class RolloutStatus:
     created_at: float
     ended_at: float | None
     spec: dict[str, Any] = field(default_factory=dict)
+    in_probation: int = 0  # devices activated, on probation now
+    # the first of them (hub/fleet/probation.py): device, left_s, max_left_s, inferences,
+    # min_inferences
+    probation: list[dict[str, Any]] = field(default_factory=list)
+    healthy_without_traffic: int = 0  # healthy, but their probation saw no inference
 
 
 def split_waves(devices: list[str], spec: RolloutSpec, seed: str) -> list[list[str]]:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
+from hub.fleet import probation
 from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
 from hub.fleet.rollout_engine import RolloutEngine, gone_long, is_settled, presence_of
 from hub.fleet.rollout_spec import (
@@ -167,12 +168,15 @@ class Rollouts:
         failures = sum(1 for r in finished if failed(r))
         spec = stored_spec(rollout.spec)
         settled = is_settled(rollout, spec, rows)
+        t = self.clock()
         with session(self.engine) as s:
             busy = presence_of(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
-        t = self.clock()
+            on_probation = probation.on_probation(s, rows, rollout.model, rollout.version, t)
         away = {d.id for d in busy.values() if d.status != "online"}
-        if rollout.state == "completed" and all(
-            gone_long(busy.get(r.device_id), spec, t) for r in rows if r.state not in DONE
+        if (
+            not spec.offline_timeout
+            and rollout.state == "completed"
+            and all(gone_long(busy.get(r.device_id), spec, t) for r in rows if r.state not in DONE)
         ):
             settled = True  # every wave done; the long-gone get it when they are back
         return RolloutStatus(
@@ -194,6 +198,9 @@ class Rollouts:
             created_at=rollout.created_at,
             ended_at=rollout.ended_at,
             spec=dict(rollout.spec),
+            in_probation=sum(1 for r in rows if r.state == "activated"),
+            probation=on_probation,
+            healthy_without_traffic=sum(1 for r in rows if probation.without_traffic(r)),
         )
 
     def pause(self, rollout_id: str) -> Rollout:

@@ -56,8 +56,13 @@ def _add(engine: Engine, table: str, added: dict[str, str]) -> None:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}"))
 
 
+# Columns RolloutDevice gained with visible probation (hub/fleet/probation.py), as above.
+ROLLOUT_DEVICE_ADDED: Final = {"probation": "JSON"}
+
+
 ADDED: Final = {
     "telemetry": TELEMETRY_ADDED,
     "modelversion": MODEL_VERSION_ADDED,
     "auditrecord": AUDIT_ADDED,
+    "rolloutdevice": ROLLOUT_DEVICE_ADDED,
 }

@@ -201,6 +201,9 @@ class RolloutDevice(SQLModel, table=True):
     sent_at: float | None = None
     rollback_at: float | None = None  # when a rollback command was sent
     updated_at: float = Field(default_factory=now)
+    # its probation, as the device reported it (hub/fleet/probation.py): since, terms, and
+    # the inferences and errors it judged
+    probation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
 
 
 class DeviceTag(SQLModel, table=True):

@@ -12,7 +12,7 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
-from hub.fleet.deployments import DeploymentError
+from hub.fleet.deployments import DEVICE_TIMEOUT_S, RETRIES, DeploymentError
 from hub.ml.registry import RegistryError
 from shared.protocol import is_device_id
 
@@ -23,6 +23,12 @@ class DeploymentRequest(BaseModel):
     model: str = Field(min_length=1, max_length=64)
     version: int | None = Field(None, ge=1, le=MAX_INT)
     devices: list[str] | None = Field(None, min_length=1, max_length=100_000)
+    # silence while online, or absence, before a device times out (hub/fleet/deployments.py)
+    device_timeout_s: float = Field(DEVICE_TIMEOUT_S, gt=0, le=7 * 86400)
+    retries: int = Field(RETRIES, ge=0, le=100)
+    # the devices' probation instead of the model manifest's (seconds; live inferences)
+    probation_s: float | None = Field(None, ge=0, le=86400)
+    probation_min_inferences: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 @router.post("", name="deployment.create", status_code=201, responses=DENIALS)
@@ -34,7 +40,16 @@ def create_deployment(
         if bad:
             raise HTTPException(422, f"invalid device id(s): {bad[:5]}")
     try:
-        dep = h.deployments.create(req.model, req.version, req.devices)
+        dep = h.deployments.create(
+            req.model,
+            req.version,
+            req.devices,
+            device_timeout_s=req.device_timeout_s,
+            retries=req.retries,
+            created_by=who.keyid,
+            probation_s=req.probation_s,
+            probation_min_inferences=req.probation_min_inferences,
+        )
     except RegistryError as e:
         raise HTTPException(404, str(e)) from e
     except DeploymentError as e:
@@ -46,7 +61,7 @@ def create_deployment(
 
 @router.get("", name="deployment.list", responses=DENIALS)
 def list_deployments(h: HubDep, who: Viewer) -> list[dict[str, Any]]:
-    return [d.model_dump() for d in h.deployments.list()]
+    return h.deployments.list()
 
 
 @router.get("/{deployment_id}", name="deployment.get", responses=DENIALS)

@@ -6,12 +6,19 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Query
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Admin, Operator, Viewer
 from hub.app import Hub
-from hub.store.tables import Device, DevicePublic, EnrolToken, EnrolTokenPublic, session
+from hub.store.tables import (
+    Device,
+    DevicePublic,
+    EnrolToken,
+    EnrolTokenPublic,
+    Revocation,
+    session,
+)
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefused
 from hub.trust.identities import DeviceRevoked, DeviceTaken
 from hub.trust.pki import PkiError
@@ -60,6 +67,19 @@ class RevocationResult(BaseModel):
     serials: list[str]
     # what the broker was told: reloaded, left to the operator, or a failed reload
     broker: str
+
+
+class RevokedSince(BaseModel):
+    revoked_at: float
+    reason: str  # an x509 CRL reason name
+    by: str | None  # the API key id that revoked it
+
+
+class DeviceView(DevicePublic):
+    """A device as the API shows it: ``status`` is ``revoked`` while it is, whatever the
+    device last reported, and ``revoked`` says since when and why."""
+
+    revoked: RevokedSince | None = None
 
 
 class EnrolTokenCreate(BaseModel):
@@ -137,20 +157,38 @@ def _pki_refusal(e: PkiError) -> HTTPException:
     return HTTPException(422, f"certificate request refused: {e}")
 
 
-@router.get("/devices", name="device.list", response_model=list[DevicePublic], responses=DENIALS)
-def list_devices(h: HubDep, who: Viewer, status: str | None = None) -> list[Device]:
+@router.get("/devices", name="device.list", response_model=list[DeviceView], responses=DENIALS)
+def list_devices(h: HubDep, who: Viewer, status: str | None = None) -> list[DeviceView]:
+    """Devices by id; ``status`` filters (``revoked`` lists the revoked ones)."""
     with session(h.engine) as s:
         q = select(Device).order_by(col(Device.id))
-        if status is not None:
+        if status is not None and status != "revoked":
             q = q.where(Device.status == status)
-        return list(s.exec(q))
+        views = _views(s, list(s.exec(q)))
+    if status is None:
+        return views
+    return [v for v in views if (v.status == "revoked") == (status == "revoked")]
 
 
-@router.get(
-    "/devices/{device_id}", name="device.get", response_model=DevicePublic, responses=DENIALS
-)
-def get_device(device_id: str, h: HubDep, who: Viewer) -> Device:
-    return _device(h, device_id)
+@router.get("/devices/{device_id}", name="device.get", response_model=DeviceView, responses=DENIALS)
+def get_device(device_id: str, h: HubDep, who: Viewer) -> DeviceView:
+    dev = _device(h, device_id)
+    with session(h.engine) as s:
+        return _views(s, [dev])[0]
+
+
+def _views(s: Session, devices: list[Device]) -> list[DeviceView]:
+    """The devices with their revocations (one query)."""
+    revoked = {r.device_id: r for r in s.exec(select(Revocation))}
+    out = []
+    for d in devices:
+        view = DeviceView.model_validate(d, from_attributes=True)
+        row = revoked.get(d.id)
+        if row is not None:
+            view.status = "revoked"
+            view.revoked = RevokedSince(revoked_at=row.revoked_at, reason=row.reason, by=row.by)
+        out.append(view)
+    return out
 
 
 @router.post(

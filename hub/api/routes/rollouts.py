@@ -38,6 +38,9 @@ class RolloutRequest(BaseModel):
     retries: int = Field(2, ge=0, le=100)
     rollback_on_halt: bool = True
     seed: str | None = Field(None, min_length=1, max_length=64)  # shuffles the waves
+    # the devices' probation instead of the model manifest's (seconds; live inferences)
+    probation_s: float | None = Field(None, ge=0, le=86400)
+    probation_min_inferences: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 class AbortRequest(BaseModel):
