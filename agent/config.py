@@ -78,6 +78,11 @@ class AgentConfig:
                 f"{source}: broker must be mqtt://host:port or mqtts://host:port,"
                 f" got {raw['broker']!r}"
             )
+        runtime = raw.get("runtime", "onnxruntime")
+        if runtime not in ("onnxruntime", "tflite"):  # agent/backends.py RUNTIMES
+            raise ConfigError(
+                f"{source}: runtime must be onnxruntime or tflite (LiteRT), got {runtime!r}"
+            )
         window = raw.get("window_s", 10.0)
         if not isinstance(window, (int, float)) or window <= 0:
             raise ConfigError(f"{source}: window_s must be a positive number")
@@ -100,7 +105,7 @@ class AgentConfig:
             device_class=raw["device_class"],
             broker=raw["broker"],
             state_dir=Path(raw["state_dir"]),
-            runtime=str(raw.get("runtime", "onnxruntime")),
+            runtime=str(runtime),
             window_s=float(window),
             endpoint=endpoint,
             spool_max_bytes=spool_max,

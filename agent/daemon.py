@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 import psutil
 
+from agent.backends import BackendError, backend_for
 from agent.config import AgentConfig, ConfigError, endpoint_address
 from agent.connection import ConnectionLog
 from agent.core import CoreConfig
@@ -36,7 +37,7 @@ from agent.device import Device
 from agent.endpoint import LocalEndpoint
 from agent.enrol import IDENTITY_DIR, enrol, identity_dir
 from agent.identity import DeviceIdentity
-from agent.runtime import OnnxBackend, SessionCache
+from agent.runtime import SessionCache
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
 from agent.update_log import UpdateLog
@@ -71,6 +72,10 @@ class AgentDaemon:
     def __init__(self, config: AgentConfig, source: str = "the agent config") -> None:
         self.config = config
         self.source = source  # the config file, named in messages
+        try:
+            backend = backend_for(config.runtime)
+        except BackendError as e:
+            raise ConfigError(f"{source}: {e}") from e
         store = DeviceStore(config.state_dir)
         if not (store.trust_dir / "root.json").exists():
             raise ConfigError(
@@ -108,7 +113,7 @@ class AgentDaemon:
             ),
             store,
             publish=self._publish,
-            sessions=SessionCache(OnnxBackend()),
+            sessions=SessionCache(backend),
             spool=self.spool,
             update_log=UpdateLog(config.device_id),
         )

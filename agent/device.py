@@ -196,6 +196,7 @@ class Device:
                 action.version,
                 _names(custom.get("classes")),
                 _feature_names(custom.get("baseline")),
+                _scored_output(custom.get("baseline")),
             )
             self.drift.activate(action.model, action.version, custom.get("baseline"))
             self._staged = None
@@ -300,6 +301,7 @@ class Device:
             action.to_version,
             _baseline_classes(baseline),
             _feature_names(baseline),
+            _scored_output(baseline),
         )
         self.drift.activate(action.model, action.to_version, baseline)
         return Done("rollback", self.clock())
@@ -356,6 +358,7 @@ class Device:
                 entry["version"],
                 _baseline_classes(baseline),
                 _feature_names(baseline),
+                _scored_output(baseline),
             )
             self.drift.activate(model, entry["version"], baseline)
 
@@ -398,6 +401,13 @@ def _baseline_classes(baseline: dict[str, Any] | None) -> tuple[str, ...]:
     baseline lists them (the manifest's ``classes``, in the same order)."""
     outputs = (baseline or {}).get("outputs")
     return _names(outputs.get("classes")) if isinstance(outputs, dict) else ()
+
+
+def _scored_output(baseline: Any) -> str | None:
+    """The output the hub scored the model on, as its drift baseline names it."""
+    outputs = baseline.get("outputs") if isinstance(baseline, dict) else None
+    name = outputs.get("output") if isinstance(outputs, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _feature_names(baseline: Any) -> tuple[str, ...]:

@@ -54,7 +54,7 @@ from agent.endpoint_http import (
     UnixServer,
     parse_json,
 )
-from agent.labels import MAX_LABELS, parse_labels
+from agent.labels import MAX_LABELS, Task, parse_labels
 from agent.predictor import Predictor
 from agent.runtime import Array, InferenceError, NoModelError
 from shared.manifest import TensorSpec
@@ -197,7 +197,7 @@ class LocalEndpoint:
             inputs[0]["features"] = list(features)
         outputs = [_spec_json(s) for s in session.outputs]
         for out in outputs:
-            if task.classes and out["name"] in ("label", "probabilities"):
+            if task.classes and out["name"] in ("label", task.output):
                 out["classes"] = list(task.classes)
         return {
             "model": active[0],
@@ -230,15 +230,17 @@ class LocalEndpoint:
                 HTTPStatus.INTERNAL_SERVER_ERROR, "inference_failed", e.detail[:500]
             ) from e
         if labels is not None:
-            if "label" not in outputs:
+            same = task is not None and (task.model, task.version) == (model, version)
+            predicted = _predicted_labels(outputs, task if same else None)
+            if predicted is None:
                 raise RequestError(
                     HTTPStatus.BAD_REQUEST, "bad_labels", "the model has no 'label' output"
                 )
-            self.predictor.record_labels(outputs["label"], labels, model=model, version=version)
+            self.predictor.record_labels(predicted, labels, model=model, version=version)
             self.predictor.predictions.mark_labelled(pid)  # a later label is a duplicate
         answer = {name: _to_json(arr) for name, arr in outputs.items()}
         if task is not None and (task.model, task.version) == (model, version):
-            names = _class_names(outputs, task.classes)
+            names = _class_names(outputs, task.classes, task.output)
             if names is not None:
                 answer["class"] = names
         return {"id": pid, "model": model, "version": version, "outputs": answer}
@@ -330,16 +332,29 @@ class LocalEndpoint:
         log.log(logging.WARNING if first else logging.DEBUG, "local endpoint: %s", error)
 
 
-def _class_names(outputs: dict[str, Array], classes: tuple[str, ...]) -> list[str | None] | None:
+def _predicted_labels(outputs: dict[str, Array], task: Task | None) -> Array | None:
+    """The class each row was given: ``label``, else the argmax of a classifier's scores
+    (a .tflite classifier has no label output); None for a model with neither."""
+    if "label" in outputs:
+        return outputs["label"]
+    if task is None or task.regression or task.output not in outputs:
+        return None
+    scores = outputs[task.output]
+    return np.argmax(scores, axis=1) if scores.ndim == 2 else None
+
+
+def _class_names(
+    outputs: dict[str, Array], classes: tuple[str, ...], scores: str | None
+) -> list[str | None] | None:
     """A classifier's predicted class names, one per row (from ``label``, else the argmax
-    of ``probabilities``); None when the model names no classes. An index out of range
-    (a model that disagrees with its manifest) is null."""
+    of its class scores, the output ``scores``); None when the model names no classes.
+    An index out of range (a model that disagrees with its manifest) is null."""
     if not classes or "class" in outputs:
         return None
     if "label" in outputs:
         idx = np.asarray(outputs["label"]).reshape(len(outputs["label"]), -1)[:, 0]
-    elif "probabilities" in outputs and outputs["probabilities"].ndim == 2:
-        idx = np.argmax(outputs["probabilities"], axis=1)
+    elif scores is not None and scores in outputs and outputs[scores].ndim == 2:
+        idx = np.argmax(outputs[scores], axis=1)
     else:
         return None
     return [classes[i] if 0 <= i < len(classes) else None for i in idx.astype(np.int64).tolist()]

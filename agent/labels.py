@@ -102,8 +102,15 @@ def task_of(
     version: int,
     outputs: Mapping[str, tuple[int | None, ...]],
     classes: Sequence[str] = (),
+    scored: str | None = None,
 ) -> Task:
-    """The :class:`Task` of a model whose outputs have these names and shapes."""
+    """The :class:`Task` of a model whose outputs have these names and shapes.
+
+    ``scored``: the output the hub scored the model on (its drift baseline names it),
+    used when none is named ``label``, ``value`` or ``probabilities`` (a .tflite file's
+    outputs carry TensorFlow's tensor names): class scores when the model has classes,
+    else a regressor's value.
+    """
     width = outputs.get("probabilities", ())
     n_classes = len(classes) or (width[-1] if width and isinstance(width[-1], int) else None)
     if "label" in outputs:
@@ -112,6 +119,10 @@ def task_of(
         return Task(model, version, "value", True)
     if "probabilities" in outputs:
         return Task(model, version, "probabilities", False, tuple(classes), n_classes)
+    if scored is not None and scored in outputs:
+        if classes:
+            return Task(model, version, scored, False, tuple(classes), len(classes))
+        return Task(model, version, scored, True)
     return Task(model, version, None)
 
 

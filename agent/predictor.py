@@ -124,6 +124,7 @@ class Predictor:
         version: int,
         classes: Sequence[str] = (),
         features: Sequence[str] = (),
+        scored: str | None = None,
     ) -> None:
         """Make ``session`` the active model (atomic).
 
@@ -132,6 +133,9 @@ class Predictor:
                 ``classes``), so late labels may name a class; empty: indices only.
             features: the names of its input's features in order (its manifest's drift
                 baseline), for applications that ask; empty: not known.
+            scored: the output the hub scored it on (its drift baseline's ``output``),
+                for a model whose outputs are not named ``label``, ``probabilities`` or
+                ``value`` (agent/labels.py ``task_of``).
 
         Raises:
             ValueError: the model does not have exactly one input.
@@ -154,7 +158,9 @@ class Predictor:
             model=model,
             version=version,
             session=session,
-            task=task_of(model, version, {o.name: o.shape for o in session.outputs}, classes),
+            task=task_of(
+                model, version, {o.name: o.shape for o in session.outputs}, classes, scored
+            ),
             features=tuple(features),
         )
 

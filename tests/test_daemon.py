@@ -159,6 +159,7 @@ def test_daemon_installs_serves_and_reports(
         (GOOD + "foo = 1\n", "unknown"),
         (GOOD + 'endpoint = "8780"\n', 'endpoint must be "host:port"'),
         (GOOD + 'endpoint = "127.0.0.1:99999"\n', "endpoint"),
+        (GOOD + 'runtime = "tensorrt"\n', "runtime must be onnxruntime or tflite"),
     ],
 )
 def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) -> None:

@@ -107,6 +107,9 @@ def baseline_stats(
             }
         )
     outputs = _outputs(pa, qs, classes, task)
+    # the output these statistics are of: devices find it by this name when it is not
+    # ``probabilities`` or ``value`` (a .tflite file's tensors are named by TensorFlow)
+    outputs["output"] = scores_output
     if holdout is not None and task == "classification":
         table = calibration_table(*holdout, output=scores_output)
         if table is not None:
