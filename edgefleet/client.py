@@ -2,6 +2,13 @@
 
 ``HubClient(url, api_key="ef_...")`` sends the key as ``Authorization: Bearer``; every
 route but ``/health`` and ``/enrol`` needs one (each route in hub/api/routes/ names its role).
+
+Errors, each one line an operator can act on::
+
+    HubClientError         the hub answered 4xx/5xx (``status``, ``message``: a 422's
+                           FastAPI list rendered one sentence per field)
+    HubConnectionError     no edgefleet hub answered at that URL (``url``, ``reason``):
+                           nothing listening, http vs https, or something else's endpoint
 """
 
 from __future__ import annotations
@@ -12,6 +19,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from edgefleet.connection import NOT_A_HUB, HubConnectionError, connection_error
+
+__all__ = ["HubClient", "HubClientError", "HubConnectionError"]
 
 
 class HubClientError(Exception):
@@ -26,6 +37,7 @@ class HubClientError(Exception):
 class HubClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
@@ -37,14 +49,53 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise connection_error(self.url, e) from e
+
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        r = self._http.request(method, path, **kw)
+        r = self._send(method, path, **kw)
         if r.status_code >= 400:
+            if r.status_code in (404, 405) or not _is_json(r):
+                self._check_is_hub()  # a 404 from something else is "wrong --hub"
             raise HubClientError(r.status_code, _detail(r))
-        return r.json()
+        try:
+            return r.json()
+        except ValueError as e:
+            self._check_is_hub()
+            raise HubConnectionError(self.url, NOT_A_HUB) from e
+
+    def _check_is_hub(self) -> dict[str, Any]:
+        """``/health``'s answer; HubConnectionError unless it answers as a hub does."""
+        r = self._send("GET", "/health")
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.status_code != 200 or not isinstance(body, dict) or "broker_connected" not in body:
+            raise HubConnectionError(self.url, NOT_A_HUB)
+        return body
 
     def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/health"))
+        return self._check_is_hub()
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.25) -> dict[str, Any]:
+        """Poll ``/health`` until a hub answers (one starting in the background, say).
+
+        Raises:
+            HubConnectionError: still nothing after ``timeout`` seconds, or the server
+                that answers is not a hub.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except HubConnectionError as e:
+                if "refused" not in e.reason or time.monotonic() > deadline:
+                    raise
+            time.sleep(interval)
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call("GET", "/stats"))
@@ -174,7 +225,8 @@ class HubClient:
         """
         params = {"label": label, "task": task, "format": fmt, "filename": path.name}
         with path.open("rb") as f:
-            r = self._http.post(
+            r = self._send(
+                "POST",
                 f"/datasets/{name}",
                 content=_file_chunks(f),
                 params={k: v for k, v in params.items() if v is not None},
@@ -193,13 +245,16 @@ class HubClient:
 
     def download_dataset(self, ref: str, dest: Path) -> Path:
         """Write the version's file, byte for byte, to ``dest``."""
-        with self._http.stream("GET", f"/datasets/{ref}/file") as r:
-            if r.status_code >= 400:
-                r.read()
-                raise HubClientError(r.status_code, _detail(r))
-            with dest.open("wb") as f:
-                for block in r.iter_bytes():
-                    f.write(block)
+        try:
+            with self._http.stream("GET", f"/datasets/{ref}/file") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise HubClientError(r.status_code, _detail(r))
+                with dest.open("wb") as f:
+                    for block in r.iter_bytes():
+                        f.write(block)
+        except httpx.TransportError as e:
+            raise connection_error(self.url, e) from e
         return dest
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -377,9 +432,59 @@ def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
+def _is_json(r: httpx.Response) -> bool:
+    return str(r.headers.get("content-type", "")).startswith("application/json")
+
+
 def _detail(r: httpx.Response) -> str:
     try:
-        detail = r.json().get("detail", r.text)
+        body = r.json()
+        detail = body.get("detail", r.text) if isinstance(body, dict) else body
     except ValueError:
-        detail = r.text
+        return r.text[:300]
+    return render_detail(detail)
+
+
+def render_detail(detail: Any) -> str:
+    """The hub's ``detail`` as sentences: a 422's FastAPI list becomes one per field
+    (``version: must be at least 1``), never a Python repr."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(d, dict) for d in detail):
+        return "; ".join(_field_error(d) for d in detail) or "invalid request"
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {v}" for k, v in detail.items())
     return str(detail)
+
+
+# pydantic's error types, said as an operator would read them
+_PHRASES = {
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "missing": "is required",
+    "string_too_long": "must be at most {max_length} characters",
+    "string_too_short": "must be at least {min_length} characters",
+    "too_long": "must have at most {max_length} items",
+    "too_short": "must have at least {min_length} items",
+    "extra_forbidden": "is not a known field",
+    "int_parsing": "must be a whole number",
+    "float_parsing": "must be a number",
+    "bool_parsing": "must be true or false",
+}
+
+
+def _field_error(d: dict[str, Any]) -> str:
+    loc = [str(p) for p in d.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or "request"
+    ctx = d.get("ctx") or {}
+    phrase = _PHRASES.get(str(d.get("type")))
+    try:
+        text = phrase.format(**ctx) if phrase else None
+    except (KeyError, IndexError):
+        text = None
+    if text is None:
+        text = str(d.get("msg", "invalid")).removeprefix("Value error, ")
+        text = text[:1].lower() + text[1:]
+    return f"{field}: {text}"

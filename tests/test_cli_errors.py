@@ -1,0 +1,163 @@
+"""What an operator sees when the CLI cannot reach a hub, or the hub refuses a request
+(issue "The first hour of a new operator", items 5 and 12): one line that names the URL
+and the likely cause, exit 1, no traceback; a 422 said one sentence per field.
+
+Against real parts: a real ``edgefleet hub serve`` child process, a real agent local
+endpoint (the wrong ``--hub`` an operator pastes), a port nothing listens on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.endpoint import LocalEndpoint
+from agent.predictor import Predictor
+from edgefleet.cli import main
+from edgefleet.client import render_detail
+from edgefleet.stage import HubProcess
+from hub.access.keys import DEV_KEY
+from hub.transport.broker import Mosquitto, free_port
+
+pytestmark = [pytest.mark.broker]
+
+
+@pytest.fixture(scope="module")
+def hub(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    proc = HubProcess(tmp_path_factory.mktemp("cli-errors") / "hub", mosquitto.address.url)
+    yield proc.start()
+    proc.stop()
+
+
+@pytest.fixture
+def agent_endpoint() -> Iterator[str]:
+    with LocalEndpoint(Predictor()) as ep:
+        host, port = ep.address
+        yield f"http://{host}:{port}"
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_nothing_listening_names_the_url_and_says_start_the_hub(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(capsys, "devices", "--hub", url, "--api-key", DEV_KEY)
+    line = one_line(err)
+    assert code == 1
+    assert f"no edgefleet hub at {url}: connection refused" in line
+    assert "edgefleet hub serve" in line and "port" in line
+
+
+def test_agent_enrol_with_nothing_listening_says_the_same(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(
+        capsys, "agent", "enrol", "--hub", url, "--token", "t", "--device-id", "d1",
+        "--state-dir", str(tmp_path / "s"), "--config-out", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    line = one_line(err)
+    assert code == 1
+    assert f"no edgefleet hub at {url}: connection refused" in line
+    assert "urlopen" not in line and "Errno" not in line
+
+
+def test_https_to_a_plain_http_hub_says_try_http(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = hub.url.replace("http://", "https://")
+    code, _, err = run(capsys, "devices", "--hub", url, "--api-key", DEV_KEY)
+    line = one_line(err)
+    assert code == 1
+    assert f"no edgefleet hub at {url}: TLS failed" in line and "try http://" in line
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["models", "train"]])
+def test_the_agents_endpoint_as_hub_is_not_a_hub(
+    agent_endpoint: str, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    code, _, err = run(capsys, *command, "--hub", agent_endpoint, "--api-key", DEV_KEY)
+    line = one_line(err)
+    assert code == 1
+    assert f"no edgefleet hub at {agent_endpoint}: this is not an edgefleet hub" in line
+    assert "8700" in line
+
+
+def test_agent_enrol_against_the_agents_endpoint_is_not_a_hub(
+    agent_endpoint: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys, "agent", "enrol", "--hub", agent_endpoint, "--token", "t", "--device-id",
+        "d1", "--state-dir", str(tmp_path / "s"), "--config-out", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 1
+    assert "this is not an edgefleet hub" in one_line(err)
+
+
+def test_agent_enrol_refused_by_the_hub_gives_its_reason(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(
+        capsys, "agent", "enrol", "--hub", hub.url, "--token", "not-a-token", "--device-id",
+        "d1", "--state-dir", str(tmp_path / "s"), "--config-out", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    line = one_line(err)
+    assert code == 1
+    assert f"the hub at {hub.url} refused the enrolment (403)" in line
+
+
+def test_a_422_is_one_sentence_per_field_not_a_python_list(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "deploy", "--hub", hub.url, "--api-key", DEV_KEY, "--model", "vibration",
+        "--version", "0",
+    )  # fmt: skip
+    line = one_line(err)
+    assert code == 1
+    assert line == "edgefleet: error: hub answered 422: version: must be at least 1"
+
+
+def test_a_404_from_the_hub_itself_stays_the_hubs_answer(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "models", "lineage", "nosuch:1", "--hub", hub.url, "--api-key", DEV_KEY
+    )
+    assert code == 1
+    assert one_line(err) == "edgefleet: error: hub answered 404: no model nosuch v1 in the registry"
+
+
+@pytest.mark.parametrize(
+    ("detail", "said"),
+    [
+        (
+            [{"type": "missing", "loc": ["body", "model"], "msg": "Field required"}],
+            "model: is required",
+        ),
+        (
+            [
+                {"type": "less_than_equal", "loc": ["query", "limit"], "ctx": {"le": 1000}},
+                {"type": "value_error", "loc": ["body"], "msg": "Value error, Name a device"},
+            ],
+            "limit: must be at most 1000; request: name a device",
+        ),
+        ("no model 'x'", "no model 'x'"),
+    ],
+)
+def test_validation_errors_read_as_sentences(detail: object, said: str) -> None:
+    assert render_detail(detail) == said
