@@ -319,12 +319,13 @@ class HubClient:
         *,
         device: str | None = None,
         group: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
+        start: float | str | None = None,
+        end: float | str | None = None,
         resolution_s: float | None = None,
     ) -> dict[str, Any]:
         """One device's or one group's (tag) telemetry windows merged per ``resolution_s``
-        over ``[start, end)`` (epoch seconds; the hub defaults to the last hour)."""
+        over ``[start, end)`` (epoch seconds, ISO 8601 or relative like ``"-2h"``; the hub
+        defaults to the last hour)."""
         if (device is None) == (group is None):
             raise ValueError("name exactly one of device and group")
         path = f"/telemetry/devices/{device}" if device else f"/telemetry/groups/{group}"
@@ -340,8 +341,8 @@ class HubClient:
         version: int | None = None,
         device: str | None = None,
         group: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
+        start: float | str | None = None,
+        end: float | str | None = None,
     ) -> dict[str, Any]:
         """Live accuracy or MAE / RMSE of ``model`` per version, from labelled predictions
         of one device, one group (tag) or the fleet (neither given), over ``[start, end)``
@@ -365,10 +366,11 @@ class HubClient:
         )
 
     def drift(
-        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float
+        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float | str
     ) -> dict[str, Any]:
         """Per-feature PSI/JS of ``model`` for a device, group (tag) or the fleet;
-        ``since``/``until`` (epoch seconds) bound the range."""
+        ``since``/``until`` (epoch seconds, ISO 8601 or relative like ``"-2h"``) bound the
+        range. ``enough_data`` false (PSI/JS null) under the policy's ``min_rows``."""
         params: dict[str, Any] = {"scope": scope, **range_}
         if id is not None:
             params["id"] = id
