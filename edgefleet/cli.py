@@ -145,6 +145,9 @@ def _hub_parser(sub: Any) -> None:
         help="accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe)",
     )
     serve.set_defaults(func=_hub_serve)
+    from edgefleet import hub_wait
+
+    hub_wait.register(hub, DEFAULT_HUB)
     _apikey_parser(hub)
 
 

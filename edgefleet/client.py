@@ -93,8 +93,13 @@ class HubClient:
             try:
                 return self.health()
             except HubConnectionError as e:
-                if "refused" not in e.reason or time.monotonic() > deadline:
+                if not e.reason.startswith("connection refused"):
                     raise
+                if time.monotonic() > deadline:
+                    raise HubConnectionError(
+                        self.url, f"nothing answered in {timeout:g} s (connection refused):"
+                        " is the hub running (`edgefleet hub serve`), and on this port?"
+                    ) from e  # fmt: skip
             time.sleep(interval)
 
     def stats(self) -> dict[str, Any]:

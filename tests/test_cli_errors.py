@@ -161,3 +161,27 @@ def test_a_404_from_the_hub_itself_stays_the_hubs_answer(
 )
 def test_validation_errors_read_as_sentences(detail: object, said: str) -> None:
     assert render_detail(detail) == said
+
+
+def test_hub_wait_gives_up_in_its_time_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(capsys, "hub", "wait", "--hub", url, "--timeout", "0.5")
+    assert code == 1
+    assert f"no edgefleet hub at {url}: nothing answered in 0.5 s (connection refused)" in (
+        one_line(err)
+    )
+
+
+def test_hub_wait_returns_once_the_hub_answers(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "hub", "wait", "--hub", hub.url)
+    assert code == 0
+    assert out.startswith(f"hub: answering at {hub.url}")
+
+
+def test_hub_wait_for_the_agents_endpoint_says_it_is_not_a_hub(
+    agent_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "hub", "wait", "--hub", agent_endpoint, "--timeout", "5")
+    assert code == 1 and "this is not an edgefleet hub" in one_line(err)
