@@ -31,30 +31,36 @@ NOT_A_HUB = (
 def connection_error(url: str, e: Exception) -> HubConnectionError:
     """What an httpx (or urllib) failure to reach ``url`` most likely means, in one line."""
     text = f"{e} {getattr(e, 'reason', '')} {e.__cause__ or ''}"
+    said = _short(_inner(e))
     if isinstance(e, ssl.SSLError) or "SSL" in text or "TLS" in text:
         if url.startswith("https:"):
             return HubConnectionError(
-                url, f"TLS failed ({_short(e)}); a hub started by `edgefleet hub serve`"
+                url, f"TLS failed ({said}); a hub started by `edgefleet hub serve`"
                 " speaks plain http: try http://"
             )  # fmt: skip
-        return HubConnectionError(url, f"TLS error ({_short(e)}): check http:// vs https://")
+        return HubConnectionError(url, f"TLS error ({said}): check http:// vs https://")
     if "refused" in text.lower():
         return HubConnectionError(
             url, "connection refused: is the hub running (`edgefleet hub serve`), and on"
             " this port? (`edgefleet hub wait` waits for one that is starting)"
         )  # fmt: skip
-    if _broken(e) and url.startswith("http:"):
-        return HubConnectionError(
-            url, f"the server broke the connection ({_short(e)}): if it speaks TLS, try https://"
-        )
+    if _broken(e) or "reset by peer" in text:
+        hint = ": if it speaks TLS, try https://" if url.startswith("http:") else ""
+        return HubConnectionError(url, f"the server dropped the connection ({said}){hint}")
     if "Timeout" in type(e).__name__ or "timed out" in text:
         return HubConnectionError(url, "no answer in time: check the host and any firewall")
     if "Name or service not known" in text or "nodename nor servname" in text:
         return HubConnectionError(url, "unknown host name: check --hub")
-    return HubConnectionError(url, f"{type(e).__name__}: {_short(e)}")
+    return HubConnectionError(url, f"{type(_inner(e)).__name__}: {said}")
 
 
-def _short(e: Exception) -> str:
+def _inner(e: BaseException) -> BaseException:
+    """urllib's URLError wraps the real error in ``reason``: that one says more."""
+    reason = getattr(e, "reason", None)
+    return reason if isinstance(reason, BaseException) else e
+
+
+def _short(e: BaseException) -> str:
     return (str(e) or type(e).__name__).splitlines()[0][:160]
 
 

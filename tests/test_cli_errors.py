@@ -8,10 +8,18 @@ endpoint (the wrong ``--hub`` an operator pastes), a port nothing listens on.
 
 from __future__ import annotations
 
+import datetime
+import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agent.endpoint import LocalEndpoint
 from agent.predictor import Predictor
@@ -36,6 +44,51 @@ def agent_endpoint() -> Iterator[str]:
     with LocalEndpoint(Predictor()) as ep:
         host, port = ep.address
         yield f"http://{host}:{port}"
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[str]:
+    """A real TLS server (a self-signed certificate) that a plain-http client reaches:
+    the handshake fails on the HTTP bytes and it drops the connection."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            try:
+                ctx.wrap_socket(conn, server_side=True).close()
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    srv.close()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -84,6 +137,22 @@ def test_https_to_a_plain_http_hub_says_try_http(
     line = one_line(err)
     assert code == 1
     assert f"no edgefleet hub at {url}: TLS failed" in line and "try http://" in line
+
+
+def test_http_to_a_tls_server_says_try_https(
+    tls_server: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, _, err = run(capsys, "devices", "--hub", tls_server, "--api-key", DEV_KEY)
+    assert code == 1
+    line = one_line(err)
+    assert f"no edgefleet hub at {tls_server}: the server dropped the connection" in line
+    assert line.endswith("if it speaks TLS, try https://")
+    code, _, err = run(
+        capsys, "agent", "enrol", "--hub", tls_server, "--token", "t", "--device-id", "d1",
+        "--state-dir", str(tmp_path / "s"), "--config-out", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 1 and one_line(err).endswith("if it speaks TLS, try https://")
+    assert "urlopen" not in err
 
 
 @pytest.mark.parametrize("command", [["models", "list"], ["models", "train"]])
