@@ -103,3 +103,30 @@ def test_the_demo_log_says_each_training_stage_once_and_counts_waves_one_way(
     (total,) = waves or {0}
     assert f"{total} waves: the canary, then {total - 1} more" in err
     assert "canary + " not in err
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_one_line_rewritten_in_words_then_the_figures() -> None:
+    out = Terminal()
+    show = JobProgress(out)
+    for job in polled(("dataset", 0.0), ("train", 0.4), ("train", 0.4), ("gate", 0.8)):
+        show(job)
+    result = {
+        "metrics": {
+            "fp32": {"accuracy": 0.92, "size_bytes": 23_003},
+            "int8": {"accuracy": 0.919, "size_bytes": 12_665},
+        },
+        "gates": [{"name": "int8_loss", "passed": True}],
+    }
+    show({"kind": "train", "status": "done", "stage": "sign", "progress": 1.0, "result": result})
+    text = out.getvalue()
+    assert text.count("\r") == 4  # the repeated poll drew nothing
+    assert "training the float32 model" in text and "100%  signing and publishing\n" in text
+    assert text.endswith(
+        "  float32: 23,003 bytes, accuracy 0.920\n"
+        "  int8: 12,665 bytes (0.55× fp32), accuracy 0.919 (-0.1 pt): gates passed\n"
+    )
