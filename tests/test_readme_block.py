@@ -89,8 +89,10 @@ def test_the_block_runs_pasted_whole_and_stops_what_it_started(tmp_path: Path) -
         assert "BLOCK-DONE" in text
         assert "hub: answering at http://127.0.0.1:8700" in text
         assert re.search(r"vibration v1 signed", text), text[-3000:]
-        assert re.search(r"rollout \w+  vibration v1  COMPLETED", text), text[-3000:]
-        assert "press-17                 wave 1  healthy" in text
+        # rollout create --watch exits 0 only for a completed rollout (set -e above);
+        # its wording is rollout_cli's own, so only the gist is checked here
+        assert re.search(r"completed", text, re.IGNORECASE), text[-3000:]
+        assert re.search(r"press-17\s.*healthy", text), text[-3000:]
         # curl prints no newline: the two answers run together in the log
         answers = json.JSONDecoder().raw_decode(text[text.index('{"id":') :])[0]
         assert answers["model"] == "vibration" and len(answers["outputs"]["label"]) == 1
