@@ -2,131 +2,75 @@
 
 Wires one ``Device`` to paho-mqtt (MQTT 3.1.1, persistent session, a retained
 ``offline`` Last Will), ticks it every second with the process's CPU and RSS, and
-serves the local inference endpoint for applications on the device.
+serves the local inference endpoint for applications on the device. Its settings are
+in agent/config.py and docs/agent.md.
 
-Config (TOML)::
-
-    device_id = "press-17"
-    device_class = "rpi4"
-    broker = "mqtt://hub.example:1883"
-    state_dir = "/var/lib/edgefleet"
-    # optional
-    runtime = "onnxruntime"
-    window_s = 10.0
-    endpoint = "127.0.0.1:8780"     # "" disables the local endpoint
-    spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
-    spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
-    spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
+Stopping: SIGTERM or SIGINT (Ctrl-C) only sets a flag (a signal handler must not take
+a lock the interrupted thread may hold: ``Event.set`` from a handler deadlocked against
+the main thread's ``Event.wait``); the main loop sleeps in short slices, sees the flag
+and stops within :data:`STOP_SLICE_S`. The stop itself is bounded by
+:data:`STOP_TIMEOUT_S` even with the broker gone. A second signal while stopping ends
+the process at once.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
+import os
 import signal
+import sys
 import threading
-import tomllib
-from dataclasses import dataclass
-from pathlib import Path
+import time
+from types import FrameType
 from typing import Any
 from urllib.parse import urlparse
-from urllib.request import Request, urlopen
 
 import paho.mqtt.client as mqtt
 import psutil
 
+from agent.config import AgentConfig, ConfigError, endpoint_address
+from agent.connection import ConnectionLog
 from agent.core import CoreConfig
 from agent.device import Device
 from agent.endpoint import LocalEndpoint
+from agent.enrol import IDENTITY_DIR, enrol, identity_dir
 from agent.identity import DeviceIdentity
 from agent.runtime import OnnxBackend, SessionCache
-from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S, Spool, SpoolSender
+from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
+from agent.update_log import UpdateLog
 from shared import protocol
-from shared.trust import DeviceVerifier
+
+__all__ = [
+    "IDENTITY_DIR",
+    "AgentConfig",
+    "AgentDaemon",
+    "ConfigError",
+    "EndpointInUse",
+    "enrol",
+    "identity_dir",
+    "run_daemon",
+]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # how often inference stats are handed to the core
-IDENTITY_DIR = "identity"  # under state_dir: device.key, device.crt, ca.crt
+STOP_SLICE_S = 0.1  # seconds: the main loop's sleep between looks at the stop flag
+STOP_TIMEOUT_S = 3.0  # seconds the MQTT side of a stop may take (saying offline, paho's thread)
+SAY_OFFLINE_S = 1.0  # seconds to wait for the broker to take the clean "offline" state
+RECONNECT_S = (1, 60)  # paho's reconnect backoff: first wait, longest wait (seconds)
 SPOOL_DIR = "spool"  # under state_dir: unacknowledged telemetry and drift windows
 
 
-class ConfigError(ValueError):
-    """An agent config that cannot be used; the message names the field."""
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    device_id: str
-    device_class: str
-    broker: str
-    state_dir: Path
-    runtime: str = "onnxruntime"
-    window_s: float = 10.0
-    endpoint: str = "127.0.0.1:8780"
-    spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
-    spool_fsync: bool = False
-    spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
-
-    @classmethod
-    def load(cls, path: Path) -> AgentConfig:
-        """Read and check a TOML config.
-
-        Raises:
-            ConfigError: unreadable file, missing or invalid field.
-        """
-        try:
-            raw = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"{path}: {e}") from e
-        return cls.from_dict(raw, source=str(path))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> AgentConfig:
-        required = ("device_id", "device_class", "broker", "state_dir")
-        missing = [k for k in required if not isinstance(raw.get(k), str) or not raw.get(k)]
-        if missing:
-            raise ConfigError(f"{source}: missing or empty: {', '.join(missing)}")
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"{source}: unknown settings: {', '.join(sorted(unknown))}")
-        if not protocol.is_device_id(raw["device_id"]):
-            raise ConfigError(f"{source}: device_id {raw['device_id']!r}: letters, digits, _.-")
-        u = urlparse(raw["broker"])
-        if u.scheme not in ("mqtt", "tcp", "mqtts") or not u.hostname:
-            raise ConfigError(
-                f"{source}: broker must be mqtt://host:port or mqtts://host:port,"
-                f" got {raw['broker']!r}"
-            )
-        window = raw.get("window_s", 10.0)
-        if not isinstance(window, (int, float)) or window <= 0:
-            raise ConfigError(f"{source}: window_s must be a positive number")
-        spool_max = raw.get("spool_max_bytes", DEFAULT_MAX_BYTES)
-        if not isinstance(spool_max, int) or isinstance(spool_max, bool) or spool_max < 4096:
-            raise ConfigError(f"{source}: spool_max_bytes must be an integer >= 4096")
-        if not isinstance(raw.get("spool_fsync", False), bool):
-            raise ConfigError(f"{source}: spool_fsync must be true or false")
-        replay = raw.get("spool_replay_per_s", REPLAY_PER_S)
-        if not isinstance(replay, (int, float)) or isinstance(replay, bool) or replay <= 0:
-            raise ConfigError(f"{source}: spool_replay_per_s must be a positive number")
-        return cls(
-            device_id=raw["device_id"],
-            device_class=raw["device_class"],
-            broker=raw["broker"],
-            state_dir=Path(raw["state_dir"]),
-            runtime=str(raw.get("runtime", "onnxruntime")),
-            window_s=float(window),
-            endpoint=str(raw.get("endpoint", "127.0.0.1:8780")),
-            spool_max_bytes=spool_max,
-            spool_fsync=bool(raw.get("spool_fsync", False)),
-            spool_replay_per_s=float(replay),
-        )
+class EndpointInUse(ConfigError):
+    """The local endpoint's port is taken (by another agent on this machine?)."""
 
 
 class AgentDaemon:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, source: str = "the agent config") -> None:
         self.config = config
+        self.source = source  # the config file, named in messages
         store = DeviceStore(config.state_dir)
         if not (store.trust_dir / "root.json").exists():
             raise ConfigError(
@@ -166,18 +110,23 @@ class AgentDaemon:
             publish=self._publish,
             sessions=SessionCache(OnnxBackend()),
             spool=self.spool,
+            update_log=UpdateLog(config.device_id),
         )
+        self.connection = ConnectionLog(config.broker, *RECONNECT_S)
         self._client.will_set(
             protocol.topic(config.device_id, "state"), self.device.offline_state(), 1, True
         )
-        self._client.reconnect_delay_set(1, 60)
+        self._client.reconnect_delay_set(*RECONNECT_S)
         self._client.on_connect = self._on_connect
+        self._client.on_connect_fail = self._on_connect_fail
         self._client.on_message = self._on_message
         self._client.on_publish = self._on_publish
         self._client.on_disconnect = self._on_disconnect
-        self._stop = threading.Event()
+        self.stopping = False  # a plain flag: set from signal handlers, read by the loop
         self.endpoint: LocalEndpoint | None = None
         self._proc = psutil.Process()
+
+    # ------------------------------------------------------------- paho's callbacks
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._client.publish(topic, payload, qos, retain)
@@ -192,13 +141,22 @@ class AgentDaemon:
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self.spool.acked(mid)  # never blocks (paho holds its message lock here)
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
         self.spool.disconnected()
+        if rc.is_failure and not flags.is_disconnect_packet_from_server:
+            self.connection.down("the connection dropped or the broker went away")
+        else:
+            self.connection.down(f"the broker closed it: {rc}")
+
+    def _on_connect_fail(self, _c: Any, _u: Any) -> None:
+        # paho calls this inside its ``except OSError``: the error is the current exception
+        self.connection.attempt_failed(_why(sys.exc_info()[1]))
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            log.error("broker refused the connection: %s", rc)
+            self.connection.refused(str(rc))
             return
+        self.connection.up()
         client.subscribe(
             [
                 (protocol.topic(self.config.device_id, "cmd"), 1),
@@ -214,22 +172,61 @@ class AgentDaemon:
         except Exception:  # never let one message kill paho's loop
             log.exception("failed to handle a message on %s", msg.topic)
 
+    # ------------------------------------------------------------- life
+
     def start(self) -> None:
+        """Bind the local endpoint, then connect (in the background, retrying).
+
+        Raises:
+            EndpointInUse: the endpoint's port is taken; nothing was started.
+        """
+        if self.config.endpoint:
+            self._start_endpoint()  # first: a second agent must not take the MQTT session
         u = urlparse(self.config.broker)
         default_port = 8883 if u.scheme == "mqtts" else 1883
+        log.info("connecting to %s", self.config.broker)
         self._client.connect_async(u.hostname or "127.0.0.1", u.port or default_port, keepalive=30)
         self._client.loop_start()
-        if self.config.endpoint:
-            host, _, port = self.config.endpoint.rpartition(":")
-            self.endpoint = LocalEndpoint(
-                self.device.predictor, host=host or "127.0.0.1", port=int(port)
-            )
-            bound = self.endpoint.start()
-            log.info("local inference endpoint on http://%s:%d/v1/predict", *bound)
         self._proc.cpu_percent(None)
 
+    def _start_endpoint(self) -> None:
+        address = endpoint_address(self.config.endpoint)
+        assert address is not None  # AgentConfig checked it
+        self.endpoint = LocalEndpoint(
+            self.device.predictor, host=address[0], port=address[1], status=self.status
+        )
+        try:
+            bound = self.endpoint.start()
+        except OSError as e:
+            self.endpoint = None
+            if e.errno != errno.EADDRINUSE:
+                raise
+            raise EndpointInUse(
+                f"port {address[1]} of the local inference endpoint (the endpoint setting,"
+                f' "{self.config.endpoint}") is in use, by another agent on this machine?'
+                f' Give this one another port: endpoint = "{address[0]}:{address[1] + 1}"'
+                f' in {self.source} (endpoint = "" turns the endpoint off)'
+            ) from e
+        log.info("local inference endpoint on http://%s:%d (/v1/predict, /v1/status)", *bound)
+
+    def status(self) -> dict[str, Any]:
+        """The body of ``GET /v1/status`` (docs/agent.md)."""
+        depth, size = self.spool.depth()
+        return {
+            "device_id": self.config.device_id,
+            "connection": self.connection.status(),
+            **self.device.status(),
+            "spool": {"windows": depth, "bytes": size, "dropped": self.spool.dropped},
+        }
+
     def run_forever(self) -> None:
-        while not self._stop.wait(TICK_S):
+        """Tick every :data:`TICK_S` until :attr:`stopping` is set."""
+        next_tick = time.monotonic() + TICK_S
+        while not self.stopping:
+            time.sleep(STOP_SLICE_S)
+            if time.monotonic() < next_tick or self.stopping:
+                continue
+            next_tick += TICK_S
             try:
                 self.device.tick(self._proc.cpu_percent(None), self._proc.memory_info().rss)
                 self.spool.pump()  # acks that arrived while the spool was busy
@@ -237,86 +234,63 @@ class AgentDaemon:
                 log.exception("tick failed")
 
     def stop(self) -> None:
-        self._stop.set()
+        """Stop serving and close the link, within about :data:`STOP_TIMEOUT_S`."""
+        self.stopping = True
         if self.endpoint is not None:
             self.endpoint.stop()
+        self.connection.stopped()
         # A clean stop says "offline" itself (the Last Will covers crashes).
         if self._client.is_connected():
             info = self._client.publish(
                 protocol.topic(self.config.device_id, "state"), self.device.offline_state(), 1, True
             )
             try:
-                info.wait_for_publish(2)
+                info.wait_for_publish(SAY_OFFLINE_S)
             except (RuntimeError, ValueError) as e:  # the link dropped meanwhile
                 log.warning("could not say offline before stopping: %s", e)
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's loop_stop joins its thread without a limit; that thread may sit in a
+        # connect to a host that does not answer. Give it a bounded time, then leave it
+        # (a daemon thread: it does not keep the process alive).
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_TIMEOUT_S)
+        if stopper.is_alive():
+            log.warning("the MQTT thread did not stop within %.0f s; leaving it", STOP_TIMEOUT_S)
 
 
-def identity_dir(config: AgentConfig) -> Path:
-    """Where the device's key, certificate and CA certificate live."""
-    return config.state_dir / IDENTITY_DIR
+def run_daemon(config: AgentConfig, source: str = "the agent config") -> None:
+    """Run until SIGTERM or SIGINT; the state and the spool are on disk all along.
 
+    Raises:
+        ConfigError: not enrolled, or the endpoint's port is taken (EndpointInUse).
+    """
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)  # an operator sees connection changes and update steps
+    daemon = AgentDaemon(config, source)
 
-def run_daemon(config: AgentConfig) -> None:
-    logging.getLogger().setLevel(logging.INFO)
-    daemon = AgentDaemon(config)
-    signal.signal(signal.SIGTERM, lambda *_: daemon._stop.set())
-    daemon.start()
-    log.info("agent %s running (broker %s)", config.device_id, config.broker)
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if daemon.stopping:  # asked twice: do not wait for anything
+            os._exit(128 + signum)
+        daemon.stopping = True  # only a plain store: no lock, no I/O, no logging here
+
+    daemon.start()  # EndpointInUse: nothing started, nothing to stop
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        log.info("agent %s running (broker %s)", config.device_id, config.broker)
         daemon.run_forever()
-    except KeyboardInterrupt:
-        pass
+        log.info("agent %s stopping", config.device_id)
     finally:
         daemon.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("agent %s stopped", config.device_id)
 
 
-def enrol(
-    *,
-    hub_url: str,
-    token: str,
-    device_id: str,
-    device_class: str,
-    state_dir: Path,
-    config_out: Path,
-    timeout: float = 30.0,
-) -> AgentConfig:
-    """Trade a one-time enrolment token for the hub's TUF root (pinned here), a
-    certificate for this device's own key (made here; it never leaves), and a config."""
-    identity = DeviceIdentity.load_or_create(state_dir / IDENTITY_DIR, device_id)
-    body = json.dumps(
-        {
-            "device_id": device_id,
-            "token": token,
-            "device_class": device_class,
-            "csr": identity.csr_pem().decode(),
-        }
-    )
-    req = Request(
-        hub_url.rstrip("/") + "/enrol",
-        data=body.encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    with urlopen(req, timeout=timeout) as resp:
-        answer = json.loads(resp.read())
-    store = DeviceStore(state_dir)
-    DeviceVerifier(store.trust_dir, answer["root"].encode())
-    if answer.get("certificate"):
-        identity.store_certificate(answer["certificate"].encode(), answer["ca"].encode())
-    config = AgentConfig(
-        device_id=device_id, device_class=device_class, broker=answer["broker"], state_dir=state_dir
-    )
-    config_out.write_text(
-        "\n".join(
-            [
-                f'device_id = "{device_id}"',
-                f'device_class = "{device_class}"',
-                f'broker = "{answer["broker"]}"',
-                f'state_dir = "{state_dir}"',
-                "",
-            ]
-        )
-    )
-    return config
+def _why(error: object) -> str:
+    """A connection error or a paho reason code as a few words for the log."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    text = str(error) if error is not None else "unknown error"
+    return text or type(error).__name__

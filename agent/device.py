@@ -55,6 +55,7 @@ from agent.predictor import Predictor
 from agent.runtime import ModelSession, SessionCache
 from agent.spool import SPOOLED_KINDS, SpoolSender
 from agent.store import DeviceStore
+from agent.update_log import UpdateLog
 from shared.manifest import Manifest
 from shared.reasons import Reason
 from shared.trust import DeviceVerifier, TrustError
@@ -77,6 +78,7 @@ class Device:
         clock: Callable[[], float] = time.time,
         spool: SpoolSender | None = None,
         on_spooled: Callable[[str, bytes], None] | None = None,
+        update_log: UpdateLog | None = None,
     ) -> None:
         self.config = config
         # telemetry and drift go through the spool (written before they are sent, removed
@@ -102,6 +104,9 @@ class Device:
         self.drift = DriftRecorder()  # sketches the active model's rows on its baseline
         self.predictor.add_observer(self.drift)
         self.outcomes: Counter[str] = Counter()  # stage[:reason] of every event published
+        # each update step once, at INFO: the daemon's one device logs them; the
+        # simulator's thousands do not
+        self.update_log = update_log
         self._staged: ModelSession | None = None
         self._capture: tuple[str, Reservoir] | None = None  # (capture id, its sample)
         if (capture := self.core.capture) is not None:  # restarted mid-capture: sample anew
@@ -186,7 +191,11 @@ class Device:
                 )
             custom = action.target.custom
             self.predictor.swap(
-                self._staged, action.model, action.version, _names(custom.get("classes"))
+                self._staged,
+                action.model,
+                action.version,
+                _names(custom.get("classes")),
+                _feature_names(custom.get("baseline")),
             )
             self.drift.activate(action.model, action.version, custom.get("baseline"))
             self._staged = None
@@ -256,11 +265,22 @@ class Device:
             sha256=action.target.sha256,
             check_memory=self.check_memory,
         )
+        job = self.core.job or {"model": action.model, "version": action.version}
         if session is None or not result.ok:
+            if self.update_log is not None:
+                self.update_log.health(job, False, "; ".join(result.failures))
             return Refused(
                 "health", Reason.HEALTH_CHECK_FAILED, "; ".join(result.failures), self.clock()
             )
         self._staged = session
+        h = manifest.health
+        if self.update_log is not None:
+            self.update_log.health(
+                job,
+                True,
+                f"p95 {result.p95_us:.0f} us",
+                f"for {h.probation_s:g} s (at least {h.probation_min_inferences} inferences)",
+            )
         return Done("health", self.clock(), detail=f"p95 {result.p95_us:.0f} us")
 
     def _roll_back(self, action: RollBack) -> Event:
@@ -274,7 +294,13 @@ class Device:
         path = self.store.model_path(action.model, action.to_version, fmt)
         session = self.sessions.get(info["sha256"], path)
         baseline = load_baseline(path.parent)
-        self.predictor.swap(session, action.model, action.to_version, _baseline_classes(baseline))
+        self.predictor.swap(
+            session,
+            action.model,
+            action.to_version,
+            _baseline_classes(baseline),
+            _feature_names(baseline),
+        )
         self.drift.activate(action.model, action.to_version, baseline)
         return Done("rollback", self.clock())
 
@@ -324,11 +350,38 @@ class Device:
                 continue
             session = self.sessions.get(info["sha256"], path)
             baseline = load_baseline(path.parent)
-            self.predictor.swap(session, model, entry["version"], _baseline_classes(baseline))
+            self.predictor.swap(
+                session,
+                model,
+                entry["version"],
+                _baseline_classes(baseline),
+                _feature_names(baseline),
+            )
             self.drift.activate(model, entry["version"], baseline)
+
+    def status(self) -> dict[str, Any]:
+        """What this device runs and its latest update, for ``GET /v1/status``."""
+        with self._lock:
+            state, job = self.core.state, self.core.job
+        active = self.predictor.active
+        return {
+            "models": {
+                name: {"version": m["version"], "versions": m["versions"]}
+                for name, m in state["models"].items()
+            },
+            "serving": None if active is None else {"model": active[0], "version": active[1]},
+            "update": {
+                "in_progress": None
+                if job is None
+                else {k: job[k] for k in ("deployment", "model", "version", "phase")},
+                "last": state.get("last"),
+            },
+        }
 
     def _count_outcome(self, payload: bytes) -> None:
         body = json.loads(payload)["body"]
+        if self.update_log is not None:
+            self.update_log.event(body)
         key = body["stage"] + (f":{body['reason']}" if body.get("reason") else "")
         self.outcomes[key] += 1
 
@@ -345,6 +398,18 @@ def _baseline_classes(baseline: dict[str, Any] | None) -> tuple[str, ...]:
     baseline lists them (the manifest's ``classes``, in the same order)."""
     outputs = (baseline or {}).get("outputs")
     return _names(outputs.get("classes")) if isinstance(outputs, dict) else ()
+
+
+def _feature_names(baseline: Any) -> tuple[str, ...]:
+    """Input feature names from a drift baseline (``features[i].name``); none if any
+    is missing."""
+    feats = baseline.get("features") if isinstance(baseline, dict) else None
+    if not isinstance(feats, list):
+        return ()
+    names = [f.get("name") for f in feats if isinstance(f, dict)]
+    if len(names) != len(feats) or not all(isinstance(n, str) for n in names):
+        return ()
+    return tuple(str(n) for n in names)
 
 
 def _sha256_ok(path: Path, expected: str) -> bool:

@@ -80,6 +80,7 @@ class _Active(NamedTuple):
     version: int
     session: ModelSession
     task: Task  # what labels of its predictions are compared with
+    features: tuple[str, ...]  # input feature names in order (its manifest's baseline), or ()
 
 
 class Predictor:
@@ -117,13 +118,20 @@ class Predictor:
         self.observers = tuple(o for o in self.observers if o is not observer)
 
     def swap(
-        self, session: ModelSession, model: str, version: int, classes: Sequence[str] = ()
+        self,
+        session: ModelSession,
+        model: str,
+        version: int,
+        classes: Sequence[str] = (),
+        features: Sequence[str] = (),
     ) -> None:
         """Make ``session`` the active model (atomic).
 
         Args:
             classes: the model's class names in index order (its manifest's
                 ``classes``), so late labels may name a class; empty: indices only.
+            features: the names of its input's features in order (its manifest's drift
+                baseline), for applications that ask; empty: not known.
 
         Raises:
             ValueError: the model does not have exactly one input.
@@ -147,6 +155,7 @@ class Predictor:
             version=version,
             session=session,
             task=task_of(model, version, {o.name: o.shape for o in session.outputs}, classes),
+            features=tuple(features),
         )
 
     def deactivate(self) -> None:
@@ -165,6 +174,12 @@ class Predictor:
         classifier or regressor, class names in index order), or None."""
         a = self._active
         return None if a is None else a.task
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The active model's input feature names in order (empty: unknown or none)."""
+        a = self._active
+        return () if a is None else a.features
 
     @property
     def session(self) -> ModelSession | None:
@@ -199,9 +214,9 @@ class Predictor:
     def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
         if active is None:
             raise NoModelError("no model is active")
-        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version, _, _ = (
-            active
-        )
+        run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version = active[
+            :9
+        ]
         try:
             arr = _as_c_array(x, dtype)  # x itself when already right: no copy
             if arr.ndim == row_rank:  # one row: add the batch axis (a view)

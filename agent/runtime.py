@@ -135,7 +135,7 @@ def read_model(path: Path) -> bytes:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
 
 
-def _digest(data: bytes, expected: str | None) -> str:
+def checked_digest(data: bytes, expected: str | None) -> str:
     digest = hashlib.sha256(data).hexdigest()
     if expected is not None and digest != expected:
         raise ModelLoadError(f"sha256 of the model is {digest}, expected {expected}")
@@ -192,7 +192,7 @@ class OnnxBackend:
         Raises:
             ModelLoadError: not the expected sha256, corrupt or unsupported.
         """
-        digest = _digest(data, sha256)
+        digest = checked_digest(data, sha256)
         import onnxruntime as ort  # deferred: importing it costs ~30 MB RSS and ~0.3 s
 
         opts = ort.SessionOptions()
@@ -286,7 +286,7 @@ class SessionCache:
         """The session of a model given as bytes (see :meth:`get`)."""
         # Never trust a claimed hash as the key: a wrong key would serve the wrong model to
         # every device of the process. Hashing costs ~1 ms per MB, once per load request.
-        key = _digest(data, sha256)
+        key = checked_digest(data, sha256)
         with self._lock:
             cached = self._lookup(key)
             if cached is not None:

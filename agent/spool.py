@@ -320,6 +320,11 @@ class SpoolSender:
         self._acks: deque[int] = deque()  # mids acknowledged, not yet applied
         self._online = False
 
+    def depth(self) -> tuple[int, int]:
+        """Windows waiting on disk for the broker's acknowledgement, and their bytes."""
+        with self._lock:
+            return len(self.spool), self.spool.size_bytes
+
     @property
     def dropped(self) -> int:
         """Entries the spool dropped for space, ever."""

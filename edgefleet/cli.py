@@ -10,13 +10,20 @@ import argparse
 import json
 import logging
 import os
-import shlex
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
-from edgefleet import broker_cli, datasets_cli, fleet_cli, keys_cli, models_cli, rollout_cli
+from edgefleet import (
+    agent_cli,
+    broker_cli,
+    datasets_cli,
+    fleet_cli,
+    hub_cli,
+    keys_cli,
+    models_cli,
+    rollout_cli,
+)
 
 DEFAULT_HUB = "http://127.0.0.1:8700"
 API_KEY_ENV = "EDGEFLEET_API_KEY"
@@ -69,9 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     _demo_parser(sub)
 
-    _hub_parser(sub)
+    hub_cli.register(sub, api)
 
-    _agent_parser(sub)
+    agent_cli.register(sub)
 
     _sim_parser(sub)
 
@@ -104,66 +111,6 @@ def _demo_parser(sub: Any) -> None:
     )
     data.add_argument("--late-share", type=float, default=0.3, help="labels sent later (0..1)")
     demo.set_defaults(func=_demo)
-
-
-def _hub_parser(sub: Any) -> None:
-    hub = sub.add_parser("hub", help="the central hub").add_subparsers(metavar="ACTION")
-    serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
-    serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
-    serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data)")
-    serve.add_argument(
-        "--broker", help="MQTT broker URL, mqtt:// or mqtts:// (default: a private Mosquitto)"
-    )
-    serve.add_argument(
-        "--broker-tls",
-        type=Path,
-        help="for mqtts://: the directory `edgefleet broker config` wrote (the hub's "
-        "certificate, the CA, the CRL it rewrites on revocation)",
-    )
-    serve.add_argument(
-        "--broker-reload",
-        help="command run after a CRL change, e.g. 'systemctl reload mosquitto'",
-    )
-    serve.add_argument(
-        "--root-keys", type=Path, help="root keys directory, if kept apart (may be offline)"
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8700)
-    serve.add_argument(
-        "--dev", action="store_true", help="development mode: accept the built-in dev API key"
-    )
-    serve.add_argument(
-        "--ingest-workers",
-        type=int,
-        default=0,
-        metavar="N",
-        help="processes that take the telemetry ($share) besides this one (default 0)",
-    )
-    serve.add_argument(
-        "--allow-plain-broker",
-        action="store_true",
-        help="accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe)",
-    )
-    serve.set_defaults(func=_hub_serve)
-    from edgefleet import hub_wait
-
-    hub_wait.register(hub, DEFAULT_HUB)
-    _apikey_parser(hub)
-
-
-def _agent_parser(sub: Any) -> None:
-    agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
-    run = agent.add_parser("run", help="run the agent daemon")
-    run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
-    run.set_defaults(func=_agent_run)
-    enrol = agent.add_parser("enrol", help="enrol with a hub: pin its root, write a config")
-    enrol.add_argument("--hub", default=DEFAULT_HUB)
-    enrol.add_argument("--token", required=True, help="a one-time enrolment token")
-    enrol.add_argument("--device-id", required=True)
-    enrol.add_argument("--device-class", default="generic")
-    enrol.add_argument("--state-dir", type=Path, required=True)
-    enrol.add_argument("--config-out", type=Path, required=True, help="write the TOML here")
-    enrol.set_defaults(func=_agent_enrol)
 
 
 def _sim_parser(sub: Any) -> None:
@@ -206,32 +153,6 @@ def _sim_parser(sub: Any) -> None:
     srun.set_defaults(func=_sim_run)
 
 
-def _apikey_parser(hub: Any) -> None:
-    """``edgefleet hub apikey``: keys made on the hub's machine, from its database."""
-    keys = hub.add_parser(
-        "apikey", help="API keys, from the hub's database (bootstrap the first admin)"
-    ).add_subparsers(metavar="ACTION")
-    db = argparse.ArgumentParser(add_help=False)
-    db.add_argument(
-        "--data-dir",
-        "--data",
-        dest="data",
-        type=Path,
-        default=Path("edgefleet-data"),
-        help="the hub's data directory (as for hub serve --data)",
-    )
-    db.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data-dir)")
-    create = keys.add_parser("create", parents=[db], help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
-    create.set_defaults(func=_apikey_create)
-    klist = keys.add_parser("list", parents=[db], help="list keys (never their secrets)")
-    klist.set_defaults(func=_apikey_list)
-    revoke = keys.add_parser("revoke", parents=[db], help="revoke a key")
-    revoke.add_argument("keyid")
-    revoke.set_defaults(func=_apikey_revoke)
-
-
 # ------------------------------------------------------------------ handlers
 
 
@@ -260,153 +181,6 @@ def _demo(args: argparse.Namespace) -> int:
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if summary["running"] == args.devices else 1
-
-
-def _hub_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from hub import Hub, HubConfig, create_app
-    from hub.access.keys import DEV_KEY
-    from hub.api.serving import server_config
-
-    logging.getLogger().setLevel(logging.INFO)
-    if args.dev:
-        logging.getLogger("edgefleet").warning(
-            "DEVELOPMENT MODE: the built-in key %s is accepted as admin by anyone who can "
-            "reach this API. Never run a hub that devices or people rely on like this.",
-            DEV_KEY,
-        )
-    config = HubConfig(
-        data_dir=args.data,
-        db_url=args.db,
-        broker_url=args.broker,
-        dev_mode=args.dev,
-        broker_tls_dir=args.broker_tls,
-        broker_reload=tuple(shlex.split(args.broker_reload or "")),
-        allow_plain_broker=args.allow_plain_broker,
-        ingest_workers=args.ingest_workers,
-        root_keys_dir=args.root_keys,
-    )
-    with Hub(config) as hub:
-        for warning in hub.storage_warnings:
-            print(f"hub: WARNING: {warning}")
-        print(
-            f"hub: API on http://{args.host}:{args.port} (docs at /docs), broker {hub.broker.url}"
-        )
-        print(
-            f"hub: first admin key: edgefleet hub apikey create --data-dir {args.data}"
-            " --role admin --name NAME; enrolment tokens: edgefleet enrol-token"
-        )
-        # uvicorn re-raises a SIGTERM it caught once it has shut down; exit through Python
-        # then, so the hub stops its broker and writers instead of leaving them orphaned.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        served = server_config(create_app(hub), args.host, args.port, log_level="info")
-        uvicorn.Server(served).run()
-    return 0
-
-
-def _key_store(args: argparse.Namespace) -> Any:
-    """The hub's API keys and audit log, from its database (as hub serve picks it)."""
-    from hub.access.audit import AuditLog
-    from hub.access.keys import ApiKeys
-    from hub.store.datadir import create_private_file, private_umask
-    from hub.store.tables import make_engine, sqlite_url
-
-    if args.db is None:
-        with private_umask():  # as the hub makes them (hub/store/datadir.py)
-            args.data.mkdir(parents=True, exist_ok=True)
-            create_private_file(args.data / "hub.db")
-            engine = make_engine(sqlite_url(args.data / "hub.db"))
-    else:
-        engine = make_engine(args.db)
-    return ApiKeys(engine), AuditLog(engine)
-
-
-def _apikey_create(args: argparse.Namespace) -> int:
-    from edgefleet.local_audit import record
-    from hub.access.keys import CLI_ACTOR, Role
-    from hub.store.tables import ApiKeyPublic
-
-    keys, _ = _key_store(args)
-    new = keys.create(args.name, Role(args.role), created_by=CLI_ACTOR)
-    public = ApiKeyPublic.model_validate(new.record).model_dump()
-    record(
-        args.data,
-        args.db,
-        "api_key.create",
-        new.record.keyid,
-        "edgefleet hub apikey create",
-        after=public,
-    )
-    print(new.key)
-    print(
-        f"({args.role} key {new.record.keyid} '{args.name}': shown once, only its hash is kept)",
-        file=sys.stderr,
-    )
-    return 0
-
-
-def _apikey_list(args: argparse.Namespace) -> int:
-    import time
-
-    keys, _ = _key_store(args)
-    print(f"{'keyid':<18}{'role':<10}{'created':<21}{'revoked':<21}name")
-    for k in keys.list():
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.created_at))
-        revoked = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.revoked_at))
-            if k.revoked_at
-            else "-"
-        )
-        print(f"{k.keyid:<18}{k.role:<10}{created:<21}{revoked:<21}{k.name}")
-    return 0
-
-
-def _apikey_revoke(args: argparse.Namespace) -> int:
-    from edgefleet.local_audit import record
-
-    keys, _ = _key_store(args)
-    row = keys.revoke(args.keyid)
-    record(
-        args.data,
-        args.db,
-        "api_key.revoke",
-        row.keyid,
-        "edgefleet hub apikey revoke",
-        before={"revoked_at": None},
-        after={"revoked_at": row.revoked_at},
-    )
-    print(f"revoked {row.keyid} ({row.role} '{row.name}')")
-    return 0
-
-
-def _agent_run(args: argparse.Namespace) -> int:
-    from agent.daemon import AgentConfig, run_daemon
-
-    run_daemon(AgentConfig.load(args.config))
-    return 0
-
-
-def _agent_enrol(args: argparse.Namespace) -> int:
-    from http.client import HTTPException
-    from urllib.error import URLError
-
-    from agent.daemon import enrol
-    from edgefleet.connection import enrol_error
-
-    try:
-        enrol(
-            hub_url=args.hub,
-            token=args.token,
-            device_id=args.device_id,
-            device_class=args.device_class,
-            state_dir=args.state_dir,
-            config_out=args.config_out,
-        )
-    except (URLError, ConnectionError, TimeoutError, HTTPException, json.JSONDecodeError) as e:
-        raise enrol_error(args.hub, e) from e  # one line: the hub's reason, or why no hub
-    print(f"enrolled {args.device_id}; config written to {args.config_out}")
-    return 0
 
 
 def _sim_run(args: argparse.Namespace) -> int:

@@ -21,8 +21,9 @@ from typing import IO, Any
 import httpx
 
 from edgefleet.connection import NOT_A_HUB, HubConnectionError, connection_error
+from edgefleet.refusals import render_detail
 
-__all__ = ["HubClient", "HubClientError", "HubConnectionError"]
+__all__ = ["HubClient", "HubClientError", "HubConnectionError", "render_detail"]
 
 
 class HubClientError(Exception):
@@ -112,6 +113,10 @@ class HubClient:
     def device(self, device_id: str) -> dict[str, Any]:
         """One device as last reported: status, class, model and version, last seen."""
         return dict(self._call("GET", f"/devices/{device_id}"))
+
+    def device_classes(self) -> list[dict[str, Any]]:
+        """The device classes the hub knows: runtime, artefact, architectures, budgets."""
+        return list(self._call("GET", "/device-classes"))
 
     def enrol(
         self,
@@ -450,48 +455,3 @@ def _detail(r: httpx.Response) -> str:
     except ValueError:
         return r.text[:300]
     return render_detail(detail)
-
-
-def render_detail(detail: Any) -> str:
-    """The hub's ``detail`` as sentences: a 422's FastAPI list becomes one per field
-    (``version: must be at least 1``), never a Python repr."""
-    if isinstance(detail, str):
-        return detail
-    if isinstance(detail, list) and all(isinstance(d, dict) for d in detail):
-        return "; ".join(_field_error(d) for d in detail) or "invalid request"
-    if isinstance(detail, dict):
-        return "; ".join(f"{k}: {v}" for k, v in detail.items())
-    return str(detail)
-
-
-# pydantic's error types, said as an operator would read them
-_PHRASES = {
-    "greater_than_equal": "must be at least {ge}",
-    "greater_than": "must be more than {gt}",
-    "less_than_equal": "must be at most {le}",
-    "less_than": "must be less than {lt}",
-    "missing": "is required",
-    "string_too_long": "must be at most {max_length} characters",
-    "string_too_short": "must be at least {min_length} characters",
-    "too_long": "must have at most {max_length} items",
-    "too_short": "must have at least {min_length} items",
-    "extra_forbidden": "is not a known field",
-    "int_parsing": "must be a whole number",
-    "float_parsing": "must be a number",
-    "bool_parsing": "must be true or false",
-}
-
-
-def _field_error(d: dict[str, Any]) -> str:
-    loc = [str(p) for p in d.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    field = ".".join(loc) or "request"
-    ctx = d.get("ctx") or {}
-    phrase = _PHRASES.get(str(d.get("type")))
-    try:
-        text = phrase.format(**ctx) if phrase else None
-    except (KeyError, IndexError):
-        text = None
-    if text is None:
-        text = str(d.get("msg", "invalid")).removeprefix("Value error, ")
-        text = text[:1].lower() + text[1:]
-    return f"{field}: {text}"

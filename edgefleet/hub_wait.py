@@ -10,7 +10,6 @@ when that does not happen in ``--timeout`` seconds or what answers is not a hub.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -19,21 +18,19 @@ __all__ = ["register"]
 DEFAULT_WAIT_S = 60.0  # seconds: a hub starts its broker, keys and API in a few
 
 
-def register(hub: Any, default_hub: str) -> None:
-    """Add ``wait`` to ``edgefleet hub``'s actions."""
-    wait = hub.add_parser("wait", help="wait until the hub at --hub answers (one starting)")
-    wait.add_argument("--hub", default=default_hub, help=f"the hub's API (default {default_hub})")
+def register(hub: Any, api: argparse.ArgumentParser) -> None:
+    """Add ``wait`` to ``edgefleet hub``'s actions (``api``: ``--hub``, ``--api-key``)."""
+    wait = hub.add_parser(
+        "wait", parents=[api], help="wait until the hub at --hub answers (one starting)"
+    )
     wait.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_WAIT_S,
         help=f"seconds (default {DEFAULT_WAIT_S:g})",
     )
-    wait.add_argument("--device", metavar="ID", help="also wait until this device is online")
     wait.add_argument(
-        "--api-key",
-        default=os.environ.get("EDGEFLEET_API_KEY"),
-        help="for --device: API key (default: $EDGEFLEET_API_KEY)",
+        "--device", metavar="ID", help="also wait until this device is online (needs a key)"
     )
     wait.set_defaults(func=_wait)
 

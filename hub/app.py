@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.access.audit import AUDIT_MAX_AGE_S, run_audit_retention
+from hub.fleet.classes import DEFAULT_CLASSES_DIR, load_classes
 from hub.fleet.deployments import EVENTS_MAX_AGE_S, Deployments, run_event_retention
-from hub.fleet.progress import ProgressApplier
+from hub.fleet.progress import ProgressApplier, forget_presence
 from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
@@ -49,7 +51,6 @@ from hub.transport.broker import (
     EmbeddedBroker,
     Mosquitto,
     TlsIdentity,
-    start_local_broker,
 )
 from hub.transport.budget import INGEST, Budget
 from hub.transport.commands import DirectorCommands
@@ -63,6 +64,7 @@ from hub.transport.inbound import (
     no_revocations,
 )
 from hub.transport.link import MqttLink, hub_subscriptions
+from hub.transport.local_broker import BrokerRecord, read_record, start_private_broker, write_record
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.trust.identities import Identities
 from hub.trust.pki import CertificateAuthority, PkiError
@@ -79,6 +81,8 @@ class HubConfig:
     data_dir: Path
     db_url: str | None = None  # default: SQLite file in data_dir
     broker_url: str | None = None  # default: private Mosquitto, else embedded broker
+    # the private broker's port; default: the last start's (data_dir/broker.json), else free
+    broker_port: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
     dev_mode: bool = False  # accept the built-in development API key (hub.access.keys.DEV_KEY)
     client_id: str = "edgefleet-hub"
@@ -101,11 +105,14 @@ class HubConfig:
     # what one device may send to be stored (hub/transport/budget.py)
     ingest_budget: Budget = INGEST
     max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
+    classes_dir: Path = DEFAULT_CLASSES_DIR  # <class>/profile.toml (hub/fleet/classes.py)
 
     def __post_init__(self) -> None:
         for name in ("audit_max_age_s", "events_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        if self.broker_port is not None and self.broker_url:
+            raise ValueError("--broker-port is the private broker's: give it without --broker")
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
@@ -146,6 +153,7 @@ class Enrolment:
 class Hub:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
+        self.classes = load_classes(config.classes_dir)  # ClassError: a bad profile
         self.local_broker: Mosquitto | EmbeddedBroker | None = None
         self.storage_warnings: list[str] = []  # a data dir or hub.db others can read
         self._started = False
@@ -162,11 +170,7 @@ class Hub:
         if cfg.broker_url:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
         db_url = self._open_storage(cfg)
-        if cfg.broker_url:
-            self.broker = BrokerAddress.parse(cfg.broker_url)
-        else:
-            self.local_broker = start_local_broker(cfg.data_dir / "broker")
-            self.broker = self.local_broker.address
+        self._select_broker(cfg)
         tls, tls_dir = None, cfg.broker_tls_dir
         if self.broker.tls:
             if tls_dir is None:
@@ -232,6 +236,26 @@ class Hub:
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
+
+    def _select_broker(self, cfg: HubConfig) -> None:
+        """The broker given, else the hub's own (its port kept across starts); if it is
+        another than the last start's, devices' presence from before is ``unknown``."""
+        previous = read_record(cfg.data_dir)
+        if cfg.broker_url:
+            self.broker = BrokerAddress.parse(cfg.broker_url)
+        else:
+            self.local_broker = start_private_broker(cfg.data_dir, cfg.broker_port, previous)
+            self.broker = self.local_broker.address
+        local = self.local_broker
+        pid = local.pid if isinstance(local, Mosquitto) else None
+        record = BrokerRecord(self.broker.url, private=local is not None, pid=pid)
+        write_record(cfg.data_dir, record)
+        if record.forgets_devices(previous):
+            forgotten = forget_presence(self.engine, before=time.time())
+            if forgotten:
+                log.info(
+                    "broker %s is new: %d devices unknown until they report", record.url, forgotten
+                )
 
     def _open_storage(self, cfg: HubConfig) -> str:
         """The database, trust metadata, device identities, artifacts and registry, in a

@@ -17,7 +17,7 @@ from models import make_conv_onnx, make_log_onnx, make_mlp_onnx  # tests/models.
 from agent.endpoint import MAX_DISCARD_BYTES, LocalEndpoint
 from agent.predictor import Predictor
 from agent.runtime import ModelSession, OnnxBackend
-from shared.sensors import generate
+from shared.sensors import CLASSES, FEATURES, generate
 
 MAX_ROWS = 32
 MAX_BODY = 64 * 2**10  # bytes: small caps keep the oversized requests small
@@ -96,15 +96,48 @@ def test_labels_are_recorded(
 def test_model_info(conn: http.client.HTTPConnection) -> None:
     status, reply = call(conn, "GET", "/v1/model")
     assert status == 200
-    assert reply == {
+    assert reply == {  # swapped in without names: indices only, and no class key in answers
         "model": "vibration",
         "version": 7,
+        "task": "classification",
         "inputs": [{"name": "input", "dtype": "float32", "shape": [None, 16]}],
         "outputs": [
             {"name": "label", "dtype": "int64", "shape": [None]},
             {"name": "probabilities", "dtype": "float32", "shape": [None, 4]},
         ],
+        "classes": [],
+        "features": [],
     }
+    status, reply = call(conn, "POST", "/v1/predict", {"inputs": [ROW]})
+    assert status == 200 and "class" not in reply["outputs"]
+
+
+def test_predictions_name_their_classes_and_the_model_its_features(
+    mlp: ModelSession,
+) -> None:
+    """What an application sees when the manifest names classes and features."""
+    p = Predictor()
+    p.swap(mlp, "vibration", 8, CLASSES, FEATURES)
+    x, _ = generate(6, seed=33)
+    with LocalEndpoint(p) as ep:
+        c = http.client.HTTPConnection(*ep.address, timeout=10)
+        status, reply = call(c, "POST", "/v1/predict", {"inputs": x.tolist()})
+        assert status == 200
+        labels = reply["outputs"]["label"]
+        assert reply["outputs"]["class"] == [CLASSES[i] for i in labels]
+        status, info = call(c, "GET", "/v1/model")
+        c.close()
+    assert status == 200
+    assert info["inputs"] == [
+        {"name": "input", "dtype": "float32", "shape": [None, 16], "features": list(FEATURES)}
+    ]
+    assert info["outputs"][0] == {
+        "name": "label",
+        "dtype": "int64",
+        "shape": [None],
+        "classes": list(CLASSES),
+    }
+    assert (info["classes"], info["features"]) == (list(CLASSES), list(FEATURES))
 
 
 ROW = [1.0] * 16
@@ -354,3 +387,15 @@ def test_rows_that_are_not_the_models_image_are_refused(
     assert (status, reply["error"]) == (400, code), reply
     assert detail in reply["detail"]
     assert ok == 200 and p.recorder.drain().count == 1
+
+
+def test_status_is_served_when_the_agent_gives_one(predictor: Predictor) -> None:
+    with LocalEndpoint(predictor) as bare:  # an endpoint without a daemon: no such route
+        c = http.client.HTTPConnection(*bare.address, timeout=10)
+        assert call(c, "GET", "/v1/status")[0] == 404
+        c.close()
+    with LocalEndpoint(predictor, status=lambda: {"connection": {"connected": True}}) as ep:
+        c = http.client.HTTPConnection(*ep.address, timeout=10)
+        assert call(c, "GET", "/v1/status") == (200, {"connection": {"connected": True}})
+        assert call(c, "POST", "/v1/status", {})[1]["error"] == "method_not_allowed"
+        c.close()

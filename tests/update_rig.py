@@ -25,6 +25,7 @@ from agent.core import CoreConfig
 from agent.device import Device
 from agent.runtime import OnnxBackend, SessionCache
 from agent.store import DeviceStore
+from agent.update_log import UpdateLog
 from hub import pipeline_config
 from hub.ml.pipeline import BuiltModel
 from hub.ml.registry import Registry
@@ -63,6 +64,7 @@ class UpdateRig:
         key_counts: dict[str, int] | None = None,
         device_class: str = "gateway",
         fetch_timeout_s: float = 5.0,
+        log_updates: bool = False,
     ) -> None:
         self.tmp = tmp
         self.built = built
@@ -93,6 +95,7 @@ class UpdateRig:
             pinned_root=self.trust.pinned_root(),
             check_memory=False,
             clock=self.clock,
+            update_log=UpdateLog(DEVICE) if log_updates else None,  # as the daemon's device
         )
         self.device.connected()
         self.pump()

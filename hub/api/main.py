@@ -1,5 +1,5 @@
-"""The hub's admin API (FastAPI; OpenAPI docs at /docs): :func:`create_app` puts it in
-front of a running :class:`~hub.app.Hub`.
+"""The hub's admin API (FastAPI; OpenAPI docs at /docs, served with no CDN by
+hub/api/docs.py): :func:`create_app` puts it in front of a running :class:`~hub.app.Hub`.
 
 Devices and their enrolment, signing keys, rollouts, telemetry, the closed loop,
 captures and datasets, drift, models, deployments, API keys and the audit log: one
@@ -26,11 +26,13 @@ from hub.access.audit import AuditLog
 from hub.access.keys import ApiKeys
 from hub.api.audit import AuditMiddleware
 from hub.api.deps import operation_id
+from hub.api.docs import serve_docs
 from hub.api.errors import http_error, validation_error
 from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.routes import (
     access,
     captures,
+    classes,
     datasets,
     deployments,
     devices,
@@ -49,6 +51,7 @@ from hub.app import Hub
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     devices.router,
+    classes.router,
     signing.router,
     rollouts.router,
     telemetry.router,
@@ -70,6 +73,8 @@ def create_app(hub: Hub) -> FastAPI:
         version="0.1.0",
         description="Train, quantise, sign and deploy models to a fleet of edge devices.",
         generate_unique_id_function=operation_id,
+        docs_url=None,  # served by serve_docs, from the hub itself (no CDN)
+        redoc_url=None,
     )
     app.state.hub = hub
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
@@ -86,6 +91,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for router in ROUTERS:
         _include(app, router)
+    serve_docs(app)
     return app
 
 

@@ -7,15 +7,23 @@ ever. :class:`HeadTimeoutH11Protocol` adds one (:data:`HEAD_TIMEOUT_S`). When de
 run out anyway, asyncio logs a traceback for every failed accept (thousands a second):
 :class:`RateLimitedLog` lets one line per message through per interval, with a count.
 
+The API's socket is bound before anything else starts (:func:`bind_api`), so a taken
+port is said at once, with its number and the option to pick another; access logs are
+off unless asked for (``server_config(access_log=...)``): ``hub serve &`` in a terminal
+would otherwise print a line per request.
+
 For exposure beyond a trusted network put a reverse proxy in front (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -100,8 +108,52 @@ def limit_repeated_logs(interval_s: float = LOG_INTERVAL_S) -> None:
             logger.addFilter(RateLimitedLog(interval_s))
 
 
-def server_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
-    """uvicorn's configuration for the admin API, with the limits above."""
+class ApiPortTaken(OSError):
+    """The API's port is in use (another hub, or another program)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} on {host} is taken (another hub?): stop what uses it, or pick"
+            " another port with --port N",
+        )
+        self.host = host
+        self.port = port
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def bind_api(host: str, port: int) -> socket.socket:
+    """A listening socket for the admin API on ``host:port`` (``port`` 0: any free one).
+
+    Raises:
+        ApiPortTaken: something else holds the port.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ApiPortTaken(host, port) from e
+        raise
+    sock.listen(2048)  # uvicorn's default backlog
+    sock.set_inheritable(True)
+    return sock
+
+
+def server_config(
+    app: Any, host: str, port: int, *, access_log: bool | Path = False, **kwargs: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for the admin API, with the limits above.
+
+    Args:
+        access_log: a line per request: False (default) none, True on uvicorn's stream
+            (stdout), a path: appended to that file.
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -110,7 +162,22 @@ def server_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Conf
         timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         limit_concurrency=MAX_CONNECTIONS,
+        access_log=access_log is not False,
         **kwargs,
     )
-    limit_repeated_logs()  # after the Config, which applies uvicorn's logging config
+    # after the Config, which applies uvicorn's logging config
+    limit_repeated_logs()
+    if isinstance(access_log, Path):
+        _log_access_to(access_log)
     return config
+
+
+def _log_access_to(path: Path) -> None:
+    logger = logging.getLogger("uvicorn.access")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False

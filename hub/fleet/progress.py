@@ -5,6 +5,7 @@ the hub last heard of it); each ``event`` is recorded and moves the device's row
 rollout (hub/fleet/states.py) or of its plain deployment. A state's ``last`` field (the
 device's latest event, docs/protocol.md) is applied like an event unless the hub has it
 already: that is how an event lost while the hub had no subscription comes back.
+:func:`forget_presence` marks devices ``unknown`` when the hub's broker changed.
 
 An event (or a ``last``) for a deployment or rollout the device is not part of is
 dropped and counted as ``events_not_addressed``: the hub made no such deployment for that
@@ -21,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import insert, update
+from sqlalchemy import Engine, insert, update
 from sqlmodel import Session, col, select
 
 from hub.fleet.states import CHANGED, accepts, apply_event
@@ -31,6 +32,7 @@ from shared.protocol import Message
 
 IN_LIST_MAX = 500  # values per SQL IN (...) list: well under SQLite's parameter limit
 READ_BACK = "read back from the device's retained state"
+UNKNOWN = "unknown"  # a device's status while the hub cannot tell (forget_presence)
 
 Key = tuple[str, str]  # (deployment id, device id)
 EventKey = tuple[str, str, str, int]  # (device, deployment, stage, version)
@@ -207,3 +209,21 @@ def _seen_events(s: Session, lasts: list[tuple[str, Mapping[str, Any]]]) -> set[
         )
         seen.update(k for k in map(tuple, s.exec(q)) if k in wanted)
     return seen
+
+
+def forget_presence(engine: Engine, before: float) -> int:
+    """Mark ``unknown`` every device the hub has not heard from since ``before``.
+
+    For a hub whose broker changed (another URL, or a private broker started afresh): a
+    device's ``online`` rested on its Last Will, which went with the old broker, and its
+    ``offline`` may have been undone there. Its next ``state`` (the agent sends one on each
+    connect) sets it again. Returns how many devices it marked.
+    """
+    with Session(engine) as s:
+        result = s.execute(
+            update(Device)
+            .where(col(Device.status) != UNKNOWN, col(Device.last_seen) < before)
+            .values(status=UNKNOWN)
+        )
+        s.commit()
+        return int(getattr(result, "rowcount", 0) or 0)

@@ -1,7 +1,8 @@
 """The broker a hub uses when none is given (DESIGN §7).
 
 Order: ``--broker URL`` if given; else a private Mosquitto started as a child process
-from a generated config on a free port (when the ``mosquitto`` binary is on PATH); else
+from a generated config (when the ``mosquitto`` binary is on PATH) on the port it had at
+the last start (hub/transport/local_broker.py), a free one the first time; else
 the embedded pure-Python broker (amqtt) with a warning that it suits small demos only.
 
 The generated Mosquitto config follows what we measured (DESIGN §8): queues and
@@ -290,8 +291,11 @@ class EmbeddedBroker:
         self._thread = None
 
 
-def start_local_broker(data_dir: Path | None = None) -> Mosquitto | EmbeddedBroker:
-    """A private Mosquitto if the binary is here, else the embedded broker."""
+def start_local_broker(
+    data_dir: Path | None = None, port: int | None = None
+) -> Mosquitto | EmbeddedBroker:
+    """A private Mosquitto if the binary is here, else the embedded broker, on ``port``
+    (default: a free one; hub/transport/local_broker.py keeps the hub's across starts)."""
     if Mosquitto.available():
-        return Mosquitto(data_dir).start()
-    return EmbeddedBroker().start()
+        return Mosquitto(data_dir, port).start()
+    return EmbeddedBroker(port).start()

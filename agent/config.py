@@ -1,0 +1,118 @@
+"""The agent's config file (TOML), checked field by field; docs/agent.md lists every setting.
+
+::
+
+    device_id = "press-17"
+    device_class = "rpi4"
+    broker = "mqtt://hub.example:1883"
+    state_dir = "/var/lib/edgefleet"
+    # optional
+    runtime = "onnxruntime"
+    window_s = 10.0
+    endpoint = "127.0.0.1:8780"     # "" disables the local endpoint
+    spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
+    spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
+    spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S
+from shared import protocol
+
+__all__ = ["DEFAULT_ENDPOINT", "AgentConfig", "ConfigError", "endpoint_address"]
+
+DEFAULT_ENDPOINT = "127.0.0.1:8780"  # the local inference endpoint: host:port on loopback
+
+
+class ConfigError(ValueError):
+    """An agent config that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device_id: str
+    device_class: str
+    broker: str
+    state_dir: Path
+    runtime: str = "onnxruntime"
+    window_s: float = 10.0
+    endpoint: str = DEFAULT_ENDPOINT
+    spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
+    spool_fsync: bool = False
+    spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """Read and check a TOML config.
+
+        Raises:
+            ConfigError: unreadable file, missing or invalid field.
+        """
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> AgentConfig:
+        required = ("device_id", "device_class", "broker", "state_dir")
+        missing = [k for k in required if not isinstance(raw.get(k), str) or not raw.get(k)]
+        if missing:
+            raise ConfigError(f"{source}: missing or empty: {', '.join(missing)}")
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"{source}: unknown settings: {', '.join(sorted(unknown))}")
+        if not protocol.is_device_id(raw["device_id"]):
+            raise ConfigError(f"{source}: device_id {raw['device_id']!r}: letters, digits, _.-")
+        u = urlparse(raw["broker"])
+        if u.scheme not in ("mqtt", "tcp", "mqtts") or not u.hostname:
+            raise ConfigError(
+                f"{source}: broker must be mqtt://host:port or mqtts://host:port,"
+                f" got {raw['broker']!r}"
+            )
+        window = raw.get("window_s", 10.0)
+        if not isinstance(window, (int, float)) or window <= 0:
+            raise ConfigError(f"{source}: window_s must be a positive number")
+        endpoint = raw.get("endpoint", DEFAULT_ENDPOINT)
+        if not isinstance(endpoint, str) or (endpoint and endpoint_address(endpoint) is None):
+            raise ConfigError(
+                f'{source}: endpoint must be "host:port" (e.g. "{DEFAULT_ENDPOINT}")'
+                f' or "" to turn it off, got {endpoint!r}'
+            )
+        spool_max = raw.get("spool_max_bytes", DEFAULT_MAX_BYTES)
+        if not isinstance(spool_max, int) or isinstance(spool_max, bool) or spool_max < 4096:
+            raise ConfigError(f"{source}: spool_max_bytes must be an integer >= 4096")
+        if not isinstance(raw.get("spool_fsync", False), bool):
+            raise ConfigError(f"{source}: spool_fsync must be true or false")
+        replay = raw.get("spool_replay_per_s", REPLAY_PER_S)
+        if not isinstance(replay, (int, float)) or isinstance(replay, bool) or replay <= 0:
+            raise ConfigError(f"{source}: spool_replay_per_s must be a positive number")
+        return cls(
+            device_id=raw["device_id"],
+            device_class=raw["device_class"],
+            broker=raw["broker"],
+            state_dir=Path(raw["state_dir"]),
+            runtime=str(raw.get("runtime", "onnxruntime")),
+            window_s=float(window),
+            endpoint=endpoint,
+            spool_max_bytes=spool_max,
+            spool_fsync=bool(raw.get("spool_fsync", False)),
+            spool_replay_per_s=float(replay),
+        )
+
+
+def endpoint_address(endpoint: str) -> tuple[str, int] | None:
+    """``(host, port)`` of an ``endpoint`` setting ``"host:port"`` (host may be empty:
+    loopback), or None when it is not one."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return None
+    return host or "127.0.0.1", int(port)
