@@ -9,6 +9,7 @@ real Mosquitto as devices feed it; the parser's table of forms on its own.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ import pytest
 from waiting import wait_for
 
 from agent.drift import DriftRecorder
+from edgefleet.cli import main
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
@@ -185,3 +187,25 @@ def test_drift_with_enough_rows_gives_its_figures(
     # a range that ends before any window: no data, said so
     empty = viewer.drift("rd", "device", "rd-2", until=datetime(2020, 1, 1, tzinfo=UTC).isoformat())
     assert empty["versions"] == [] and empty["enough_data"] is False and empty["rows"] == 0
+
+
+def test_models_performance_since_takes_the_same_forms(
+    stage: tuple[Hub, HubClient], capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub, viewer = stage
+    key = ApiKeys(hub.engine).create("cli", Role.viewer, "t").key
+    api = ["--hub", viewer.url, "--api-key", key]
+    assert main(["models", "performance", "rd", "--since", "2h", "--json", *api]) == 0
+    perf = json.loads(capsys.readouterr().out)
+    assert perf["end"] - perf["start"] == pytest.approx(7200, abs=5)
+    assert main(["models", "performance", "rd", "--since=2020-01-01T00:00:00Z", *api]) == 0
+    assert "no labelled predictions in this range" in capsys.readouterr().out
+    assert main(["models", "performance", "rd", "--since", "7200", "--json", *api]) == 0
+    perf = json.loads(capsys.readouterr().out)
+    assert perf["end"] - perf["start"] == pytest.approx(7200, abs=5)
+    assert main(["models", "performance", "rd", "--since", "yesterday", *api]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "edgefleet: error: hub answered 422: start: 'yesterday' is not a time: give"
+        f" {FORMS_SAID} (-10m, -2h, -1d)"
+    )
