@@ -47,9 +47,11 @@ def _agent_run(args: argparse.Namespace) -> int:
 
 
 def _agent_enrol(args: argparse.Namespace) -> int:
-    from urllib.error import HTTPError
+    from http.client import HTTPException
+    from urllib.error import URLError
 
     from agent.enrol import enrol
+    from edgefleet.connection import enrol_error
 
     try:
         enrol(
@@ -61,11 +63,7 @@ def _agent_enrol(args: argparse.Namespace) -> int:
             config_out=args.config_out,
             endpoint=args.endpoint,
         )
-    except HTTPError as e:  # the hub's reason, not urllib's "Forbidden"
-        try:
-            detail = json.loads(e.read()).get("detail", e.reason)
-        except ValueError:
-            detail = e.reason
-        raise RuntimeError(f"the hub refused the enrolment ({e.code}): {detail}") from e
+    except (URLError, ConnectionError, TimeoutError, HTTPException, json.JSONDecodeError) as e:
+        raise enrol_error(args.hub, e) from e  # one line: the hub's reason, or why no hub
     print(f"enrolled {args.device_id}; config written to {args.config_out}")
     return 0

@@ -2,6 +2,13 @@
 
 ``HubClient(url, api_key="ef_...")`` sends the key as ``Authorization: Bearer``; every
 route but ``/health`` and ``/enrol`` needs one (each route in hub/api/routes/ names its role).
+
+Errors, each one line an operator can act on::
+
+    HubClientError         the hub answered 4xx/5xx (``status``, ``message``: a 422's
+                           FastAPI list rendered one sentence per field)
+    HubConnectionError     no edgefleet hub answered at that URL (``url``, ``reason``):
+                           nothing listening, http vs https, or something else's endpoint
 """
 
 from __future__ import annotations
@@ -12,6 +19,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from edgefleet.connection import NOT_A_HUB, HubConnectionError, connection_error
+from edgefleet.refusals import render_detail
+
+__all__ = ["HubClient", "HubClientError", "HubConnectionError", "render_detail"]
 
 
 class HubClientError(Exception):
@@ -26,6 +38,7 @@ class HubClientError(Exception):
 class HubClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self.url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=headers)
 
     def close(self) -> None:
@@ -37,14 +50,58 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self._http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise connection_error(self.url, e) from e
+
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        r = self._http.request(method, path, **kw)
+        r = self._send(method, path, **kw)
         if r.status_code >= 400:
+            if r.status_code in (404, 405) or not _is_json(r):
+                self._check_is_hub()  # a 404 from something else is "wrong --hub"
             raise HubClientError(r.status_code, _detail(r))
-        return r.json()
+        try:
+            return r.json()
+        except ValueError as e:
+            self._check_is_hub()
+            raise HubConnectionError(self.url, NOT_A_HUB) from e
+
+    def _check_is_hub(self) -> dict[str, Any]:
+        """``/health``'s answer; HubConnectionError unless it answers as a hub does."""
+        r = self._send("GET", "/health")
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if r.status_code != 200 or not isinstance(body, dict) or "broker_connected" not in body:
+            raise HubConnectionError(self.url, NOT_A_HUB)
+        return body
 
     def health(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/health"))
+        return self._check_is_hub()
+
+    def wait_ready(self, timeout: float = 60.0, interval: float = 0.25) -> dict[str, Any]:
+        """Poll ``/health`` until a hub answers (one starting in the background, say).
+
+        Raises:
+            HubConnectionError: still nothing after ``timeout`` seconds, or the server
+                that answers is not a hub.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.health()
+            except HubConnectionError as e:
+                if not e.reason.startswith("connection refused"):
+                    raise
+                if time.monotonic() > deadline:
+                    raise HubConnectionError(
+                        self.url, f"nothing answered in {timeout:g} s (connection refused):"
+                        " is the hub running (`edgefleet hub serve`), and on this port?"
+                    ) from e  # fmt: skip
+            time.sleep(interval)
 
     def stats(self) -> dict[str, Any]:
         return dict(self._call("GET", "/stats"))
@@ -178,7 +235,8 @@ class HubClient:
         """
         params = {"label": label, "task": task, "format": fmt, "filename": path.name}
         with path.open("rb") as f:
-            r = self._http.post(
+            r = self._send(
+                "POST",
                 f"/datasets/{name}",
                 content=_file_chunks(f),
                 params={k: v for k, v in params.items() if v is not None},
@@ -197,13 +255,16 @@ class HubClient:
 
     def download_dataset(self, ref: str, dest: Path) -> Path:
         """Write the version's file, byte for byte, to ``dest``."""
-        with self._http.stream("GET", f"/datasets/{ref}/file") as r:
-            if r.status_code >= 400:
-                r.read()
-                raise HubClientError(r.status_code, _detail(r))
-            with dest.open("wb") as f:
-                for block in r.iter_bytes():
-                    f.write(block)
+        try:
+            with self._http.stream("GET", f"/datasets/{ref}/file") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise HubClientError(r.status_code, _detail(r))
+                with dest.open("wb") as f:
+                    for block in r.iter_bytes():
+                        f.write(block)
+        except httpx.TransportError as e:
+            raise connection_error(self.url, e) from e
         return dest
 
     def job(self, job_id: str) -> dict[str, Any]:
@@ -268,12 +329,13 @@ class HubClient:
         *,
         device: str | None = None,
         group: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
+        start: float | str | None = None,
+        end: float | str | None = None,
         resolution_s: float | None = None,
     ) -> dict[str, Any]:
         """One device's or one group's (tag) telemetry windows merged per ``resolution_s``
-        over ``[start, end)`` (epoch seconds; the hub defaults to the last hour)."""
+        over ``[start, end)`` (epoch seconds, ISO 8601 or relative like ``"-2h"``; the hub
+        defaults to the last hour)."""
         if (device is None) == (group is None):
             raise ValueError("name exactly one of device and group")
         path = f"/telemetry/devices/{device}" if device else f"/telemetry/groups/{group}"
@@ -289,8 +351,8 @@ class HubClient:
         version: int | None = None,
         device: str | None = None,
         group: str | None = None,
-        start: float | None = None,
-        end: float | None = None,
+        start: float | str | None = None,
+        end: float | str | None = None,
     ) -> dict[str, Any]:
         """Live accuracy or MAE / RMSE of ``model`` per version, from labelled predictions
         of one device, one group (tag) or the fleet (neither given), over ``[start, end)``
@@ -314,10 +376,11 @@ class HubClient:
         )
 
     def drift(
-        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float
+        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float | str
     ) -> dict[str, Any]:
         """Per-feature PSI/JS of ``model`` for a device, group (tag) or the fleet;
-        ``since``/``until`` (epoch seconds) bound the range."""
+        ``since``/``until`` (epoch seconds, ISO 8601 or relative like ``"-2h"``) bound the
+        range. ``enough_data`` false (PSI/JS null) under the policy's ``min_rows``."""
         params: dict[str, Any] = {"scope": scope, **range_}
         if id is not None:
             params["id"] = id
@@ -391,9 +454,14 @@ def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
+def _is_json(r: httpx.Response) -> bool:
+    return str(r.headers.get("content-type", "")).startswith("application/json")
+
+
 def _detail(r: httpx.Response) -> str:
     try:
-        detail = r.json().get("detail", r.text)
+        body = r.json()
+        detail = body.get("detail", r.text) if isinstance(body, dict) else body
     except ValueError:
-        detail = r.text
-    return str(detail)
+        return r.text[:300]
+    return render_detail(detail)

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 
 from edgefleet.client import HubClient
+from edgefleet.progress import JobProgress, build_figures, stage_words
 from hub import Hub, HubConfig, create_app
 from hub.access.keys import DEV_KEY
 from hub.api.serving import server_config
@@ -83,8 +84,8 @@ class ApiServer:
 class Progress:
     """One status line that rewrites itself on a terminal, plain lines elsewhere."""
 
-    def __init__(self, stream: Any = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr  # at call time: whatever stderr is then
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self._last = ""
         self._last_t = 0.0
@@ -201,14 +202,17 @@ def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str
         **health_budget(opts),
     )
 
-    def show(j: dict[str, Any]) -> None:
-        progress.show(f"train  {j['stage'] or j['status']:<12} {j['progress'] * 100:5.1f}%")
+    def show(j: dict[str, Any]) -> None:  # a percentage on a terminal
+        progress.show(f"train  {stage_words(j['stage'] or j['status'])} {j['progress']:5.1%}")
 
-    result: dict[str, Any] = client.wait_job(job["id"], on_progress=show)["result"]
+    # in a log, each stage once (edgefleet/progress.py), in the demo's column
+    log_stages = JobProgress(progress.stream, prefix="train  ", figures=False)
+    on_progress = show if progress.tty else log_stages
+    result: dict[str, Any] = client.wait_job(job["id"], on_progress=on_progress)["result"]
+    for line in build_figures(result):
+        progress.done(f"model  {line}")
     progress.done(
-        f"model  {result['name']} v{result['version']}: accuracy fp32 {result['accuracy_fp32']:.3f}"
-        f" int8 {result['accuracy_int8']:.3f}; {result['size_fp32']} -> {result['size_bytes']}"
-        f" bytes; signed, sha256 {result['sha256'][:12]}…"
+        f"model  {result['name']} v{result['version']} signed, sha256 {result['sha256'][:12]}…"
     )
     return result
 
@@ -245,7 +249,7 @@ def deploy(
         st = client.rollout(rollout["id"])
         counts = " ".join(f"{k}={v}" for k, v in sorted(st["counts"].items()))
         progress.show(
-            f"rollout wave {st['wave']}/{st['waves']}  {st['converged']}/{st['devices']}"
+            f"rollout {wave_words(st['wave'], st['waves'])}  {st['converged']}/{st['devices']}"
             f" healthy  [{counts}]"
         )
         if st["finished"]:
@@ -257,10 +261,23 @@ def deploy(
         time.sleep(0.2)
     progress.done(
         f"rollout {st['converged']}/{st['devices']} devices healthy on v{model['version']}"
-        f" ({st['state']}, canary + {st['waves'] - 1} waves)"
+        f" ({st['state']}; {waves_words(st['waves'])})"
         + (f" in {seconds:.1f} s" if seconds is not None else " (not converged)")
     )
     return rollout["id"], seconds
+
+
+def wave_words(wave: int, waves: int) -> str:
+    """The demo's rollout step: wave 1 of ``waves`` is its canary (``canary_percent``)."""
+    return f"wave {wave}/{waves}" + (" (the canary)" if wave == 1 else "")
+
+
+def waves_words(waves: int) -> str:
+    """The demo rollout's shape, counted as :func:`wave_words` counts: 4 waves, the
+    canary first."""
+    if waves <= 1:
+        return "1 wave: the canary"
+    return f"{waves} waves: the canary, then {waves - 1} more"
 
 
 def _summary(
@@ -321,7 +338,12 @@ def print_summary(s: dict[str, Any]) -> None:
         + (f"   live {s['live_accuracy']:.3f}" if s["live_accuracy"] is not None else ""),
         f"  inferences          {s['inferences']:,} on devices",
         f"  telemetry messages  {s['telemetry_messages']:,} ingested by the hub",
-        f"  refused             {s['refused'] or 'none'}",
+        f"  refused             {_counts(s['refused']) or 'none'}",
         f"  rolled back         {s['rolled_back']}",
     ]
     print("\n".join(lines))
+
+
+def _counts(by_reason: dict[str, int]) -> str:
+    """``{"hash_mismatch": 2}`` as an operator reads it: ``2 hash_mismatch``."""
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(by_reason.items()))

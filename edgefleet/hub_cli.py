@@ -17,8 +17,8 @@ from typing import Any
 
 
 def register(sub: Any, api: argparse.ArgumentParser) -> None:
-    """``edgefleet hub serve``, ``hub apikey`` and ``hub classes`` (``api``: the options
-    of a command that calls the admin API)."""
+    """``edgefleet hub serve``, ``hub apikey``, ``hub classes`` and ``hub wait`` (``api``:
+    the options of a command that calls the admin API)."""
     hub = sub.add_parser("hub", help="the central hub").add_subparsers(metavar="ACTION")
     serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
     serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
@@ -75,6 +75,9 @@ def register(sub: Any, api: argparse.ArgumentParser) -> None:
     )
     serve.set_defaults(func=_hub_serve)
     _apikey_parser(hub)
+    from edgefleet import hub_wait
+
+    hub_wait.register(hub, api)
     classes = hub.add_parser(
         "classes", parents=[api], help="the device classes the hub knows (firmware-images/)"
     )

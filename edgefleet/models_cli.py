@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,7 +51,12 @@ def _performance_parser(models: Any, api: argparse.ArgumentParser) -> None:
     who = p.add_mutually_exclusive_group()
     who.add_argument("--device", help="one device (default: the fleet)")
     who.add_argument("--group", help="devices tagged GROUP")
-    p.add_argument("--since", type=float, default=3600.0, help="seconds back (default 3600)")
+    p.add_argument(
+        "--since",
+        default="3600",
+        help="how far back: seconds (default 3600) or 10m, 2h, 1d; or a time such as"
+        " 2026-12-06T10:00:00Z",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_performance)
 
@@ -272,10 +278,19 @@ def _performance(args: argparse.Namespace) -> int:
             version=args.version,
             device=args.device,
             group=args.group,
-            start=time.time() - args.since,
+            start=_since(args.since),
         )
     print(json.dumps(perf, indent=2) if args.json else text)
     return 0
+
+
+def _since(text: str) -> float | str:
+    """A bare number is seconds back, ``2h`` (or ``-2h``) two hours back; anything else
+    goes to the hub as typed: it reads ISO 8601 and names the forms when it cannot."""
+    try:
+        return time.time() - float(text)
+    except ValueError:
+        return f"-{text}" if re.fullmatch(r"\d+(\.\d+)?[smhdw]", text) else text
 
 
 def performance_report(client: Any, name: str, **scope: Any) -> tuple[dict[str, Any], str]:

@@ -429,11 +429,11 @@ class DriftMonitor:
                 "rows": sum(w.rows for w in ws),
                 "scores": None,
                 "drifted": [],
+                "enough_data": sum(w.rows for w in ws) >= policy.min_rows,
             }
             if merged is not None:
                 sketch, scores = merged
-                entry["scores"] = scores
-                entry["drifted"] = policy.drifted(sketch.rows, scores)
+                entry |= policy.verdict(sketch.rows, scores)
                 entry["mean"] = dict(zip(drifted_names(scores), sketch.mean.tolist(), strict=False))
             versions.append(entry)
         return {
@@ -444,6 +444,7 @@ class DriftMonitor:
             "until": until,
             "policy": asdict(policy),
             "versions": versions,
+            **policy.enough(versions),
         }
 
     def alerts(

@@ -46,6 +46,32 @@ class Policy:
             if sc["psi"] > self.psi_threshold or sc["js"] > self.js_threshold
         )
 
+    def verdict(self, rows: int, scores: Mapping[str, Any]) -> dict[str, Any]:
+        """What a drift report says of ``rows`` rows: the scores and drifted features, or,
+        under ``min_rows``, that there is not enough data: PSI/JS ``None``, since a handful
+        of rows scores high against any baseline (one row: PSI ~8) and means nothing."""
+        if rows >= self.min_rows:
+            return {"enough_data": True, "scores": scores, "drifted": self.drifted(rows, scores)}
+        return {
+            "enough_data": False,
+            "scores": {name: {**sc, "psi": None, "js": None} for name, sc in scores.items()},
+            "drifted": [],
+            "note": self.too_few(rows),
+        }
+
+    def enough(self, versions: list[dict[str, Any]]) -> dict[str, Any]:
+        """A drift report's top line: whether every version had ``min_rows`` rows."""
+        rows = sum(v["rows"] for v in versions)
+        enough = bool(versions) and all(v["enough_data"] for v in versions)
+        note = {} if enough else {"note": self.too_few(rows)}
+        return {"enough_data": enough, "rows": rows, "min_rows": self.min_rows, **note}
+
+    def too_few(self, rows: int) -> str:
+        return (
+            f"not enough data: {rows} row(s) < min_rows {self.min_rows}; PSI/JS are"
+            f" given once the range holds at least {self.min_rows} rows"
+        )
+
 
 @dataclass(frozen=True)
 class AlertInfo:

@@ -13,11 +13,14 @@ from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL, TAG
 from hub.api.security import Operator, Viewer
 from hub.telemetry.drift_policy import Policy
+from hub.telemetry.instants import FORMS, InstantError, parse_instant
 
 router = APIRouter(prefix="/drift", generate_unique_id_function=operation_id)
 
 SCOPE_ID = TAG  # a device id or a tag
 LIMIT_MAX = 1000  # rows per page of alerts or events
+# ``since`` / ``until``: epoch seconds, ISO 8601 or relative to now (hub/telemetry/instants.py)
+Instant = Annotated[str | None, Query(max_length=64, description=f"a time: {FORMS}")]
 
 
 class PolicyRequest(BaseModel):
@@ -36,15 +39,21 @@ def drift(
     who: Viewer,
     scope: Literal["device", "group", "fleet"] = "fleet",
     id: Annotated[str | None, Query(pattern=SCOPE_ID)] = None,
-    since: float | None = None,
-    until: float | None = None,
+    since: Instant = None,
+    until: Instant = None,
 ) -> dict[str, Any]:
     """Per model version: windows, devices, rows and per-feature PSI/JS of the merged
     sketches of one device (``id``), one group (tag ``id``) or the fleet, over
-    ``[since, until]`` (epoch seconds; open ends by default)."""
+    ``[since, until]`` (epoch seconds, ISO 8601 or relative like ``-2h``; open ends by
+    default). Under the policy's ``min_rows`` rows: ``enough_data`` false, a ``note``,
+    and PSI/JS ``null`` rather than a figure that means nothing (docs/drift.md)."""
     if scope != "fleet" and id is None:
         raise HTTPException(422, f"scope {scope} needs an id")
-    return h.drift.report(model, scope, id, since, until)
+    try:
+        start, end = parse_instant("since", since), parse_instant("until", until)
+    except InstantError as e:
+        raise HTTPException(422, str(e)) from e
+    return h.drift.report(model, scope, id, start, end)
 
 
 @router.get("/alerts", name="drift.alerts", responses=DENIALS)
@@ -64,12 +73,17 @@ def alerts(
 def events(
     h: HubDep,
     who: Viewer,
-    since: float | None = None,
+    since: Instant = None,
     model: Annotated[str | None, Query(pattern=MODEL)] = None,
     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
 ) -> list[dict[str, Any]]:
-    """The drift event stream, oldest first from ``since``: alerts raised and cleared."""
-    rows = h.drift.events(since=since, model=model, limit=limit)
+    """The drift event stream, oldest first from ``since`` (a time as for a report):
+    alerts raised and cleared."""
+    try:
+        start = parse_instant("since", since)
+    except InstantError as e:
+        raise HTTPException(422, str(e)) from e
+    rows = h.drift.events(since=start, model=model, limit=limit)
     return [e.model_dump() for e in rows]
 
 

@@ -14,8 +14,9 @@ from hub.api.deps import DENIALS, HubDep, operation_id
 from hub.api.schemas import DEVICE, MAX_INT, MODEL, TAG
 from hub.api.security import Viewer
 from hub.app import Hub
-from hub.store.tables import session
+from hub.store.tables import Device, session
 from hub.telemetry.estimates import CalibrationSource
+from hub.telemetry.instants import FORMS, InstantError, parse_instant
 from hub.telemetry.queries import TelemetryQueryError, group_devices, performance, series
 from shared.calibration import Calibration
 
@@ -24,19 +25,42 @@ router = APIRouter(prefix="/telemetry", generate_unique_id_function=operation_id
 DEFAULT_RANGE_S = 3600.0  # seconds: the last hour when no start is given
 DEFAULT_RESOLUTION_S = 60.0  # seconds per point
 
+# ``start`` / ``end``: epoch seconds, ISO 8601 or relative to now (hub/telemetry/instants.py)
+Instant = Annotated[str | None, Query(max_length=64, description=f"a time: {FORMS}")]
+
+
+def instants(start: str | None, end: str | None) -> tuple[float, float]:
+    """``[start, end)`` in epoch seconds; the last hour up to now by default.
+
+    Raises:
+        HTTPException: 422 naming the accepted forms, for a value that is none of them.
+    """
+    now = time.time()
+    try:
+        until = parse_instant("end", end, now)
+        since = parse_instant("start", start, now)
+    except InstantError as e:
+        raise HTTPException(422, str(e)) from e
+    until = now if until is None else until
+    return (until - DEFAULT_RANGE_S if since is None else since), until
+
 
 @router.get("/devices/{device_id}", name="telemetry.device", responses=DENIALS)
 def device_series(
     device_id: Annotated[str, Path(pattern=DEVICE)],
     h: HubDep,
     who: Viewer,
-    start: Annotated[float | None, Query(ge=0)] = None,
-    end: Annotated[float | None, Query(ge=0)] = None,
+    start: Instant = None,
+    end: Instant = None,
     resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
 ) -> dict[str, Any]:
-    """One device's windows that started in ``[start, end)`` (epoch seconds; the last
-    hour by default), merged per ``resolution_s``: counts summed, latency percentiles
-    from the merged histograms."""
+    """One device's windows that started in ``[start, end)`` (epoch seconds, ISO 8601 or
+    relative to now like ``-2h``; the last hour by default), merged per ``resolution_s``:
+    counts summed, latency percentiles from the merged histograms. 404 for a device the
+    hub has never seen."""
+    with session(h.engine) as s:
+        if s.get(Device, device_id) is None:
+            raise HTTPException(404, f"no device {device_id!r}")
     return _answer(h, [device_id], start, end, resolution_s, device=device_id)
 
 
@@ -45,8 +69,8 @@ def group_series(
     group: Annotated[str, Path(pattern=TAG)],
     h: HubDep,
     who: Viewer,
-    start: Annotated[float | None, Query(ge=0)] = None,
-    end: Annotated[float | None, Query(ge=0)] = None,
+    start: Instant = None,
+    end: Instant = None,
     resolution_s: Annotated[float, Query(gt=0)] = DEFAULT_RESOLUTION_S,
 ) -> dict[str, Any]:
     """The windows of every device tagged ``group``, merged as for one device."""
@@ -63,12 +87,12 @@ def model_performance(
     version: Annotated[int | None, Query(ge=1, le=MAX_INT)] = None,
     device: Annotated[str | None, Query(pattern=DEVICE)] = None,
     group: Annotated[str | None, Query(pattern=TAG)] = None,
-    start: Annotated[float | None, Query(ge=0)] = None,
-    end: Annotated[float | None, Query(ge=0)] = None,
+    start: Instant = None,
+    end: Instant = None,
 ) -> dict[str, Any]:
     """Live accuracy (a classifier) or MAE and RMSE (a regressor) of ``model``, per
     version, from the true labels devices joined to its predictions in windows that
-    started in ``[start, end)`` (epoch seconds; the last hour by default). Of one
+    started in ``[start, end)`` (as for a device's series; the last hour by default). Of one
     ``device``, one ``group`` (a tag), or the fleet when neither is given. Labels count
     for the version that made the prediction, even when they came after a rollout.
 
@@ -78,8 +102,7 @@ def model_performance(
     ended in the range, labelled or not. A version shows what it has: either or both."""
     if device is not None and group is not None:
         raise HTTPException(422, "name at most one of device and group")
-    end = time.time() if end is None else end
-    start = end - DEFAULT_RANGE_S if start is None else start
+    since, until = instants(start, end)
     scope: dict[str, Any] = {"scope": "fleet", "devices": None}
     devices: list[str] | None = None
     with session(h.engine) as s:
@@ -90,7 +113,7 @@ def model_performance(
             scope = {"scope": "group", "group": group, "devices": len(devices)}
         try:
             versions = performance(
-                s, model, version, devices, start, end, calibration=_calibration(h, model)
+                s, model, version, devices, since, until, calibration=_calibration(h, model)
             )
         except TelemetryQueryError as e:
             raise HTTPException(422, str(e)) from e
@@ -98,8 +121,8 @@ def model_performance(
         "model": model,
         "version": version,
         **scope,
-        "start": start,
-        "end": end,
+        "start": since,
+        "end": until,
         "versions": versions,
     }
 
@@ -117,13 +140,12 @@ def _calibration(h: Hub, model: str) -> CalibrationSource:
 def _answer(
     h: Hub,
     devices: list[str],
-    start: float | None,
-    end: float | None,
+    start_text: str | None,
+    end_text: str | None,
     resolution_s: float,
     **scope: str,
 ) -> dict[str, Any]:
-    end = time.time() if end is None else end
-    start = end - DEFAULT_RANGE_S if start is None else start
+    start, end = instants(start_text, end_text)
     try:
         with session(h.engine) as s:
             points = series(s, devices, start, end, resolution_s)
