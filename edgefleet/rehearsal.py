@@ -224,13 +224,18 @@ def _wait_online(client: HubClient, n: int, say: Say) -> None:
     say(f"fleet  {n} devices online")
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """``{"sent": 3, "healthy": 1}`` as ``3 sent, 1 healthy``."""
+    return ", ".join(f"{n} {what}" for what, n in counts.items()) or "none"
+
+
 def _install_baseline(client: HubClient, model: dict[str, Any], n: int, say: Say) -> None:
     dep = client.deploy(model["name"], model["version"])
     deadline = time.monotonic() + BASELINE_TIMEOUT_S
     while not (st := client.deployment(dep["id"], devices=False))["finished"]:
         if time.monotonic() > deadline:
-            raise ScenarioError(f"the baseline did not reach every device: {st['stages']}")
+            raise ScenarioError(f"the baseline did not reach every device: {_counts(st['stages'])}")
         time.sleep(POLL_S)
     if st["converged"] != n:
-        raise ScenarioError(f"the baseline failed on some devices: {st['reasons']}")
+        raise ScenarioError(f"the baseline failed on some devices: {_counts(st['reasons'])}")
     say(f"base   {model['name']} v{model['version']} on all {n} devices")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 
 from hub.api.deps import DENIALS, HubDep, operation_id
+from hub.api.schemas import MAX_INT
 from hub.api.security import Viewer
 from hub.ml.lineage import lineage
 from hub.ml.registry import RegistryError
@@ -27,7 +28,9 @@ def model_runs(name: str, h: HubDep, who: Viewer) -> list[Any]:
 
 
 @router.get("/models/{name}/versions/{version}/lineage", name="model.lineage", responses=DENIALS)
-def model_lineage(name: str, version: int, h: HubDep, who: Viewer) -> dict[str, Any]:
+def model_lineage(
+    name: str, version: Annotated[int, Path(ge=1, le=MAX_INT)], h: HubDep, who: Viewer
+) -> dict[str, Any]:
     """Datasets, training, metrics, gates, signature, rollouts and devices of a version."""
     try:
         return lineage(h.engine, h.registry, name, version)
