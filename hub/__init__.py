@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hub.api.main import create_app
-    from hub.app import Hub, HubConfig, make_ingest, pipeline_config, serve_devices
+    from hub.app import Hub, make_ingest, pipeline_config, serve_devices
+    from hub.settings import HubConfig
 
 __all__ = ["Hub", "HubConfig", "create_app", "make_ingest", "pipeline_config", "serve_devices"]
 
 _HOMES = {
     "Hub": "hub.app",
-    "HubConfig": "hub.app",
+    "HubConfig": "hub.settings",
     "make_ingest": "hub.app",
     "pipeline_config": "hub.app",
     "serve_devices": "hub.app",

@@ -7,20 +7,18 @@ file, a local artifact directory and a broker chosen as DESIGN §7 says.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from hub.access.audit import AUDIT_MAX_AGE_S, run_audit_retention
-from hub.fleet.classes import DEFAULT_CLASSES_DIR, load_classes
-from hub.fleet.deployments import EVENTS_MAX_AGE_S, Deployments, run_event_retention
+from hub.access.audit import run_audit_retention
+from hub.fleet.classes import load_classes
+from hub.fleet.deployments import Deployments, run_event_retention
 from hub.fleet.progress import ProgressApplier, forget_presence
 from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report, ReportApplier
@@ -29,19 +27,17 @@ from hub.loop import Loop
 from hub.ml.builds import Builds
 from hub.ml.data.capture_versions import CaptureVersions
 from hub.ml.data.captures import Datasets
-from hub.ml.data.store import DEFAULT_MAX_UPLOAD_BYTES, DatasetStore
+from hub.ml.data.store import DatasetStore
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
 from hub.ml.retrain import Retrainer
+from hub.settings import HubConfig, check_broker_transport
 from hub.store.artifacts import ArtifactStore
 from hub.store.datadir import check_private, create_private_file, private_umask
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import (
-    MAX_AGE_S,
-    RAW_AGE_S,
-    RESOLUTION_S,
     RetentionPolicy,
     run_retention,
 )
@@ -71,77 +67,10 @@ from hub.trust.pki import CertificateAuthority, PkiError
 from hub.trust.repository import TrustRepository
 from hub.workers import IngestWorkers, WorkerConfig
 from shared import protocol
-from shared.chunks import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class HubConfig:
-    data_dir: Path
-    db_url: str | None = None  # default: SQLite file in data_dir
-    broker_url: str | None = None  # default: private Mosquitto, else embedded broker
-    # the private broker's port; default: the last start's (data_dir/broker.json), else free
-    broker_port: int | None = None
-    chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
-    dev_mode: bool = False  # accept the built-in development API key (hub.access.keys.DEV_KEY)
-    client_id: str = "edgefleet-hub"
-    root_keys_dir: Path | None = None  # default data_dir/trust/keys/root; may be offline
-    # What `edgefleet broker config` wrote, for an mqtts:// broker: the hub's client
-    # certificate and key, the CA, and the CRL it rewrites when it revokes a device.
-    broker_tls_dir: Path | None = None
-    broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
-    # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
-    allow_plain_broker: bool = False
-    # processes that take the telemetry through $share (hub/workers.py); 0: this one
-    ingest_workers: int = 0
-    maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
-    # telemetry retention (hub/telemetry/retention.py): raw windows, then hourly rows, then gone
-    telemetry_raw_age_s: float = RAW_AGE_S
-    telemetry_max_age_s: float = MAX_AGE_S
-    telemetry_resolution_s: float = RESOLUTION_S
-    audit_max_age_s: float = AUDIT_MAX_AGE_S  # seconds audit records are kept (365 days)
-    events_max_age_s: float = EVENTS_MAX_AGE_S  # seconds deployment events are kept (365 days)
-    # what one device may send to be stored (hub/transport/budget.py)
-    ingest_budget: Budget = INGEST
-    max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
-    classes_dir: Path = DEFAULT_CLASSES_DIR  # <class>/profile.toml (hub/fleet/classes.py)
-
-    def __post_init__(self) -> None:
-        for name in ("audit_max_age_s", "events_max_age_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
-        if self.broker_port is not None and self.broker_url:
-            raise ValueError("--broker-port is the private broker's: give it without --broker")
-
-
-def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:
-    """Refuse a plain-TCP broker on a network outside development mode.
-
-    Over plain TCP every command, model and report travels in clear text, and any client
-    can connect as any device (no certificates, no ACL by identity). Loopback is a
-    single machine's try-out; anything else needs ``mqtts://`` (``edgefleet broker
-    config``) or an explicit ``allow_plain_broker``.
-
-    Raises:
-        ValueError: a plain broker the configuration does not allow.
-    """
-    if address.tls or cfg.dev_mode or cfg.allow_plain_broker or _is_loopback(address.host):
-        return
-    raise ValueError(
-        f"{address.url} is plain TCP on a network: commands, models and reports would travel"
-        " in clear text and any client could pose as any device. Use mqtts:// with the"
-        " configuration `edgefleet broker config` writes, or --allow-plain-broker to accept it"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["Enrolment", "Hub", "HubConfig", "make_ingest", "pipeline_config", "serve_devices"]
 
 
 @dataclass(frozen=True)

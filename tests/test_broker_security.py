@@ -36,7 +36,7 @@ from waiting import wait_for
 
 from edgefleet import broker_cli
 from hub import Hub, HubConfig
-from hub.app import check_broker_transport
+from hub.settings import check_broker_transport
 from hub.transport.broker import BrokerAddress, free_port
 from hub.transport.brokerconf import BrokerFiles, TlsMosquitto, write_broker_config
 from hub.trust.pki import CertificateAuthority
