@@ -147,7 +147,9 @@ class Hub:
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
-        self.builds = Builds(self.engine, self.registry, self.dataset_store, self.jobs)
+        self.builds = Builds(
+            self.engine, self.registry, self.dataset_store, self.jobs, self.classes.runtimes
+        )
         self.retrainer = Retrainer(
             self.registry, self.datasets, self.jobs, base_rows=self.builds.base_rows
         )

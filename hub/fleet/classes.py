@@ -107,6 +107,20 @@ class DeviceClasses:
     def names(self) -> tuple[str, ...]:
         return tuple(self._classes)
 
+    def runtimes(self, names: tuple[str, ...]) -> frozenset[str]:
+        """The runtimes the classes ``names`` run models with (onnxruntime for none, or
+        for any name when the hub knows no classes at all).
+
+        Raises:
+            ValueError: a class the hub does not know (the known ones named).
+        """
+        if not names or not self._classes:
+            return frozenset({"onnxruntime"})
+        try:
+            return frozenset(self.get(n).runtime for n in names)
+        except ClassError as e:
+            raise ValueError(e.detail) from e
+
     def get(self, name: str) -> DeviceClass:
         """The class ``name``.
 

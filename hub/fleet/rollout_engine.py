@@ -25,6 +25,9 @@ from hub.store.tables import Device, DeviceTag, Rollout, RolloutDevice, session
 
 log = logging.getLogger(__name__)
 
+# (device id, model, version, the version's first target) -> the target that device installs
+TargetFor = Callable[[str, str, int, str], str]
+
 RECONCILE_GRACE_S = 5.0  # seconds a device back online may stay silent: then send again
 
 
@@ -35,11 +38,14 @@ class RolloutEngine:
         commands: CommandSender,
         revoked: RevokedDevices,
         clock: Callable[[], float],
+        target_for: TargetFor | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
         self.revoked = revoked  # read when devices are chosen
         self.clock = clock
+        # the artefact a device installs: its runtime's, when the version has several
+        self.target_for = target_for or _primary
 
     def tick_one(self, rollout_id: str, t: float) -> None:
         with session(self.engine) as s:
@@ -192,7 +198,9 @@ class RolloutEngine:
             "deployment": rollout.id,
             "model": rollout.model,
             "version": rollout.version,
-            "target": rollout.target,
+            "target": self.target_for(
+                row.device_id, rollout.model, rollout.version, rollout.target
+            ),
         }
         for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
             if rollout.spec.get(name) is not None:
@@ -358,3 +366,7 @@ def _devices(s: Session, ids: list[str]) -> dict[str, Device]:
     if not ids:
         return {}
     return {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids)))}
+
+
+def _primary(device_id: str, model: str, version: int, target: str) -> str:
+    return target

@@ -75,10 +75,23 @@ class Rollouts:
         self.revoked = revoked  # read when devices are chosen
         self.tick_s = tick_s
         self.clock = clock
-        self.decide = RolloutEngine(engine, commands, revoked, clock)
+        self.decide = RolloutEngine(engine, commands, revoked, clock, self.target_for)
         self._lock = threading.Lock()  # one tick or one state change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def target_for(self, device_id: str, model: str, version: int, primary: str) -> str:
+        """The artefact ``device_id`` installs: the one for its runtime when the version
+        has several (ADR 0020), else the version's own target (a device of another
+        runtime then refuses it as ``wrong_runtime``, as before)."""
+        registry: Registry | None = self.registry  # None in rigs that sign nothing
+        artefacts = registry.artefacts(model, version) if registry is not None else {}
+        if len(artefacts) <= 1:
+            return primary
+        with session(self.engine) as s:
+            device = s.get(Device, device_id)
+        runtime = device.runtime if device is not None else None
+        return artefacts.get(runtime or "", primary)
 
     # ----------------------------------------------------------------- lifecycle
 

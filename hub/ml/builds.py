@@ -18,12 +18,21 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
 
+from hub.ml.build_specs import (
+    MAX_TRIALS,
+    ONNX_RUNTIME,
+    TFLITE_RUNTIME,
+    BuildError,
+    RuntimesFor,
+    TrainSpec,
+    UploadSpec,
+)
 from hub.ml.data.store import DatasetStore, DatasetStoreError
 from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
@@ -32,6 +41,7 @@ from hub.ml.pipeline import Dataset, PipelineConfig, import_model, split_arrays,
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import record_training
 from hub.ml.runs import record_run
+from hub.ml.tflite import is_tflite
 from hub.ml.training_data import BUILTIN
 from hub.ml.tuning import TUNE_SHARE, TuneError, tune
 from hub.ml.unevaluated import import_unevaluated
@@ -40,47 +50,6 @@ from hub.store.tables import DataVersion, Device, Job, TrainingRun, session
 __all__ = ["BuildError", "Builds", "TrainSpec", "UploadSpec"]
 
 log = logging.getLogger(__name__)
-
-MAX_TRIALS: Final = 200  # tuner trials one build may ask for
-
-
-class BuildError(Exception):
-    """A build refused before it starts; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, detail: str, status: int = 422) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """What to train: a model name, a dataset version, and the pipeline's settings."""
-
-    config: PipelineConfig
-    dataset: str  # NAME[:VERSION]
-    task: str | None = None  # the dataset's own by default
-    champion: bool = False  # refuse it unless it beats the deployed version
-    tune_trials: int = 0
-    tune_timeout_s: float = 600.0  # seconds the tuner may spend in all
-    tune_max_bytes: int | None = None  # the tuner's size budget for the int8 file
-    device_classes: tuple[str, ...] = ()
-    created_by: str | None = None
-
-
-@dataclass(frozen=True)
-class UploadSpec:
-    """A bring-your-own model: its file, and the dataset that judges it (or none)."""
-
-    config: PipelineConfig
-    model_bytes: bytes
-    dataset: str | None
-    quantize: bool = True
-    unevaluated: bool = False
-    champion: bool = False
-    device_classes: tuple[str, ...] = ()
-    created_by: str | None = None
-    filename: str = ""
 
 
 @dataclass
@@ -97,12 +66,31 @@ class _Run:
 
 class Builds:
     def __init__(
-        self, engine: Engine, registry: Registry, datasets: DatasetStore, jobs: Jobs
+        self,
+        engine: Engine,
+        registry: Registry,
+        datasets: DatasetStore,
+        jobs: Jobs,
+        runtimes_for: RuntimesFor | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.datasets = datasets
         self.jobs = jobs
+        # device classes -> the runtimes they run models with (hub/fleet/classes.py)
+        self.runtimes_for = runtimes_for or _onnx_only
+
+    def extra_runtimes(self, device_classes: tuple[str, ...]) -> tuple[str, ...]:
+        """The runtimes beyond onnxruntime that ``device_classes`` need, in order.
+
+        Raises:
+            BuildError: an unknown device class (the known ones named).
+        """
+        try:
+            runtimes = self.runtimes_for(device_classes)
+        except ValueError as e:
+            raise BuildError(str(e)) from e
+        return tuple(sorted(set(runtimes) - {ONNX_RUNTIME}))
 
     # ------------------------------------------------------------------ submitting
 
@@ -121,8 +109,14 @@ class Builds:
             )
         if not 0 <= spec.tune_trials <= MAX_TRIALS:
             raise BuildError(f"tune trials must be within 0..{MAX_TRIALS}")
+        runtimes = self.extra_runtimes(spec.device_classes)
+        if runtimes and spec.config.kind == "cnn":
+            raise BuildError(
+                f"{', '.join(spec.device_classes)} run {', '.join(runtimes)}: a conv net has no"
+                " TFLite export yet; build it for onnxruntime classes (or train --kind mlp)"
+            )
         return self.jobs.submit(
-            "train", lambda progress: self._train(spec, version, task, progress)
+            "train", lambda progress: self._train(spec, version, task, runtimes, progress)
         )
 
     def upload(self, spec: UploadSpec) -> Job:
@@ -135,6 +129,14 @@ class Builds:
             raise BuildError(
                 "name the dataset to judge the model on (--dataset NAME[:VERSION]), or accept"
                 " it unevaluated (--unevaluated)"
+            )
+        runtime = TFLITE_RUNTIME if is_tflite(spec.model_bytes) else ONNX_RUNTIME
+        others = set(self.runtimes_for(spec.device_classes)) - {runtime}
+        if others:
+            raise BuildError(
+                f"an uploaded {runtime} file runs on {runtime} classes only, and"
+                f" {', '.join(spec.device_classes)} need {', '.join(sorted(others))}:"
+                " upload a file for each runtime as its own model, or train it here"
             )
         version = self._dataset(spec.dataset) if spec.dataset is not None else None
         return self.jobs.submit("upload", lambda progress: self._upload(spec, version, progress))
@@ -157,8 +159,14 @@ class Builds:
         run = _Run(_config_json(config), "trained", [BUILTIN], split=split)
         report = progress or _ignore
         if onnx_bytes is None:
+            runtimes = self.extra_runtimes(device_classes)
             return self._build(
-                run, config, device_classes, None, lambda: train(config, progress), report
+                run,
+                config,
+                device_classes,
+                None,
+                lambda: train(config, progress, runtimes=runtimes),
+                report,
             )
         run.source = "uploaded"
         return self._build(
@@ -189,7 +197,12 @@ class Builds:
     # ------------------------------------------------------------------ in the job
 
     def _train(
-        self, spec: TrainSpec, version: DataVersion, task: str, progress: Progress
+        self,
+        spec: TrainSpec,
+        version: DataVersion,
+        task: str,
+        runtimes: tuple[str, ...],
+        progress: Progress,
     ) -> dict[str, Any]:
         data = self._split(version, task, spec.config)
         run = _Run(_config_json(spec.config), "trained", [version.id], split=dict(data.split))
@@ -203,7 +216,14 @@ class Builds:
                 def steps(stage: str, fraction: float) -> None:  # the build after the tuner
                     progress(stage, TUNE_SHARE[1] + fraction * (0.95 - TUNE_SHARE[1]))
 
-            return train(spec.config, steps, dataset=data, champion=champion, params=params)
+            return train(
+                spec.config,
+                steps,
+                dataset=data,
+                champion=champion,
+                params=params,
+                runtimes=runtimes,
+            )
 
         return self._build(run, spec.config, spec.device_classes, spec.created_by, build, progress)
 
@@ -286,6 +306,12 @@ class Builds:
             device_classes=device_classes,
             dataset=run.datasets[0] if run.datasets else None,
         )
+        artefacts = {row.runtime: _artefact_json(row.target, built)}
+        for other in built.siblings:
+            extra = self.registry.add_artefact(
+                row, other, config=config, device_classes=device_classes
+            )
+            artefacts[extra.runtime] = _artefact_json(extra.target, other)
         record_training(self.engine, row.name, row.version, config, run.datasets)
         self._record(
             run_id,
@@ -316,6 +342,7 @@ class Builds:
             "datasets": run.datasets,
             "trials": len(run.trials),
             "target": row.target,
+            "artefacts": artefacts,
         }
 
     def _record(
@@ -433,4 +460,19 @@ def _unevaluated(spec: UploadSpec, progress: Progress) -> BuiltModel:
 def _config_json(config: PipelineConfig) -> dict[str, Any]:
     return {
         k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
+
+
+def _onnx_only(device_classes: tuple[str, ...]) -> frozenset[str]:
+    return frozenset({ONNX_RUNTIME})
+
+
+def _artefact_json(target: str, built: BuiltModel) -> dict[str, Any]:
+    """One artefact of a published version, as a build's result lists it."""
+    return {
+        "target": target,
+        "format": built.format,
+        "size_bytes": len(built.model_bytes),
+        "metrics": built.metrics.get("int8", {}),
+        "gates": list(built.gates),
     }

@@ -7,6 +7,11 @@
   when set.
 - ``champion``: no worse than the version now deployed, scored on the same hold-out, when
   asked for (champion/challenger).
+- ``sibling``: a version's artefact for another runtime (a .tflite beside the int8 ONNX,
+  ADR 0020) agrees with the ONNX artefact on the hold-out: the same class for at least
+  ``SIBLING_AGREEMENT`` of the rows, or (regressors) a mean difference of at most
+  ``SIBLING_MAE_SHARE`` of the ONNX artefact's MAE. Two files of one version must answer
+  alike whichever class of device runs them.
 
 Every gate judged is recorded with its figures, passed or not (a training run's
 ``gates``); :func:`enforce` raises :class:`~hub.ml.errors.ModelRefused` when one fails.
@@ -15,13 +20,19 @@ Every gate judged is recorded with its figures, passed or not (a training run's
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
 
 from hub.ml.config import PipelineConfig
 from hub.ml.errors import GateError, ModelRefused
 from hub.ml.metrics import headline
 
-__all__ = ["Gate", "enforce", "judge"]
+__all__ = ["SIBLING_AGREEMENT", "SIBLING_MAE_SHARE", "Gate", "enforce", "judge", "sibling"]
+
+SIBLING_AGREEMENT: Final = 0.97  # share of hold-out rows given the same class
+SIBLING_MAE_SHARE: Final = 0.25  # mean |difference| against the ONNX artefact's MAE
 
 
 @dataclass(frozen=True)
@@ -127,4 +138,32 @@ def _champion(task: str, int8: dict[str, Any], champion: dict[str, Any]) -> Gate
     ok = mine <= theirs
     return Gate(
         "champion", ok, f"MAE {mine:.6g} vs {theirs:.6g} of the deployed {who} on the same hold-out"
+    )
+
+
+def sibling(
+    task: str,
+    mine: npt.NDArray[Any],
+    onnx: npt.NDArray[Any],
+    onnx_metrics: dict[str, Any],
+) -> Gate:
+    """How closely an artefact for another runtime answers as the ONNX artefact did, on
+    the same hold-out rows (class scores, or values)."""
+    if task == "classification":
+        agree = float(np.mean(mine.argmax(axis=1) == onnx.argmax(axis=1)))
+        ok = agree >= SIBLING_AGREEMENT
+        return Gate(
+            "sibling",
+            ok,
+            f"the same class as the ONNX artefact for {agree * 100:.1f}% of the hold-out"
+            f" ({'at least' if ok else 'under'} the {SIBLING_AGREEMENT * 100:.0f}% required)",
+        )
+    diff = float(np.mean(np.abs(mine.reshape(-1) - onnx.reshape(-1))))
+    allowed = SIBLING_MAE_SHARE * float(onnx_metrics["mae"])
+    ok = diff <= allowed
+    return Gate(
+        "sibling",
+        ok,
+        f"a mean difference of {diff:.6g} from the ONNX artefact"
+        f" ({'within' if ok else 'over'} the {allowed:.6g} allowed: a quarter of its MAE)",
     )

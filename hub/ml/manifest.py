@@ -46,6 +46,11 @@ class BuiltModel:
     format: str = "onnx"  # of model_bytes: "onnx" | "tflite" (hub/ml/runner.py)
     runtime: str = "onnxruntime"  # what a device needs to run it: "onnxruntime" | "tflite"
     notes: tuple[str, ...] = ()  # what the operator should know about this build
+    # the same version for other runtimes (a .tflite for LiteRT classes), each judged and
+    # gated on its own (ADR 0020): signed beside this one as further targets
+    siblings: tuple[BuiltModel, ...] = ()
+    # the trained estimator, for exports to other runtimes (None for an imported file)
+    fitted: Any = field(default=None, repr=False, compare=False)
 
 
 def build_manifest(

@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Final
 
 import numpy as np
@@ -47,12 +48,12 @@ from hub.ml.compatibility import check_compatible, scores_output, value_output
 from hub.ml.config import PipelineConfig
 from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
 from hub.ml.evaluation import evaluate, golden_indices, spread_indices
-from hub.ml.gates import enforce, judge
+from hub.ml.gates import enforce, judge, sibling
 from hub.ml.manifest import BuiltModel, build_manifest
 from hub.ml.metrics import model_outputs, score
 from hub.ml.quantize import is_quantized, quantize_int8
 from hub.ml.runner import open_runner
-from hub.ml.training import export_onnx, fit
+from hub.ml.training import Fitted, export_onnx, fit
 from hub.ml.training_data import (
     Dataset,
     builtin_dataset,
@@ -103,6 +104,7 @@ STAGES: dict[str, float] = {
     "gate": 0.8,
     "baseline": 0.85,
     "golden": 0.9,
+    "tflite": 0.92,
 }
 
 
@@ -113,6 +115,7 @@ def train(
     dataset: Dataset | None = None,
     champion: Champion | None = None,
     params: dict[str, Any] | None = None,
+    runtimes: tuple[str, ...] = (),
 ) -> BuiltModel:
     """Train, export, quantise, evaluate and gate a model; compute baseline and golden rows.
 
@@ -123,6 +126,9 @@ def train(
         dataset: rows to use; the built-in generator's (``builtin_dataset``) by default.
         champion: the deployed version to beat on the same hold-out (champion gate).
         params: the tuner's settings for this one build.
+        runtimes: further runtimes the version must run on (``tflite``): each gets its
+            own artefact, judged and gated on its own and against the ONNX one
+            (``siblings``).
 
     Raises:
         ModelRefused (GateError for a classifier's int8 loss alone): a gate refused it.
@@ -133,7 +139,7 @@ def train(
     data = dataset if dataset is not None else builtin_dataset(config)
     report("train")
     t0 = time.perf_counter()
-    fp32 = fit_model(data, config, params, progress)
+    fp32, fitted = _fit(data, config, params, progress)
     train_seconds = time.perf_counter() - t0
     report("quantize")
     t0 = time.perf_counter()
@@ -145,7 +151,7 @@ def train(
     gates = judge(data.task, metrics["fp32"], metrics["int8"], config, _champion(champion, data))
     enforce(data.task, gates, metrics, config)
     log.info("%s: %s", config.name, "; ".join(g.detail for g in gates))
-    return _finish(
+    built = _finish(
         int8,
         data,
         config,
@@ -157,6 +163,57 @@ def train(
         quantize_seconds=quantize_seconds,
         source="trained",
     )
+    siblings = tuple(_sibling(r, fitted, built, data, config, report) for r in runtimes)
+    return replace(built, siblings=siblings, fitted=fitted)
+
+
+def _sibling(
+    runtime: str,
+    fitted: Fitted | None,
+    onnx: BuiltModel,
+    data: Dataset,
+    config: PipelineConfig,
+    report: Callable[[str], None],
+) -> BuiltModel:
+    """The version's artefact for ``runtime``: exported, judged, gated, then finished like
+    the ONNX one (its own baseline and golden rows, from its own bytes).
+
+    Raises:
+        ModelRefused: a gate refused it (``sibling`` when it answers unlike the ONNX one).
+        PipelineError: no such runtime, or a model this cannot export.
+    """
+    if runtime != "tflite":
+        raise PipelineError(f"no artefact for the runtime {runtime!r}: onnxruntime or tflite")
+    if fitted is None:
+        raise PipelineError(
+            "a .tflite artefact is exported from an MLP trained here; a conv net (PyTorch)"
+            " has no TFLite export yet: build it for onnxruntime classes"
+        )
+    from hub.ml.tflite_export import export_tflite_int8  # TensorFlow only when asked
+
+    report("tflite")
+    t0 = time.perf_counter()
+    blob = export_tflite_int8(fitted, data.x_train)
+    seconds = time.perf_counter() - t0
+    metrics = {"fp32": onnx.metrics["fp32"], "int8": score(blob, data)}
+    gates = judge(data.task, metrics["fp32"], metrics["int8"], config)
+    mine = model_outputs(open_runner(blob), data.x_holdout, data.task)
+    theirs = model_outputs(open_runner(onnx.model_bytes), data.x_holdout, data.task)
+    gates.append(sibling(data.task, mine, theirs, onnx.metrics["int8"]))
+    enforce(data.task, gates, metrics, config)
+    return _finish(
+        blob,
+        data,
+        config,
+        report,
+        fp32_bytes=onnx.fp32_bytes,
+        metrics=metrics,
+        gates=[g.to_json() for g in gates],
+        train_seconds=0.0,
+        quantize_seconds=seconds,
+        source="trained",
+        notes=("full int8 .tflite with float input and output, for LiteRT classes",),
+    )
 
 
 def fit_model(
@@ -166,6 +223,16 @@ def fit_model(
     progress: Progress | None = None,
 ) -> bytes:
     """The fp32 ONNX file of an MLP (tabular rows) or a conv net (images, windows)."""
+    return _fit(data, config, params, progress)[0]
+
+
+def _fit(
+    data: Dataset,
+    config: PipelineConfig,
+    params: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> tuple[bytes, Fitted | None]:
+    """:func:`fit_model`, and the fitted MLP (None for a conv net)."""
 
     def epoch(fraction: float) -> None:
         if progress is not None:
@@ -173,7 +240,7 @@ def fit_model(
 
     if config.kind == "mlp":
         fitted = fit(data, config, params, epoch)
-        return compact(export_onnx(fitted, len(data.features), config.opset))
+        return compact(export_onnx(fitted, len(data.features), config.opset)), fitted
     if len(data.row_shape) < 2:
         raise PipelineError(
             "a conv net needs image [H, W(, C)] or window [T, C] rows; this dataset has rows"
@@ -192,7 +259,7 @@ def fit_model(
         progress=epoch,
         kind=data.kind,
     )
-    return compact(fp32)
+    return compact(fp32), None
 
 
 def to_int8(fp32: bytes, data: Dataset, config: PipelineConfig) -> bytes:

@@ -2,8 +2,11 @@
 
 Publishing a built model stores the file content-addressed, builds its manifest,
 adds it as a TUF target (signed targets, snapshot and timestamp) and records the
-version in SQL. Devices then fetch the metadata and the chunks through hub/transport/link.py,
-which reads them from here.
+version in SQL. A version may have further artefacts, one per runtime (a .tflite file for
+LiteRT classes beside the int8 ONNX): each its own target with its own manifest
+(:meth:`Registry.add_artefact`, ADR 0020); :meth:`Registry.artefacts` says which target a
+device of each runtime installs. Devices then fetch the metadata and the chunks through
+hub/transport/link.py, which reads them from here.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from sqlmodel import col, select
 
 from hub.ml.pipeline import BuiltModel, PipelineConfig, build_manifest
 from hub.store.artifacts import ArtifactStore
-from hub.store.tables import ModelVersion, session
+from hub.store.tables import ModelArtefact, ModelVersion, session
 from hub.trust.repository import TrustRepository
 from shared.chunks import chunk_span
 
@@ -46,9 +49,14 @@ class Registry:
         self._lock = threading.Lock()
         self._files: OrderedDict[str, bytes] = OrderedDict()
         self._targets: dict[str, TargetEntry] = {}
+        # (model, version) -> runtime -> target: what a device of each runtime installs
+        self._artefacts: dict[tuple[str, int], dict[str, str]] = {}
         with session(engine) as s:
-            for mv in s.exec(select(ModelVersion)):
-                self._targets[mv.target] = TargetEntry(mv.sha256, mv.size_bytes, mv.chunk_size)
+            rows: list[ModelVersion | ModelArtefact] = [*s.exec(select(ModelVersion))]
+            rows += s.exec(select(ModelArtefact))
+            for r in rows:
+                self._targets[r.target] = TargetEntry(r.sha256, r.size_bytes, r.chunk_size)
+                self._artefacts.setdefault((r.name, r.version), {}).setdefault(r.runtime, r.target)
 
     def next_version(self, name: str) -> int:
         with session(self.engine) as s:
@@ -103,7 +111,71 @@ class Registry:
                 s.commit()
                 s.refresh(row)
             self._targets[target] = TargetEntry(digest, len(built.model_bytes), manifest.chunk_size)
+            self._artefacts[(built.name, version)] = {manifest.runtime: target}
             return row
+
+    def add_artefact(
+        self,
+        row: ModelVersion,
+        built: BuiltModel,
+        *,
+        config: PipelineConfig,
+        device_classes: tuple[str, ...] = (),
+    ) -> ModelArtefact:
+        """Sign ``built`` as version ``row``'s artefact for another runtime.
+
+        Raises:
+            RegistryError: the version has an artefact for that runtime already.
+        """
+        with self._lock:
+            manifest = build_manifest(
+                built,
+                version=row.version,
+                chunk_size=self.chunk_size,
+                device_classes=device_classes,
+                config=config,
+            )
+            known = self._artefacts.setdefault((row.name, row.version), {})
+            if manifest.runtime in known:
+                raise RegistryError(
+                    f"{row.name} v{row.version} has a {manifest.runtime} artefact already"
+                )
+            target = f"{row.name}/{row.version}/model.{manifest.format}"
+            digest = self.store.put(built.model_bytes)
+            self.trust.add_target(target, built.model_bytes, manifest.to_custom())
+            artefact = ModelArtefact(
+                name=row.name,
+                version=row.version,
+                runtime=manifest.runtime,
+                format=manifest.format,
+                target=target,
+                sha256=digest,
+                size_bytes=len(built.model_bytes),
+                chunk_size=manifest.chunk_size,
+                accuracy_int8=built.accuracy_int8,
+                mae_int8=built.metrics.get("int8", {}).get("mae"),
+                metrics=dict(built.metrics),
+                gates=list(built.gates),
+            )
+            with session(self.engine) as s:
+                s.add(artefact)
+                s.commit()
+                s.refresh(artefact)
+            self._targets[target] = TargetEntry(digest, len(built.model_bytes), manifest.chunk_size)
+            known[manifest.runtime] = target
+            return artefact
+
+    def artefacts(self, name: str, version: int) -> dict[str, str]:
+        """Runtime -> target of every artefact of a version (empty when unknown)."""
+        return dict(self._artefacts.get((name, version), {}))
+
+    def extra_artefacts(self, name: str, version: int) -> list[ModelArtefact]:
+        """The version's artefacts beyond its first, with their figures."""
+        with session(self.engine) as s:
+            q = select(ModelArtefact).where(
+                ModelArtefact.name == name, ModelArtefact.version == version
+            )
+            return list(s.exec(q))
 
     def get(self, name: str, version: int | None = None) -> ModelVersion:
         """A model version (the latest when ``version`` is None).

@@ -30,6 +30,7 @@ from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
 from hub.store.migrate import add_columns
+from hub.store.registry_tables import ModelArtefact
 
 __all__ = [
     "ApiKey",
@@ -60,6 +61,7 @@ __all__ = [
     "Job",
     "LoopPolicy",
     "LoopRun",
+    "ModelArtefact",
     "ModelVersion",
     "ModelVersionBase",
     "ModelVersionPublic",

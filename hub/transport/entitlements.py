@@ -4,7 +4,9 @@ A device learns of a target from a signed ``deploy`` command; the hub answers ch
 fetches for that (device, target) pair only. The pairs live in memory (fetches are
 answered on the MQTT thread, with no SQL on that path): granted as each deploy command
 is sent (hub/transport/commands.py), and loaded at start from every deployment and
-rollout the database remembers.
+rollout the database remembers: their version's target and its artefacts for other
+runtimes (ADR 0020; the device was sent the one of its runtime, and may fetch no other
+version).
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import threading
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.store.tables import Deployment, DeploymentDevice, Rollout, RolloutDevice, session
+from hub.store.tables import (
+    Deployment,
+    DeploymentDevice,
+    ModelArtefact,
+    Rollout,
+    RolloutDevice,
+    session,
+)
 
 __all__ = ["Entitlements", "load_entitlements"]
 
@@ -51,6 +60,17 @@ def load_entitlements(engine: Engine) -> Entitlements:
             s.exec(
                 select(RolloutDevice.device_id, Rollout.target).join(
                     Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id)
+                )
+            )
+        )
+        pairs |= set(
+            s.exec(
+                select(RolloutDevice.device_id, ModelArtefact.target)
+                .join(Rollout, col(Rollout.id) == col(RolloutDevice.rollout_id))
+                .join(
+                    ModelArtefact,
+                    (col(ModelArtefact.name) == col(Rollout.model))
+                    & (col(ModelArtefact.version) == col(Rollout.version)),
                 )
             )
         )

@@ -94,6 +94,10 @@ def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> Jo
         overrides[key] = getattr(req, key)
     cfg = _config(overrides)
     classes = tuple(req.device_classes)
+    try:
+        h.builds.extra_runtimes(classes)  # an unknown device class: refused now, not in the job
+    except BuildError as e:
+        raise HTTPException(e.status, e.detail) from e
     if req.dataset is None:
         if req.kind != "mlp" or req.tune or req.task == "regression":
             raise HTTPException(
