@@ -94,11 +94,13 @@ class HubClient:
             try:
                 return self.health()
             except HubConnectionError as e:
-                if not e.reason.startswith("connection refused"):
+                # refused: not listening yet; no answer in time: `hub serve` binds its
+                # port first and answers once the hub has started (seconds, on a busy box)
+                if not e.reason.startswith(("connection refused", "no answer in time")):
                     raise
                 if time.monotonic() > deadline:
                     raise HubConnectionError(
-                        self.url, f"nothing answered in {timeout:g} s (connection refused):"
+                        self.url, f"nothing answered in {timeout:g} s ({e.reason.split(':')[0]}):"
                         " is the hub running (`edgefleet hub serve`), and on this port?"
                     ) from e  # fmt: skip
             time.sleep(interval)

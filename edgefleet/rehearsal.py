@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from edgefleet.client import HubClient, HubClientError
+from edgefleet.connection import HubConnectionError
 from edgefleet.stage import Stage
 from hub.access.keys import DEV_KEY
 from simulator.fleet import Fleet, FleetConfig
@@ -91,6 +92,8 @@ def _is_down(e: Exception) -> bool:
     """The hub is down or failing (no connection, or a 5xx answer), not refusing."""
     if isinstance(e, HubClientError):
         return e.status >= 500
+    if isinstance(e, HubConnectionError):  # the client's one line for a failed connection
+        return isinstance(e.__cause__, (httpx.TransportError, OSError))
     return isinstance(e, (httpx.TransportError, OSError))
 
 

@@ -124,18 +124,26 @@ def play(
     drift = DriftSchedule(scenario.drifts, scenario.seed, scenario.fleet.window_s)
     if scenario.drifts:
         drift.arm(fleet)
+    # before the request: on a busy machine its answer may come after the first devices
+    # already acted on the rollout, and their events count from here
+    t0 = time.monotonic()
     rollout_id = hub.start_rollout(spec)
     say(f"rollout {rollout_id}: {model['name']} v{model['version']}, {injector.planned()}")
-    watch = _follow(hub, rollout_id, scenario, injector, say)
+    watch = _follow(hub, rollout_id, scenario, injector, say, t0)
     rows = _rollout_devices(hub, rollout_id)
     return Played(rollout_id, watch, rows, injector, drift)
 
 
 def _follow(
-    hub: RolloutHub, rollout_id: str, scenario: Scenario, injector: FaultInjector, say: Say
+    hub: RolloutHub,
+    rollout_id: str,
+    scenario: Scenario,
+    injector: FaultInjector,
+    say: Say,
+    t0: float,
 ) -> Watch:
     """Poll the rollout, run the process faults when due, print progress, until it ends."""
-    w = Watch(t0=time.monotonic())
+    w = Watch(t0=t0)
     next_line = 0.0
     while True:
         injector.run_due()

@@ -220,9 +220,8 @@ def test_an_enrolled_agent_is_back_online_after_a_hub_restart(
         device_class="generic-linux",
         state_dir=tmp_path / "device",
         config_out=config,
+        endpoint="",  # no local endpoint: its default port may be in use
     )
-    with config.open("a") as f:
-        f.write('endpoint = ""\n')  # no local endpoint: its default port may be in use
     before = config.read_text()
     cmd = [sys.executable, "-m", "edgefleet.cli", "agent", "run", "--config", str(config)]
     with open(tmp_path / "agent.err", "wb") as err:
