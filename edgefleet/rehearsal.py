@@ -195,6 +195,7 @@ def _start_fleet(client: HubClient, scenario: Scenario, stage: Stage, work: Path
             work_dir=work / "devices",
             pinned_root=root.encode(),
             device_classes=f.classes,
+            class_runtimes=f.runtimes,
             seed=scenario.seed,
             rows_per_s=f.rows_per_s,
             window_s=f.window_s,

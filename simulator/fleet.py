@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from agent.backends import backend_for
 from agent.core import CoreConfig
 from agent.device import Device
 from agent.runtime import InferenceError, NoModelError, OnnxBackend, SessionCache
@@ -79,6 +80,9 @@ class FleetConfig:
     device_class: str = "sim-gateway"
     # (class, count) in index order from index 0; devices beyond their sum: device_class
     device_classes: tuple[tuple[str, int], ...] = ()
+    # (class, runtime) for classes whose devices run a runtime other than onnxruntime
+    # (``tflite``: LiteRT, agent/litert.py); they install that runtime's artefact
+    class_runtimes: tuple[tuple[str, str], ...] = ()
     seed: int = 1
     rows_per_s: float = 10.0  # inference rate of each device
     batch: int = 5  # rows per inference call
@@ -107,6 +111,10 @@ class FleetConfig:
             raise ValueError(f"late_label_after_s must be >= 0, got {self.late_label_after_s}")
         if self.row_passes is not None and self.row_passes < 1:
             raise ValueError(f"row_passes must be >= 1, got {self.row_passes}")
+
+    def runtime_of(self, device_class: str) -> str:
+        """The runtime the devices of ``device_class`` run models with."""
+        return dict(self.class_runtimes).get(device_class, "onnxruntime")
 
     def class_of(self, index: int) -> str:
         """The device class of the device with this (absolute) index."""
@@ -184,7 +192,9 @@ class VirtualDevice:
             )
         )
         self.telemetry = 0
-        self.sessions: SessionCache = fleet.sessions  # a fault may give it a runtime of its own
+        self.runtime = cfg.runtime_of(self.device_class)
+        # shared by the devices of one runtime; a fault may give it a runtime of its own
+        self.sessions: SessionCache = fleet.sessions_for(self.runtime)
         self.inbound_faults: list[InboundFault] = []  # applied in order to what arrives
         self.outbound_taps: list[Deliver] = []  # see (topic, payload) of what it publishes
         self.events: list[DeviceEvent] = []  # every event it published, all lives
@@ -211,6 +221,7 @@ class VirtualDevice:
             CoreConfig(
                 device_id=self.device_id,
                 device_class=self.device_class,
+                runtime=self.runtime,
                 window_s=cfg.window_s,
                 fetch_timeout_s=cfg.fetch_timeout_s,
             ),
@@ -373,12 +384,23 @@ class Fleet:
     def __init__(self, config: FleetConfig) -> None:
         self.config = config
         self.loop = MqttLoop(config.host, config.port, seed=config.seed)
-        self.sessions = SessionCache(OnnxBackend())
+        self.sessions = SessionCache(OnnxBackend())  # onnxruntime devices share it
+        self._sessions = {"onnxruntime": self.sessions}
         self.devices: list[VirtualDevice] = []
         self._rng = random.Random(config.seed)
         # See (device, predicted, labels) of every labelled inference, on the loop thread
         # (simulator/drift.py: live accuracy per window).
         self.label_taps: list[LabelTap] = []
+
+    def sessions_for(self, runtime: str) -> SessionCache:
+        """The session cache the devices of ``runtime`` share (made at first use).
+
+        Raises:
+            BackendError: an unknown runtime, or its package is not installed.
+        """
+        if runtime not in self._sessions:
+            self._sessions[runtime] = SessionCache(backend_for(runtime))
+        return self._sessions[runtime]
 
     def start(self) -> Fleet:
         cfg = self.config

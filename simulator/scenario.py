@@ -16,6 +16,7 @@ to train, a rollout and a list of faults (simulator/faultspec.py)::
     rows_per_s = 40                 # inference rate per device (default 10)
     fetch_timeout_s = 3             # agent: re-ask after this long without progress
     classes = { gw-a = 8, gw-b = 4 }  # counts, or fractions summing to 1
+    runtimes = { gw-b = "tflite" }  # classes that run LiteRT (default: onnxruntime)
 
     [model]
     name = "vibration"
@@ -114,6 +115,8 @@ class FleetSpec:
     rows_per_s: float = 10.0  # inference rate of each device
     fetch_timeout_s: float = 10.0  # agent: no progress for this long, ask again
     window_s: float = 5.0  # telemetry window
+    # (class, runtime) for classes that run another runtime than onnxruntime
+    runtimes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -323,7 +326,9 @@ def _table(data: Mapping[str, Any], key: str, fail: Fail, *, required: bool) -> 
 
 def _parse_fleet(t: Mapping[str, Any], fail: Fail) -> FleetSpec:
     w = "fleet."
-    _only(t, {"devices", "classes", "rows_per_s", "fetch_timeout_s", "window_s"}, w, fail)
+    _only(
+        t, {"devices", "classes", "runtimes", "rows_per_s", "fetch_timeout_s", "window_s"}, w, fail
+    )
     devices = _get(t, "devices", int, fail, where=w, required=True)
     if devices < 1:
         raise fail("fleet.devices", f"must be >= 1, got {devices}")
@@ -332,13 +337,27 @@ def _parse_fleet(t: Mapping[str, Any], fail: Fail) -> FleetSpec:
         if v is not None and v <= 0:
             raise fail(f"fleet.{key}", f"must be > 0, got {v}")
     classes = _parse_classes(t.get("classes", {}), devices, fail)
+    runtimes = _parse_runtimes(t.get("runtimes", {}), {c for c, _ in classes}, fail)
     return FleetSpec(
         devices,
         classes,
         float(t.get("rows_per_s", 10.0)),
         float(t.get("fetch_timeout_s", 10.0)),
         float(t.get("window_s", 5.0)),
+        runtimes,
     )
+
+
+def _parse_runtimes(raw: Any, classes: set[str], fail: Fail) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict):
+        raise fail("fleet.runtimes", "must be a table of class = runtime")
+    for name, runtime in raw.items():
+        if name not in classes:
+            known = ", ".join(sorted(classes)) or "none"
+            raise fail(f"fleet.runtimes.{name}", f"no such class in fleet.classes ({known})")
+        if runtime not in ("onnxruntime", "tflite"):
+            raise fail(f"fleet.runtimes.{name}", f"onnxruntime or tflite, got {runtime!r}")
+    return tuple(sorted(raw.items()))
 
 
 def _parse_classes(raw: Any, devices: int, fail: Fail) -> tuple[tuple[str, int], ...]:

@@ -113,6 +113,8 @@ def _rollout(watch: Watch, rows: list[dict[str, Any]]) -> dict[str, Any]:
         "wave": st.get("wave"),
         "waves": st.get("waves"),
         "counts": st.get("counts", {}),
+        # per device class: runtime, the artefact sent, states (a mixed fleet, ADR 0020)
+        "by_class": st.get("by_class", {}),
         "failure_ratio": st.get("failure_ratio"),
         "halted_reason": st.get("halted_reason"),
         # devices the hub had to send the command again (reconciled or timed out)

@@ -324,3 +324,24 @@ def test_the_timeline_follows_the_rollout_through_a_hub_outage(tmp_path: Path) -
     assert w.status is not None and w.status["state"] == "completed"
     assert w.seconds_to_converge is not None and w.halts == []
     assert any("hub unreachable (ConnectError)" in line for line in lines), lines
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.tflite
+def test_a_mixed_fleet_takes_one_rollout_each_class_on_its_artefact(tmp_path: Path) -> None:
+    result = _run("mixed-fleet", tmp_path)
+    s = result.summary
+    assert s["rollout"]["state"] == "completed", s["rollout"]
+    assert s["converged"] == 12 and s["refusals"] == {}
+    by_class = s["rollout"]["by_class"]
+    assert by_class["generic-linux"]["runtime"] == "onnxruntime"
+    assert by_class["generic-linux"]["target"].endswith("/model.onnx")
+    assert by_class["pi-litert"]["runtime"] == "tflite"
+    assert by_class["pi-litert"]["target"].endswith("/model.tflite")
+    for entry in by_class.values():
+        assert entry["counts"] == {"healthy": 6}, by_class
+    for d in result.fleet.devices:  # each device serves the file of its runtime
+        want = "tflite" if d.device_class == "pi-litert" else "onnxruntime"
+        assert d.device.predictor.session is not None
+        assert d.device.predictor.session.backend == want, d.device_id

@@ -103,6 +103,8 @@ class RolloutStatus:
     # min_inferences
     probation: list[dict[str, Any]] = field(default_factory=list)
     healthy_without_traffic: int = 0  # healthy, but their probation saw no inference
+    # per device class: its runtime, the artefact it was sent and its devices' states
+    by_class: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def split_waves(devices: list[str], spec: RolloutSpec, seed: str) -> list[list[str]]:

@@ -34,12 +34,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from sqlalchemy import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from hub.fleet import probation
 from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
+from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_engine import RolloutEngine, gone_long, is_settled, presence_of
 from hub.fleet.rollout_spec import (
     RolloutError,
@@ -185,6 +187,7 @@ class Rollouts:
         with session(self.engine) as s:
             busy = presence_of(s, [r.device_id for r in rows if r.state in IN_FLIGHT])
             on_probation = probation.on_probation(s, rows, rollout.model, rollout.version, t)
+            by_class = self._by_class(s, rollout, rows)
         away = {d.id for d in busy.values() if d.status != "online"}
         if (
             not spec.offline_timeout
@@ -214,7 +217,38 @@ class Rollouts:
             in_probation=sum(1 for r in rows if r.state == "activated"),
             probation=on_probation,
             healthy_without_traffic=sum(1 for r in rows if probation.without_traffic(r)),
+            by_class=by_class,
         )
+
+    def _by_class(
+        self, s: Session, rollout: Rollout, rows: builtins.list[RolloutDevice]
+    ) -> dict[str, dict[str, Any]]:
+        """Per device class: the runtime its devices report, the artefact they are sent
+        (ADR 0020) and how many are in each state."""
+        ids = [r.device_id for r in rows]
+        kinds: dict[str, tuple[str, str]] = {}
+        for i in range(0, len(ids), IN_LIST_MAX):
+            q = select(Device.id, Device.device_class, Device.runtime).where(
+                col(Device.id).in_(ids[i : i + IN_LIST_MAX])
+            )
+            kinds.update((d, (c or "unknown", rt or "onnxruntime")) for d, c, rt in s.exec(q))
+        registry: Registry | None = self.registry
+        artefacts = registry.artefacts(rollout.model, rollout.version) if registry else {}
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            cls, runtime = kinds.get(r.device_id, ("unknown", "onnxruntime"))
+            entry = out.setdefault(
+                cls,
+                {
+                    "runtime": runtime,
+                    "target": artefacts.get(runtime, rollout.target),
+                    "devices": 0,
+                    "counts": {},
+                },
+            )
+            entry["devices"] += 1
+            entry["counts"][r.state] = entry["counts"].get(r.state, 0) + 1
+        return dict(sorted(out.items()))
 
     def pause(self, rollout_id: str) -> Rollout:
         """Stop sending (devices already sent a command carry on)."""
