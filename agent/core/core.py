@@ -101,6 +101,7 @@ class AgentCore:
             self._on_refused(event, out)
         elif isinstance(event, CaptureEnded):
             self._captures.on_ended(event, out)
+        self._updater.start_waiting(event.now, out)  # a deploy of another model waited
         return out.actions
 
     def _on_message(self, ev: MessageArrived, out: Outbox) -> None:
