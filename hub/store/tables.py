@@ -85,9 +85,11 @@ class DeviceBase(SQLModel):
     agent_version: str | None = None
     status: str = "unknown"  # online | offline | unknown
     root_version: int | None = None
-    model: str | None = None  # the active model (one per device in this version)
+    model: str | None = None  # the first model it runs (all of them: ``models``)
     version: int | None = None
     sha256: str | None = None
+    # every model it runs: {name: {"version", "sha256"}}, as its state reports them
+    models: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class Device(DeviceBase, table=True):
