@@ -9,6 +9,7 @@ from typing import Any
 
 from manifests import make_target
 from test_core import DEV, KEYS, chunk_blob, cmd, events, fetches
+from trust_refresh import handle_trusting
 
 from agent.core import AgentCore, CoreConfig
 from agent.core.budget import MEMORY_FACTOR, MIB
@@ -125,6 +126,29 @@ def test_a_deploy_of_another_model_waits_and_never_displaces_the_running_job() -
     d.meta("vibration", 1, b"v" * 100, acts)
     assert d.core.job["phase"] == "chunks"
     assert d.version("anomaly") == 2
+
+
+def test_a_waiting_deploy_superseded_or_undone_by_a_rollback_is_answered() -> None:
+    d = Device()
+    d.install("vibration", 1, b"v" * 100, 1.0)
+    d.install("vibration", 2, b"w" * 100, 20.0)
+    d.activate("anomaly", 1, b"a" * 100, 40.0)  # a job of another model runs
+    d.core.handle(deploy("vibration", 3))
+    acts = d.core.handle(deploy("vibration", 4))  # the newer one waits instead
+    assert [(e["deployment"], e["stage"], e.get("reason")) for e in events(acts)] == [
+        ("vibration3", "failed", Reason.BUSY.value),
+        ("vibration4", "received", None),
+    ]
+    # the operator rolls vibration back: the waiting deploy must not undo it later
+    rollback = cmd("rollback", deployment="rb", model="vibration", version=1)
+    acts = handle_trusting(d.core, rollback, KEYS)
+    assert [(e["deployment"], e["stage"]) for e in events(acts)] == [
+        ("vibration4", "failed"),
+        ("rb", "rolled_back"),
+    ]
+    acts = d.core.handle(Tick(50.0, model_stats={"anomaly": stats(20)}))
+    assert [(e["model"], e["stage"]) for e in events(acts)] == [("anomaly", "healthy")]
+    assert d.core.job is None and d.version("vibration") == 1
 
 
 def test_telemetry_and_state_name_every_model() -> None:

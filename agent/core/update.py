@@ -79,9 +79,19 @@ class Updater:
     ) -> None:
         """Keep a deploy of another model until the running job ends (the latest per
         model; in memory: a restart forgets it, and the hub sends it again)."""
+        older = self._waiting.get(ref.model)
+        if older is not None and older["deployment"] != ref.deployment:
+            self._drop_waiting(ref.model, f"superseded by {ref.deployment}", now, out)
         self._waiting[ref.model] = body
         why = f"waiting for deployment {job.deployment} of {job.model} to finish"
         self.ctx.event(out, ref, "received", now, detail=why)
+
+    def _drop_waiting(self, model: str, why: str, now: float, out: Outbox) -> None:
+        """Forget the deploy of ``model`` that waits, and say so (it never started)."""
+        body = self._waiting.pop(model, None)
+        if body is not None:
+            ref = DeploymentRef(body["deployment"], body["model"], body["version"])
+            self.ctx.event(out, ref, "failed", now, Reason.BUSY, why)
 
     def start_waiting(self, now: float, out: Outbox) -> None:
         """No job running: start the deploy that waited longest, if any."""
@@ -144,4 +154,6 @@ class Updater:
         self.ctx.fail_job(out, ev.reason, ev.detail, ev.now)
 
     def on_rollback_cmd(self, body: dict[str, Any], now: float, out: Outbox) -> None:
+        # a deploy of that model still waiting would undo the rollback when it starts
+        self._drop_waiting(body["model"], "a rollback was requested", now, out)
         self.installer.on_rollback_cmd(body, now, out)
