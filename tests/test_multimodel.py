@@ -178,6 +178,8 @@ def test_two_models_served_each_updated_on_its_own(stage: Stage) -> None:
         wait_for(lambda: stage.client.rollout(r["id"])["finished"], 60, "the rollout")
         (row,) = stage.client.rollout_devices(r["id"])
         assert (row["state"], row["reason"]) == ("failed", Reason.HEALTH_CHECK_FAILED.value), row
+        # the hub knew which anomaly version to go back to, though it is not the first model
+        assert row["previous_version"] == anomaly["version"], row
         status, info = get(stage.port, "/v1/models/anomaly")
         assert info["version"] == anomaly["version"]
         status, body = get(stage.port, "/v1/status")

@@ -96,6 +96,13 @@ class Device(DeviceBase, table=True):
     first_seen: float = Field(default_factory=now)
     last_seen: float = Field(default_factory=now)
 
+    def version_of(self, model: str) -> int | None:
+        """The version of ``model`` it runs (None: not that model), among all its models."""
+        info = (self.models or {}).get(model)
+        if info is not None:
+            return int(info["version"])
+        return self.version if self.model == model else None
+
 
 class DevicePublic(DeviceBase):
     first_seen: float
