@@ -44,12 +44,35 @@ def train(client: HubClient, name: str, **settings: Any) -> dict[str, Any]:
     return result
 
 
+class Agent:
+    """The agent daemon on its own thread, as ``edgefleet agent run`` runs it."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.daemon: AgentDaemon | None = None
+        self.runner: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.daemon = AgentDaemon(self.config)
+        self.daemon.start()
+        self.runner = threading.Thread(target=self.daemon.run_forever, daemon=True)
+        self.runner.start()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+        if self.runner is not None:
+            self.runner.join(5)
+        self.daemon = self.runner = None
+
+
 @dataclass
 class Stage:
     hub: Hub
     client: HubClient
     port: int  # the device's local endpoint
     models: dict[str, dict[str, Any]]  # trained before the device started
+    agent: Agent
 
 
 class Traffic:
@@ -89,8 +112,7 @@ def stage(private_mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Stage]:
     hub.start()
     api = ApiServer(hub).start()
     client = HubClient(api.url, api_key=ApiKeys(hub.engine).create("t", Role.operator, "test").key)
-    daemon: AgentDaemon | None = None
-    runner: threading.Thread | None = None
+    agent: Agent | None = None
     try:
         models = {
             "vibration": train(client, "vibration"),
@@ -111,17 +133,13 @@ def stage(private_mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Stage]:
         assert main(argv) == 0
         config = AgentConfig.load(cfg_path)
         config = AgentConfig(**{**config.__dict__, "window_s": 1.0, "memory_budget_mb": budget_mb})
-        daemon = AgentDaemon(config)
-        daemon.start()
-        runner = threading.Thread(target=daemon.run_forever, daemon=True)
-        runner.start()
+        agent = Agent(config)
+        agent.start()
         wait_for(lambda: client.devices(status="online"), 10, "the device online")
-        yield Stage(hub, client, port, models)
+        yield Stage(hub, client, port, models, agent)
     finally:
-        if daemon is not None:
-            daemon.stop()
-        if runner is not None:
-            runner.join(5)
+        if agent is not None:
+            agent.stop()
         client.close()
         api.stop()
         hub.stop()
@@ -212,3 +230,18 @@ def test_a_model_that_would_not_fit_the_memory_budget_is_refused(stage: Stage) -
     assert set(body["models"]) == {"vibration", "anomaly"}
     status, body = post(stage.port, "/v1/models/sound/predict", {"inputs": [[0.0] * 16]})
     assert (status, body["error"]) == (404, "unknown_model")
+
+
+def test_both_models_serve_again_after_a_restart(stage: Stage) -> None:
+    vib, anomaly = stage.models["vibration"], stage.models["anomaly"]
+    with Traffic(stage.port, ("vibration", "anomaly")):
+        assert deploy(stage, vib)["stage"] == "healthy"
+        assert deploy(stage, anomaly)["stage"] == "healthy"
+    stage.agent.stop()
+    stage.agent.start()  # the same state directory: both models load from disk
+    x = generate(3, seed=4)[0].tolist()
+    for model in (vib, anomaly):
+        status, body = post(stage.port, f"/v1/models/{model['name']}/predict", {"inputs": x})
+        assert (status, body["model"], body["version"]) == (200, model["name"], model["version"])
+    status, body = get(stage.port, "/v1/status")
+    assert body["serving_models"] == {"vibration": vib["version"], "anomaly": anomaly["version"]}
