@@ -376,7 +376,7 @@ class Device:
     def status(self) -> dict[str, Any]:
         """What this device runs and its latest update, for ``GET /v1/status``."""
         with self._lock:
-            state, job = self.core.state, self.core.job
+            state, job, waiting = self.core.state, self.core.job, self.core.waiting
         active = self.predictor.active
         return {
             "models": {
@@ -390,6 +390,7 @@ class Device:
                 "in_progress": None
                 if job is None
                 else {k: job[k] for k in ("deployment", "model", "version", "phase")},
+                "waiting": waiting,  # deploys of other models, started after this one
                 "last": state.get("last"),
             },
         }

@@ -116,6 +116,7 @@ def test_a_deploy_of_another_model_waits_and_never_displaces_the_running_job() -
     assert "waiting for deployment anomaly2 of anomaly" in ev[0]["detail"]
     assert not fetches(acts)  # nothing is downloaded for it yet
     assert d.core.job is not None and d.core.job["model"] == "anomaly"  # not superseded
+    assert d.core.waiting == [{"deployment": "vibration1", "model": "vibration", "version": 1}]
     # anomaly's probation ends: then vibration's job starts, in the same step
     acts = d.core.handle(Tick(30.0, model_stats={"anomaly": stats(20)}))
     assert [(e["model"], e["stage"]) for e in events(acts)] == [
@@ -123,6 +124,7 @@ def test_a_deploy_of_another_model_waits_and_never_displaces_the_running_job() -
         ("vibration", "received"),
     ]
     assert d.core.job is not None and d.core.job["model"] == "vibration"
+    assert d.core.waiting == []
     d.meta("vibration", 1, b"v" * 100, acts)
     assert d.core.job["phase"] == "chunks"
     assert d.version("anomaly") == 2

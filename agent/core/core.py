@@ -153,6 +153,15 @@ class AgentCore:
         return None if job is None else job.to_json()
 
     @property
+    def waiting(self) -> list[dict[str, Any]]:
+        """Deploys of other models waiting for the job in progress (``deployment``,
+        ``model``, ``version``), oldest first."""
+        return [
+            {"deployment": r.deployment, "model": r.model, "version": r.version}
+            for r in self._updater.waiting
+        ]
+
+    @property
     def capture(self) -> dict[str, Any] | None:
         """The capture in progress (docs/capture.md), as saved, or None."""
         capture = self._ctx.state.capture

@@ -93,6 +93,13 @@ class Updater:
             ref = DeploymentRef(body["deployment"], body["model"], body["version"])
             self.ctx.event(out, ref, "failed", now, Reason.BUSY, why)
 
+    @property
+    def waiting(self) -> list[DeploymentRef]:
+        """The deploys of other models waiting for the running job, oldest first."""
+        return [
+            DeploymentRef(b["deployment"], b["model"], b["version"]) for b in self._waiting.values()
+        ]
+
     def start_waiting(self, now: float, out: Outbox) -> None:
         """No job running: start the deploy that waited longest, if any."""
         if self.ctx.state.job is not None or not self._waiting:
