@@ -24,7 +24,7 @@ from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
-from hub.store.tables import Telemetry, session
+from hub.store.tables import DriftWindow, Telemetry, session
 from hub.transport.broker import Mosquitto, free_port
 from shared.reasons import Reason
 from shared.sensors import generate
@@ -209,13 +209,15 @@ def test_two_models_served_each_updated_on_its_own(stage: Stage) -> None:
     assert set(served) == {(200, vib["version"])}, [a for a in served if a[0] != 200][:3]
     assert (200, anomaly["version"]) in set(app.since("anomaly", t0))
 
-    # Telemetry comes per model.
-    def models_reported() -> set[str | None]:
+    # Telemetry and drift windows come per model (each its own seq: the hub's key).
+    def models_reported(table: type[Telemetry] | type[DriftWindow]) -> set[str | None]:
         with session(stage.hub.engine) as s:
-            q = select(Telemetry.model).where(col(Telemetry.device_id) == DEVICE).distinct()
+            q = select(table.model).where(col(table.device_id) == DEVICE).distinct()
             return set(s.exec(q))
 
-    wait_for(lambda: {"vibration", "anomaly"} <= models_reported(), 15, "telemetry per model")
+    both = {"vibration", "anomaly"}
+    wait_for(lambda: both <= models_reported(Telemetry), 15, "telemetry of both models")
+    wait_for(lambda: both <= models_reported(DriftWindow), 15, "drift of both models")
 
 
 def test_a_model_that_would_not_fit_the_memory_budget_is_refused(stage: Stage) -> None:
