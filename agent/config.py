@@ -13,6 +13,7 @@
     spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
     spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
     spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
+    memory_budget_mb = 64           # all loaded models together (agent/core/budget.py)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class AgentConfig:
     spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
     spool_fsync: bool = False
     spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
+    memory_budget_mb: float | None = None  # MiB for all loaded models; None: unchecked
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -100,6 +102,11 @@ class AgentConfig:
         replay = raw.get("spool_replay_per_s", REPLAY_PER_S)
         if not isinstance(replay, (int, float)) or isinstance(replay, bool) or replay <= 0:
             raise ConfigError(f"{source}: spool_replay_per_s must be a positive number")
+        budget = raw.get("memory_budget_mb")
+        if budget is not None and (
+            not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0
+        ):
+            raise ConfigError(f"{source}: memory_budget_mb must be a positive number (MiB)")
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -111,6 +118,7 @@ class AgentConfig:
             spool_max_bytes=spool_max,
             spool_fsync=bool(raw.get("spool_fsync", False)),
             spool_replay_per_s=float(replay),
+            memory_budget_mb=None if budget is None else float(budget),
         )
 
 

@@ -101,8 +101,8 @@ class Device:
         if spool is not None:
             self.core.spool_dropped = spool.dropped
         self.predictor = Predictor()
-        self.drift = DriftRecorder()  # sketches the active model's rows on its baseline
-        self.predictor.add_observer(self.drift)
+        # model -> the recorder sketching its active version's rows on its baseline
+        self.drifts: dict[str, DriftRecorder] = {}
         self.outcomes: Counter[str] = Counter()  # stage[:reason] of every event published
         # each update step once, at INFO: the daemon's one device logs them; the
         # simulator's thousands do not
@@ -124,8 +124,9 @@ class Device:
         self.feed(MessageArrived(kind, payload, self.clock()))
 
     def tick(self, cpu_pct: float | None = None, rss_bytes: int | None = None) -> None:
-        stats = self.predictor.recorder.drain()
-        self.feed(Tick(self.clock(), stats, cpu_pct, rss_bytes, drift=self.drift.drain()))
+        stats = self.predictor.drain()  # each model's inferences apart
+        sketches = tuple(s for d in self.drifts.values() if (s := d.drain()) is not None)
+        self.feed(Tick(self.clock(), None, cpu_pct, rss_bytes, model_stats=stats, drifts=sketches))
 
     def offline_state(self) -> bytes:
         """The retained ``offline`` state message, used as the Last Will."""
@@ -198,7 +199,9 @@ class Device:
                 _feature_names(custom.get("baseline")),
                 _scored_output(custom.get("baseline")),
             )
-            self.drift.activate(action.model, action.version, custom.get("baseline"))
+            self._drift_of(action.model).activate(
+                action.model, action.version, custom.get("baseline")
+            )
             self._staged = None
             return Done("activate", self.clock())
         if isinstance(action, RollBack):
@@ -303,7 +306,7 @@ class Device:
             _feature_names(baseline),
             _scored_output(baseline),
         )
-        self.drift.activate(action.model, action.to_version, baseline)
+        self._drift_of(action.model).activate(action.model, action.to_version, baseline)
         return Done("rollback", self.clock())
 
     # ------------------------------------------------------------- data capture
@@ -360,12 +363,20 @@ class Device:
                 _feature_names(baseline),
                 _scored_output(baseline),
             )
-            self.drift.activate(model, entry["version"], baseline)
+            self._drift_of(model).activate(model, entry["version"], baseline)
+
+    def _drift_of(self, model: str) -> DriftRecorder:
+        """The drift recorder of ``model`` (made, and shown its rows, the first time)."""
+        drift = self.drifts.get(model)
+        if drift is None:
+            drift = self.drifts[model] = DriftRecorder()
+            self.predictor.add_observer(drift)
+        return drift
 
     def status(self) -> dict[str, Any]:
         """What this device runs and its latest update, for ``GET /v1/status``."""
         with self._lock:
-            state, job = self.core.state, self.core.job
+            state, job, waiting = self.core.state, self.core.job, self.core.waiting
         active = self.predictor.active
         return {
             "models": {
@@ -373,10 +384,13 @@ class Device:
                 for name, m in state["models"].items()
             },
             "serving": None if active is None else {"model": active[0], "version": active[1]},
+            # every model served and its version (several: /v1/models/{name}/predict)
+            "serving_models": self.predictor.models,
             "update": {
                 "in_progress": None
                 if job is None
                 else {k: job[k] for k in ("deployment", "model", "version", "phase")},
+                "waiting": waiting,  # deploys of other models, started after this one
                 "last": state.get("last"),
             },
         }

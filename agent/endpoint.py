@@ -10,6 +10,8 @@ nothing more for it.
                        -> 200 {"joined", "unknown", "duplicate", "invalid", "errors": [...]}
     GET  /v1/model     -> 200 {"model", "version", "inputs", "outputs", "classes",
                                "features"} or 503
+    POST /v1/models/{name}/predict, GET /v1/models/{name}
+                       -> the same, for the model ``name`` (404 ``unknown_model``)
     GET  /v1/status    -> 200 {"device_id", "connection", "models", "serving", "update",
                                "spool"} (the daemon's, docs/agent.md)
 
@@ -24,6 +26,10 @@ name for a classifier, a number for a regressor, counted for the model version t
 made the prediction. The answer counts each outcome and lists why each item that was
 not joined was not (``{"index", "error", "detail"}``, the first 100). docs/endpoint.md
 has the details.
+
+A device may serve several models. ``/v1/models/{name}/...`` names the model; the bare
+``/v1/predict`` and ``/v1/model`` serve a device with one model, and with several answer
+409 ``several_models``, listing the models (``models``) and their routes (``routes``).
 
 Every refusal of a request is a JSON ``{"error": code, "detail": text}`` with a 4xx
 status (503 when no model is active, 500 when the runtime fails on an input that passed
@@ -55,7 +61,7 @@ from agent.endpoint_http import (
     parse_json,
 )
 from agent.labels import MAX_LABELS, Task, parse_labels
-from agent.predictor import Predictor
+from agent.predictor import Predictor, ServedModel, SeveralModelsError
 from agent.runtime import Array, InferenceError, NoModelError
 from shared.manifest import TensorSpec
 
@@ -68,6 +74,7 @@ MAX_ROWS = 4096  # rows per request
 SOCKET_MODE = 0o660  # a Unix socket: the agent's user and group may connect
 SHUTDOWN_POLL_S = 0.05  # seconds: how soon stop() is noticed by the serving loop
 ROUTES = ("/v1/predict", "/v1/labels", "/v1/model", "/v1/status")
+MODELS_PREFIX = "/v1/models/"  # /v1/models/{name} and /v1/models/{name}/predict
 
 StatusFn = Callable[[], dict[str, Any]]
 
@@ -168,6 +175,8 @@ class LocalEndpoint:
         Raises:
             RequestError: the request is refused.
         """
+        if path.startswith(MODELS_PREFIX):
+            return self._model_route(method, path, body)
         if (method, path) == ("POST", "/v1/predict"):
             return self.predict(body)
         if (method, path) == ("POST", "/v1/labels"):
@@ -182,16 +191,51 @@ class LocalEndpoint:
             )
         raise RequestError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path!r}")
 
-    def model_info(self) -> dict[str, Any]:
-        """Body of ``GET /v1/model``.
+    def _model_route(self, method: str, path: str, body: bytes) -> dict[str, Any]:
+        """``/v1/models/{name}`` (GET) and ``/v1/models/{name}/predict`` (POST)."""
+        name, _, rest = path[len(MODELS_PREFIX) :].partition("/")
+        if not name or rest not in ("", "predict"):
+            raise RequestError(HTTPStatus.NOT_FOUND, "not_found", f"no route {path!r}")
+        want = "POST" if rest else "GET"
+        if method != want:
+            raise RequestError(
+                HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", f"{method} {path}"
+            )
+        if name not in self.predictor.models:
+            served = ", ".join(sorted(self.predictor.models)) or "none"
+            raise RequestError(
+                HTTPStatus.NOT_FOUND,
+                "unknown_model",
+                f"no model {name!r} on this device (it serves: {served})",
+                {"models": sorted(self.predictor.models)},
+            )
+        return self.predict(body, name) if rest else self.model_info(name)
+
+    def _served(self, model: str | None) -> ServedModel:
+        """What serves ``model`` (None: the only one).
 
         Raises:
-            RequestError: 503 when no model is active.
+            RequestError: 409 with several models and none named; 503 with none.
         """
-        p = self.predictor
-        session, active, task, features = p.session, p.active, p.task, p.features
-        if session is None or active is None or task is None:
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", "no model is active")
+        served = self.predictor.served(model)
+        if served is not None:
+            return served
+        models = sorted(self.predictor.models)
+        if model is None and len(models) > 1:
+            raise _several(models)
+        what = "no model is active" if model is None else f"model {model!r} is not active"
+        raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", what)
+
+    def model_info(self, model: str | None = None) -> dict[str, Any]:
+        """Body of ``GET /v1/model`` (``model`` None) or ``GET /v1/models/{model}``.
+
+        Raises:
+            RequestError: 503 when no model is active, 409 when several are and none is
+                named.
+        """
+        served = self._served(model)
+        session, task, features = served.session, served.task, served.features
+        active = (served.model, served.version)
         inputs = [_spec_json(s) for s in session.inputs]
         if features and len(inputs) == 1:
             inputs[0]["features"] = list(features)
@@ -209,22 +253,24 @@ class LocalEndpoint:
             "features": list(features),
         }
 
-    def predict(self, body: bytes) -> dict[str, Any]:
-        """Body of ``POST /v1/predict`` for a request body.
+    def predict(self, body: bytes, model: str | None = None) -> dict[str, Any]:
+        """Body of ``POST /v1/predict`` (``model`` None: the only model) or of
+        ``POST /v1/models/{model}/predict`` for a request body.
 
         Raises:
             RequestError: the request is refused (see the module docstring).
         """
         request = parse_json(body)
-        session, task = self.predictor.session, self.predictor.task
-        if session is None:
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", "no model is active")
+        served = self._served(model)
+        session, task = served.session, served.task
         x = self._inputs(request, session.inputs[0].shape, session.inputs[0].dtype)
         labels = self._labels(request, len(x))
         try:
-            model, version, outputs, pid = self.predictor.predict_versioned(x)
+            model, version, outputs, pid = self.predictor.predict_versioned(x, served.model)
         except NoModelError as e:  # deactivated since we looked
             raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "no_model", str(e)) from e
+        except SeveralModelsError as e:  # cannot happen: the call names its model
+            raise _several(list(e.models)) from e
         except InferenceError as e:
             raise RequestError(
                 HTTPStatus.INTERNAL_SERVER_ERROR, "inference_failed", e.detail[:500]
@@ -330,6 +376,18 @@ class LocalEndpoint:
         self.errors[error.code] += 1
         # Log the first of each kind where an operator sees it, the rest at debug level.
         log.log(logging.WARNING if first else logging.DEBUG, "local endpoint: %s", error)
+
+
+def _several(models: list[str]) -> RequestError:
+    """409: several models are served, and the request named none."""
+    routes = {m: f"{MODELS_PREFIX}{m}/predict" for m in models}
+    return RequestError(
+        HTTPStatus.CONFLICT,
+        "several_models",
+        f"this device serves several models ({', '.join(models)}): name one,"
+        f" POST {MODELS_PREFIX}{{name}}/predict (GET {MODELS_PREFIX}{{name}} describes it)",
+        {"models": models, "routes": routes},
+    )
 
 
 def _predicted_labels(outputs: dict[str, Array], task: Task | None) -> Array | None:

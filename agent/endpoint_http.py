@@ -37,13 +37,21 @@ IDLE_TIMEOUT_S = 30.0  # a kept-alive connection idle this long is closed
 
 
 class RequestError(Exception):
-    """A refused request: HTTP status, stable code, detail."""
+    """A refused request: HTTP status, stable code, detail (and ``extra`` fields of the
+    answer, e.g. the models a 409 names)."""
 
-    def __init__(self, status: HTTPStatus, code: str, detail: str) -> None:
+    def __init__(
+        self,
+        status: HTTPStatus,
+        code: str,
+        detail: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(f"{status.value} {code}: {detail}")
         self.status = status
         self.code = code
         self.detail = detail
+        self.extra = extra or {}
 
 
 class Routes(Protocol):
@@ -110,7 +118,7 @@ class TCPHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, endpoint.answer(method, path, body))
         except RequestError as e:
             endpoint.refused(e)
-            self._send(e.status, {"error": e.code, "detail": e.detail})
+            self._send(e.status, {"error": e.code, "detail": e.detail, **e.extra})
         except Exception:  # a bug of ours: answer 500, keep serving
             log.exception("local endpoint: %s %s failed", method, self.path)
             endpoint.errors["internal"] += 1

@@ -41,13 +41,31 @@ class MessageArrived:
 @dataclass(frozen=True)
 class Tick:
     """Time passes. ``stats``: inferences recorded since the last tick; ``drift``: the
-    drift sketch of their rows (agent/drift.py), None when nothing was sketched."""
+    drift sketch of their rows (agent/drift.py), None when nothing was sketched.
+
+    A device serving several models gives each model's figures apart: ``model_stats``
+    (model -> its inferences) and ``drifts`` (one sketch per model); then ``stats`` is
+    unused. Without ``model_stats``, ``stats`` counts for the device's first model.
+    """
 
     now: float
     stats: InferenceStats | None = None
     cpu_pct: float | None = None
     rss_bytes: int | None = None
     drift: ModelSketch | None = None
+    model_stats: Mapping[str, InferenceStats] | None = None
+    drifts: tuple[ModelSketch, ...] = ()
+
+    def stats_of(self, model: str, first: str | None) -> InferenceStats | None:
+        """The inferences of ``model`` (``first``: the device's first model, which the
+        untagged ``stats`` count for)."""
+        if self.model_stats is not None:
+            return self.model_stats.get(model)
+        return self.stats if model == first else None
+
+    def sketches(self) -> tuple[ModelSketch, ...]:
+        """Every drift sketch of this tick."""
+        return self.drifts if self.drift is None else (self.drift, *self.drifts)
 
 
 @dataclass(frozen=True)

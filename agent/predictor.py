@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from agent.labels import ItemError, LabelReport, LateLabel, RecentPredictions, Task, task_of
 from agent.runtime import Array, InferenceError, ModelSession, NoModelError, RunFn
-from agent.telemetry import StatsRecorder
+from agent.telemetry import InferenceStats, StatsRecorder
 
 _as_c_array = np.ascontiguousarray  # module-level names: one lookup less per call
 _isfinite = math.isfinite
@@ -66,6 +66,14 @@ class Prediction(NamedTuple):
     id: str
 
 
+class SeveralModelsError(Exception):
+    """A call that names no model on a device that serves several: it must name one."""
+
+    def __init__(self, models: Sequence[str]) -> None:
+        self.models = tuple(sorted(models))
+        super().__init__(f"this device serves several models ({', '.join(self.models)}): name one")
+
+
 class _Active(NamedTuple):
     """Everything predict needs, bound once per swap: one read and one unpack per call."""
 
@@ -81,22 +89,48 @@ class _Active(NamedTuple):
     session: ModelSession
     task: Task  # what labels of its predictions are compared with
     features: tuple[str, ...]  # input feature names in order (its manifest's baseline), or ()
+    recorder: StatsRecorder  # the model's own telemetry (kept across its versions)
+
+
+class ServedModel(NamedTuple):
+    """One model the predictor serves: its version, session, label task and features."""
+
+    model: str
+    version: int
+    session: ModelSession
+    task: Task
+    features: tuple[str, ...]
 
 
 class Predictor:
-    """The on-device inference API: predict on the active model, with telemetry.
+    """The on-device inference API: predict on the active models, with telemetry.
 
-    Thread-safe. :meth:`swap` replaces the active model with one reference assignment:
-    calls already running finish on the model they started with.
+    A device may serve several models at once (an anomaly detector and a classifier),
+    each with its own active version and its own :class:`StatsRecorder`. A call names
+    its model (``model=``); a call that names none runs the only model, and raises
+    :class:`SeveralModelsError` when there are several.
+
+    Thread-safe. :meth:`swap` replaces one model's active version with one reference
+    assignment: calls already running finish on the version they started with, and the
+    other models are not touched.
 
     Args:
-        recorder: where calls are recorded (a fresh one by default); the agent core
-            drains it once per telemetry window.
+        recorder: where the first model's calls are recorded (a fresh one by default);
+            each further model gets its own. The agent core drains them once per
+            telemetry window (:meth:`drain`).
         predictions: where :meth:`predict_versioned` keeps its predictions for late
             labels (the bounds of agent/labels.py by default).
     """
 
-    __slots__ = ("_active", "observer_errors", "observers", "predictions", "recorder")
+    __slots__ = (
+        "_active",
+        "_models",
+        "_recorders",
+        "observer_errors",
+        "observers",
+        "predictions",
+        "recorder",
+    )
 
     def __init__(
         self,
@@ -105,7 +139,10 @@ class Predictor:
     ) -> None:
         self.recorder = recorder if recorder is not None else StatsRecorder()
         self.predictions = predictions if predictions is not None else RecentPredictions()
-        self._active: _Active | None = None
+        # model -> what serves it; replaced whole on each change, never mutated in place
+        self._models: dict[str, _Active] = {}
+        self._active: _Active | None = None  # the only model, when there is exactly one
+        self._recorders: dict[str, StatsRecorder] = {}  # model -> its telemetry
         # Replaced, never mutated in place, so a concurrent predict sees a whole tuple.
         self.observers: tuple[RowObserver, ...] = ()
         self.observer_errors = 0
@@ -126,7 +163,7 @@ class Predictor:
         features: Sequence[str] = (),
         scored: str | None = None,
     ) -> None:
-        """Make ``session`` the active model (atomic).
+        """Make ``session`` the active version of ``model`` (atomic; other models stay).
 
         Args:
             classes: the model's class names in index order (its manifest's
@@ -143,7 +180,7 @@ class Predictor:
         if len(session.inputs) != 1:
             raise ValueError(f"the Predictor serves single-input models; got {session.inputs}")
         kinds = [o.dtype for o in session.outputs]
-        self._active = _Active(
+        active = _Active(
             run=session.run_fn,
             output_names=[o.name for o in session.outputs],
             input_name=session.input_name,
@@ -162,28 +199,62 @@ class Predictor:
                 model, version, {o.name: o.shape for o in session.outputs}, classes, scored
             ),
             features=tuple(features),
+            recorder=self._recorder_of(model),
         )
+        self._set({**self._models, model: active})
 
-    def deactivate(self) -> None:
-        """No active model: predict raises NoModelError until the next swap."""
-        self._active = None
+    def _set(self, models: dict[str, _Active]) -> None:
+        self._models = models
+        self._active = next(iter(models.values())) if len(models) == 1 else None
+
+    def _recorder_of(self, model: str) -> StatsRecorder:
+        """The model's recorder: the constructor's for the first model, then a new one."""
+        recorder = self._recorders.get(model)
+        if recorder is None:
+            taken = self.recorder in self._recorders.values()
+            recorder = StatsRecorder() if taken else self.recorder
+            self._recorders = {**self._recorders, model: recorder}
+        return recorder
+
+    def deactivate(self, model: str | None = None) -> None:
+        """``model`` (None: every model) is no longer served: a call naming it raises
+        NoModelError until its next swap. The other models go on serving."""
+        if model is None:
+            self._set({})
+        else:
+            self._set({m: a for m, a in self._models.items() if m != model})
+
+    def drain(self) -> dict[str, InferenceStats]:
+        """Close every model's telemetry window: its calls since the last drain, by model."""
+        return {model: recorder.drain() for model, recorder in self._recorders.items()}
+
+    @property
+    def models(self) -> dict[str, int]:
+        """Each model served and its active version."""
+        return {m: a.version for m, a in self._models.items()}
+
+    def served(self, model: str | None = None) -> ServedModel | None:
+        """What serves ``model`` (None: the only model), or None: no such model, or
+        several and none named."""
+        a = self._active if model is None else self._models.get(model)
+        return None if a is None else ServedModel(a.model, a.version, a.session, a.task, a.features)
 
     @property
     def active(self) -> tuple[str, int] | None:
-        """``(model, version)`` of the active model, or None."""
+        """``(model, version)`` of the only model, or None (none, or several)."""
         a = self._active
         return None if a is None else (a.model, a.version)
 
     @property
     def task(self) -> Task | None:
-        """What labels of the active model's predictions are compared with (its output,
+        """What labels of the only model's predictions are compared with (its output,
         classifier or regressor, class names in index order), or None."""
         a = self._active
         return None if a is None else a.task
 
     @property
     def features(self) -> tuple[str, ...]:
-        """The active model's input feature names in order (empty: unknown or none)."""
+        """The only model's input feature names in order (empty: unknown or none)."""
         a = self._active
         return () if a is None else a.features
 
@@ -192,33 +263,42 @@ class Predictor:
         a = self._active
         return None if a is None else a.session
 
-    def predict(self, x: npt.ArrayLike) -> dict[str, Array]:
-        """Run the active model on one row or a batch (module docstring).
+    def predict(self, x: npt.ArrayLike, model: str | None = None) -> dict[str, Array]:
+        """Run ``model`` (None: the only model) on one row or a batch (module docstring).
 
         The input is converted to the model's dtype and made C-contiguous only when it is
         not already (no copy otherwise). Outputs are always batched (a row gives 1 row).
 
         Raises:
-            NoModelError: no model is active.
+            NoModelError: no model is active (or not the one named).
+            SeveralModelsError: no model named, and several are served.
             InferenceError: the input was refused or the runtime failed (counted).
         """
-        return self._predict(self._active, x)
+        return self._predict(self._active if model is None else self._lookup(model), x)
 
-    def predict_versioned(self, x: npt.ArrayLike) -> Prediction:
+    def predict_versioned(self, x: npt.ArrayLike, model: str | None = None) -> Prediction:
         """:meth:`predict`, tagged with the model and version that computed it and a
         prediction id; the predictions are kept for :meth:`join_labels`.
 
         Reading :attr:`active` before or after :meth:`predict` could name another model
         if a swap happens in between; this cannot.
         """
-        active = self._active
+        active = self._active if model is None else self._lookup(model)
         outputs = self._predict(active, x)
         assert active is not None  # _predict raised otherwise
         pid = self.predictions.add(active.task, outputs)
         return Prediction(active.model, active.version, outputs, pid)
 
+    def _lookup(self, model: str) -> _Active:
+        active = self._models.get(model)
+        if active is None:
+            raise NoModelError(f"model {model!r} is not active on this device")
+        return active
+
     def _predict(self, active: _Active | None, x: npt.ArrayLike) -> dict[str, Array]:
         if active is None:
+            if len(models := self._models) > 1:
+                raise SeveralModelsError(list(models))
             raise NoModelError("no model is active")
         run, names, input_name, dtype, row_rank, dot_checked, slow_checked, model, version = active[
             :9
@@ -231,7 +311,7 @@ class Predictor:
             outs = run(names, {input_name: arr}, None)
             t1 = perf_counter_ns()
         except Exception as e:
-            self.recorder.record_error()
+            active.recorder.record_error()
             raise InferenceError(model, version, f"{type(e).__name__}: {e}") from e
         # Non-finite check on float outputs only (labels are ints). dot(v, v) is one BLAS
         # call, ~0.2 µs at batch 1 and ~0.45 µs at 256, against ~0.8 µs for v.sum() and
@@ -246,7 +326,7 @@ class Predictor:
         for i in slow_checked:
             if not np.isfinite(outs[i]).all():
                 nonfinite = True
-        self.recorder.record(t1 - t0, arr.shape[0], nonfinite)
+        active.recorder.record(t1 - t0, arr.shape[0], nonfinite)
         result = dict(zip(names, outs))  # noqa: B905  (strict=True costs 0.1 µs; same lengths)
         if self.observers:
             for observer in self.observers:
@@ -279,7 +359,8 @@ class Predictor:
         y = np.asarray(labels)
         if p.shape != y.shape:
             raise ValueError(f"predicted {p.shape} and labels {y.shape} differ in shape")
-        self.recorder.record_labels(
+        recorder = self._recorders.get(model, self.recorder) if model else self.recorder
+        recorder.record_labels(
             int(p.size), int(np.count_nonzero(p == y)), model=model, version=version
         )
         for observer in self.observers:
@@ -299,12 +380,13 @@ class Predictor:
         report, versions = self.predictions.join(list(items))
         for v in versions:
             task = v.task
+            recorder = self._recorders.get(task.model, self.recorder)
             if task.regression:
-                self.recorder.record_errors(
+                recorder.record_errors(
                     task.model, task.version, v.labelled, v.abs_err_sum, v.sq_err_sum
                 )
             else:
-                self.recorder.record_labels(
+                recorder.record_labels(
                     v.labelled, v.correct, model=task.model, version=task.version
                 )
         return report

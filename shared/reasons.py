@@ -35,6 +35,7 @@ class Reason(StrEnum):
     HUB_ERROR = "hub_error"  # the hub answered a fetch with an error
     STORAGE_ERROR = "storage_error"  # the device could not write its files
     BUSY = "busy"  # a newer deployment or a rollback command superseded this one
+    NO_ROOM = "no_room"  # the model would not fit the device's memory budget beside the others
     # director (signed commands)
     UNSIGNED_COMMAND = "unsigned_command"  # a deploy/rollback command with no signature
     UNKNOWN_KEY = "unknown_key"  # signed by no key the device's trusted root lists

@@ -22,3 +22,6 @@ class CoreConfig:
     max_chunk_failures: int = 3  # one chunk failing its hash this often: give up
     max_probation_wait: float = 10.0  # probation_s multiples to wait for enough traffic
     max_remembered_commands: int = 4096  # live command ids kept for replay detection
+    # MiB all the device's loaded models may take together (agent/core/budget.py); its
+    # class's memory_budget_mb. None: no budget is checked
+    memory_budget_mb: float | None = None

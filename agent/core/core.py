@@ -101,6 +101,7 @@ class AgentCore:
             self._on_refused(event, out)
         elif isinstance(event, CaptureEnded):
             self._captures.on_ended(event, out)
+        self._updater.start_waiting(event.now, out)  # a deploy of another model waited
         return out.actions
 
     def _on_message(self, ev: MessageArrived, out: Outbox) -> None:
@@ -150,6 +151,15 @@ class AgentCore:
         """The deployment job in progress, as saved (``phase``, ``have``, ...), or None."""
         job = self._ctx.state.job
         return None if job is None else job.to_json()
+
+    @property
+    def waiting(self) -> list[dict[str, Any]]:
+        """Deploys of other models waiting for the job in progress (``deployment``,
+        ``model``, ``version``), oldest first."""
+        return [
+            {"deployment": r.deployment, "model": r.model, "version": r.version}
+            for r in self._updater.waiting
+        ]
 
     @property
     def capture(self) -> dict[str, Any] | None:

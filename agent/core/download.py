@@ -9,6 +9,7 @@ written. A download that stalls asks again with backoff, then fails.
 
 from __future__ import annotations
 
+from agent.core.budget import no_room
 from agent.core.context import CoreContext, log
 from agent.core.job import Job
 from agent.core.phases import Phase, Trigger
@@ -125,7 +126,7 @@ class Download:
         except ManifestError as e:
             ctx.fail_job(out, Reason.METADATA_INVALID, str(e), ev.now)
             return
-        refusal = self._check_manifest(job, manifest)
+        refusal = self._check_manifest(job, manifest, target.length)
         if refusal is not None:
             ctx.fail_job(out, refusal[0], refusal[1], ev.now)
             return
@@ -135,7 +136,7 @@ class Download:
         self.request_chunks(out, job)
         ctx.persist(out)
 
-    def _check_manifest(self, job: Job, m: Manifest) -> tuple[Reason, str] | None:
+    def _check_manifest(self, job: Job, m: Manifest, length: int) -> tuple[Reason, str] | None:
         config = self.ctx.config
         if m.model != job.model or m.version != job.version:
             return Reason.MANIFEST_MISMATCH, (
@@ -151,6 +152,9 @@ class Download:
                 Reason.WRONG_RUNTIME,
                 f"needs {m.runtime}, this device runs {config.runtime}",
             )
+        room = no_room(self.ctx.state.models, m.model, length, config.memory_budget_mb)
+        if room is not None:
+            return Reason.NO_ROOM, room
         installed = self.ctx.state.models.get(m.model)
         if installed is not None and m.version <= installed["version"]:
             return Reason.VERSION_ROLLBACK, (

@@ -27,6 +27,8 @@ class Updater:
         self.ctx = ctx
         self.download = Download(ctx)
         self.installer = Installer(ctx)
+        # model -> the deploy command body waiting for the running job (another model's)
+        self._waiting: dict[str, dict[str, Any]] = {}
 
     def on_deploy(self, body: dict[str, Any], now: float, out: Outbox) -> None:
         """A verified deploy command (``keyids``: the director keys that signed it)."""
@@ -48,6 +50,11 @@ class Updater:
             why = f"installed version {installed['version']} is newer than {ref.version}"
             ctx.event(out, ref, "failed", now, Reason.VERSION_ROLLBACK, why)
             return
+        if job is not None and job.model != ref.model:
+            # One job at a time, and a job never displaces another model's: this one
+            # waits until the running job has its outcome (DeviceState.end_job).
+            self._queue(body, ref, job, now, out)
+            return
         if job is not None:
             if job.phase is Phase.PROBATION:
                 self.installer.settle(out, job, now, superseded=True)
@@ -67,6 +74,39 @@ class Updater:
         self.download.request_meta(out, job, now)
         ctx.persist(out)
 
+    def _queue(
+        self, body: dict[str, Any], ref: DeploymentRef, job: Job, now: float, out: Outbox
+    ) -> None:
+        """Keep a deploy of another model until the running job ends (the latest per
+        model; in memory: a restart forgets it, and the hub sends it again)."""
+        older = self._waiting.get(ref.model)
+        if older is not None and older["deployment"] != ref.deployment:
+            self._drop_waiting(ref.model, f"superseded by {ref.deployment}", now, out)
+        self._waiting[ref.model] = body
+        why = f"waiting for deployment {job.deployment} of {job.model} to finish"
+        self.ctx.event(out, ref, "received", now, detail=why)
+
+    def _drop_waiting(self, model: str, why: str, now: float, out: Outbox) -> None:
+        """Forget the deploy of ``model`` that waits, and say so (it never started)."""
+        body = self._waiting.pop(model, None)
+        if body is not None:
+            ref = DeploymentRef(body["deployment"], body["model"], body["version"])
+            self.ctx.event(out, ref, "failed", now, Reason.BUSY, why)
+
+    @property
+    def waiting(self) -> list[DeploymentRef]:
+        """The deploys of other models waiting for the running job, oldest first."""
+        return [
+            DeploymentRef(b["deployment"], b["model"], b["version"]) for b in self._waiting.values()
+        ]
+
+    def start_waiting(self, now: float, out: Outbox) -> None:
+        """No job running: start the deploy that waited longest, if any."""
+        if self.ctx.state.job is not None or not self._waiting:
+            return
+        model = next(iter(self._waiting))
+        self.on_deploy(self._waiting.pop(model), now, out)
+
     def on_connected(self, now: float, out: Outbox) -> None:
         """Resume whatever was in flight before the restart or the disconnect."""
         job = self.ctx.state.job
@@ -83,8 +123,10 @@ class Updater:
         if job is None:
             return
         if job.phase is Phase.PROBATION:
-            if ev.stats is not None:
-                self.installer.count(job, ev.stats)
+            # only the job's own model's traffic judges it, not the other models'
+            first = next(iter(self.ctx.state.models), None)
+            if (stats := ev.stats_of(job.model, first)) is not None:
+                self.installer.count(job, stats)
             self.installer.judge(out, job, ev.now)
         elif job.phase.fetching:
             self.download.check_timeout(out, job, ev.now)
@@ -119,4 +161,6 @@ class Updater:
         self.ctx.fail_job(out, ev.reason, ev.detail, ev.now)
 
     def on_rollback_cmd(self, body: dict[str, Any], now: float, out: Outbox) -> None:
+        # a deploy of that model still waiting would undo the rollback when it starts
+        self._drop_waiting(body["model"], "a rollback was requested", now, out)
         self.installer.on_rollback_cmd(body, now, out)

@@ -116,6 +116,11 @@ class _Batch:
                 setattr(dev, name, body[name])
         models: Mapping[str, Any] | None = body.get("models")
         if models is not None:
+            # every model it runs; model/version/sha256 keep naming the first, as before
+            dev.models = {
+                name: {"version": info["version"], "sha256": info.get("sha256")}
+                for name, info in models.items()
+            }
             model, info = next(iter(models.items()), (None, None))
             dev.model = model
             dev.version = info["version"] if info else None

@@ -244,9 +244,7 @@ class RolloutEngine:
         chosen -= barred
         if not chosen:
             raise RolloutError(no_match(spec, revoked))
-        return {
-            d: known[d].version if known[d].model == spec.model else None for d in sorted(chosen)
-        }
+        return {d: known[d].version_of(spec.model) for d in sorted(chosen)}
 
     def follow_groups(self, t: float) -> None:
         """A device tagged into a group gets the version of its latest completed rollout."""
@@ -269,7 +267,7 @@ class RolloutEngine:
                 devices = _devices(s, joiners)
                 for device_id in joiners:
                     dev = devices.get(device_id)
-                    previous = dev.version if dev and dev.model == rollout.model else None
+                    previous = dev.version_of(rollout.model) if dev else None
                     row = RolloutDevice(
                         rollout_id=rollout.id,
                         device_id=device_id,

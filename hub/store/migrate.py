@@ -60,9 +60,14 @@ def _add(engine: Engine, table: str, added: dict[str, str]) -> None:
 ROLLOUT_DEVICE_ADDED: Final = {"probation": "JSON"}
 
 
+# Columns Device gained with several models per device, as above.
+DEVICE_ADDED: Final = {"models": "JSON"}
+
+
 ADDED: Final = {
     "telemetry": TELEMETRY_ADDED,
     "modelversion": MODEL_VERSION_ADDED,
     "auditrecord": AUDIT_ADDED,
     "rolloutdevice": ROLLOUT_DEVICE_ADDED,
+    "device": DEVICE_ADDED,
 }

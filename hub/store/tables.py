@@ -87,14 +87,23 @@ class DeviceBase(SQLModel):
     agent_version: str | None = None
     status: str = "unknown"  # online | offline | unknown
     root_version: int | None = None
-    model: str | None = None  # the active model (one per device in this version)
+    model: str | None = None  # the first model it runs (all of them: ``models``)
     version: int | None = None
     sha256: str | None = None
+    # every model it runs: {name: {"version", "sha256"}}, as its state reports them
+    models: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class Device(DeviceBase, table=True):
     first_seen: float = Field(default_factory=now)
     last_seen: float = Field(default_factory=now)
+
+    def version_of(self, model: str) -> int | None:
+        """The version of ``model`` it runs (None: not that model), among all its models."""
+        info = (self.models or {}).get(model)
+        if info is not None:
+            return int(info["version"])
+        return self.version if self.model == model else None
 
 
 class DevicePublic(DeviceBase):
