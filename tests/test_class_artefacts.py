@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from models import make_mlp_onnx
 from test_daemon import get, post
 from waiting import wait_for
 
@@ -54,6 +55,11 @@ def test_one_rollout_sends_each_class_the_artefact_of_its_runtime(
     try:
         with pytest.raises(HubClientError, match="no device class 'nosuch'"):
             client.train(n_train=2000, device_classes=["nosuch"])
+        # the hub converts its own MLPs, never an uploaded ONNX file
+        with pytest.raises(HubClientError, match="an uploaded onnxruntime file runs on"):
+            client.upload(
+                "mine", make_mlp_onnx(hidden=(8,), n=200), ["pi-litert"], unevaluated=True
+            )
         job = client.train(
             n_train=2000,
             device_classes=["generic-linux", "pi-litert"],

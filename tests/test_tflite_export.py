@@ -12,7 +12,9 @@ from sklearn.datasets import load_breast_cancer, load_diabetes
 
 from hub import pipeline_config
 from hub.ml.compatibility import scores_output, value_output
-from hub.ml.errors import PipelineError
+from hub.ml.errors import ModelRefused, PipelineError
+from hub.ml.gates import sibling
+from hub.ml.pipeline import train
 from hub.ml.tflite import TFLiteRunner
 from hub.ml.tflite_export import export_tflite_int8
 from hub.ml.training import Fitted, fit
@@ -102,3 +104,36 @@ def test_without_tensorflow_the_error_says_what_to_install(
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # the import fails
     with pytest.raises(PipelineError, match=r"pip install 'edgefleet\[tflite-export\]'"):
         export_tflite_int8(fitted, data.x_train)
+
+
+def test_an_artefact_that_answers_unlike_its_onnx_sibling_is_refused() -> None:
+    rng = np.random.default_rng(0)
+    onnx = rng.random((200, 4)).astype(np.float32)
+    same = onnx + 0.001  # an int8 rounding away: the same classes
+    assert sibling("classification", same, onnx, {"accuracy": 0.9}).passed
+    shuffled = onnx[:, ::-1]  # other classes for most rows
+    gate = sibling("classification", shuffled, onnx, {"accuracy": 0.9})
+    assert not gate.passed and "under the 97% required" in gate.detail
+    values = rng.random(200).astype(np.float32)
+    off = sibling("regression", values + 1.0, values, {"mae": 0.5})
+    assert not off.passed and "over the 0.125 allowed" in off.detail
+
+
+def test_a_build_whose_tflite_artefact_is_refused_signs_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A .tflite that answers unlike the ONNX model (here: a converter that swaps the
+    class scores) is refused by the sibling gate before anything is signed."""
+    import hub.ml.tflite_export as export
+
+    real = export.export_tflite_int8
+
+    def swapped(fitted: Fitted, calibration: np.ndarray) -> bytes:
+        fitted.model.steps[-1][1].coefs_[-1] = fitted.model.steps[-1][1].coefs_[-1][:, ::-1]
+        return real(fitted, calibration)
+
+    monkeypatch.setattr(export, "export_tflite_int8", swapped)
+    with pytest.raises(ModelRefused) as refused:
+        train(pipeline_config(n_train=1500, hidden=(16,)), runtimes=("tflite",))
+    failed = {g["name"] for g in refused.value.gates if not g["passed"]}
+    assert "sibling" in failed

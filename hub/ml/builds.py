@@ -131,7 +131,8 @@ class Builds:
                 " it unevaluated (--unevaluated)"
             )
         runtime = TFLITE_RUNTIME if is_tflite(spec.model_bytes) else ONNX_RUNTIME
-        others = set(self.runtimes_for(spec.device_classes)) - {runtime}
+        needed = self.runtimes_for(spec.device_classes) if spec.device_classes else {runtime}
+        others = set(needed) - {runtime}
         if others:
             raise BuildError(
                 f"an uploaded {runtime} file runs on {runtime} classes only, and"
