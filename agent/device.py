@@ -260,7 +260,8 @@ class Device:
         return Done("file", self.clock())
 
     def _health_check(self, action: RunHealthCheck) -> Event:
-        manifest = Manifest.from_custom(action.target.custom)
+        # the budgets of this device's class, when the hub set some (its profile's)
+        manifest = Manifest.from_custom(action.target.custom).for_class(self.config.device_class)
         path = self.store.model_path(action.model, action.version, manifest.format)
         session, result = load_and_check(
             self.sessions,

@@ -148,7 +148,12 @@ class Hub:
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
         self.builds = Builds(
-            self.engine, self.registry, self.dataset_store, self.jobs, self.classes.runtimes
+            self.engine,
+            self.registry,
+            self.dataset_store,
+            self.jobs,
+            self.classes.runtimes,
+            self.classes.health,
         )
         self.retrainer = Retrainer(
             self.registry, self.datasets, self.jobs, base_rows=self.builds.base_rows

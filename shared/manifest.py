@@ -13,8 +13,8 @@ Exceptions::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final
 
 from shared.chunks import chunk_count
 from shared.protocol import MAX_CHUNK_BYTES
@@ -74,6 +74,23 @@ class Manifest:
     health: HealthCheck
     baseline: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    # per device class, the health budgets its profile sets (firmware-images/<class>/
+    # profile.toml): latency_budget_us, memory_budget_mb, tolerance; absent: ``health``'s
+    class_health: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def for_class(self, device_class: str) -> Manifest:
+        """This manifest with the health budgets of ``device_class`` (its own, if any)."""
+        budgets = self.class_health.get(device_class)
+        if not budgets:
+            return self
+        h = self.health
+        health = replace(
+            h,
+            latency_budget_us=budgets.get("latency_budget_us", h.latency_budget_us),
+            memory_budget_mb=budgets.get("memory_budget_mb", h.memory_budget_mb),
+            tolerance=budgets.get("tolerance", h.tolerance),
+        )
+        return replace(self, health=health)
 
     def __post_init__(self) -> None:
         if self.version < 1:
@@ -134,6 +151,7 @@ class Manifest:
                 health=health,
                 baseline=dict(custom.get("baseline", {})),
                 metrics={str(k): float(v) for k, v in dict(custom.get("metrics", {})).items()},
+                class_health=_class_health(custom.get("class_health", {})),
             )
         except ManifestError:
             raise
@@ -144,3 +162,25 @@ class Manifest:
 def _spec(s: Mapping[str, Any]) -> TensorSpec:
     shape = tuple(None if d is None else int(d) for d in s["shape"])
     return TensorSpec(name=str(s["name"]), dtype=str(s["dtype"]), shape=shape)
+
+
+CLASS_HEALTH_FIELDS: Final = frozenset({"latency_budget_us", "memory_budget_mb", "tolerance"})
+
+
+def _class_health(raw: Any) -> dict[str, dict[str, float]]:
+    """``class_health``: per class, positive budgets among :data:`CLASS_HEALTH_FIELDS`.
+
+    Raises:
+        ManifestError: another shape, field or value.
+    """
+    if not isinstance(raw, Mapping):
+        raise ManifestError("class_health must map device classes to budgets")
+    out: dict[str, dict[str, float]] = {}
+    for cls, budgets in raw.items():
+        if not isinstance(budgets, Mapping) or not set(budgets) <= CLASS_HEALTH_FIELDS:
+            raise ManifestError(f"class_health.{cls}: only {sorted(CLASS_HEALTH_FIELDS)}")
+        values = {str(k): float(v) for k, v in budgets.items()}
+        if any(v <= 0 for v in values.values()):
+            raise ManifestError(f"class_health.{cls}: budgets must be > 0")
+        out[str(cls)] = values
+    return out

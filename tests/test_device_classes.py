@@ -102,3 +102,36 @@ def test_the_hub_serves_its_classes_to_the_api_and_the_cli(
         assert "legacy-tflite   tflite       tflite-runtime  armhf,arm64" in out
     finally:
         hub.stop()
+
+
+def test_a_manifest_carries_each_classes_budgets_and_a_device_applies_its_own() -> None:
+    from manifests import manifest as make_manifest
+
+    from hub.ml.build_specs import class_health
+    from hub.ml.config import PipelineConfig
+    from shared.manifest import Manifest, ManifestError
+
+    classes = load_classes(DEFAULT_CLASSES_DIR)
+    health = class_health(classes.health(("generic-linux", "legacy-tflite")), PipelineConfig())
+    assert health["legacy-tflite"] == {
+        "latency_budget_us": 20000.0,
+        "memory_budget_mb": 32.0,
+        "tolerance": 0.05,
+    }
+    # a budget the build set itself wins for every class
+    own = class_health(
+        classes.health(("legacy-tflite",)), PipelineConfig(latency_budget_us=50000.0)
+    )
+    assert own == {"legacy-tflite": {"memory_budget_mb": 32.0, "tolerance": 0.05}}
+
+    custom = {**make_manifest(1, b"x" * 100, 64).to_custom(), "class_health": health}
+    manifest = Manifest.from_custom(custom)
+    legacy = manifest.for_class("legacy-tflite").health
+    assert (legacy.tolerance, legacy.latency_budget_us, legacy.memory_budget_mb) == (
+        0.05,
+        20000.0,
+        32.0,
+    )
+    assert manifest.for_class("some-other-class") is manifest
+    with pytest.raises(ManifestError, match=r"class_health\.x: budgets must be > 0"):
+        Manifest.from_custom({**custom, "class_health": {"x": {"tolerance": -1}}})

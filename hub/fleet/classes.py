@@ -73,6 +73,19 @@ class DeviceClass:
     memory_budget_mb: float  # RSS a model may add when loaded
     latency_budget_us: float  # p95 of one single-row inference
     description: str = ""
+    # max |difference| per golden value its runtime may show against the hub's (None:
+    # the build's); an older interpreter's int8 kernels may round differently
+    golden_tolerance: float | None = None
+
+    def health(self) -> dict[str, float]:
+        """The health budgets a manifest carries for this class (``class_health``)."""
+        out = {
+            "latency_budget_us": self.latency_budget_us,
+            "memory_budget_mb": self.memory_budget_mb,
+        }
+        if self.golden_tolerance is not None:
+            out["tolerance"] = self.golden_tolerance
+        return out
 
     @property
     def artefact(self) -> str:
@@ -120,6 +133,10 @@ class DeviceClasses:
             return frozenset(self.get(n).runtime for n in names)
         except ClassError as e:
             raise ValueError(e.detail) from e
+
+    def health(self, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """The health budgets of the known classes among ``names`` (unknown: none)."""
+        return {n: self._classes[n].health() for n in names if n in self._classes}
 
     def get(self, name: str) -> DeviceClass:
         """The class ``name``.
@@ -181,6 +198,7 @@ def _profile(raw: dict[str, Any], where: str) -> DeviceClass:
         "memory_budget_mb",
         "latency_budget_us",
         "description",
+        "golden_tolerance",
     }
     unknown = sorted(set(raw) - fields)
     if unknown:
@@ -233,4 +251,5 @@ def _profile(raw: dict[str, Any], where: str) -> DeviceClass:
         memory_budget_mb=budget("memory_budget_mb"),
         latency_budget_us=budget("latency_budget_us"),
         description=text("description", ""),
+        golden_tolerance=budget("golden_tolerance") if "golden_tolerance" in raw else None,
     )

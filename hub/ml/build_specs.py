@@ -17,15 +17,21 @@ __all__ = [
     "ONNX_RUNTIME",
     "TFLITE_RUNTIME",
     "BuildError",
+    "HealthFor",
     "RuntimesFor",
     "TrainSpec",
     "UploadSpec",
+    "class_health",
+    "no_budgets",
+    "onnx_only",
 ]
 
 ONNX_RUNTIME: Final = "onnxruntime"
 TFLITE_RUNTIME: Final = "tflite"
 # device classes -> the runtimes they run (ValueError: an unknown class)
 RuntimesFor = Callable[[tuple[str, ...]], frozenset[str]]
+# device classes -> per class, the health budgets of its profile (hub/fleet/classes.py)
+HealthFor = Callable[[tuple[str, ...]], dict[str, dict[str, float]]]
 
 MAX_TRIALS: Final = 200  # tuner trials one build may ask for
 
@@ -67,3 +73,25 @@ class UploadSpec:
     device_classes: tuple[str, ...] = ()
     created_by: str | None = None
     filename: str = ""
+
+
+def onnx_only(device_classes: tuple[str, ...]) -> frozenset[str]:
+    return frozenset({ONNX_RUNTIME})
+
+
+def no_budgets(device_classes: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {}
+
+
+def class_health(
+    profiles: dict[str, dict[str, float]], config: PipelineConfig
+) -> dict[str, dict[str, float]]:
+    """Each class's health budgets from its profile, but a budget the build set itself
+    (one that is not the pipeline's default) wins for every class."""
+    default = PipelineConfig()
+    own = {
+        k for k in ("latency_budget_us", "memory_budget_mb", "tolerance")
+        if getattr(config, k) != getattr(default, k)
+    }  # fmt: skip
+    out = {c: {k: v for k, v in b.items() if k not in own} for c, b in profiles.items()}
+    return {c: b for c, b in out.items() if b}

@@ -29,10 +29,14 @@ from hub.ml.build_specs import (
     ONNX_RUNTIME,
     TFLITE_RUNTIME,
     BuildError,
+    HealthFor,
     RuntimesFor,
     TrainSpec,
     UploadSpec,
+    no_budgets,
+    onnx_only,
 )
+from hub.ml.build_specs import class_health as class_health_of
 from hub.ml.data.store import DatasetStore, DatasetStoreError
 from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
@@ -72,13 +76,16 @@ class Builds:
         datasets: DatasetStore,
         jobs: Jobs,
         runtimes_for: RuntimesFor | None = None,
+        health_for: HealthFor | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.datasets = datasets
         self.jobs = jobs
         # device classes -> the runtimes they run models with (hub/fleet/classes.py)
-        self.runtimes_for = runtimes_for or _onnx_only
+        self.runtimes_for = runtimes_for or onnx_only
+        # device classes -> the health budgets of their profiles
+        self.health_for = health_for or no_budgets
 
     def extra_runtimes(self, device_classes: tuple[str, ...]) -> tuple[str, ...]:
         """The runtimes beyond onnxruntime that ``device_classes`` need, in order.
@@ -300,17 +307,23 @@ class Builds:
             self._record(run_id, run, config, "failed", created_by, {}, [], detail)
             raise
         progress("sign", 0.95)
+        class_health = class_health_of(self.health_for(device_classes), config)
         row = self.registry.publish(
             built,
             config=config,
             source=run.source,
             device_classes=device_classes,
             dataset=run.datasets[0] if run.datasets else None,
+            class_health=class_health,
         )
         artefacts = {row.runtime: _artefact_json(row.target, built)}
         for other in built.siblings:
             extra = self.registry.add_artefact(
-                row, other, config=config, device_classes=device_classes
+                row,
+                other,
+                config=config,
+                device_classes=device_classes,
+                class_health=class_health,
             )
             artefacts[extra.runtime] = _artefact_json(extra.target, other)
         record_training(self.engine, row.name, row.version, config, run.datasets)
@@ -462,10 +475,6 @@ def _config_json(config: PipelineConfig) -> dict[str, Any]:
     return {
         k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
     }
-
-
-def _onnx_only(device_classes: tuple[str, ...]) -> frozenset[str]:
-    return frozenset({ONNX_RUNTIME})
 
 
 def _artefact_json(target: str, built: BuiltModel) -> dict[str, Any]:

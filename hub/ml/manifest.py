@@ -7,6 +7,7 @@ baseline.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ def build_manifest(
     device_classes: tuple[str, ...] = (),
     channel: str = "stable",
     config: PipelineConfig,
+    class_health: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Manifest:
     """The manifest (TUF target custom fields) for ``built.model_bytes``.
 
@@ -93,6 +95,7 @@ def build_manifest(
         health=health,
         baseline=built.baseline,
         metrics=_headline_metrics(built),
+        class_health={c: dict(b) for c, b in (class_health or {}).items()},
     )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, func
@@ -73,6 +74,7 @@ class Registry:
         source: str = "trained",
         device_classes: tuple[str, ...] = (),
         dataset: str | None = None,
+        class_health: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ModelVersion:
         """Sign and register ``built`` as the next version of its model."""
         with self._lock:
@@ -83,6 +85,7 @@ class Registry:
                 chunk_size=self.chunk_size,
                 device_classes=device_classes,
                 config=config,
+                class_health=class_health,
             )
             target = f"{built.name}/{version}/model.{manifest.format}"
             digest = self.store.put(built.model_bytes)
@@ -121,6 +124,7 @@ class Registry:
         *,
         config: PipelineConfig,
         device_classes: tuple[str, ...] = (),
+        class_health: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ModelArtefact:
         """Sign ``built`` as version ``row``'s artefact for another runtime.
 
@@ -134,6 +138,7 @@ class Registry:
                 chunk_size=self.chunk_size,
                 device_classes=device_classes,
                 config=config,
+                class_health=class_health,
             )
             known = self._artefacts.setdefault((row.name, row.version), {})
             if manifest.runtime in known:
