@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +50,7 @@ DEFAULT_PYTHON = "3.11"  # Debian 12's python3
 # Debian architecture -> the machine in a wheel's platform tag
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}
 GLIBC_MINOR = range(5, 37)  # manylinux_2_5 (manylinux1) .. 2_36 (Debian 12's glibc)
+PROBES = 4  # pip downloads at once when finding which package lacks a wheel
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
 
 
@@ -140,7 +142,10 @@ def wheelhouse(target: Target, reqs: list[str]) -> Path:
         return where
     shutil.rmtree(where, ignore_errors=True)
     if _download(target, reqs, where).returncode != 0:
-        missing = tuple(r for r in reqs if _download(target, [r], None, deps=False).returncode)
+        shutil.rmtree(where, ignore_errors=True)
+        with ThreadPoolExecutor(PROBES) as pool:  # each requirement alone: which lack a wheel
+            alone = pool.map(lambda r: _download(target, [r], None, deps=False).returncode, reqs)
+            missing = tuple(r for r, code in zip(reqs, alone, strict=True) if code)
         raise BuildError(
             f"no {target.arch} wheel for Python {target.python} of: "
             + (", ".join(missing) or "a dependency of " + ", ".join(reqs)),
