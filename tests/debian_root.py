@@ -78,7 +78,8 @@ def fresh_root(into: Path, suite: str = SUITE) -> Iterator[Path]:
     finally:
         subprocess.run(["umount", "--lazy", str(proc)], check=False)
         if not os.path.ismount(proc):  # never delete through a mount
-            shutil.rmtree(into, ignore_errors=True)
+            # and rm stays on this file system even so
+            subprocess.run(["rm", "-rf", "--one-file-system", str(into)], check=False)
 
 
 def chroot(root: Path, *argv: str, offline: bool = False) -> subprocess.CompletedProcess[str]:
