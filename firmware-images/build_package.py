@@ -11,7 +11,7 @@ For each architecture of the class's ``profile.toml`` (or those named with ``--a
 2. a wheelhouse of its dependencies for that architecture and Python: the class's
    ``extras`` of edgefleet, its ``packages`` and its ``numpy`` bound, fetched with
    ``pip download --only-binary=:all: --platform manylinux_2_X_<machine>`` (cached under
-   ``.cache/wheelhouse/``: a second build reuses it);
+   ``.cache/wheelhouse/``, or ``$EF_CACHE_DIR/wheelhouse/``: a second build reuses it);
 3. ``dpkg-deb --build`` of: the wheelhouse and a requirements file under /opt/edgefleet,
    the systemd unit, the config template and the class's profile under /etc/edgefleet,
    and the maintainer scripts of ``firmware-images/debian/`` (postinst makes the venv
@@ -28,6 +28,7 @@ import email.parser
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import string
 import subprocess
@@ -43,7 +44,8 @@ from types import ModuleType
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEBIAN = HERE / "debian"  # the files every class's package shares
-CACHE = REPO / ".cache" / "wheelhouse"
+# $EF_CACHE_DIR keeps wheelhouses (and the tests' root file systems) out of the checkout
+CACHE = Path(os.environ.get("EF_CACHE_DIR") or REPO / ".cache") / "wheelhouse"
 PREFIX = "opt/edgefleet"
 UNIT = "edgefleet-agent.service"
 DEFAULT_PYTHON = "3.11"  # Debian 12's python3

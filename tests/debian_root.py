@@ -1,9 +1,10 @@
 """A clean Debian root file system for package tests, made once with debootstrap and cached.
 
-The cache is ``.cache/rootfs-<suite>`` in the checkout (git-ignored); each test works on a
-copy of it (:func:`fresh_root`), so a failed test never dirties the next one. Entering it
-needs root (``chroot``); loopback is shared with the host, so a hub and broker started by
-the test on 127.0.0.1 are reachable from inside.
+The cache is ``.cache/rootfs-<suite>`` in the checkout (git-ignored; ``$EF_CACHE_DIR``
+moves it, e.g. for CI runs on fresh clones); each test works on a copy of it
+(:func:`fresh_root`), so a failed test never dirties the next one. Entering it needs
+root (``chroot``); loopback is shared with the host, so a hub and broker started by the
+test on 127.0.0.1 are reachable from inside.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache"
+CACHE = Path(os.environ.get("EF_CACHE_DIR") or ROOT / ".cache")  # as firmware-images' build
 SUITE = "bookworm"  # Debian 12, the machine's own (DESIGN §8): python3 is 3.11
 MIRROR = "http://deb.debian.org/debian"
 # python3 and its venv for the agent; systemd so that `systemd-analyze verify --root`
@@ -52,6 +53,9 @@ def cached_root(suite: str = SUITE) -> Path:
 def _debootstrap(suite: str, target: Path) -> None:
     if shutil.which("debootstrap") is None:
         done = _run(["apt-get", "install", "-y", "-q", "debootstrap"])
+        if done.returncode != 0:  # stale package lists
+            _run(["apt-get", "update", "-q"])
+            done = _run(["apt-get", "install", "-y", "-q", "debootstrap"])
         if done.returncode != 0 or shutil.which("debootstrap") is None:
             raise RootfsError(f"no debootstrap, and apt-get could not install it:\n{done.stderr}")
     partial = target.with_name(target.name + ".partial")
@@ -107,4 +111,5 @@ def files(root: Path, skip: tuple[str, ...]) -> set[str]:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
