@@ -29,6 +29,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import string
 import subprocess
@@ -53,6 +54,7 @@ DEFAULT_PYTHON = "3.11"  # Debian 12's python3
 MACHINES = {"amd64": "x86_64", "arm64": "aarch64", "armhf": "armv7l"}
 GLIBC_MINOR = range(5, 37)  # manylinux_2_5 (manylinux1) .. 2_36 (Debian 12's glibc)
 PROBES = 4  # pip downloads at once when finding which package lacks a wheel
+UNREACHABLE = r"NewConnectionError|Failed to establish a new connection|Could not fetch URL"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
 
 
@@ -143,18 +145,30 @@ def wheelhouse(target: Target, reqs: list[str]) -> Path:
     if (where / "complete").exists():
         return where
     shutil.rmtree(where, ignore_errors=True)
-    if _download(target, reqs, where).returncode != 0:
+    done = _download(target, reqs, where)
+    if done.returncode != 0:
         shutil.rmtree(where, ignore_errors=True)
-        with ThreadPoolExecutor(PROBES) as pool:  # each requirement alone: which lack a wheel
-            alone = pool.map(lambda r: _download(target, [r], None, deps=False).returncode, reqs)
-            missing = tuple(r for r, code in zip(reqs, alone, strict=True) if code)
-        raise BuildError(
-            f"no {target.arch} wheel for Python {target.python} of: "
-            + (", ".join(missing) or "a dependency of " + ", ".join(reqs)),
-            missing,
-        )
+        raise _no_wheel(target, reqs, done.stderr)
     (where / "complete").write_text(json.dumps(reqs) + "\n")
     return where
+
+
+def _no_wheel(target: Target, reqs: list[str], stderr: str) -> BuildError:
+    """Why ``pip download`` failed: each requirement with no wheel, or pip's own words."""
+    named = re.findall(r"No matching distribution found for (\S+)", stderr)
+    # pip reports an unreachable index as "no versions" too: its warnings tell them apart
+    if not named or re.search(UNREACHABLE, stderr):
+        return BuildError(f"pip download for {target.arch} failed:\n{stderr.strip()[-2000:]}")
+    with ThreadPoolExecutor(PROBES) as pool:  # each requirement alone: which lack a wheel
+        alone = pool.map(lambda r: _download(target, [r], None, deps=False).returncode, reqs)
+        missing = tuple(r for r, code in zip(reqs, alone, strict=True) if code)
+    # none alone: a dependency of theirs lacks one, and pip named it
+    missing = missing or tuple(named)
+    hint = " (all of them: is the package index reachable?)" if len(missing) == len(reqs) else ""
+    return BuildError(
+        f"no {target.arch} wheel for Python {target.python} of: {', '.join(missing)}{hint}",
+        missing,
+    )
 
 
 def _download(
