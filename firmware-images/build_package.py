@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -104,11 +105,23 @@ except ImportError:  # pip vendors it
 
 
 def build_wheel(out: Path) -> Path:
-    """The edgefleet wheel of this checkout (no dependencies) in ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """The edgefleet wheel of this checkout (no dependencies) in ``out``.
+
+    Built from a copy of what the wheel holds: an in-tree build would leave build/ in the
+    checkout, and a module deleted since the last build would ride along from it.
+    """
+    src = out / "src"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    src.mkdir(parents=True)
+    for name in ["pyproject.toml", project["project"]["readme"]]:
+        shutil.copy2(REPO / name, src / name)
+    for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        package = pattern.rstrip("*")
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        shutil.copytree(REPO / package, src / package, ignore=ignore)
     # the checkout's own setuptools when it has one: no index needed for the build
     isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
-    _run([*PIP, "wheel", "--no-deps", *isolation, "-w", str(out), str(REPO)])
+    _run([*PIP, "wheel", "--no-deps", *isolation, "-w", str(out), str(src)])
     wheels = sorted(out.glob("edgefleet-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"pip wheel left {len(wheels)} edgefleet wheels in {out}")
