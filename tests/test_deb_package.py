@@ -123,15 +123,28 @@ def test_package_carries_wheelhouse_unit_template_and_scripts(package: Path) -> 
 
 
 @deb
-def test_cross_architecture_wheelhouse_is_built(tmp_path: Path) -> None:
-    done = build("generic-linux", tmp_path, "--arch", "arm64", "--python", "3.11")
+@pytest.mark.parametrize(
+    ("device_class", "runtime", "not_there"),
+    [
+        ("generic-linux", "onnxruntime-", "ai_edge_litert-"),
+        ("pi-litert", "ai_edge_litert-", "onnxruntime-"),
+        ("legacy-tflite", "tflite_runtime-", "onnxruntime-"),
+    ],
+)
+def test_each_class_gets_its_runtime_for_arm64_where_it_cannot_run(
+    tmp_path: Path, device_class: str, runtime: str, not_there: str
+) -> None:
+    """The wheelhouse follows the class's profile (extras, packages, numpy bound)."""
+    done = build(device_class, tmp_path, "--arch", "arm64", "--python", "3.11")
     assert done.returncode == 0, done.stderr
-    package = tmp_path / f"{PACKAGE}_0.1.0_arm64.deb"
+    package = tmp_path / f"edgefleet-agent-{device_class}_0.1.0_arm64.deb"
     assert field(package, "Architecture") == "arm64"
-    wheels = [p for p in listing(package) if p.endswith(".whl")]
-    assert any("onnxruntime-" in w and "aarch64" in w for w in wheels), wheels
-    assert all("x86_64" not in w for w in wheels)
-    assert "wheelhouse for arm64:" in done.stdout  # listed, even though it cannot run here
+    wheels = [p.rsplit("/", 1)[1] for p in listing(package) if p.endswith(".whl")]
+    assert any(w.startswith(runtime) and "aarch64" in w for w in wheels), wheels
+    assert not [w for w in wheels if w.startswith(not_there) or "x86_64" in w]
+    numpy = next(w for w in wheels if w.startswith("numpy-"))
+    assert numpy.startswith("numpy-1.") == (device_class == "legacy-tflite"), numpy
+    assert "wheelhouse for arm64:" in done.stdout  # listed, though nothing here runs it
 
 
 @deb
