@@ -210,7 +210,8 @@ def stage(target: Target, cls: classes.DeviceClass, wheel: Path, wheels: Path, r
     etc = root / "etc" / "edgefleet"
     etc.mkdir(parents=True)
     template = string.Template((DEBIAN / "agent.toml.template").read_text())
-    values = {"DEVICE_CLASS": cls.name, "RUNTIME": cls.runtime}
+    budget = f"{cls.memory_budget_mb:g}"  # 64.0 -> 64
+    values = {"DEVICE_CLASS": cls.name, "RUNTIME": cls.runtime, "MEMORY_BUDGET_MB": budget}
     (etc / "agent.toml.template").write_text(template.safe_substitute(values))
     shutil.copy2(HERE / cls.name / "profile.toml", etc / "profile.toml")
     units = root / "lib" / "systemd" / "system"

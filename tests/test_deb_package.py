@@ -10,11 +10,13 @@ must leave the root as it was.
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import shlex
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +68,15 @@ def listing(package: Path) -> list[str]:
     return [line.split()[-1].removeprefix(".") for line in out.stdout.splitlines()]
 
 
+def member(package: Path, path: str) -> str:
+    """One file of the package's data, as text."""
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(package)], capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
+        found = tar.extractfile("." + path)
+        assert found is not None, path
+        return found.read().decode()
+
+
 def field(package: Path, name: str) -> str:
     out = subprocess.run(["dpkg-deb", "-f", str(package), name], capture_output=True, text=True)
     return out.stdout.strip()
@@ -115,6 +126,10 @@ def test_package_carries_wheelhouse_unit_template_and_scripts(package: Path) -> 
     assert any(w.startswith("onnxruntime-") and "x86_64" in w for w in wheels)
     for path in (UNIT, "/etc/edgefleet/agent.toml.template", "/opt/edgefleet/requirements.txt"):
         assert path in paths
+    template = member(package, "/etc/edgefleet/agent.toml.template")
+    assert 'device_class = "generic-linux"' in template  # the class's values filled in
+    assert 'runtime = "onnxruntime"' in template and "memory_budget_mb = 64 " in template
+    assert "${DEVICE_ID}" in template  # what enrol fills in stays a placeholder
     assert field(package, "Architecture") == "amd64"
     assert field(package, "Depends").startswith("python3 (>= 3.11~), python3 (<< 3.12~)")
     control = subprocess.run(["dpkg-deb", "-I", str(package)], capture_output=True, text=True)
