@@ -26,6 +26,7 @@ STAGE_WORDS: dict[str, str] = {
     "gate": "checking the gates",
     "baseline": "recording the drift reference",
     "golden": "choosing the self-test rows",
+    "tflite": "exporting and judging the .tflite for LiteRT classes",
     "sign": "signing and publishing",
 }
 # Every train job passes these in order (the tuner only when asked): a stage that began
@@ -98,6 +99,14 @@ def build_figures(result: dict[str, Any]) -> list[str]:
     failed = [str(g.get("name")) for g in gates if not g.get("passed")]
     verdict = f": gate {', '.join(failed)} FAILED" if failed else ": gates passed" if gates else ""
     lines.append(f"int8: {_bytes(size8)}{ratio}, {_headline(int8, fp32)}{verdict}")
+    for runtime, a in (result.get("artefacts") or {}).items():
+        if a.get("target") == result.get("target"):
+            continue  # the int8 line above
+        passed = all(g.get("passed") for g in a.get("gates") or [])
+        lines.append(
+            f"{a.get('format')} for {runtime}: {_bytes(a.get('size_bytes'))},"
+            f" {_headline(a.get('metrics') or {}, fp32)}: gates {'passed' if passed else 'FAILED'}"
+        )
     return lines
 
 
