@@ -82,6 +82,28 @@ def test_a_litert_device_installs_health_checks_and_serves_a_tflite_model(
         assert info["task"] == "classification" and info["classes"] == ["c0", "c1", "c2"]
 
         # the labelled rows reach the hub as live accuracy, as they do from an ONNX device
+        # v2 by a rollout, then the operator aborts it and puts the devices back: the
+        # device rolls back to v1 and loads its .tflite again, as an ONNX device would
+        job = client.upload("wine", wine_tflite(int8=True, standardized=True), dataset="wine-z")
+        v2 = client.wait_job(job["id"], timeout=300)["result"]["version"]
+        rollout = client.create_rollout(
+            "wine", version=v2, probation_s=0.5, probation_min_inferences=1
+        )
+        deadline = time.monotonic() + 60
+        while client.rollout(rollout["id"])["counts"].get("healthy", 0) < 1:
+            post(port, "/v1/predict", {"inputs": x.tolist()})
+            assert time.monotonic() < deadline, client.rollout(rollout["id"])
+            time.sleep(0.1)
+        client.rollout_action(rollout["id"], "abort", rollback=True)
+        wait_for(
+            lambda: client.rollout(rollout["id"])["counts"].get("rolled_back", 0) == 1,
+            30,
+            "the device rolled back",
+        )
+        status, body = post(port, "/v1/predict", {"inputs": x.tolist()})
+        assert status == 200 and body["version"] == model["version"]  # v1 again, on LiteRT
+        assert body["outputs"]["class"] == [f"c{t}" for t in wine.target[:4]]
+
         def labelled() -> int:
             versions = client.performance("wine")["versions"]
             return sum(int(v.get("labelled") or 0) for v in versions)
