@@ -105,7 +105,7 @@ def test_an_agent_at_a_dead_broker_says_it_is_retrying_and_answers_status(
     assert conn["retries"] >= 2 and conn["last_error"] == "connection refused"
     assert conn["since"].endswith("Z") and conn["next_attempt_in_s"] is not None
     assert body["device_id"] == "agent-1" and body["models"] == {} and body["serving"] is None
-    assert body["update"] == {"in_progress": None, "last": None}
+    assert body["update"] == {"in_progress": None, "last": None, "waiting": []}
     assert body["spool"]["windows"] >= 1 and body["spool"]["dropped"] == 0
     agent.signal(signal.SIGTERM)
     assert agent.wait_exit(STOP_WITHIN_S) == 0

@@ -254,7 +254,10 @@ def test_recorder_ignores_other_versions_and_drains_once() -> None:
 
 
 def test_core_publishes_one_drift_message_per_window_with_the_telemetry_seq() -> None:
-    core = AgentCore(CoreConfig("dev-1", "rpi4", window_s=10.0))
+    # "m" installed, as a saved state has it: a window (and a drift message) per model
+    fresh = AgentCore(CoreConfig("dev-1", "rpi4")).state
+    installed = {**fresh, "models": {"m": {"version": 1, "versions": [1], "files": {}}}}
+    core = AgentCore(CoreConfig("dev-1", "rpi4", window_s=10.0), installed)
     rec = DriftRecorder()
     rec.activate("m", 1, BASELINE)
     x, y = generate(30, seed=8)
