@@ -349,7 +349,7 @@ class TlsMosquitto:
         return self.files.directory / "mosquitto.log"
 
     def start(self, timeout: float = 10.0) -> TlsMosquitto:
-        """Start Mosquitto and wait for its TLS port.
+        """Start Mosquitto and wait for its TLS port (and its plain one, when it has one).
 
         Raises:
             BrokerError: no mosquitto binary, or it exited or did not listen in time.
@@ -365,7 +365,11 @@ class TlsMosquitto:
                 preexec_fn=raise_nofile,
             )
         deadline = time.monotonic() + timeout
-        while not _listening(self.host, self.port):
+        # every listener: Mosquitto opens them one after the other, the plain one last
+        ports = [(self.host, self.port)]
+        if self.files.plain_port is not None:
+            ports.append(("127.0.0.1", self.files.plain_port))
+        while not all(_listening(host, port) for host, port in ports):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise BrokerError(
