@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from urllib.request import Request, urlopen
 
+from agent.backends import RUNTIMES
 from agent.config import DEFAULT_ENDPOINT, AgentConfig, ConfigError, endpoint_address
 from agent.identity import DeviceIdentity
 from agent.store import DeviceStore
@@ -65,25 +66,31 @@ def enrol(
     DeviceVerifier(store.trust_dir, answer["root"].encode())
     if answer.get("certificate"):
         identity.store_certificate(answer["certificate"].encode(), answer["ca"].encode())
+    # the class's runtime and memory budget, as the hub's profile of it says (if it knows it)
+    runtime = answer.get("runtime") if answer.get("runtime") in RUNTIMES else None
+    budget = answer.get("memory_budget_mb")
+    budget = float(budget) if isinstance(budget, (int, float)) and budget > 0 else None
     config = AgentConfig(
         device_id=device_id,
         device_class=device_class,
         broker=answer["broker"],
         state_dir=state_dir,
         endpoint=endpoint,
+        runtime=runtime or "onnxruntime",
+        memory_budget_mb=budget,
     )
-    config_out.write_text(
-        "\n".join(
-            [
-                "# edgefleet agent config: docs/agent.md lists every setting",
-                f'device_id = "{device_id}"',
-                f'device_class = "{device_class}"',
-                f'broker = "{answer["broker"]}"',
-                f'state_dir = "{state_dir}"',
-                '# the local inference endpoint (host:port; "" turns it off); one port per agent',
-                f'endpoint = "{endpoint}"',
-                "",
-            ]
-        )
-    )
+    lines = [
+        "# edgefleet agent config: docs/agent.md lists every setting",
+        f'device_id = "{device_id}"',
+        f'device_class = "{device_class}"',
+        f'broker = "{answer["broker"]}"',
+        f'state_dir = "{state_dir}"',
+        '# the local inference endpoint (host:port; "" turns it off); one port per agent',
+        f'endpoint = "{endpoint}"',
+    ]
+    if runtime is not None:
+        lines += ["# from the hub's profile of this device class", f'runtime = "{runtime}"']
+    if budget is not None:
+        lines.append(f"memory_budget_mb = {budget:g}  # all loaded models together")
+    config_out.write_text("\n".join([*lines, ""]))
     return config

@@ -53,7 +53,9 @@ def test_a_litert_device_installs_health_checks_and_serves_a_tflite_model(
         argv += ["--config-out", str(cfg_path), "--endpoint", f"127.0.0.1:{port}"]
         assert main(argv) == 0
         config = AgentConfig.load(cfg_path)
-        daemon = AgentDaemon(AgentConfig(**{**config.__dict__, "runtime": "tflite"}))
+        # the hub's profile of pi-litert set the runtime and the budget in the config
+        assert (config.runtime, config.memory_budget_mb) == ("tflite", 48.0)
+        daemon = AgentDaemon(config)
         daemon.start()
         runner = threading.Thread(target=daemon.run_forever, daemon=True)
         runner.start()

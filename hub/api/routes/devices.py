@@ -42,6 +42,10 @@ class EnrolResponse(BaseModel):
     broker: str
     certificate: str | None = None  # PEM, for the key in the request's CSR
     ca: str | None = None  # PEM: the CA that signs device and broker certificates
+    # from the device class's profile, when the hub knows the class (hub/fleet/classes.py):
+    # what the agent's config should say
+    runtime: str | None = None
+    memory_budget_mb: float | None = None
 
 
 # x509 CRL reason names (RFC 5280 §5.3.1), as hub/trust/pki.py takes them
@@ -147,7 +151,13 @@ def enrol(req: EnrolRequest, h: HubDep, audit: Audit) -> EnrolResponse:
             "revoked": req.device_id in h.identities.revoked,
         },
     )
-    return EnrolResponse(**enrolment.fields)
+    cls = req.device_class
+    profile = h.classes.get(cls) if cls is not None and cls in h.classes else None
+    return EnrolResponse(
+        **enrolment.fields,
+        runtime=profile.runtime if profile else None,
+        memory_budget_mb=profile.memory_budget_mb if profile else None,
+    )
 
 
 def _pki_refusal(e: PkiError) -> HTTPException:
