@@ -106,6 +106,18 @@ def test_a_litert_device_installs_health_checks_and_serves_a_tflite_model(
         assert status == 200 and body["version"] == model["version"]  # v1 again, on LiteRT
         assert body["outputs"]["class"] == [f"c{t}" for t in wine.target[:4]]
 
+        # data capture from a LiteRT device: its sampled rows reach the hub, verified
+        capture = client.start_capture("wine", devices=["pi-1"], rows=20, duration_s=2.0)
+        deadline = time.monotonic() + 30
+        while client.capture(capture["id"])["state"] == "running":
+            post(port, "/v1/predict", {"inputs": x.tolist()})
+            assert time.monotonic() < deadline, client.capture(capture["id"])
+            time.sleep(0.05)
+        done = client.capture(capture["id"])
+        assert done["state"] == "done", done
+        assert [d["status"] for d in done["devices"]] == ["verified"]
+        assert client.capture_dataset(done["dataset_id"])["rows"] > 0
+
         def labelled() -> int:
             versions = client.performance("wine")["versions"]
             return sum(int(v.get("labelled") or 0) for v in versions)
