@@ -100,13 +100,7 @@ class Hub:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
         db_url = self._open_storage(cfg)
         self._select_broker(cfg)
-        tls, tls_dir = None, cfg.broker_tls_dir
-        if self.broker.tls:
-            if tls_dir is None:
-                raise ValueError(
-                    f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)"
-                )
-            tls = TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        tls = self._tls_identity(cfg)
         # drift windows are scored against the signed manifests' baselines
         self.drift = DriftMonitor(self.engine, trust_baselines(self.registry, self.trust))
         self.ingest = make_ingest(
@@ -143,7 +137,13 @@ class Hub:
         )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
-        self.rollouts = Rollouts(self.engine, self.registry, self.commands, revoked=self.revoked)
+        self.rollouts = Rollouts(
+            self.engine,
+            self.registry,
+            self.commands,
+            revoked=self.revoked,
+            class_budget=self.classes.budget_mb,
+        )
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self.rollouts.start()
         self.jobs = Jobs(self.engine)
@@ -170,6 +170,15 @@ class Hub:
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
+
+    def _tls_identity(self, cfg: HubConfig) -> TlsIdentity | None:
+        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote)."""
+        if not self.broker.tls:
+            return None
+        tls_dir = cfg.broker_tls_dir
+        if tls_dir is None:
+            raise ValueError(f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)")
+        return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
 
     def _select_broker(self, cfg: HubConfig) -> None:
         """The broker given, else the hub's own (its port kept across starts); if it is

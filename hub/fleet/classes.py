@@ -134,6 +134,11 @@ class DeviceClasses:
         except ClassError as e:
             raise ValueError(e.detail) from e
 
+    def budget_mb(self, name: str | None) -> float | None:
+        """The memory budget of class ``name``; None for a class the hub does not know."""
+        found = self._classes.get(name) if name is not None else None
+        return found.memory_budget_mb if found is not None else None
+
     def health(self, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
         """The health budgets of the known classes among ``names`` (unknown: none)."""
         return {n: self._classes[n].health() for n in names if n in self._classes}

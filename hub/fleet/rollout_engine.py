@@ -22,11 +22,14 @@ from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec, few, stored_spec
 from hub.fleet.states import CHANGED, DONE, IN_FLIGHT, failed, move
 from hub.store.tables import Device, DeviceTag, Rollout, RolloutDevice, session
+from shared.reasons import Reason
 
 log = logging.getLogger(__name__)
 
 # (device id, model, version, the version's first target) -> the target that device installs
 TargetFor = Callable[[str, str, int, str], str]
+# (device id, model, version) -> why it would not fit the device's memory, or None
+RoomFor = Callable[[str, str, int], "str | None"]
 
 RECONCILE_GRACE_S = 5.0  # seconds a device back online may stay silent: then send again
 
@@ -39,6 +42,7 @@ class RolloutEngine:
         revoked: RevokedDevices,
         clock: Callable[[], float],
         target_for: TargetFor | None = None,
+        room_for: RoomFor | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
@@ -46,6 +50,8 @@ class RolloutEngine:
         self.clock = clock
         # the artefact a device installs: its runtime's, when the version has several
         self.target_for = target_for or _primary
+        # why the version would not fit the device's memory budget, or None
+        self.room_for = room_for or _fits
 
     def tick_one(self, rollout_id: str, t: float) -> None:
         with session(self.engine) as s:
@@ -194,6 +200,10 @@ class RolloutEngine:
                     self._rollback(rollout, row, t)
 
     def _deploy(self, rollout: Rollout, row: RolloutDevice, t: float, why: str) -> None:
+        refusal = self.room_for(row.device_id, rollout.model, rollout.version)
+        if refusal is not None:  # the device would refuse it too, after a round trip
+            move(row, "failed", t, reason=Reason.NO_ROOM.value, detail=f"at the hub: {refusal}")
+            return
         body = {
             "deployment": rollout.id,
             "model": rollout.model,
@@ -368,3 +378,7 @@ def _devices(s: Session, ids: list[str]) -> dict[str, Device]:
 
 def _primary(device_id: str, model: str, version: int, target: str) -> str:
     return target
+
+
+def _fits(device_id: str, model: str, version: int) -> str | None:
+    return None

@@ -54,6 +54,7 @@ from hub.fleet.rollout_spec import (
 from hub.fleet.states import DONE, IN_FLIGHT, failed
 from hub.ml.registry import Registry
 from hub.store.tables import Device, DeviceTag, Rollout, RolloutDevice, session
+from shared.memory_budget import no_room
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ class Rollouts:
         commands: CommandSender,
         *,
         revoked: RevokedDevices = no_revocations,
+        class_budget: Callable[[str | None], float | None] = lambda c: None,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -77,7 +79,10 @@ class Rollouts:
         self.revoked = revoked  # read when devices are chosen
         self.tick_s = tick_s
         self.clock = clock
-        self.decide = RolloutEngine(engine, commands, revoked, clock, self.target_for)
+        self.class_budget = class_budget  # a device class's memory_budget_mb, or None
+        self.decide = RolloutEngine(
+            engine, commands, revoked, clock, self.target_for, self.room_for
+        )
         self._lock = threading.Lock()  # one tick or one state change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -94,6 +99,31 @@ class Rollouts:
             device = s.get(Device, device_id)
         runtime = device.runtime if device is not None else None
         return artefacts.get(runtime or "", primary)
+
+    def room_for(self, device_id: str, model: str, version: int) -> str | None:
+        """Why the version would not fit the device's memory beside the other models it
+        reported (shared/memory_budget.py, the rule the device applies), or None. Only
+        for a device of a class whose budget the hub knows."""
+        registry: Registry | None = self.registry
+        if registry is None:
+            return None
+        with session(self.engine) as s:
+            device = s.get(Device, device_id)
+        if device is None:
+            return None
+        budget = self.class_budget(device.device_class)
+        runtime = device.runtime or "onnxruntime"
+        length = registry.size_of(model, version, runtime)
+        if budget is None or length is None:
+            return None
+        others = {
+            name: size
+            for name, info in (device.models or {}).items()
+            if name != model
+            and isinstance(info, dict)
+            and (size := registry.size_of(name, int(info.get("version") or 0), runtime))
+        }
+        return no_room(model, length, others, budget)
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -174,6 +174,14 @@ class Registry:
         """Runtime -> target of every artefact of a version (empty when unknown)."""
         return dict(self._artefacts.get((name, version), {}))
 
+    def size_of(self, name: str, version: int, runtime: str) -> int | None:
+        """Bytes of the version's artefact for ``runtime`` (else of its first one); None
+        when the registry has no such version."""
+        artefacts = self._artefacts.get((name, version), {})
+        target = artefacts.get(runtime) or next(iter(artefacts.values()), None)
+        entry = self._targets.get(target) if target is not None else None
+        return entry.length if entry is not None else None
+
     def extra_artefacts(self, name: str, version: int) -> list[ModelArtefact]:
         """The version's artefacts beyond its first, with their figures."""
         with session(self.engine) as s:
