@@ -83,6 +83,7 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("GET", "/datasets/{ref}/file"): Role.viewer,
     ("GET", "/models/{name}/runs"): Role.viewer,
     ("GET", "/device-classes"): Role.viewer,
+    ("GET", "/metrics"): Role.viewer,
     ("GET", "/device-classes/{name}"): Role.viewer,
     ("GET", "/models/{name}/versions/{version}/lineage"): Role.viewer,
     ("POST", "/models/{name}/retrain"): Role.operator,

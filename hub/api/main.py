@@ -29,6 +29,7 @@ from hub.api.deps import operation_id
 from hub.api.docs import serve_docs
 from hub.api.errors import http_error, validation_error
 from hub.api.limits import LIST_BODY_MAX, BodyLimit
+from hub.api.metrics import RequestMetrics, metrics_registry
 from hub.api.routes import (
     access,
     captures,
@@ -79,6 +80,7 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.hub = hub
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
     app.state.audit = AuditLog(hub.engine)
+    app.state.metrics = metrics_registry(hub)
     # The audit middleware wraps the body limit, so a refusal there is audited too.
     caps = {
         "model.upload": models.MAX_UPLOAD_BYTES,
@@ -87,6 +89,7 @@ def create_app(hub: Hub) -> FastAPI:
     }
     app.add_middleware(BodyLimit, routes=app.router.routes, caps=caps)
     app.add_middleware(AuditMiddleware, log=app.state.audit)
+    app.add_middleware(RequestMetrics, registry=app.state.metrics)  # outermost: all requests
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for router in ROUTERS:

@@ -1,12 +1,13 @@
-"""Admin API: liveness (public) and the hub's message counters."""
+"""Admin API: liveness (public), the hub's message counters, and Prometheus metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from hub.api.deps import DENIALS, HubDep, operation_id
+from hub.api.metrics import CONTENT_TYPE, render
 from hub.api.security import Viewer
 
 router = APIRouter(generate_unique_id_function=operation_id)
@@ -25,3 +26,15 @@ def stats(h: HubDep, who: Viewer) -> dict[str, Any]:
         "dropped": dict(h.mqtt.dropped),
         "ingest": dict(h.ingest.counts),
     }
+
+
+@router.get(
+    "/metrics",
+    name="metrics",
+    responses={**DENIALS, 200: {"content": {CONTENT_TYPE: {}}}},
+    response_class=Response,
+)
+def metrics(request: Request, who: Viewer) -> Response:
+    """The hub and its fleet in the Prometheus text format (hub/api/metrics.py): a
+    scraper authenticates with a viewer key (``Authorization: Bearer``)."""
+    return Response(render(request.app.state.metrics), media_type=CONTENT_TYPE)

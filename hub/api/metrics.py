@@ -1,0 +1,153 @@
+"""``GET /metrics``: the hub and its fleet in the Prometheus text format.
+
+Read at each scrape (:class:`HubCollector`, no background work): devices by reported
+status and class, rollouts by state, build jobs by status, the messages devices sent by
+kind and those dropped by reason, fetches refused by reason; and, measured by
+:class:`RequestMetrics`, the admin API's requests and their latency by route template
+and status class.
+
+Series stay bounded whatever the fleet's size: no label names a device, a rollout or a
+key. Devices are counted per (status, class): a fleet of 10,000 devices in 3 classes
+gives at most 3 × 4 device series (statuses: online, offline, unknown, revoked), as one
+of 10 devices does. Route labels are the route templates (``/devices/{device_id}``), never
+the paths asked for; a path that is no route counts as ``other``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Final
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func
+from sqlmodel import select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hub.store.tables import Device, Job, Rollout, session
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+__all__ = ["CONTENT_TYPE", "HubCollector", "RequestMetrics", "metrics_registry", "render"]
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class HubCollector(Collector):
+    """The hub's state at scrape time, from its database and its counters."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        devices = GaugeMetricFamily(
+            "edgefleet_devices",
+            "Devices by the status they reported and their class",
+            labels=["status", "device_class"],
+        )
+        rollouts = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        jobs = GaugeMetricFamily("edgefleet_jobs", "Build jobs by status", labels=["status"])
+        revoked = hub.revoked()
+        with session(hub.engine) as s:
+            counts = s.exec(
+                select(Device.id, Device.status, Device.device_class)  # ids: revoked ones
+            ).all()
+            by_state = s.exec(select(Rollout.state, func.count()).group_by(Rollout.state)).all()
+            by_status = s.exec(select(Job.status, func.count()).group_by(Job.status)).all()
+        tally: dict[tuple[str, str], int] = {}
+        for device_id, status, cls in counts:
+            key = ("revoked" if device_id in revoked else str(status), str(cls or "unknown"))
+            tally[key] = tally.get(key, 0) + 1
+        for (status, cls), n in sorted(tally.items()):
+            devices.add_metric([status, cls], n)
+        for state, n in by_state:
+            rollouts.add_metric([str(state)], n)
+        for status, n in by_status:
+            jobs.add_metric([str(status)], n)
+        yield devices
+        yield rollouts
+        yield jobs
+        yield _counter(
+            "edgefleet_device_messages",
+            "Device messages the hub took, by topic kind",
+            "kind",
+            hub.mqtt.counts,
+        )
+        yield _counter(
+            "edgefleet_device_messages_dropped",
+            "Device messages dropped, by reason (bad input, budgets, revoked devices)",
+            "reason",
+            hub.mqtt.dropped,
+        )
+        yield _counter(
+            "edgefleet_ingest",
+            "What the ingest writer stored or skipped, by kind",
+            "kind",
+            hub.ingest.counts,
+        )
+        yield _counter(
+            "edgefleet_fetches_refused",
+            "Device fetches refused, by reason (not_deployed, over_budget)",
+            "reason",
+            hub.fetch.refused,
+        )
+
+
+def _counter(name: str, doc: str, label: str, values: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in sorted(dict(values).items()):
+        family.add_metric([str(key)], float(n))
+    return family
+
+
+class RequestMetrics:
+    """ASGI middleware: each API request's latency by method, route template and status
+    class (2xx ... 5xx)."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.latency = Histogram(
+            "edgefleet_api_request_seconds",
+            "Admin API requests and their latency, by route template",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "other"
+            self.latency.labels(scope["method"], template, f"{status[0] // 100}xx").observe(
+                time.perf_counter() - started
+            )
+
+
+def metrics_registry(hub: Hub) -> CollectorRegistry:
+    """A registry of the hub's own (not the process-global one): the hub's collector."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(HubCollector(hub))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in the Prometheus text format."""
+    return generate_latest(registry)
