@@ -4,6 +4,7 @@ metrics`` (Debian's prometheus package) and read back with the client's own pars
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import time
@@ -104,6 +105,13 @@ def test_metrics_are_valid_prometheus_text_with_the_fleet_in_bounded_series(
     routes = {dict(labels).get("route") for n, labels in got if n.startswith("edgefleet_api_")}
     assert "/devices/{device_id}" in routes and "/devices/gw-1" not in routes
     assert not any("gw-1" in v for _, labels in got for _, v in labels)
+
+    # every metric the alert rules use (deploy/prometheus/rules.yml) is one the hub serves
+    rules = (Path(__file__).resolve().parents[1] / "deploy/prometheus/rules.yml").read_text()
+    names = {n for n, _ in got} | {f.name for f in text_string_to_metric_families(text)}
+    for used in set(re.findall(r"\bedgefleet_[a-z_]+", rules)):
+        family = re.sub(r"_(total|count|sum|bucket)$", "", used)  # a family with no sample yet
+        assert used in names or family in names, f"rules.yml uses {used}: not in /metrics"
 
     promtool = shutil.which("promtool")
     assert promtool is not None, "promtool missing: ./scripts/setup installs Debian's prometheus"
