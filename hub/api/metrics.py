@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hub.store.tables import Device, Job, Rollout, session
@@ -54,17 +54,28 @@ class HubCollector(Collector):
         jobs = GaugeMetricFamily("edgefleet_jobs", "Build jobs by status", labels=["status"])
         revoked = hub.revoked()
         with session(hub.engine) as s:
-            counts = s.exec(
-                select(Device.id, Device.status, Device.device_class)  # ids: revoked ones
+            # counted in SQL: a scrape reads a row per (status, class), not per device
+            per_kind = s.exec(
+                select(Device.status, Device.device_class, func.count()).group_by(
+                    col(Device.status), col(Device.device_class)
+                )
+            ).all()
+            gone = s.exec(  # revoked devices: a handful, counted as revoked instead
+                select(Device.status, Device.device_class).where(col(Device.id).in_(revoked))
             ).all()
             by_state = s.exec(select(Rollout.state, func.count()).group_by(Rollout.state)).all()
             by_status = s.exec(select(Job.status, func.count()).group_by(Job.status)).all()
         tally: dict[tuple[str, str], int] = {}
-        for device_id, status, cls in counts:
-            key = ("revoked" if device_id in revoked else str(status), str(cls or "unknown"))
+        for status, cls, n in per_kind:
+            key = (str(status), str(cls or "unknown"))
+            tally[key] = tally.get(key, 0) + n
+        for status, cls in gone:
+            tally[(str(status), str(cls or "unknown"))] -= 1
+            key = ("revoked", str(cls or "unknown"))
             tally[key] = tally.get(key, 0) + 1
         for (status, cls), n in sorted(tally.items()):
-            devices.add_metric([status, cls], n)
+            if n:
+                devices.add_metric([status, cls], n)
         for state, n in by_state:
             rollouts.add_metric([str(state)], n)
         for status, n in by_status:

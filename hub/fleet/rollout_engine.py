@@ -26,10 +26,9 @@ from shared.reasons import Reason
 
 log = logging.getLogger(__name__)
 
-# (device id, model, version, the version's first target) -> the target that device installs
-TargetFor = Callable[[str, str, int, str], str]
-# (device id, model, version) -> why it would not fit the device's memory, or None
-RoomFor = Callable[[str, str, int], "str | None"]
+# (device id, model, version, the version's first target) -> the target that device
+# installs, and why the version would not fit its memory (None: it fits)
+DeployPlan = Callable[[str, str, int, str], "tuple[str, str | None]"]
 
 RECONCILE_GRACE_S = 5.0  # seconds a device back online may stay silent: then send again
 
@@ -41,17 +40,15 @@ class RolloutEngine:
         commands: CommandSender,
         revoked: RevokedDevices,
         clock: Callable[[], float],
-        target_for: TargetFor | None = None,
-        room_for: RoomFor | None = None,
+        plan: DeployPlan | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
         self.revoked = revoked  # read when devices are chosen
         self.clock = clock
-        # the artefact a device installs: its runtime's, when the version has several
-        self.target_for = target_for or _primary
-        # why the version would not fit the device's memory budget, or None
-        self.room_for = room_for or _fits
+        # the artefact a device installs (its runtime's, when the version has several),
+        # and why the version would not fit its memory (None: it fits)
+        self.plan = plan or _as_is
 
     def tick_one(self, rollout_id: str, t: float) -> None:
         with session(self.engine) as s:
@@ -200,7 +197,7 @@ class RolloutEngine:
                     self._rollback(rollout, row, t)
 
     def _deploy(self, rollout: Rollout, row: RolloutDevice, t: float, why: str) -> None:
-        refusal = self.room_for(row.device_id, rollout.model, rollout.version)
+        target, refusal = self.plan(row.device_id, rollout.model, rollout.version, rollout.target)
         if refusal is not None:  # the device would refuse it too, after a round trip
             move(row, "failed", t, reason=Reason.NO_ROOM.value, detail=f"at the hub: {refusal}")
             return
@@ -208,9 +205,7 @@ class RolloutEngine:
             "deployment": rollout.id,
             "model": rollout.model,
             "version": rollout.version,
-            "target": self.target_for(
-                row.device_id, rollout.model, rollout.version, rollout.target
-            ),
+            "target": target,
         }
         for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
             if rollout.spec.get(name) is not None:
@@ -376,9 +371,5 @@ def _devices(s: Session, ids: list[str]) -> dict[str, Device]:
     return {d.id: d for d in s.exec(select(Device).where(col(Device.id).in_(ids)))}
 
 
-def _primary(device_id: str, model: str, version: int, target: str) -> str:
-    return target
-
-
-def _fits(device_id: str, model: str, version: int) -> str | None:
-    return None
+def _as_is(device_id: str, model: str, version: int, target: str) -> tuple[str, str | None]:
+    return target, None

@@ -80,42 +80,32 @@ class Rollouts:
         self.tick_s = tick_s
         self.clock = clock
         self.class_budget = class_budget  # a device class's memory_budget_mb, or None
-        self.decide = RolloutEngine(
-            engine, commands, revoked, clock, self.target_for, self.room_for
-        )
+        self.decide = RolloutEngine(engine, commands, revoked, clock, self.plan_deploy)
         self._lock = threading.Lock()  # one tick or one state change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def target_for(self, device_id: str, model: str, version: int, primary: str) -> str:
-        """The artefact ``device_id`` installs: the one for its runtime when the version
-        has several (ADR 0020), else the version's own target (a device of another
-        runtime then refuses it as ``wrong_runtime``, as before)."""
+    def plan_deploy(
+        self, device_id: str, model: str, version: int, primary: str
+    ) -> tuple[str, str | None]:
+        """What to send ``device_id`` (one read of its row): the target for its runtime
+        when the version has several (ADR 0020; else the version's own, which a device
+        of another runtime refuses as ``wrong_runtime``), and why the version would not
+        fit its memory beside the other models it reported (shared/memory_budget.py, the
+        rule the device applies; None: it fits, or its class's budget is unknown)."""
         registry: Registry | None = self.registry  # None in rigs that sign nothing
-        artefacts = registry.artefacts(model, version) if registry is not None else {}
-        if len(artefacts) <= 1:
-            return primary
-        with session(self.engine) as s:
-            device = s.get(Device, device_id)
-        runtime = device.runtime if device is not None else None
-        return artefacts.get(runtime or "", primary)
-
-    def room_for(self, device_id: str, model: str, version: int) -> str | None:
-        """Why the version would not fit the device's memory beside the other models it
-        reported (shared/memory_budget.py, the rule the device applies), or None. Only
-        for a device of a class whose budget the hub knows."""
-        registry: Registry | None = self.registry
         if registry is None:
-            return None
+            return primary, None
         with session(self.engine) as s:
             device = s.get(Device, device_id)
         if device is None:
-            return None
-        budget = self.class_budget(device.device_class)
+            return primary, None
         runtime = device.runtime or "onnxruntime"
+        target = registry.artefacts(model, version).get(runtime, primary)
+        budget = self.class_budget(device.device_class)
         length = registry.size_of(model, version, runtime)
         if budget is None or length is None:
-            return None
+            return target, None
         others = {
             name: size
             for name, info in (device.models or {}).items()
@@ -123,7 +113,7 @@ class Rollouts:
             and isinstance(info, dict)
             and (size := registry.size_of(name, int(info.get("version") or 0), runtime))
         }
-        return no_room(model, length, others, budget)
+        return target, no_room(model, length, others, budget)
 
     # ----------------------------------------------------------------- lifecycle
 
