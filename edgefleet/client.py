@@ -27,12 +27,14 @@ __all__ = ["HubClient", "HubClientError", "HubConnectionError", "render_detail"]
 
 
 class HubClientError(Exception):
-    """The hub answered with an error; ``status`` and the hub's own message."""
+    """The hub answered with an error; ``status``, the hub's own message, and its
+    ``detail`` as sent (a 422's list of errors, each with its ``loc``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
         super().__init__(f"hub answered {status}: {message}")
         self.status = status
         self.message = message
+        self.detail = detail
 
 
 class HubClient:
@@ -61,7 +63,7 @@ class HubClient:
         if r.status_code >= 400:
             if r.status_code in (404, 405) or not _is_json(r):
                 self._check_is_hub()  # a 404 from something else is "wrong --hub"
-            raise HubClientError(r.status_code, _detail(r))
+            raise HubClientError(r.status_code, _detail(r), _raw_detail(r))
         try:
             return r.json()
         except ValueError as e:
@@ -323,6 +325,14 @@ class HubClient:
         """``pause``, ``resume`` or ``abort`` (``rollback=True`` to put devices back)."""
         return dict(self._call("POST", f"/rollouts/{rollout_id}/{action}", json=body or None))
 
+    def fleet_diff(self, document: dict[str, Any]) -> dict[str, Any]:
+        """What applying a fleet file (as parsed from TOML) would change; changes nothing."""
+        return dict(self._call("POST", "/fleet/diff", json=document))
+
+    def fleet_apply(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Make a fleet file's changes; the changes made and what is left to a person."""
+        return dict(self._call("POST", "/fleet/apply", json=document))
+
     def set_tags(self, device_id: str, tags: list[str]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/devices/{device_id}/tags", json={"tags": tags}))
 
@@ -458,6 +468,14 @@ def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
 
 def _is_json(r: httpx.Response) -> bool:
     return str(r.headers.get("content-type", "")).startswith("application/json")
+
+
+def _raw_detail(r: httpx.Response) -> Any:
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    return body.get("detail") if isinstance(body, dict) else body
 
 
 def _detail(r: httpx.Response) -> str:

@@ -89,6 +89,8 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("POST", "/models/{name}/retrain"): Role.operator,
     ("GET", "/loop/policies/{name}"): Role.viewer,
     ("PUT", "/loop/policies/{name}"): Role.operator,
+    ("POST", "/fleet/diff"): Role.viewer,
+    ("POST", "/fleet/apply"): Role.operator,
     ("GET", "/loop/runs"): Role.viewer,
     ("GET", "/loop/runs/{run_id}"): Role.viewer,
 }

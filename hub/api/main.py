@@ -38,6 +38,7 @@ from hub.api.routes import (
     deployments,
     devices,
     drift,
+    fleet,
     health,
     lineage,
     loop,
@@ -63,6 +64,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     models.router,
     lineage.router,
     deployments.router,
+    fleet.router,
     access.router,
 )
 
@@ -85,7 +87,10 @@ def create_app(hub: Hub) -> FastAPI:
     caps = {
         "model.upload": models.MAX_UPLOAD_BYTES,
         "dataset.upload": hub.dataset_store.max_bytes,
-        **dict.fromkeys(("deployment.create", "rollout.create", "capture.label"), LIST_BODY_MAX),
+        **dict.fromkeys(
+            ("deployment.create", "rollout.create", "capture.label", "fleet.diff", "fleet.apply"),
+            LIST_BODY_MAX,
+        ),
     }
     app.add_middleware(BodyLimit, routes=app.router.routes, caps=caps)
     app.add_middleware(AuditMiddleware, log=app.state.audit)

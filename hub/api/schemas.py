@@ -3,9 +3,6 @@ patterns."""
 
 from __future__ import annotations
 
-MAX_INT = 2**31 - 1  # the largest version, seed or count a request may carry
+from hub.store.names import DEVICE, MAX_INT, MODEL, TAG
 
-# A model name in a path or query: a letter or digit, then up to 63 of them or _ . -
-MODEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-DEVICE = MODEL  # a device id in a path, by the same rule
-TAG = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # a device tag (a group): ':' allowed too
+__all__ = ["DEVICE", "MAX_INT", "MODEL", "TAG"]

@@ -26,6 +26,7 @@ from hub.store.data_tables import (
     TrainingRun,
     now,
 )
+from hub.store.declared_tables import DeclaredGroup, RolloutPolicy
 from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
@@ -44,6 +45,7 @@ __all__ = [
     "DataVersion",
     "DataVersionPublic",
     "DatasetVersion",
+    "DeclaredGroup",
     "Deployment",
     "DeploymentDevice",
     "Device",
@@ -68,6 +70,7 @@ __all__ = [
     "Revocation",
     "Rollout",
     "RolloutDevice",
+    "RolloutPolicy",
     "Telemetry",
     "TrainingRecord",
     "TrainingRun",

@@ -14,6 +14,7 @@ from hub.app import Hub
 from hub.store.tables import (
     Device,
     DevicePublic,
+    DeviceTag,
     EnrolToken,
     EnrolTokenPublic,
     Revocation,
@@ -81,9 +82,11 @@ class RevokedSince(BaseModel):
 
 class DeviceView(DevicePublic):
     """A device as the API shows it: ``status`` is ``revoked`` while it is, whatever the
-    device last reported, and ``revoked`` says since when and why."""
+    device last reported, and ``revoked`` says since when and why; ``tags`` are its tags
+    (a group is a tag)."""
 
     revoked: RevokedSince | None = None
+    tags: list[str] = Field(default_factory=list)
 
 
 class EnrolTokenCreate(BaseModel):
@@ -187,12 +190,21 @@ def get_device(device_id: str, h: HubDep, who: Viewer) -> DeviceView:
         return _views(s, [dev])[0]
 
 
+FEW = 100  # devices whose tags are read by id; more: every tag in one query
+
+
 def _views(s: Session, devices: list[Device]) -> list[DeviceView]:
-    """The devices with their revocations (one query)."""
+    """The devices with their revocations and tags (one query each)."""
     revoked = {r.device_id: r for r in s.exec(select(Revocation))}
+    tags: dict[str, list[str]] = {}
+    for device_id, tag in s.exec(
+        select(DeviceTag.device_id, DeviceTag.tag).order_by(DeviceTag.tag)
+    ):
+        tags.setdefault(device_id, []).append(tag)
     out = []
     for d in devices:
         view = DeviceView.model_validate(d, from_attributes=True)
+        view.tags = tags.get(d.id, [])
         row = revoked.get(d.id)
         if row is not None:
             view.status = "revoked"

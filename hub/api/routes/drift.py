@@ -7,11 +7,12 @@ from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import ConfigDict
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL, TAG
 from hub.api.security import Operator, Viewer
+from hub.declared.document import DriftPolicySpec
 from hub.telemetry.drift_policy import Policy
 from hub.telemetry.instants import FORMS, InstantError, parse_instant
 
@@ -23,13 +24,8 @@ LIMIT_MAX = 1000  # rows per page of alerts or events
 Instant = Annotated[str | None, Query(max_length=64, description=f"a time: {FORMS}")]
 
 
-class PolicyRequest(BaseModel):
-    psi_threshold: float = Field(0.2, gt=0, le=100)
-    js_threshold: float = Field(0.1, gt=0, le=1)
-    k: int = Field(2, ge=1, le=100)
-    n: int = Field(3, ge=1, le=100)
-    min_rows: int = Field(500, ge=1, le=10**9)
-    scope_window_s: float = Field(60.0, gt=0, le=7 * 86400)
+class PolicyRequest(DriftPolicySpec):
+    model_config = ConfigDict(extra="ignore")  # as before fleet files: unknown keys ignored
 
 
 @router.get("/models/{model}", name="drift.get", responses=DENIALS)

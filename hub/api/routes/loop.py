@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import ConfigDict
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL
 from hub.api.security import Operator, Viewer
+from hub.declared.document import LoopPolicySpec
 from hub.loop import (
-    MAX_CAPTURE_ROWS,
-    MAX_CAPTURE_S,
-    MAX_GATHER_S,
     RUNS_LIMIT,
     LoopError,
     PolicySettings,
@@ -23,16 +21,8 @@ from hub.ml.registry import RegistryError
 router = APIRouter(prefix="/loop", generate_unique_id_function=operation_id)
 
 
-class LoopPolicyRequest(BaseModel):
-    enabled: bool = False
-    capture_rows: int = Field(2000, ge=1, le=MAX_CAPTURE_ROWS)
-    capture_s: float = Field(60.0, gt=0, le=MAX_CAPTURE_S)
-    canary_percent: float = Field(50.0, ge=0, le=100)
-    waves: int = Field(1, ge=1, le=1000)
-    max_failure_ratio: float = Field(0.2, ge=0, le=1)
-    min_sample: int = Field(1, ge=1, le=100_000)
-    cooldown_s: float = Field(600.0, ge=0, le=30 * 86400)
-    gather_s: float = Field(10.0, ge=0, le=MAX_GATHER_S)
+class LoopPolicyRequest(LoopPolicySpec):
+    model_config = ConfigDict(extra="ignore")  # as before fleet files: unknown keys ignored
 
 
 @router.get("/policies/{name}", name="loop.policy.get", responses=DENIALS)

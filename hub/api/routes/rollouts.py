@@ -6,13 +6,14 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hub.api.audit import AuditContext
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
 from hub.app import Hub
+from hub.declared.document import RolloutPolicySpec
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec
 from hub.ml.registry import RegistryError
 from hub.store.tables import RolloutDevice
@@ -21,26 +22,17 @@ from shared.protocol import is_device_id
 router = APIRouter(generate_unique_id_function=operation_id)
 
 
-class RolloutRequest(BaseModel):
+class RolloutRequest(RolloutPolicySpec):
+    """Which version to whom (the rest, how: a rollout policy's fields)."""
+
+    model_config = ConfigDict(extra="ignore")  # as before fleet files: unknown keys ignored
     model: str = Field(min_length=1, max_length=64)
     version: int | None = Field(None, ge=1, le=MAX_INT)
     devices: list[str] | None = Field(None, min_length=1, max_length=100_000)
     device_class: str | None = Field(None, min_length=1, max_length=64)
     tags: list[Annotated[str, Field(pattern=TAG)]] = Field(default_factory=list, max_length=16)
     group: str | None = Field(None, pattern=TAG)
-    canary: int = Field(0, ge=0, le=100_000)
-    canary_percent: float = Field(0.0, ge=0, le=100)
-    waves: int = Field(1, ge=1, le=1000)
-    rate_per_min: float | None = Field(None, gt=0, le=1e6)
-    max_failure_ratio: float = Field(0.2, ge=0, le=1)
-    min_sample: int = Field(5, ge=1, le=100_000)
-    device_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)
-    retries: int = Field(2, ge=0, le=100)
-    rollback_on_halt: bool = True
     seed: str | None = Field(None, min_length=1, max_length=64)  # shuffles the waves
-    # the devices' probation instead of the model manifest's (seconds; live inferences)
-    probation_s: float | None = Field(None, ge=0, le=86400)
-    probation_min_inferences: int | None = Field(None, ge=0, le=MAX_INT)
 
 
 class AbortRequest(BaseModel):
