@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from hub.ml.build_specs import (
@@ -49,7 +49,8 @@ from hub.ml.tflite import is_tflite
 from hub.ml.training_data import BUILTIN
 from hub.ml.tuning import TUNE_SHARE, TuneError, tune
 from hub.ml.unevaluated import import_unevaluated
-from hub.store.tables import DataVersion, Device, Job, TrainingRun, session
+from hub.store.running import most_run
+from hub.store.tables import DataVersion, Job, TrainingRun, session
 
 __all__ = ["BuildError", "Builds", "TrainSpec", "UploadSpec"]
 
@@ -424,15 +425,9 @@ class Builds:
     def _champion(self, name: str) -> tuple[int, bytes] | None:
         """The version most devices run now (else the latest published), and its file."""
         with session(self.engine) as s:
-            q = (
-                select(Device.version, func.count())
-                .where(Device.model == name, col(Device.version).is_not(None))
-                .group_by(col(Device.version))
-                .order_by(func.count().desc())
-            )
-            running = s.exec(q).first()
+            running = most_run(s, name)
         try:
-            row = self.registry.get(name, running[0] if running else None)
+            row = self.registry.get(name, running)
         except RegistryError:
             return None
         return row.version, self.registry.store.get(row.sha256)

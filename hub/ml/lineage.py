@@ -14,10 +14,10 @@ from sqlalchemy import Engine
 from sqlmodel import col, select
 
 from hub.ml.registry import Registry
+from hub.store.running import running as running_versions
 from hub.store.tables import (
     DataVersion,
     Deployment,
-    Device,
     Rollout,
     RolloutDevice,
     TrainingRecord,
@@ -59,13 +59,7 @@ def lineage(engine: Engine, registry: Registry, name: str, version: int) -> dict
                 .order_by(col(Deployment.created_at))
             )
         )
-        running = list(
-            s.exec(
-                select(Device.id)
-                .where(Device.model == name, Device.version == version)
-                .order_by(col(Device.id))
-            )
-        )
+        running = sorted(d for d, v in running_versions(s, name).items() if v == version)
     return {
         "model": name,
         "version": version,
