@@ -68,7 +68,7 @@ class Dispatcher:
         self.clock = clock
         self.counts: Counter[str] = Counter()
         self.receivers = Receivers(engine)
-        self.outbox = Outbox(engine, self.policy, self.counts, clock=clock)
+        self.outbox = Outbox(engine, self.policy, self._count, clock=clock)
         self._client = httpx.Client(trust_env=False)  # receivers are reached directly
         self._pool = ThreadPoolExecutor(self.policy.workers, thread_name_prefix="hub-alert")
         self._rng = random.Random(seed)
@@ -79,6 +79,10 @@ class Dispatcher:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._retained_at = 0.0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:  # sender threads, the dispatcher and API calls all count
+            self.counts[name] += n
 
     # ------------------------------------------------------------- lifecycle
 
@@ -187,23 +191,23 @@ class Dispatcher:
                     ts=now,
                 )
             )
-            self.counts["attempts"] += 1
+            self._count("attempts")
             if d.status != "pending":  # dropped meanwhile (its receiver deleted)
                 pass
             elif outcome.delivered:
                 d.status = "sent"
-                self.counts["sent"] += 1
+                self._count("sent")
             elif not outcome.retryable:
                 d.status, d.reason = "failed", f"refused: HTTP {outcome.http_status}"
-                self.counts["failed"] += 1
+                self._count("failed")
             elif d.attempts >= policy.max_attempts:
                 d.status, d.reason = "failed", f"max_attempts ({policy.max_attempts})"
-                self.counts["failed"] += 1
+                self._count("failed")
             else:
                 with self._lock:
                     d.next_at = now + backoff_delay(policy, d.attempts, self._rng)
                     self._rest[d.receiver] = d.next_at
-                self.counts["retried"] += 1
+                self._count("retried")
             s.add(d)
             s.commit()
             if d.status == "failed":
@@ -215,14 +219,17 @@ class Dispatcher:
             col(AlertDelivery.created_at) < now - self.policy.max_age_s
         )
         with session(self.engine) as s:
+            ids = s.exec(select(AlertDelivery.id).where(too_old)).all()
+            if not ids:  # no write transaction on a quiet pass
+                return
             gone = s.execute(  # type: ignore[attr-defined]
                 update(AlertDelivery)
-                .where(too_old)
+                .where(too_old, col(AlertDelivery.id).in_(ids))
                 .values(status="failed", reason="max_age", updated_at=now)
             ).rowcount
             s.commit()
         if gone:
-            self.counts["failed"] += gone
+            self._count("failed", gone)
             log.warning("alerts: %d deliveries failed past max_age_s", gone)
 
     def _retain(self, now: float) -> None:
@@ -230,7 +237,7 @@ class Dispatcher:
         gone = delete_older(self.engine, AlertAttempt, AlertAttempt.ts, cutoff)
         gone += delete_older(self.engine, AlertDelivery, AlertDelivery.created_at, cutoff)
         gone += delete_older(self.engine, AlertMessage, AlertMessage.created_at, cutoff)
-        self.counts["deleted"] += gone
+        self._count("deleted", gone)
 
     # ------------------------------------------------------------- the API's calls
 

@@ -18,7 +18,6 @@ to what is there: what happened before alerts existed is not sent.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
@@ -47,13 +46,13 @@ class Outbox:
         self,
         engine: Engine,
         policy: DeliveryPolicy,
-        counts: Counter[str],
+        count: Callable[[str, int], None],
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine = engine
         self.policy = policy
-        self.counts = counts
+        self.count = count  # the dispatcher's counters
         self.clock = clock
 
     def collect(self) -> int:
@@ -82,18 +81,19 @@ class Outbox:
     def _drift(self, s: Session, receivers: list[ReceiverSpec]) -> int:
         cursor = self._cursor(s, "drift", lambda: s.exec(select(func.max(DriftEvent.id))).one())
         since = self.clock() - self.policy.retention_s  # never again what retention deleted
-        rows = s.exec(
-            select(DriftEvent)
+        ids = s.exec(
+            select(DriftEvent.id)
             .where(col(DriftEvent.id) > cursor.position - ID_SLACK, col(DriftEvent.ts) > since)
             .order_by(col(DriftEvent.id))
             .limit(BATCH + ID_SLACK)
         ).all()
-        fresh = self._unseen(s, {f"drift-event:{e.id}": e for e in rows})
-        for event in fresh:
+        fresh = self._unseen(s, {f"drift-event:{i}": i for i in ids})
+        events = (
+            select(DriftEvent).where(col(DriftEvent.id).in_(fresh)).order_by(col(DriftEvent.id))
+        )
+        for event in s.exec(events):
             self._write(s, drift_message(event, s.get(DriftAlert, event.alert_id)), receivers)
-        if rows:
-            cursor.position = max(cursor.position, float(max(e.id or 0 for e in rows)))
-            s.add(cursor)
+        self._advance(s, cursor, [float(i or 0) for i in ids])
         return len(fresh)
 
     def _ended(self, s: Session, receivers: list[ReceiverSpec], source: str) -> int:
@@ -123,9 +123,7 @@ class Outbox:
         fresh = self._unseen(s, keyed)
         for message in fresh:
             self._write(s, message, receivers)
-        if ends:
-            cursor.position = max(cursor.position, *ends)
-            s.add(cursor)
+        self._advance(s, cursor, ends)
         return len(fresh)
 
     def _cursor(self, s: Session, source: str, start: Callable[[], float | None]) -> AlertCursor:
@@ -133,8 +131,13 @@ class Outbox:
         if cursor is None:  # the first start: from what is there now
             cursor = AlertCursor(source=source, position=float(start() or 0))
             s.add(cursor)
-        cursor.updated_at = self.clock()
         return cursor
+
+    def _advance(self, s: Session, cursor: AlertCursor, seen: list[float]) -> None:
+        """Move the cursor past ``seen`` (written only when it moves)."""
+        if seen and max(seen) > cursor.position:
+            cursor.position, cursor.updated_at = max(seen), self.clock()
+            s.add(cursor)
 
     @staticmethod
     def _unseen(s: Session, keyed: dict[str, T]) -> list[T]:
@@ -170,7 +173,7 @@ class Outbox:
             )
             s.add(delivery)
             deliveries.append(delivery)
-        self.counts["messages"] += 1
+        self.count("messages", 1)
         s.flush()
         return deliveries
 
@@ -188,4 +191,4 @@ class Outbox:
         for d in oldest:
             d.status, d.reason, d.updated_at = "dropped", "over max_pending", self.clock()
             s.add(d)
-        self.counts["dropped"] += len(oldest)
+        self.count("dropped", len(oldest))
