@@ -10,8 +10,9 @@ halts, the loop, a restart) are in tests/test_alerts.py.
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -180,3 +181,26 @@ def test_a_receiver_detects_a_wrong_signature_or_a_replay(
     with pytest.raises(SignatureError) as e:
         verify(**args)  # type: ignore[arg-type]
     assert e.value.reason == reason
+
+
+def test_the_snippet_in_the_docs_checks_what_the_hub_signs() -> None:
+    """docs/alerts.md's verification snippet, run as a receiver would paste it."""
+    page = (Path(__file__).parent.parent / "docs" / "alerts.md").read_text()
+    section = page.split("## Checking the signature", 1)[1]
+    [code] = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    check = namespace["check"]
+    assert callable(check)
+    body = b'{"status":"firing"}'
+
+    def lower(headers: dict[str, str]) -> dict[str, str]:
+        return {k.lower(): v for k, v in headers.items()}
+
+    run: Callable[..., bool] = check
+    assert run(SECRET, lower(sign(SECRET, body)), body) is True
+    assert run("another-secret-entirely", lower(sign(SECRET, body)), body) is False
+    assert run(SECRET, lower(sign(SECRET, body)), body + b" ") is False
+    replayed = lower(sign(SECRET, body, timestamp=int(time.time()) - 600))
+    assert run(SECRET, replayed, body) is False
+    assert run(SECRET, {}, body) is False

@@ -4,8 +4,9 @@ Each pass (every ``tick_s``, or at once when woken) it reads the sources into th
 (hub/alerts/outbox.py), fails deliveries older than ``max_age_s``, and gives each receiver
 with deliveries due a turn on a small pool of sender threads: one turn per receiver at a
 time, so a slow or dead receiver holds up only itself. A turn sends that receiver's due
-deliveries oldest first and stops at the first that fails; the receiver then rests until
-that delivery's next try (its backoff). Every try is an ``AlertAttempt`` row.
+deliveries oldest first (``batch`` at most, then another turn at once) and stops at the
+first that fails; the receiver then rests until that delivery's next try (its backoff).
+Every try is an ``AlertAttempt`` row.
 
 What it counts, for /metrics (``counts``, plain ints): ``messages`` written, ``attempts``
 made, ``sent``, ``retried`` (a try failed, another will come), ``failed`` (given up:
@@ -146,9 +147,13 @@ class Dispatcher:
                     .order_by(col(AlertDelivery.id))
                     .limit(self.policy.batch)
                 ).all()
+            sent = 0
             for delivery in due:
                 if self._stop.is_set() or not self._send(receiver, delivery):
                     break
+                sent += 1
+            if sent == self.policy.batch:  # more may be due: another turn at once
+                self._wake.set()
         except Exception:  # one receiver's trouble must not stop the others
             log.exception("alerts: sending to %s failed", name)
         finally:
