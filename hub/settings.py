@@ -63,6 +63,9 @@ class HubConfig:
         for name in ("audit_max_age_s", "events_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        for receiver in self.alert_receivers:  # a secret made at each start: known to none
+            if not receiver.secret:
+                raise ValueError(f"alert receiver {receiver.name!r} in the config needs a secret")
         if self.broker_port is not None and self.broker_url:
             raise ValueError("--broker-port is the private broker's: give it without --broker")
 

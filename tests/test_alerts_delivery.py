@@ -21,7 +21,16 @@ from sqlalchemy import Engine
 from test_drift import BASELINE, feed
 from waiting import wait_for
 
-from hub.alerts import DeliveryPolicy, Dispatcher, ReceiverSpec, SignatureError, sign, verify
+from hub import HubConfig
+from hub.alerts import (
+    DeliveryPolicy,
+    Dispatcher,
+    ReceiverError,
+    ReceiverSpec,
+    SignatureError,
+    sign,
+    verify,
+)
 from hub.store.tables import make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor
 
@@ -143,11 +152,12 @@ def test_what_waits_for_a_receiver_is_capped_and_expires(
         wait_for(lambda: d.counts["messages"] == 3, 5, "three alerts in the outbox")
         wait_for(lambda: d.counts["dropped"] == 1, 5, "the oldest dropped")
         statuses = sorted(x["status"] for x in d.deliveries("down"))
-        assert statuses == ["dropped", "pending", "pending"]
+        assert statuses == ["dropped", "pending", "pending"] and d.pending() == {"down": 2}
         [dropped] = d.deliveries("down", status="dropped")
         assert dropped["reason"] == "over max_pending" and dropped["alert_status"] == "firing"
         wait_for(lambda: d.counts["failed"] == 2, 5, "the rest failed past max_age_s")
         assert {x["reason"] for x in d.deliveries("down", status="failed")} == {"max_age"}
+        assert d.pending() == {}
     finally:
         d.stop()
 
@@ -204,3 +214,28 @@ def test_the_snippet_in_the_docs_checks_what_the_hub_signs() -> None:
     replayed = lower(sign(SECRET, body, timestamp=int(time.time()) - 600))
     assert run(SECRET, replayed, body) is False
     assert run(SECRET, {}, body) is False
+
+
+def test_bad_settings_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a secret"):
+        HubConfig(data_dir=tmp_path, alert_receivers=(ReceiverSpec("x", "https://a.example/"),))
+    with pytest.raises(ReceiverError, match="http:// or https:// only"):
+        ReceiverSpec("x", "file:///etc/passwd", SECRET)
+    with pytest.raises(ValueError, match="max_attempts"):
+        DeliveryPolicy(max_attempts=0)
+
+
+def test_what_happened_before_the_first_start_is_not_sent_and_later_is(
+    engine: Engine, monitor: DriftMonitor
+) -> None:
+    """An existing hub gaining alerts does not page anyone for last month's drift."""
+    seq = raise_drift(monitor, "dev-4")  # before alerts existed
+    d = dispatcher(engine)
+    d.receivers.add(ReceiverSpec("new", "http://127.0.0.1:9/", SECRET), "t")
+    d.tick()
+    assert d.counts["messages"] == 0
+    clear_drift(monitor, "dev-4", seq)  # after: sent, as the alert's resolution
+    d.tick()
+    d.stop()
+    [delivery] = d.deliveries("new")
+    assert delivery["alert_status"] == "resolved" and d.counts["messages"] == 1

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import httpx
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, func, update
 from sqlmodel import col, select
 
 from hub.alerts.history import deliveries, delivery_view
@@ -268,6 +268,16 @@ class Dispatcher:
             if view is None or view["attempts"] > 0 or time.monotonic() > deadline:
                 return view
             time.sleep(0.05)
+
+    def pending(self) -> dict[str, int]:
+        """Deliveries waiting, per receiver (for a gauge)."""
+        with session(self.engine) as s:
+            rows = s.exec(
+                select(AlertDelivery.receiver, func.count())
+                .where(col(AlertDelivery.status) == "pending")
+                .group_by(col(AlertDelivery.receiver))
+            ).all()
+        return {receiver: int(n) for receiver, n in rows}
 
     def deliveries(
         self, receiver: str | None = None, status: str | None = None, limit: int = 100

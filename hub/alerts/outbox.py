@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, String, exists, func, literal
 from sqlmodel import Session, col, select
 
 from hub.alerts.messages import drift_message, loop_message, rollout_message
@@ -97,39 +97,45 @@ class Outbox:
         return len(fresh)
 
     def _ended(self, s: Session, receivers: list[ReceiverSpec], source: str) -> int:
-        """Halted rollouts, or loop runs that ended, since the source's cursor."""
+        """Halted rollouts, or loop runs that ended, since the source's cursor: those
+        without a message yet (so a busy stretch behind the cursor never stalls it)."""
         cursor = self._cursor(s, source, self.clock)
         after = cursor.position - TIME_SLACK_S
-        keyed: dict[str, AlertMessage] = {}
+        sent = select(AlertMessage.source_key)
+        messages: list[AlertMessage] = []
         ends: list[float] = []
         if source == "rollout":
+            key = literal("rollout:", String) + col(Rollout.id) + ":halted"
             for r in s.exec(
                 select(Rollout)
                 .where(col(Rollout.state) == "halted", col(Rollout.ended_at) > after)
+                .where(~exists(sent.where(col(AlertMessage.source_key) == key)))
                 .order_by(col(Rollout.ended_at))
                 .limit(BATCH)
             ):
-                keyed[f"rollout:{r.id}:halted"] = rollout_message(r)
+                messages.append(rollout_message(r))
                 ends.append(r.ended_at or 0.0)
         else:
+            key = literal("loop:", String) + col(LoopRun.id) + ":" + col(LoopRun.stage)
             for run in s.exec(
                 select(LoopRun)
                 .where(col(LoopRun.stage).in_(("done", "failed")), col(LoopRun.ended_at) > after)
+                .where(~exists(sent.where(col(AlertMessage.source_key) == key)))
                 .order_by(col(LoopRun.ended_at))
                 .limit(BATCH)
             ):
-                keyed[f"loop:{run.id}:{run.stage}"] = loop_message(run)
+                messages.append(loop_message(run))
                 ends.append(run.ended_at or 0.0)
-        fresh = self._unseen(s, keyed)
-        for message in fresh:
+        for message in messages:
             self._write(s, message, receivers)
         self._advance(s, cursor, ends)
-        return len(fresh)
+        return len(messages)
 
     def _cursor(self, s: Session, source: str, start: Callable[[], float | None]) -> AlertCursor:
         cursor = s.get(AlertCursor, source)
-        if cursor is None:  # the first start: from what is there now
-            cursor = AlertCursor(source=source, position=float(start() or 0))
+        if cursor is None:  # the first start: from what is there now, slack and all
+            slack = ID_SLACK if source == "drift" else TIME_SLACK_S
+            cursor = AlertCursor(source=source, position=float(start() or 0) + slack)
             s.add(cursor)
         return cursor
 

@@ -125,11 +125,18 @@ class Receivers:
         return row, made
 
     def put_config(self, specs: tuple[ReceiverSpec, ...]) -> None:
-        """Create or replace the receivers the hub's config names (created_by ``config``)."""
+        """Create or replace the receivers the hub's config names (created_by ``config``).
+
+        Raises:
+            ReceiverError: ``invalid``: one without a secret (a secret made at each start
+                would be known to no receiver).
+        """
+        for spec in specs:
+            if not spec.secret:
+                raise ReceiverError("invalid", f"receiver {spec.name!r} in the config: no secret")
         with session(self.engine) as s:
             for spec in specs:
-                secret = spec.secret or secrets.token_urlsafe(32)
-                s.merge(_row(spec, secret, "config"))
+                s.merge(_row(spec, spec.secret, "config"))
             s.commit()
 
     def get(self, name: str) -> AlertReceiver:

@@ -142,7 +142,7 @@ def delete_receiver(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str,
     name="alert_receiver.test",
     responses=DENIALS,
 )
-def test_receiver(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str, Any]:
+def send_test_alert(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str, Any]:
     """Send the receiver a test alert now; the delivery after its first try (or as it is
     after the timeout: still pending)."""
     try:
