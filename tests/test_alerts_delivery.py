@@ -239,3 +239,23 @@ def test_what_happened_before_the_first_start_is_not_sent_and_later_is(
     d.stop()
     [delivery] = d.deliveries("new")
     assert delivery["alert_status"] == "resolved" and d.counts["messages"] == 1
+
+
+def test_a_receiver_refusing_the_signature_fails_the_delivery_at_once(
+    engine: Engine, monitor: DriftMonitor
+) -> None:
+    """The hub holds another secret than the receiver: the receiver detects it (401), and
+    a 4xx other than 408 or 429 is not retried."""
+    d = dispatcher(engine).start()
+    with WebhookReceiver(SECRET) as hook:
+        d.receivers.add(ReceiverSpec("mismatched", hook.url, "not-the-receivers-secret"), "t")
+        try:
+            raise_drift(monitor, "dev-5")
+            [got] = hook.wait(1)
+            wait_for(lambda: d.deliveries("mismatched")[0]["status"] == "failed", 5, "failed")
+            time.sleep(0.3)  # a backoff's worth: no second try comes
+        finally:
+            d.stop()
+    assert not got.signed and got.answered == 401 and len(hook.received) == 1
+    [delivery] = d.deliveries("mismatched")
+    assert delivery["reason"] == "refused: HTTP 401" and delivery["attempts"] == 1

@@ -134,7 +134,9 @@ class Dispatcher:
     def _turn(self, name: str) -> None:
         try:
             receiver = self.receivers.find(name)
-            if receiver is None:
+            if receiver is None:  # deleted since the pass
+                with self._lock:
+                    self._rest.pop(name, None)
                 return
             with session(self.engine) as s:
                 due = s.exec(
@@ -177,7 +179,6 @@ class Dispatcher:
     def _record(self, delivery_id: int, outcome: Outcome) -> None:
         """The attempt, and what it means for the delivery, in one transaction."""
         now = self.clock()
-        policy = self.policy
         with session(self.engine) as s:
             d = s.get(AlertDelivery, delivery_id)
             if d is None:
@@ -197,26 +198,30 @@ class Dispatcher:
                 )
             )
             self._count("attempts")
-            if d.status != "pending":  # dropped meanwhile (its receiver deleted)
-                pass
-            elif outcome.delivered:
-                d.status = "sent"
-                self._count("sent")
-            elif not outcome.retryable:
-                d.status, d.reason = "failed", f"refused: HTTP {outcome.http_status}"
-                self._count("failed")
-            elif d.attempts >= policy.max_attempts:
-                d.status, d.reason = "failed", f"max_attempts ({policy.max_attempts})"
-                self._count("failed")
-            else:
-                with self._lock:
-                    d.next_at = now + backoff_delay(policy, d.attempts, self._rng)
-                    self._rest[d.receiver] = d.next_at
-                self._count("retried")
+            if d.status == "pending":  # not dropped meanwhile (its receiver deleted)
+                self._judge(d, outcome, now)
             s.add(d)
             s.commit()
             if d.status == "failed":
                 log.warning("alerts: delivery %d to %s failed: %s", d.id, d.receiver, d.reason)
+
+    def _judge(self, d: AlertDelivery, outcome: Outcome, now: float) -> None:
+        """Sent, failed, or another try after a backoff (the receiver rests till then)."""
+        policy = self.policy
+        if outcome.delivered:
+            d.status = "sent"
+            self._count("sent")
+        elif not outcome.retryable:
+            d.status, d.reason = "failed", f"refused: HTTP {outcome.http_status}"
+            self._count("failed")
+        elif d.attempts >= policy.max_attempts:
+            d.status, d.reason = "failed", f"max_attempts ({policy.max_attempts})"
+            self._count("failed")
+        else:
+            with self._lock:
+                d.next_at = now + backoff_delay(policy, d.attempts, self._rng)
+                self._rest[d.receiver] = d.next_at
+            self._count("retried")
 
     def _expire(self, now: float) -> None:
         """Fail pending deliveries older than ``max_age_s`` (counted)."""
