@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.access.audit import run_audit_retention
+from hub.alerts import Dispatcher
 from hub.fleet.classes import load_classes
 from hub.fleet.deployments import Deployments, run_event_retention
 from hub.fleet.progress import ProgressApplier, forget_presence
@@ -161,6 +162,10 @@ class Hub:
         self.loop = Loop(
             self.engine, self.registry, self.datasets, self.retrainer, self.rollouts
         ).start()
+        # drift alerts, halts and loop outcomes to the receivers' webhooks (hub/alerts/)
+        self.alerts = Dispatcher(self.engine, cfg.alerts)
+        self.alerts.receivers.put_config(cfg.alert_receivers)
+        self.alerts.start()
         self.enrol_tokens = EnrolTokens(self.engine)
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(
@@ -233,6 +238,7 @@ class Hub:
             return
         self._stopping.set()
         self._maintenance.join()
+        self.alerts.stop()
         self.loop.stop()
         self.rollouts.stop()
         self.jobs.shutdown()

@@ -8,10 +8,11 @@ send the fleet's traffic in clear text over a network.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hub.access.audit import AUDIT_MAX_AGE_S
+from hub.alerts import DeliveryPolicy, ReceiverSpec
 from hub.fleet.classes import DEFAULT_CLASSES_DIR
 from hub.fleet.deployments import EVENTS_MAX_AGE_S
 from hub.ml.data.store import DEFAULT_MAX_UPLOAD_BYTES
@@ -53,11 +54,18 @@ class HubConfig:
     ingest_budget: Budget = INGEST
     max_dataset_bytes: int = DEFAULT_MAX_UPLOAD_BYTES  # one dataset file (hub/ml/data/store.py)
     classes_dir: Path = DEFAULT_CLASSES_DIR  # <class>/profile.toml (hub/fleet/classes.py)
+    # alerts to webhooks (hub/alerts/, docs/alerts.md): how they are sent, and receivers
+    # to create or replace at start beside those an admin adds through the API
+    alerts: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    alert_receivers: tuple[ReceiverSpec, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("audit_max_age_s", "events_max_age_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, not {getattr(self, name)}")
+        for receiver in self.alert_receivers:  # a secret made at each start: known to none
+            if not receiver.secret:
+                raise ValueError(f"alert receiver {receiver.name!r} in the config needs a secret")
         if self.broker_port is not None and self.broker_url:
             raise ValueError("--broker-port is the private broker's: give it without --broker")
 

@@ -93,6 +93,12 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("POST", "/fleet/apply"): Role.operator,
     ("GET", "/loop/runs"): Role.viewer,
     ("GET", "/loop/runs/{run_id}"): Role.viewer,
+    ("POST", "/alert-receivers"): Role.admin,
+    ("GET", "/alert-receivers"): Role.admin,  # a receiver's URL may carry a token
+    ("GET", "/alert-receivers/{name}"): Role.admin,
+    ("DELETE", "/alert-receivers/{name}"): Role.admin,
+    ("POST", "/alert-receivers/{name}/test"): Role.admin,
+    ("GET", "/alert-deliveries"): Role.viewer,
 }
 
 

@@ -2,9 +2,10 @@
 hub/api/docs.py): :func:`create_app` puts it in front of a running :class:`~hub.app.Hub`.
 
 Devices and their enrolment, signing keys, rollouts, telemetry, the closed loop,
-captures and datasets, drift, models, deployments, API keys and the audit log: one
-router per resource in hub/api/routes/, listed in :data:`ROUTERS`. Bad requests get a
-4xx with a message that says what is wrong (hub/api/errors.py).
+captures and datasets, drift, models, deployments, alert receivers and deliveries, API
+keys and the audit log: one router per resource in hub/api/routes/, listed in
+:data:`ROUTERS`. Bad requests get a 4xx with a message that says what is wrong
+(hub/api/errors.py).
 
 Every route but ``/health`` (a liveness probe) and ``/enrol`` (which takes a one-time
 enrolment token) needs an API key (``Authorization: Bearer ef_<keyid>_<secret>``) of the
@@ -32,6 +33,7 @@ from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.metrics import RequestMetrics, metrics_registry
 from hub.api.routes import (
     access,
+    alerts,
     captures,
     classes,
     datasets,
@@ -65,6 +67,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     lineage.router,
     deployments.router,
     fleet.router,
+    alerts.router,
     access.router,
 )
 

@@ -15,7 +15,15 @@ from typing import Any
 from sqlalchemy import JSON, Column, Engine, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-# Data and build tables live in hub/store/data_tables.py; importable from here too.
+# Data and build tables live in hub/store/data_tables.py, alert delivery's in
+# hub/store/alert_tables.py; importable from here too.
+from hub.store.alert_tables import (
+    AlertAttempt,
+    AlertCursor,
+    AlertDelivery,
+    AlertMessage,
+    AlertReceiver,
+)
 from hub.store.data_tables import (
     Capture,
     CaptureDevice,
@@ -34,6 +42,11 @@ from hub.store.migrate import add_columns
 from hub.store.registry_tables import ModelArtefact
 
 __all__ = [
+    "AlertAttempt",
+    "AlertCursor",
+    "AlertDelivery",
+    "AlertMessage",
+    "AlertReceiver",
     "ApiKey",
     "ApiKeyBase",
     "ApiKeyPublic",
