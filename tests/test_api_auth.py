@@ -91,6 +91,10 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("PUT", "/loop/policies/{name}"): Role.operator,
     ("GET", "/loop/runs"): Role.viewer,
     ("GET", "/loop/runs/{run_id}"): Role.viewer,
+    ("POST", "/ui/session"): None,  # the dashboard's sign-in: the key is in the body
+    ("POST", "/ui/session/end"): Role.viewer,
+    ("GET", "/ui/data/drift-series"): Role.viewer,
+    ("GET", "/ui/data/groups"): Role.viewer,
 }
 
 
