@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, expect, sync_playwright
 from ui_stage import CHROMIUM, HOT, UiStage, launch, sign_in, ui_stage
@@ -233,3 +234,22 @@ def test_every_page_has_its_csp_and_no_console_error(
     assert console.errors == []
     for png in shots.glob("*.png"):
         assert png.stat().st_size < 250 * 1024, f"{png.name} is over 250 KB"
+
+
+def test_text_from_a_caller_is_shown_as_text_never_run(stage: UiStage, browser: Browser) -> None:
+    # (After the screenshots.) A model name is free text up to 64 characters: refused (no
+    # such model), it lands in the audit record's detail, which the audit page shows.
+    bait = '<img src=x onerror="window.pwned=1">'
+    r = httpx.post(
+        f"{stage.url}/rollouts",
+        json={"model": bait},
+        headers={"authorization": f"Bearer {stage.keys[Role.admin]}"},
+    )
+    assert r.status_code == 404 and bait in r.json()["detail"]
+    page, console = sign_in(browser, stage.url, stage.keys[Role.admin])
+    page.goto(f"{stage.url}/ui#/audit")
+    expect(page.locator("td", has_text=bait).first).to_be_visible()  # shown, as text
+    assert page.locator("#main img").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert console.errors == []
+    page.context.close()

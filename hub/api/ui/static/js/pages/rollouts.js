@@ -22,7 +22,7 @@ export default {
   render({ list, status }) {
     const rows = status.map((st) => [
       link(`#/rollouts/${encodeURIComponent(st.id)}`, st.id),
-      `${st.model} v${st.version}`,
+      h("span", { class: "nowrap" }, `${st.model} v${st.version}`),
       badge(st.state),
       `${st.wave} / ${st.waves}`,
       h("div", { class: "cell-progress" }, stackBar(progressParts(st.counts), st.devices, { label: `${st.converged} of ${st.devices} healthy` })),
