@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from ui_stage import CHROMIUM, HOT, UiStage, launch, sign_in, ui_stage
 from waiting import wait_for
 
-from hub.access.keys import Role
+from hub.access.keys import ApiKeys, Role
 from hub.api.ui.headers import CSP
 from hub.transport.broker import Mosquitto
 
@@ -188,6 +188,18 @@ def test_a_viewer_sees_no_buttons_and_a_forged_change_is_refused(
         page.context.close()
     finally:
         stage.client.rollout_action(rollout["id"], "abort")
+
+
+def test_a_revoked_key_sends_its_open_page_back_to_sign_in(
+    stage: UiStage, browser: Browser
+) -> None:
+    made = ApiKeys(stage.hub.engine).create("leaving", Role.viewer, "test")
+    page, _ = sign_in(browser, stage.url, made.key)
+    expect(page.locator(".who-name")).to_have_text("leaving")
+    stage.client.revoke_api_key(made.record.keyid)
+    # the next poll gets 401 and the page goes back to the sign-in form
+    expect(page.locator("h1")).to_have_text("Sign in to the fleet dashboard", timeout=10_000)
+    page.context.close()
 
 
 def test_every_page_has_its_csp_and_no_console_error(

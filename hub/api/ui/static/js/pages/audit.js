@@ -22,15 +22,18 @@ export default {
     if (!allowed) return needsAdmin();
     const rows = records.map((r) => [
       when(r.ts),
-      r.actor_name ? `${r.actor_name} (${r.actor_keyid})` : r.actor_keyid ?? "—",
+      h("div", { class: "actor" },
+        h("div", {}, r.actor_name ?? r.actor_keyid ?? "—"),
+        r.actor_name ? h("div", { class: "muted small" }, `key ${r.actor_keyid}`) : null,
+        r.claimed_keyid ? h("div", { class: "muted small" }, `claimed ${r.claimed_keyid}`) : null),
       r.role ?? "—",
       h("code", {}, r.action),
       r.target ?? "",
-      badge(r.outcome === "ok" ? "healthy" : "failed", `${r.outcome} ${r.status}`),
-      r.count > 1 ? `${r.count}×` : "",
+      // a summarised refusal counts the calls of its caller in its minute
+      badge(r.outcome === "ok" ? "healthy" : "failed", `${r.outcome} ${r.status}${r.count > 1 ? ` ×${r.count}` : ""}`),
       r.detail ?? "",
     ]);
     return card(`Audit log (newest ${records.length})`,
-      table(["Time", "Actor", "Role", "Action", "Target", "Outcome", "Count", "Detail"], rows, { empty: "No change has been made yet." }));
+      table(["Time", "Actor", "Role", "Action", "Target", "Outcome", "Detail"], rows, { empty: "No change has been made yet." }));
   },
 };
