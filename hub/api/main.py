@@ -12,8 +12,8 @@ role it names (hub/api/security.py): viewer for reading, operator for training, 
 deployments and enrolment tokens, admin for API keys, re-enrolment and the audit log.
 The dashboard at ``/ui`` (hub/api/ui/) signs an operator in with a key and answers a
 session cookie, which every route accepts in place of the key (with a CSRF token for a
-change). The key is checked, and the request body capped (1 MiB for JSON; the uploads keep their
-own caps), before anything reads the body (hub/api/limits.py).
+change). The key is checked, and the request body capped (1 MiB for JSON; the uploads
+keep their own caps), before anything reads the body (hub/api/limits.py).
 Each route's name is its OpenAPI operationId and, for a mutating route, the action in its
 audit records (hub/api/audit.py).
 """
