@@ -4,7 +4,9 @@ Starts a hub (SQLite file, local artifact store, a private Mosquitto on a free p
 the broker given), trains the built-in model, quantises it to int8, evaluates, gates and
 signs it, starts simulated devices that run the real agent code, rolls it out to them (a
 canary, then waves), lets them infer on simulated sensor data, and prints (and optionally
-writes) a summary.
+writes) a summary. The dashboard is at ``<api>/ui`` from the start (sign in with the
+development key); with ``stay`` the hub and its devices keep running after the summary,
+for the dashboard, until Ctrl-C.
 
 The hub runs in development mode, and the demo calls its API with the development key.
 ``edgefleet demo --dataset FILE`` runs the same path on the operator's own data:
@@ -52,6 +54,8 @@ class DemoOptions:
     probation_min_inferences: int = 6  # inference calls; a device makes 2 a second
     n_train: int = 12000
     latency_budget_us: float | None = None  # p95 of the health check (the hub's default)
+    api_port: int | None = None  # the API's (and dashboard's) port; None: a free one
+    stay: bool = False  # keep the hub and devices up after the summary, until Ctrl-C
 
 
 class ApiServer:
@@ -157,11 +161,12 @@ def demo_stage(opts: DemoOptions, prefix: str = "edgefleet-demo-") -> Iterator[D
     work = opts.work_dir or Path(tempfile.mkdtemp(prefix=prefix))
     progress = Progress()
     hub = Hub(HubConfig(data_dir=work / "hub", broker_url=opts.broker_url, dev_mode=True)).start()
-    api = ApiServer(hub).start()
+    api = ApiServer(hub, port=opts.api_port).start()
     stage = DemoStage(work, hub, api, HubClient(api.url, api_key=DEV_KEY), progress)
     try:
         progress.done(f"hub    {api.url}  (API docs: {api.url}/docs)   broker {hub.broker.url}")
         progress.done(f"       development mode: API key {DEV_KEY}")
+        progress.done(f"ui     {api.url}/ui  (the dashboard: sign in with the key {DEV_KEY})")
         yield stage
     finally:
         stage.stop_fleet()
@@ -183,14 +188,33 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         dep_id, seconds = deploy(client, model, opts, progress)
         progress.done(f"infer  letting {opts.devices} devices infer for {opts.infer_s:.0f} s")
         time.sleep(opts.infer_s)
-        stage.stop_fleet()
+        if not opts.stay:  # staying, the devices go on inferring for the dashboard
+            stage.stop_fleet()
         stage.hub.ingest.flush()
         summary = _summary(client, stage.hub, fleet, model, dep_id, seconds, opts)
+        if opts.stay:
+            report(summary, opts)
+            keep_serving(stage.api.url)
+            return summary
+    report(summary, opts)
+    return summary
+
+
+def report(summary: dict[str, Any], opts: DemoOptions) -> None:
     print_summary(summary)
     if opts.summary_path is not None:
         opts.summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"summary written to {opts.summary_path}")
-    return summary
+
+
+def keep_serving(url: str) -> None:
+    """Block until Ctrl-C: the hub, its API and the devices stay up for the dashboard."""
+    print(f"\nthe hub and its devices keep running: the dashboard is at {url}/ui (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("stopping")
 
 
 def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str, Any]:

@@ -99,6 +99,10 @@ ROUTES: dict[tuple[str, str], Role | None] = {
     ("DELETE", "/alert-receivers/{name}"): Role.admin,
     ("POST", "/alert-receivers/{name}/test"): Role.admin,
     ("GET", "/alert-deliveries"): Role.viewer,
+    ("POST", "/ui/session"): None,  # the dashboard's sign-in: the key is in the body
+    ("POST", "/ui/session/end"): Role.viewer,
+    ("GET", "/ui/data/drift-series"): Role.viewer,
+    ("GET", "/ui/data/groups"): Role.viewer,
 }
 
 

@@ -1,11 +1,12 @@
 """The request-body limits of the admin API, enforced before anything reads a body.
 
 :class:`BodyLimit` is a pure ASGI middleware (it sees the body as it streams): it finds the
-route a request is for, checks its key and role first (a refused caller gets 401 or 403
-and not one byte of its body is read), refuses a declared ``Content-Length`` over the
-route's cap with 413, and cuts off a body that crosses the cap as it arrives (a chunked
-one included) with 413. JSON routes, the public ones too, get :data:`JSON_BODY_MAX`; the
-two upload routes keep their own caps (``caps``, by route name).
+route a request is for, checks its key (or its dashboard session cookie, with the CSRF
+token a change by cookie needs: hub/api/ui/sessions.py) and role first (a refused caller
+gets 401 or 403 and not one byte of its body is read), refuses a declared
+``Content-Length`` over the route's cap with 413, and cuts off a body that crosses the cap
+as it arrives (a chunked one included) with 413. JSON routes, the public ones too, get
+:data:`JSON_BODY_MAX`; the two upload routes keep their own caps (``caps``, by route name).
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ Every route but ``/health`` (a liveness probe) and ``/enrol`` (which takes a one
 enrolment token) needs an API key (``Authorization: Bearer ef_<keyid>_<secret>``) of the
 role it names (hub/api/security.py): viewer for reading, operator for training, uploads,
 deployments and enrolment tokens, admin for API keys, re-enrolment and the audit log.
-The key is checked, and the request body capped (1 MiB for JSON; the uploads keep their
-own caps), before anything reads the body (hub/api/limits.py).
+The dashboard at ``/ui`` (hub/api/ui/) signs an operator in with a key and answers a
+session cookie, which every route accepts in place of the key (with a CSRF token for a
+change). The key is checked, and the request body capped (1 MiB for JSON; the uploads
+keep their own caps), before anything reads the body (hub/api/limits.py).
 Each route's name is its OpenAPI operationId and, for a mutating route, the action in its
 audit records (hub/api/audit.py).
 """
@@ -49,6 +51,9 @@ from hub.api.routes import (
     signing,
     telemetry,
 )
+from hub.api.ui import routes as ui
+from hub.api.ui.headers import SecurityHeaders
+from hub.api.ui.sessions import SessionPolicy, SessionStore, key_checker
 from hub.app import Hub
 
 # In the order of the OpenAPI document.
@@ -69,11 +74,14 @@ ROUTERS: tuple[APIRouter, ...] = (
     fleet.router,
     alerts.router,
     access.router,
+    ui.router,
 )
 
 
-def create_app(hub: Hub) -> FastAPI:
-    """The admin API of ``hub``, with its API keys and audit log in the hub's database."""
+def create_app(hub: Hub, sessions: SessionPolicy | None = None) -> FastAPI:
+    """The admin API of ``hub``, with its API keys and audit log in the hub's database,
+    and the dashboard at /ui (its sessions live ``sessions`` long: the defaults of
+    hub/api/ui/sessions.py unless given)."""
     app = FastAPI(
         title="edgefleet hub",
         version="0.1.0",
@@ -86,6 +94,9 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.api_keys = ApiKeys(hub.engine, dev_mode=hub.config.dev_mode)
     app.state.audit = AuditLog(hub.engine)
     app.state.metrics = metrics_registry(hub)
+    app.state.sessions = SessionStore(
+        key_checker(hub.engine, dev_mode=hub.config.dev_mode), sessions
+    )
     # The audit middleware wraps the body limit, so a refusal there is audited too.
     caps = {
         "model.upload": models.MAX_UPLOAD_BYTES,
@@ -97,12 +108,14 @@ def create_app(hub: Hub) -> FastAPI:
     }
     app.add_middleware(BodyLimit, routes=app.router.routes, caps=caps)
     app.add_middleware(AuditMiddleware, log=app.state.audit)
+    app.add_middleware(SecurityHeaders)  # the dashboard's CSP, on its refusals too
     app.add_middleware(RequestMetrics, registry=app.state.metrics)  # outermost: all requests
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     for router in ROUTERS:
         _include(app, router)
     serve_docs(app)
+    ui.serve_pages(app)
     return app
 
 

@@ -1,0 +1,65 @@
+"""``edgefleet demo`` and the dashboard: the demo says where the dashboard is and which
+key signs in, and with ``stay`` keeps the hub and its devices up after the summary until
+Ctrl-C, so a new operator can watch the fleet in the dashboard (a real demo: hub, broker,
+training, simulated devices)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+
+from edgefleet.demo import DemoOptions, run_demo
+from hub.access.keys import DEV_KEY
+from hub.transport.broker import free_port
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def test_the_demo_prints_the_dashboard_and_stays_up_for_it_until_ctrl_c(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    said: list[str] = []
+    seen: dict[str, object] = {}
+
+    def operator() -> None:
+        """Once the demo says it keeps running: sign in as its printed line says, look,
+        then press Ctrl-C."""
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            out = capsys.readouterr()
+            said.extend((out.out, out.err))
+            if "keep running" in out.out:
+                break
+            time.sleep(0.2)
+        key = re.search(
+            r"ui     \S+/ui  \(the dashboard: sign in with the key (\S+)\)", "".join(said)
+        )
+        seen["key"] = key.group(1) if key else None
+        with httpx.Client(base_url=url, timeout=10) as browser:
+            seen["sign_in"] = browser.post("/ui/session", json={"key": seen["key"]}).status_code
+            time.sleep(2.5)  # the devices go on reporting after the summary
+            seen["online"] = [d["status"] for d in browser.get("/devices").json()]
+            seen["page"] = browser.get("/ui").text
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the demo stops
+
+    thread = threading.Thread(target=operator, daemon=True)
+    thread.start()
+    summary = run_demo(
+        DemoOptions(devices=3, n_train=2000, infer_s=1.0, probation_s=1.0, api_port=port, stay=True)
+    )
+    thread.join(10)
+    assert summary["converged"] == 3
+    assert seen["key"] == DEV_KEY and seen["sign_in"] == 200
+    assert seen["online"] == ["online"] * 3
+    assert 'name="ef-role" content="admin"' in str(seen["page"])
+    assert "stopping" in capsys.readouterr().out
+    with pytest.raises(httpx.TransportError):  # and the hub is gone
+        httpx.get(f"{url}/health", timeout=2)
