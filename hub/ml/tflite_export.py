@@ -34,7 +34,7 @@ import numpy.typing as npt
 from hub.ml.errors import PipelineError
 from hub.ml.training import Fitted
 
-__all__ = ["CALIBRATION_ROWS", "export_tflite_int8"]
+__all__ = ["CALIBRATION_ROWS", "convert_int8", "export_tflite_int8", "tensorflow"]
 
 CALIBRATION_ROWS: Final = 300  # training rows the converter calibrates int8 ranges on
 # The standardisation's ops stay float: int8 quantises a tensor with one scale, and raw
@@ -55,11 +55,24 @@ def export_tflite_int8(fitted: Fitted, calibration: npt.NDArray[np.float32]) -> 
             converter failed.
     """
     scaler, mlp = _parts(fitted)
-    tf = _tensorflow()
+    tf = tensorflow()
     rows = np.ascontiguousarray(calibration.reshape(len(calibration), -1), dtype=np.float32)
     model = _keras(tf, scaler, mlp, fitted, rows.shape[1])
+    return convert_int8(tf, model, rows, FLOAT_OPS)
+
+
+def convert_int8(
+    tf: Any, model: Any, rows: npt.NDArray[np.float32], float_ops: tuple[str, ...] = ()
+) -> bytes:
+    """A Keras model as a full-int8 .tflite file with float input and output, its int8
+    ranges calibrated on up to ``CALIBRATION_ROWS`` of ``rows`` (spread over them), the
+    ``float_ops`` left in float.
+
+    Raises:
+        PipelineError: the converter failed.
+    """
     step = max(1, len(rows) // CALIBRATION_ROWS)
-    sample = rows[::step][:CALIBRATION_ROWS]
+    sample = np.ascontiguousarray(rows[::step][:CALIBRATION_ROWS], dtype=np.float32)
 
     def calibration_rows() -> Any:
         return ([row[None]] for row in sample)
@@ -80,7 +93,7 @@ def export_tflite_int8(fitted: Fitted, calibration: npt.NDArray[np.float32]) -> 
                 converter=converter,
                 debug_dataset=calibration_rows,
                 debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                    denylisted_ops=list(FLOAT_OPS)
+                    denylisted_ops=list(float_ops)
                 ),
             )
             return bytes(debugger.get_nondebug_quantized_model())
@@ -126,7 +139,8 @@ def _keras(tf: Any, scaler: Any, mlp: Any, fitted: Fitted, n_features: int) -> A
     return keras.Model(inputs, outputs)
 
 
-def _tensorflow() -> Any:
+def tensorflow() -> Any:
+    """TensorFlow, imported now, or a PipelineError naming the extra to install."""
     # Before the import: no C++ info lines, and oneDNN off so conversions repeat bit for bit.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
