@@ -18,6 +18,8 @@ its own, and every public name is importable from here:
 - hub/ml/runner.py           ``open_runner``: a model file in its runtime, by its bytes
 - hub/ml/inference.py        onnxruntime sessions (the ONNX runner)
 - hub/ml/tflite.py           a TFLite interpreter (the TFLite runner)
+- hub/ml/tflite_export.py    the .tflite artefact of an MLP (hub/ml/tflite_convnet.py:
+                             of a conv net), for LiteRT classes
 - hub/ml/compatibility.py    does a model fit a dataset; which output is scored
 - hub/ml/evaluation.py       ``evaluate``, the gate, the golden rows
 - hub/ml/baseline.py         ``baseline_stats`` (the drift baseline)

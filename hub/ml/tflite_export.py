@@ -12,7 +12,9 @@ int8, only the input's standardisation in float (``FLOAT_OPS`` says why). The ba
 stays dynamic.
 
 TensorFlow is the ``tflite-export`` extra (about 1.5 GB): never a default install, and
-imported only here, when a LiteRT artefact is asked for. The artefact is judged on the
+imported only here (``tensorflow``), when a LiteRT artefact is asked for. The conv nets'
+export (hub/ml/tflite_convnet.py) lays out its own Keras model and converts it with
+``convert_int8``, the same calibration and int8 settings. The artefact is judged on the
 hold-out and gated on its own like any model (hub/ml/pipeline.py); this module only makes
 the file.
 
