@@ -2,7 +2,7 @@
 PyTorch becomes a full-int8 .tflite with float input and output that answers like its int8
 ONNX sibling, built by the real pipeline on real rows (scikit-learn's bundled digits, the
 project's window generator), converted by real TensorFlow and run on a real LiteRT
-interpreter (ai-edge-litert)."""
+interpreter (ai-edge-litert). tests/test_legacy_tflite.py runs it on tflite-runtime too."""
 
 from __future__ import annotations
 
