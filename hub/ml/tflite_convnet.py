@@ -47,8 +47,9 @@ __all__ = ["CHECK_ROWS", "export_convnet_tflite_int8", "keras_convnet"]
 
 CHECK_ROWS: Final = 64  # training rows the Keras layout is checked on against ONNX, fp32
 # How far the Keras model may answer from the fp32 ONNX file: the same float32 sums in
-# another order (measured below 1e-5 on digits and windows): a layout mistake (a kernel
-# transposed the wrong way, the flatten order) is off by far more.
+# another order. Measured on 500 rows of digits, colour digits and windows, (8, 16) and
+# (48, 96) nets: at most 5e-7 on probabilities, 3e-6 on values up to 10. A layout mistake
+# (a kernel transposed the wrong way, the flatten order) is off by far more.
 FLOAT_TOLERANCE: Final = 1e-4  # probabilities; a regressor's value: times max(1, |value|)
 
 
