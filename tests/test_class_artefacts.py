@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from models import make_mlp_onnx
 from test_daemon import get, post
+from test_tflite_convnet import swapping_class_scores
 from waiting import wait_for
 
+import hub.ml.tflite_convnet as export
 from agent.daemon import AgentConfig, AgentDaemon
 from edgefleet.cli import main
 from edgefleet.client import HubClient, HubClientError
@@ -123,7 +125,7 @@ def signed_targets(hub: Hub) -> dict[str, Any]:
 
 
 def test_a_conv_net_for_two_runtimes_signs_an_artefact_for_each(
-    private_mosquitto: Mosquitto, tmp_path: Path
+    private_mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``models train --kind cnn`` for generic-linux and pi-litert: one version, its int8
     ONNX file and its int8 .tflite each signed as a target of their own, with a manifest
@@ -137,15 +139,25 @@ def test_a_conv_net_for_two_runtimes_signs_an_artefact_for_each(
     try:
         x, y = digits_images(seed=1, size=8)  # 8x8: the default conv net trains in seconds
         client.upload_dataset("digits", write_npz(tmp_path / "digits.npz", x, y))
-        job = client.train(
-            name="digits",
-            dataset="digits",
-            kind="cnn",
-            device_classes=["generic-linux", "pi-litert"],
-            probation_s=1.0,
-            probation_min_inferences=3,
-        )
-        model = client.wait_job(job["id"], timeout=300)["result"]
+        settings: dict[str, Any] = {
+            "name": "digits",
+            "dataset": "digits",
+            "kind": "cnn",
+            "device_classes": ["generic-linux", "pi-litert"],
+            "probation_s": 1.0,
+            "probation_min_inferences": 3,
+        }
+        # a .tflite that answers unlike its ONNX sibling: the build is refused, unsigned
+        with monkeypatch.context() as patch:
+            patch.setattr(export, "convert_int8", swapping_class_scores(export.convert_int8))
+            with pytest.raises(HubClientError, match="sibling"):
+                client.wait_job(client.train(**settings)["id"], timeout=300)
+        (run,) = client.runs("digits")
+        assert run["status"] == "refused" and run["version"] is None
+        assert "sibling" in {g["name"] for g in run["gates"] if not g["passed"]}
+        assert client.models() == [] and signed_targets(hub) == {}
+
+        model = client.wait_job(client.train(**settings)["id"], timeout=300)["result"]
         artefacts: dict[str, Any] = model["artefacts"]
         assert set(artefacts) == {"onnxruntime", "tflite"}
         tfl = artefacts["tflite"]

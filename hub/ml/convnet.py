@@ -127,7 +127,7 @@ class ConvLayer:
 
     kernel: FloatRows
     bias: FloatRows  # [out]
-    padding: int  # zeros on each side of every spatial axis
+    padding: tuple[int, ...]  # zeros on each side, per spatial axis
     pooled: bool  # a max-pool of POOL follows the ReLU
 
 

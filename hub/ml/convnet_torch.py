@@ -235,9 +235,9 @@ def weights(net: ConvNet) -> ConvWeights:
     convs: list[ConvLayer] = []
     for layer in net.features:
         if isinstance(layer, nn.Conv1d | nn.Conv2d):
-            assert layer.bias is not None
-            padding = layer.padding[0] if isinstance(layer.padding, tuple) else 0
-            convs.append(ConvLayer(_numpy(layer.weight), _numpy(layer.bias), int(padding), False))
+            assert layer.bias is not None and isinstance(layer.padding, tuple)
+            padding = tuple(int(p) for p in layer.padding)
+            convs.append(ConvLayer(_numpy(layer.weight), _numpy(layer.bias), padding, False))
         elif isinstance(layer, nn.MaxPool1d | nn.MaxPool2d):
             convs[-1] = dataclasses.replace(convs[-1], pooled=True)
     dense = tuple(

@@ -92,22 +92,28 @@ def keras_convnet(tf: Any, weights: ConvWeights) -> Any:
     window = weights.kind == "window"
     x = inputs = keras.Input(shape=weights.row_shape, name="input", dtype="float32")
     if not window and len(weights.row_shape) == 2:
-        x = keras.layers.Reshape((*weights.row_shape, 1))(x)  # a grey image: one channel
+        x = keras.layers.Reshape((*weights.row_shape, 1), name="channel")(x)  # grey: one
     conv = keras.layers.Conv1D if window else keras.layers.Conv2D
     pool = keras.layers.MaxPooling1D if window else keras.layers.MaxPooling2D
-    for layer in weights.convs:
+    # Layers named here, not by Keras' process-wide counters: the names go into the file,
+    # so the same weights give the same bytes however many models the hub built before.
+    for i, layer in enumerate(weights.convs):
         padding = _padding(layer, window)
-        block = conv(layer.kernel.shape[0], KERNEL, padding=padding, activation="relu")
+        block = conv(
+            layer.kernel.shape[0], KERNEL, padding=padding, activation="relu", name=f"conv{i}"
+        )
         x = block(x)
         # [out, in, *K] → [*K, in, out]
         kernel = np.transpose(layer.kernel, (*range(2, layer.kernel.ndim), 1, 0))
         block.set_weights([np.ascontiguousarray(kernel), layer.bias])
         if layer.pooled:
-            x = pool(POOL)(x)
-    x = keras.layers.Flatten()(x)
+            x = pool(POOL, name=f"pool{i}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
     for i, (w, b) in enumerate(weights.dense):
         last = i == len(weights.dense) - 1
-        dense = keras.layers.Dense(w.shape[0], activation=None if last else "relu")
+        dense = keras.layers.Dense(
+            w.shape[0], activation=None if last else "relu", name=f"dense{i}"
+        )
         x = dense(x)
         kernel = _channels_last_columns(w, weights.features_shape) if i == 0 else w
         dense.set_weights([np.ascontiguousarray(kernel.T), b])
@@ -115,7 +121,7 @@ def keras_convnet(tf: Any, weights: ConvWeights) -> Any:
         outputs = keras.layers.Softmax(name="probabilities")(x)
     else:  # the target's scaling is folded into the last layer already
         outputs = keras.layers.Identity(name="value")(x)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, outputs, name="convnet")
 
 
 def check_float(
@@ -146,11 +152,11 @@ def _padding(layer: ConvLayer, window: bool) -> str:
     kernel = tuple(layer.kernel.shape[2:])
     if kernel != (KERNEL,) * (1 if window else 2):
         raise PipelineError(f"no TFLite layout for a conv kernel of {list(kernel)}")
-    if layer.padding == 0:
+    if set(layer.padding) == {0}:
         return "valid"
-    if layer.padding == KERNEL // 2:
+    if set(layer.padding) == {KERNEL // 2}:
         return "same"  # stride 1, odd kernel: K // 2 on each side
-    raise PipelineError(f"no TFLite layout for a conv padded by {layer.padding}")
+    raise PipelineError(f"no TFLite layout for a conv padded by {list(layer.padding)}")
 
 
 def _channels_last_columns(

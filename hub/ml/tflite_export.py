@@ -118,15 +118,20 @@ def _keras(tf: Any, scaler: Any, mlp: Any, fitted: Fitted, n_features: int) -> A
     keras = tf.keras
     keras.utils.set_random_seed(0)
     x = inputs = keras.Input(shape=(n_features,), name="input", dtype="float32")
+    # Every layer named here, not by Keras' process-wide counters: the names go into the
+    # file, so the same model gives the same bytes however many the hub built before.
     x = keras.layers.Normalization(
         mean=np.asarray(scaler.mean_, np.float32),
         variance=np.asarray(scaler.scale_, np.float32) ** 2,
+        name="standardise",
     )(x)
     hidden = _ACTIVATIONS[mlp.activation]
     layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
-        dense = keras.layers.Dense(w.shape[1], activation=None if last else hidden)
+        dense = keras.layers.Dense(
+            w.shape[1], activation=None if last else hidden, name=f"dense{i}"
+        )
         x = dense(x)
         dense.set_weights([np.asarray(w, np.float32), np.asarray(b, np.float32)])
     if fitted.regressor:
@@ -134,11 +139,11 @@ def _keras(tf: Any, scaler: Any, mlp: Any, fitted: Fitted, n_features: int) -> A
     elif mlp.out_activation_ == "softmax":
         outputs = keras.layers.Softmax(name="probabilities")(x)
     else:  # two classes: one logistic unit, as scikit-learn's predict_proba spreads it
-        p = keras.layers.Activation("sigmoid")(x)
+        p = keras.layers.Activation("sigmoid", name="logistic")(x)
         outputs = keras.layers.Concatenate(name="probabilities")(
-            [keras.layers.Rescaling(-1.0, offset=1.0)(p), p]
+            [keras.layers.Rescaling(-1.0, offset=1.0, name="complement")(p), p]
         )
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, outputs, name="mlp")
 
 
 def tensorflow() -> Any:
