@@ -43,7 +43,7 @@ from hub.ml.errors import PipelineError
 from hub.ml.runner import open_runner
 from hub.ml.tflite_export import convert_int8, tensorflow
 
-__all__ = ["CHECK_ROWS", "export_convnet_tflite_int8", "keras_convnet"]
+__all__ = ["CHECK_ROWS", "check_float", "export_convnet_tflite_int8", "keras_convnet"]
 
 CHECK_ROWS: Final = 64  # training rows the Keras layout is checked on against ONNX, fp32
 # How far the Keras model may answer from the fp32 ONNX file: the same float32 sums in
@@ -91,8 +91,8 @@ def keras_convnet(tf: Any, weights: ConvWeights) -> Any:
     keras.utils.set_random_seed(0)
     window = weights.kind == "window"
     x = inputs = keras.Input(shape=weights.row_shape, name="input", dtype="float32")
-    if not window and len(weights.row_shape) == 2:
-        x = keras.layers.Reshape((*weights.row_shape, 1), name="channel")(x)  # grey: one
+    if not window and len(weights.row_shape) == 2:  # a grey image: one channel
+        x = keras.layers.Reshape((*weights.row_shape, 1), name="channel")(x)
     conv = keras.layers.Conv1D if window else keras.layers.Conv2D
     pool = keras.layers.MaxPooling1D if window else keras.layers.MaxPooling2D
     # Layers named here, not by Keras' process-wide counters: the names go into the file,
