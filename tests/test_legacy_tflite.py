@@ -1,7 +1,8 @@
 """The legacy-tflite class in its own environment (DESIGN §8): tflite-runtime 2.14 with
-numpy < 2, as such a device has it, runs the hub's int8 .tflite export through the
-agent's own backend (agent/litert.py falls back to tflite_runtime), and its answers stay
-within the golden tolerance the class's profile sets.
+numpy < 2, as such a device has it, runs the hub's int8 .tflite exports (an MLP's, and a
+conv net's on images and on windows) through the agent's own backend (agent/litert.py
+falls back to tflite_runtime), and its answers stay within the golden tolerance the
+class's profile sets.
 
 The environment is a virtualenv of its own (numpy 1, tflite-runtime, the agent's pure
 Python dependencies; no LiteRT, no onnxruntime), made once from PyPI and cached under
@@ -23,6 +24,10 @@ import pytest
 
 from hub import pipeline_config
 from hub.fleet.classes import DEFAULT_CLASSES_DIR, load_classes
+from hub.ml.convnet import ConvConfig, train_convnet
+from hub.ml.data.samples import digits_images, windows_dataset
+from hub.ml.gates import SIBLING_AGREEMENT
+from hub.ml.tflite_convnet import export_convnet_tflite_int8
 from hub.ml.tflite_export import export_tflite_int8
 from hub.ml.training import fit
 from hub.ml.training_data import builtin_dataset
@@ -104,3 +109,44 @@ def test_tflite_runtime_on_numpy_1_runs_the_hubs_export_within_the_class_toleran
     )
     assert tolerance is not None and diff <= tolerance
     assert np.mean(legacy.argmax(1) == litert.argmax(1)) >= 0.97
+
+
+@pytest.mark.parametrize("kind", ["image", "window"])
+def test_tflite_runtime_on_numpy_1_runs_the_conv_net_within_the_class_tolerance(
+    kind: str, tmp_path: Path
+) -> None:
+    """legacy-tflite devices get conv nets too: their interpreter (tflite-runtime 2.14,
+    numpy 1) runs the file TensorFlow 2.21 made, through the agent's own backend."""
+    x, y = digits_images(seed=3) if kind == "image" else windows_dataset(600, seed=3)
+    trained = train_convnet(
+        x[100:],
+        y[100:],
+        task="classification",
+        n_outputs=int(y.max()) + 1,
+        config=ConvConfig(channels=(8, 16), dense=16, epochs=3),
+        kind=kind,
+    )
+    blob = export_convnet_tflite_int8(trained.weights, x[100:], trained.onnx)
+    model, rows = tmp_path / "model.tflite", tmp_path / "rows.npy"
+    model.write_bytes(blob)
+    np.save(rows, x[:100])
+    reference = TFLiteModel(blob)
+    litert = reference.run(x[:100], [reference.outputs()[0].name])[0]  # the golden outputs
+
+    env = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
+    done = subprocess.run(
+        [str(legacy_python()), "-c", DEVICE_SCRIPT, str(model), str(rows)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["interpreter"] == "tflite-runtime" and answer["numpy"].startswith("1.")
+    legacy = np.asarray(answer["scores"], dtype=np.float32)
+    diff = float(np.abs(legacy - litert).max())
+    tolerance = load_classes(DEFAULT_CLASSES_DIR).get("legacy-tflite").golden_tolerance
+    print(f"\n{kind}: tflite-runtime 2.14 against LiteRT, max |difference| {diff:.4f}")
+    assert tolerance is not None and diff <= tolerance
+    assert np.mean(legacy.argmax(1) == litert.argmax(1)) >= SIBLING_AGREEMENT

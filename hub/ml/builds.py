@@ -118,11 +118,6 @@ class Builds:
         if not 0 <= spec.tune_trials <= MAX_TRIALS:
             raise BuildError(f"tune trials must be within 0..{MAX_TRIALS}")
         runtimes = self.extra_runtimes(spec.device_classes)
-        if runtimes and spec.config.kind == "cnn":
-            raise BuildError(
-                f"{', '.join(spec.device_classes)} run {', '.join(runtimes)}: a conv net has no"
-                " TFLite export yet; build it for onnxruntime classes (or train --kind mlp)"
-            )
         return self.jobs.submit(
             "train", lambda progress: self._train(spec, version, task, runtimes, progress)
         )

@@ -11,6 +11,8 @@ hub/ml/training.py; a regressor gives ``value`` float32 [N, 1], the target's
 standardisation folded into the last layer. The TorchScript
 exporter (ADR 0014) writes it at the pipeline's opset with a dynamic batch axis;
 hub/ml/convnet_torch.py holds everything that needs torch, imported only when used.
+``train_convnet`` also hands back the trained weights as numbers (``ConvWeights``), from
+which hub/ml/tflite_convnet.py lays the same net out for LiteRT devices.
 
 Measured with ``python -m bench convnet`` and sweeps like it (torch 2.13 CPU,
 onnxruntime 1.32, 2 shared cores with AVX-512 VNNI; int8 is ``quantize_int8`` on 512
@@ -56,10 +58,14 @@ __all__ = [
     "KINDS",
     "TASKS",
     "ConvConfig",
+    "ConvLayer",
+    "ConvWeights",
+    "TrainedConvNet",
     "conv_config",
     "conv_search_space",
     "fit_convnet",
     "row_kind",
+    "train_convnet",
 ]
 
 TASKS = ("classification", "regression")
@@ -115,6 +121,44 @@ class ConvConfig:
             raise ConfigError("bad conv net config: " + "; ".join(problems))
 
 
+@dataclass(frozen=True)
+class ConvLayer:
+    """One conv block of a trained net, in PyTorch's layout: ``kernel`` [out, in, K(, K)]."""
+
+    kernel: FloatRows
+    bias: FloatRows  # [out]
+    padding: tuple[int, ...]  # zeros on each side, per spatial axis
+    pooled: bool  # a max-pool of POOL follows the ReLU
+
+
+@dataclass(frozen=True)
+class ConvWeights:
+    """A trained conv net as numbers, standardisation folded in: what an exporter to
+    another runtime (hub/ml/tflite_convnet.py) lays out without torch.
+
+    ``features_shape`` is the conv blocks' output in PyTorch's channels-first order
+    ``(C, *spatial)``, the order the first dense layer's inputs are flattened in.
+    ``dense`` holds ``(weight [out, in], bias [out])`` pairs, ReLU between them; the
+    last one gives logits (a classifier: softmax follows) or the value in the target's
+    units.
+    """
+
+    kind: str  # "image" | "window"
+    row_shape: tuple[int, ...]
+    classify: bool
+    convs: tuple[ConvLayer, ...]
+    features_shape: tuple[int, ...]
+    dense: tuple[tuple[FloatRows, FloatRows], ...]
+
+
+@dataclass(frozen=True)
+class TrainedConvNet:
+    """A trained conv net: its fp32 ONNX file and its weights for other exports."""
+
+    onnx: bytes
+    weights: ConvWeights
+
+
 def row_kind(row_shape: tuple[int, ...]) -> str:
     """``"image"`` or ``"window"`` for rows of this shape, when the dataset does not say.
 
@@ -134,7 +178,7 @@ def row_kind(row_shape: tuple[int, ...]) -> str:
     )
 
 
-def fit_convnet(
+def train_convnet(
     x_train: npt.ArrayLike,
     y_train: npt.ArrayLike,
     *,
@@ -144,8 +188,8 @@ def fit_convnet(
     opset: int = 15,
     progress: Callable[[float], None] | None = None,
     kind: str | None = None,
-) -> bytes:
-    """Train a conv net on rows ``x_train`` and return it as ONNX bytes (fp32).
+) -> TrainedConvNet:
+    """Train a conv net on rows ``x_train``: its fp32 ONNX file and its weights.
 
     Args:
         x_train: training rows, float32 [N, H, W], [N, H, W, C] or [N, T, C].
@@ -159,8 +203,9 @@ def fit_convnet(
             the row shape (``row_kind``): pass it for 3-D rows, which may be either.
 
     Returns:
-        The ONNX model: ``input`` float32 [N, *row_shape] → ``label`` int64 [N] and
-        ``probabilities`` float32 [N, k], or ``value`` float32 [N, 1].
+        The ONNX model (``input`` float32 [N, *row_shape] → ``label`` int64 [N] and
+        ``probabilities`` float32 [N, k], or ``value`` float32 [N, 1]) and the weights
+        it holds (``ConvWeights``).
 
     Raises:
         PipelineError: bad rows, labels or arguments, torch is missing, or training or
@@ -180,9 +225,34 @@ def fit_convnet(
                 config=config,
             )
             torch_half.train(net, x, y, config, progress)
-            return bytes(torch_half.export_onnx(net, x.shape[1:], opset))
+            onnx = bytes(torch_half.export_onnx(net, x.shape[1:], opset))
+            return TrainedConvNet(onnx, torch_half.weights(net))
     except RuntimeError as e:  # torch's own errors (and its exporter's) are RuntimeErrors
         raise PipelineError(f"conv net training failed: {type(e).__name__}: {e}") from e
+
+
+def fit_convnet(
+    x_train: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    *,
+    task: str,
+    n_outputs: int,
+    config: ConvConfig,
+    opset: int = 15,
+    progress: Callable[[float], None] | None = None,
+    kind: str | None = None,
+) -> bytes:
+    """:func:`train_convnet`'s ONNX file (fp32) alone; the same arguments and errors."""
+    return train_convnet(
+        x_train,
+        y_train,
+        task=task,
+        n_outputs=n_outputs,
+        config=config,
+        opset=opset,
+        progress=progress,
+        kind=kind,
+    ).onnx
 
 
 def _torch_half() -> ModuleType:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import tempfile
 import time
@@ -20,9 +21,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from hub.ml.convnet import KERNEL, POOL, ConvConfig
+from hub.ml.convnet import KERNEL, POOL, ConvConfig, ConvLayer, ConvWeights
 
-__all__ = ["ConvNet", "export_onnx", "torch_session", "train"]
+__all__ = ["ConvNet", "export_onnx", "torch_session", "train", "weights"]
 
 MIN_STD = 1e-6  # a constant channel or target is scaled by 1, not divided by ~0
 BATCH_AXIS = "N"
@@ -61,6 +62,7 @@ class ConvNet(nn.Module):
         super().__init__()
         self.kind, self.classify, self.standardise = kind, classify, True
         row_shape = x.shape[1:]
+        self.row_shape = tuple(int(n) for n in row_shape)
         has_channels = kind == "window" or len(row_shape) == 3
         spatial = list(row_shape[:-1] if has_channels else row_shape)
         width = row_shape[-1] if has_channels else 1
@@ -96,14 +98,16 @@ class ConvNet(nn.Module):
         """Class logits, or the standardised regression target, of raw rows."""
         if self.standardise:
             x = (x - self.x_shift) * self.x_scale
-        if self.kind == "window":
-            x = x.transpose(1, 2)  # [N, T, C] → [N, C, T]
-        elif x.dim() == 4:
-            x = x.permute(0, 3, 1, 2)  # [N, H, W, C] → [N, C, H, W]
-        else:
-            x = x.unsqueeze(1)  # [N, H, W] → [N, 1, H, W]
-        out: torch.Tensor = self.head(self.features(x))
+        out: torch.Tensor = self.head(self.features(self.channels_first(x)))
         return out
+
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows as the convs take them: [N, C, T] or [N, C, H, W]."""
+        if self.kind == "window":
+            return x.transpose(1, 2)  # [N, T, C] → [N, C, T]
+        if x.dim() == 4:
+            return x.permute(0, 3, 1, 2)  # [N, H, W, C] → [N, C, H, W]
+        return x.unsqueeze(1)  # [N, H, W] → [N, 1, H, W]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
         z = self.logits(x)
@@ -221,6 +225,42 @@ def export_onnx(net: ConvNet, row_shape: tuple[int, ...], opset: int) -> bytes:
             dynamo=False,
         )
         return path.read_bytes()
+
+
+def weights(net: ConvNet) -> ConvWeights:
+    """The trained net's weights as numbers, standardisation folded in as the ONNX file has
+    it (``fold_standardisation``): the net itself is left as it was."""
+    net = copy.deepcopy(net)
+    net.fold_standardisation()
+    convs: list[ConvLayer] = []
+    for layer in net.features:
+        if isinstance(layer, nn.Conv1d | nn.Conv2d):
+            assert layer.bias is not None and isinstance(layer.padding, tuple)
+            padding = tuple(int(p) for p in layer.padding)
+            convs.append(ConvLayer(_numpy(layer.weight), _numpy(layer.bias), padding, False))
+        elif isinstance(layer, nn.MaxPool1d | nn.MaxPool2d):
+            convs[-1] = dataclasses.replace(convs[-1], pooled=True)
+    dense = tuple(
+        (_numpy(layer.weight), _numpy(layer.bias))
+        for layer in net.head
+        if isinstance(layer, nn.Linear)
+    )
+    row_shape = tuple(net.row_shape)
+    with torch.no_grad():
+        example = torch.zeros((1, *row_shape), dtype=torch.float32)
+        features = net.features(net.channels_first(example))
+    return ConvWeights(
+        kind=net.kind,
+        row_shape=row_shape,
+        classify=net.classify,
+        convs=tuple(convs),
+        features_shape=tuple(features.shape[1:]),
+        dense=dense,
+    )
+
+
+def _numpy(t: torch.Tensor) -> npt.NDArray[np.float32]:
+    return t.detach().cpu().numpy().astype(np.float32)
 
 
 @contextlib.contextmanager

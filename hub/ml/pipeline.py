@@ -18,6 +18,8 @@ its own, and every public name is importable from here:
 - hub/ml/runner.py           ``open_runner``: a model file in its runtime, by its bytes
 - hub/ml/inference.py        onnxruntime sessions (the ONNX runner)
 - hub/ml/tflite.py           a TFLite interpreter (the TFLite runner)
+- hub/ml/tflite_export.py    the .tflite artefact of an MLP (hub/ml/tflite_convnet.py:
+                             of a conv net), for LiteRT classes
 - hub/ml/compatibility.py    does a model fit a dataset; which output is scored
 - hub/ml/evaluation.py       ``evaluate``, the gate, the golden rows
 - hub/ml/baseline.py         ``baseline_stats`` (the drift baseline)
@@ -46,6 +48,7 @@ from hub.ml.baseline import baseline_stats
 from hub.ml.compact import compact
 from hub.ml.compatibility import check_compatible, scores_output, value_output
 from hub.ml.config import PipelineConfig
+from hub.ml.convnet import ConvWeights
 from hub.ml.errors import ConfigError, GateError, ModelRefused, PipelineError
 from hub.ml.evaluation import evaluate, golden_indices, spread_indices
 from hub.ml.gates import enforce, judge, sibling
@@ -169,7 +172,7 @@ def train(
 
 def _sibling(
     runtime: str,
-    fitted: Fitted | None,
+    fitted: Fitted | ConvWeights,
     onnx: BuiltModel,
     data: Dataset,
     config: PipelineConfig,
@@ -184,16 +187,9 @@ def _sibling(
     """
     if runtime != "tflite":
         raise PipelineError(f"no artefact for the runtime {runtime!r}: onnxruntime or tflite")
-    if fitted is None:
-        raise PipelineError(
-            "a .tflite artefact is exported from an MLP trained here; a conv net (PyTorch)"
-            " has no TFLite export yet: build it for onnxruntime classes"
-        )
-    from hub.ml.tflite_export import export_tflite_int8  # TensorFlow only when asked
-
     report("tflite")
     t0 = time.perf_counter()
-    blob = export_tflite_int8(fitted, data.x_train)
+    blob = _export_tflite(fitted, data, onnx.fp32_bytes)
     seconds = time.perf_counter() - t0
     metrics = {"fp32": onnx.metrics["fp32"], "int8": score(blob, data)}
     gates = judge(data.task, metrics["fp32"], metrics["int8"], config)
@@ -216,6 +212,23 @@ def _sibling(
     )
 
 
+def _export_tflite(fitted: Fitted | ConvWeights, data: Dataset, fp32: bytes) -> bytes:
+    """The .tflite file of a model trained here: the MLP's (hub/ml/tflite_export.py) or
+    the conv net's (hub/ml/tflite_convnet.py, checked against its ``fp32`` ONNX file).
+    TensorFlow is imported only now.
+
+    Raises:
+        PipelineError: the export failed (each exporter names what it cannot lay out).
+    """
+    if isinstance(fitted, Fitted):
+        from hub.ml.tflite_export import export_tflite_int8
+
+        return export_tflite_int8(fitted, data.x_train)
+    from hub.ml.tflite_convnet import export_convnet_tflite_int8
+
+    return export_convnet_tflite_int8(fitted, data.x_train, fp32)
+
+
 def fit_model(
     data: Dataset,
     config: PipelineConfig,
@@ -231,8 +244,8 @@ def _fit(
     config: PipelineConfig,
     params: dict[str, Any] | None = None,
     progress: Progress | None = None,
-) -> tuple[bytes, Fitted | None]:
-    """:func:`fit_model`, and the fitted MLP (None for a conv net)."""
+) -> tuple[bytes, Fitted | ConvWeights]:
+    """:func:`fit_model`, and the trained model: the fitted MLP, or the conv net's weights."""
 
     def epoch(fraction: float) -> None:
         if progress is not None:
@@ -247,9 +260,9 @@ def _fit(
             f" of {data.row_shape[0]} features: train an mlp"
         )
 
-    from hub.ml.convnet import conv_config, fit_convnet  # torch only where conv nets are
+    from hub.ml.convnet import conv_config, train_convnet  # torch only where conv nets are
 
-    fp32 = fit_convnet(
+    trained = train_convnet(
         data.x_train,
         data.y_train,
         task=data.task,
@@ -259,7 +272,7 @@ def _fit(
         progress=epoch,
         kind=data.kind,
     )
-    return compact(fp32), None
+    return compact(trained.onnx), trained.weights
 
 
 def to_int8(fp32: bytes, data: Dataset, config: PipelineConfig) -> bytes:

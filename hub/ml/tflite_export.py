@@ -12,7 +12,9 @@ int8, only the input's standardisation in float (``FLOAT_OPS`` says why). The ba
 stays dynamic.
 
 TensorFlow is the ``tflite-export`` extra (about 1.5 GB): never a default install, and
-imported only here, when a LiteRT artefact is asked for. The artefact is judged on the
+imported only here (``tensorflow``), when a LiteRT artefact is asked for. The conv nets'
+export (hub/ml/tflite_convnet.py) lays out its own Keras model and converts it with
+``convert_int8``, the same calibration and int8 settings. The artefact is judged on the
 hold-out and gated on its own like any model (hub/ml/pipeline.py); this module only makes
 the file.
 
@@ -34,7 +36,7 @@ import numpy.typing as npt
 from hub.ml.errors import PipelineError
 from hub.ml.training import Fitted
 
-__all__ = ["CALIBRATION_ROWS", "export_tflite_int8"]
+__all__ = ["CALIBRATION_ROWS", "convert_int8", "export_tflite_int8", "tensorflow"]
 
 CALIBRATION_ROWS: Final = 300  # training rows the converter calibrates int8 ranges on
 # The standardisation's ops stay float: int8 quantises a tensor with one scale, and raw
@@ -55,11 +57,24 @@ def export_tflite_int8(fitted: Fitted, calibration: npt.NDArray[np.float32]) -> 
             converter failed.
     """
     scaler, mlp = _parts(fitted)
-    tf = _tensorflow()
+    tf = tensorflow()
     rows = np.ascontiguousarray(calibration.reshape(len(calibration), -1), dtype=np.float32)
     model = _keras(tf, scaler, mlp, fitted, rows.shape[1])
+    return convert_int8(tf, model, rows, FLOAT_OPS)
+
+
+def convert_int8(
+    tf: Any, model: Any, rows: npt.NDArray[np.float32], float_ops: tuple[str, ...] = ()
+) -> bytes:
+    """A Keras model as a full-int8 .tflite file with float input and output, its int8
+    ranges calibrated on up to ``CALIBRATION_ROWS`` of ``rows`` (spread over them), the
+    ``float_ops`` left in float.
+
+    Raises:
+        PipelineError: the converter failed.
+    """
     step = max(1, len(rows) // CALIBRATION_ROWS)
-    sample = rows[::step][:CALIBRATION_ROWS]
+    sample = np.ascontiguousarray(rows[::step][:CALIBRATION_ROWS], dtype=np.float32)
 
     def calibration_rows() -> Any:
         return ([row[None]] for row in sample)
@@ -80,7 +95,7 @@ def export_tflite_int8(fitted: Fitted, calibration: npt.NDArray[np.float32]) -> 
                 converter=converter,
                 debug_dataset=calibration_rows,
                 debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                    denylisted_ops=list(FLOAT_OPS)
+                    denylisted_ops=list(float_ops)
                 ),
             )
             return bytes(debugger.get_nondebug_quantized_model())
@@ -103,15 +118,20 @@ def _keras(tf: Any, scaler: Any, mlp: Any, fitted: Fitted, n_features: int) -> A
     keras = tf.keras
     keras.utils.set_random_seed(0)
     x = inputs = keras.Input(shape=(n_features,), name="input", dtype="float32")
+    # Every layer named here, not by Keras' process-wide counters: the names go into the
+    # file, so the same model gives the same bytes however many the hub built before.
     x = keras.layers.Normalization(
         mean=np.asarray(scaler.mean_, np.float32),
         variance=np.asarray(scaler.scale_, np.float32) ** 2,
+        name="standardise",
     )(x)
     hidden = _ACTIVATIONS[mlp.activation]
     layers = list(zip(mlp.coefs_, mlp.intercepts_, strict=True))
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
-        dense = keras.layers.Dense(w.shape[1], activation=None if last else hidden)
+        dense = keras.layers.Dense(
+            w.shape[1], activation=None if last else hidden, name=f"dense{i}"
+        )
         x = dense(x)
         dense.set_weights([np.asarray(w, np.float32), np.asarray(b, np.float32)])
     if fitted.regressor:
@@ -119,14 +139,15 @@ def _keras(tf: Any, scaler: Any, mlp: Any, fitted: Fitted, n_features: int) -> A
     elif mlp.out_activation_ == "softmax":
         outputs = keras.layers.Softmax(name="probabilities")(x)
     else:  # two classes: one logistic unit, as scikit-learn's predict_proba spreads it
-        p = keras.layers.Activation("sigmoid")(x)
+        p = keras.layers.Activation("sigmoid", name="logistic")(x)
         outputs = keras.layers.Concatenate(name="probabilities")(
-            [keras.layers.Rescaling(-1.0, offset=1.0)(p), p]
+            [keras.layers.Rescaling(-1.0, offset=1.0, name="complement")(p), p]
         )
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, outputs, name="mlp")
 
 
-def _tensorflow() -> Any:
+def tensorflow() -> Any:
+    """TensorFlow, imported now, or a PipelineError naming the extra to install."""
     # Before the import: no C++ info lines, and oneDNN off so conversions repeat bit for bit.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
