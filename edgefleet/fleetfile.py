@@ -8,6 +8,7 @@ The format is in docs/fleet-as-code.md; hub/declared/ checks and applies it.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass
@@ -49,9 +50,46 @@ def read(path: Path) -> FleetFile:
     except OSError as e:
         raise FleetFileError(f"{path}: {e.strerror or e}") from e
     try:
-        return FleetFile(path, text, tomllib.loads(text))
+        document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise FleetFileError(f"{path}: not valid TOML: {e}") from e
+    fleet = FleetFile(path, text, document)
+    _read_secrets(fleet, path.parent)
+    return fleet
+
+
+def _read_secrets(fleet: FleetFile, base: Path) -> None:
+    """Each receiver's ``secret_env`` / ``secret_file`` replaced by ``secret``, its value:
+    a secret never sits in the fleet file itself.
+
+    Raises:
+        FleetFileError: a secret in the file, or one that cannot be read (with its line).
+    """
+    receivers = fleet.document.get("receivers")
+    if not isinstance(receivers, dict):
+        return
+    for name, decl in receivers.items():
+        if not isinstance(decl, dict):
+            continue
+        where = f"{fleet.where(('receivers', name))}: receivers.{name}"
+        if "secret" in decl:
+            raise FleetFileError(
+                f"{fleet.where(('receivers', name, 'secret'))}: receivers.{name}.secret: "
+                "keep the secret out of the file: name it with secret_env or secret_file"
+            )
+        env, file = decl.pop("secret_env", None), decl.pop("secret_file", None)
+        if (env is None) == (file is None):
+            raise FleetFileError(f"{where}: give one of secret_env or secret_file")
+        if env is not None:
+            value = os.environ.get(str(env))
+            if not value:
+                raise FleetFileError(f"{where}: secret_env: ${env} is not set")
+        else:
+            try:
+                value = (base / str(file)).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise FleetFileError(f"{where}: secret_file: {e.strerror or e}") from e
+        decl["secret"] = value
 
 
 def send(client: HubClient, fleet: FleetFile, *, apply: bool) -> dict[str, Any]:

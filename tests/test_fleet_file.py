@@ -14,6 +14,7 @@ from fleet_rig import Rig, fleet_rig
 from waiting import wait_for
 
 from edgefleet import fleetfile
+from edgefleet.client import HubClient, HubClientError
 from edgefleet.fleetfile import FleetFileError, line_of
 from hub.transport.broker import Mosquitto
 
@@ -187,3 +188,57 @@ def test_line_of_finds_tables_dotted_and_quoted_keys() -> None:
     assert line_of(text, ("tags", "x:y", 0)) == 5
     assert line_of(text, ("tags", "drift", "m", "k")) == 8
     assert line_of(text, ("nowhere",)) is None
+
+
+RECEIVER = """\
+[receivers.oncall]
+url = "http://127.0.0.1:9/hooks/edgefleet?token=abc"
+secret_env = "EF_TEST_ONCALL_SECRET"
+kinds = ["drift", "rollout"]
+"""
+
+
+def test_receivers_are_declared_with_their_secret_outside_the_file(
+    rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EF_TEST_ONCALL_SECRET", "s" * 24)
+    fleet = write(tmp_path, RECEIVER)
+    assert "secret" in fleet.document["receivers"]["oncall"]  # read from the environment
+
+    operator = rig.client.create_api_key("ops", "operator")["key"]
+    with HubClient(rig.api.url, api_key=operator) as as_operator:
+        planned = fleetfile.send(as_operator, fleet, apply=False)  # diff: a viewer's
+        with pytest.raises(HubClientError, match="an admin key applies it") as refused:
+            fleetfile.send(as_operator, fleet, apply=True)
+    assert refused.value.status == 403
+    assert fleetfile.render(planned, applied=False) == [
+        "+ receiver oncall: kinds drift, rollout, every model"
+    ]
+    assert "token=abc" not in str(planned) and "s" * 24 not in str(planned)
+
+    fleetfile.send(rig.client, fleet, apply=True)
+    row = rig.hub.alerts.receivers.get("oncall")
+    assert (row.url, row.secret, row.kinds) == (
+        "http://127.0.0.1:9/hooks/edgefleet?token=abc",
+        "s" * 24,
+        ["drift", "rollout"],
+    )
+    again = fleetfile.send(rig.client, fleet, apply=False)
+    assert again["changes"] == []
+
+    monkeypatch.setenv("EF_TEST_ONCALL_SECRET", "t" * 24)
+    rotated = fleetfile.send(rig.client, fleetfile.read(fleet.path), apply=False)
+    assert fleetfile.render(rotated, applied=False) == ["~ receiver oncall: secret changed"]
+
+
+def test_a_secret_in_the_file_or_one_not_set_is_refused_naming_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EF_TEST_ONCALL_SECRET", raising=False)
+    path = tmp_path / "fleet.toml"
+    path.write_text(RECEIVER)
+    with pytest.raises(FleetFileError, match=r"fleet.toml:1: .*EF_TEST_ONCALL_SECRET is not set"):
+        fleetfile.read(path)
+    path.write_text(RECEIVER.replace('secret_env = "EF_TEST_ONCALL_SECRET"', 'secret = "x"'))
+    with pytest.raises(FleetFileError, match=r"fleet.toml:3: receivers.oncall.secret: keep"):
+        fleetfile.read(path)

@@ -139,6 +139,25 @@ class Receivers:
                 s.merge(_row(spec, spec.secret, "config"))
             s.commit()
 
+    def put(self, spec: ReceiverSpec, by: str | None) -> AlertReceiver:
+        """Create or replace a receiver with its secret (a fleet file's, hub/declared/);
+        what it has pending stays pending.
+
+        Raises:
+            ReceiverError: ``invalid``: no secret, or one receiver too many.
+        """
+        if not spec.secret:
+            raise ReceiverError("invalid", f"receiver {spec.name!r}: no secret")
+        with session(self.engine) as s:
+            if s.get(AlertReceiver, spec.name) is None and (
+                len(s.exec(select(AlertReceiver.name)).all()) >= MAX_RECEIVERS
+            ):
+                raise ReceiverError("invalid", f"at most {MAX_RECEIVERS} receivers")
+            row = s.merge(_row(spec, spec.secret, by))
+            s.commit()
+            s.refresh(row)
+        return row
+
     def get(self, name: str) -> AlertReceiver:
         """Raises: ReceiverError ``unknown``."""
         with session(self.engine) as s:

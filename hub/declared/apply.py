@@ -17,7 +17,7 @@ from sqlmodel import Session, col, delete
 
 from hub.app import Hub
 from hub.declared.document import FleetDocument, RolloutPolicySpec
-from hub.declared.plan import Change, Plan, plan
+from hub.declared.plan import Change, Plan, plan, receiver_spec
 from hub.fleet.rollout_spec import RolloutSpec
 from hub.loop import PolicySettings
 from hub.store.tables import DeclaredGroup, DeviceTag, RolloutPolicy, session
@@ -90,6 +90,8 @@ def _make(hub: Hub, doc: FleetDocument, change: Change, by: str | None) -> Chang
         hub.drift.set_policy(change.name, Policy(**change.after), by=by)
     elif change.kind == "loop_policy":
         hub.loop.set_policy(change.name, PolicySettings(**change.after), by=by)
+    elif change.kind == "receiver":
+        hub.alerts.receivers.put(receiver_spec(change.name, doc.receivers[change.name]), by=by)
     elif change.kind == "rollout":
         rollout = hub.rollouts.create(_rollout_spec(hub, doc, change), created_by=by)
         return replace(change, after={**change.after, "rollout": rollout.id})

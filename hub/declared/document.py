@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hub.alerts.messages import KINDS
+from hub.alerts.receivers import MAX_MODELS, MAX_SECRET, MAX_URL, MIN_SECRET
 from hub.loop import MAX_CAPTURE_ROWS, MAX_CAPTURE_S, MAX_GATHER_S
 from hub.store.names import DEVICE, MAX_INT, MODEL, TAG
 
@@ -15,6 +17,8 @@ Model = Annotated[str, Field(pattern=MODEL)]
 Tag = Annotated[str, Field(pattern=TAG)]
 DeviceId = Annotated[str, Field(pattern=DEVICE)]
 Name = Annotated[str, Field(pattern=MODEL)]  # a rollout policy's name
+
+Kind = Literal["drift", "rollout", "loop"]  # what alerts a receiver takes (hub/alerts/)
 
 DEVICES_MAX = 100_000  # devices listed for one tag or group
 ENTRIES_MAX = 1000  # tags, groups, policies of one kind in one file
@@ -91,6 +95,21 @@ class GroupSpec(Strict):
         return self
 
 
+def _every_kind() -> list[Kind]:
+    return ["drift", "rollout", "loop"]
+
+
+class ReceiverDecl(Strict):
+    """A webhook that alerts go to (docs/alerts.md). The secret signs what it is sent; a
+    fleet file names an environment variable or a file that holds it (``secret_env``,
+    ``secret_file``) and the CLI sends its value, never kept in the file."""
+
+    url: str = Field(max_length=MAX_URL)
+    secret: str = Field(min_length=MIN_SECRET, max_length=MAX_SECRET, repr=False)
+    kinds: list[Kind] = Field(default_factory=_every_kind, min_length=1, max_length=len(KINDS))
+    models: list[Model] = Field(default_factory=list, max_length=MAX_MODELS)  # empty: all
+
+
 class FleetDocument(Strict):
     """A whole fleet file. What it does not name, apply leaves alone."""
 
@@ -102,6 +121,7 @@ class FleetDocument(Strict):
     )
     drift: dict[Model, DriftPolicySpec] = Field(default_factory=dict, max_length=ENTRIES_MAX)
     loop: dict[Model, LoopPolicySpec] = Field(default_factory=dict, max_length=ENTRIES_MAX)
+    receivers: dict[Name, ReceiverDecl] = Field(default_factory=dict, max_length=100)
 
     @model_validator(mode="after")
     def _tag_or_group(self) -> FleetDocument:

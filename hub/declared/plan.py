@@ -15,13 +15,16 @@ abort by hand.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from hub.alerts.errors import ReceiverError
+from hub.alerts.receivers import ReceiverSpec
 from hub.app import Hub
-from hub.declared.document import FleetDocument, GroupSpec, RolloutPolicySpec
+from hub.declared.document import FleetDocument, GroupSpec, ReceiverDecl, RolloutPolicySpec
 from hub.ml.registry import RegistryError
 from hub.store.tables import (
     DeclaredGroup,
@@ -40,7 +43,7 @@ SHOWN = 5  # device ids named in one change's line
 class Change:
     """One difference: what kind of thing, its name, what happens, and a line for a person."""
 
-    kind: str  # rollout_policy | members | group | drift_policy | loop_policy | rollout
+    kind: str  # rollout_policy | members | group | drift_policy | loop_policy | receiver | rollout
     name: str
     action: str  # add | set | start
     detail: str
@@ -95,9 +98,11 @@ def plan(hub: Hub, doc: FleetDocument) -> Plan:
             for model in getattr(doc, section):
                 if not hub.registry.versions(model):
                     problems.append(((section, model), f"no model {model!r} in the registry"))
+        receivers, refused = _receivers(hub, doc)
+        problems += refused
         if problems:
             raise DeclarationError(problems)
-        out.changes += _policies(hub, doc)
+        out.changes += _policies(hub, doc) + receivers
         for tag, spec in doc.groups.items():
             if spec.model is not None and spec.version is not None:
                 listed = members.get(tag)
@@ -196,6 +201,44 @@ def _policies(hub: Hub, doc: FleetDocument) -> list[Change]:
                 )
             )
     return changes
+
+
+def _receivers(hub: Hub, doc: FleetDocument) -> tuple[list[Change], list[tuple[Loc, str]]]:
+    """Receivers that differ from the hub's; URLs and secrets are never shown (a URL may
+    carry a token): only which fields change."""
+    changes: list[Change] = []
+    problems: list[tuple[Loc, str]] = []
+    for name, decl in doc.receivers.items():
+        try:
+            spec = receiver_spec(name, decl)
+        except ReceiverError as e:
+            problems.append((("receivers", name), str(e)))
+            continue
+        row = hub.alerts.receivers.find(name)
+        if row is None:
+            detail = f"receiver {name}: kinds {', '.join(spec.kinds)}"
+            detail += f", models {', '.join(spec.models)}" if spec.models else ", every model"
+            changes.append(Change("receiver", name, "add", detail, ("receivers", name)))
+            continue
+        differ = [
+            what
+            for what, same in (
+                ("url", row.url == spec.url),
+                ("secret", hmac.compare_digest(row.secret.encode(), spec.secret.encode())),
+                ("kinds", tuple(row.kinds) == spec.kinds),
+                ("models", tuple(row.models) == spec.models),
+            )
+            if not same
+        ]
+        if differ:
+            detail = f"receiver {name}: {', '.join(differ)} changed"
+            changes.append(Change("receiver", name, "set", detail, ("receivers", name)))
+    return changes, problems
+
+
+def receiver_spec(name: str, decl: ReceiverDecl) -> ReceiverSpec:
+    """The receiver a fleet file declares (ReceiverError ``invalid`` when it is not one)."""
+    return ReceiverSpec(name, decl.url, decl.secret, tuple(decl.kinds), tuple(decl.models))
 
 
 def _group_rollout(

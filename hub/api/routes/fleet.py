@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException
 
+from hub.access.keys import Role
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Operator, Viewer
 from hub.declared.apply import ApplyError, apply
@@ -31,8 +32,11 @@ def diff(h: HubDep, who: Viewer, doc: Document) -> dict[str, Any]:
 
 @router.post("/apply", name="fleet.apply", responses=DENIALS)
 def apply_file(h: HubDep, who: Operator, audit: Audit, doc: Document) -> dict[str, Any]:
-    """Make the file's changes: tags and groups, rollout, drift and loop policies, and a
-    rollout for each group whose desired version differs from what it runs."""
+    """Make the file's changes: tags and groups, rollout, drift and loop policies, alert
+    receivers (an admin's key: as ``POST /alert-receivers``), and a rollout for each group
+    whose desired version differs from what it runs."""
+    if doc.receivers and not who.role.allows(Role.admin):
+        raise HTTPException(403, "the file declares alert receivers: an admin key applies it")
     try:
         done = apply(h, doc, by=who.keyid)
     except DeclarationError as e:
