@@ -67,7 +67,9 @@ def key_list(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = Fal
 
 
 def key_revoke(
-    keyid: Annotated[str, typer.Argument(help="The key's id (the part after ef_).")],
+    keyid: Annotated[
+        str, typer.Argument(metavar="KEYID", help="The key's id (the part after ef_).")
+    ],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,
@@ -91,7 +93,9 @@ def signing_list(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json =
 
 
 def signing_rotate(
-    role: Annotated[RoleName, typer.Argument(help="The role whose keys are replaced.")],
+    role: Annotated[
+        RoleName, typer.Argument(metavar="ROLE", help="The role whose keys are replaced.")
+    ],
     threshold: Annotated[
         int | None, typer.Option("--threshold", help="New threshold (default: unchanged).")
     ] = None,

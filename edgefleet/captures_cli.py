@@ -16,7 +16,9 @@ from edgefleet.rollout_cli import split_ids
 
 captures = typer.Typer(help="Data capture from devices: start, show, datasets, labels.")
 
-DatasetId = Annotated[str, typer.Argument(help="The captured dataset's id (captures datasets).")]
+DatasetId = Annotated[
+    str, typer.Argument(metavar="DATASET", help="The captured dataset's id (captures datasets).")
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -67,7 +69,7 @@ def start(
 
 
 def show(
-    capture_id: Annotated[str, typer.Argument(help="The capture's id.")],
+    capture_id: Annotated[str, typer.Argument(metavar="CAPTURE", help="The capture's id.")],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,

@@ -40,7 +40,7 @@ def render_classes(rows: list[dict[str, Any]]) -> Any:
 
 
 def show(
-    name: Annotated[str, typer.Argument(help="The class's name (classes list).")],
+    name: Annotated[str, typer.Argument(metavar="CLASS", help="The class's name (classes list).")],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,

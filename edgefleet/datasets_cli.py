@@ -16,7 +16,9 @@ __all__ = ["describe", "register"]
 
 datasets = typer.Typer(help="Your datasets, kept as versions.")
 
-Ref = Annotated[str, typer.Argument(help="NAME (the latest), NAME:SEQ or NAME:SHA256-PREFIX.")]
+Ref = Annotated[
+    str, typer.Argument(metavar="REF", help="NAME (the latest), NAME:SEQ or NAME:SHA256-PREFIX.")
+]
 TIMEOUT_S = 600.0  # seconds: a large upload or download
 
 
@@ -34,7 +36,9 @@ def register(app: typer.Typer) -> None:
 
 
 def upload(
-    file: Annotated[Path, typer.Argument(help="The CSV, Parquet or NPZ (arrays x, y) file.")],
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The CSV, Parquet or NPZ (arrays x, y) file.")
+    ],
     name: Annotated[str, typer.Option("--name", help="The dataset's name (lower case).")],
     label: Annotated[
         str | None, typer.Option("--label", help="The label column (CSV, Parquet); NPZ uses y.")

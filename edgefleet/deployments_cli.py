@@ -24,7 +24,9 @@ __all__ = ["deploy", "outcome", "progress_line", "register"]
 
 deployments = typer.Typer(help="Deployments: one version to devices, all at once.")
 
-DeploymentId = Annotated[str, typer.Argument(help="The deployment's id (deployments list).")]
+DeploymentId = Annotated[
+    str, typer.Argument(metavar="DEPLOYMENT", help="The deployment's id (deployments list).")
+]
 Model = Annotated[str, typer.Option("--model", help="The model to deploy (models list).")]
 Version = Annotated[
     int | None, typer.Option("--version", help="Its version (default: the latest).")

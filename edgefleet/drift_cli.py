@@ -13,7 +13,7 @@ from edgefleet.output import emit, stamp, table
 drift = typer.Typer(help="Data drift: scores per model and scope, alerts, events, policy.")
 policy = typer.Typer(help="A model's drift thresholds and persistence rule.")
 
-Model = Annotated[str, typer.Argument(help="The model's name.")]
+Model = Annotated[str, typer.Argument(metavar="MODEL", help="The model's name.")]
 ModelFilter = Annotated[str | None, typer.Option("--model", help="Only this model's.")]
 Limit = Annotated[int, typer.Option("--limit", help="At most this many.")]
 Since = Annotated[

@@ -38,7 +38,7 @@ tokens = typer.Typer(
     invoke_without_command=True,
 )
 
-DeviceId = Annotated[str, typer.Argument(help="The device's id.")]
+DeviceId = Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")]
 Status = Annotated[
     str | None,
     typer.Option("--status", help="Only devices in this state: online, offline, revoked."),
@@ -253,7 +253,9 @@ def render_tokens(rows: list[dict[str, Any]]) -> Any:
 
 
 def token_revoke(
-    token_id: Annotated[str, typer.Argument(help="The token's id (not the token).")],
+    token_id: Annotated[
+        str, typer.Argument(metavar="TOKEN_ID", help="The token's id (not the token).")
+    ],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,

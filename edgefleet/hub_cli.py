@@ -281,7 +281,9 @@ def render_api_keys(rows: list[dict[str, Any]]) -> Any:
 
 
 def apikey_revoke(
-    keyid: Annotated[str, typer.Argument(help="The key's id (the part after ef_).")],
+    keyid: Annotated[
+        str, typer.Argument(metavar="KEYID", help="The key's id (the part after ef_).")
+    ],
     data: KeyDataDir = Path("edgefleet-data"),
     db: DbUrl = None,
     json: Json = False,

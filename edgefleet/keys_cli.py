@@ -117,7 +117,9 @@ def show(
 
 
 def rotate(
-    role: Annotated[RoleName, typer.Argument(help="The role whose keys are replaced.")],
+    role: Annotated[
+        RoleName, typer.Argument(metavar="ROLE", help="The role whose keys are replaced.")
+    ],
     data_dir: DataDir = DEFAULT_DATA_DIR,
     db: Db = None,
     root_keys: RootKeys = None,

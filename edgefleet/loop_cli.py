@@ -13,7 +13,7 @@ from edgefleet.output import emit, stamp, table
 loop = typer.Typer(help="The closed loop: its policy per model, and its runs.")
 policy = typer.Typer(help="A model's loop policy: on or off, how it captures and deploys.")
 
-Model = Annotated[str, typer.Argument(help="The model's name.")]
+Model = Annotated[str, typer.Argument(metavar="MODEL", help="The model's name.")]
 POLICY_FIELDS = (
     "enabled", "capture_rows", "capture_s", "canary_percent", "waves", "max_failure_ratio",
     "min_sample", "cooldown_s", "gather_s",
@@ -116,7 +116,7 @@ def render_runs(rows: list[dict[str, Any]]) -> Any:
 
 
 def run(
-    run_id: Annotated[str, typer.Argument(help="The run's id (loop runs).")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN", help="The run's id (loop runs).")],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,

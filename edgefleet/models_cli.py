@@ -32,7 +32,7 @@ models = typer.Typer(help="The model registry: train, upload, list, runs, lineag
 GATES = "Gates"
 TUNER = "Tuner"
 
-Name = Annotated[str, typer.Argument(help="The model's name.")]
+Name = Annotated[str, typer.Argument(metavar="MODEL", help="The model's name.")]
 Dataset = Annotated[
     str | None, typer.Option("--dataset", help="NAME or NAME:VERSION of a dataset (datasets list).")
 ]
@@ -170,7 +170,7 @@ def train(
 
 
 def upload(
-    file: Annotated[Path, typer.Argument(help="The .onnx or .tflite file.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The .onnx or .tflite file.")],
     name: Annotated[str, typer.Option("--name", help="The model's name.")],
     dataset: Dataset = None,
     no_quantize: Annotated[
@@ -270,7 +270,9 @@ def _model_version(ref: str) -> tuple[str, int]:
 
 
 def lineage(
-    ref: Annotated[str, typer.Argument(help="NAME:VERSION, e.g. vibration:3.")],
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME:VERSION", help="NAME:VERSION, e.g. vibration:3.")
+    ],
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,

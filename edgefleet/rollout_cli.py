@@ -9,6 +9,7 @@ not the rollout: the CLI says so, with the commands to watch or abort it, and ex
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -21,7 +22,9 @@ __all__ = ["follow", "register", "split_ids"]
 
 rollout = typer.Typer(help="Staged rollouts with gates and rollback.")
 
-RolloutId = Annotated[str, typer.Argument(help="The rollout's id (rollout list).")]
+RolloutId = Annotated[
+    str, typer.Argument(metavar="ROLLOUT", help="The rollout's id (rollout list).")
+]
 WHO = "Which devices (default: all)"
 HOW = "How"
 
@@ -136,19 +139,19 @@ def create(
         "rollback_on_halt": not no_rollback, "seed": seed, "probation_s": probation_s,
         "probation_min_inferences": probation_min_inferences,
     }  # fmt: skip
+    say = sys.stderr if json else sys.stdout  # --json: only the JSON on stdout
     with client(hub, api_key) as c:
         st = c.create_rollout(model, **{k: v for k, v in spec.items() if v is not None})
-        if json and not watch:
-            print_json(st)
-            return 0
         print(
             f"rollout {st['id']}: {st['model']} v{st['version']} to {st['devices']} devices "
-            f"in {st['waves']} wave(s)"
+            f"in {st['waves']} wave(s)",
+            file=say,
         )
-        print(f"  probation: {probation_terms(st['spec'])}")
-        if watch:
-            return follow_or_say(c, st["id"], hub)
-    return 0
+        print(f"  probation: {probation_terms(st['spec'])}", file=say)
+        code = follow_or_say(c, st["id"], hub, say) if watch else 0
+        if json:
+            print_json(c.rollout(st["id"]) if watch else st)
+    return code
 
 
 def rollout_list(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False) -> int:

@@ -19,10 +19,10 @@ __all__ = ["follow", "follow_or_say", "interrupted", "outcome", "probation_terms
 WATCH_S = 1.0  # seconds between redraws
 
 
-def follow_or_say(client: HubClient, rollout_id: str, hub: str) -> int:
+def follow_or_say(client: HubClient, rollout_id: str, hub: str, out: TextIO | None = None) -> int:
     """Follow the rollout; on Ctrl-C, say that the rollout goes on and how to reach it."""
     try:
-        return follow(client, rollout_id)
+        return follow(client, rollout_id, out)
     except KeyboardInterrupt:
         print(interrupted("rollout", rollout_id, hub), file=sys.stderr)
         raise  # the CLI exits 130

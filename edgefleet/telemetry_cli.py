@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
 
 
 def device(
-    device_id: Annotated[str, typer.Argument(help="The device's id.")],
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
     since: Start = None,
     until: End = None,
     resolution: Resolution = None,
@@ -56,7 +56,7 @@ def device(
 
 
 def group(
-    tag: Annotated[str, typer.Argument(help="The group: a device tag.")],
+    tag: Annotated[str, typer.Argument(metavar="TAG", help="The group: a device tag.")],
     since: Start = None,
     until: End = None,
     resolution: Resolution = None,

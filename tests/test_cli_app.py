@@ -109,3 +109,35 @@ def test_completion_is_offered(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--install-completion" in out and "--show-completion" in out
+
+
+def test_docs_cli_md_is_what_the_app_says() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "cli_docs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_agent_commands_load_nothing_of_the_hub() -> None:
+    """A device with only the agent extra runs ``edgefleet agent ...``."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edgefleet.cli import main\n"
+        "assert main(['agent', 'run', '--help']) == 0\n"
+        "heavy = ('fastapi', 'sqlmodel', 'sklearn', 'hub', 'uvicorn', 'onnx', 'httpx')\n"
+        "print('loaded:' + ','.join(sorted(m for m in sys.modules if m.split('.')[0] in heavy)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout

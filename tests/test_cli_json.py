@@ -5,6 +5,7 @@ of the shape the API answers, with nothing else on it."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -117,3 +118,21 @@ def test_changes_answer_json_too(stage: Stage, capsys: pytest.CaptureFixture[str
     assert token["id"] in {t["id"] for t in listed} and "token" not in listed[0]
     revoked = cli_json(rig, capsys, "enrol-token", "revoke", token["id"])
     assert revoked["revoked_at"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_watch_on_a_terminal_draws_a_bar_and_on_a_pipe_lines(stage: Stage) -> None:
+    from edgefleet.rollout_cli import follow
+
+    term, pipe = Terminal(), io.StringIO()
+    assert follow(stage.rig.client, stage.deployment, out=term) == 0
+    assert follow(stage.rig.client, stage.deployment, out=pipe) == 0
+    drawn, logged = term.getvalue(), pipe.getvalue()
+    assert "━" in drawn and "2/2" in drawn and "\x1b[" in drawn  # a live view, a bar
+    assert "\x1b[" not in logged and "2/2 healthy" in logged
+    for out in (drawn, logged):  # then each device's outcome, as lines
+        assert all(f"{d.device_id} " in out for d in stage.rig.devices)
