@@ -112,8 +112,8 @@ def signing_rotate(
         print_json(found)
     else:
         print(
-            f"rotated {role}: "
-            + ", ".join(f"{k} {v}" for k, v in found.items() if not isinstance(v, dict | list))
+            f"rotated {role}: root is now version {found['root_version']}; threshold"
+            f" {found['threshold']}, {len(found['keyids'])} key(s)"
         )
     return 0
 

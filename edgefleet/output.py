@@ -23,7 +23,7 @@ from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
 
-__all__ = ["PIPE_WIDTH", "console", "emit", "print_json", "stamp", "table"]
+__all__ = ["PIPE_WIDTH", "cell", "console", "emit", "print_json", "stamp", "table"]
 
 PIPE_WIDTH = 4096  # characters: a table in a pipe or a log is never wrapped or cut
 
@@ -63,8 +63,8 @@ def emit(data: Any, as_json: bool, render: Callable[[Any], RenderableType | None
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str = "") -> Table:
-    """A plain table: a column named ``"bytes>"`` is right-aligned (numbers); ``None``
-    cells read ``-``."""
+    """A plain table: a column named ``"bytes>"`` is right-aligned (numbers); cells as
+    :func:`cell` shows them."""
     t = Table(
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -77,8 +77,20 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, title: str =
         right = c.endswith(">")
         t.add_column(c.rstrip(">"), justify="right" if right else "left", overflow="fold")
     for row in rows:
-        t.add_row(*("-" if v is None else str(v) for v in row))
+        t.add_row(*(cell(v) for v in row))
     return t
+
+
+def cell(v: Any) -> str:
+    """A value as a table shows it: ``-`` for none, a list comma-separated, a dict as
+    compact JSON."""
+    if v is None:
+        return "-"
+    if isinstance(v, list | tuple):
+        return ", ".join(map(str, v))
+    if isinstance(v, dict):
+        return json.dumps(v, separators=(",", ":"), default=str)
+    return str(v)
 
 
 def stamp(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:

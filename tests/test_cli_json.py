@@ -89,6 +89,19 @@ def test_every_read_command_prints_json_and_only_json(
     assert [r["target"] for r in audit] == [stage.deployment]
 
 
+def test_every_read_command_renders_for_a_person_too(
+    stage: Stage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for args, _ in read_commands(stage):
+        capsys.readouterr()
+        code = main(stage.rig.cli_args(*args))
+        out, err = capsys.readouterr()
+        assert code == 0 and out.strip() and not err, (args, err)
+        assert "\x1b[" not in out, args  # a pipe: plain text
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(out)
+
+
 def test_a_table_and_json_come_from_the_same_data(
     stage: Stage, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -136,3 +149,19 @@ def test_watch_on_a_terminal_draws_a_bar_and_on_a_pipe_lines(stage: Stage) -> No
     assert "\x1b[" not in logged and "2/2 healthy" in logged
     for out in (drawn, logged):  # then each device's outcome, as lines
         assert all(f"{d.device_id} " in out for d in stage.rig.devices)
+
+
+def test_keys_through_the_api(stage: Stage, capsys: pytest.CaptureFixture[str]) -> None:
+    rig = stage.rig
+    made = cli_json(rig, capsys, "api-keys", "create", "--name", "ci", "--role", "viewer")
+    assert made["key"].startswith(f"ef_{made['keyid']}_") and made["role"] == "viewer"
+    listed = cli_json(rig, capsys, "api-keys", "list")
+    assert made["keyid"] in {k["keyid"] for k in listed} and "key" not in listed[0]
+    assert cli_json(rig, capsys, "api-keys", "revoke", made["keyid"])["revoked_at"]
+    before = cli_json(rig, capsys, "signing-keys", "list")
+    rotated = cli_json(rig, capsys, "signing-keys", "rotate", "snapshot")
+    assert rotated["root_version"] == before["root"]["version"] + 1
+    assert set(rotated["keyids"]).isdisjoint(before["snapshot"]["keyids"])
+    capsys.readouterr()
+    assert main(rig.cli_args("signing-keys", "rotate", "timestamp")) == 0
+    assert capsys.readouterr().out.startswith("rotated timestamp: root is now version")
