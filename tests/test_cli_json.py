@@ -165,3 +165,15 @@ def test_keys_through_the_api(stage: Stage, capsys: pytest.CaptureFixture[str]) 
     capsys.readouterr()
     assert main(rig.cli_args("signing-keys", "rotate", "timestamp")) == 0
     assert capsys.readouterr().out.startswith("rotated timestamp: root is now version")
+
+
+def test_an_upload_reports_the_bytes_it_sent(
+    stage: Stage, tmp_path_factory: pytest.TempPathFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path_factory.mktemp("upload") / "tiny.csv"
+    path.write_text("a,b,y\n" + "".join(f"{i},{i * 2},{i % 2}\n" for i in range(300)))
+    seen: list[int] = []
+    v = stage.rig.client.upload_dataset("tiny", path, label="y", on_bytes=seen.append)
+    assert seen == [path.stat().st_size] and v["rows"] == 300  # one block: a small file
+    [listed] = cli_json(stage.rig, capsys, "datasets", "list", "--name", "tiny")
+    assert listed["id"] == v["id"] == "tiny:1"

@@ -17,7 +17,7 @@ import pytest
 
 from edgefleet.cli import main
 from edgefleet.demo import DemoOptions, run_demo, wave_words, waves_words
-from edgefleet.progress import JobProgress
+from edgefleet.progress import JobProgress, UploadProgress
 from edgefleet.stage import HubProcess
 from hub.access.keys import DEV_KEY
 from hub.transport.broker import Mosquitto
@@ -133,3 +133,14 @@ def test_a_terminal_gets_one_line_rewritten_in_words_then_the_figures() -> None:
         "  float32: 23,003 bytes, accuracy 0.920\n"
         "  int8: 12,665 bytes (0.55× fp32), accuracy 0.919 (-0.1 pt): gates passed\n"
     )
+
+
+def test_an_upload_draws_a_bar_on_a_terminal_and_nothing_in_a_log() -> None:
+    term, log = Terminal(), io.StringIO()
+    for out in (term, log):
+        show = UploadProgress("wine.csv", 3 * 2**20, out)
+        for sent in (2**20, 2 * 2**20, 3 * 2**20):
+            show(sent)
+    assert log.getvalue() == ""
+    bar = term.getvalue()
+    assert "uploading wine.csv" in bar and "3.1/3.1 MB" in bar and bar.endswith("\n\x1b[?25h")
