@@ -181,3 +181,45 @@ def test_colours_on_a_terminal_and_none_with_no_color() -> None:
     assert COLOUR.search(on_a_terminal(["keys", "--help"]))
     plain = on_a_terminal(["keys", "--help"], NO_COLOR="1")
     assert "Usage: " in plain and not COLOUR.search(plain)
+
+
+def documented_commands() -> Iterator[tuple[str, list[str]]]:
+    """``edgefleet ...`` as README.md and docs/*.md write it in code (a backtick span, or a
+    line of a shell block): (file, its words up to the first option or value; ``a|b`` and
+    ``a/b`` name alternatives, the first is checked)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = path.read_text()
+        spans = re.findall(r"`(edgefleet [^`]+)`", text)
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+            spans += re.findall(r"^(?:\$ )?(edgefleet .*)$", block, flags=re.M)
+        for span in spans:
+            words = []
+            for word in span.split()[1:]:
+                if word.startswith("-") and not words:
+                    continue  # a root option: edgefleet -v hub serve
+                first = re.split(r"[|/]", word)[0]
+                if not re.fullmatch(r"[a-z][a-z-]*", first):
+                    break
+                words.append(first)
+            yield path.name, words
+
+
+def test_every_command_the_docs_name_exists() -> None:
+    wrong = []
+    named = list(documented_commands())
+    assert len(named) > 100  # README.md, docs/*.md and docs/cli.md name them
+    for where, words in named:
+        known: list[str] = []
+        for word in words:
+            if " ".join([*known, word]) not in COMMANDS:
+                break
+            known.append(word)
+        command = COMMANDS.get(" ".join(known))
+        left = words[len(known) :]
+        needs_action = hasattr(command, "commands") and not command.invoke_without_command
+        if words and (not known or (left and needs_action)):
+            wrong.append(f"{where}: edgefleet {' '.join(words)}")
+    assert wrong == []
