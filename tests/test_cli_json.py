@@ -177,3 +177,22 @@ def test_an_upload_reports_the_bytes_it_sent(
     assert seen == [path.stat().st_size] and v["rows"] == 300  # one block: a small file
     [listed] = cli_json(stage.rig, capsys, "datasets", "list", "--name", "tiny")
     assert listed["id"] == v["id"] == "tiny:1"
+
+
+def test_a_rollout_paused_resumed_and_aborted_from_the_cli(
+    stage: Stage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rig = stage.rig
+    v2 = rig.train()["version"]
+    started = cli_json(
+        rig, capsys, "rollout", "create", "--model", stage.model, "--version", str(v2),
+        "--canary", "1", "--rate", "0.01",  # one device now, the next in 100 minutes
+    )  # fmt: skip
+    rollout = started["id"]
+    assert (started["version"], started["devices"], started["state"]) == (v2, 2, "running")
+    assert cli_json(rig, capsys, "rollout", "pause", rollout)["state"] == "paused"
+    assert cli_json(rig, capsys, "rollout", "resume", rollout)["state"] == "running"
+    capsys.readouterr()
+    assert main(rig.cli_args("rollout", "abort", rollout, "--rollback")) == 0
+    assert capsys.readouterr().out == f"rollout {rollout}: aborted\n"
+    assert cli_json(rig, capsys, "rollout", "show", rollout)["state"] == "aborted"
