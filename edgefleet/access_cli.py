@@ -18,8 +18,12 @@ from edgefleet.keys_cli import RoleName
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, print_json, stamp, table
 
-api_keys = typer.Typer(help="API keys through the API (admin): create, list, revoke.")
-signing = typer.Typer(help="The hub's signing keys through the API (admin): list, rotate.")
+api_keys = typer.Typer(
+    no_args_is_help=True, help="API keys through the API (admin): create, list, revoke."
+)
+signing = typer.Typer(
+    no_args_is_help=True, help="The hub's signing keys through the API (admin): list, rotate."
+)
 
 
 def register(app: typer.Typer) -> None:

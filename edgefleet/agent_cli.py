@@ -15,7 +15,7 @@ from edgefleet.options import DEFAULT_HUB
 
 DEFAULT_ENDPOINT = "127.0.0.1:8780"  # agent/config.py DEFAULT_ENDPOINT (not imported: lazy)
 
-agent = typer.Typer(help="The device daemon and its enrolment.")
+agent = typer.Typer(no_args_is_help=True, help="The device daemon and its enrolment.")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,7 +15,7 @@ import typer
 
 DEFAULT_DATA_DIR = Path("edgefleet-data")
 
-broker = typer.Typer(help="The MQTT broker's TLS set-up.")
+broker = typer.Typer(no_args_is_help=True, help="The MQTT broker's TLS set-up.")
 
 DataDir = Annotated[
     Path,

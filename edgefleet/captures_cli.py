@@ -14,7 +14,9 @@ from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, stamp, table
 from edgefleet.rollout_cli import split_ids
 
-captures = typer.Typer(help="Data capture from devices: start, show, datasets, labels.")
+captures = typer.Typer(
+    no_args_is_help=True, help="Data capture from devices: start, show, datasets, labels."
+)
 
 DatasetId = Annotated[
     str, typer.Argument(metavar="DATASET", help="The captured dataset's id (captures datasets).")

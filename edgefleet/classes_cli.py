@@ -10,7 +10,7 @@ import typer
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, table
 
-classes = typer.Typer(help="Device classes: runtime, architectures, budgets.")
+classes = typer.Typer(no_args_is_help=True, help="Device classes: runtime, architectures, budgets.")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from edgefleet.progress import UploadProgress
 
 __all__ = ["describe", "register"]
 
-datasets = typer.Typer(help="Your datasets, kept as versions.")
+datasets = typer.Typer(no_args_is_help=True, help="Your datasets, kept as versions.")
 
 Ref = Annotated[
     str, typer.Argument(metavar="REF", help="NAME (the latest), NAME:SEQ or NAME:SHA256-PREFIX.")

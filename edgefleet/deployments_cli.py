@@ -22,7 +22,9 @@ from edgefleet.rollout_view import interrupted
 
 __all__ = ["deploy", "outcome", "progress_line", "register"]
 
-deployments = typer.Typer(help="Deployments: one version to devices, all at once.")
+deployments = typer.Typer(
+    no_args_is_help=True, help="Deployments: one version to devices, all at once."
+)
 
 DeploymentId = Annotated[
     str, typer.Argument(metavar="DEPLOYMENT", help="The deployment's id (deployments list).")

@@ -10,8 +10,10 @@ import typer
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, stamp, table
 
-drift = typer.Typer(help="Data drift: scores per model and scope, alerts, events, policy.")
-policy = typer.Typer(help="A model's drift thresholds and persistence rule.")
+drift = typer.Typer(
+    no_args_is_help=True, help="Data drift: scores per model and scope, alerts, events, policy."
+)
+policy = typer.Typer(no_args_is_help=True, help="A model's drift thresholds and persistence rule.")
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help="The model's name.")]
 ModelFilter = Annotated[str | None, typer.Option("--model", help="Only this model's.")]

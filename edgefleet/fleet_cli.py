@@ -32,7 +32,9 @@ devices = typer.Typer(
     help="The devices: list (the default), show, revoke, re-enrol, tag.",
     invoke_without_command=True,
 )
-tags = typer.Typer(help="A device's tags (groups for rollouts, telemetry, captures).")
+tags = typer.Typer(
+    no_args_is_help=True, help="A device's tags (groups for rollouts, telemetry, captures)."
+)
 tokens = typer.Typer(
     help="One-time enrolment tokens: issue one (the default), list, revoke.",
     invoke_without_command=True,

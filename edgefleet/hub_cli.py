@@ -20,8 +20,12 @@ from edgefleet import hub_wait
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, print_json, stamp, table
 
-hub = typer.Typer(help="The central hub: run it, wait for it, its keys and classes.")
-apikey = typer.Typer(help="API keys, from the hub's database (bootstrap the first admin).")
+hub = typer.Typer(
+    no_args_is_help=True, help="The central hub: run it, wait for it, its keys and classes."
+)
+apikey = typer.Typer(
+    no_args_is_help=True, help="API keys, from the hub's database (bootstrap the first admin)."
+)
 
 DataDir = Annotated[Path, typer.Option("--data", help="The hub's data directory.")]
 DbUrl = Annotated[

@@ -17,7 +17,9 @@ from edgefleet.broker_cli import DEFAULT_DATA_DIR
 from edgefleet.options import Json
 from edgefleet.output import emit, table
 
-keys = typer.Typer(help="The hub's signing keys (TUF roles, director), on its disk.")
+keys = typer.Typer(
+    no_args_is_help=True, help="The hub's signing keys (TUF roles, director), on its disk."
+)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", "--data", help="The hub's data directory.")]
 Db = Annotated[

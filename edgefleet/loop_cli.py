@@ -10,8 +10,12 @@ import typer
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, stamp, table
 
-loop = typer.Typer(help="The closed loop: its policy per model, and its runs.")
-policy = typer.Typer(help="A model's loop policy: on or off, how it captures and deploys.")
+loop = typer.Typer(
+    no_args_is_help=True, help="The closed loop: its policy per model, and its runs."
+)
+policy = typer.Typer(
+    no_args_is_help=True, help="A model's loop policy: on or off, how it captures and deploys."
+)
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help="The model's name.")]
 POLICY_FIELDS = (

@@ -28,7 +28,10 @@ from edgefleet.progress import JobProgress, UploadProgress
 
 __all__ = ["figures", "performance_report", "register", "render_lineage"]
 
-models = typer.Typer(help="The model registry: train, upload, list, runs, lineage, performance.")
+models = typer.Typer(
+    no_args_is_help=True,
+    help="The model registry: train, upload, list, runs, lineage, performance.",
+)
 GATES = "Gates"
 TUNER = "Tuner"
 

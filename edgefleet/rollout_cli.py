@@ -20,7 +20,7 @@ from edgefleet.rollout_view import follow, follow_or_say, outcome, probation_ter
 
 __all__ = ["follow", "register", "split_ids"]
 
-rollout = typer.Typer(help="Staged rollouts with gates and rollback.")
+rollout = typer.Typer(no_args_is_help=True, help="Staged rollouts with gates and rollback.")
 
 RolloutId = Annotated[
     str, typer.Argument(metavar="ROLLOUT", help="The rollout's id (rollout list).")

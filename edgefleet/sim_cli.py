@@ -11,7 +11,7 @@ import typer
 
 from edgefleet.options import DEFAULT_HUB
 
-sim = typer.Typer(help="The fleet simulator.")
+sim = typer.Typer(no_args_is_help=True, help="The fleet simulator.")
 DATA_PANEL = "Your own data (edgefleet/demo_data.py): upload, train, roll out, live figures"
 
 Summary = Annotated[Path | None, typer.Option("--summary", help="Write the summary as JSON here.")]

@@ -11,7 +11,9 @@ import typer
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, stamp, table
 
-telemetry = typer.Typer(help="Telemetry windows per device or group; live figures per model.")
+telemetry = typer.Typer(
+    no_args_is_help=True, help="Telemetry windows per device or group; live figures per model."
+)
 
 Start = Annotated[
     str | None,
