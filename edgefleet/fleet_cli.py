@@ -1,10 +1,7 @@
-"""``edgefleet devices``, ``enrol-token`` and ``deploy``: the fleet, through the admin API
-(edgefleet/client.py). Deployments' own listing is edgefleet/deployments_cli.py's.
-
-``deploy --wait`` follows a deployment until every device has an outcome (a device away
-longer than ``--device-timeout`` times out), prints the outcome and exits 0 when every
-device is healthy, 1 otherwise; Ctrl-C says the deployment goes on and how to follow or
-stop it, and exits 130.
+"""``edgefleet devices`` (list, show, revoke, re-enrol, tags) and ``edgefleet enrol-token``
+(issue, list, revoke): the fleet, through the admin API (edgefleet/client.py). ``edgefleet
+deploy`` is registered here, next to the devices it targets; it lives with the
+deployments (edgefleet/deployments_cli.py).
 """
 
 from __future__ import annotations
