@@ -18,7 +18,7 @@ import typer
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, print_json, stamp, table
 from edgefleet.rollout_cli import render_events, split_ids
-from edgefleet.rollout_view import interrupted
+from edgefleet.rollout_view import healthy_bar, interrupted, live_console
 
 __all__ = ["deploy", "outcome", "progress_line", "register"]
 
@@ -108,7 +108,11 @@ def deploy(
 
 
 def _wait(c: Any, st: dict[str, Any], hub: str, say: Any) -> dict[str, Any]:
+    """Follow the deployment to its end: a live bar on a terminal, a line per change in a
+    log; Ctrl-C says it goes on, and how to reach it."""
     try:
+        if say.isatty():
+            return _wait_live(c, st, say)
         last = ""
         while not st["finished"]:
             time.sleep(1)
@@ -121,6 +125,19 @@ def _wait(c: Any, st: dict[str, Any], hub: str, say: Any) -> dict[str, Any]:
     except KeyboardInterrupt:
         print(interrupted("deployment", st["id"], hub), file=sys.stderr)
         raise
+
+
+def _wait_live(c: Any, st: dict[str, Any], out: Any) -> dict[str, Any]:
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=live_console(out), auto_refresh=False) as live:
+        while not st["finished"]:
+            time.sleep(1)
+            st = c.deployment(st["id"], devices=False)
+            live.update(Group(Text(progress_line(st)), healthy_bar(st)), refresh=True)
+    return dict(c.deployment(st["id"]))
 
 
 def render_outcome(st: dict[str, Any]) -> str:

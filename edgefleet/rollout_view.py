@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 if TYPE_CHECKING:  # imported when used: a device with the agent extra has no httpx
     from edgefleet.client import HubClient
 
-__all__ = ["follow", "follow_or_say", "interrupted", "outcome", "probation_terms", "render"]
+__all__ = [
+    "follow",
+    "follow_or_say",
+    "healthy_bar",
+    "interrupted",
+    "live_console",
+    "outcome",
+    "probation_terms",
+    "render",
+]
 
 WATCH_S = 1.0  # seconds between redraws
 
@@ -71,26 +80,39 @@ def _follow_log(client: HubClient, rollout_id: str, out: TextIO) -> dict[str, An
 
 
 def _follow_live(client: HubClient, rollout_id: str, out: TextIO) -> dict[str, Any]:
-    from rich.console import Console, Group
+    from rich.console import Group
     from rich.live import Live
+    from rich.text import Text
+
+    with Live(console=live_console(out), auto_refresh=False) as live:
+        while True:
+            st = client.rollout(rollout_id)
+            live.update(Group(Text(render(st)), healthy_bar(st)), refresh=True)
+            if st["finished"]:
+                return st
+            time.sleep(WATCH_S)
+
+
+def live_console(out: TextIO) -> Any:
+    """A Rich console for a live view on the terminal ``out``."""
+    from rich.console import Console
+
+    return Console(file=out, markup=False, highlight=False, no_color="NO_COLOR" in os.environ)
+
+
+def healthy_bar(st: dict[str, Any]) -> Any:
+    """A bar of the healthy devices of a rollout or deployment status, and the count."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
 
-    con = Console(file=out, markup=False, highlight=False, no_color="NO_COLOR" in os.environ)
-    with Live(console=con, auto_refresh=False) as live:
-        while True:
-            st = client.rollout(rollout_id)
-            bar = Table.grid(padding=(0, 1))
-            bar.add_row(
-                Text("  healthy"),
-                ProgressBar(total=max(st["devices"], 1), completed=st["converged"], width=40),
-                Text(f"{st['converged']}/{st['devices']}"),
-            )
-            live.update(Group(Text(render(st)), bar), refresh=True)
-            if st["finished"]:
-                return st
-            time.sleep(WATCH_S)
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        Text("  healthy"),
+        ProgressBar(total=max(st["devices"], 1), completed=st["converged"], width=40),
+        Text(f"{st['converged']}/{st['devices']}"),
+    )
+    return bar
 
 
 def render(st: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import typer
+from terminal import COLOUR, on_a_terminal
 
 from edgefleet.cli import app, main
 
@@ -141,40 +142,6 @@ def test_the_agent_commands_load_nothing_of_the_hub() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout
-
-
-COLOUR = re.compile(r"\x1b\[[\d;]*(?:3\d|9[0-7])[;m]")  # a foreground colour code
-
-
-def on_a_terminal(args: list[str], **env: str) -> str:
-    """``edgefleet ARGS`` with a real pseudo-terminal as stdout: what a person sees."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    clean = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
-    code = f"import sys; from edgefleet.cli import main; sys.exit(main({args!r}))"
-    primary, secondary = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdin=secondary, stdout=secondary, stderr=secondary,
-        env={**clean, "TERM": "xterm-256color", "PYTHONPATH": str(root), **env},
-    )  # fmt: skip
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            data = os.read(primary, 65536)
-        except OSError:  # the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(primary)
-    assert proc.wait(30) == 0
-    return b"".join(chunks).decode()
 
 
 def test_colours_on_a_terminal_and_none_with_no_color() -> None:

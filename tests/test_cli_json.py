@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from fleet_rig import Rig, fleet_rig
+from terminal import on_a_terminal
 from waiting import wait_for
 
 from edgefleet.cli import main
@@ -177,6 +179,13 @@ def test_an_upload_reports_the_bytes_it_sent(
     assert seen == [path.stat().st_size] and v["rows"] == 300  # one block: a small file
     [listed] = cli_json(stage.rig, capsys, "datasets", "list", "--name", "tiny")
     assert listed["id"] == v["id"] == "tiny:1"
+
+
+def test_deploy_wait_on_a_terminal_draws_a_bar(stage: Stage) -> None:
+    args = ["deploy", "--model", stage.model, "--version", "1", "--wait"]
+    seen = on_a_terminal(stage.rig.cli_args(*args))
+    assert "━" in seen and "2/2" in seen  # the live bar, full
+    assert re.search(r"deployment \w+: all 2 devices healthy", seen), seen
 
 
 def test_a_rollout_paused_resumed_and_aborted_from_the_cli(
