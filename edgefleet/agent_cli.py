@@ -5,65 +5,75 @@ Imports only the agent's modules, so a device with just the ``agent`` extra runs
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
-DEFAULT_HUB = "http://127.0.0.1:8700"
+import typer
+
+from edgefleet.options import DEFAULT_HUB
+
 DEFAULT_ENDPOINT = "127.0.0.1:8780"  # agent/config.py DEFAULT_ENDPOINT (not imported: lazy)
 
+agent = typer.Typer(no_args_is_help=True, help="The device daemon and its enrolment.")
 
-def register(sub: Any) -> None:
-    """Add ``agent run`` and ``agent enrol``."""
-    agent = sub.add_parser("agent", help="the device daemon").add_subparsers(metavar="ACTION")
-    run = agent.add_parser(
+
+def register(app: typer.Typer) -> None:
+    """``edgefleet agent run`` and ``agent enrol``."""
+    agent.command(
         "run",
-        help="run the agent daemon (INFO log on stderr; -v for DEBUG; stop with SIGTERM/Ctrl-C)",
-    )
-    run.add_argument("--config", type=Path, required=True, help="agent config (TOML)")
-    run.set_defaults(func=_agent_run)
-    enrol = agent.add_parser("enrol", help="enrol with a hub: pin its root, write a config")
-    enrol.add_argument("--hub", default=DEFAULT_HUB)
-    enrol.add_argument("--token", required=True, help="a one-time enrolment token")
-    enrol.add_argument("--device-id", required=True)
-    enrol.add_argument("--device-class", default="generic")
-    enrol.add_argument("--state-dir", type=Path, required=True)
-    enrol.add_argument("--config-out", type=Path, required=True, help="write the TOML here")
-    enrol.add_argument(
-        "--endpoint",
-        default=DEFAULT_ENDPOINT,
-        help="the local inference endpoint, host:port ('' for none; one port per agent"
-        f" on a machine; default {DEFAULT_ENDPOINT})",
-    )
-    enrol.set_defaults(func=_agent_enrol)
+        help="Run the agent daemon (INFO log on stderr; -v for DEBUG; stop with SIGTERM/Ctrl-C).",
+    )(run)
+    agent.command("enrol", help="Enrol with a hub: pin its root, write a config.")(enrol)
+    app.add_typer(agent, name="agent")
 
 
-def _agent_run(args: argparse.Namespace) -> int:
+def run(
+    config: Annotated[Path, typer.Option("--config", help="The agent's config (TOML).")],
+) -> int:
     from agent.daemon import AgentConfig, run_daemon
 
-    run_daemon(AgentConfig.load(args.config), source=str(args.config))
+    run_daemon(AgentConfig.load(config), source=str(config))
     return 0
 
 
-def _agent_enrol(args: argparse.Namespace) -> int:
+def enrol(
+    token: Annotated[str, typer.Option("--token", help="A one-time enrolment token.")],
+    device_id: Annotated[str, typer.Option("--device-id", help="This device's id.")],
+    state_dir: Annotated[
+        Path, typer.Option("--state-dir", help="Where the agent keeps its keys and models.")
+    ],
+    config_out: Annotated[Path, typer.Option("--config-out", help="Write the TOML config here.")],
+    hub: Annotated[str, typer.Option("--hub", help="The hub's admin API.")] = DEFAULT_HUB,
+    device_class: Annotated[
+        str, typer.Option("--device-class", help="This device's class (hub classes).")
+    ] = "generic",
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            "--endpoint",
+            help="The local inference endpoint, host:port ('' for none; one port per agent"
+            " on a machine).",
+        ),
+    ] = DEFAULT_ENDPOINT,
+) -> int:
     from http.client import HTTPException
     from urllib.error import URLError
 
-    from agent.enrol import enrol
+    from agent.enrol import enrol as enrol_with
     from edgefleet.connection import enrol_error
 
     try:
-        enrol(
-            hub_url=args.hub,
-            token=args.token,
-            device_id=args.device_id,
-            device_class=args.device_class,
-            state_dir=args.state_dir,
-            config_out=args.config_out,
-            endpoint=args.endpoint,
+        enrol_with(
+            hub_url=hub,
+            token=token,
+            device_id=device_id,
+            device_class=device_class,
+            state_dir=state_dir,
+            config_out=config_out,
+            endpoint=endpoint,
         )
     except (URLError, ConnectionError, TimeoutError, HTTPException, json.JSONDecodeError) as e:
-        raise enrol_error(args.hub, e) from e  # one line: the hub's reason, or why no hub
-    print(f"enrolled {args.device_id}; config written to {args.config_out}")
+        raise enrol_error(hub, e) from e  # one line: the hub's reason, or why no hub
+    print(f"enrolled {device_id}; config written to {config_out}")
     return 0

@@ -13,6 +13,7 @@ Errors, each one line an operator can act on::
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import IO, Any
 
 import httpx
 
+from edgefleet.client_observe import ObservingCalls
 from edgefleet.connection import NOT_A_HUB, HubConnectionError, connection_error
 from edgefleet.refusals import render_detail
 
@@ -37,7 +39,7 @@ class HubClientError(Exception):
         self.detail = detail
 
 
-class HubClient:
+class HubClient(ObservingCalls):
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0) -> None:
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = base_url.rstrip("/")
@@ -122,6 +124,10 @@ class HubClient:
         """The device classes the hub knows: runtime, artefact, architectures, budgets."""
         return list(self._call("GET", "/device-classes"))
 
+    def device_class(self, name: str) -> dict[str, Any]:
+        """One device class: runtime, artefact, architectures, budgets."""
+        return dict(self._call("GET", f"/device-classes/{name}"))
+
     def enrol(
         self,
         device_id: str,
@@ -142,8 +148,10 @@ class HubClient:
             body["ttl_s"] = ttl_s
         return dict(self._call("POST", "/enrol-tokens", json=body))
 
-    def enrol_tokens(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/enrol-tokens"))
+    def enrol_tokens(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Enrolment tokens, newest first (never the tokens themselves)."""
+        params = {"limit": limit} if limit else {}
+        return list(self._call("GET", "/enrol-tokens", params=params))
 
     def revoke_enrol_token(self, token_id: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/enrol-tokens/{token_id}"))
@@ -193,9 +201,11 @@ class HubClient:
         dataset: str | None = None,
         quantize: bool = True,
         unevaluated: bool = False,
+        on_bytes: Callable[[int], None] | None = None,
         **gates: Any,
     ) -> dict[str, Any]:
-        """Import an ONNX or TFLite model judged on ``dataset`` (a job).
+        """Import an ONNX or TFLite model judged on ``dataset`` (a job); ``on_bytes`` is
+        called with the bytes sent so far.
 
         ``POST /models/{name}/upload``.
         """
@@ -209,7 +219,7 @@ class HubClient:
             self._call(
                 "POST",
                 f"/models/{name}/upload",
-                content=data,
+                content=_file_chunks(io.BytesIO(data), on_bytes) if on_bytes else data,
                 params=params,
                 headers={"content-type": "application/octet-stream"},
             )
@@ -232,8 +242,10 @@ class HubClient:
         label: str | None = None,
         task: str | None = None,
         fmt: str | None = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
-        """Upload a CSV, Parquet or NPZ file (streamed from disk) as a dataset version.
+        """Upload a CSV, Parquet or NPZ file (streamed from disk) as a dataset version;
+        ``on_bytes`` is called with the bytes sent so far.
 
         The answer has ``created``: False when the same bytes were already that version.
         """
@@ -242,7 +254,7 @@ class HubClient:
             r = self._send(
                 "POST",
                 f"/datasets/{name}",
-                content=_file_chunks(f),
+                content=_file_chunks(f, on_bytes),
                 params={k: v for k, v in params.items() if v is not None},
                 headers={"content-type": "application/octet-stream"},
             )
@@ -336,116 +348,12 @@ class HubClient:
     def set_tags(self, device_id: str, tags: list[str]) -> dict[str, Any]:
         return dict(self._call("PUT", f"/devices/{device_id}/tags", json={"tags": tags}))
 
-    def telemetry(
-        self,
-        *,
-        device: str | None = None,
-        group: str | None = None,
-        start: float | str | None = None,
-        end: float | str | None = None,
-        resolution_s: float | None = None,
-    ) -> dict[str, Any]:
-        """One device's or one group's (tag) telemetry windows merged per ``resolution_s``
-        over ``[start, end)`` (epoch seconds, ISO 8601 or relative like ``"-2h"``; the hub
-        defaults to the last hour)."""
-        if (device is None) == (group is None):
-            raise ValueError("name exactly one of device and group")
-        path = f"/telemetry/devices/{device}" if device else f"/telemetry/groups/{group}"
-        params = {"start": start, "end": end, "resolution_s": resolution_s}
-        return dict(
-            self._call("GET", path, params={k: v for k, v in params.items() if v is not None})
-        )
-
-    def performance(
-        self,
-        model: str,
-        *,
-        version: int | None = None,
-        device: str | None = None,
-        group: str | None = None,
-        start: float | str | None = None,
-        end: float | str | None = None,
-    ) -> dict[str, Any]:
-        """Live accuracy or MAE / RMSE of ``model`` per version, from labelled predictions
-        of one device, one group (tag) or the fleet (neither given), over ``[start, end)``
-        (epoch seconds; the hub defaults to the last hour); for a classifier with a
-        calibration table also ``estimated_accuracy`` / ``estimated_rows`` from the
-        devices' confidence counts, labelled or not (docs/telemetry.md)."""
-        params = {
-            "model": model,
-            "version": version,
-            "device": device,
-            "group": group,
-            "start": start,
-            "end": end,
-        }
-        return dict(
-            self._call(
-                "GET",
-                "/telemetry/performance",
-                params={k: v for k, v in params.items() if v is not None},
-            )
-        )
-
-    def drift(
-        self, model: str, scope: str = "fleet", id: str | None = None, **range_: float | str
-    ) -> dict[str, Any]:
-        """Per-feature PSI/JS of ``model`` for a device, group (tag) or the fleet;
-        ``since``/``until`` (epoch seconds, ISO 8601 or relative like ``"-2h"``) bound the
-        range. ``enough_data`` false (PSI/JS null) under the policy's ``min_rows``."""
-        params: dict[str, Any] = {"scope": scope, **range_}
-        if id is not None:
-            params["id"] = id
-        return dict(self._call("GET", f"/drift/models/{model}", params=params))
-
-    def drift_alerts(self, state: str | None = None, model: str | None = None) -> list[Any]:
-        params = {k: v for k, v in (("state", state), ("model", model)) if v is not None}
-        return list(self._call("GET", "/drift/alerts", params=params))
-
-    def drift_events(self, since: float | None = None) -> list[dict[str, Any]]:
-        params = {"since": since} if since is not None else {}
-        return list(self._call("GET", "/drift/events", params=params))
-
-    def drift_policy(self, model: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/drift/policies/{model}"))
-
-    def set_drift_policy(self, model: str, **policy: Any) -> dict[str, Any]:
-        return dict(self._call("PUT", f"/drift/policies/{model}", json=policy))
-
     def deployment(self, deployment_id: str, devices: bool = True) -> dict[str, Any]:
         return dict(self._call("GET", f"/deployments/{deployment_id}", params={"devices": devices}))
 
     def events(self, deployment_id: str, device: str | None = None) -> list[dict[str, Any]]:
         params = {"device": device} if device else {}
         return list(self._call("GET", f"/deployments/{deployment_id}/events", params=params))
-
-    # -- data capture and retraining (docs/capture.md)
-
-    def start_capture(self, model: str, **spec: Any) -> dict[str, Any]:
-        """Ask devices (``devices=[...]`` or ``group=``) for ``rows`` rows over
-        ``duration_s`` seconds or ``windows`` telemetry windows."""
-        return dict(self._call("POST", "/captures", json={"model": model, **spec}))
-
-    def capture(self, capture_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/captures/{capture_id}"))
-
-    def capture_datasets(self, model: str | None = None) -> list[dict[str, Any]]:
-        """The rows captures produced (docs/capture.md)."""
-        params = {"model": model} if model else {}
-        return list(self._call("GET", "/captures/datasets", params=params))
-
-    def capture_dataset(self, dataset_id: str) -> dict[str, Any]:
-        return dict(self._call("GET", f"/captures/datasets/{dataset_id}"))
-
-    def label_capture(self, dataset_id: str, labels: list[tuple[int, int | str]]) -> dict[str, Any]:
-        """Labels for captured rows ((row, class)): a new version of those rows."""
-        body = {"labels": [{"row": r, "label": label} for r, label in labels]}
-        return dict(self._call("POST", f"/captures/datasets/{dataset_id}/labels", json=body))
-
-    def retrain(self, model: str, datasets: list[str], **options: Any) -> dict[str, Any]:
-        """Start a retrain job (poll it with :meth:`wait_job`)."""
-        body = {"datasets": datasets, **options}
-        return dict(self._call("POST", f"/models/{model}/retrain", json=body))
 
     # -- fleet: plain deployments with their options, revocation by the CLI (fleetux)
 
@@ -461,9 +369,13 @@ class HubClient:
 UPLOAD_BLOCK = 1 << 20  # bytes read from disk per request chunk
 
 
-def _file_chunks(f: IO[bytes]) -> Iterator[bytes]:
+def _file_chunks(f: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> Iterator[bytes]:
+    sent = 0
     while block := f.read(UPLOAD_BLOCK):
         yield block
+        sent += len(block)
+        if on_bytes:
+            on_bytes(sent)
 
 
 def _is_json(r: httpx.Response) -> bool:

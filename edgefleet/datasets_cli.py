@@ -2,69 +2,72 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import typer
+
+from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
+from edgefleet.output import emit, print_json, table
+from edgefleet.progress import UploadProgress
+
+__all__ = ["describe", "register"]
+
+datasets = typer.Typer(no_args_is_help=True, help="Your datasets, kept as versions.")
+
+Ref = Annotated[
+    str, typer.Argument(metavar="REF", help="NAME (the latest), NAME:SEQ or NAME:SHA256-PREFIX.")
+]
+TIMEOUT_S = 600.0  # seconds: a large upload or download
 
 
-def register(sub: Any, api: argparse.ArgumentParser) -> None:
-    """Add the commands; ``api``: the parent parser with --hub/--api-key."""
-    ds = sub.add_parser("datasets", help="your datasets, kept as versions").add_subparsers(
-        metavar="ACTION"
-    )
-    up = ds.add_parser(
+def register(app: typer.Typer) -> None:
+    """``edgefleet datasets ...``."""
+    datasets.command(
         "upload",
-        parents=[api],
-        help="upload a CSV, Parquet or NPZ file as a new dataset version",
-        description="Upload a file; the hub infers and checks its schema. Uploading the"
-        " same bytes again gives the same version back.",
-    )
-    up.add_argument("file", type=Path, help="the CSV, Parquet or NPZ (arrays x, y) file")
-    up.add_argument("--name", required=True, help="the dataset's name (lower case)")
-    up.add_argument("--label", help="the label column (CSV, Parquet); NPZ uses y")
-    up.add_argument(
-        "--task",
-        choices=("classification", "regression"),
-        help="what the label is (default: inferred from it, and stated back)",
-    )
-    up.add_argument("--format", choices=("csv", "parquet", "npz"), help="default: by content")
-    up.add_argument("--json", action="store_true", help="print the version as JSON")
-    up.set_defaults(func=_upload)
-
-    ls = ds.add_parser("list", parents=[api], help="list dataset versions")
-    ls.add_argument("--name", help="only this dataset's versions")
-    ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(func=_list)
-
-    show = ds.add_parser("show", parents=[api], help="one version and its schema")
-    show.add_argument("ref", help="NAME (the latest), NAME:SEQ or NAME:SHA256-PREFIX")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=_show)
-
-    dl = ds.add_parser("download", parents=[api], help="the version's file, byte for byte")
-    dl.add_argument("ref", help="NAME, NAME:SEQ or NAME:SHA256-PREFIX")
-    dl.add_argument("-o", "--output", type=Path, help="where to write it (default: NAME-SEQ.EXT)")
-    dl.set_defaults(func=_download)
+        help="Upload a CSV, Parquet or NPZ file as a new dataset version; the hub infers and"
+        " checks its schema. The same bytes again give the same version back.",
+    )(upload)
+    datasets.command("list", help="List dataset versions.")(dataset_list)
+    datasets.command("show", help="One version and its schema.")(show)
+    datasets.command("download", help="The version's file, byte for byte.")(download)
+    app.add_typer(datasets, name="datasets")
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from edgefleet.client import HubClient
-
-    return HubClient(args.hub, api_key=args.api_key, timeout=600.0)
-
-
-def _upload(args: argparse.Namespace) -> int:
-    if not args.file.is_file():
-        print(f"error: no file {args.file}", file=sys.stderr)
-        return 2
-    with _client(args) as c:
+def upload(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="The CSV, Parquet or NPZ (arrays x, y) file.")
+    ],
+    name: Annotated[str, typer.Option("--name", help="The dataset's name (lower case).")],
+    label: Annotated[
+        str | None, typer.Option("--label", help="The label column (CSV, Parquet); NPZ uses y.")
+    ] = None,
+    task: Annotated[
+        Literal["classification", "regression"] | None,
+        typer.Option("--task", help="What the label is (default: inferred, and stated back)."),
+    ] = None,
+    fmt: Annotated[
+        Literal["csv", "parquet", "npz"] | None,
+        typer.Option("--format", help="The file's format (default: by content)."),
+    ] = None,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    if not file.is_file():
+        raise typer.BadParameter(f"no file {file}", param_hint="FILE")
+    with client(hub, api_key, timeout=TIMEOUT_S) as c:
         v = c.upload_dataset(
-            args.name, args.file, label=args.label, task=args.task, fmt=args.format
+            name,
+            file,
+            label=label,
+            task=task,
+            fmt=fmt,
+            on_bytes=UploadProgress(file.name, file.stat().st_size),
         )
-    if args.json:
-        print(json.dumps(v, indent=2))
+    if json:
+        print_json(v)
         return 0
     print(describe(v))
     if not v["created"]:
@@ -89,41 +92,59 @@ def describe(v: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _list(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        rows = c.datasets(args.name)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'version':<28}{'rows':>9}  {'task':<15}{'kind':<9}{'format':<8}sha256")
-    for r in rows:
-        print(
-            f"{r['id']:<28}{r['rows']:>9}  {r['task']:<15}{r['kind']:<9}{r['format']:<8}"
-            f"{r['sha256'][:16]}"
-        )
+def dataset_list(
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only this dataset's versions.")
+    ] = None,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    with client(hub, api_key) as c:
+        rows = c.datasets(name)
+    emit(rows, json, render_datasets)
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        v = c.dataset(args.ref)
-    if args.json:
-        print(json.dumps(v, indent=2))
-        return 0
-    print(describe(v))
+def render_datasets(rows: list[dict[str, Any]]) -> Any:
+    """Dataset versions as a table."""
+    return table(
+        ["version", "rows>", "task", "kind", "format", "sha256"],
+        [(r["id"], r["rows"], r["task"], r["kind"], r["format"], r["sha256"][:16]) for r in rows],
+    )
+
+
+def show(ref: Ref, hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False) -> int:
+    with client(hub, api_key) as c:
+        v = c.dataset(ref)
+    emit(v, json, render_dataset)
+    return 0
+
+
+def render_dataset(v: dict[str, Any]) -> str:
+    """A version in words, then its features (tabular: the first 50)."""
+    lines = [describe(v)]
     features = v["data_schema"].get("features", [])
     if v["kind"] == "tabular":
-        for f in features[:50]:
-            print(f"    {f['name']:<32}{f['dtype']}")
+        lines += [f"    {f['name']:<32}{f['dtype']}" for f in features[:50]]
         if len(features) > 50:
-            print(f"    ... {len(features) - 50} more")
-    return 0
+            lines.append(f"    ... {len(features) - 50} more")
+    return "\n".join(lines)
 
 
-def _download(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        v = c.dataset(args.ref)
-        dest = args.output or Path(f"{v['name']}-{v['seq']}.{v['format']}")
+def download(
+    ref: Ref,
+    output: Annotated[
+        Path | None,
+        typer.Option("-o", "--output", help="Where to write it (default: NAME-SEQ.EXT)."),
+    ] = None,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+) -> int:
+    with client(hub, api_key, timeout=TIMEOUT_S) as c:
+        v = c.dataset(ref)
+        dest = output or Path(f"{v['name']}-{v['seq']}.{v['format']}")
         c.download_dataset(v["id"], dest)
     print(f"{dest}: {v['id']}, sha256 {v['sha256']}")
+    sys.stdout.flush()
     return 0

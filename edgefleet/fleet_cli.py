@@ -1,170 +1,268 @@
-"""``edgefleet devices [revoke]|enrol-token|deploy``: the fleet, through the admin API
-(edgefleet/client.py). Models are edgefleet/models_cli.py's.
-
-``deploy --wait`` follows a deployment until every device has an outcome (a device away
-longer than ``--device-timeout`` times out), prints the outcome and exits 0 when every
-device is healthy, 1 otherwise; Ctrl-C says the deployment goes on and how to follow or
-stop it, and exits 130.
+"""``edgefleet devices`` (list, show, revoke, re-enrol, tags) and ``edgefleet enrol-token``
+(issue, list, revoke): the fleet, through the admin API (edgefleet/client.py). ``edgefleet
+deploy`` is registered here, next to the devices it targets; it lives with the
+deployments (edgefleet/deployments_cli.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
+import time
+from typing import Annotated, Any, Literal
 
-from edgefleet.rollout_cli import interrupted
+import typer
+
+from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
+from edgefleet.output import emit, print_json, stamp, table
 
 # x509 CRL reason names the hub takes (hub/api/routes/devices.py)
-CRL_REASONS = (
+CrlReason = Literal[
     "unspecified",
     "key_compromise",
     "affiliation_changed",
     "superseded",
     "cessation_of_operation",
     "privilege_withdrawn",
+]
+
+devices = typer.Typer(
+    help="The devices: list (the default), show, revoke, re-enrol, tag.",
+    invoke_without_command=True,
+)
+tags = typer.Typer(
+    no_args_is_help=True, help="A device's tags (groups for rollouts, telemetry, captures)."
+)
+tokens = typer.Typer(
+    help="One-time enrolment tokens: issue one (the default), list, revoke.",
+    invoke_without_command=True,
 )
 
+DeviceId = Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")]
+Status = Annotated[
+    str | None,
+    typer.Option("--status", help="Only devices in this state: online, offline, revoked."),
+]
 
-def register(sub: Any, api: argparse.ArgumentParser) -> None:
-    """Add the commands; ``api``: the parent parser with --hub/--api-key."""
-    devs = sub.add_parser("devices", parents=[api], help="list devices (or revoke one)")
-    devs.set_defaults(func=_devices)
-    actions = devs.add_subparsers(metavar="ACTION")
-    rev = actions.add_parser("revoke", parents=[api], help="revoke a device's certificates (admin)")
-    rev.add_argument("id")
-    rev.add_argument("--reason", choices=CRL_REASONS, default="unspecified")
-    rev.set_defaults(func=_revoke)
 
-    tok = sub.add_parser(
-        "enrol-token", parents=[api], help="issue a one-time enrolment token (operator)"
+def register(app: typer.Typer) -> None:
+    """``edgefleet devices ...``, ``enrol-token ...`` and ``deploy``."""
+    devices.callback()(devices_default)
+    devices.command("list", help="Devices: status, model and version, class, last seen.")(
+        devices_list
     )
-    tok.add_argument("--device-id", help="bind the token to this device id")
-    tok.add_argument("--ttl", type=int, help="seconds until it expires (default 3600)")
-    tok.set_defaults(func=_enrol_token)
-
-    dep = sub.add_parser("deploy", parents=[api], help="deploy a model version to devices")
-    dep.add_argument("--model", required=True)
-    dep.add_argument("--version", type=int)
-    dep.add_argument("--devices", nargs="*", help="device ids (default: all)")
-    dep.add_argument(
-        "--device-timeout",
-        type=float,
-        dest="device_timeout_s",
-        help="seconds of silence or absence before a device times out (default 600)",
+    devices.command("show", help="One device as last reported.")(show)
+    devices.command("revoke", help="Revoke a device's certificates (admin).")(revoke)
+    devices.command("reenrol", help="A fresh enrolment token bound to a known device (admin).")(
+        reenrol
     )
-    dep.add_argument("--retries", type=int, help="re-sends to a silent device (default 2)")
-    dep.add_argument("--probation-s", type=float, help="default: the model's manifest")
-    dep.add_argument("--probation-min-inferences", type=int, help="default: the manifest's")
-    dep.add_argument("--wait", action="store_true", help="follow progress until the end")
-    dep.set_defaults(func=_deploy)
+    tags.command("set", help="Replace a device's tags.")(tags_set)
+    devices.add_typer(tags, name="tags")
+    app.add_typer(devices, name="devices")
+    tokens.callback()(token_default)
+    tokens.command("list", help="Enrolment tokens, newest first (never the tokens).")(token_list)
+    tokens.command("revoke", help="Revoke an unused enrolment token (operator).")(token_revoke)
+    app.add_typer(tokens, name="enrol-token")
+    from edgefleet.deployments_cli import deploy
+
+    app.command("deploy", help="Deploy a model version to devices, all at once.")(deploy)
 
 
-def _client(args: argparse.Namespace) -> Any:
-    from edgefleet.client import HubClient
+def devices_default(
+    ctx: typer.Context,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    status: Status = None,
+    json: Json = False,
+) -> int:
+    """List devices when no action is named."""
+    if ctx.invoked_subcommand is not None:
+        return 0
+    return devices_list(hub, api_key, status, json)
 
-    return HubClient(args.hub, api_key=args.api_key)
 
-
-def _devices(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        for d in c.devices():
-            status = "revoked" if d.get("revoked") else d["status"]
-            model = f"{d['model'] or '-'}:{d['version'] or '-'}"
-            print(f"{d['id']:<24}{status:<9}{model}{_revoked_note(d)}")
+def devices_list(
+    hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, status: Status = None, json: Json = False
+) -> int:
+    with client(hub, api_key) as c:
+        found = c.devices(status)
+    emit(found, json, render_devices)
     return 0
 
 
-def _revoked_note(d: dict[str, Any]) -> str:
+def render_devices(rows: list[dict[str, Any]]) -> Any:
+    """Devices as a table: a revoked one says since when and why."""
+    return table(
+        ["id", "status", "model", "class", "last seen", "revoked"],
+        [
+            (
+                d["id"],
+                "revoked" if d.get("revoked") else d["status"],
+                f"{d['model'] or '-'}:{d['version'] or '-'}",
+                d.get("device_class"),
+                stamp(d.get("last_seen")),
+                _revoked_note(d),
+            )
+            for d in rows
+        ],
+    )
+
+
+def _revoked_note(d: dict[str, Any]) -> str | None:
     rev = d.get("revoked")
     if not rev:
-        return ""
-    import time
-
-    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(rev["revoked_at"]))
-    return f"  (revoked {since}: {rev['reason']})"
+        return None
+    return f"{stamp(rev['revoked_at'], '%Y-%m-%d %H:%M')}: {rev['reason']}"
 
 
-def _revoke(args: argparse.Namespace) -> int:
-    with _client(args) as c:
-        r = c.revoke_device(args.id, args.reason)
-    print(f"device {r['device_id']} revoked ({r['reason']}): {len(r['serials'])} certificate(s)")
-    print(f"  the hub ignores it from now on; the broker: {r['broker']}")
-    print(f"  to admit it again an admin re-enrols it: POST /devices/{args.id}/reenrol")
+def show(
+    device_id: DeviceId, hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False
+) -> int:
+    with client(hub, api_key) as c:
+        found = c.device(device_id)
+    emit(found, json, render_device)
     return 0
 
 
-def _enrol_token(args: argparse.Namespace) -> int:
-    import time
+def render_device(d: dict[str, Any]) -> Any:
+    """One device, field by field; each model it runs."""
+    models = d.get("models") or {}
+    rows: list[tuple[str, Any]] = [
+        ("status", "revoked" if d.get("revoked") else d["status"]),
+        ("class", d.get("device_class")),
+        ("runtime", d.get("runtime")),
+        ("agent", d.get("agent_version")),
+        ("root version", d.get("root_version")),
+        ("models", ", ".join(f"{n} v{m.get('version')}" for n, m in models.items()) or None),
+        ("first seen", stamp(d.get("first_seen"))),
+        ("last seen", stamp(d.get("last_seen"))),
+        ("revoked", _revoked_note(d)),
+    ]
+    return table(["field", "value"], rows, title=f"device {d['id']}")
 
-    with _client(args) as c:
-        t = c.create_enrol_token(args.device_id, args.ttl)
+
+def revoke(
+    device_id: DeviceId,
+    reason: Annotated[
+        CrlReason, typer.Option("--reason", help="Why, as an x509 CRL reason.")
+    ] = "unspecified",
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    with client(hub, api_key) as c:
+        r = c.revoke_device(device_id, reason)
+    if json:
+        print_json(r)
+        return 0
+    print(f"device {r['device_id']} revoked ({r['reason']}): {len(r['serials'])} certificate(s)")
+    print(f"  the hub ignores it from now on; the broker: {r['broker']}")
+    print(f"  to admit it again an admin re-enrols it: edgefleet devices reenrol {device_id}")
+    return 0
+
+
+def reenrol(
+    device_id: DeviceId, hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False
+) -> int:
+    with client(hub, api_key) as c:
+        t = c.reenrol(device_id)
+    return _say_token(t, json)
+
+
+def tags_set(
+    device_id: DeviceId,
+    tag: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TAG...", help="Its tags, all of them (none: clear them)."),
+    ] = None,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    with client(hub, api_key) as c:
+        r = c.set_tags(device_id, tag or [])
+    if json:
+        print_json(r)
+    else:
+        print(f"device {device_id}: tags {', '.join(r.get('tags') or tag or []) or '(none)'}")
+    return 0
+
+
+def token_default(
+    ctx: typer.Context,
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="Bind the token to this device id.")
+    ] = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", help="Seconds until it expires (default 3600).")
+    ] = None,
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    """Issue a one-time enrolment token (operator) when no action is named."""
+    if ctx.invoked_subcommand is not None:
+        return 0
+    with client(hub, api_key) as c:
+        t = c.create_enrol_token(device_id, ttl)
+    return _say_token(t, json)
+
+
+def _say_token(t: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json(t)
+        return 0
     print(t["token"])
-    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t["expires_at"]))
+    until = stamp(t["expires_at"])
     bound = f" for device {t['device_id']}" if t["device_id"] else ""
     print(f"(one-time enrolment token {t['id']}{bound}, valid until {until})", file=sys.stderr)
     return 0
 
 
-def _deploy(args: argparse.Namespace) -> int:
-    import time
-
-    options = {
-        "device_timeout_s": args.device_timeout_s,
-        "retries": args.retries,
-        "probation_s": args.probation_s,
-        "probation_min_inferences": args.probation_min_inferences,
-    }
-    body = {k: v for k, v in options.items() if v is not None}
-    with _client(args) as c:
-        st = c.create_deployment(
-            args.model, version=args.version, devices=args.devices or None, **body
-        )
-        print(f"deployment {st['id']}: {args.model} v{st['version']} to {st['devices']} devices")
-        if not args.wait:
-            return 0
-        try:
-            last = ""
-            while not st["finished"]:
-                time.sleep(1)
-                st = c.deployment(st["id"], devices=False)
-                line = progress_line(st)
-                if line != last:
-                    print(line, flush=True)
-                last = line
-            st = c.deployment(st["id"])
-        except KeyboardInterrupt:
-            print(interrupted("deployment", st["id"], args.hub), file=sys.stderr)
-            raise
-    print(outcome(st))
-    for d in st["per_device"]:
-        if d.get("outcome", d["stage"]) != "healthy":
-            why = "  ".join(str(x) for x in (d["reason"], d["detail"]) if x)
-            print(f"  {d['device']:<24}{d.get('outcome', d['stage']):<11}  {why}".rstrip())
-    return 0 if st["converged"] == st["devices"] else 1
+def token_list(
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many, newest first.")] = 100,
+    json: Json = False,
+) -> int:
+    with client(hub, api_key) as c:
+        found = c.enrol_tokens(limit=limit)
+    emit(found, json, render_tokens)
+    return 0
 
 
-def progress_line(st: dict[str, Any]) -> str:
-    """One line of a deployment's progress (``GET /deployments/{id}``)."""
-    stages = "  ".join(f"{k} {v}" for k, v in sorted(st["stages"].items()))
-    line = f"  {st['converged']}/{st['devices']} healthy  {stages}"
-    if st.get("in_probation"):
-        line += f"  ({st['in_probation']} on probation)"
-    if st.get("offline"):
-        line += (
-            f"  ({st['offline']} offline: sent again when back, timed out after"
-            f" {st['device_timeout_s']:.0f} s away)"
-        )
-    return line
+def render_tokens(rows: list[dict[str, Any]]) -> Any:
+    """Enrolment tokens: whom for, until when, used or revoked."""
+    now = time.time()
+
+    def state(t: dict[str, Any]) -> str:
+        if t.get("revoked_at"):
+            return "revoked"
+        if t.get("used_at"):
+            return f"used by {t.get('used_by_device')}"
+        return "expired" if t["expires_at"] < now else "unused"
+
+    return table(
+        ["id", "device", "kind", "expires", "state", "by"],
+        [
+            (t["id"], t.get("device_id"), "re-enrol" if t.get("reenrol") else "enrol",
+             stamp(t["expires_at"]), state(t), t.get("created_by"))
+            for t in rows
+        ],
+    )  # fmt: skip
 
 
-def outcome(st: dict[str, Any]) -> str:
-    """The deployment's final line: how many healthy, and what became of the others."""
-    others = {k: v for k, v in st["stages"].items() if k != "healthy"}
-    blind = st.get("healthy_without_traffic", 0)
-    untested = f" ({blind} with no inferences during probation)" if blind else ""
-    if not others:
-        return f"deployment {st['id']}: all {st['devices']} devices healthy{untested}"
-    rest = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in sorted(others.items()))
-    done = f"{st['converged']}/{st['devices']} healthy{untested}"
-    return f"deployment {st['id']} finished: {done}, {rest}"
+def token_revoke(
+    token_id: Annotated[
+        str, typer.Argument(metavar="TOKEN_ID", help="The token's id (not the token).")
+    ],
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    json: Json = False,
+) -> int:
+    with client(hub, api_key) as c:
+        t = c.revoke_enrol_token(token_id)
+    if json:
+        print_json(t)
+    else:
+        print(f"enrolment token {t['id']} revoked")
+    return 0

@@ -1,4 +1,5 @@
-"""``edgefleet hub``: run the hub (``serve``) and bootstrap its API keys (``apikey``).
+"""``edgefleet hub``: run the hub (``serve``), wait for one, its counters (``status``), its
+device classes, and bootstrap its API keys from its database (``apikey``).
 
 ``hub serve`` binds the API's port before it starts anything, prints where it listens
 once it does, and hints at the first admin key only while there is none (docs/hub.md).
@@ -6,176 +7,175 @@ once it does, and hints at the first admin key only while there is none (docs/hu
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import typer
 
-def register(sub: Any, api: argparse.ArgumentParser) -> None:
-    """``edgefleet hub serve``, ``hub apikey``, ``hub classes`` and ``hub wait`` (``api``:
-    the options of a command that calls the admin API)."""
-    hub = sub.add_parser("hub", help="the central hub").add_subparsers(metavar="ACTION")
-    serve = hub.add_parser("serve", help="run the hub: admin API + MQTT")
-    serve.add_argument("--data", type=Path, default=Path("edgefleet-data"), help="data directory")
-    serve.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data)")
-    serve.add_argument(
-        "--broker", help="MQTT broker URL, mqtt:// or mqtts:// (default: a private Mosquitto)"
-    )
-    serve.add_argument(
+from edgefleet import hub_wait
+from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
+from edgefleet.output import emit, print_json, stamp, table
+
+hub = typer.Typer(
+    no_args_is_help=True, help="The central hub: run it, wait for it, its keys and classes."
+)
+apikey = typer.Typer(
+    no_args_is_help=True, help="API keys, from the hub's database (bootstrap the first admin)."
+)
+
+DataDir = Annotated[Path, typer.Option("--data", help="The hub's data directory.")]
+DbUrl = Annotated[
+    str | None, typer.Option("--db", help="SQLAlchemy URL (default: SQLite file in --data).")
+]
+KeyDataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir", "--data", help="The hub's data directory (as for hub serve --data)."
+    ),
+]
+Broker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker", help="MQTT broker URL, mqtt:// or mqtts:// (default: a private Mosquitto)."
+    ),
+]
+BrokerTls = Annotated[
+    Path | None,
+    typer.Option(
         "--broker-tls",
-        type=Path,
-        help="for mqtts://: the directory `edgefleet broker config` wrote (the hub's "
-        "certificate, the CA, the CRL it rewrites on revocation)",
-    )
-    serve.add_argument(
-        "--broker-reload",
-        help="command run after a CRL change, e.g. 'systemctl reload mosquitto'",
-    )
-    serve.add_argument(
-        "--root-keys", type=Path, help="root keys directory, if kept apart (may be offline)"
-    )
-    serve.add_argument(
+        help="For mqtts://: the directory `edgefleet broker config` wrote (the hub's "
+        "certificate, the CA, the CRL it rewrites on revocation).",
+    ),
+]
+BrokerReload = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-reload", help="Command run after a CRL change, e.g. 'systemctl reload mosquitto'."
+    ),
+]
+RootKeys = Annotated[
+    Path | None,
+    typer.Option("--root-keys", help="Root keys directory, if kept apart (may be offline)."),
+]
+BrokerPort = Annotated[
+    int | None,
+    typer.Option(
         "--broker-port",
-        type=int,
         metavar="N",
-        help="the private broker's port (default: the one of the last start, saved in "
-        "--data; a free one the first time)",
-    )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8700, help="the API's port (default 8700)")
-    serve.add_argument(
-        "-v",
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,  # else it would undo `edgefleet -v hub serve`
-        help="a log line per API request (on stdout), tracebacks on error",
-    )
-    serve.add_argument(
-        "--access-log", type=Path, metavar="FILE", help="append a line per API request to FILE"
-    )
-    serve.add_argument(
-        "--dev", action="store_true", help="development mode: accept the built-in dev API key"
-    )
-    serve.add_argument(
+        help="The private broker's port (default: the one of the last start, saved in "
+        "--data; a free one the first time).",
+    ),
+]
+Host = Annotated[str, typer.Option("--host", help="The address the API listens on.")]
+Port = Annotated[int, typer.Option("--port", help="The API's port.")]
+Verbose = Annotated[
+    bool,
+    typer.Option("-v", "--verbose", help="A log line per API request (on stdout), tracebacks."),
+]
+AccessLog = Annotated[
+    Path | None,
+    typer.Option("--access-log", metavar="FILE", help="Append a line per API request to FILE."),
+]
+Dev = Annotated[
+    bool, typer.Option("--dev", help="Development mode: accept the built-in dev API key.")
+]
+IngestWorkers = Annotated[
+    int,
+    typer.Option(
         "--ingest-workers",
-        type=int,
-        default=0,
         metavar="N",
-        help="processes that take the telemetry ($share) besides this one (default 0)",
-    )
-    serve.add_argument(
+        help="Processes that take the telemetry ($share) besides this one.",
+    ),
+]
+AllowPlain = Annotated[
+    bool,
+    typer.Option(
         "--allow-plain-broker",
-        action="store_true",
-        help="accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe)",
-    )
-    serve.set_defaults(func=_hub_serve)
-    _apikey_parser(hub)
-    from edgefleet import hub_wait
-
-    hub_wait.register(hub, api)
-    classes = hub.add_parser(
-        "classes", parents=[api], help="the device classes the hub knows (firmware-images/)"
-    )
-    classes.add_argument("--json", action="store_true", help="print them as JSON")
-    classes.set_defaults(func=_classes)
+        help="Accept a plain-TCP (mqtt://) broker that is not on loopback (no TLS: unsafe).",
+    ),
+]
 
 
-def _classes(args: argparse.Namespace) -> int:
-    from edgefleet.client import HubClient
-
-    with HubClient(args.hub, api_key=args.api_key) as c:
-        found = c.device_classes()
-    if args.json:
-        print(json.dumps(found, indent=2))
-        return 0
-    print(f"{'class':<16}{'runtime':<13}{'interpreter':<16}{'arch':<13}{'memory':>8}{'p95':>10}")
-    for k in found:
-        print(
-            f"{k['name']:<16}{k['runtime']:<13}{k['interpreter']:<16}"
-            f"{','.join(k['architectures']):<13}{k['memory_budget_mb']:>6.0f}MB"
-            f"{k['latency_budget_us'] / 1000:>8.1f}ms"
-        )
-    return 0
+def register(app: typer.Typer) -> None:
+    """``edgefleet hub ...``."""
+    hub.command("serve", help="Run the hub: admin API + MQTT.")(serve)
+    hub.command("wait", help="Wait until the hub at --hub answers (one starting).")(hub_wait.wait)
+    hub.command("status", help="Whether the hub and its broker link are up; its counters.")(status)
+    hub.command("classes", help="The device classes the hub knows (firmware-images/).")(classes)
+    apikey.command("create", help="Create a key and print it once.")(apikey_create)
+    apikey.command("list", help="List keys (never their secrets).")(apikey_list)
+    apikey.command("revoke", help="Revoke a key.")(apikey_revoke)
+    hub.add_typer(apikey, name="apikey")
+    app.add_typer(hub, name="hub")
 
 
-def _apikey_parser(hub: Any) -> None:
-    """``edgefleet hub apikey``: keys made on the hub's machine, from its database."""
-    keys = hub.add_parser(
-        "apikey", help="API keys, from the hub's database (bootstrap the first admin)"
-    ).add_subparsers(metavar="ACTION")
-    db = argparse.ArgumentParser(add_help=False)
-    db.add_argument(
-        "--data-dir",
-        "--data",
-        dest="data",
-        type=Path,
-        default=Path("edgefleet-data"),
-        help="the hub's data directory (as for hub serve --data)",
-    )
-    db.add_argument("--db", help="SQLAlchemy URL (default: SQLite file in --data-dir)")
-    create = keys.add_parser("create", parents=[db], help="create a key and print it once")
-    create.add_argument("--name", required=True)
-    create.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
-    create.set_defaults(func=_apikey_create)
-    klist = keys.add_parser("list", parents=[db], help="list keys (never their secrets)")
-    klist.set_defaults(func=_apikey_list)
-    revoke = keys.add_parser("revoke", parents=[db], help="revoke a key")
-    revoke.add_argument("keyid")
-    revoke.set_defaults(func=_apikey_revoke)
-
-
-def _hub_serve(args: argparse.Namespace) -> int:
+def serve(
+    ctx: typer.Context,
+    data: DataDir = Path("edgefleet-data"),
+    db: DbUrl = None,
+    broker: Broker = None,
+    broker_tls: BrokerTls = None,
+    broker_reload: BrokerReload = None,
+    root_keys: RootKeys = None,
+    broker_port: BrokerPort = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8700,
+    verbose: Verbose = False,
+    access_log: AccessLog = None,
+    dev: Dev = False,
+    ingest_workers: IngestWorkers = 0,
+    allow_plain_broker: AllowPlain = False,
+) -> int:
     import uvicorn
 
     from hub.api.serving import bind_api, server_config
 
     # Bound first, before the hub's imports (seconds): a taken port is said at once, and
     # before the hub starts its broker and threads.
-    sock = bind_api(args.host, args.port)
+    sock = bind_api(host, port)
     from hub import Hub, HubConfig, create_app
     from hub.access.keys import DEV_KEY
 
     logging.getLogger().setLevel(logging.INFO)
-    if args.dev:
+    if dev:
         logging.getLogger("edgefleet").warning(
             "DEVELOPMENT MODE: the built-in key %s is accepted as admin by anyone who can "
             "reach this API. Never run a hub that devices or people rely on like this.",
             DEV_KEY,
         )
     config = HubConfig(
-        data_dir=args.data,
-        db_url=args.db,
-        broker_url=args.broker,
-        broker_port=args.broker_port,
-        dev_mode=args.dev,
-        broker_tls_dir=args.broker_tls,
-        broker_reload=tuple(shlex.split(args.broker_reload or "")),
-        allow_plain_broker=args.allow_plain_broker,
-        ingest_workers=args.ingest_workers,
-        root_keys_dir=args.root_keys,
+        data_dir=data,
+        db_url=db,
+        broker_url=broker,
+        broker_port=broker_port,
+        dev_mode=dev,
+        broker_tls_dir=broker_tls,
+        broker_reload=tuple(shlex.split(broker_reload or "")),
+        allow_plain_broker=allow_plain_broker,
+        ingest_workers=ingest_workers,
+        root_keys_dir=root_keys,
     )
-    with sock, Hub(config) as hub:
-        app = create_app(hub)
-        for warning in hub.storage_warnings:
+    with sock, Hub(config) as h:
+        app = create_app(h)
+        for warning in h.storage_warnings:
             print(f"hub: WARNING: {warning}")
-        port = sock.getsockname()[1]
-        print(f"hub: API on http://{args.host}:{port} (docs at /docs), broker {hub.broker.url}")
+        bound = sock.getsockname()[1]
+        print(f"hub: API on http://{host}:{bound} (docs at /docs), broker {h.broker.url}")
         if not _has_admin(app.state.api_keys.list()):
             print(
-                f"hub: no admin key yet: edgefleet hub apikey create --data-dir {args.data}"
+                f"hub: no admin key yet: edgefleet hub apikey create --data-dir {data}"
                 " --role admin --name NAME; then enrolment tokens: edgefleet enrol-token"
             )
         sys.stdout.flush()  # a `hub serve > log &` shows where it listens at once
         # uvicorn re-raises a SIGTERM it caught once it has shut down; exit through Python
         # then, so the hub stops its broker and writers instead of leaving them orphaned.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        access_log = args.access_log or args.verbose
-        served = server_config(app, args.host, port, log_level="info", access_log=access_log)
+        logged = access_log or verbose or getattr(ctx.obj, "verbose", False)
+        served = server_config(app, host, bound, log_level="info", access_log=logged)
         uvicorn.Server(served).run(sockets=[sock])
     return 0
 
@@ -184,76 +184,127 @@ def _has_admin(keys: list[Any]) -> bool:
     return any(k.role == "admin" and k.revoked_at is None for k in keys)
 
 
-def _key_store(args: argparse.Namespace) -> Any:
-    """The hub's API keys and audit log, from its database (as hub serve picks it)."""
-    from hub.access.audit import AuditLog
+def status(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False) -> int:
+    with client(hub, api_key) as c:
+        found = {"health": c.health(), "stats": c.stats()}
+    emit(found, json, _render_status)
+    return 0
+
+
+def _render_status(found: dict[str, Any]) -> Any:
+    h = found["health"]
+    link = "up" if h.get("broker_connected") else "DOWN"
+    rows = [
+        (part, name, count)
+        for part, counts in found["stats"].items()
+        for name, count in sorted(counts.items())
+    ]
+    return table(["part", "counter", "count>"], rows, title=f"hub up, broker link {link}")
+
+
+def classes(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = False) -> int:
+    from edgefleet.classes_cli import render_classes
+
+    with client(hub, api_key) as c:
+        found = c.device_classes()
+    emit(found, json, render_classes)
+    return 0
+
+
+def _key_store(data: Path, db: str | None) -> Any:
+    """The hub's API keys, from its database (as hub serve picks it)."""
     from hub.access.keys import ApiKeys
     from hub.store.datadir import create_private_file, private_umask
     from hub.store.tables import make_engine, sqlite_url
 
-    if args.db is None:
+    if db is None:
         with private_umask():  # as the hub makes them (hub/store/datadir.py)
-            args.data.mkdir(parents=True, exist_ok=True)
-            create_private_file(args.data / "hub.db")
-            engine = make_engine(sqlite_url(args.data / "hub.db"))
+            data.mkdir(parents=True, exist_ok=True)
+            create_private_file(data / "hub.db")
+            engine = make_engine(sqlite_url(data / "hub.db"))
     else:
-        engine = make_engine(args.db)
-    return ApiKeys(engine), AuditLog(engine)
+        engine = make_engine(db)
+    return ApiKeys(engine)
 
 
-def _apikey_create(args: argparse.Namespace) -> int:
+Role = Annotated[
+    Literal["viewer", "operator", "admin"],
+    typer.Option(
+        "--role",
+        help="What the key may do: viewer reads, operator changes the fleet, admin all.",
+    ),
+]
+
+
+def apikey_create(
+    name: Annotated[str, typer.Option("--name", help="Who or what holds the key.")],
+    role: Role,
+    data: KeyDataDir = Path("edgefleet-data"),
+    db: DbUrl = None,
+    json: Json = False,
+) -> int:
     from edgefleet.local_audit import record
-    from hub.access.keys import CLI_ACTOR, Role
+    from hub.access.keys import CLI_ACTOR
+    from hub.access.keys import Role as KeyRole
     from hub.store.tables import ApiKeyPublic
 
-    keys, _ = _key_store(args)
-    new = keys.create(args.name, Role(args.role), created_by=CLI_ACTOR)
+    new = _key_store(data, db).create(name, KeyRole(role), created_by=CLI_ACTOR)
     public = ApiKeyPublic.model_validate(new.record).model_dump()
-    record(
-        args.data,
-        args.db,
-        "api_key.create",
-        new.record.keyid,
-        "edgefleet hub apikey create",
-        after=public,
-    )
+    command = "edgefleet hub apikey create"
+    record(data, db, "api_key.create", new.record.keyid, command, after=public)
+    if json:
+        print_json(public | {"key": new.key})
+        return 0
     print(new.key)
     print(
-        f"({args.role} key {new.record.keyid} '{args.name}': shown once, only its hash is kept)",
+        f"({role} key {new.record.keyid} '{name}': shown once, only its hash is kept)",
         file=sys.stderr,
     )
     return 0
 
 
-def _apikey_list(args: argparse.Namespace) -> int:
-    import time
+def apikey_list(
+    data: KeyDataDir = Path("edgefleet-data"), db: DbUrl = None, json: Json = False
+) -> int:
+    from hub.store.tables import ApiKeyPublic
 
-    keys, _ = _key_store(args)
-    print(f"{'keyid':<18}{'role':<10}{'created':<21}{'revoked':<21}name")
-    for k in keys.list():
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.created_at))
-        revoked = (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(k.revoked_at))
-            if k.revoked_at
-            else "-"
-        )
-        print(f"{k.keyid:<18}{k.role:<10}{created:<21}{revoked:<21}{k.name}")
+    rows = [ApiKeyPublic.model_validate(k).model_dump() for k in _key_store(data, db).list()]
+    emit(rows, json, render_api_keys)
     return 0
 
 
-def _apikey_revoke(args: argparse.Namespace) -> int:
-    from edgefleet.local_audit import record
+def render_api_keys(rows: list[dict[str, Any]]) -> Any:
+    """API keys as a table (never their secrets)."""
+    return table(
+        ["keyid", "role", "created", "revoked", "name"],
+        [
+            (k["keyid"], k["role"], stamp(k["created_at"]), stamp(k.get("revoked_at")), k["name"])
+            for k in rows
+        ],
+    )
 
-    keys, _ = _key_store(args)
-    row = keys.revoke(args.keyid)
+
+def apikey_revoke(
+    keyid: Annotated[
+        str, typer.Argument(metavar="KEYID", help="The key's id (the part after ef_).")
+    ],
+    data: KeyDataDir = Path("edgefleet-data"),
+    db: DbUrl = None,
+    json: Json = False,
+) -> int:
+    from edgefleet.local_audit import record
+    from hub.store.tables import ApiKeyPublic
+
+    row = _key_store(data, db).revoke(keyid)
     record(
-        args.data,
-        args.db,
+        data,
+        db,
         "api_key.revoke",
         row.keyid,
         "edgefleet hub apikey revoke",
         before={"revoked_at": None},
         after={"revoked_at": row.revoked_at},
     )
-    print(f"revoked {row.keyid} ({row.role} '{row.name}')")
+    shown = ApiKeyPublic.model_validate(row).model_dump()
+    emit(shown, json, lambda k: f"revoked {k['keyid']} ({k['role']} '{k['name']}')")
     return 0

@@ -9,50 +9,44 @@ when that does not happen in ``--timeout`` seconds or what answers is not a hub.
 
 from __future__ import annotations
 
-import argparse
 import time
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["register"]
+import typer
+
+from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, client
+
+__all__ = ["wait"]
 
 DEFAULT_WAIT_S = 60.0  # seconds: a hub starts its broker, keys and API in a few
 
 
-def register(hub: Any, api: argparse.ArgumentParser) -> None:
-    """Add ``wait`` to ``edgefleet hub``'s actions (``api``: ``--hub``, ``--api-key``)."""
-    wait = hub.add_parser(
-        "wait", parents=[api], help="wait until the hub at --hub answers (one starting)"
-    )
-    wait.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_WAIT_S,
-        help=f"seconds (default {DEFAULT_WAIT_S:g})",
-    )
-    wait.add_argument(
-        "--device", metavar="ID", help="also wait until this device is online (needs a key)"
-    )
-    wait.set_defaults(func=_wait)
-
-
-def _wait(args: argparse.Namespace) -> int:
-    from edgefleet.client import HubClient
-
-    deadline = time.monotonic() + args.timeout
-    with HubClient(args.hub, api_key=args.api_key, timeout=5.0) as c:
-        health = c.wait_ready(args.timeout)
-        if args.device is None:
+def wait(
+    hub: HubUrl = DEFAULT_HUB,
+    api_key: ApiKey = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = DEFAULT_WAIT_S,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", metavar="ID", help="Also wait until this device is online (needs a key)."
+        ),
+    ] = None,
+) -> int:
+    deadline = time.monotonic() + timeout
+    with client(hub, api_key, timeout=5.0) as c:
+        health = c.wait_ready(timeout)
+        if device is None:
             broker = "broker link up" if health.get("broker_connected") else "broker link not up"
-            print(f"hub: answering at {args.hub} ({broker})")
+            print(f"hub: answering at {hub} ({broker})")
             return 0
-        status = _device_status(c, args.device)
+        status = _device_status(c, device)
         while status != "online":
             if time.monotonic() > deadline:
                 seen = f"it is {status}" if status else "the hub has not heard of it"
-                raise TimeoutError(f"device {args.device} not online in {args.timeout:g} s: {seen}")
+                raise TimeoutError(f"device {device} not online in {timeout:g} s: {seen}")
             time.sleep(0.25)
-            status = _device_status(c, args.device)
-    print(f"device {args.device}: online")
+            status = _device_status(c, device)
+    print(f"device {device}: online")
     return 0
 
 

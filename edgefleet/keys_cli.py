@@ -8,76 +8,50 @@ the hub runs without them.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+import typer
 
 from edgefleet.broker_cli import DEFAULT_DATA_DIR
+from edgefleet.options import Json
+from edgefleet.output import emit, table
 
+keys = typer.Typer(
+    no_args_is_help=True, help="The hub's signing keys (TUF roles, director), on its disk."
+)
 
-def register(subparsers: Any) -> None:
-    """Add ``keys init|show|rotate|renew-root`` to the ``edgefleet`` subparsers."""
-    keys = subparsers.add_parser("keys", help="the hub's signing keys (TUF roles, director)")
-    actions = keys.add_subparsers(metavar="ACTION")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--data-dir",
-        "--data",
-        dest="data_dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="the hub's data directory (default edgefleet-data)",
-    )
-    common.add_argument(
-        "--db", help="the hub's database URL, for the audit log (default: DATA_DIR/hub.db)"
-    )
-    common.add_argument(
+DataDir = Annotated[Path, typer.Option("--data-dir", "--data", help="The hub's data directory.")]
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="The hub's database URL, for the audit log (default: DATA_DIR/hub.db)."
+    ),
+]
+RootKeys = Annotated[
+    Path | None,
+    typer.Option(
         "--root-keys",
-        type=Path,
-        help="directory of the root keys, if kept offline (default DATA_DIR/trust/keys/root)",
-    )
-
-    init = actions.add_parser("init", parents=[common], help="create the keys and root v1")
-    init.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="ROLE=N",
-        help="signatures a role needs, e.g. root=2; repeatable (default 1)",
-    )
-    init.add_argument(
-        "--keys",
-        action="append",
-        default=[],
-        metavar="ROLE=M",
-        help="keys made for a role (default: its threshold), e.g. root=3 for 2-of-3",
-    )
-    init.set_defaults(func=_init)
-
-    show = actions.add_parser("show", parents=[common], help="roles, thresholds, key ids")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    show.set_defaults(func=_show)
-
-    rotate = actions.add_parser(
-        "rotate", parents=[common], help="replace a role's keys; root N+1 signed by N"
-    )
-    rotate.add_argument("role", choices=("root", "targets", "snapshot", "timestamp", "director"))
-    rotate.add_argument("--threshold", type=int, help="new threshold (default: unchanged)")
-    rotate.add_argument("--keys", type=int, help="keys to make (default: as many as now)")
-    rotate.set_defaults(func=_rotate)
-
-    renew = actions.add_parser(
-        "renew-root", parents=[common], help="sign a new root version with a fresh expiry"
-    )
-    renew.set_defaults(func=_renew_root)
+        help="Directory of the root keys, if kept offline (default DATA_DIR/trust/keys/root).",
+    ),
+]
+RoleName = Literal["root", "targets", "snapshot", "timestamp", "director"]
 
 
-def _open(args: argparse.Namespace, *, exclusive: bool = True, **kwargs: Any) -> Any:
+def register(app: typer.Typer) -> None:
+    """``edgefleet keys init|show|rotate|renew-root``."""
+    keys.command("init", help="Create the keys and root v1.")(init)
+    keys.command("show", help="Roles, thresholds, key ids.")(show)
+    keys.command("rotate", help="Replace a role's keys; root N+1 signed by N.")(rotate)
+    keys.command("renew-root", help="Sign a new root version with a fresh expiry.")(renew_root)
+    app.add_typer(keys, name="keys")
+
+
+def _open(data_dir: Path, root_keys: Path | None, *, exclusive: bool = True, **kw: Any) -> Any:
     from hub.trust.repository import TrustRepository
 
     return TrustRepository.open_or_init(
-        args.data_dir / "trust", root_keys_dir=args.root_keys, exclusive=exclusive, **kwargs
+        data_dir / "trust", root_keys_dir=root_keys, exclusive=exclusive, **kw
     )
 
 
@@ -91,67 +65,113 @@ def _role_numbers(items: list[str], flag: str) -> dict[str, int]:
     return out
 
 
-def _init(args: argparse.Namespace) -> int:
-    thresholds = _role_numbers(args.threshold, "--threshold")
-    counts = _role_numbers(args.keys, "--keys")
-    if (args.data_dir / "trust" / "metadata" / "root.json").exists():
-        raise ValueError(f"{args.data_dir / 'trust'} already has keys: use show or rotate")
-    repo = _open(args, thresholds=thresholds, key_counts=counts)
+def init(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    db: Db = None,
+    root_keys: RootKeys = None,
+    threshold: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--threshold",
+            metavar="ROLE=N",
+            help="Signatures a role needs, e.g. root=2; repeatable (default 1).",
+        ),
+    ] = None,
+    key_count: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keys",
+            metavar="ROLE=M",
+            help="Keys made for a role (default: its threshold), e.g. root=3 for 2-of-3.",
+        ),
+    ] = None,
+    json: Json = False,
+) -> int:
+    thresholds = _role_numbers(threshold or [], "--threshold")
+    counts = _role_numbers(key_count or [], "--keys")
+    if (data_dir / "trust" / "metadata" / "root.json").exists():
+        raise ValueError(f"{data_dir / 'trust'} already has keys: use show or rotate")
+    repo = _open(data_dir, root_keys, thresholds=thresholds, key_counts=counts)
     try:
-        keys = repo.keys()
-        _print_keys(keys)
+        found = repo.keys()
     finally:
         repo.close()
-    _audit(args, "signing_key.init", "trust", after=_summary(keys))
+    emit(found, json, _print_keys)
+    _audit(data_dir, db, "signing_key.init", "trust", after=_summary(found))
     return 0
 
 
-def _show(args: argparse.Namespace) -> int:
-    if not (args.data_dir / "trust" / "metadata" / "root.json").exists():
-        raise ValueError(f"no keys in {args.data_dir / 'trust'}: edgefleet keys init")
-    repo = _open(args, exclusive=False)  # reading only: fine beside a running hub
+def show(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    db: Db = None,
+    root_keys: RootKeys = None,
+    json: Json = False,
+) -> int:
+    if not (data_dir / "trust" / "metadata" / "root.json").exists():
+        raise ValueError(f"no keys in {data_dir / 'trust'}: edgefleet keys init")
+    repo = _open(data_dir, root_keys, exclusive=False)  # reading only: fine beside a hub
     try:
-        keys = repo.keys()
+        found = repo.keys()
     finally:
         repo.close()
-    if args.json:
-        print(json.dumps(keys, indent=2))
-    else:
-        _print_keys(keys)
+    emit(found, json, render_keys)
     return 0
 
 
-def _rotate(args: argparse.Namespace) -> int:
-    repo = _open(args)
+def rotate(
+    role: Annotated[
+        RoleName, typer.Argument(metavar="ROLE", help="The role whose keys are replaced.")
+    ],
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    db: Db = None,
+    root_keys: RootKeys = None,
+    threshold: Annotated[
+        int | None, typer.Option("--threshold", help="New threshold (default: unchanged).")
+    ] = None,
+    key_count: Annotated[
+        int | None, typer.Option("--keys", help="Keys to make (default: as many as now).")
+    ] = None,
+    json: Json = False,
+) -> int:
+    repo = _open(data_dir, root_keys)
     try:
         before = repo.keys()
-        version = repo.rotate(args.role, threshold=args.threshold, keys=args.keys)
-        print(f"rotated {args.role}: root is now version {version}, signed by the old root keys")
+        version = repo.rotate(role, threshold=threshold, keys=key_count)
         after = repo.keys()
-        _print_keys(after)
     finally:
         repo.close()
+    if not json:
+        print(f"rotated {role}: root is now version {version}, signed by the old root keys")
+    emit(after, json, _print_keys)
     _audit(
-        args,
+        data_dir,
+        db,
         "signing_key.rotate",
-        args.role,
-        before=_summary(before, args.role),
-        after=_summary(after, args.role),
+        role,
+        before=_summary(before, role),
+        after=_summary(after, role),
     )
     return 0
 
 
-def _renew_root(args: argparse.Namespace) -> int:
-    repo = _open(args)
+def renew_root(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    db: Db = None,
+    root_keys: RootKeys = None,
+    json: Json = False,
+) -> int:
+    repo = _open(data_dir, root_keys)
     try:
         before = repo.keys()["root"]
         version = repo.renew_root()
         expires = repo.root_expires().isoformat()
-        print(f"root version {version}, expires {expires}")
     finally:
         repo.close()
+    said = {"version": version, "expires": expires}
+    emit(said, json, lambda r: f"root version {r['version']}, expires {r['expires']}")
     _audit(
-        args,
+        data_dir,
+        db,
         "signing_key.renew_root",
         "root",
         before={"version": before["version"], "expires": before["expires"]},
@@ -171,19 +191,31 @@ def _summary(keys: dict[str, dict[str, Any]], role: str | None = None) -> dict[s
     return out
 
 
-def _audit(args: argparse.Namespace, action: str, target: str, **change: Any) -> None:
+def _audit(data_dir: Path, db: str | None, action: str, target: str, **change: Any) -> None:
     from edgefleet.local_audit import record
 
     command = f"edgefleet keys {action.rpartition('.')[2].replace('_', '-')}"
-    record(args.data_dir, args.db, action, target, command, **change)
+    record(data_dir, db, action, target, command, **change)
 
 
-def _print_keys(keys: dict[str, dict[str, Any]]) -> None:
-    root = keys["root"]
+def _print_keys(found: dict[str, dict[str, Any]]) -> None:
+    root = found["root"]
     print(f"root version {root['version']}, expires {root['expires']}")
-    for role, info in keys.items():
+    for role, info in found.items():
         ids = ", ".join(k[:12] for k in info["keyids"])
         print(
             f"  {role:<10} threshold {info['threshold']}  keys here "
             f"{info['keys_here']}/{len(info['keyids'])}  [{ids}]"
         )
+
+
+def render_keys(found: dict[str, dict[str, Any]]) -> Any:
+    """The roles as a table: threshold, keys on this disk, key ids (never key material)."""
+    root = found["root"]
+    rows = [
+        (role, info["threshold"], f"{info['keys_here']}/{len(info['keyids'])}",
+         ", ".join(k[:12] for k in info["keyids"]))
+        for role, info in found.items()
+    ]  # fmt: skip
+    title = f"root version {root['version']}, expires {root['expires']}"
+    return table(["role", "threshold>", "keys here>", "key ids"], rows, title=title)

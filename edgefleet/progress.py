@@ -1,4 +1,4 @@
-"""A hub job's progress as an operator reads it: one updating line on a terminal, one line
+"""A hub job's progress as an operator reads it: a Rich progress bar on a terminal, one line
 per stage in a log (no repeated percentages), each stage in words, then the build's
 figures once it ends (``int8: 12,665 bytes (0.54× fp32), accuracy 0.919 (-0.2 pt): gates
 passed``).
@@ -9,12 +9,15 @@ The hub names its stages (hub/ml/pipeline.py ``STAGES``, the tuner's ``tune``, t
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-__all__ = ["STAGE_WORDS", "JobProgress", "build_figures", "stage_words"]
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
-BAR_WIDTH = 30  # characters
+__all__ = ["STAGE_WORDS", "JobProgress", "UploadProgress", "build_figures", "stage_words"]
+
 
 STAGE_WORDS: dict[str, str] = {
     "datasets": "gathering the datasets",
@@ -50,18 +53,15 @@ class JobProgress:
         self.figures = figures
         self._shown: list[str] = []
         self._last: tuple[str, int] | None = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
 
     def __call__(self, job: dict[str, Any]) -> None:
         stage = job.get("stage") or ""
         pct = round(100 * float(job.get("progress") or 0.0))
         ended = job.get("status") in ("done", "failed")
         if self.tty:
-            if (stage, pct) != self._last:
-                filled = BAR_WIDTH * pct // 100
-                bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-                self.out.write(f"\r\033[K{self.prefix}[{bar}] {pct:3d}%  {stage_words(stage)}")
-            if ended:
-                self.out.write("\n")
+            self._bar(stage, pct, ended)
         elif stage and stage not in self._shown:
             for missed in self._missed(job.get("kind"), stage):
                 self._line(missed)
@@ -71,6 +71,19 @@ class JobProgress:
                 self.out.write(f"{self.prefix}{line}\n")
         self.out.flush()
         self._last = (stage, pct)
+
+    def _bar(self, stage: str, pct: int, ended: bool) -> None:
+        """The job's bar on a terminal: the percentage and the stage in words."""
+        if self._progress is None:
+            self._progress, self._task = _rich_bar(self.out, self.prefix)
+            self._progress.update(self._task, completed=pct, description=stage_words(stage))
+            self._progress.start()  # draws it
+        elif (stage, pct) != self._last and self._task is not None:
+            self._progress.update(self._task, completed=pct, description=stage_words(stage))
+            self._progress.refresh()
+        if ended:
+            self._progress.stop()
+            self._progress = None
 
     def _missed(self, kind: object, stage: str) -> list[str]:
         if kind != "train" or stage not in TRAIN_ORDER:
@@ -124,3 +137,51 @@ def _headline(m: dict[str, Any], ref: dict[str, Any] | None = None) -> str:
         change = f" ({(m['mae'] - base) / base * 100:+.1f}%)" if base else ""
         return f"MAE {m['mae']:.4g}{change}"
     return "no figures"
+
+
+class UploadProgress:
+    """Call with the bytes sent so far; a bar on a terminal (stderr), silent in a log."""
+
+    def __init__(self, name: str, total: int, out: TextIO | None = None) -> None:
+        self.out = out or sys.stderr
+        self.name, self.total = name, total
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __call__(self, sent: int) -> None:
+        if not self.out.isatty():
+            return
+        if self._progress is None:
+            from rich.progress import DownloadColumn, TransferSpeedColumn
+
+            self._progress, self._task = _rich_bar(
+                self.out, "  ", DownloadColumn(), TransferSpeedColumn()
+            )
+            self._progress.start()
+        if self._task is not None:
+            self._progress.update(
+                self._task, completed=sent, total=self.total, description=f"uploading {self.name}"
+            )
+            self._progress.refresh()
+        if sent >= self.total:
+            self._progress.stop()
+            self._progress = None
+
+
+def _rich_bar(out: TextIO, prefix: str, *columns: Any) -> tuple[Progress, TaskID]:
+    """A Rich progress bar on ``out``: the bar, then ``columns`` (default: a percentage),
+    then the description."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    console = Console(file=out, markup=False, highlight=False, no_color="NO_COLOR" in os.environ)
+    progress = Progress(
+        TextColumn(prefix.rstrip() or ""),
+        BarColumn(bar_width=30),
+        *(columns or (TaskProgressColumn(),)),
+        TextColumn("{task.description}"),
+        console=console,
+        auto_refresh=False,  # drawn when the job moved, not by a thread
+        transient=False,
+    )
+    return progress, progress.add_task("", total=100)

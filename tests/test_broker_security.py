@@ -7,7 +7,6 @@ hub's CA, plain TCP, and revoked certificates, without dropping the rest of the 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import pwd
@@ -34,7 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
-from edgefleet import broker_cli
+from edgefleet.cli import main
 from hub import Hub, HubConfig
 from hub.settings import check_broker_transport
 from hub.transport.broker import BrokerAddress, free_port
@@ -497,15 +496,11 @@ def test_persistence_keeps_retained_state_across_a_restart(
 def test_cli_writes_a_config_mosquitto_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    parser = argparse.ArgumentParser()
-    broker_cli.register(parser.add_subparsers())
     port = free_port()
     data = tmp_path / "data"
-    args = parser.parse_args(
-        ["broker", "config", "--data-dir", str(data), "--port", str(port), "--user", USER]
-    )
+    argv = ["broker", "config", "--data-dir", str(data), "--port", str(port), "--user", USER]
 
-    assert args.func(args) == 0
+    assert main(argv) == 0
 
     out_dir = data / "broker-tls"
     command = f"mosquitto -c {out_dir / 'mosquitto.conf'}"

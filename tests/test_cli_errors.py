@@ -254,3 +254,30 @@ def test_hub_wait_for_the_agents_endpoint_says_it_is_not_a_hub(
 ) -> None:
     code, _, err = run(capsys, "hub", "wait", "--hub", agent_endpoint, "--timeout", "5")
     assert code == 1 and "this is not an edgefleet hub" in one_line(err)
+
+
+def test_a_refusal_from_a_new_command_is_one_line_and_json_gets_nothing(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api = ("--hub", hub.url, "--api-key", DEV_KEY)
+    code, out, err = run(capsys, "captures", "show", "nosuch", "--json", *api)
+    assert code == 1 and out == ""  # a script reading --json gets no half answer
+    assert one_line(err) == "edgefleet: error: hub answered 404: no capture 'nosuch'"
+    code, out, err = run(capsys, "drift", "policy", "set", "vibration", "--k", "0", *api)
+    assert code == 1
+    assert one_line(err) == "edgefleet: error: hub answered 422: k: must be at least 1"
+
+
+def test_verbose_shows_the_traceback_instead(
+    hub: HubProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgefleet.client import HubClientError
+
+    with pytest.raises(HubClientError, match="no capture 'nosuch'"):
+        main(["-v", "captures", "show", "nosuch", "--hub", hub.url, "--api-key", DEV_KEY])
+
+
+def test_a_usage_error_says_what_is_wrong_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "rollout", "abort")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "Missing argument 'ROLLOUT'" in err and "edgefleet rollout abort -h" in err

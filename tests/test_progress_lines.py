@@ -17,7 +17,7 @@ import pytest
 
 from edgefleet.cli import main
 from edgefleet.demo import DemoOptions, run_demo, wave_words, waves_words
-from edgefleet.progress import JobProgress
+from edgefleet.progress import JobProgress, UploadProgress
 from edgefleet.stage import HubProcess
 from hub.access.keys import DEV_KEY
 from hub.transport.broker import Mosquitto
@@ -124,9 +124,23 @@ def test_a_terminal_gets_one_line_rewritten_in_words_then_the_figures() -> None:
     }
     show({"kind": "train", "status": "done", "stage": "sign", "progress": 1.0, "result": result})
     text = out.getvalue()
-    assert text.count("\r") == 4  # the repeated poll drew nothing
-    assert "training the float32 model" in text and "100%  signing and publishing\n" in text
+    # a Rich bar, redrawn in place; the repeated poll drew nothing
+    bar = text.split("\n")[0]  # every frame on one line, each drawn over the last
+    assert "reading the dataset" in bar and "checking the gates" in bar
+    assert bar.count("training the float32 model") == 1
+    assert re.search(r"100%\S*\s+signing and publishing$", bar), text
     assert text.endswith(
         "  float32: 23,003 bytes, accuracy 0.920\n"
         "  int8: 12,665 bytes (0.55× fp32), accuracy 0.919 (-0.1 pt): gates passed\n"
     )
+
+
+def test_an_upload_draws_a_bar_on_a_terminal_and_nothing_in_a_log() -> None:
+    term, log = Terminal(), io.StringIO()
+    for out in (term, log):
+        show = UploadProgress("wine.csv", 3 * 2**20, out)
+        for sent in (2**20, 2 * 2**20, 3 * 2**20):
+            show(sent)
+    assert log.getvalue() == ""
+    bar = term.getvalue()
+    assert "uploading wine.csv" in bar and "3.1/3.1 MB" in bar and bar.endswith("\n\x1b[?25h")

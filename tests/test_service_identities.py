@@ -9,7 +9,6 @@ broker config refuses to issue a service name a device holds (``identity_held``)
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import pytest
 from cryptography import x509
 
 from agent.identity import DeviceIdentity
-from edgefleet import broker_cli
+from edgefleet.cli import main
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
@@ -125,13 +124,10 @@ def enrolled_by_an_older_hub(ca_dir: Path, device_id: str, tmp: Path) -> int:
 
 
 def broker_config(data: Path, out: Path, workers: int) -> int:
-    parser = argparse.ArgumentParser()
-    broker_cli.register(parser.add_subparsers())
-    args = parser.parse_args(
+    return main(
         ["broker", "config", "--data-dir", str(data), "--out", str(out), "--port",
          str(free_port()), "--ingest-workers", str(workers)]
     )  # fmt: skip
-    return int(args.func(args))
 
 
 def test_broker_config_refuses_a_service_name_a_device_holds(
