@@ -40,6 +40,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "edgefleet.captures_cli",  # captures
     "edgefleet.loop_cli",  # loop
     "edgefleet.access_cli",  # api-keys, signing-keys, audit (through the API)
+    "edgefleet.fleetfile_cli",  # diff, apply (the fleet as code)
     "edgefleet.agent_cli",  # agent run|enrol
     "edgefleet.sim_cli",  # sim run, demo
 )

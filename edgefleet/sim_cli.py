@@ -47,6 +47,18 @@ def register(app: typer.Typer) -> None:
     app.command("demo", help="Hub + simulated fleet, end to end, on this machine.")(demo)
 
 
+Stay = Annotated[
+    bool,
+    typer.Option("--stay", help="Keep the hub and devices up after the summary for the dashboard."),
+]
+Port = Annotated[
+    int | None,
+    typer.Option(
+        "--port", min=1, max=65535, help="The API's and dashboard's port (default: a free one)."
+    ),
+]
+
+
 def demo(
     devices: Annotated[int, typer.Option("--devices", help="Simulated devices.")] = 50,
     summary: Annotated[
@@ -59,6 +71,8 @@ def demo(
         Path | None, typer.Option("--work-dir", help="Keep hub and device state here.")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to converge.")] = 180.0,
+    stay: Stay = False,
+    port: Port = None,
     dataset: Annotated[
         Path | None,
         typer.Option(
@@ -110,6 +124,8 @@ def demo(
         broker_url=broker,
         work_dir=work_dir,
         converge_timeout_s=timeout,
+        stay=stay,
+        api_port=port,
     )
     if dataset is None:
         said = run_demo(opts)

@@ -6,6 +6,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fleet_rig import Rig, fleet_rig
 from waiting import wait_for
 
 from edgefleet import fleetfile
+from edgefleet.cli import main
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.fleetfile import FleetFileError, line_of
 from hub.transport.broker import Mosquitto
@@ -242,3 +244,28 @@ def test_a_secret_in_the_file_or_one_not_set_is_refused_naming_its_line(
     path.write_text(RECEIVER.replace('secret_env = "EF_TEST_ONCALL_SECRET"', 'secret = "x"'))
     with pytest.raises(FleetFileError, match=r"fleet.toml:3: receivers.oncall.secret: keep"):
         fleetfile.read(path)
+
+
+def test_the_cli_applies_then_diff_shows_no_change(
+    rig: Rig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, _b, c = sorted(d.device_id for d in rig.devices)
+    path = tmp_path / "fleet.toml"
+    path.write_text(f'[rollout_policies.fast]\nwaves = 1\n\n[tags]\n"site:x" = ["{a}", "{c}"]\n')
+    assert main(rig.cli_args("diff", "-f", str(path))) == 0
+    planned = capsys.readouterr().out
+    assert f"~ tag site:x devices: +2 ({a}, {c})" in planned, planned
+    assert rig.client.device(a)["tags"] == []
+
+    assert main(rig.cli_args("apply", "-f", str(path), "--json")) == 0
+    applied = json.loads(capsys.readouterr().out)
+    assert [ch["kind"] for ch in applied["changes"]] == ["rollout_policy", "members"]
+    assert rig.client.device(c)["tags"] == ["site:x"]
+
+    assert main(rig.cli_args("diff", "-f", str(path))) == 0
+    assert capsys.readouterr().out.strip() == "no changes: the hub matches the file"
+
+    path.write_text(path.read_text().replace("waves", "wavs"))
+    assert main(rig.cli_args("apply", "-f", str(path))) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:2: rollout_policies.fast.wavs: unknown key 'wavs'" in err, err
