@@ -29,6 +29,7 @@ from hub.store.data_tables import (
 from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
+from hub.store.figure_tables import ModelFigure, SpoolDrop  # created with the rest
 from hub.store.migrate import add_columns
 from hub.store.registry_tables import ModelArtefact
 
@@ -62,12 +63,14 @@ __all__ = [
     "LoopPolicy",
     "LoopRun",
     "ModelArtefact",
+    "ModelFigure",
     "ModelVersion",
     "ModelVersionBase",
     "ModelVersionPublic",
     "Revocation",
     "Rollout",
     "RolloutDevice",
+    "SpoolDrop",
     "Telemetry",
     "TrainingRecord",
     "TrainingRun",
