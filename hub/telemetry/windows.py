@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 
 from hub.ingest.report import Report
 from hub.store.tables import Telemetry
-from hub.telemetry.figures import add_figures
+from hub.telemetry.figures import RunningTotals
 
 PG_ROWS_PER_STATEMENT = 1000  # telemetry rows per multi-row INSERT (bind-parameter limits)
 
@@ -34,6 +34,7 @@ class TelemetryWindows:
 
     def __init__(self, raw_max_age_s: float | None = None) -> None:
         self.raw_max_age_s = raw_max_age_s  # older windows are refused (see above)
+        self.totals = RunningTotals()  # the fleet's figures, added as windows are stored
 
     def apply(self, s: Session, reports: Sequence[Report]) -> Mapping[str, int]:
         values: list[tuple[Any, ...]] = []
@@ -53,7 +54,7 @@ class TelemetryWindows:
             stored = self._insert_telemetry(s, values)
             duplicates = len(values) - len(stored)
             fresh = _first_of_each(values, stored) if duplicates else range(len(values))
-            add_figures(s, [bodies[i] for i in fresh], [values[i][0] for i in fresh])
+            self.totals.add(s, [bodies[i] for i in fresh], [values[i][0] for i in fresh])
         return {"telemetry_duplicates": duplicates, "telemetry_too_old": too_old}
 
     def committed(self, reports: Sequence[Report]) -> Mapping[str, int]:
