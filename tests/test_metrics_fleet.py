@@ -23,12 +23,13 @@ from metrics_rig import (
     value,
     window,
 )
-from sqlmodel import Session
+from sqlmodel import Session, select
 from waiting import wait_for
 
+from hub.api.metrics_fleet import FIGURES_IDLE_S
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
-from hub.store.tables import make_engine, sqlite_url
+from hub.store.tables import ModelFigure, make_engine, session, sqlite_url
 from hub.transport.broker import Mosquitto
 
 US = 1000  # nanoseconds
@@ -147,3 +148,35 @@ def test_ingest_lag_is_the_backlog_and_the_age_of_its_oldest_report(tmp_path: Pa
     finally:
         held.release.set()
         ingest.stop()
+
+
+@pytest.mark.broker
+def test_the_totals_survive_a_restart_and_a_version_idle_for_a_day_leaves(
+    private_mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    kws1, kws2 = {"model": "kws", "version": "1"}, {"model": "kws", "version": "2"}
+    with served_hub(private_mosquitto, tmp_path / "hub") as served:
+        served.hub.ingest.write_batch(
+            [
+                report("gw-1", "telemetry", window(1, "kws", 1, [30_000] * 4, labels=(4, 3))),
+                report("gw-2", "telemetry", window(1, "kws", 2, [30_000] * 6)),
+            ]
+        )
+        before = samples(served.scrape())
+    assert value(before, "edgefleet_model_inferences_total", **kws1) == 4
+    with served_hub(private_mosquitto, tmp_path / "hub") as served:  # the same database
+        served.hub.ingest.write_batch(
+            [report("gw-1", "telemetry", window(2, "kws", 1, [30_000] * 5))]
+        )
+        after = samples(served.scrape())
+        with session(served.hub.engine) as s:  # kws v2's last window, a day and more ago
+            for row in s.exec(select(ModelFigure).where(ModelFigure.version == 2)):
+                row.updated_at -= FIGURES_IDLE_S + 60
+                s.add(row)
+            s.commit()
+        later = samples(served.scrape())
+    assert value(after, "edgefleet_model_inferences_total", **kws1) == 9  # 4 before, 5 since
+    assert value(after, "edgefleet_model_correct_total", **kws1) == 3
+    assert value(after, "edgefleet_model_inferences_total", **kws2) == 6
+    assert value(later, "edgefleet_model_inferences_total", **kws1) == 9
+    assert not any(dict(labels).get("version") == "2" for _, labels in later)
