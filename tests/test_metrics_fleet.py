@@ -62,11 +62,17 @@ def test_model_figures_count_each_stored_window_once_in_bounded_series(
             ),
         ),
         ("pi-2", "telemetry", window(1, None, None, [])),  # a device with no model yet
+        # a regressor without error: a regressor still, not a classifier never right
+        (
+            "pi-3",
+            "telemetry",
+            window(1, "level", 1, [900 * US], labels=(3, 0), abs_err_sum=0.0, sq_err_sum=0.0),
+        ),
     ]
     with served_hub(private_mosquitto, tmp_path / "hub") as served:
         hub = served.hub
         publish(private_mosquitto, messages)
-        wait_for(lambda: hub.ingest.counts["telemetry"] >= 7, 10, "the windows stored")
+        wait_for(lambda: hub.ingest.counts["telemetry"] >= 8, 10, "the windows stored")
         paused_rollout(hub, "r-1", "kws", {"gw-1": "activated", "gw-2": "pending"})
         open_alert(hub, "kws", "device", "gw-1")
         open_alert(hub, "kws", "fleet", "*")
@@ -86,6 +92,9 @@ def test_model_figures_count_each_stored_window_once_in_bounded_series(
     vib = {"model": "vib", "version": "1"}
     assert value(got, "edgefleet_model_abs_error_total", **vib) == 3.0  # a regressor
     assert ("edgefleet_model_correct_total", frozenset(vib.items())) not in got
+    level = {"model": "level", "version": "1"}
+    assert value(got, "edgefleet_model_abs_error_total", **level) == 0.0
+    assert ("edgefleet_model_correct_total", frozenset(level.items())) not in got
 
     # the latency histogram: 30 µs under 50 µs, 2 ms under 2.5 ms, cumulative
     def bucket(le: str) -> float:

@@ -127,7 +127,7 @@ def _model_families(figures: list[VersionFigures]) -> Iterator[Metric]:
         inferences.add_metric(key, v.inferences)
         errors.add_metric(key, v.errors)
         labelled.add_metric(key, v.labelled)
-        if v.regression():
+        if v.regression:
             abs_error.add_metric(key, v.abs_err_sum)
         else:
             correct.add_metric(key, v.correct)

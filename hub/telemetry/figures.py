@@ -123,17 +123,18 @@ class _BatchFigures:
     """One model version's figures in one batch of windows: plain lists, since
     :func:`_fold` adds to them once per stored window."""
 
-    __slots__ = ("counts", "scalars")
+    __slots__ = ("counts", "regression", "scalars")
 
     def __init__(self) -> None:
         self.scalars = [0.0] * len(_SCALARS)  # in _SCALARS order
         self.counts: dict[str, int] = {}  # device latency buckets, as the wire names them
+        self.regression = False  # labels with error sums came (even sums of 0: no error)
 
     def totals(self, model: str, version: int) -> Iterator[tuple[FigureKey, float]]:
         """As totals to add: inferences and errors always, the rest when there is some;
         device latency buckets mapped to Prometheus buckets, a count and a sum."""
         for i, (name, x) in enumerate(zip(_SCALARS, self.scalars, strict=True)):
-            if x or i < 2:
+            if x or i < 2 or (self.regression and name == "abs_err_sum"):
                 yield (model, version, name), x
         if not self.counts:
             return
@@ -178,6 +179,7 @@ def _fold_labels(v: _BatchFigures, fields: Mapping[str, Any]) -> None:
     v.scalars[2] += fields["labelled"]
     if "abs_err_sum" in fields or "sq_err_sum" in fields:  # a regressor (hub/telemetry/labels.py)
         v.scalars[4] += fields.get("abs_err_sum") or 0.0
+        v.regression = True
     else:
         v.scalars[3] += fields.get("correct", 0)
 
@@ -262,9 +264,7 @@ class VersionFigures:
     latency_buckets: list[float] = field(
         default_factory=lambda: [0.0] * (len(LATENCY_BOUNDS_S) + 1)
     )  # per Prometheus bucket (the last: above every bound), not cumulative
-
-    def regression(self) -> bool:
-        return self.abs_err_sum > 0 and self.correct == 0
+    regression: bool = False  # a regressor: its labels came with error sums
 
 
 def read_figures(s: Session, since: float) -> list[VersionFigures]:
@@ -284,6 +284,7 @@ def read_figures(s: Session, since: float) -> list[VersionFigures]:
             v.latency_buckets[int(row.figure.removeprefix("latency_le_"))] = row.value
         elif row.figure in _PLAIN:
             setattr(v, row.figure, row.value)
+            v.regression = v.regression or row.figure == "abs_err_sum"
     return [v for key, v in out.items() if latest[key] >= since]
 
 
