@@ -158,7 +158,7 @@ def metrics_registry(hub: Hub) -> CollectorRegistry:
     """A registry of the hub's own (not the process-global one): the hub's collectors."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(HubCollector(hub))
-    registry.register(FleetCollector(hub))
+    registry.register(FleetCollector(hub.engine, hub.ingest))
     return registry
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -28,9 +28,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from hub.ingest.writer import Ingest
 from hub.store.tables import DriftAlert, Rollout, RolloutDevice, session
 from hub.telemetry.figures import (
     LATENCY_BOUNDS_S,
@@ -38,9 +39,6 @@ from hub.telemetry.figures import (
     read_figures,
     spool_dropped_total,
 )
-
-if TYPE_CHECKING:
-    from hub.app import Hub
 
 __all__ = ["FIGURES_IDLE_S", "FleetCollector"]
 
@@ -52,11 +50,12 @@ INGEST_DROPS: Final = {"write_errors": "write_error", "telemetry_too_old": "too_
 class FleetCollector(Collector):
     """What the fleet's devices measured and where its work stands (module docstring)."""
 
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, engine: Engine, ingest: Ingest) -> None:
+        self.engine = engine
+        self.ingest = ingest  # the hub process's writer: its backlog and drops
 
     def collect(self) -> Iterator[Metric]:
-        with session(self.hub.engine) as s:
+        with session(self.engine) as s:
             figures = read_figures(s, time.time() - FIGURES_IDLE_S)
             rollout_devices = _rollout_devices(s)
             alerts = _open_alerts(s)
@@ -72,7 +71,7 @@ class FleetCollector(Collector):
         yield from self._ingest()
 
     def _ingest(self) -> Iterator[Metric]:
-        depth, oldest_s = self.hub.ingest.lag()
+        depth, oldest_s = self.ingest.lag()
         yield GaugeMetricFamily(
             "edgefleet_ingest_queue_depth",
             "Reports the hub's ingest writer received and has not written yet",
@@ -88,7 +87,7 @@ class FleetCollector(Collector):
             "Reports the ingest writer dropped: a row that failed to write, a window too old",
             labels=["reason"],
         )
-        counts = self.hub.ingest.counts
+        counts = self.ingest.counts
         for kind, reason in sorted(INGEST_DROPS.items(), key=lambda kv: kv[1]):
             dropped.add_metric([reason], counts.get(kind, 0))
         yield dropped
