@@ -10,7 +10,8 @@ Series stay bounded whatever the fleet's size: no label names a device, a rollou
 key. Devices are counted per (status, class): a fleet of 10,000 devices in 3 classes
 gives at most 3 × 4 device series (statuses: online, offline, unknown, revoked), as one
 of 10 devices does. Route labels are the route templates (``/devices/{device_id}``), never
-the paths asked for; a path that is no route counts as ``other``.
+the paths asked for; a path that is no route counts as ``other``. The fleet's model
+figures, rollouts in progress, drift alerts and ingest backlog: hub/api/metrics_fleet.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from hub.api.metrics_fleet import FleetCollector
 from hub.store.tables import Device, Job, Rollout, session
 
 if TYPE_CHECKING:
@@ -153,9 +155,10 @@ class RequestMetrics:
 
 
 def metrics_registry(hub: Hub) -> CollectorRegistry:
-    """A registry of the hub's own (not the process-global one): the hub's collector."""
+    """A registry of the hub's own (not the process-global one): the hub's collectors."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(HubCollector(hub))
+    registry.register(FleetCollector(hub.engine, hub.ingest))
     return registry
 
 

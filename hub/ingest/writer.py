@@ -82,6 +82,7 @@ class Ingest:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        self._writing: list[Report] = []  # the batch being written (GET /metrics: lag)
 
     def start(self) -> None:
         target = self._run_timer if self.inline else self._run
@@ -134,6 +135,18 @@ class Ingest:
             time.sleep(0.01)  # (the queue is busy: do not spin against the writer)
         return False
 
+    def lag(self) -> tuple[int, float]:
+        """How far behind the writer is: reports received and not yet written, and the
+        seconds since the oldest of them was received (0.0 when none waits)."""
+        writing, pending = list(self._writing), list(self._pending)
+        with self._q.mutex:  # a glance at the queue, not a drain
+            queued = len(self._q.queue)
+            head = self._q.queue[0] if queued else None
+        waiting = [r for r in (writing[:1] + pending[:1] + [head]) if r is not None]
+        oldest = min((r.received for r in waiting), default=None)
+        depth = len(writing) + len(pending) + queued  # (+1 for the stop sentinel, at stop)
+        return depth, max(0.0, time.time() - oldest) if oldest is not None else 0.0
+
     # ------------------------------------------------------------- writer thread
 
     def _run_timer(self) -> None:
@@ -173,7 +186,12 @@ class Ingest:
         self._idle.set()
 
     def _write(self, batch: list[Report]) -> None:
-        if not self._commit_waiting_for_the_database(batch):
+        self._writing = batch
+        try:
+            stored = self._commit_waiting_for_the_database(batch)
+        finally:
+            self._writing = []
+        if not stored:
             return  # stopping with the database away: unacknowledged, it comes again
         if self.on_stored is not None:
             try:

@@ -38,6 +38,7 @@ from hub.store.declared_tables import DeclaredGroup, RolloutPolicy
 from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
+from hub.store.figure_tables import ModelFigure, SpoolDrop  # created with the rest
 from hub.store.migrate import add_columns
 from hub.store.registry_tables import ModelArtefact
 
@@ -77,6 +78,7 @@ __all__ = [
     "LoopPolicy",
     "LoopRun",
     "ModelArtefact",
+    "ModelFigure",
     "ModelVersion",
     "ModelVersionBase",
     "ModelVersionPublic",
@@ -84,6 +86,7 @@ __all__ = [
     "Rollout",
     "RolloutDevice",
     "RolloutPolicy",
+    "SpoolDrop",
     "Telemetry",
     "TrainingRecord",
     "TrainingRun",

@@ -1,0 +1,74 @@
+"""Spool drops, end to end: simulated devices (the agent's own core and spool, simulator/
+fleet.py) lose their broker, fill their spools and drop the oldest windows; once back,
+they report the count in their next windows, and a real hub's ``GET /metrics`` serves
+the fleet's total as ``edgefleet_spool_dropped_total``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from metrics_rig import samples, served_hub, value
+from waiting import wait_for
+
+from hub.transport.broker import Mosquitto
+from simulator.fleet import Fleet, FleetConfig
+
+pytestmark = [pytest.mark.broker]
+
+DEVICES = 3
+WINDOW_S = 0.25  # telemetry windows of a quarter second: a full spool in seconds
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A broker that keeps sessions across its restart, as in production."""
+    if not Mosquitto.available():
+        pytest.fail("the mosquitto binary is missing")
+    with Mosquitto(tmp_path / "broker", persistence=True) as b:
+        yield b
+
+
+def test_the_windows_devices_spools_dropped_reach_the_hubs_metrics(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    with served_hub(broker, tmp_path / "hub") as served:
+        config = FleetConfig(
+            devices=DEVICES,
+            host="127.0.0.1",
+            port=broker.port,
+            work_dir=tmp_path / "fleet",
+            pinned_root=served.hub.trust.pinned_root(),
+            id_prefix="spool",
+            rows_per_s=0,  # no model: empty windows carry the spool count all the same
+            tick_s=WINDOW_S / 2,
+            window_s=WINDOW_S,
+            spool_max_bytes=3000,  # ~8 windows
+        )
+        fleet = Fleet(config).start()
+        thread = fleet.loop.start_thread()
+        try:
+            wait_for(lambda: served.hub.ingest.counts["telemetry"] >= DEVICES, 30, "first windows")
+            assert value(samples(served.scrape()), "edgefleet_spool_dropped_total") == 0
+            broker.stop()
+            wait_for(
+                lambda: min(d.spool.spool.dropped for d in fleet.devices) >= 3,
+                20,
+                "every spool dropping windows",
+            )
+            broker.start()
+
+            def served_total() -> float:
+                return value(samples(served.scrape()), "edgefleet_spool_dropped_total")
+
+            def dropped() -> int:  # (they drop until they are back)
+                return sum(d.spool.spool.dropped for d in fleet.devices)
+
+            # back, each device reports its count in its next windows
+            wait_for(lambda: served_total() == dropped(), 30, "the drops in /metrics")
+            assert dropped() >= 3 * DEVICES
+        finally:
+            fleet.loop.stop()
+            thread.join(10)
+            fleet.close()
