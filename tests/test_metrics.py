@@ -101,6 +101,9 @@ def test_metrics_are_valid_prometheus_text_with_the_fleet_in_bounded_series(
     assert online[frozenset({("status", "online"), ("device_class", "generic-linux")})] == 2
     assert online[frozenset({("status", "online"), ("device_class", "pi-litert")})] == 1
     assert any(n == "edgefleet_device_messages_dropped_total" for n, _ in got)
+    # alerts to webhooks: every event's series from the start, at 0 with no receiver
+    sent = frozenset({("event", "sent")})
+    assert got[("edgefleet_alert_deliveries_total", sent)] == 0
     # the API's own requests, by route template (never the path: no device id in a label)
     routes = {dict(labels).get("route") for n, labels in got if n.startswith("edgefleet_api_")}
     assert "/devices/{device_id}" in routes and "/devices/gw-1" not in routes

@@ -24,7 +24,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_the_alert_rules_are_valid_and_fire_as_their_tests_say() -> None:
     checked = promtool("check", "rules", "rules.yml")
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 12 rules found" in checked.stdout
+    assert "SUCCESS: 13 rules found" in checked.stdout
     tested = promtool("test", "rules", "rules.test.yml")
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
@@ -63,6 +63,7 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
         "EdgefleetDriftAlertOpen",
         "EdgefleetIngestLagging",
         "EdgefleetSpoolDrops",
+        "EdgefleetAlertDeliveriesFailing",
     } <= alerts
     cases = [
         case
@@ -98,7 +99,7 @@ def test_the_scrape_config_is_valid_with_its_key_file_and_refused_without(
     (tmp_path / "edgefleet.key").write_text("ef_keyid_secret\n")
     checked = check()
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "1 rule files found" in checked.stdout and "12 rules found" in checked.stdout
+    assert "1 rule files found" in checked.stdout and "13 rules found" in checked.stdout
     config = yaml.safe_load((RULES / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     assert job["job_name"] == "edgefleet-hub" and job["metrics_path"] == "/metrics"

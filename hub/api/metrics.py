@@ -109,6 +109,24 @@ class HubCollector(Collector):
             "reason",
             hub.fetch.refused,
         )
+        alerts = {k: hub.alerts.counts[k] for k in ALERT_EVENTS}  # each series from the start
+        yield _counter(
+            "edgefleet_alert_deliveries",
+            "Alerts to webhooks: messages written, tries, and their outcomes (docs/alerts.md)",
+            "event",
+            alerts,
+        )
+        pending = GaugeMetricFamily(
+            "edgefleet_alert_pending", "Alert deliveries waiting, per receiver", labels=["receiver"]
+        )
+        for receiver, n in sorted(hub.alerts.pending().items()):
+            pending.add_metric([receiver], n)
+        yield pending
+
+
+# What the alert dispatcher counts (hub/alerts/dispatcher.py), served as one counter's
+# events; at most 100 receivers bound the pending gauge's series.
+ALERT_EVENTS = ("messages", "attempts", "sent", "retried", "failed", "dropped")
 
 
 def _counter(name: str, doc: str, label: str, values: Any) -> CounterMetricFamily:
