@@ -31,8 +31,10 @@ PAGES = ("fleet", "device", "rollouts", "rollout", "models", "drift", "audit")
 
 
 @pytest.fixture(scope="module")
-def stage(mosquitto: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStage]:
-    with ui_stage(mosquitto, tmp_path_factory.mktemp("ui"), DEVICES) as s:
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStage]:
+    """A broker of its own: the session's shared one holds other tests' retained device
+    states, which this hub would count among its fleet's online devices."""
+    with Mosquitto() as broker, ui_stage(broker, tmp_path_factory.mktemp("ui"), DEVICES) as s:
         yield s
 
 
