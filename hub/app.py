@@ -147,18 +147,7 @@ class Hub:
         )
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self.rollouts.start()
-        self.jobs = Jobs(self.engine)
-        self.builds = Builds(
-            self.engine,
-            self.registry,
-            self.dataset_store,
-            self.jobs,
-            self.classes.runtimes,
-            self.classes.health,
-        )
-        self.retrainer = Retrainer(
-            self.registry, self.datasets, self.jobs, base_rows=self.builds.base_rows
-        )
+        self._start_model_jobs()
         self.loop = Loop(
             self.engine, self.registry, self.datasets, self.retrainer, self.rollouts
         ).start()
@@ -175,6 +164,27 @@ class Hub:
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
+
+    def _start_model_jobs(self) -> None:
+        """Builds and retrains, in jobs; both make an artefact per runtime of the model's
+        device classes, with their health budgets."""
+        self.jobs = Jobs(self.engine)
+        self.builds = Builds(
+            self.engine,
+            self.registry,
+            self.dataset_store,
+            self.jobs,
+            self.classes.runtimes,
+            self.classes.health,
+        )
+        self.retrainer = Retrainer(
+            self.registry,
+            self.datasets,
+            self.jobs,
+            base_rows=self.builds.base_rows,
+            runtimes_for=self.classes.runtimes,
+            health_for=self.classes.health,
+        )
 
     def _tls_identity(self, cfg: HubConfig) -> TlsIdentity | None:
         """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote)."""

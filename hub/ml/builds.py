@@ -36,12 +36,12 @@ from hub.ml.build_specs import (
     no_budgets,
     onnx_only,
 )
-from hub.ml.build_specs import class_health as class_health_of
 from hub.ml.data.store import DatasetStore, DatasetStoreError
 from hub.ml.errors import ModelRefused, PipelineError
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel
 from hub.ml.pipeline import Dataset, PipelineConfig, import_model, split_arrays, train
+from hub.ml.publishing import extra_runtimes, publish_version
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import record_training
 from hub.ml.runs import record_run
@@ -95,10 +95,9 @@ class Builds:
             BuildError: an unknown device class (the known ones named).
         """
         try:
-            runtimes = self.runtimes_for(device_classes)
+            return extra_runtimes(self.runtimes_for, device_classes)
         except ValueError as e:
             raise BuildError(str(e)) from e
-        return tuple(sorted(set(runtimes) - {ONNX_RUNTIME}))
 
     # ------------------------------------------------------------------ submitting
 
@@ -303,25 +302,16 @@ class Builds:
             self._record(run_id, run, config, "failed", created_by, {}, [], detail)
             raise
         progress("sign", 0.95)
-        class_health = class_health_of(self.health_for(device_classes), config)
-        row = self.registry.publish(
+        published = publish_version(
+            self.registry,
             built,
             config=config,
             source=run.source,
             device_classes=device_classes,
+            health_for=self.health_for,
             dataset=run.datasets[0] if run.datasets else None,
-            class_health=class_health,
         )
-        artefacts = {row.runtime: _artefact_json(row.target, built)}
-        for other in built.siblings:
-            extra = self.registry.add_artefact(
-                row,
-                other,
-                config=config,
-                device_classes=device_classes,
-                class_health=class_health,
-            )
-            artefacts[extra.runtime] = _artefact_json(extra.target, other)
+        row = published.row
         record_training(self.engine, row.name, row.version, config, run.datasets)
         self._record(
             run_id,
@@ -352,7 +342,7 @@ class Builds:
             "datasets": run.datasets,
             "trials": len(run.trials),
             "target": row.target,
-            "artefacts": artefacts,
+            "artefacts": published.artefacts,
         }
 
     def _record(
@@ -464,15 +454,4 @@ def _unevaluated(spec: UploadSpec, progress: Progress) -> BuiltModel:
 def _config_json(config: PipelineConfig) -> dict[str, Any]:
     return {
         k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
-    }
-
-
-def _artefact_json(target: str, built: BuiltModel) -> dict[str, Any]:
-    """One artefact of a published version, as a build's result lists it."""
-    return {
-        "target": target,
-        "format": built.format,
-        "size_bytes": len(built.model_bytes),
-        "metrics": built.metrics.get("int8", {}),
-        "gates": list(built.gates),
     }

@@ -9,6 +9,13 @@ the next version. Captured rows are split seeded into training and held-out rows
 gate sees the original held-out rows and the captured ones, and the result reports the
 accuracy of the new version (and of the one it replaces) on each part apart.
 
+The new version keeps the base version's device classes and, like a build (ADR 0020),
+carries an artefact per runtime they run: a ``.tflite`` for LiteRT classes next to the
+int8 ONNX file, each judged and gated on the same rows (a sibling refused by its gate
+refuses the whole version, unsigned) and signed with the classes' health budgets through
+hub/ml/publishing.py, as hub/ml/builds.py publishes. Each retrain is a training run:
+published, refused or failed.
+
 ``Retrainer.submit(...)`` runs it as a background job with progress (hub/ml/jobs.py).
 
 Exceptions::
@@ -28,21 +35,24 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine
 
+from hub.ml.build_specs import HealthFor, RuntimesFor, no_budgets, onnx_only
 from hub.ml.data.captures import Datasets
 from hub.ml.jobs import Jobs, Progress
 from hub.ml.manifest import BuiltModel
 from hub.ml.pipeline import (
     Dataset,
+    ModelRefused,
     PipelineConfig,
     PipelineError,
     builtin_dataset,
     evaluate,
     train,
 )
+from hub.ml.publishing import extra_runtimes, publish_version
 from hub.ml.registry import Registry
 from hub.ml.runs import record_run
 from hub.ml.training_data import BUILTIN
-from hub.store.tables import Job, TrainingRecord, session
+from hub.store.tables import Job, ModelVersion, TrainingRecord, session
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +102,10 @@ def retrain(
     captured_weight: int = 1,
     seed: int | None = None,
     base_rows: BaseRows | None = None,
+    runtimes_for: RuntimesFor = onnx_only,
+    health_for: HealthFor = no_budgets,
 ) -> dict[str, Any]:
-    """Train the next version of ``name`` on its baseline rows plus captured rows; publish it.
+    """Train the next version of ``name`` on its baseline plus captured rows; publish it.
 
     Args:
         dataset_ids: dataset versions (hub/ml/data/captures.py) of this model; their labelled rows
@@ -103,43 +115,44 @@ def retrain(
         seed: for the split of captured rows; the base config's seed by default.
         base_rows: the rows of a dataset version (``NAME:SEQ``) split as for training; a
             model trained on one retrains on it, never on the built-in generator.
+        runtimes_for, health_for: as a build's: the version's device classes get an
+            artefact per runtime they run (ADR 0020) with their health budgets.
 
     Raises:
-        RetrainError, DatasetError, RegistryError, PipelineError, GateError.
+        RetrainError, DatasetError, RegistryError, PipelineError, ModelRefused (GateError).
     """
-    if not 0 < holdout_fraction < 1:
-        raise RetrainError("holdout_fraction must be within (0, 1)")
-    if not 1 <= captured_weight <= MAX_CAPTURED_WEIGHT:
-        raise RetrainError(f"captured_weight must be within 1..{MAX_CAPTURED_WEIGHT}")
-    if not dataset_ids:
-        raise RetrainError("name at least one dataset")
+    _check_options(holdout_fraction, captured_weight, dataset_ids)
     if progress:
         progress("datasets", 0.0)
     base = registry.get(name)
+    classes, runtimes = _class_runtimes(base, runtimes_for)
     record = training_record(registry.engine, name, base.version)
     config = _base_config(name, record)
-    recorded = record.datasets if record else []
-    origin = [d for d in recorded if ":" in d][:1]  # a dataset version, or the generator
-    captured = [d for d in recorded if ":" not in d]
-    all_ids = list(dict.fromkeys([*captured, *dataset_ids]))
-    x_cap, y_cap = _captured_rows(datasets, name, all_ids)
+    origin, all_ids = _dataset_ids(record, dataset_ids)
     base_data = _origin_rows(name, origin, config, base_rows)
     mixed = _mix(
         base_data,
-        x_cap,
-        y_cap,
+        *_captured_rows(datasets, name, all_ids),
         holdout_fraction=holdout_fraction,
         captured_weight=captured_weight,
         seed=config.seed if seed is None else seed,
     )
-    built = train(config, progress, dataset=mixed.data)
+    run = _RetrainRun(registry.engine, config, [*origin, *all_ids], mixed, captured_weight)
+    built = run.build(lambda: train(config, progress, dataset=mixed.data, runtimes=runtimes))
     scores = _compare(built.model_bytes, registry.store.get(base.sha256), base_data, mixed)
     if progress:
         progress("sign", 0.95)
-    classes = tuple(c for c in base.device_classes.split(",") if c)
-    row = registry.publish(built, config=config, source="retrained", device_classes=classes)
-    record_training(registry.engine, name, row.version, config, [*origin, *all_ids])
-    _record_run(registry, row.version, config, built, [*origin, *all_ids], captured_weight)
+    published = publish_version(
+        registry,
+        built,
+        config=config,
+        source="retrained",
+        device_classes=classes,
+        health_for=health_for,
+    )
+    row = published.row
+    record_training(registry.engine, name, row.version, config, run.datasets)
+    run.record("published", built.metrics, list(built.gates), version=row.version)
     log.info("%s v%d retrained from v%d on %s", name, row.version, base.version, all_ids)
     return {
         "name": row.name,
@@ -155,6 +168,7 @@ def retrain(
         "rows_captured_train": mixed.n_captured_train,
         "rows_captured_holdout": len(mixed.x_captured_holdout),
         "base_config": "recorded" if record else "default",
+        "artefacts": published.artefacts,
     }
 
 
@@ -167,11 +181,16 @@ class Retrainer:
         datasets: Datasets,
         jobs: Jobs,
         base_rows: BaseRows | None = None,
+        runtimes_for: RuntimesFor | None = None,
+        health_for: HealthFor | None = None,
     ) -> None:
         self.registry = registry
         self.datasets = datasets
         self.jobs = jobs
         self.base_rows = base_rows
+        # device classes -> the runtimes they run, their health budgets (as Builds has them)
+        self.runtimes_for = runtimes_for or onnx_only
+        self.health_for = health_for or no_budgets
 
     def submit(self, name: str, dataset_ids: Sequence[str], **options: Any) -> Job:
         """Check the model and datasets now, then retrain in a job.
@@ -192,6 +211,8 @@ class Retrainer:
                 ids,
                 progress,
                 base_rows=self.base_rows,
+                runtimes_for=self.runtimes_for,
+                health_for=self.health_for,
                 **options,
             ),
         )
@@ -200,27 +221,93 @@ class Retrainer:
 # ------------------------------------------------------------------ helpers
 
 
-def _record_run(
-    registry: Registry,
-    version: int,
-    config: PipelineConfig,
-    built: BuiltModel,
-    datasets: list[str],
-    captured_weight: int,
+def _check_options(
+    holdout_fraction: float, captured_weight: int, dataset_ids: Sequence[str]
 ) -> None:
-    """The retrain as a training run, so its lineage answers like any build's."""
-    record_run(
-        registry.engine,
-        model=config.name,
-        version=version,
-        status="published",
-        source="retrained",
-        datasets=datasets,
-        split=dict(built.split),
-        config=_config_dict(config) | {"captured_weight": captured_weight},
-        metrics=built.metrics,
-        gates=list(built.gates),
-    )
+    if not 0 < holdout_fraction < 1:
+        raise RetrainError("holdout_fraction must be within (0, 1)")
+    if not 1 <= captured_weight <= MAX_CAPTURED_WEIGHT:
+        raise RetrainError(f"captured_weight must be within 1..{MAX_CAPTURED_WEIGHT}")
+    if not dataset_ids:
+        raise RetrainError("name at least one dataset")
+
+
+def _class_runtimes(
+    base: ModelVersion, runtimes_for: RuntimesFor
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The base version's device classes, and the runtimes beyond onnxruntime they run."""
+    classes = tuple(c for c in base.device_classes.split(",") if c)
+    try:
+        return classes, extra_runtimes(runtimes_for, classes)
+    except ValueError as e:  # a class the hub no longer knows
+        raise RetrainError(f"{base.name} v{base.version}: {e}") from e
+
+
+def _dataset_ids(
+    record: TrainingRecord | None, dataset_ids: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The dataset version the model was trained on (or the generator), and every captured
+    dataset it learns from: those an earlier retrain added, then ``dataset_ids``."""
+    recorded = record.datasets if record else []
+    origin = [d for d in recorded if ":" in d][:1]  # a dataset version, or the generator
+    captured = [d for d in recorded if ":" not in d]
+    return origin, list(dict.fromkeys([*captured, *dataset_ids]))
+
+
+class _RetrainRun:
+    """The retrain as a training run (ADR 0014), so its lineage answers like any build's:
+    published, or refused by a gate (of the ONNX file or of a sibling) before signing, or
+    failed."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: PipelineConfig,
+        datasets: list[str],
+        mixed: _Mixed,
+        captured_weight: int,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.datasets = datasets
+        self.split = dict(mixed.data.split)
+        self.captured_weight = captured_weight
+
+    def build(self, build: Callable[[], BuiltModel]) -> BuiltModel:
+        """``build()``; a refusal or a failure is recorded as this run, then raised."""
+        try:
+            built = build()
+        except ModelRefused as e:
+            self.record("refused", e.metrics, e.gates, refusal=str(e))
+            raise
+        except Exception as e:  # a failed retrain is a run too, whatever failed
+            detail = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+            self.record("failed", {}, [], refusal=detail)
+            raise
+        return built
+
+    def record(
+        self,
+        status: str,
+        metrics: dict[str, Any],
+        gates: list[dict[str, Any]],
+        *,
+        version: int | None = None,
+        refusal: str | None = None,
+    ) -> None:
+        record_run(
+            self.engine,
+            model=self.config.name,
+            version=version,
+            status=status,
+            source="retrained",
+            datasets=self.datasets,
+            split=self.split,
+            config=_config_dict(self.config) | {"captured_weight": self.captured_weight},
+            metrics=metrics,
+            gates=gates,
+            refusal=refusal,
+        )
 
 
 def _origin_rows(
@@ -279,7 +366,8 @@ def _mix(
 ) -> _Mixed:
     """Split the captured rows seeded; add them to the baseline's training and held-out rows.
 
-    Each captured training row is repeated ``captured_weight`` times.
+    Each captured training row is repeated ``captured_weight`` times. Captured rows take
+    the model's row shape (a conv net's image or window; ``x_cap`` holds them flat).
 
     Raises:
         RetrainError: the captured rows have another width, or are too few to split.
@@ -288,6 +376,7 @@ def _mix(
         raise RetrainError(
             f"captured rows have {x_cap.shape[1]} features, the model {len(base.features)}"
         )
+    x_cap = x_cap.reshape(len(x_cap), *base.row_shape)
     order = np.random.default_rng(seed).permutation(len(x_cap))
     n_hold = max(1, round(len(x_cap) * holdout_fraction))
     if len(x_cap) - n_hold < 1:
@@ -301,6 +390,8 @@ def _mix(
         np.concatenate([base.y_holdout, y_cap[hold]]),
         base.features,
         base.classes,
+        base.task,
+        dict(base.split),
     )
     return _Mixed(data, x_cap[hold], y_cap[hold], len(tr))
 
@@ -326,7 +417,8 @@ def _captured_rows(
         if row.model != name:
             raise RetrainError(f"dataset {dataset_id} was captured from {row.model}, not {name}")
         data = datasets.dataset(dataset_id)
-        xs.append(data.x[data.labelled].astype(np.float32))
+        x = data.x[data.labelled].astype(np.float32)
+        xs.append(x.reshape(len(x), -1))  # flat: a conv net's rows take their shape in _mix
         ys.append(data.labels[data.labelled].astype(np.int64))
     x = np.concatenate(xs) if xs else np.zeros((0, 0), dtype=np.float32)
     y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
