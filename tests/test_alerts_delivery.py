@@ -94,6 +94,33 @@ def test_a_receiver_answering_500_twice_gets_it_on_the_third_try_after_backoff(
     assert d.counts["sent"] == 1 and d.counts["retried"] == 2 and d.counts["attempts"] == 3
 
 
+def test_an_alerts_resolved_waits_for_its_firing_that_waits_for_a_retry(
+    engine: Engine, monitor: DriftMonitor
+) -> None:
+    """The firing message fails once and waits 1 s for its retry; the hub restarts (what
+    rested the receiver is gone) and the alert clears at once: the receiver still gets
+    firing, then resolved, never resolved first."""
+    d = dispatcher(engine, backoff_s=1.0).start()
+    with WebhookReceiver(SECRET, answers=(500,)) as hook:
+        d.receivers.add(ReceiverSpec("ordered", hook.url, SECRET, ("drift",)), by="test")
+        try:
+            seq = raise_drift(monitor, "dev-o")
+            hook.wait(1)  # the first try of firing: 500
+        finally:
+            d.stop()
+        clear_drift(monitor, "dev-o", seq)
+        restarted = dispatcher(engine, backoff_s=1.0).start()
+        try:
+            got = hook.wait(3, timeout=10)
+        finally:
+            restarted.stop()
+    assert [(r.answered, r.alert["status"]) for r in got] == [
+        (500, "firing"),
+        (200, "firing"),
+        (200, "resolved"),
+    ]
+
+
 def test_a_dead_or_slow_receiver_fails_after_its_bound_and_others_are_unaffected(
     engine: Engine, monitor: DriftMonitor
 ) -> None:

@@ -138,19 +138,8 @@ class Dispatcher:
                 with self._lock:
                     self._rest.pop(name, None)
                 return
-            with session(self.engine) as s:
-                due = s.exec(
-                    select(AlertDelivery)
-                    .where(
-                        col(AlertDelivery.receiver) == name,
-                        col(AlertDelivery.status) == "pending",
-                        col(AlertDelivery.next_at) <= self.clock(),
-                    )
-                    .order_by(col(AlertDelivery.id))
-                    .limit(self.policy.batch)
-                ).all()
             sent = 0
-            for delivery in due:
+            for delivery in self._in_order(name):
                 if self._stop.is_set() or not self._send(receiver, delivery):
                     break
                 sent += 1
@@ -161,6 +150,25 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._busy.discard(name)
+
+    def _in_order(self, name: str) -> list[AlertDelivery]:
+        """The receiver's due deliveries, oldest first, at most a batch, none of them an
+        alert whose older message still waits: a receiver never gets an alert's
+        ``resolved`` before its ``firing`` (the firing one may wait for a retry)."""
+        with session(self.engine) as s:
+            pending = s.exec(
+                select(AlertDelivery)
+                .where(col(AlertDelivery.receiver) == name, col(AlertDelivery.status) == "pending")
+                .order_by(col(AlertDelivery.id))
+            ).all()
+        now, held, due = self.clock(), set(), []
+        for delivery in pending:
+            if delivery.next_at <= now and delivery.fingerprint not in held:
+                due.append(delivery)
+                if len(due) == self.policy.batch:
+                    break
+            held.add(delivery.fingerprint)  # a later message of it goes after this one
+        return due
 
     def _send(self, receiver: AlertReceiver, delivery: AlertDelivery) -> bool:
         """Try one delivery and record it; whether the receiver took it."""
