@@ -88,6 +88,9 @@ class Dispatcher:
     # ------------------------------------------------------------- lifecycle
 
     def start(self) -> Dispatcher:
+        # A first start's cursors are set here, not when the thread first runs: an alert
+        # raised after start() returns is one to send, however late the thread begins.
+        self.outbox.collect()
         self._thread = threading.Thread(target=self._run, name="hub-alerts", daemon=True)
         self._thread.start()
         return self
