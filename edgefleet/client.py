@@ -82,10 +82,27 @@ class HubClient(SyncRunner, FleetCalls, ObservingCalls):
                 r = self._send(call.method, call.path, content=body, headers=up.headers, **kw)
             return read_answer(call, r)
         except NeedsHubCheck as e:
-            self._check_is_hub()
-            if e.error is None:
-                raise HubConnectionError(self.url, NOT_A_HUB) from None
-            raise e.error from None
+            raise self._unless_not_a_hub(e) from None
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        """Any request by method and path, its JSON as the hub sent it, with the typed
+        calls' errors (the old client's way, kept for the callers that still use it)."""
+        r = self._send(method, path, **kw)
+        try:
+            if r.status_code >= 400:
+                raise read_error(r)
+            try:
+                return r.json()
+            except ValueError as e:
+                raise NeedsHubCheck(None) from e
+        except NeedsHubCheck as e:
+            raise self._unless_not_a_hub(e) from None
+
+    def _unless_not_a_hub(self, e: NeedsHubCheck) -> Exception:
+        """The error to raise for an answer that may not be a hub's: HubConnectionError
+        when the server's /health is not a hub's, else the hub's refusal."""
+        self._check_is_hub()
+        return e.error or HubConnectionError(self.url, NOT_A_HUB)
 
     def _check_is_hub(self) -> Health:
         """``/health``'s answer; HubConnectionError unless it answers as a hub does."""
