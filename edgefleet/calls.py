@@ -150,7 +150,6 @@ class Call(Generic[T]):
     at: dict[str, Any] = field(default_factory=dict)  # the path's parameters
     params: dict[str, Any] | None = None
     json: Any = None
-    headers: dict[str, str] | None = None
     upload: Upload | None = None  # the request body: a file's bytes, streamed
     created: bool = False  # add ``created``: whether the hub answered 201 Created
 
@@ -164,7 +163,7 @@ class Call(Generic[T]):
 
     def request(self) -> dict[str, Any]:
         """httpx's keyword arguments for the request (what is set of them)."""
-        kw = {"params": self.params, "json": self.json, "headers": self.headers}
+        kw = {"params": self.params, "json": self.json}
         return {k: v for k, v in kw.items() if v is not None}
 
 

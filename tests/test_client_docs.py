@@ -26,11 +26,12 @@ def python_blocks() -> list[str]:
 
 
 def test_the_pages_examples_run_against_a_real_hub(
-    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    private_mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocks = python_blocks()
     assert len(blocks) >= 5, "docs/client.md lost its examples"
-    with fleet_rig(mosquitto, tmp_path, devices=2, prefix="doc", rows_per_s=0) as rig:
+    # a broker of its own: the page prints how many devices the hub knows
+    with fleet_rig(private_mosquitto, tmp_path, devices=2, prefix="doc", rows_per_s=0) as rig:
         monkeypatch.setenv("EDGEFLEET_HUB", rig.api.url)
         monkeypatch.setenv("EDGEFLEET_API_KEY", DEV_KEY)
         namespace: dict[str, object] = {"__name__": "docs_client"}

@@ -29,6 +29,7 @@ from hub.api.views.datasets import DatasetUploaded
 from hub.api.views.devices import DeviceView, EnrolTokenCreated
 from hub.api.views.models import JobView, ModelVersionView
 from hub.api.views.rollouts import DeploymentStatusView
+from hub.transport.broker import Mosquitto
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -52,11 +53,16 @@ class Stage:
 
 
 @pytest.fixture(scope="module")
-def stage(mosquitto: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+def stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stage]:
+    """A hub with two simulated devices on a broker of its own (the rig counts the
+    devices online: another test's on a shared broker would be counted too)."""
     work = tmp_path_factory.mktemp("client-typed")
-    with fleet_rig(mosquitto, work, devices=2, prefix="ct", rows_per_s=0) as rig:
+    with (
+        Mosquitto() as broker,
+        fleet_rig(broker, work, devices=2, prefix="ct", rows_per_s=0) as rig,
+    ):
         model = rig.train()["name"]
-        dep = rig.client.create_deployment(model)
+        dep = rig.client.create_deployment(model, devices=[d.device_id for d in rig.devices])
         wait_for(lambda: rig.client.deployment(dep.id, devices=False).finished, 60, "deployed")
         yield Stage(rig, model, dep.id)
 
@@ -102,7 +108,7 @@ def test_secrets_stay_out_of_listed_tokens_and_keys(stage: Stage) -> None:
 def test_cli_json_of_a_model_is_the_hubs_json(
     stage: Stage, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = stage.client.devices()[0]
+    d = stage.client.device(stage.rig.devices[0].device_id)
     print_json({"device": d, "list": [d]})
     printed = json.loads(capsys.readouterr().out)
     assert printed["device"] == printed["list"][0] == json.loads(d.model_dump_json())
