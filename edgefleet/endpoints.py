@@ -5,6 +5,7 @@ they are, :class:`edgefleet.client_async.AsyncHubClient` as coroutines."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hub.api.views.access import (
     KeyRotation,
     SigningKeys,
 )
-from hub.api.views.alerts import Delivery, FleetChanges, ReceiverCreated, ReceiverView
+from hub.api.views.alerts import Delivery, ReceiverCreated, ReceiverView
 from hub.api.views.datasets import DatasetUploaded, DataVersionView
 from hub.api.views.devices import (
     DeviceClassView,
@@ -27,6 +28,7 @@ from hub.api.views.devices import (
     EnrolTokenView,
     RevocationResult,
 )
+from hub.api.views.fleet import FleetChanges
 from hub.api.views.health import Stats
 from hub.api.views.models import JobView, LineageView, ModelVersionView, TrainingRunView
 from hub.api.views.rollouts import (
@@ -171,7 +173,7 @@ class FleetCalls:
         dataset: str | None = None,
         quantize: bool = True,
         unevaluated: bool = False,
-        on_bytes: Any = None,
+        on_bytes: Callable[[int], None] | None = None,
         **gates: Any,
     ) -> Call[JobView]:
         """Import an ONNX or TFLite model judged on ``dataset`` (a job); ``on_bytes`` is
@@ -214,7 +216,7 @@ class FleetCalls:
         label: str | None = None,
         task: str | None = None,
         fmt: str | None = None,
-        on_bytes: Any = None,
+        on_bytes: Callable[[int], None] | None = None,
     ) -> Call[DatasetUploaded]:
         """Upload a CSV, Parquet or NPZ file (streamed from disk) as a dataset version;
         ``on_bytes`` is called with the bytes sent so far. ``created`` in the answer is

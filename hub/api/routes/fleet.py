@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, HTTPException
 from hub.access.keys import Role
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Operator, Viewer
-from hub.api.views.alerts import FleetChanges
+from hub.api.views.fleet import FleetChanges
 from hub.declared.apply import ApplyError, apply
 from hub.declared.document import FleetDocument
 from hub.declared.plan import DeclarationError, plan

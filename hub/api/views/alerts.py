@@ -1,5 +1,4 @@
-"""Views of alert receivers and deliveries (hub/api/routes/alerts.py), and of the fleet
-file's plan and changes (hub/api/routes/fleet.py)."""
+"""Views of alert receivers and deliveries (hub/api/routes/alerts.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pydantic import Field
 
 from hub.api.views.base import View
 
-__all__ = ["Delivery", "FleetChanges", "ReceiverCreated", "ReceiverView"]
+__all__ = ["Delivery", "ReceiverCreated", "ReceiverView"]
 
 
 class ReceiverView(View):
@@ -39,11 +38,3 @@ class Delivery(View):
     created_at: float
     updated_at: float
     history: list[dict[str, Any]]  # each attempt: HTTP status or error, duration, time
-
-
-class FleetChanges(View):
-    """What a fleet file changes (``diff``: would change), in order, and what it leaves
-    to a person (``notes``)."""
-
-    changes: list[dict[str, Any]]
-    notes: list[Any]
