@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -75,7 +76,7 @@ def upload(
     return 0
 
 
-def describe(v: dict[str, Any]) -> str:
+def describe(v: Mapping[str, Any]) -> str:
     """What an operator reads about a version: rows, task, label, shape, classes."""
     schema = v["data_schema"]
     inferred = " (inferred)" if schema.get("task_inferred") else ""

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,7 @@ def _train(client: HubClient, opts: DemoOptions, progress: Progress) -> dict[str
         **health_budget(opts),
     )
 
-    def show(j: dict[str, Any]) -> None:  # a percentage on a terminal
+    def show(j: Mapping[str, Any]) -> None:  # a percentage on a terminal
         progress.show(f"train  {stage_words(j['stage'] or j['status'])} {j['progress']:5.1%}")
 
     # in a log, each stage once (edgefleet/progress.py), in the demo's column

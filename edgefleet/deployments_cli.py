@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -91,7 +92,9 @@ def deploy(
     body = {k: v for k, v in options.items() if v is not None}
     say = sys.stderr if json else sys.stdout  # --json: only the JSON on stdout
     with client(hub, api_key) as c:
-        st = c.create_deployment(model, version=version, devices=split_ids(devices), **body)
+        st: Mapping[str, Any] = c.create_deployment(
+            model, version=version, devices=split_ids(devices), **body
+        )
         print(
             f"deployment {st['id']}: {model} v{st['version']} to {st['devices']} devices", file=say
         )
@@ -107,7 +110,7 @@ def deploy(
     return 0 if st["converged"] == st["devices"] else 1
 
 
-def _wait(c: Any, st: dict[str, Any], hub: str, say: Any) -> dict[str, Any]:
+def _wait(c: Any, st: Mapping[str, Any], hub: str, say: Any) -> Mapping[str, Any]:
     """Follow the deployment to its end: a live bar on a terminal, a line per change in a
     log; Ctrl-C says it goes on, and how to reach it."""
     try:
@@ -127,7 +130,7 @@ def _wait(c: Any, st: dict[str, Any], hub: str, say: Any) -> dict[str, Any]:
         raise
 
 
-def _wait_live(c: Any, st: dict[str, Any], out: Any) -> dict[str, Any]:
+def _wait_live(c: Any, st: Mapping[str, Any], out: Any) -> Mapping[str, Any]:
     from rich.console import Group
     from rich.live import Live
     from rich.text import Text
@@ -140,7 +143,7 @@ def _wait_live(c: Any, st: dict[str, Any], out: Any) -> dict[str, Any]:
     return dict(c.deployment(st["id"]))
 
 
-def render_outcome(st: dict[str, Any]) -> str:
+def render_outcome(st: Mapping[str, Any]) -> str:
     """The final line, then each device that did not end healthy."""
     lines = [outcome(st)]
     for d in st["per_device"]:
@@ -150,7 +153,7 @@ def render_outcome(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def progress_line(st: dict[str, Any]) -> str:
+def progress_line(st: Mapping[str, Any]) -> str:
     """One line of a deployment's progress (``GET /deployments/{id}``)."""
     stages = "  ".join(f"{k} {v}" for k, v in sorted(st["stages"].items()))
     line = f"  {st['converged']}/{st['devices']} healthy  {stages}"
@@ -164,7 +167,7 @@ def progress_line(st: dict[str, Any]) -> str:
     return line
 
 
-def outcome(st: dict[str, Any]) -> str:
+def outcome(st: Mapping[str, Any]) -> str:
     """The deployment's final line: how many healthy, and what became of the others."""
     others = {k: v for k, v in st["stages"].items() if k != "healthy"}
     blind = st.get("healthy_without_traffic", 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import typer
@@ -207,7 +208,7 @@ def token_default(
     return _say_token(t, json)
 
 
-def _say_token(t: dict[str, Any], as_json: bool) -> int:
+def _say_token(t: Mapping[str, Any], as_json: bool) -> int:
     if as_json:
         print_json(t)
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def _read_secrets(fleet: FleetFile, base: Path) -> None:
         decl["secret"] = value
 
 
-def send(client: HubClient, fleet: FleetFile, *, apply: bool) -> dict[str, Any]:
+def send(client: HubClient, fleet: FleetFile, *, apply: bool) -> Mapping[str, Any]:
     """The hub's plan of the file (``apply``: its changes, made).
 
     Raises:
@@ -174,7 +175,7 @@ def _common(path: list[str], keys: list[str]) -> int:
     return n
 
 
-def render(answer: dict[str, Any], *, applied: bool) -> list[str]:
+def render(answer: Mapping[str, Any], *, applied: bool) -> list[str]:
     """The hub's plan as lines: each change, then the notes; or that nothing changes."""
     changes = answer.get("changes", [])
     lines = [_line(c, applied) for c in changes]

@@ -246,10 +246,10 @@ def apikey_create(
     from edgefleet.local_audit import record
     from hub.access.keys import CLI_ACTOR
     from hub.access.keys import Role as KeyRole
-    from hub.store.tables import ApiKeyPublic
+    from hub.api.views.access import ApiKeyView
 
     new = _key_store(data, db).create(name, KeyRole(role), created_by=CLI_ACTOR)
-    public = ApiKeyPublic.model_validate(new.record).model_dump()
+    public = ApiKeyView.model_validate(new.record).model_dump()
     command = "edgefleet hub apikey create"
     record(data, db, "api_key.create", new.record.keyid, command, after=public)
     if json:
@@ -266,9 +266,9 @@ def apikey_create(
 def apikey_list(
     data: KeyDataDir = Path("edgefleet-data"), db: DbUrl = None, json: Json = False
 ) -> int:
-    from hub.store.tables import ApiKeyPublic
+    from hub.api.views.access import ApiKeyView
 
-    rows = [ApiKeyPublic.model_validate(k).model_dump() for k in _key_store(data, db).list()]
+    rows = [ApiKeyView.model_validate(k).model_dump() for k in _key_store(data, db).list()]
     emit(rows, json, render_api_keys)
     return 0
 
@@ -293,7 +293,7 @@ def apikey_revoke(
     json: Json = False,
 ) -> int:
     from edgefleet.local_audit import record
-    from hub.store.tables import ApiKeyPublic
+    from hub.api.views.access import ApiKeyView
 
     row = _key_store(data, db).revoke(keyid)
     record(
@@ -305,6 +305,6 @@ def apikey_revoke(
         before={"revoked_at": None},
         after={"revoked_at": row.revoked_at},
     )
-    shown = ApiKeyPublic.model_validate(row).model_dump()
+    shown = ApiKeyView.model_validate(row).model_dump()
     emit(shown, json, lambda k: f"revoked {k['keyid']} ({k['role']} '{k['name']}')")
     return 0

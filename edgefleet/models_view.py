@@ -3,6 +3,7 @@ the registry as a table, a version's lineage, and live performance per version."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from edgefleet.output import table
@@ -83,7 +84,7 @@ def render_performance(perf: dict[str, Any], holdout: dict[int, dict[str, Any]])
     return "\n".join(lines)
 
 
-def render_lineage(lin: dict[str, Any]) -> str:
+def render_lineage(lin: Mapping[str, Any]) -> str:
     t, sig = lin["training"], lin["signature"]
     lines = [f"{lin['model']} v{lin['version']}  ({lin['source']})"]
     if not lin["evaluated"]:

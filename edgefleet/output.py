@@ -1,7 +1,7 @@
 """What the ``edgefleet`` command shows: one data path, two renderings.
 
-A command that shows data fetches it once (a dict or list from the hub, as
-edgefleet/client.py returns it) and hands it to :func:`emit` with a renderer. With
+A command that shows data fetches it once (a response model or a list of them, as
+edgefleet/client.py returns it, or a dict) and hands it to :func:`emit` with a renderer. With
 ``--json`` the data itself goes to stdout as JSON and nothing else does (progress and
 notes go to stderr); without it the renderer turns the same data into Rich tables or
 lines (docs/adr/0026-cli-on-typer.md).
@@ -16,9 +16,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from rich import box
 from rich.console import Console, RenderableType
 from rich.table import Table
@@ -45,9 +46,17 @@ def console(*, stderr: bool = False) -> Console:
 
 
 def print_json(data: Any) -> None:
-    """Machine output: the data as JSON on stdout, and nothing else."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """Machine output: the data as JSON on stdout, and nothing else. A response model
+    (hub/api/views/) is written as the hub sent it."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_plain) + "\n")
     sys.stdout.flush()
+
+
+def _plain(v: Any) -> Any:
+    """What JSON cannot write itself: a response model as its JSON, anything else as text."""
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json", exclude_unset=True)
+    return str(v)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], RenderableType | None]) -> None:
@@ -88,8 +97,8 @@ def cell(v: Any) -> str:
         return "-"
     if isinstance(v, list | tuple):
         return ", ".join(map(str, v))
-    if isinstance(v, dict):
-        return json.dumps(v, separators=(",", ":"), default=str)
+    if isinstance(v, Mapping):
+        return json.dumps(v, separators=(",", ":"), default=_plain)
     return str(v)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class JobProgress:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
-    def __call__(self, job: dict[str, Any]) -> None:
+    def __call__(self, job: Mapping[str, Any]) -> None:
         stage = job.get("stage") or ""
         pct = round(100 * float(job.get("progress") or 0.0))
         ended = job.get("status") in ("done", "failed")

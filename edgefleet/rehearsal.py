@@ -65,7 +65,7 @@ class HubRollouts:
             HubUnreachable: no connection, or a 5xx answer.
         """
         with _down_is_unreachable():
-            return self.client.rollout(rollout_id)
+            return dict(self.client.rollout(rollout_id))
 
     def rollout_devices(self, rollout_id: str) -> list[dict[str, Any]]:
         """``GET /rollouts/{id}/devices``: one row per device.
@@ -74,7 +74,7 @@ class HubRollouts:
             HubUnreachable: no connection, or a 5xx answer.
         """
         with _down_is_unreachable():
-            return self.client.rollout_devices(rollout_id)
+            return [dict(r) for r in self.client.rollout_devices(rollout_id)]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # imported when used: a device with the agent extra has no httpx
@@ -65,7 +66,7 @@ def follow(client: HubClient, rollout_id: str, out: TextIO | None = None) -> int
     return 0 if st["state"] == "completed" else 1
 
 
-def _follow_log(client: HubClient, rollout_id: str, out: TextIO) -> dict[str, Any]:
+def _follow_log(client: HubClient, rollout_id: str, out: TextIO) -> Mapping[str, Any]:
     last = ""
     while True:
         st = client.rollout(rollout_id)
@@ -79,7 +80,7 @@ def _follow_log(client: HubClient, rollout_id: str, out: TextIO) -> dict[str, An
         time.sleep(WATCH_S)
 
 
-def _follow_live(client: HubClient, rollout_id: str, out: TextIO) -> dict[str, Any]:
+def _follow_live(client: HubClient, rollout_id: str, out: TextIO) -> Mapping[str, Any]:
     from rich.console import Group
     from rich.live import Live
     from rich.text import Text
@@ -100,7 +101,7 @@ def live_console(out: TextIO) -> Any:
     return Console(file=out, markup=False, highlight=False, no_color="NO_COLOR" in os.environ)
 
 
-def healthy_bar(st: dict[str, Any]) -> Any:
+def healthy_bar(st: Mapping[str, Any]) -> Any:
     """A bar of the healthy devices of a rollout or deployment status, and the count."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -115,7 +116,7 @@ def healthy_bar(st: dict[str, Any]) -> Any:
     return bar
 
 
-def render(st: dict[str, Any]) -> str:
+def render(st: Mapping[str, Any]) -> str:
     """The live view of one rollout status (``GET /rollouts/{id}``)."""
     counts = "  ".join(f"{k} {v}" for k, v in sorted(st["counts"].items()))
     lines = [
@@ -143,7 +144,7 @@ def probation_terms(spec: dict[str, Any]) -> str:
     return ", ".join(said) + " (this rollout's)"
 
 
-def probation_lines(st: dict[str, Any]) -> list[str]:
+def probation_lines(st: Mapping[str, Any]) -> list[str]:
     """Devices on probation: time left and the live inferences seen against the minimum;
     and the healthy ones whose probation saw no inference."""
     lines = []
@@ -169,7 +170,7 @@ def probation_lines(st: dict[str, Any]) -> list[str]:
     return lines
 
 
-def outcome(row: dict[str, Any]) -> str:
+def outcome(row: Mapping[str, Any]) -> str:
     """A device's state, saying when "healthy" rested on no traffic at all."""
     if row["state"] == "healthy" and (row.get("probation") or {}).get("inferences") == 0:
         return "healthy (no inferences during probation)"

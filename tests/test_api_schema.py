@@ -20,7 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 from schemathesis.generation.modes import GenerationMode
 
 from hub import Hub, HubConfig, create_app
@@ -139,3 +139,26 @@ def test_requests_that_once_got_a_500_get_a_422(
     case = api_schema[path][method].Case(body=body)
     response = case.call(headers={"authorization": f"Bearer {admin_key}"})
     assert response.status_code == 422, response.text
+
+
+@schemathesis.check
+def answer_conforms(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A 2xx answer is what its route's response model says (the refusals' shapes are
+    hub/api/errors.py's, checked by their own tests)."""
+    if response.status_code >= 300:
+        return None
+    return response_schema_conformance(ctx, response, case)
+
+
+def test_answers_match_their_response_models(api_schema: Any, admin_key: str) -> None:
+    """Every 2xx answer validates against the route's response model in the OpenAPI
+    document (hub/api/views/): the document, the route and the Python client agree."""
+
+    def check(case: Any) -> None:
+        case.call_and_validate(
+            headers={"authorization": f"Bearer {admin_key}"},
+            checks=[not_a_server_error, answer_conforms],
+        )
+
+    failures = for_each_operation(api_schema, check)
+    assert not failures, "\n".join(failures)

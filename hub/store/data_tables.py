@@ -94,10 +94,6 @@ class DataVersion(DataVersionBase, table=True):
     arrays_sha256: str = Field(max_length=64)
 
 
-class DataVersionPublic(DataVersionBase):
-    data_schema: dict[str, Any]  # features, classes, row shape (ADR 0014)
-
-
 class TrainingRun(SQLModel, table=True):
     """One build of a model (ADR 0014): trained, uploaded or retrained; published or not."""
 

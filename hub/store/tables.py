@@ -29,7 +29,6 @@ from hub.store.data_tables import (
     CaptureDevice,
     DatasetVersion,
     DataVersion,
-    DataVersionPublic,
     TrainingRecord,
     TrainingRun,
     now,
@@ -50,21 +49,17 @@ __all__ = [
     "AlertReceiver",
     "ApiKey",
     "ApiKeyBase",
-    "ApiKeyPublic",
     "AuditRecord",
     "AuditRecordBase",
-    "AuditRecordPublic",
     "Capture",
     "CaptureDevice",
     "DataVersion",
-    "DataVersionPublic",
     "DatasetVersion",
     "DeclaredGroup",
     "Deployment",
     "DeploymentDevice",
     "Device",
     "DeviceBase",
-    "DevicePublic",
     "DeviceTag",
     "DriftAlert",
     "DriftEvent",
@@ -72,7 +67,6 @@ __all__ = [
     "DriftWindow",
     "EnrolToken",
     "EnrolTokenBase",
-    "EnrolTokenPublic",
     "EventRecord",
     "Job",
     "LoopPolicy",
@@ -81,7 +75,6 @@ __all__ = [
     "ModelFigure",
     "ModelVersion",
     "ModelVersionBase",
-    "ModelVersionPublic",
     "Revocation",
     "Rollout",
     "RolloutDevice",
@@ -125,11 +118,6 @@ class Device(DeviceBase, table=True):
         return self.version if self.model == model else None
 
 
-class DevicePublic(DeviceBase):
-    first_seen: float
-    last_seen: float
-
-
 class Revocation(SQLModel, table=True):
     """A device whose certificates were revoked; re-enrolment (a bound token) lifts it."""
 
@@ -167,10 +155,6 @@ class ModelVersion(ModelVersionBase, table=True):
     __table_args__ = (UniqueConstraint("name", "version"),)
     id: int | None = Field(default=None, primary_key=True)
     created_at: float = Field(default_factory=now)
-
-
-class ModelVersionPublic(ModelVersionBase):
-    created_at: float
 
 
 # ---------------------------------------------------------------- deployments
@@ -386,13 +370,6 @@ class ApiKey(ApiKeyBase, table=True):
     revoked_at: float | None = None
 
 
-class ApiKeyPublic(ApiKeyBase):
-    keyid: str
-    created_at: float
-    created_by: str
-    revoked_at: float | None
-
-
 class EnrolTokenBase(SQLModel):
     id: str = Field(primary_key=True, max_length=32)
     device_id: str | None = None  # when set, only this device may use the token
@@ -409,10 +386,6 @@ class EnrolTokenBase(SQLModel):
 
 class EnrolToken(EnrolTokenBase, table=True):
     token_sha256: str = Field(unique=True, index=True)  # hex
-
-
-class EnrolTokenPublic(EnrolTokenBase):
-    pass
 
 
 class AuditRecordBase(SQLModel):
@@ -439,10 +412,6 @@ class AuditRecordBase(SQLModel):
 
 class AuditRecord(AuditRecordBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
-
-
-class AuditRecordPublic(AuditRecordBase):
-    id: int
 
 
 # ---------------------------------------------------------------- the closed loop

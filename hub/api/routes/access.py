@@ -12,7 +12,8 @@ from hub.access.audit import AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX
 from hub.access.keys import KEY_NAME_PATTERN, ApiKeyError, Role
 from hub.api.deps import DENIALS, Audit, AuditLogDep, KeysDep, operation_id
 from hub.api.security import Admin
-from hub.store.tables import ApiKeyPublic, AuditRecord, AuditRecordPublic
+from hub.api.views.access import ApiKeyCreated, ApiKeyView, AuditRecordView
+from hub.store.tables import AuditRecord
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
@@ -20,10 +21,6 @@ router = APIRouter(generate_unique_id_function=operation_id)
 class ApiKeyCreate(BaseModel):
     name: str = Field(pattern=KEY_NAME_PATTERN)
     role: Role
-
-
-class ApiKeyCreated(ApiKeyPublic):
-    key: str  # shown once: the hub keeps only a hash
 
 
 @router.post(
@@ -36,12 +33,12 @@ class ApiKeyCreated(ApiKeyPublic):
 def create_api_key(req: ApiKeyCreate, who: Admin, keys: KeysDep, audit: Audit) -> ApiKeyCreated:
     """A new API key. The answer holds the key itself: the only time it is shown."""
     new = keys.create(req.name, req.role, created_by=who.keyid)
-    public = ApiKeyPublic.model_validate(new.record)
+    public = ApiKeyView.model_validate(new.record)
     audit.change(public.keyid, after=public.model_dump())
     return ApiKeyCreated(**public.model_dump(), key=new.key)
 
 
-@router.get("/api-keys", name="api_key.list", response_model=list[ApiKeyPublic], responses=DENIALS)
+@router.get("/api-keys", name="api_key.list", response_model=list[ApiKeyView], responses=DENIALS)
 def list_api_keys(who: Admin, keys: KeysDep) -> list[Any]:
     """Every key, revoked ones too; never a secret or its hash."""
     return keys.list()
@@ -50,7 +47,7 @@ def list_api_keys(who: Admin, keys: KeysDep) -> list[Any]:
 @router.delete(
     "/api-keys/{keyid}",
     name="api_key.revoke",
-    response_model=ApiKeyPublic,
+    response_model=ApiKeyView,
     responses={**DENIALS, 409: {"description": "already revoked, or the last admin key"}},
 )
 def revoke_api_key(keyid: str, who: Admin, keys: KeysDep, audit: Audit) -> Any:
@@ -63,7 +60,7 @@ def revoke_api_key(keyid: str, who: Admin, keys: KeysDep, audit: Audit) -> Any:
     return row
 
 
-@router.get("/audit", name="audit.list", response_model=list[AuditRecordPublic], responses=DENIALS)
+@router.get("/audit", name="audit.list", response_model=list[AuditRecordView], responses=DENIALS)
 def audit_log(
     who: Admin,
     log: AuditLogDep,

@@ -26,6 +26,7 @@ from hub.alerts.receivers import (
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL
 from hub.api.security import Admin, Viewer
+from hub.api.views.alerts import Delivery, ReceiverCreated, ReceiverView
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
@@ -59,21 +60,6 @@ class ReceiverCreate(BaseModel):
         return url
 
 
-class ReceiverPublic(BaseModel):
-    name: str
-    url: str
-    kinds: list[str]
-    models: list[str]
-    created_at: float
-    created_by: str | None
-
-
-class ReceiverCreated(ReceiverPublic):
-    secret: str | None = Field(
-        None, description="the secret the hub made: shown this once (None: you gave it)"
-    )
-
-
 @router.post(
     "/alert-receivers",
     name="alert_receiver.create",
@@ -99,7 +85,7 @@ def create_receiver(req: ReceiverCreate, h: HubDep, who: Admin, audit: Audit) ->
 @router.get(
     "/alert-receivers",
     name="alert_receiver.list",
-    response_model=list[ReceiverPublic],
+    response_model=list[ReceiverView],
     responses=DENIALS,
 )
 def list_receivers(h: HubDep, who: Admin) -> list[dict[str, Any]]:
@@ -110,7 +96,7 @@ def list_receivers(h: HubDep, who: Admin) -> list[dict[str, Any]]:
 @router.get(
     "/alert-receivers/{name}",
     name="alert_receiver.get",
-    response_model=ReceiverPublic,
+    response_model=ReceiverView,
     responses=DENIALS,
 )
 def get_receiver(name: str, h: HubDep, who: Admin) -> dict[str, Any]:
@@ -123,7 +109,7 @@ def get_receiver(name: str, h: HubDep, who: Admin) -> dict[str, Any]:
 @router.delete(
     "/alert-receivers/{name}",
     name="alert_receiver.delete",
-    response_model=ReceiverPublic,
+    response_model=ReceiverView,
     responses=DENIALS,
 )
 def delete_receiver(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str, Any]:
@@ -140,6 +126,7 @@ def delete_receiver(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str,
 @router.post(
     "/alert-receivers/{name}/test",
     name="alert_receiver.test",
+    response_model=Delivery,
     responses=DENIALS,
 )
 def send_test_alert(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str, Any]:
@@ -155,7 +142,12 @@ def send_test_alert(name: str, h: HubDep, who: Admin, audit: Audit) -> dict[str,
     return view
 
 
-@router.get("/alert-deliveries", name="alert_delivery.list", responses=DENIALS)
+@router.get(
+    "/alert-deliveries",
+    name="alert_delivery.list",
+    response_model=list[Delivery],
+    responses=DENIALS,
+)
 def list_deliveries(
     h: HubDep,
     who: Viewer,

@@ -13,12 +13,14 @@ from sqlmodel import select
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
+from hub.api.views.datasets import CapturedRows, CaptureView
+from hub.api.views.models import JobView
 from hub.app import Hub
 from hub.ml.data.capture_labels import MAX_LABELS, label_captured
 from hub.ml.data.captures import DatasetError
 from hub.ml.registry import RegistryError
 from hub.ml.retrain import MAX_CAPTURED_WEIGHT
-from hub.store.tables import DatasetVersion, DeviceTag, session
+from hub.store.tables import DeviceTag, session
 from shared import protocol
 
 router = APIRouter(generate_unique_id_function=operation_id)
@@ -43,7 +45,13 @@ class RetrainRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_INT)
 
 
-@router.post("/captures", name="capture.create", status_code=201, responses=DENIALS)
+@router.post(
+    "/captures",
+    name="capture.create",
+    status_code=201,
+    response_model=CaptureView,
+    responses=DENIALS,
+)
 def create_capture(
     h: HubDep, who: Operator, audit: Audit, req: Annotated[CaptureRequest, Body()]
 ) -> dict[str, Any]:
@@ -77,7 +85,7 @@ def create_capture(
 @router.get(
     "/captures/datasets",
     name="capture.datasets",
-    response_model=list[DatasetVersion],
+    response_model=list[CapturedRows],
     responses=DENIALS,
 )
 def list_datasets(
@@ -89,7 +97,7 @@ def list_datasets(
 @router.get(
     "/captures/datasets/{dataset_id}",
     name="capture.dataset",
-    response_model=DatasetVersion,
+    response_model=CapturedRows,
     responses=DENIALS,
 )
 def get_dataset(dataset_id: str, h: HubDep, who: Viewer) -> Any:
@@ -112,7 +120,7 @@ class CaptureLabels(BaseModel):
     "/captures/datasets/{dataset_id}/labels",
     name="capture.label",
     status_code=201,
-    response_model=DatasetVersion,
+    response_model=CapturedRows,
     responses=DENIALS,
 )
 def label_capture(
@@ -133,7 +141,9 @@ def label_capture(
     return version
 
 
-@router.get("/captures/{capture_id}", name="capture.get", responses=DENIALS)
+@router.get(
+    "/captures/{capture_id}", name="capture.get", response_model=CaptureView, responses=DENIALS
+)
 def get_capture(capture_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
     """The capture, each device's status, and the dataset it produced (when done)."""
     try:
@@ -142,7 +152,13 @@ def get_capture(capture_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
         raise HTTPException(404, e.detail) from e
 
 
-@router.post("/models/{name}/retrain", name="model.retrain", status_code=202, responses=DENIALS)
+@router.post(
+    "/models/{name}/retrain",
+    name="model.retrain",
+    status_code=202,
+    response_model=JobView,
+    responses=DENIALS,
+)
 def retrain_model(
     name: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[RetrainRequest, Body()]
 ) -> dict[str, Any]:

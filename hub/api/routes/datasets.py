@@ -19,10 +19,11 @@ from fastapi.responses import FileResponse
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Operator, Viewer
+from hub.api.views.datasets import DataVersionView
 from hub.app import Hub
 from hub.ml.data.files import FORMATS, DatasetFileError
 from hub.ml.data.store import DatasetStoreError, StagedFile
-from hub.store.tables import DataVersion, DataVersionPublic
+from hub.store.tables import DataVersion
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
@@ -38,7 +39,7 @@ BINARY_BODY = {
     "/datasets/{name}",
     name="dataset.upload",
     status_code=201,
-    response_model=DataVersionPublic,
+    response_model=DataVersionView,
     responses=DENIALS,
     openapi_extra=BINARY_BODY,
 )
@@ -107,7 +108,7 @@ async def _receive(request: Request, staged: StagedFile) -> None:
 
 
 @router.get(
-    "/datasets", name="dataset.list", response_model=list[DataVersionPublic], responses=DENIALS
+    "/datasets", name="dataset.list", response_model=list[DataVersionView], responses=DENIALS
 )
 def list_datasets(
     h: HubDep, who: Viewer, name: Annotated[str | None, Query(max_length=64)] = None
@@ -116,7 +117,7 @@ def list_datasets(
 
 
 @router.get(
-    "/datasets/{ref}", name="dataset.get", response_model=DataVersionPublic, responses=DENIALS
+    "/datasets/{ref}", name="dataset.get", response_model=DataVersionView, responses=DENIALS
 )
 def get_dataset(ref: str, h: HubDep, who: Viewer) -> Any:
     """One version: ``NAME`` (the latest), ``NAME:SEQ`` or ``NAME:SHA256-PREFIX``."""

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
+from hub.api.views.rollouts import DeploymentStatusView, DeploymentView, EventView
 from hub.app import Hub
 from hub.fleet.deployments import DEVICE_TIMEOUT_S, RETRIES, DeploymentError
 from hub.ml.registry import RegistryError
@@ -31,7 +32,13 @@ class DeploymentRequest(BaseModel):
     probation_min_inferences: int | None = Field(None, ge=0, le=MAX_INT)
 
 
-@router.post("", name="deployment.create", status_code=201, responses=DENIALS)
+@router.post(
+    "",
+    name="deployment.create",
+    status_code=201,
+    response_model=DeploymentStatusView,
+    responses=DENIALS,
+)
 def create_deployment(
     h: HubDep, who: Operator, audit: Audit, req: Annotated[DeploymentRequest, Body()]
 ) -> dict[str, Any]:
@@ -59,19 +66,29 @@ def create_deployment(
     return summary
 
 
-@router.get("", name="deployment.list", responses=DENIALS)
+@router.get("", name="deployment.list", response_model=list[DeploymentView], responses=DENIALS)
 def list_deployments(h: HubDep, who: Viewer) -> list[dict[str, Any]]:
     return h.deployments.list()
 
 
-@router.get("/{deployment_id}", name="deployment.get", responses=DENIALS)
+@router.get(
+    "/{deployment_id}",
+    name="deployment.get",
+    response_model=DeploymentStatusView,
+    responses=DENIALS,
+)
 def deployment_status(
     deployment_id: str, h: HubDep, who: Viewer, devices: bool = True
 ) -> dict[str, Any]:
     return _status(h, deployment_id, per_device=devices)
 
 
-@router.get("/{deployment_id}/events", name="deployment.events", responses=DENIALS)
+@router.get(
+    "/{deployment_id}/events",
+    name="deployment.events",
+    response_model=list[EventView],
+    responses=DENIALS,
+)
 def deployment_events(
     deployment_id: str, h: HubDep, who: Viewer, device: str | None = None
 ) -> list[dict[str, Any]]:

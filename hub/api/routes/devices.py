@@ -10,16 +10,16 @@ from sqlmodel import Session, col, select
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Admin, Operator, Viewer
-from hub.app import Hub
-from hub.store.tables import (
-    Device,
-    DevicePublic,
-    DeviceTag,
-    EnrolToken,
-    EnrolTokenPublic,
-    Revocation,
-    session,
+from hub.api.views.devices import (
+    DeviceView,
+    EnrolResponse,
+    EnrolTokenCreated,
+    EnrolTokenView,
+    RevocationResult,
+    RevokedSince,
 )
+from hub.app import Hub
+from hub.store.tables import Device, DeviceTag, EnrolToken, Revocation, session
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, ENROL_TTL_MAX_S, EnrolRefused
 from hub.trust.identities import DeviceRevoked, DeviceTaken
 from hub.trust.pki import PkiError
@@ -37,18 +37,6 @@ class EnrolRequest(BaseModel):
     csr: str | None = Field(None, max_length=16384)  # PEM, for the device's own key
 
 
-class EnrolResponse(BaseModel):
-    device_id: str
-    root: str  # the TUF root.json to pin
-    broker: str
-    certificate: str | None = None  # PEM, for the key in the request's CSR
-    ca: str | None = None  # PEM: the CA that signs device and broker certificates
-    # from the device class's profile, when the hub knows the class (hub/fleet/classes.py):
-    # what the agent's config should say
-    runtime: str | None = None
-    memory_budget_mb: float | None = None
-
-
 # x509 CRL reason names (RFC 5280 §5.3.1), as hub/trust/pki.py takes them
 CrlReason = Literal[
     "unspecified",
@@ -64,41 +52,9 @@ class RevokeRequest(BaseModel):
     reason: CrlReason = "unspecified"
 
 
-class RevocationResult(BaseModel):
-    device_id: str
-    revoked_at: float
-    reason: str
-    by: str | None
-    serials: list[str]
-    # what the broker was told: reloaded, left to the operator, or a failed reload
-    broker: str
-
-
-class RevokedSince(BaseModel):
-    revoked_at: float
-    reason: str  # an x509 CRL reason name
-    by: str | None  # the API key id that revoked it
-
-
-class DeviceView(DevicePublic):
-    """A device as the API shows it: ``status`` is ``revoked`` while it is, whatever the
-    device last reported, and ``revoked`` says since when and why; ``tags`` are its tags
-    (a group is a tag)."""
-
-    revoked: RevokedSince | None = None
-    tags: list[str] = Field(default_factory=list)
-
-
 class EnrolTokenCreate(BaseModel):
     device_id: str | None = None  # bind the token to this device id
     ttl_s: int = Field(ENROL_TTL_DEFAULT_S, ge=1, le=ENROL_TTL_MAX_S)  # seconds
-
-
-class EnrolTokenCreated(BaseModel):
-    id: str
-    token: str  # shown once: the hub keeps only a hash
-    device_id: str | None
-    expires_at: float
 
 
 # ---------------------------------------------------------------- devices and enrolment
@@ -303,7 +259,7 @@ def create_enrol_token(
 @router.get(
     "/enrol-tokens",
     name="enrol_token.list",
-    response_model=list[EnrolTokenPublic],
+    response_model=list[EnrolTokenView],
     responses=DENIALS,
 )
 def list_enrol_tokens(
@@ -318,7 +274,7 @@ def list_enrol_tokens(
 @router.delete(
     "/enrol-tokens/{token_id}",
     name="enrol_token.revoke",
-    response_model=EnrolTokenPublic,
+    response_model=EnrolTokenView,
     responses=DENIALS,
 )
 def revoke_enrol_token(token_id: str, h: HubDep, who: Operator, audit: Audit) -> EnrolToken:

@@ -12,6 +12,7 @@ from pydantic import ConfigDict
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL, TAG
 from hub.api.security import Operator, Viewer
+from hub.api.views.observe import DriftAlertView, DriftEventView, DriftPolicyView, DriftReport
 from hub.declared.document import DriftPolicySpec
 from hub.telemetry.drift_policy import Policy
 from hub.telemetry.instants import FORMS, InstantError, parse_instant
@@ -28,7 +29,7 @@ class PolicyRequest(DriftPolicySpec):
     model_config = ConfigDict(extra="ignore")  # as before fleet files: unknown keys ignored
 
 
-@router.get("/models/{model}", name="drift.get", responses=DENIALS)
+@router.get("/models/{model}", name="drift.get", response_model=DriftReport, responses=DENIALS)
 def drift(
     model: Annotated[str, Path(pattern=MODEL)],
     h: HubDep,
@@ -52,7 +53,7 @@ def drift(
     return h.drift.report(model, scope, id, start, end)
 
 
-@router.get("/alerts", name="drift.alerts", responses=DENIALS)
+@router.get("/alerts", name="drift.alerts", response_model=list[DriftAlertView], responses=DENIALS)
 def alerts(
     h: HubDep,
     who: Viewer,
@@ -65,7 +66,7 @@ def alerts(
     return [a.model_dump() for a in rows]
 
 
-@router.get("/events", name="drift.events", responses=DENIALS)
+@router.get("/events", name="drift.events", response_model=list[DriftEventView], responses=DENIALS)
 def events(
     h: HubDep,
     who: Viewer,
@@ -83,7 +84,9 @@ def events(
     return [e.model_dump() for e in rows]
 
 
-@router.get("/policies/{model}", name="drift.policy", responses=DENIALS)
+@router.get(
+    "/policies/{model}", name="drift.policy", response_model=DriftPolicyView, responses=DENIALS
+)
 def get_policy(
     model: Annotated[str, Path(pattern=MODEL)], h: HubDep, who: Viewer
 ) -> dict[str, Any]:
@@ -91,7 +94,12 @@ def get_policy(
     return {"model": model, **asdict(h.drift.policy(model))}
 
 
-@router.put("/policies/{model}", name="drift.set_policy", responses=DENIALS)
+@router.put(
+    "/policies/{model}",
+    name="drift.set_policy",
+    response_model=DriftPolicyView,
+    responses=DENIALS,
+)
 def set_policy(
     model: Annotated[str, Path(pattern=MODEL)],
     h: HubDep,

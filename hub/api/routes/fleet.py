@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException
 from hub.access.keys import Role
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Operator, Viewer
+from hub.api.views.fleet import FleetChanges
 from hub.declared.apply import ApplyError, apply
 from hub.declared.document import FleetDocument
 from hub.declared.plan import DeclarationError, plan
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/fleet", generate_unique_id_function=operation_id)
 Document = Annotated[FleetDocument, Body(description="a fleet file, as JSON")]
 
 
-@router.post("/diff", name="fleet.diff", responses=DENIALS)
+@router.post("/diff", name="fleet.diff", response_model=FleetChanges, responses=DENIALS)
 def diff(h: HubDep, who: Viewer, doc: Document) -> dict[str, Any]:
     """What applying the file would change, in order, and what it would leave to a person;
     changes nothing."""
@@ -30,7 +31,7 @@ def diff(h: HubDep, who: Viewer, doc: Document) -> dict[str, Any]:
         raise _unresolved(e) from e
 
 
-@router.post("/apply", name="fleet.apply", responses=DENIALS)
+@router.post("/apply", name="fleet.apply", response_model=FleetChanges, responses=DENIALS)
 def apply_file(h: HubDep, who: Operator, audit: Audit, doc: Document) -> dict[str, Any]:
     """Make the file's changes: tags and groups, rollout, drift and loop policies, alert
     receivers (an admin's key: as ``POST /alert-receivers``), and a rollout for each group

@@ -9,17 +9,18 @@ from fastapi import APIRouter, Request, Response
 from hub.api.deps import DENIALS, HubDep, operation_id
 from hub.api.metrics import CONTENT_TYPE, render
 from hub.api.security import Viewer
+from hub.api.views.health import Health, Stats
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
 
-@router.get("/health", name="health")
+@router.get("/health", name="health", response_model=Health)
 def health(h: HubDep) -> dict[str, Any]:
     """Liveness: public, so it says nothing but whether the hub and its broker link are up."""
     return {"ok": True, "broker_connected": h.mqtt.connected.is_set()}
 
 
-@router.get("/stats", name="stats", responses=DENIALS)
+@router.get("/stats", name="stats", response_model=Stats, responses=DENIALS)
 def stats(h: HubDep, who: Viewer) -> dict[str, Any]:
     return {
         "mqtt": dict(h.mqtt.counts),

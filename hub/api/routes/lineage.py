@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Path
 from hub.api.deps import DENIALS, HubDep, operation_id
 from hub.api.schemas import MAX_INT
 from hub.api.security import Viewer
+from hub.api.views.models import LineageView, TrainingRunView
 from hub.ml.lineage import lineage
 from hub.ml.registry import RegistryError
-from hub.store.tables import TrainingRun
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
@@ -19,7 +19,7 @@ router = APIRouter(generate_unique_id_function=operation_id)
 @router.get(
     "/models/{name}/runs",
     name="model.runs",
-    response_model=list[TrainingRun],
+    response_model=list[TrainingRunView],
     responses=DENIALS,
 )
 def model_runs(name: str, h: HubDep, who: Viewer) -> list[Any]:
@@ -27,7 +27,12 @@ def model_runs(name: str, h: HubDep, who: Viewer) -> list[Any]:
     return h.builds.runs(name)
 
 
-@router.get("/models/{name}/versions/{version}/lineage", name="model.lineage", responses=DENIALS)
+@router.get(
+    "/models/{name}/versions/{version}/lineage",
+    name="model.lineage",
+    response_model=LineageView,
+    responses=DENIALS,
+)
 def model_lineage(
     name: str, version: Annotated[int, Path(ge=1, le=MAX_INT)], h: HubDep, who: Viewer
 ) -> dict[str, Any]:

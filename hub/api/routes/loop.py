@@ -10,6 +10,7 @@ from pydantic import ConfigDict
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MODEL
 from hub.api.security import Operator, Viewer
+from hub.api.views.observe import LoopPolicyView, LoopRunView
 from hub.declared.document import LoopPolicySpec
 from hub.loop import (
     RUNS_LIMIT,
@@ -25,13 +26,17 @@ class LoopPolicyRequest(LoopPolicySpec):
     model_config = ConfigDict(extra="ignore")  # as before fleet files: unknown keys ignored
 
 
-@router.get("/policies/{name}", name="loop.policy.get", responses=DENIALS)
+@router.get(
+    "/policies/{name}", name="loop.policy.get", response_model=LoopPolicyView, responses=DENIALS
+)
 def get_policy(name: str, h: HubDep, who: Viewer) -> dict[str, Any]:
     """The model's closed-loop policy (off unless an operator turned it on)."""
     return h.loop.policy(name).model_dump()
 
 
-@router.put("/policies/{name}", name="loop.policy.set", responses=DENIALS)
+@router.put(
+    "/policies/{name}", name="loop.policy.set", response_model=LoopPolicyView, responses=DENIALS
+)
 def set_policy(
     name: str,
     h: HubDep,
@@ -51,7 +56,7 @@ def set_policy(
     return row.model_dump()
 
 
-@router.get("/runs", name="loop.runs", responses=DENIALS)
+@router.get("/runs", name="loop.runs", response_model=list[LoopRunView], responses=DENIALS)
 def runs(
     h: HubDep,
     who: Viewer,
@@ -62,7 +67,7 @@ def runs(
     return [r.model_dump() for r in h.loop.runs(model, limit)]
 
 
-@router.get("/runs/{run_id}", name="loop.run", responses=DENIALS)
+@router.get("/runs/{run_id}", name="loop.run", response_model=LoopRunView, responses=DENIALS)
 def run(run_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
     try:
         return h.loop.run(run_id).model_dump()

@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT
 from hub.api.security import Operator, Viewer
+from hub.api.views.models import JobView, ModelVersionView
 from hub.app import Hub, pipeline_config
 from hub.ml.builds import BuildError, TrainSpec, UploadSpec
 from hub.ml.jobs import Progress
 from hub.ml.pipeline import PipelineConfig
-from hub.store.tables import ModelVersionPublic
 
 router = APIRouter(generate_unique_id_function=operation_id)
 
@@ -53,24 +53,14 @@ class TrainRequest(BaseModel):
     latency_budget_us: float | None = Field(default=None, gt=0, le=1e9)
 
 
-class JobPublic(BaseModel):
-    id: str
-    kind: str
-    status: str
-    stage: str
-    progress: float
-    error: str | None
-    result: dict[str, Any] | None
-
-
 @router.post(
     "/models/train",
     name="model.train",
     status_code=202,
-    response_model=JobPublic,
+    response_model=JobView,
     responses=DENIALS,
 )
-def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> JobPublic:
+def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> JobView:
     overrides: dict[str, Any] = {
         "name": req.name,
         "n_train": req.n_train,
@@ -134,7 +124,7 @@ def train_model(req: TrainRequest, h: HubDep, who: Operator, audit: Audit) -> Jo
     "/models/{name}/upload",
     name="model.upload",
     status_code=202,
-    response_model=JobPublic,
+    response_model=JobView,
     responses=DENIALS,
     openapi_extra={
         "requestBody": {
@@ -159,7 +149,7 @@ async def upload_model(
     min_accuracy: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_mae: Annotated[float | None, Query(ge=0)] = None,
     filename: Annotated[str, Query(max_length=256)] = "",
-) -> JobPublic:
+) -> JobView:
     """Import your own ONNX or TFLite model (the request body), judged on a dataset's hold-out.
 
     The format is read from the bytes. An fp32 ONNX model is quantised to int8 through the
@@ -202,14 +192,12 @@ async def upload_model(
     return _job(h, job.id)
 
 
-@router.get("/jobs/{job_id}", name="job.get", response_model=JobPublic, responses=DENIALS)
-def get_job(job_id: str, h: HubDep, who: Viewer) -> JobPublic:
+@router.get("/jobs/{job_id}", name="job.get", response_model=JobView, responses=DENIALS)
+def get_job(job_id: str, h: HubDep, who: Viewer) -> JobView:
     return _job(h, job_id)
 
 
-@router.get(
-    "/models", name="model.list", response_model=list[ModelVersionPublic], responses=DENIALS
-)
+@router.get("/models", name="model.list", response_model=list[ModelVersionView], responses=DENIALS)
 def list_models(h: HubDep, who: Viewer) -> list[Any]:
     return h.registry.versions()
 
@@ -217,7 +205,7 @@ def list_models(h: HubDep, who: Viewer) -> list[Any]:
 @router.get(
     "/models/{name}",
     name="model.versions",
-    response_model=list[ModelVersionPublic],
+    response_model=list[ModelVersionView],
     responses=DENIALS,
 )
 def model_versions(name: str, h: HubDep, who: Viewer) -> list[Any]:
@@ -256,11 +244,11 @@ async def _read_capped(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def _job(h: Hub, job_id: str) -> JobPublic:
+def _job(h: Hub, job_id: str) -> JobView:
     job = h.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
-    return JobPublic(
+    return JobView(
         id=job.id,
         kind=job.kind,
         status=job.status,

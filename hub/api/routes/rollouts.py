@@ -12,6 +12,8 @@ from hub.api.audit import AuditContext
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.schemas import MAX_INT, TAG
 from hub.api.security import Operator, Viewer
+from hub.api.views.devices import DeviceTags
+from hub.api.views.rollouts import EventView, RolloutDeviceView, RolloutStatusView, RolloutView
 from hub.app import Hub
 from hub.declared.document import RolloutPolicySpec
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec
@@ -43,7 +45,13 @@ class TagsRequest(BaseModel):
     tags: list[Annotated[str, Field(pattern=TAG)]] = Field(max_length=64)
 
 
-@router.post("/rollouts", name="rollout.create", status_code=201, responses=DENIALS)
+@router.post(
+    "/rollouts",
+    name="rollout.create",
+    status_code=201,
+    response_model=RolloutStatusView,
+    responses=DENIALS,
+)
 def create_rollout(
     h: HubDep, who: Operator, audit: Audit, req: Annotated[RolloutRequest, Body()]
 ) -> dict[str, Any]:
@@ -72,12 +80,17 @@ def create_rollout(
     return status.__dict__
 
 
-@router.get("/rollouts", name="rollout.list", responses=DENIALS)
+@router.get("/rollouts", name="rollout.list", response_model=list[RolloutView], responses=DENIALS)
 def list_rollouts(h: HubDep, who: Viewer) -> list[dict[str, Any]]:
     return [r.model_dump() for r in h.rollouts.list()]
 
 
-@router.get("/rollouts/{rollout_id}", name="rollout.get", responses=DENIALS)
+@router.get(
+    "/rollouts/{rollout_id}",
+    name="rollout.get",
+    response_model=RolloutStatusView,
+    responses=DENIALS,
+)
 def get_rollout(rollout_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
     """Counts per device state, the current wave, the failure ratio."""
     return _status(h, rollout_id)
@@ -86,7 +99,7 @@ def get_rollout(rollout_id: str, h: HubDep, who: Viewer) -> dict[str, Any]:
 @router.get(
     "/rollouts/{rollout_id}/devices",
     name="rollout.devices",
-    response_model=list[RolloutDevice],
+    response_model=list[RolloutDeviceView],
     responses=DENIALS,
 )
 def rollout_devices(rollout_id: str, h: HubDep, who: Viewer) -> list[RolloutDevice]:
@@ -96,7 +109,12 @@ def rollout_devices(rollout_id: str, h: HubDep, who: Viewer) -> list[RolloutDevi
         raise HTTPException(404, str(e)) from e
 
 
-@router.get("/rollouts/{rollout_id}/events", name="rollout.events", responses=DENIALS)
+@router.get(
+    "/rollouts/{rollout_id}/events",
+    name="rollout.events",
+    response_model=list[EventView],
+    responses=DENIALS,
+)
 def rollout_events(
     rollout_id: str, h: HubDep, who: Viewer, device: str | None = None
 ) -> list[dict[str, Any]]:
@@ -105,17 +123,32 @@ def rollout_events(
     return [e.model_dump() for e in h.deployments.events(rollout_id, device)]
 
 
-@router.post("/rollouts/{rollout_id}/pause", name="rollout.pause", responses=DENIALS)
+@router.post(
+    "/rollouts/{rollout_id}/pause",
+    name="rollout.pause",
+    response_model=RolloutStatusView,
+    responses=DENIALS,
+)
 def pause_rollout(rollout_id: str, h: HubDep, who: Operator, audit: Audit) -> dict[str, Any]:
     return _change_state(h, audit, rollout_id, h.rollouts.pause)
 
 
-@router.post("/rollouts/{rollout_id}/resume", name="rollout.resume", responses=DENIALS)
+@router.post(
+    "/rollouts/{rollout_id}/resume",
+    name="rollout.resume",
+    response_model=RolloutStatusView,
+    responses=DENIALS,
+)
 def resume_rollout(rollout_id: str, h: HubDep, who: Operator, audit: Audit) -> dict[str, Any]:
     return _change_state(h, audit, rollout_id, h.rollouts.resume)
 
 
-@router.post("/rollouts/{rollout_id}/abort", name="rollout.abort", responses=DENIALS)
+@router.post(
+    "/rollouts/{rollout_id}/abort",
+    name="rollout.abort",
+    response_model=RolloutStatusView,
+    responses=DENIALS,
+)
 def abort_rollout(
     rollout_id: str,
     h: HubDep,
@@ -133,7 +166,9 @@ def abort_rollout(
     return _status(h, rollout_id)
 
 
-@router.put("/devices/{device_id}/tags", name="device.tags", responses=DENIALS)
+@router.put(
+    "/devices/{device_id}/tags", name="device.tags", response_model=DeviceTags, responses=DENIALS
+)
 def set_tags(
     device_id: str, h: HubDep, who: Operator, audit: Audit, req: Annotated[TagsRequest, Body()]
 ) -> dict[str, Any]:

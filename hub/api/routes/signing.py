@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from hub.api.deps import DENIALS, Audit, HubDep, operation_id
 from hub.api.security import Admin
+from hub.api.views.access import KeyRotation, SigningKeys
 from hub.trust.repository import MAX_THRESHOLD, RepositoryError
 
 router = APIRouter(prefix="/signing-keys", generate_unique_id_function=operation_id)
@@ -26,7 +27,7 @@ class RotateRequest(BaseModel):
     keys: int | None = Field(default=None, ge=1, le=MAX_THRESHOLD)  # default: as many as now
 
 
-@router.get("", name="signing_key.list", responses=DENIALS)
+@router.get("", name="signing_key.list", response_model=SigningKeys, responses=DENIALS)
 def signing_keys(h: HubDep, who: Admin) -> dict[str, Any]:
     """Each role's threshold and key ids, and how many of its private keys are here."""
     return h.trust.keys()
@@ -35,6 +36,7 @@ def signing_keys(h: HubDep, who: Admin) -> dict[str, Any]:
 @router.post(
     "/{role}/rotate",
     name="signing_key.rotate",
+    response_model=KeyRotation,
     responses={**DENIALS, 409: {"description": "the root keys are not on this machine"}},
 )
 def rotate(

@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from hub.api.deps import DENIALS, HubDep, operation_id
 from hub.api.schemas import DEVICE, MAX_INT, MODEL, TAG
 from hub.api.security import Viewer
+from hub.api.views.observe import Performance, Series
 from hub.app import Hub
 from hub.store.tables import Device, session
 from hub.telemetry.estimates import CalibrationSource
@@ -45,7 +46,9 @@ def instants(start: str | None, end: str | None) -> tuple[float, float]:
     return (until - DEFAULT_RANGE_S if since is None else since), until
 
 
-@router.get("/devices/{device_id}", name="telemetry.device", responses=DENIALS)
+@router.get(
+    "/devices/{device_id}", name="telemetry.device", response_model=Series, responses=DENIALS
+)
 def device_series(
     device_id: Annotated[str, Path(pattern=DEVICE)],
     h: HubDep,
@@ -64,7 +67,7 @@ def device_series(
     return _answer(h, [device_id], start, end, resolution_s, device=device_id)
 
 
-@router.get("/groups/{group}", name="telemetry.group", responses=DENIALS)
+@router.get("/groups/{group}", name="telemetry.group", response_model=Series, responses=DENIALS)
 def group_series(
     group: Annotated[str, Path(pattern=TAG)],
     h: HubDep,
@@ -79,7 +82,12 @@ def group_series(
     return _answer(h, devices, start, end, resolution_s, group=group)
 
 
-@router.get("/performance", name="telemetry.performance", responses=DENIALS)
+@router.get(
+    "/performance",
+    name="telemetry.performance",
+    response_model=Performance,
+    responses=DENIALS,
+)
 def model_performance(
     h: HubDep,
     who: Viewer,
