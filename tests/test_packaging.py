@@ -22,6 +22,24 @@ def test_agent_extra_pulls_no_hub_dependency() -> None:
     assert not [n for n in names if any(n.lower().startswith(h) for h in HUB_ONLY)]
 
 
+def test_the_client_extra_and_the_client_need_nothing_of_the_hubs() -> None:
+    """An operator's machine installs the client extra: the typed clients and their views
+    import no FastAPI, SQLModel, scikit-learn or hub service module."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = project["optional-dependencies"]["client"]
+    assert not [n for n in names if any(n.lower().startswith(h) for h in HUB_ONLY)]
+    unwanted = (*HUB_ONLY, "hub.app", "sqlalchemy", "uvicorn")
+    code = (
+        "import sys, edgefleet.client, edgefleet.client_async, hub.api.views.devices\n"
+        f"bad = [m for m in {unwanted!r} if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"the client imported: {out.stdout.strip()}"
+
+
 def test_agent_imports_nothing_from_the_hub() -> None:
     code = (
         "import sys, agent.daemon, agent.device, simulator.fleet\n"
