@@ -80,13 +80,27 @@ def test_tflite_runtime_on_numpy_1_runs_the_hubs_export_within_the_class_toleran
     config = pipeline_config(hidden=(64, 64))
     data = builtin_dataset(config)
     blob = export_tflite_int8(fit(data, config), data.x_train)
-    model, rows = tmp_path / "model.tflite", tmp_path / "rows.npy"
+    x, y = data.x_holdout[:200], data.y_holdout[:200]
+    litert, legacy, numpy_version = on_both(blob, x, tmp_path)
+    diff = float(np.abs(legacy - litert).max())
+    tolerance = load_classes(DEFAULT_CLASSES_DIR).get("legacy-tflite").golden_tolerance
+    print(
+        f"\ntflite-runtime 2.14 on numpy {numpy_version}: accuracy "
+        f"{np.mean(legacy.argmax(1) == y):.3f} (LiteRT {np.mean(litert.argmax(1) == y):.3f}),"
+        f" max |difference| {diff:.4f} against a class tolerance of {tolerance}"
+    )
+    assert tolerance is not None and diff <= tolerance
+    assert np.mean(legacy.argmax(1) == litert.argmax(1)) >= 0.97
+
+
+def on_both(blob: bytes, x: np.ndarray, work: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """``x``'s scores from LiteRT here (what golden outputs hold) and from tflite-runtime
+    2.14 on numpy 1 through the agent's backend, in the legacy virtualenv; its numpy."""
+    model, rows = work / "model.tflite", work / "rows.npy"
     model.write_bytes(blob)
-    x = data.x_holdout[:200]
     np.save(rows, x)
     reference = TFLiteModel(blob)
-    litert = reference.run(x, [reference.outputs()[0].name])[0]  # what golden rows hold
-
+    litert = reference.run(x, [reference.outputs()[0].name])[0]
     env = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
     done = subprocess.run(
         [str(legacy_python()), "-c", DEVICE_SCRIPT, str(model), str(rows)],
@@ -98,17 +112,7 @@ def test_tflite_runtime_on_numpy_1_runs_the_hubs_export_within_the_class_toleran
     )
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["interpreter"] == "tflite-runtime" and answer["numpy"].startswith("1.")
-    legacy = np.asarray(answer["scores"], dtype=np.float32)
-    y = data.y_holdout[:200]
-    diff = float(np.abs(legacy - litert).max())
-    tolerance = load_classes(DEFAULT_CLASSES_DIR).get("legacy-tflite").golden_tolerance
-    print(
-        f"\ntflite-runtime 2.14 on numpy {answer['numpy']}: accuracy "
-        f"{np.mean(legacy.argmax(1) == y):.3f} (LiteRT {np.mean(litert.argmax(1) == y):.3f}),"
-        f" max |difference| {diff:.4f} against a class tolerance of {tolerance}"
-    )
-    assert tolerance is not None and diff <= tolerance
-    assert np.mean(legacy.argmax(1) == litert.argmax(1)) >= 0.97
+    return litert, np.asarray(answer["scores"], dtype=np.float32), str(answer["numpy"])
 
 
 @pytest.mark.parametrize("kind", ["image", "window"])
@@ -127,24 +131,7 @@ def test_tflite_runtime_on_numpy_1_runs_the_conv_net_within_the_class_tolerance(
         kind=kind,
     )
     blob = export_convnet_tflite_int8(trained.weights, x[100:], trained.onnx)
-    model, rows = tmp_path / "model.tflite", tmp_path / "rows.npy"
-    model.write_bytes(blob)
-    np.save(rows, x[:100])
-    reference = TFLiteModel(blob)
-    litert = reference.run(x[:100], [reference.outputs()[0].name])[0]  # the golden outputs
-
-    env = {"PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
-    done = subprocess.run(
-        [str(legacy_python()), "-c", DEVICE_SCRIPT, str(model), str(rows)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    answer = json.loads(done.stdout.strip().splitlines()[-1])
-    assert answer["interpreter"] == "tflite-runtime" and answer["numpy"].startswith("1.")
-    legacy = np.asarray(answer["scores"], dtype=np.float32)
+    litert, legacy, _ = on_both(blob, x[:100], tmp_path)
     diff = float(np.abs(legacy - litert).max())
     tolerance = load_classes(DEFAULT_CLASSES_DIR).get("legacy-tflite").golden_tolerance
     print(f"\n{kind}: tflite-runtime 2.14 against LiteRT, max |difference| {diff:.4f}")
