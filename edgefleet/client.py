@@ -84,20 +84,6 @@ class HubClient(SyncRunner, FleetCalls, ObservingCalls):
         except NeedsHubCheck as e:
             raise self._unless_not_a_hub(e) from None
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
-        """Any request by method and path, its JSON as the hub sent it, with the typed
-        calls' errors (the old client's way, kept for the callers that still use it)."""
-        r = self._send(method, path, **kw)
-        try:
-            if r.status_code >= 400:
-                raise read_error(r)
-            try:
-                return r.json()
-            except ValueError as e:
-                raise NeedsHubCheck(None) from e
-        except NeedsHubCheck as e:
-            raise self._unless_not_a_hub(e) from None
-
     def _unless_not_a_hub(self, e: NeedsHubCheck) -> Exception:
         """The error to raise for an answer that may not be a hub's: HubConnectionError
         when the server's /health is not a hub's, else the hub's refusal."""

@@ -88,7 +88,7 @@ def test_the_hub_serves_its_classes_to_the_api_and_the_cli(
             assert listed["pi-litert"]["artefact"] == "tflite"
             assert listed["generic-linux"]["architectures"] == ["amd64", "arm64"]
             with pytest.raises(HubClientError, match="no device class 'nosuch'"):
-                c._call("GET", "/device-classes/nosuch")
+                c.device_class("nosuch")
         out = subprocess.run(
             [sys.executable, "-m", "edgefleet.cli", "hub", "classes", "--hub", hub.url],
             env={**os.environ, "EDGEFLEET_API_KEY": DEV_KEY},

@@ -24,6 +24,8 @@ from hub.store.tables import DeclaredGroup, DeviceTag, RolloutPolicy, session
 from hub.telemetry.drift_policy import Policy
 
 _LOCK = threading.Lock()
+# What _store writes in its one transaction; the other kinds are made one by one.
+STORED = frozenset({"rollout_policy", "members", "group"})
 
 
 class ApplyError(Exception):
@@ -44,10 +46,10 @@ def apply(hub: Hub, doc: FleetDocument, by: str | None = None) -> Plan:
     """
     with _LOCK:
         todo = plan(hub, doc)
-        stored = _store(hub, doc, todo.changes, by)
-        made = [c for c in todo.changes if c.kind in stored]
+        _store(hub, doc, todo.changes, by)
+        made = [c for c in todo.changes if c.kind in STORED]
         for change in todo.changes:
-            if change.kind in stored:
+            if change.kind in STORED:
                 continue
             try:
                 made.append(_make(hub, doc, change, by))
@@ -56,8 +58,8 @@ def apply(hub: Hub, doc: FleetDocument, by: str | None = None) -> Plan:
         return Plan(made, todo.notes)
 
 
-def _store(hub: Hub, doc: FleetDocument, changes: list[Change], by: str | None) -> set[str]:
-    """Rollout policies, tags, groups: one transaction. The kinds it handled."""
+def _store(hub: Hub, doc: FleetDocument, changes: list[Change], by: str | None) -> None:
+    """Rollout policies, tags, groups (the kinds in STORED): one transaction."""
     t = time.time()
     with session(hub.engine) as s:
         for c in changes:
@@ -74,7 +76,6 @@ def _store(hub: Hub, doc: FleetDocument, changes: list[Change], by: str | None) 
                 row.updated_at, row.updated_by = t, by
                 s.add(row)
         s.commit()
-    return {"rollout_policy", "members", "group"}
 
 
 def _retag(s: Session, tag: str, gain: list[str], lose: list[str]) -> None:
