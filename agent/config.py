@@ -9,6 +9,7 @@
     # optional
     runtime = "onnxruntime"
     window_s = 10.0
+    heartbeat_s = 300.0             # idle windows coalesce into one zero window this often
     endpoint = "127.0.0.1:8780"     # "" disables the local endpoint
     spool_max_bytes = 16777216      # telemetry/drift kept on disk while offline (agent/spool.py)
     spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
@@ -44,6 +45,7 @@ class AgentConfig:
     state_dir: Path
     runtime: str = "onnxruntime"
     window_s: float = 10.0
+    heartbeat_s: float = 300.0  # idle windows coalesce (agent/core/windows.py)
     endpoint: str = DEFAULT_ENDPOINT
     spool_max_bytes: int = DEFAULT_MAX_BYTES  # bytes
     spool_fsync: bool = False
@@ -88,6 +90,9 @@ class AgentConfig:
         window = raw.get("window_s", 10.0)
         if not isinstance(window, (int, float)) or window <= 0:
             raise ConfigError(f"{source}: window_s must be a positive number")
+        heartbeat = raw.get("heartbeat_s", 300.0)
+        if not isinstance(heartbeat, (int, float)) or isinstance(heartbeat, bool) or heartbeat < 0:
+            raise ConfigError(f"{source}: heartbeat_s must be a number >= 0 (0: every window)")
         endpoint = raw.get("endpoint", DEFAULT_ENDPOINT)
         if not isinstance(endpoint, str) or (endpoint and endpoint_address(endpoint) is None):
             raise ConfigError(
@@ -114,6 +119,7 @@ class AgentConfig:
             state_dir=Path(raw["state_dir"]),
             runtime=str(runtime),
             window_s=float(window),
+            heartbeat_s=float(heartbeat),
             endpoint=endpoint,
             spool_max_bytes=spool_max,
             spool_fsync=bool(raw.get("spool_fsync", False)),

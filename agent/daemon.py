@@ -110,6 +110,7 @@ class AgentDaemon:
                 device_class=config.device_class,
                 runtime=config.runtime,
                 window_s=config.window_s,
+                heartbeat_s=config.heartbeat_s,
                 memory_budget_mb=config.memory_budget_mb,
             ),
             store,

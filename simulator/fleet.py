@@ -164,6 +164,7 @@ class VirtualDevice:
                 device_class=self.device_class,
                 runtime=self.runtime,
                 window_s=cfg.window_s,
+                heartbeat_s=30 * cfg.window_s if cfg.heartbeat_s is None else cfg.heartbeat_s,
                 fetch_timeout_s=cfg.fetch_timeout_s,
             ),
             DeviceStore(cfg.work_dir / self.device_id),

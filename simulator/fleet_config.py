@@ -35,6 +35,9 @@ class FleetConfig:
     batch: int = 5  # rows per inference call
     tick_s: float = 1.0  # how often each device closes a stats tick
     window_s: float = 5.0  # telemetry window
+    # idle windows coalesce into one zero window this often (agent/core/windows.py);
+    # None: every 30 windows, as an agent's 300 s of 10 s windows
+    heartbeat_s: float | None = None
     fetch_timeout_s: float = 10.0
     # telemetry/drift spools (agent/spool.py): one directory per device under spool_dir
     # (e.g. on /dev/shm), or under each device's state directory when None

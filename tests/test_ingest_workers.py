@@ -69,6 +69,7 @@ def test_workers_take_the_telemetry_and_the_hub_keeps_the_rest(
             rows_per_s=0,
             tick_s=WINDOW_S / 2,
             window_s=WINDOW_S,
+            heartbeat_s=0,  # every empty window sent: a steady stream to count
         )
     ).start()
     thread = fleet.loop.start_thread()

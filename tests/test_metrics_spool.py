@@ -44,6 +44,7 @@ def test_the_windows_devices_spools_dropped_reach_the_hubs_metrics(
             rows_per_s=0,  # no model: empty windows carry the spool count all the same
             tick_s=WINDOW_S / 2,
             window_s=WINDOW_S,
+            heartbeat_s=WINDOW_S,  # every idle window sent: they fill the spool
             spool_max_bytes=3000,  # ~8 windows
         )
         fleet = Fleet(config).start()

@@ -107,6 +107,7 @@ def fleet_config(broker: Mosquitto, work: Path, root: bytes, **kw: object) -> Fl
         rows_per_s=0,  # no model: windows close empty, which is all this test needs
         tick_s=WINDOW_S / 2,
         window_s=WINDOW_S,
+        heartbeat_s=0,  # empty windows are sent each (idle ones coalesce by default)
         **kw,  # type: ignore[arg-type]
     )
 
@@ -240,7 +241,7 @@ CHILD = textwrap.dedent(
     port, work, root = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]).read_bytes()
     fleet = Fleet(FleetConfig(devices=1, host="127.0.0.1", port=port, work_dir=work,
                               pinned_root=root, id_prefix="kill", rows_per_s=0,
-                              tick_s=0.05, window_s=0.1)).start()
+                              tick_s=0.05, window_s=0.1, heartbeat_s=0)).start()
     print("up", flush=True)
     fleet.loop.run()
     """

@@ -16,6 +16,9 @@ class CoreConfig:
     runtime: str = "onnxruntime"
     agent_version: str = AGENT_VERSION
     window_s: float = 10.0  # telemetry window
+    # A model's windows with nothing in them coalesce: one zero window (a heartbeat)
+    # covers them at most this often (agent/core/windows.py). <= window_s: every window
+    heartbeat_s: float = 300.0
     chunk_window: int = 8  # chunks requested and not yet received, at most
     fetch_timeout_s: float = 10.0  # no answer for this long: ask again
     max_fetch_retries: int = 6  # then give up with fetch_timeout

@@ -5,6 +5,11 @@ Every ``window_s`` seconds the core closes the open window: for each installed m
 reused) and, if the model saw rows, a ``drift`` message with its merged sketch under the
 same seq. A device with several models sends one of each per model and window; a device
 with none, one ``telemetry`` message naming no model.
+
+Idle windows coalesce (``heartbeat_s``, docs/telemetry.md): a model's windows with no
+call and no label are not sent one by one; one zero window covering the quiet span goes
+every ``heartbeat_s`` (a heartbeat), or just before the next window with figures. The
+messages of a model still tile time without overlap, and seqs stay gapless.
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ from shared.drift import DriftError
 from shared.protocol import ProtocolError
 
 
+def _has_figures(w: InferenceStats) -> bool:
+    """Whether a window holds anything to report: calls, or labels (late ones too)."""
+    return bool(w.count or w.labelled or w.versions)
+
+
 class TelemetryWindows:
     """The open telemetry window of one device: each model's figures apart."""
 
@@ -28,6 +38,8 @@ class TelemetryWindows:
         self._stats: dict[str | None, InferenceStats] = {}  # model (None: untagged) -> figures
         self._start: float | None = None
         self._drift: dict[str, ModelSketch] = {}  # the open window's sketch of each model
+        # model -> (version, end of its last message): where its unreported span starts
+        self._reported: dict[str | None, tuple[int | None, float]] = {}
         # windows the adapter's spool dropped for space, ever (agent/spool.py); reported
         # as ``spool_dropped`` in each telemetry body when the adapter sets it
         self.spool_dropped: int | None = None
@@ -48,7 +60,9 @@ class TelemetryWindows:
 
     def _close(self, ev: Tick, out: Outbox, start: float) -> None:
         """One ``telemetry`` message per installed model (each its own seq), or one
-        naming no model on a device with none; a ``drift`` message beside each."""
+        naming no model on a device with none; a ``drift`` message beside each.
+
+        A model's window with nothing in it is held back (see :meth:`_spans`)."""
         state = self.ctx.state
         stats, self._stats = self._stats, {}
         models: list[tuple[str | None, int | None]] = [
@@ -58,36 +72,72 @@ class TelemetryWindows:
         untagged = stats.pop(None, None)
         if untagged is not None:
             stats.setdefault(first, InferenceStats()).merge(untagged)
-        bodies = []
+        drifts, self._drift = self._drift, {}
+        bodies: list[tuple[dict[str, Any], bool]] = []  # (body, the window's own figures?)
         for model, version in models:
             window = stats.get(model) or InferenceStats()
-            body: dict[str, Any] = {
-                "seq": state.seq,
-                "start": start,
-                "end": ev.now,
-                "model": model,
-                "version": version,
-                # labels of this version at the top level, of others in ``other_versions``
-                **window.summary(model, version),
-                "cpu_pct": ev.cpu_pct,
-                "rss_bytes": ev.rss_bytes,
-            }
-            if self.spool_dropped is not None:
-                body["spool_dropped"] = self.spool_dropped
-            state.seq += 1
-            bodies.append(body)
+            d = drifts.get(model) if model is not None else None
+            busy = _has_figures(window) or (d is not None and d.sketch.rows > 0)
+            for span_start, span_end, figures in self._spans(model, version, start, ev.now, busy):
+                body: dict[str, Any] = {
+                    "seq": state.seq,
+                    "start": span_start,
+                    "end": span_end,
+                    "model": model,
+                    "version": version,
+                    # labels of this version at the top level, of others in ``other_versions``
+                    **(figures or window).summary(model, version),
+                    "cpu_pct": ev.cpu_pct,
+                    "rss_bytes": ev.rss_bytes,
+                }
+                if self.spool_dropped is not None:
+                    body["spool_dropped"] = self.spool_dropped
+                state.seq += 1
+                bodies.append((body, figures is None))
+        self._reported = {m: v for m, v in self._reported.items() if (m, v[0]) in models}
         if state.capture is not None:
             state.capture.window_closed()  # a capture measured in windows (docs/capture.md)
+        self._start = ev.now
+        if not bodies:
+            return  # an idle window: nothing sent, no seq used, nothing to persist
         # persist the next seq first: a crash between the two loses this window at worst,
         # never reuses its seq for the next one (which the hub would drop as a duplicate)
         self.ctx.persist(out)
-        drifts, self._drift = self._drift, {}
-        for body in bodies:
+        for body, own in bodies:
             telemetry = protocol.encode("telemetry", body, ts=ev.now)
             out.add(Publish(self.ctx.topic("telemetry"), telemetry))
-            if body["model"] is not None:
+            if body["model"] is not None and own:  # the window's sketch, not a gap's
                 self._publish_drift(out, drifts.pop(body["model"], None), body["seq"], ev.now)
-        self._start = ev.now
+
+    def _spans(
+        self, model: str | None, version: int | None, start: float, end: float, busy: bool
+    ) -> list[tuple[float, float, InferenceStats | None]]:
+        """The messages a model's closing window ``[start, end)`` makes: ``(start, end,
+        figures)``, figures None for the window's own, an empty InferenceStats for a zero
+        window.
+
+        Idle windows coalesce: nothing is sent for a window with no figures while the
+        model's last message (this version's) is younger than ``heartbeat_s``; then one
+        zero window (the heartbeat) covers the whole quiet span. When figures come back,
+        a zero window first covers the quiet span held back so far, then the window
+        itself goes as always: the messages of a model tile time, each inference counted
+        once in the window it happened in. The first window of a model version (and the
+        first since the core started) is always sent.
+        """
+        last = self._reported.get(model)
+        quiet_since = last[1] if last is not None and last[0] == version else None
+        spans: list[tuple[float, float, InferenceStats | None]] = []
+        if quiet_since is None or self.ctx.config.heartbeat_s <= self.ctx.config.window_s:
+            spans.append((start, end, None))
+        elif busy:
+            if quiet_since < start:
+                spans.append((quiet_since, start, InferenceStats()))
+            spans.append((start, end, None))
+        elif end - quiet_since >= self.ctx.config.heartbeat_s:
+            spans.append((quiet_since, end, None))
+        if spans:
+            self._reported[model] = (version, end)
+        return spans
 
     def _merge_drift(self, part: ModelSketch) -> None:
         """Add a tick's sketch to its model's; another version starts it afresh."""
