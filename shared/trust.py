@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -44,8 +44,6 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.ngclient.fetcher import FetcherInterface
-from tuf.ngclient.updater import Updater
 
 from shared.atomic import write_atomic
 from shared.director import DIRECTOR_FIELD, DirectorKeys
@@ -59,7 +57,6 @@ __all__ = [
 ]
 
 READ_BLOCK: Final = 64 * 2**10  # bytes read at a time when hashing a staged file
-_STAGING_URL: Final = "staging:///"  # base "URL" the Updater asks the staging fetcher for
 _CUSTOM_JSON: Final = "json"  # key of the JSON text inside a target's custom field
 
 _SignedT = TypeVar("_SignedT", Root, Targets, Snapshot, Timestamp)
@@ -87,27 +84,6 @@ class VerifiedTarget:
     length: int  # bytes
     sha256: str  # hex
     custom: Mapping[str, Any]  # the target's custom fields (the model manifest)
-
-
-class _StagingFetcher(FetcherInterface):
-    """Serves the files that arrived over MQTT, as the Updater's "remote repository".
-
-    A missing file is a 404: that is how the Updater learns there is no newer root.
-    """
-
-    def __init__(self, files: Mapping[str, bytes]) -> None:
-        self._files = files
-        self.root_asked = 0  # highest N of an N.root.json the Updater asked for
-
-    def _fetch(self, url: str) -> Iterator[bytes]:
-        name = url.removeprefix(_STAGING_URL)
-        head, _, rest = name.partition(".")
-        if rest == "root.json" and head.isdigit():
-            self.root_asked = max(self.root_asked, int(head))
-        data = self._files.get(name)
-        if data is None:
-            raise tuf_errors.DownloadHTTPError(f"{name} is not in the staged metadata", 404)
-        return iter((data,))
 
 
 class DeviceVerifier:
@@ -189,11 +165,17 @@ class DeviceVerifier:
         return _verified_target(info)
 
     def _run(self, files: Mapping[str, bytes], target_name: str | None) -> TargetFile | None:
-        fetcher = _StagingFetcher(files)
+        # deferred: tuf.ngclient (with urllib3) costs ~5 MB of RSS, and only a deployment's
+        # metadata needs it; a device that serves since its last boot never loads it
+        from tuf.ngclient.updater import Updater
+
+        from shared.trust_fetch import STAGING_URL, StagingFetcher
+
+        fetcher = StagingFetcher(files)
         try:
             # bootstrap=None: the trust anchor is root.json in metadata_dir (written at
             # enrolment), not bytes passed in; tuf 7 wants that choice made explicitly.
-            updater = Updater(str(self._dir), _STAGING_URL, fetcher=fetcher, bootstrap=None)
+            updater = Updater(str(self._dir), STAGING_URL, fetcher=fetcher, bootstrap=None)
             updater.refresh()
             return updater.get_targetinfo(target_name) if target_name else None
         except tuf_errors.UnsignedMetadataError as e:
