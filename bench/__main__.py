@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "dataset_files": ("bench.dataset_files", "read_dataset on a ~200 MB CSV: RSS growth, time"),
     "models": ("bench.models", "fp32 vs int8 builds on bundled datasets, tuner gain, upload RSS"),
     "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),
+    "memory": ("bench.memory", "agent daemon RSS and idle CPU vs the bare runtime, same model"),
 }
 
 
