@@ -98,8 +98,9 @@ class TelemetryWindows:
         if state.capture is not None:
             state.capture.window_closed()  # a capture measured in windows (docs/capture.md)
         self._start = ev.now
-        if not bodies:
+        if not bodies and state.capture is None:
             return  # an idle window: nothing sent, no seq used, nothing to persist
+        # (a capture measured in windows counted this one down: its state is persisted)
         # persist the next seq first: a crash between the two loses this window at worst,
         # never reuses its seq for the next one (which the hub would drop as a duplicate)
         self.ctx.persist(out)
