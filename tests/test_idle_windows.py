@@ -134,3 +134,17 @@ def test_the_hub_counts_exactly_and_keeps_idle_devices_online(
             status = {d.id: d.status for d in s.exec(select(DeviceRow)) if d.id.startswith("idle")}
         assert status == {d.device_id: "online" for d in fleet.devices}
         fleet.close()
+
+
+def test_a_new_version_closes_the_quiet_span_of_the_one_before() -> None:
+    d = Device()
+    bodies = telemetry(d.install("m", 1, b"m" * 100, 0.0))
+    for t in range(15, 200, 5):  # v1 idle: nothing sent after its first windows
+        bodies += telemetry(d.core.handle(Tick(float(t))))
+    quiet_from = bodies[-1]["end"]
+    bodies += telemetry(d.install("m", 2, b"n" * 100, 200.0))
+    mine = [b for b in bodies if b["model"] == "m"]
+    assert [b["start"] for b in mine[1:]] == [b["end"] for b in mine[:-1]]  # no gap
+    gap = next(b for b in mine if b["start"] == quiet_from)
+    assert (gap["version"], gap["count"]) == (1, 0)  # the quiet span, under v1
+    assert mine[-1]["version"] == 2 and sum(b["count"] for b in mine) == 200

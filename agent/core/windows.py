@@ -24,6 +24,9 @@ from shared import protocol
 from shared.drift import DriftError
 from shared.protocol import ProtocolError
 
+# (start, end, figures: None for the closing window's own, version) of one message
+Span = tuple[float, float, InferenceStats | None, int | None]
+
 
 def _has_figures(w: InferenceStats) -> bool:
     """Whether a window holds anything to report: calls, or labels (late ones too)."""
@@ -78,15 +81,16 @@ class TelemetryWindows:
             window = stats.get(model) or InferenceStats()
             d = drifts.get(model) if model is not None else None
             busy = _has_figures(window) or (d is not None and d.sketch.rows > 0)
-            for span_start, span_end, figures in self._spans(model, version, start, ev.now, busy):
+            for span in self._spans(model, version, start, ev.now, busy):
+                span_start, span_end, figures, span_version = span
                 body: dict[str, Any] = {
                     "seq": state.seq,
                     "start": span_start,
                     "end": span_end,
                     "model": model,
-                    "version": version,
+                    "version": span_version,
                     # labels of this version at the top level, of others in ``other_versions``
-                    **(figures or window).summary(model, version),
+                    **(figures or window).summary(model, span_version),
                     "cpu_pct": ev.cpu_pct,
                     "rss_bytes": ev.rss_bytes,
                 }
@@ -112,10 +116,10 @@ class TelemetryWindows:
 
     def _spans(
         self, model: str | None, version: int | None, start: float, end: float, busy: bool
-    ) -> list[tuple[float, float, InferenceStats | None]]:
+    ) -> list[Span]:
         """The messages a model's closing window ``[start, end)`` makes: ``(start, end,
-        figures)``, figures None for the window's own, an empty InferenceStats for a zero
-        window.
+        figures, version)``, figures None for the window's own, an empty InferenceStats
+        for a zero window.
 
         Idle windows coalesce: nothing is sent for a window with no figures while the
         model's last message (this version's) is younger than ``heartbeat_s``; then one
@@ -123,19 +127,23 @@ class TelemetryWindows:
         a zero window first covers the quiet span held back so far, then the window
         itself goes as always: the messages of a model tile time, each inference counted
         once in the window it happened in. The first window of a model version (and the
-        first since the core started) is always sent.
+        first since the core started) is always sent, after a zero window that closes
+        the quiet span the version before held back, under that version.
         """
         last = self._reported.get(model)
-        quiet_since = last[1] if last is not None and last[0] == version else None
-        spans: list[tuple[float, float, InferenceStats | None]] = []
-        if quiet_since is None or self.ctx.config.heartbeat_s <= self.ctx.config.window_s:
-            spans.append((start, end, None))
+        spans: list[Span] = []
+        if last is not None and last[0] != version:
+            if last[1] < start:
+                spans.append((last[1], start, InferenceStats(), last[0]))
+            last = None
+        if last is None or self.ctx.config.heartbeat_s <= self.ctx.config.window_s:
+            spans.append((start, end, None, version))
         elif busy:
-            if quiet_since < start:
-                spans.append((quiet_since, start, InferenceStats()))
-            spans.append((start, end, None))
-        elif end - quiet_since >= self.ctx.config.heartbeat_s:
-            spans.append((quiet_since, end, None))
+            if last[1] < start:
+                spans.append((last[1], start, InferenceStats(), version))
+            spans.append((start, end, None, version))
+        elif end - last[1] >= self.ctx.config.heartbeat_s:
+            spans.append((last[1], end, None, version))
         if spans:
             self._reported[model] = (version, end)
         return spans
