@@ -214,7 +214,7 @@ def _reference(
 # ----------------------------------------------------------------------------- the hub
 
 
-def _enrol(client: Any, api_url: str, work: Path, runtime: str) -> Agent:
+def _enrol(client: Any, api_url: str, work: Path, runtime: str, heartbeat_s: float | None) -> Agent:
     """Enrol one device of ``runtime``'s class as an operator would (``agent enrol``)."""
     from edgefleet.cli import main as cli
     from hub.transport.broker import free_port
@@ -227,6 +227,8 @@ def _enrol(client: Any, api_url: str, work: Path, runtime: str) -> Agent:
     argv += ["--config-out", str(config), "--endpoint", f"127.0.0.1:{port}"]
     if cli(argv) != 0:
         raise RuntimeError(f"enrolling {device} failed")
+    if heartbeat_s is not None:  # the agent's default otherwise (agent/config.py)
+        config.write_text(config.read_text() + f"heartbeat_s = {heartbeat_s}\n")
     return Agent(runtime, device, config, state, port, work / f"{device}.log")
 
 
@@ -273,7 +275,7 @@ def measure(args: argparse.Namespace, work: Path, client: Any, api_url: str) -> 
     rows = x.astype(np.float32).tolist()
     rows_path = work / "rows.npy"
     np.save(rows_path, np.asarray(rows, dtype=np.float32))
-    agents = [_enrol(client, api_url, work, r) for r in args.runtimes]
+    agents = [_enrol(client, api_url, work, r, args.heartbeat_s) for r in args.runtimes]
     refs: list[subprocess.Popen[str]] = []
     try:
         for a in agents:
@@ -363,6 +365,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--serve-s", type=float, default=10.0, help="seconds of serving")
     p.add_argument("--idle-s", type=float, default=30.0, help="seconds at idle")
     p.add_argument("--settle-s", type=float, default=2.0, help="pause before reading memory")
+    p.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=None,
+        help="the agents' heartbeat_s (0: every telemetry window sent; default: the agent's)",
+    )
     args = p.parse_args(argv)
     args.runtimes = [r for r in args.runtimes.split(",") if r]
     unknown = set(args.runtimes) - set(CLASS_OF)
