@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -263,22 +264,21 @@ class Hub:
         if db_path is not None:
             create_private_file(db_path)  # SQLite gives -wal and -shm its mode
         db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
-        if cfg.replica is None:
+        replica = cfg.replica is not None  # replicas share the database and data directory
+        # replicas starting together create the schema, keys and CA one after the other
+        with one_at_a_time(db_url, "storage") if replica else nullcontext():
             self.engine = make_engine(db_url)
-        else:
-            with one_at_a_time(db_url, "schema"):  # replicas starting together
-                self.engine = make_engine(db_url)
-        replica = cfg.replica is not None  # replicas share the data directory
-        self.trust = TrustRepository.open_or_init(
-            cfg.data_dir / "trust",
-            root_keys_dir=cfg.root_keys_dir,
-            exclusive=not replica,
-            shared=replica,
-        )
+            self.trust = TrustRepository.open_or_init(
+                cfg.data_dir / "trust",
+                root_keys_dir=cfg.root_keys_dir,
+                exclusive=not replica,
+                shared=replica,
+            )
+            ca = CertificateAuthority.open_or_init(cfg.data_dir / "pki")
         tls_dir = cfg.broker_tls_dir
         self.identities = Identities(
             self.engine,
-            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            ca,
             crl_path=tls_dir / "crl.pem" if tls_dir else None,
             reload_command=cfg.broker_reload,
         )
