@@ -47,6 +47,7 @@ from hub.transport.broker import (
     Mosquitto,
     TlsIdentity,
 )
+from hub.transport.brokerconf import replica_tls
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
@@ -141,7 +142,7 @@ class Hub:
             budget=cfg.ingest_budget,
         )
         if replica:
-            self.lead_link = self._leader_link(tls)
+            self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
         self.rollouts = Rollouts(
@@ -225,14 +226,17 @@ class Hub:
             health_for=self.classes.health,
         )
 
-    def _tls_identity(self, cfg: HubConfig) -> TlsIdentity | None:
-        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote)."""
+    def _tls_identity(self, cfg: HubConfig, *, leader: bool = False) -> TlsIdentity | None:
+        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote); a
+        replica's own, or its leader's link's (``leader``)."""
         if not self.broker.tls:
             return None
         tls_dir = cfg.broker_tls_dir
         if tls_dir is None:
             raise ValueError(f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)")
-        return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        if cfg.replica is None:
+            return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        return replica_tls(tls_dir, None if leader else cfg.replica)  # ValueError: missing
 
     def _select_broker(self, cfg: HubConfig) -> None:
         """The broker given, else the hub's own (its port kept across starts); if it is
