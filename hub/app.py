@@ -68,6 +68,7 @@ from shared import protocol
 log = logging.getLogger(__name__)
 
 LOST_LEADERSHIP_EXIT = 75  # a replica's exit status when it lost the leader's lock
+REVOCATIONS_REREAD_S = 5.0  # seconds a replica trusts its list of revoked devices
 
 __all__ = ["Enrolment", "Hub", "HubConfig", "make_ingest", "pipeline_config", "serve_devices"]
 
@@ -279,12 +280,15 @@ class Hub:
                 shared=replica,
             )
             ca = CertificateAuthority.open_or_init(cfg.data_dir / "pki")
+        if replica:
+            ca.share()  # enrolments and revocations through any replica
         tls_dir = cfg.broker_tls_dir
         self.identities = Identities(
             self.engine,
             ca,
             crl_path=tls_dir / "crl.pem" if tls_dir else None,
             reload_command=cfg.broker_reload,
+            reread_s=REVOCATIONS_REREAD_S if replica else None,
         )
         self.store = ArtifactStore(cfg.data_dir / "artifacts")
         self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)

@@ -1,6 +1,7 @@
-"""Hub replicas on one data directory share the TUF repository (hub/trust/sharing.py):
-what one signs the other serves, concurrent writes never lose a target, and neither a
-single hub nor ``edgefleet keys`` can take the repository from running replicas."""
+"""Hub replicas on one data directory share the TUF repository and the device CA
+(hub/trust/sharing.py): what one signs the other serves, concurrent writes never lose a
+target, neither a single hub nor ``edgefleet keys`` can take the repository from running
+replicas, and no enrolment or revocation through one replica is lost by another."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from test_pki import make_csr
 from tuf.api.metadata import Targets
 
+from hub.trust.pki import CertificateAuthority
 from hub.trust.repository import RepositoryError, TrustRepository
 from shared.trust import parse_metadata
 
@@ -58,3 +62,25 @@ def test_neither_a_single_hub_nor_the_keys_cli_takes_it_from_replicas(tmp_path: 
     with pytest.raises(RepositoryError, match="in use by another process"):
         TrustRepository.open_or_init(tmp_path / "trust", shared=True)
     single.close()
+
+
+def test_replicas_share_the_device_ca_without_losing_an_issue_or_a_revocation(
+    tmp_path: Path,
+) -> None:
+    a = CertificateAuthority.open_or_init(tmp_path / "pki")
+    b = CertificateAuthority.open_or_init(tmp_path / "pki")
+    a.share()
+    b.share()
+    issued: list[int] = []
+    for i in range(6):  # enrolments through either replica, in turn
+        ca = (a, b)[i % 2]
+        issued.append(ca.issue_device(make_csr(f"dev-{i}"), f"dev-{i}").serial)
+    b.revoke(issued[0], "key_compromise")
+    a.revoke(issued[1], "key_compromise")
+    for ca in (a, b):
+        assert [s for i in range(6) for s in ca.serials_for(f"dev-{i}")] == issued
+        assert {r.serial for r in ca.revoked()} == {issued[0], issued[1]}
+    fresh = CertificateAuthority.open_or_init(tmp_path / "pki")  # what is on disk
+    assert {r.serial for r in fresh.revoked()} == {issued[0], issued[1]}
+    crl = x509.load_pem_x509_crl(a.crl_pem())
+    assert {r.serial_number for r in crl} == {issued[0], issued[1]}

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from hub.trust.roles import RepositoryError
 
-__all__ = ["DirectoryAccess", "DirectoryLock", "WriteLock", "stamp"]
+__all__ = ["DirectoryAccess", "DirectoryLock", "SharedFileLock", "WriteLock", "stamp"]
 
 WATCHED = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
 
@@ -162,3 +162,44 @@ class DirectoryAccess:
         if now != self._stamp:
             reload()
             self._stamp = now
+
+
+class SharedFileLock:
+    """A thread lock that, once :attr:`shared`, also holds an ``flock`` beside ``path``
+    and first calls ``reload`` when another process replaced ``path`` (the device CA's
+    ledger, which hub replicas share). Re-entrant."""
+
+    def __init__(self, path: Path, reload: Callable[[], None]) -> None:
+        self.shared = False
+        self._path = path
+        self._reload = reload
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._fd: int | None = None
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int, int]:
+        try:
+            st = os.stat(self._path)
+        except FileNotFoundError:
+            return (0, 0, 0)
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+        self._depth += 1
+        if self._depth > 1 or not self.shared:
+            return
+        lock_path = self._path.with_name(f".{self._path.name}.lock")
+        self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits for another replica's change
+        if self._stat() != self._stamp:
+            self._reload()
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            self._stamp = self._stat()  # what this process wrote, or read
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+        self._mutex.release()
