@@ -177,6 +177,8 @@ class Hub:
         """Start what runs on one hub process only: the rollout engine, the closed loop,
         the alert dispatcher, re-signing and retention; a replica also takes over the
         leader's link, with the session and the messages the last leader left."""
+        if self._stopping.is_set():  # elected while stopping: start nothing
+            return
         if self.lead_link is not None:
             self.lead_link.start()
         self.rollouts.start()
@@ -300,8 +302,6 @@ class Hub:
     def stop(self) -> None:
         if not self._started:
             return
-        if isinstance(self.leader, Leadership):
-            self.leader.stop()  # a leader lets its lock go: another replica takes over
         self._stopping.set()
         if self._maintenance.ident is not None:
             self._maintenance.join()
@@ -312,6 +312,8 @@ class Hub:
         if self.lead_link is not None:
             self.lead_link.stop()
             self.lead_ingest.stop()
+        if isinstance(self.leader, Leadership):
+            self.leader.stop()  # its work stopped, the lock goes: another replica leads
         self.mqtt.stop()
         if self.workers is not None:
             self.workers.stop()
