@@ -264,6 +264,10 @@ def test_the_leader_is_killed_mid_rollout_and_another_replica_finishes_it(
     )
     assert takeover_s <= TAKEOVER_LIMIT_S
     assert sent_before < DEVICES  # the kill fell mid-rollout
+    metrics = httpx.get(
+        f"{replicas.url(other)}/metrics", headers={"authorization": f"Bearer {DEV_KEY}"}
+    ).text
+    assert "edgefleet_hub_leader 1.0" in metrics  # what Prometheus sees of the take-over
 
     with HubClient(replicas.url(other), api_key=DEV_KEY) as client:
         wait_for(lambda: client.rollout(rid)["finished"], 180, f"rollout {rid}")

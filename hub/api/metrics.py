@@ -17,6 +17,7 @@ figures, rollouts in progress, drift alerts and ingest backlog: hub/api/metrics_
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -85,17 +86,23 @@ class HubCollector(Collector):
         yield devices
         yield rollouts
         yield jobs
+        leader = GaugeMetricFamily(
+            "edgefleet_hub_leader", "1 if this hub process runs the leader's work (ADR 0032)"
+        )
+        leader.add_metric([], 1.0 if hub.leader.leading() else 0.0)
+        yield leader
+        links = [hub.mqtt, *([hub.lead_link] if hub.lead_link is not None else [])]
         yield _counter(
             "edgefleet_device_messages",
             "Device messages the hub took, by topic kind",
             "kind",
-            hub.mqtt.counts,
+            sum((link.counts for link in links), Counter()),
         )
         yield _counter(
             "edgefleet_device_messages_dropped",
             "Device messages dropped, by reason (bad input, budgets, revoked devices)",
             "reason",
-            hub.mqtt.dropped,
+            sum((link.dropped for link in links), Counter()),
         )
         yield _counter(
             "edgefleet_ingest",
