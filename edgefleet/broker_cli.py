@@ -62,6 +62,14 @@ IngestWorkers = Annotated[
         help="Identities for N hub ingest workers (hub serve --ingest-workers).",
     ),
 ]
+HubReplicas = Annotated[
+    int,
+    typer.Option(
+        "--hub-replicas",
+        metavar="N",
+        help="Identities for N hub replicas and their leader's link (hub serve --replicas).",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -82,6 +90,7 @@ def config(
     plain_port: PlainPort = None,
     user: User = None,
     ingest_workers: IngestWorkers = 4,
+    hub_replicas: HubReplicas = 0,
 ) -> int:
     """Write the broker's files and print how to start it."""
     from hub.transport.brokerconf import write_broker_config
@@ -100,6 +109,7 @@ def config(
             plain_port=plain_port,
             user=user,
             ingest_workers=ingest_workers,
+            hub_replicas=hub_replicas,
         )
     except PkiError as e:  # a device holds a service name: nothing was written
         print(f"broker config refused: {e}", file=sys.stderr)
@@ -131,6 +141,14 @@ def _say_written(files: Any, ca_dir: Path, crl_days: int) -> None:
                 files.directory / "ingest-N.crt",
                 f"ingest workers 0..{files.ingest_workers - 1}: certificates and keys (read "
                 "telemetry only)",
+            )
+        )
+    if files.hub_replicas:
+        written.append(
+            (
+                files.directory / "hub-N.crt",
+                f"hub replicas 0..{files.hub_replicas - 1} and hub-leader: certificates and "
+                "keys (the hub's rights)",
             )
         )
     if files.hub_password is not None:

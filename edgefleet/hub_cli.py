@@ -91,6 +91,24 @@ IngestWorkers = Annotated[
         help="Processes that take the telemetry ($share) besides this one.",
     ),
 ]
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        metavar="N",
+        help="Run N hub processes over one PostgreSQL (--db) and broker (--broker), on "
+        "ports --port to --port+N-1, restarting any that exits (docs/operations.md).",
+    ),
+]
+Replica = Annotated[
+    int | None,
+    typer.Option(
+        "--replica",
+        metavar="I",
+        help="Run as replica I of several (what --replicas starts; its MQTT client ids "
+        "and leader election depend on it).",
+    ),
+]
 AllowPlain = Annotated[
     bool,
     typer.Option(
@@ -129,8 +147,13 @@ def serve(
     dev: Dev = False,
     ingest_workers: IngestWorkers = 0,
     allow_plain_broker: AllowPlain = False,
+    replicas: Replicas = None,
+    replica: Replica = None,
 ) -> int:
     import uvicorn
+
+    if replicas is not None:
+        return _supervise(replicas, port, db, broker)
 
     from hub.api.serving import bind_api, server_config
 
@@ -158,6 +181,7 @@ def serve(
         allow_plain_broker=allow_plain_broker,
         ingest_workers=ingest_workers,
         root_keys_dir=root_keys,
+        replica=replica,
     )
     with sock, Hub(config) as h:
         app = create_app(h)
@@ -178,6 +202,20 @@ def serve(
         served = server_config(app, host, bound, log_level="info", access_log=logged)
         uvicorn.Server(served).run(sockets=[sock])
     return 0
+
+
+def _supervise(replicas: int, port: int, db: str | None, broker: str | None) -> int:
+    """``--replicas N``: run and watch N replicas (edgefleet/hub_replicas.py)."""
+    from edgefleet.hub_replicas import Supervisor
+
+    if not (db or "").startswith("postgresql") or not broker:
+        print(
+            "hub: --replicas needs --db postgresql+psycopg://... and --broker URL: the "
+            "replicas share one database and one broker",
+            file=sys.stderr,
+        )
+        return 2
+    return Supervisor(sys.argv[1:], replicas, port).run()  # each: this command line, less -N
 
 
 def _has_admin(keys: list[Any]) -> bool:

@@ -8,59 +8,55 @@ file, a local artifact directory and a broker chosen as DESIGN §7 says.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Engine
-
 from hub.access.audit import run_audit_retention
 from hub.alerts import Dispatcher
+from hub.device_messages import make_ingest, serve_devices
 from hub.fleet.classes import load_classes
 from hub.fleet.deployments import Deployments, run_event_retention
-from hub.fleet.progress import ProgressApplier, forget_presence
+from hub.fleet.progress import forget_presence
 from hub.fleet.rollouts import Rollouts
-from hub.ingest.report import Report, ReportApplier
-from hub.ingest.writer import Ingest
 from hub.loop import Loop
 from hub.ml.builds import Builds
 from hub.ml.data.capture_versions import CaptureVersions
 from hub.ml.data.captures import Datasets
 from hub.ml.data.store import DatasetStore
-from hub.ml.jobs import Jobs, Progress
+from hub.ml.jobs import STALE_S, Jobs, Progress
 from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
 from hub.ml.retrain import Retrainer
 from hub.settings import HubConfig, check_broker_transport
 from hub.store.artifacts import ArtifactStore
 from hub.store.datadir import check_private, create_private_file, private_umask
+from hub.store.leader import AlwaysLeader, Leader, Leadership, one_at_a_time
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import (
     RetentionPolicy,
     run_retention,
 )
-from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import (
     BrokerAddress,
     EmbeddedBroker,
     Mosquitto,
     TlsIdentity,
 )
-from hub.transport.budget import INGEST, Budget
+from hub.transport.brokerconf import replica_tls
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
-from hub.transport.inbound import (
-    NO_FETCHES,
-    CaptureSink,
-    DeviceMessages,
-    FetchSource,
-    no_revocations,
+from hub.transport.link import (
+    MqttLink,
+    hub_subscriptions,
+    leader_subscriptions,
+    replica_subscriptions,
 )
-from hub.transport.link import MqttLink, hub_subscriptions
 from hub.transport.local_broker import BrokerRecord, read_record, start_private_broker, write_record
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.trust.identities import Identities
@@ -70,6 +66,9 @@ from hub.workers import IngestWorkers, WorkerConfig
 from shared import protocol
 
 log = logging.getLogger(__name__)
+
+LOST_LEADERSHIP_EXIT = 75  # a replica's exit status when it lost the leader's lock
+REVOCATIONS_REREAD_S = 5.0  # seconds a replica trusts its list of revoked devices
 
 __all__ = ["Enrolment", "Hub", "HubConfig", "make_ingest", "pipeline_config", "serve_devices"]
 
@@ -86,6 +85,9 @@ class Hub:
         self.classes = load_classes(config.classes_dir)  # ClassError: a bad profile
         self.local_broker: Mosquitto | EmbeddedBroker | None = None
         self.storage_warnings: list[str] = []  # a data dir or hub.db others can read
+        # the single hub always leads; a replica campaigns (ADR 0032, hub/store/leader.py)
+        self.leader: Leader = AlwaysLeader()
+        self.lead_link: MqttLink | None = None  # a replica's link for the leader's topics
         self._started = False
 
     # ------------------------------------------------------------- lifecycle
@@ -108,13 +110,17 @@ class Hub:
             self.engine, raw_max_age_s=self.retention.raw_age_s, drift=self.drift
         )
         self.ingest.start()
+        replica = cfg.replica is not None
+        telemetry = cfg.ingest_workers == 0
         self.mqtt = MqttLink(
             self.broker,
-            client_id=cfg.client_id,
+            client_id=cfg.client_id if not replica else f"{cfg.client_id}-{cfg.replica}",
             tls=tls,
-            subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
+            subscriptions=(replica_subscriptions if replica else hub_subscriptions)(
+                telemetry=telemetry
+            ),
         )
-        self.entitlements = load_entitlements(self.engine)
+        self.entitlements = load_entitlements(self.engine, shared=replica)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self.dataset_store = DatasetStore(
             self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
@@ -136,6 +142,8 @@ class Hub:
             revoked=self.revoked,
             budget=cfg.ingest_budget,
         )
+        if replica:
+            self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
         self.rollouts = Rollouts(
@@ -144,31 +152,66 @@ class Hub:
             self.commands,
             revoked=self.revoked,
             class_budget=self.classes.budget_mb,
+            leading=lambda: self.leader.leading(),
         )
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
-        self.rollouts.start()
         self._start_model_jobs()
-        self.loop = Loop(
-            self.engine, self.registry, self.datasets, self.retrainer, self.rollouts
-        ).start()
+        self.loop = Loop(self.engine, self.registry, self.datasets, self.retrainer, self.rollouts)
         # drift alerts, halts and loop outcomes to the receivers' webhooks (hub/alerts/)
         self.alerts = Dispatcher(self.engine, cfg.alerts)
         self.alerts.receivers.put_config(cfg.alert_receivers)
-        self.alerts.start()
         self.enrol_tokens = EnrolTokens(self.engine)
         self._stopping = threading.Event()
         self._maintenance = threading.Thread(
             target=self._maintain, name="hub-maintenance", daemon=True
         )
-        self._maintenance.start()
+        if replica:
+            self.leader = Leadership(db_url, on_elected=self._lead, on_lost=_abdicate).start()
+        else:
+            self._lead()
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
 
+    def _lead(self) -> None:
+        """Start what runs on one hub process only: the rollout engine, the closed loop,
+        the alert dispatcher, re-signing and retention; a replica also takes over the
+        leader's link, with the session and the messages the last leader left."""
+        if self._stopping.is_set():  # elected while stopping: start nothing
+            return
+        if self.lead_link is not None:
+            self.lead_link.start()
+        self.rollouts.start()
+        self.loop.start()
+        self.alerts.start()
+        self._maintenance.start()
+
+    def _leader_link(self, tls: TlsIdentity | None) -> MqttLink:
+        """A replica's second link, for what must be read in order per device or retained
+        (states, events, captures): one client id every leader takes in turn."""
+        self.lead_ingest = make_ingest(
+            self.engine, raw_max_age_s=self.retention.raw_age_s, drift=self.drift
+        )
+        self.lead_ingest.start()
+        link = MqttLink(
+            self.broker,
+            client_id=f"{self.config.client_id}-leader",
+            tls=tls,
+            subscriptions=leader_subscriptions(),
+        )
+        return serve_devices(
+            link,
+            self.lead_ingest,
+            self.fetch,
+            captures=self.datasets,
+            revoked=self.revoked,
+            budget=self.config.ingest_budget,
+        )
+
     def _start_model_jobs(self) -> None:
         """Builds and retrains, in jobs; both make an artefact per runtime of the model's
         device classes, with their health budgets."""
-        self.jobs = Jobs(self.engine)
+        self.jobs = Jobs(self.engine, replica=self.config.replica is not None)
         self.builds = Builds(
             self.engine,
             self.registry,
@@ -186,14 +229,17 @@ class Hub:
             health_for=self.classes.health,
         )
 
-    def _tls_identity(self, cfg: HubConfig) -> TlsIdentity | None:
-        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote)."""
+    def _tls_identity(self, cfg: HubConfig, *, leader: bool = False) -> TlsIdentity | None:
+        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote); a
+        replica's own, or its leader's link's (``leader``)."""
         if not self.broker.tls:
             return None
         tls_dir = cfg.broker_tls_dir
         if tls_dir is None:
             raise ValueError(f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)")
-        return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        if cfg.replica is None:
+            return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        return replica_tls(tls_dir, None if leader else cfg.replica)  # ValueError: missing
 
     def _select_broker(self, cfg: HubConfig) -> None:
         """The broker given, else the hub's own (its port kept across starts); if it is
@@ -225,16 +271,26 @@ class Hub:
         if db_path is not None:
             create_private_file(db_path)  # SQLite gives -wal and -shm its mode
         db_url = cfg.db_url or sqlite_url(cfg.data_dir / "hub.db")
-        self.engine = make_engine(db_url)
-        self.trust = TrustRepository.open_or_init(
-            cfg.data_dir / "trust", root_keys_dir=cfg.root_keys_dir, exclusive=True
-        )
+        replica = cfg.replica is not None  # replicas share the database and data directory
+        # replicas starting together create the schema, keys and CA one after the other
+        with one_at_a_time(db_url, "storage") if replica else nullcontext():
+            self.engine = make_engine(db_url)
+            self.trust = TrustRepository.open_or_init(
+                cfg.data_dir / "trust",
+                root_keys_dir=cfg.root_keys_dir,
+                exclusive=not replica,
+                shared=replica,
+            )
+            ca = CertificateAuthority.open_or_init(cfg.data_dir / "pki")
+        if replica:
+            ca.share()  # enrolments and revocations through any replica
         tls_dir = cfg.broker_tls_dir
         self.identities = Identities(
             self.engine,
-            CertificateAuthority.open_or_init(cfg.data_dir / "pki"),
+            ca,
             crl_path=tls_dir / "crl.pem" if tls_dir else None,
             reload_command=cfg.broker_reload,
+            reread_s=REVOCATIONS_REREAD_S if replica else None,
         )
         self.store = ArtifactStore(cfg.data_dir / "artifacts")
         self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
@@ -247,11 +303,17 @@ class Hub:
         if not self._started:
             return
         self._stopping.set()
-        self._maintenance.join()
+        if self._maintenance.ident is not None:
+            self._maintenance.join()
         self.alerts.stop()
         self.loop.stop()
         self.rollouts.stop()
         self.jobs.shutdown()
+        if self.lead_link is not None:
+            self.lead_link.stop()
+            self.lead_ingest.stop()
+        if isinstance(self.leader, Leadership):
+            self.leader.stop()  # its work stopped, the lock goes: another replica leads
         self.mqtt.stop()
         if self.workers is not None:
             self.workers.stop()
@@ -377,6 +439,8 @@ class Hub:
                 run_retention(self.engine, self.retention)
                 run_audit_retention(self.engine, self.config.audit_max_age_s)
                 run_event_retention(self.engine, self.config.events_max_age_s)
+                if self.config.replica is not None:  # a replica killed mid-build
+                    self.jobs.fail_orphans(STALE_S)
             except Exception:  # keep maintaining; the next round may succeed
                 log.exception("hub maintenance failed")
 
@@ -400,49 +464,12 @@ class Hub:
         )
 
 
-def make_ingest(
-    engine: Engine,
-    *,
-    raw_max_age_s: float | None = None,
-    drift: DriftMonitor | None = None,
-    inline: bool = False,
-    on_stored: Callable[[list[Report]], None] | None = None,
-) -> Ingest:
-    """The ingest writer with every report applier the hub runs, in one transaction:
-    states and events (fleet), telemetry windows and drift summaries (telemetry)."""
-    appliers: list[ReportApplier] = [
-        ProgressApplier(),
-        TelemetryWindows(raw_max_age_s),
-        drift if drift is not None else DriftMonitor(engine),
-    ]
-    return Ingest(engine, appliers, inline=inline, on_stored=on_stored)
-
-
-def serve_devices(
-    link: MqttLink,
-    ingest: Ingest,
-    fetch: FetchSource | None = None,
-    *,
-    captures: CaptureSink | None = None,
-    revoked: Callable[[], frozenset[str]] = no_revocations,
-    budget: Budget = INGEST,
-) -> MqttLink:
-    """Wire the device messages ``link`` receives to their owners, before it starts.
-
-    Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
-    to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
-    Each device's reports are paid for from ``budget`` (hub/transport/budget.py).
-
-    Raises:
-        ValueError: ``ingest`` already acknowledges for another consumer.
-    """
-    if ingest.on_stored is not None:
-        raise ValueError("this Ingest already acknowledges for another consumer")
-    ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
-    handler = DeviceMessages(
-        link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
-    )
-    return link.serve(handler)
+def _abdicate() -> None:
+    """A replica that lost the leader's lock stops at once: no rollout pass or re-signing
+    may run beside the new leader's. Its supervisor starts it again, as a follower."""
+    log.critical("lost the leader's lock: exiting (%d) to be restarted", LOST_LEADERSHIP_EXIT)
+    logging.shutdown()
+    os._exit(LOST_LEADERSHIP_EXIT)
 
 
 def pipeline_config(**overrides: Any) -> PipelineConfig:

@@ -43,6 +43,9 @@ class HubConfig:
     allow_plain_broker: bool = False
     # processes that take the telemetry through $share (hub/workers.py); 0: this one
     ingest_workers: int = 0
+    # this process's index among hub replicas over one PostgreSQL (ADR 0032, hub/replica.py,
+    # docs/operations.md); None: the single hub, always the leader
+    replica: int | None = None
     maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
     # telemetry retention (hub/telemetry/retention.py): raw windows, then hourly rows, then gone
     telemetry_raw_age_s: float = RAW_AGE_S
@@ -68,6 +71,15 @@ class HubConfig:
                 raise ValueError(f"alert receiver {receiver.name!r} in the config needs a secret")
         if self.broker_port is not None and self.broker_url:
             raise ValueError("--broker-port is the private broker's: give it without --broker")
+        if self.replica is not None:
+            if self.replica < 0:
+                raise ValueError(f"a replica's index is 0 or more, not {self.replica}")
+            if not (self.db_url or "").startswith("postgresql"):
+                raise ValueError(
+                    "hub replicas share one PostgreSQL database: give --db postgresql+psycopg://..."
+                )
+            if not self.broker_url:
+                raise ValueError("hub replicas share one broker: give --broker")
 
 
 def check_broker_transport(address: BrokerAddress, cfg: HubConfig) -> None:

@@ -39,11 +39,12 @@ from hub.transport.broker import BrokerAddress, TlsIdentity
 from hub.transport.brokerconf import ingest_identity
 from hub.transport.budget import INGEST, Budget
 from hub.transport.inbound import IngestSubscriber
+from hub.transport.link import INGEST_GROUP
 from shared.protocol import ROOT
 
 log = logging.getLogger(__name__)
 
-SHARE_GROUP: Final = "edgefleet-ingest"
+SHARE_GROUP: Final = INGEST_GROUP
 TELEMETRY_SHARE: Final = f"$share/{SHARE_GROUP}/{ROOT}/+/telemetry"
 REVOCATION_POLL_S: Final = 5.0  # seconds between reads of the revocation list
 START_TIMEOUT_S: Final = 60.0  # seconds for a worker process to connect and subscribe

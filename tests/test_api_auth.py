@@ -238,7 +238,7 @@ def test_every_mutating_call_is_audited(stage: Stage) -> None:
 def test_health_is_public_and_says_nothing_sensitive(shared: Stage) -> None:
     r = shared.http().get("/health")
     assert r.status_code == 200
-    assert r.json() == {"ok": True, "broker_connected": True}
+    assert r.json() == {"ok": True, "broker_connected": True, "leader": True, "replica": None}
 
 
 # ---------------------------------------------------------------- keys

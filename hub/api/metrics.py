@@ -17,6 +17,7 @@ figures, rollouts in progress, drift alerts and ingest backlog: hub/api/metrics_
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -85,18 +86,7 @@ class HubCollector(Collector):
         yield devices
         yield rollouts
         yield jobs
-        yield _counter(
-            "edgefleet_device_messages",
-            "Device messages the hub took, by topic kind",
-            "kind",
-            hub.mqtt.counts,
-        )
-        yield _counter(
-            "edgefleet_device_messages_dropped",
-            "Device messages dropped, by reason (bad input, budgets, revoked devices)",
-            "reason",
-            hub.mqtt.dropped,
-        )
+        yield from _links(hub)
         yield _counter(
             "edgefleet_ingest",
             "What the ingest writer stored or skipped, by kind",
@@ -127,6 +117,29 @@ class HubCollector(Collector):
 # What the alert dispatcher counts (hub/alerts/dispatcher.py), served as one counter's
 # events; at most 100 receivers bound the pending gauge's series.
 ALERT_EVENTS = ("messages", "attempts", "sent", "retried", "failed", "dropped")
+
+
+def _links(hub: Hub) -> Iterator[Metric]:
+    """Whether this process leads (ADR 0032), and what its links took and dropped (a
+    replica has two: its own and, while it leads, the leader's)."""
+    leader = GaugeMetricFamily(
+        "edgefleet_hub_leader", "1 if this hub process runs the leader's work (ADR 0032)"
+    )
+    leader.add_metric([], 1.0 if hub.leader.leading() else 0.0)
+    yield leader
+    links = [hub.mqtt, *([hub.lead_link] if hub.lead_link is not None else [])]
+    yield _counter(
+        "edgefleet_device_messages",
+        "Device messages the hub took, by topic kind",
+        "kind",
+        sum((link.counts for link in links), Counter()),
+    )
+    yield _counter(
+        "edgefleet_device_messages_dropped",
+        "Device messages dropped, by reason (bad input, budgets, revoked devices)",
+        "reason",
+        sum((link.dropped for link in links), Counter()),
+    )
 
 
 def _counter(name: str, doc: str, label: str, values: Any) -> CounterMetricFamily:

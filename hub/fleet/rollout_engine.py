@@ -6,13 +6,21 @@ outs, re-sends, reconciliation of devices back online), judges the failure ratio
 halt or an abort puts back every device the rollout changed. Device rows move only
 through hub/fleet/states.py. :class:`hub.fleet.rollouts.Rollouts` owns the thread and
 the requests; this module owns the decisions.
+
+Commands go out only after the pass has committed what it decided (:meth:`_flush`): a
+hub killed in between sent nothing the database does not know of, so the leader that
+takes over (ADR 0032) never sends a device a second deploy for what it was sent; a
+command lost with a killed hub is the one case of a device silent after a send, which
+the timeout and retry already cover. The pass holds the rollout's row locked
+(``FOR UPDATE`` on PostgreSQL), so an old leader still finishing a pass and the new one
+never decide over the same rows at once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
@@ -49,10 +57,19 @@ class RolloutEngine:
         # the artefact a device installs (its runtime's, when the version has several),
         # and why the version would not fit its memory (None: it fits)
         self.plan = plan or _as_is
+        # (device, type, body) decided in this pass: sent once it is committed
+        self._held: list[tuple[str, str, dict[str, Any]]] = []
+
+    def _flush(self) -> None:
+        """Send what the committed pass decided (the caller holds the rollouts' lock)."""
+        held, self._held = self._held, []
+        for device_id, msg_type, body in held:
+            self.commands.send_command(device_id, msg_type, body)
 
     def tick_one(self, rollout_id: str, t: float) -> None:
+        self._held = []  # a pass that failed before its commit sent nothing
         with session(self.engine) as s:
-            rollout = s.get(Rollout, rollout_id)
+            rollout = s.get(Rollout, rollout_id, with_for_update=True)
             if rollout is None:
                 return
             spec = stored_spec(rollout.spec)
@@ -72,6 +89,7 @@ class RolloutEngine:
                 if is_settled(rollout, spec, rows):
                     rollout.settled_at = t  # nothing left to put back: stop visiting it
             s.commit()  # (the rows and the rollout were loaded in s: their changes flush)
+        self._flush()
 
     def _watch(
         self,
@@ -210,7 +228,7 @@ class RolloutEngine:
         for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
             if rollout.spec.get(name) is not None:
                 body[name] = rollout.spec[name]
-        self.commands.send_command(row.device_id, "deploy", body)
+        self._held.append((row.device_id, "deploy", body))
         row.attempts += 1
         row.sent_at = row.updated_at = t
         if row.state in ("pending", "sent"):
@@ -221,7 +239,7 @@ class RolloutEngine:
     def _rollback(self, rollout: Rollout, row: RolloutDevice, t: float) -> None:
         assert row.previous_version is not None
         body = {"deployment": rollout.id, "model": rollout.model, "version": row.previous_version}
-        self.commands.send_command(row.device_id, "rollback", body)
+        self._held.append((row.device_id, "rollback", body))
         row.rollback_at = t
         row.detail = f"rollback to v{row.previous_version} sent"
         row.updated_at = t
@@ -253,6 +271,7 @@ class RolloutEngine:
 
     def follow_groups(self, t: float) -> None:
         """A device tagged into a group gets the version of its latest completed rollout."""
+        self._held = []
         with session(self.engine) as s:
             latest: dict[str, Rollout] = {}
             q = select(Rollout).where(Rollout.state == "completed", col(Rollout.group).is_not(None))
@@ -282,6 +301,7 @@ class RolloutEngine:
                     self._deploy(rollout, row, t, f"joined group {group}")
                     s.add(row)
             s.commit()
+        self._flush()
         # A late joiner's timeouts and retries are watched like any other device's:
         # completed rollouts with rows in flight get a watch pass.
         with session(self.engine) as s:
@@ -308,6 +328,7 @@ class RolloutEngine:
                     t,
                 )
                 s.commit()
+            self._flush()
 
 
 def no_match(spec: RolloutSpec, revoked: list[str]) -> str:

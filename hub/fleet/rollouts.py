@@ -72,8 +72,11 @@ class Rollouts:
         class_budget: Callable[[str | None], float | None] = lambda c: None,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.engine = engine
+        # whether this process is the hub's leader (ADR 0032): only the leader sends
+        self.leading = leading
         self.registry = registry
         self.commands = commands
         self.revoked = revoked  # read when devices are chosen
@@ -128,6 +131,8 @@ class Rollouts:
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_s):
+            if not self.leading():  # lost the lead: the process is on its way out
+                continue
             try:
                 self.tick()
             except Exception:  # the next tick may succeed; never stop driving rollouts
@@ -174,8 +179,9 @@ class Rollouts:
                     )
             s.commit()
         log.info("rollout %s: %s v%d to %d devices", rollout_id, mv.name, mv.version, len(targets))
-        with self._lock:
-            self.decide.tick_one(rollout_id, self.clock())  # the first wave goes out now
+        if self.leading():  # else the leader's next tick sends it
+            with self._lock:
+                self.decide.tick_one(rollout_id, self.clock())  # the first wave goes out now
         return self.get(rollout_id)
 
     def get(self, rollout_id: str) -> Rollout:
@@ -332,7 +338,7 @@ class Rollouts:
         undo: bool = False,
     ) -> Rollout:
         with self._lock, session(self.engine) as s:
-            rollout = s.get(Rollout, rollout_id)
+            rollout = s.get(Rollout, rollout_id, with_for_update=True)  # not mid-tick
             if rollout is None:
                 raise RolloutError(f"no rollout {rollout_id!r}")
             if rollout.state not in allowed:

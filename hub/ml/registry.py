@@ -15,6 +15,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Engine, func
 from sqlmodel import col, select
@@ -52,12 +53,25 @@ class Registry:
         self._targets: dict[str, TargetEntry] = {}
         # (model, version) -> runtime -> target: what a device of each runtime installs
         self._artefacts: dict[tuple[str, int], dict[str, str]] = {}
-        with session(engine) as s:
-            rows: list[ModelVersion | ModelArtefact] = [*s.exec(select(ModelVersion))]
-            rows += s.exec(select(ModelArtefact))
-            for r in rows:
-                self._targets[r.target] = TargetEntry(r.sha256, r.size_bytes, r.chunk_size)
-                self._artefacts.setdefault((r.name, r.version), {}).setdefault(r.runtime, r.target)
+        self._remember(None, None)
+
+    def _remember(self, target: str | None, version: tuple[str, int] | None) -> bool:
+        """Read versions and artefacts from SQL into the maps: every one (at start), or
+        one ``target`` or ``version`` this process has not seen, which another hub replica
+        published (ADR 0032). True if something was found."""
+        rows: list[ModelVersion | ModelArtefact] = []
+        with session(self.engine) as s:
+            for table in (ModelVersion, ModelArtefact):
+                q: Any = select(table)  # either table: both have these columns
+                if target is not None:
+                    q = q.where(table.target == target)
+                if version is not None:
+                    q = q.where(table.name == version[0], table.version == version[1])
+                rows += s.exec(q)
+        for r in sorted(rows, key=lambda r: isinstance(r, ModelArtefact)):  # versions first
+            self._targets[r.target] = TargetEntry(r.sha256, r.size_bytes, r.chunk_size)
+            self._artefacts.setdefault((r.name, r.version), {}).setdefault(r.runtime, r.target)
+        return bool(rows)
 
     def next_version(self, name: str) -> int:
         with session(self.engine) as s:
@@ -77,7 +91,7 @@ class Registry:
         class_health: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ModelVersion:
         """Sign and register ``built`` as the next version of its model."""
-        with self._lock:
+        with self._lock, self.trust.serialized():  # one version number across replicas
             version = self.next_version(built.name)
             manifest = build_manifest(
                 built,
@@ -131,7 +145,8 @@ class Registry:
         Raises:
             RegistryError: the version has an artefact for that runtime already.
         """
-        with self._lock:
+        with self._lock, self.trust.serialized():
+            self._remember(None, (row.name, row.version))  # another replica's artefacts
             manifest = build_manifest(
                 built,
                 version=row.version,
@@ -172,12 +187,14 @@ class Registry:
 
     def artefacts(self, name: str, version: int) -> dict[str, str]:
         """Runtime -> target of every artefact of a version (empty when unknown)."""
+        if (name, version) not in self._artefacts:
+            self._remember(None, (name, version))
         return dict(self._artefacts.get((name, version), {}))
 
     def size_of(self, name: str, version: int, runtime: str) -> int | None:
         """Bytes of the version's artefact for ``runtime`` (else of its first one); None
         when the registry has no such version."""
-        artefacts = self._artefacts.get((name, version), {})
+        artefacts = self.artefacts(name, version)
         target = artefacts.get(runtime) or next(iter(artefacts.values()), None)
         entry = self._targets.get(target) if target is not None else None
         return entry.length if entry is not None else None
@@ -218,6 +235,8 @@ class Registry:
     def chunk(self, target: str, index: int) -> bytes | None:
         """Chunk ``index`` of ``target``; None when the target or index is unknown."""
         entry = self._targets.get(target)
+        if entry is None and self._remember(target, None):  # published by another replica
+            entry = self._targets.get(target)
         if entry is None:
             return None
         try:

@@ -11,6 +11,10 @@ from the hub's CA (hub/trust/pki.py)::
     hub.crt/.key     the hub's own MQTT client identity (CN ``edgefleet-hub``)
     ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/workers.py,
                      CN ``edgefleet-ingest-{i}``): they may only read telemetry
+    hub-{i}.crt/.key, hub-leader.crt/.key  with ``hub_replicas``: each hub replica's own
+                     identity and the one its leader's link uses (ADR 0032), with the
+                     hub's rights: one certificate per connection, since the broker takes
+                     its name as the client id
     passwords        only with ``plain_port``: the hub's password for the plain listener
     hub.password     only with ``plain_port``: that password in clear (mode 0600)
 
@@ -64,6 +68,7 @@ from hub.transport.broker import (
     MAX_QUEUED_BYTES,
     MAX_QUEUED_MESSAGES,
     BrokerError,
+    TlsIdentity,
     raise_nofile,
 )
 from hub.trust.pki import BROKER_IDENTITY, HUB_IDENTITY, CertificateAuthority
@@ -78,6 +83,28 @@ MAX_KEEPALIVE = 300  # seconds
 TLS_MIN_VERSION = "tlsv1.2"  # Mosquitto 2.0: the minimum; TLS 1.3 is offered too
 PASSWORD_ITERATIONS = 101  # PBKDF2 rounds, mosquitto_passwd's; the password is random
 DEFAULT_INGEST_WORKERS = 4  # ingest-worker identities written (hub serve --ingest-workers)
+
+
+def replica_tls(tls_dir: Path, index: int | None) -> TlsIdentity:
+    """Hub replica ``index``'s TLS files (None: the leader's link) in ``tls_dir``.
+
+    Raises:
+        ValueError: they are not there (the broker config was written for fewer replicas).
+    """
+    name = f"hub-{'leader' if index is None else index}"
+    if not (tls_dir / f"{name}.crt").exists():
+        raise ValueError(
+            f"no identity {name} in {tls_dir}: write the broker config with --hub-replicas"
+            " at least as many as the hub runs"
+        )
+    return TlsIdentity(tls_dir / "ca.crt", tls_dir / f"{name}.crt", tls_dir / f"{name}.key")
+
+
+def replica_identities(hub_identity: str, replicas: int) -> list[str]:
+    """The certificate names of ``replicas`` hub replicas and of their leader's link."""
+    if replicas <= 0:
+        return []
+    return [*(f"{hub_identity}-{i}" for i in range(replicas)), f"{hub_identity}-leader"]
 
 
 def ingest_identity(index: int) -> str:
@@ -106,6 +133,7 @@ class BrokerFiles:
     passwords: Path | None = None
     hub_password: Path | None = None
     ingest_workers: int = 0  # identities written for ingest workers
+    hub_replicas: int = 0  # identities written for hub replicas (and their leader's link)
 
     @property
     def start_command(self) -> list[str]:
@@ -124,6 +152,7 @@ def write_broker_config(
     plain_port: int | None = None,
     user: str | None = None,
     ingest_workers: int = DEFAULT_INGEST_WORKERS,
+    hub_replicas: int = 0,
 ) -> BrokerFiles:
     """Write a working Mosquitto config with TLS, client certificates, ACL and CRL.
 
@@ -146,8 +175,8 @@ def write_broker_config(
             its files; when this runs as root, server.key (and the passwords and the
             persistence directory) are given to it. None: Mosquitto's default
             (``mosquitto``), to which the operator must give read access.
-        ingest_workers: identities for this many hub ingest workers (``hub serve
-            --ingest-workers``), each allowed to read telemetry only.
+        ingest_workers: identities for this many hub ingest workers (read telemetry only).
+        hub_replicas: identities for this many hub replicas and their leader's link.
 
     Returns:
         The paths written and the listener's address.
@@ -175,9 +204,10 @@ def write_broker_config(
         passwords=out_dir / "passwords" if plain_port is not None else None,
         hub_password=out_dir / "hub.password" if plain_port is not None else None,
         ingest_workers=ingest_workers,
+        hub_replicas=hub_replicas,
     )
     _write_identities(files, ca)
-    acl = acl_text(hub_identity, ingest_workers)
+    acl = acl_text(hub_identity, ingest_workers, hub_replicas)
     write_atomic(files.acl, acl.encode(), mode=0o644)
     if files.passwords is not None and files.hub_password is not None:
         password = secrets.token_urlsafe(32)
@@ -195,7 +225,9 @@ def write_broker_config(
 def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
     """The CA, the CRL, and fresh certificates for the broker, the hub and its workers."""
     workers = [ingest_identity(i) for i in range(files.ingest_workers)]
-    ca.check_service_names([BROKER_IDENTITY, files.hub_identity, *workers])  # before any write
+    replicas = replica_identities(files.hub_identity, files.hub_replicas)
+    names = [BROKER_IDENTITY, files.hub_identity, *workers, *replicas]
+    ca.check_service_names(names)  # before any write
     server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=files.server_names)
     hub, hub_key = ca.issue_service(files.hub_identity)
     write_atomic(files.ca, ca.ca_pem, mode=0o644)
@@ -208,6 +240,11 @@ def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
         worker, worker_key = ca.issue_service(name)
         write_atomic(files.directory / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
         write_atomic(files.directory / f"ingest-{i}.key", worker_key, mode=0o600)
+    for name in replicas:
+        replica, replica_key = ca.issue_service(name)
+        file = "hub-" + name.removeprefix(f"{files.hub_identity}-")
+        write_atomic(files.directory / f"{file}.crt", replica.cert_pem, mode=0o644)
+        write_atomic(files.directory / f"{file}.key", replica_key, mode=0o600)
 
 
 def _give_to(user: str, paths: list[Path | None], persistence_dir: Path | None) -> None:
@@ -221,9 +258,12 @@ def _give_to(user: str, paths: list[Path | None], persistence_dir: Path | None) 
             os.chown(path, account.pw_uid, account.pw_gid)
 
 
-def acl_text(hub_identity: str = HUB_IDENTITY, ingest_workers: int = 0) -> str:
+def acl_text(
+    hub_identity: str = HUB_IDENTITY, ingest_workers: int = 0, hub_replicas: int = 0
+) -> str:
     """The ACL: device ``%u`` writes its reports and reads its commands; nothing else.
-    The hub reads and writes everything; its ingest workers read telemetry."""
+    The hub (and each hub replica) reads and writes everything; its ingest workers read
+    telemetry."""
     lines = [
         "# Generated by edgefleet (hub/transport/brokerconf.py). A client's username is the CN",
         "# of its certificate. `pattern` lines apply to every user (the hub too) with %u replaced;",
@@ -234,7 +274,9 @@ def acl_text(hub_identity: str = HUB_IDENTITY, ingest_workers: int = 0) -> str:
             lines.append(f"pattern write {ROOT}/%u/{kind}")
         elif kind in HUB_TO_DEVICE:
             lines.append(f"pattern read {ROOT}/%u/{kind}")
-    lines += ["", f"user {hub_identity}", f"topic readwrite {ROOT}/#", ""]
+    for hub in [hub_identity, *replica_identities(hub_identity, hub_replicas)]:
+        lines += ["", f"user {hub}", f"topic readwrite {ROOT}/#"]
+    lines.append("")
     for i in range(ingest_workers):
         lines += [f"user {ingest_identity(i)}", f"topic read {ROOT}/+/telemetry", ""]
     return "\n".join(lines)

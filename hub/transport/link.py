@@ -35,11 +35,32 @@ RETAINED_KIND = "/state"  # the one device topic whose retained message the hub 
 
 SUBSCRIPTIONS = [(f"{protocol.ROOT}/+/{kind}", 1) for kind in sorted(protocol.DEVICE_TO_HUB)]
 
+INGEST_GROUP = "edgefleet-ingest"  # $share group of the telemetry (hub/workers.py)
+REPLICA_GROUP = "edgefleet-hub"  # $share group of the replicas' fetch answers
+# What must stay in order per device, be read retained, or be judged in one place goes to
+# the leader's link alone (ADR 0032): states, deployment events, drift windows (alerts),
+# capture answers and their uploads.
+LEADER_KINDS = ("capture", "drift", "events", "state", "upload")
+
 
 def hub_subscriptions(*, telemetry: bool = True) -> list[tuple[str, int]]:
     """What the hub process subscribes to; without ``telemetry`` when ingest workers take
     it (hub/workers.py)."""
     return [s for s in SUBSCRIPTIONS if telemetry or not s[0].endswith("/telemetry")]
+
+
+def replica_subscriptions(*, telemetry: bool = True) -> list[tuple[str, int]]:
+    """A hub replica's own link: fetches shared with the other replicas, the telemetry
+    with them and the ingest workers (each message reaches one member)."""
+    subs = [(f"$share/{REPLICA_GROUP}/{protocol.ROOT}/+/fetch", 1)]
+    if telemetry:
+        subs.append((f"$share/{INGEST_GROUP}/{protocol.ROOT}/+/telemetry", 1))
+    return subs
+
+
+def leader_subscriptions() -> list[tuple[str, int]]:
+    """The leader's link: one persistent session that every new leader takes over."""
+    return [(f"{protocol.ROOT}/+/{kind}", 1) for kind in LEADER_KINDS]
 
 
 class MessageHandler(Protocol):

@@ -65,8 +65,12 @@ class Identities:
         *,
         crl_path: Path | None = None,
         reload_command: Sequence[str] | None = None,
+        reread_s: float | None = None,
     ) -> None:
         self.engine = engine
+        # hub replicas: read the revocations again when older than this (another replica
+        # may have revoked a device); None: this process makes every change
+        self.reread_s = reread_s
         self.ca = ca
         self.crl_path = crl_path
         self.reload_command = tuple(reload_command or ())
@@ -74,11 +78,17 @@ class Identities:
         self._crl_written = 0.0
         # what the last CRL publication did, for the operator who revoked a device
         self.broker_notice = "no TLS broker configured: nothing to tell"
-        with session(engine) as s:
+        self._read_revoked()
+
+    def _read_revoked(self) -> None:
+        self._read_at = time.monotonic()
+        with session(self.engine) as s:
             self._revoked = frozenset(s.exec(select(Revocation.device_id)))
 
     @property
     def revoked(self) -> frozenset[str]:
+        if self.reread_s is not None and time.monotonic() - self._read_at > self.reread_s:
+            self._read_revoked()
         return self._revoked
 
     def check_csr(self, device_id: str, csr_pem: bytes) -> None:

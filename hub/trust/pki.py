@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from hub.trust.profiles import client_extensions, self_signed_ca, server_extensions
+from hub.trust.sharing import SharedFileLock
 from shared.atomic import write_atomic
 from shared.protocol import is_device_id
 
@@ -125,8 +125,17 @@ class CertificateAuthority:
         self.directory = directory
         self._key = key
         self._cert = cert
-        self._lock = threading.Lock()
         self._ledger_path = directory / "ledger.json"
+        self._ledger = _load_ledger(self._ledger_path)
+        # hub replicas share the ledger: :meth:`share` makes each change cross-process
+        self._lock = SharedFileLock(self._ledger_path, self._reload_ledger)
+
+    def share(self) -> None:
+        """Hub replicas share this directory: lock the ledger across processes, and read
+        it again before use when another replica changed it (ADR 0032)."""
+        self._lock.shared = True
+
+    def _reload_ledger(self) -> None:
         self._ledger = _load_ledger(self._ledger_path)
 
     # ------------------------------------------------------------------ opening

@@ -29,11 +29,10 @@ Exceptions::
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -68,6 +67,7 @@ from hub.trust.roles import (
     remaining,
     renew,
 )
+from hub.trust.sharing import DirectoryAccess
 from shared.atomic import write_atomic
 from shared.director import DIRECTOR_FIELD
 from shared.reasons import Reason
@@ -105,7 +105,8 @@ class TrustRepository:
         self._signers: dict[str, list[CryptoSigner]] = {}
         self._roots: dict[int, bytes] = {}  # version -> N.root.json bytes
         self._files: dict[str, bytes] = {}  # root/targets/snapshot/timestamp.json -> bytes
-        self._lock_fd: int | None = None
+        # the directory's locks; shared by replicas: reload what the others write
+        self._access = DirectoryAccess(root_dir, self._meta_dir)
 
     @classmethod
     def open_or_init(
@@ -117,6 +118,7 @@ class TrustRepository:
         key_counts: Mapping[str, int] | None = None,
         root_keys_dir: Path | None = None,
         exclusive: bool = False,
+        shared: bool = False,
     ) -> TrustRepository:
         """Open the repository in ``root_dir``, or create one with fresh keys.
 
@@ -131,60 +133,67 @@ class TrustRepository:
                 hub runs without them; rotation and root renewal need them.
             exclusive: hold a lock on the repository until :meth:`close`, so a running
                 hub and ``edgefleet keys`` never sign over each other's metadata.
+            shared: for hub replicas on one directory (hub/trust/sharing.py): each write
+                waits for the others', and what another replica wrote is reloaded before
+                it is read. ``edgefleet keys`` is refused while any replica has it.
 
         Raises:
             TrustError: METADATA_INVALID if an existing repository is incomplete or its
                 online keys do not match its root.
-            RepositoryError: a bad threshold, or (``exclusive``) another process has it.
+            RepositoryError: a bad threshold, or (``exclusive``, ``shared``) another
+                process holds it in the other way.
             OSError: the directory cannot be read or written.
         """
         repo = cls(root_dir, expiry, root_keys_dir)
-        if exclusive:
-            repo._take_lock(root_dir)
-        with repo._lock:
+        repo._access = DirectoryAccess(root_dir, repo._meta_dir, exclusive=exclusive, shared=shared)
+        with repo._access.exclusive(), repo._lock:  # two replicas may start at once
             if (repo._meta_dir / "root.json").exists():
                 repo._load()
             else:
                 repo._init(key_plan(thresholds or {}, key_counts or {}))
+            repo._access.mark()
         return repo
 
     def close(self) -> None:
-        """Release the ``exclusive`` lock (nothing else needs closing)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        """Release the ``exclusive`` or ``shared`` lock (nothing else needs closing)."""
+        self._access.close()
 
-    def _take_lock(self, root_dir: Path) -> None:
-        root_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(root_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RepositoryError(
-                f"{root_dir} is in use by another process (a running hub?): stop it first"
-            ) from None
-        self._lock_fd = fd
+    def serialized(self) -> AbstractContextManager[None]:
+        """Hold the write lock around several steps (a registry's publish: the version
+        number, the target, the row), so replicas never sign two files as one target."""
+        return self._access.exclusive()
+
+    def _reading(self) -> AbstractContextManager[None]:
+        return self._access.reading(self._lock, self._reload)
+
+    def _writing(self) -> AbstractContextManager[None]:
+        return self._access.writing(self._lock, self._reload)
+
+    def _reload(self) -> None:
+        """Load what another replica wrote (its writes are whole: nothing to repair)."""
+        self._roots.clear()
+        self._files.clear()
+        self._load(reconcile=False)
 
     # ----------------------------------------------------------------- reading
 
     @property
     def root_version(self) -> int:
-        with self._lock:
+        with self._reading():
             return self._root.signed.version
 
     def pinned_root(self) -> bytes:
         """The current root.json, for a device to pin at enrolment."""
-        with self._lock:
+        with self._reading():
             return self._files["root.json"]
 
     def target_names(self) -> list[str]:
-        with self._lock:
+        with self._reading():
             return sorted(self._targets.signed.targets)
 
     def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
         """What a device at ``device_root_version`` needs: newer roots, then the top roles."""
-        with self._lock:
+        with self._reading():
             newest = self._root.signed.version
             first = max(device_root_version, 0) + 1
             files = [(f"{v}.root.json", self._roots[v]) for v in range(first, newest + 1)]
@@ -195,7 +204,7 @@ class TrustRepository:
 
     def keys(self) -> dict[str, dict[str, Any]]:
         """Per role: threshold, key ids, and how many of the private keys are here."""
-        with self._lock:
+        with self._reading():
             out: dict[str, dict[str, Any]] = {}
             for role in TOP_ROLES:
                 r = self._root.signed.roles[role]
@@ -232,13 +241,13 @@ class TrustRepository:
             raise TrustError(Reason.METADATA_INVALID, f"custom fields of {name}: {e}") from e
         target = TargetFile.from_data(name, data, ["sha256"])
         target.unrecognized_fields["custom"] = {_CUSTOM_JSON: text}
-        with self._lock:
+        with self._writing():
             self._targets.signed.targets[name] = target
             self._publish("targets")
 
     def refresh_timestamp(self, min_remaining_s: float) -> bool:
         """Re-sign the timestamp if it expires within ``min_remaining_s`` seconds."""
-        with self._lock:
+        with self._writing():
             if remaining(self._timestamp.signed) > min_remaining_s:
                 return False
             self._publish("timestamp")
@@ -255,7 +264,7 @@ class TrustRepository:
             the roles re-signed (``"root"`` included when renewed).
         """
         renewed: list[str] = []
-        with self._lock:
+        with self._writing():
             for role in ONLINE_ROLES:
                 md = getattr(self, f"_{role}")
                 if remaining(md.signed) < fraction * getattr(self._expiry, role):
@@ -269,7 +278,7 @@ class TrustRepository:
         return renewed
 
     def root_expires(self) -> datetime:
-        with self._lock:
+        with self._reading():
             return self._root.signed.expires
 
     def rotate(self, role: str, *, threshold: int | None = None, keys: int | None = None) -> int:
@@ -293,7 +302,7 @@ class TrustRepository:
         """
         if role not in ROLES:
             raise RepositoryError(f"unknown role {role!r}: one of {', '.join(ROLES)}")
-        with self._lock:
+        with self._writing():
             self._need_root_keys(f"rotating {role}")
             need = threshold or self._threshold(role)
             count = keys or max(need, len(self._role_keyids(role)))
@@ -328,7 +337,7 @@ class TrustRepository:
         Raises:
             RepositoryError: the root keys are not here.
         """
-        with self._lock:
+        with self._writing():
             self._need_root_keys("renewing the root")
             self._new_root(lambda root: None)
             return self._root.signed.version
@@ -342,7 +351,7 @@ class TrustRepository:
 
     def director_signers(self) -> list[CryptoSigner]:
         """The director's signers (deploy and rollback commands)."""
-        with self._lock:
+        with self._reading():
             return list(self._signers["director"])
 
     # ----------------------------------------------------------------- creating, loading
@@ -370,7 +379,7 @@ class TrustRepository:
         # root.json last: its presence is what marks a complete repository
         self._store_root(Metadata(root), self._signers["root"])
 
-    def _load(self) -> None:
+    def _load(self, *, reconcile: bool = True) -> None:
         try:
             self._root = parse_metadata(Root, self._read("root.json"))
             for v in range(1, self._root.signed.version + 1):
@@ -387,7 +396,8 @@ class TrustRepository:
                     )
         except (OSError, tuf_errors.RepositoryError, ValueError, KeyError) as e:
             raise TrustError(Reason.METADATA_INVALID, f"cannot open {self._meta_dir}: {e}") from e
-        self._reconcile()
+        if reconcile:
+            self._reconcile()
 
     def _read(self, filename: str) -> bytes:
         data = (self._meta_dir / filename).read_bytes()

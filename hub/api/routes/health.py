@@ -16,8 +16,14 @@ router = APIRouter(generate_unique_id_function=operation_id)
 
 @router.get("/health", name="health", response_model=Health)
 def health(h: HubDep) -> dict[str, Any]:
-    """Liveness: public, so it says nothing but whether the hub and its broker link are up."""
-    return {"ok": True, "broker_connected": h.mqtt.connected.is_set()}
+    """Liveness: public, so it says nothing but whether the hub and its broker link are up,
+    and whether this process is the leader among hub replicas."""
+    return {
+        "ok": True,
+        "broker_connected": h.mqtt.connected.is_set(),
+        "leader": h.leader.leading(),
+        "replica": h.config.replica,
+    }
 
 
 @router.get("/stats", name="stats", response_model=Stats, responses=DENIALS)

@@ -12,6 +12,8 @@ __all__ = ["Health", "Stats"]
 class Health(View):
     ok: bool
     broker_connected: bool
+    leader: bool = True  # this process runs the leader's work (always, for a single hub)
+    replica: int | None = None  # its index among hub replicas (ADR 0032); None: single
 
 
 class Stats(View):

@@ -1,0 +1,74 @@
+"""Where device messages go: the ingest writer with every report applier the hub runs,
+and an MQTT link wired to the owners of what it receives.
+
+The hub (hub/app.py) wires its link, and a replica its leader's link, through here; tests
+and benchmarks build a consumer of their own the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Engine
+
+from hub.fleet.progress import ProgressApplier
+from hub.ingest.report import Report, ReportApplier
+from hub.ingest.writer import Ingest
+from hub.telemetry.drift import DriftMonitor
+from hub.telemetry.windows import TelemetryWindows
+from hub.transport.budget import INGEST, Budget
+from hub.transport.inbound import (
+    NO_FETCHES,
+    CaptureSink,
+    DeviceMessages,
+    FetchSource,
+    no_revocations,
+)
+from hub.transport.link import MqttLink
+
+__all__ = ["make_ingest", "serve_devices"]
+
+
+def make_ingest(
+    engine: Engine,
+    *,
+    raw_max_age_s: float | None = None,
+    drift: DriftMonitor | None = None,
+    inline: bool = False,
+    on_stored: Callable[[list[Report]], None] | None = None,
+) -> Ingest:
+    """The ingest writer with every report applier the hub runs, in one transaction:
+    states and events (fleet), telemetry windows and drift summaries (telemetry)."""
+    appliers: list[ReportApplier] = [
+        ProgressApplier(),
+        TelemetryWindows(raw_max_age_s),
+        drift if drift is not None else DriftMonitor(engine),
+    ]
+    return Ingest(engine, appliers, inline=inline, on_stored=on_stored)
+
+
+def serve_devices(
+    link: MqttLink,
+    ingest: Ingest,
+    fetch: FetchSource | None = None,
+    *,
+    captures: CaptureSink | None = None,
+    revoked: Callable[[], frozenset[str]] = no_revocations,
+    budget: Budget = INGEST,
+) -> MqttLink:
+    """Wire the device messages ``link`` receives to their owners, before it starts.
+
+    Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
+    to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
+    Each device's reports are paid for from ``budget`` (hub/transport/budget.py).
+
+    Raises:
+        ValueError: ``ingest`` already acknowledges for another consumer.
+    """
+    if ingest.on_stored is not None:
+        raise ValueError("this Ingest already acknowledges for another consumer")
+    ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
+    handler = DeviceMessages(
+        link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
+    )
+    return link.serve(handler)
