@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.spool import DEFAULT_MAX_BYTES
 from bench.drill_fleet import Order, drill_worker
 from bench.drill_report import figures, print_table
 
@@ -113,6 +114,16 @@ class FleetProcesses:
                 self.state[w].progress = data
             else:
                 self.state[w].final = data
+
+    def check_alive(self) -> None:
+        """Raises: RuntimeError if a worker exited before its final report."""
+        dead = {
+            w: proc.exitcode
+            for w, proc in enumerate(self.procs)
+            if not proc.is_alive() and not self.state[w].final
+        }
+        if dead:
+            raise RuntimeError(f"fleet worker(s) died (worker: exit code) {dead}: see stderr")
 
     def total(self, key: str) -> int:
         return sum(int(s.progress.get(key) or 0) for s in self.state.values())
@@ -180,6 +191,7 @@ def wait_online(client: Any, fleet: FleetProcesses, n: int) -> None:
     last = 0.0
     while True:
         fleet.poll()
+        fleet.check_alive()
         online = len(client.devices(status="online"))
         if online >= n:
             return
@@ -266,6 +278,7 @@ def run_phase(
     last_line = 0.0
     while True:
         fleet.poll()
+        fleet.check_alive()
         now = time.time() - t0
         if due and now >= due[0][0]:
             at_s, kind = due.pop(0)
@@ -374,7 +387,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _settled_windows(hubs: Any) -> dict[str, set[int]]:
+def _settled_windows(hubs: Any) -> dict[str, dict[str, set[int]]]:
     """The hub's stored windows once its ingest has caught up (unchanged for a while)."""
     from bench.drill_stage import accepted_windows
 
@@ -382,7 +395,7 @@ def _settled_windows(hubs: Any) -> dict[str, set[int]]:
     deadline = time.monotonic() + 60.0
     while True:
         windows = accepted_windows(hubs)
-        total = sum(len(s) for s in windows.values())
+        total = sum(len(s) for by_device in windows.values() for s in by_device.values())
         if total != last:
             last, since = total, time.monotonic()
         elif time.monotonic() - since >= INGEST_SETTLE_S or time.monotonic() > deadline:
@@ -409,6 +422,7 @@ def _fleet_configs(
             rows_per_s=args.rows_per_s,
             window_s=args.window_s,
             fetch_timeout_s=args.fetch_timeout_s,
+            spool_max_bytes=args.spool_bytes,
         )
         for w, (first, count) in enumerate(_shares(args.devices, args.processes))
     ]
@@ -433,6 +447,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rows-per-s", type=float, default=5.0, help="inference rows/s per device")
     p.add_argument("--infer-share", type=float, default=0.1, help="devices that infer")
     p.add_argument("--window-s", type=float, default=10.0, help="telemetry window, seconds")
+    p.add_argument(
+        "--spool-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help="each device's telemetry spool bound (agent/spool.py)",
+    )
     p.add_argument("--fetch-timeout-s", type=float, default=30.0, help="agent re-asks after")
     p.add_argument("--settle-s", type=float, default=5.0, help="run on after the drill")
     p.add_argument("--seed", type=int, default=14)

@@ -11,8 +11,8 @@ to stop it stops its loop and sends one :class:`DeviceTally` per device.
 What is counted, on the device side, over every life of a device (a crash restarts it
 from its state directory):
 
-- telemetry windows produced: every window the agent put into its spool, by ``seq``
-  (simulator/fleet.py ``VirtualDevice._spooled``); a ``seq`` produced twice with
+- windows produced, telemetry and drift: every window the agent put into its spool, by
+  ``seq`` (simulator/fleet.py ``VirtualDevice._spooled``); a ``seq`` produced twice with
   different bodies would make the hub's ``(device, seq)`` dedup swallow a real window,
   so those are counted apart (``seq_reused``);
 - windows still pending in the spool when the loop stopped (not lost: they go out on the
@@ -39,6 +39,7 @@ from simulator.faults import FaultInjector, FaultSpec
 from simulator.fleet import Deliver, Fleet, FleetConfig, VirtualDevice
 
 REPORT_EVERY_S = 0.25  # progress reports to the drill
+SPOOLED = ("telemetry", "drift")  # the windows that go through a device's spool
 CONTROL_EVERY_S = 0.1  # how often the worker reads its orders
 
 
@@ -59,9 +60,10 @@ class DeviceTally:
     """One device's counts over all its lives (see the module docstring)."""
 
     device_id: str
-    produced: dict[int, int] = field(default_factory=dict)  # seq -> windows produced
+    # kind (telemetry, drift) -> seq -> windows produced
+    produced: dict[str, dict[int, int]] = field(default_factory=dict)
     seq_reused: int = 0  # a seq produced again with another body
-    pending: list[int] = field(default_factory=list)  # seqs still in the spool at the end
+    pending: dict[str, list[int]] = field(default_factory=dict)  # seqs left in the spool
     spool_dropped: int = 0
     executions: dict[str, int] = field(default_factory=dict)  # command id -> times run
     stages: dict[str, int] = field(default_factory=dict)  # "deployment:version:stage" -> n
@@ -88,7 +90,7 @@ class DrillWatch:
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
         self.tallies = {d.device_id: DeviceTally(d.device_id) for d in fleet.devices}
-        self._bodies: dict[tuple[str, int], bytes] = {}  # (device, seq) -> body digest
+        self._bodies: dict[tuple[str, str, int], bytes] = {}  # (device, kind, seq) -> digest
         self.target: tuple[str, int] | None = None
         self.injector: FaultInjector | None = None
         for dev in fleet.devices:
@@ -101,22 +103,23 @@ class DrillWatch:
 
         def tap(topic: str, payload: bytes) -> None:
             kind = topic.rsplit("/", 1)[-1]
-            if kind == "telemetry":
-                self._produced(tally, payload)
+            if kind in SPOOLED:
+                self._produced(tally, kind, payload)
             elif kind == "events":
                 self._event(tally, payload)
 
         return tap
 
-    def _produced(self, tally: DeviceTally, payload: bytes) -> None:
+    def _produced(self, tally: DeviceTally, kind: str, payload: bytes) -> None:
         body = protocol.decode(payload).body
         seq = int(body["seq"])
         digest = hashlib.sha256(payload).digest()
-        key = (tally.device_id, seq)
+        key = (tally.device_id, kind, seq)
         if key in self._bodies and self._bodies[key] != digest:
             tally.seq_reused += 1
         self._bodies[key] = digest
-        tally.produced[seq] = tally.produced.get(seq, 0) + 1
+        produced = tally.produced.setdefault(kind, {})
+        produced[seq] = produced.get(seq, 0) + 1
 
     def _event(self, tally: DeviceTally, payload: bytes) -> None:
         body = protocol.decode(payload).body
@@ -199,7 +202,7 @@ class DrillWatch:
         out = []
         for dev in self.fleet.devices:
             tally = self.tallies[dev.device_id]
-            tally.pending = [int(protocol.decode(e.payload).body["seq"]) for e in _pending(dev)]
+            tally.pending = _pending(dev)
             tally.spool_dropped = dev.spool.dropped
             tally.faults = sorted(hit.get(dev.device_id, []))
             out.append(tally.__dict__)
@@ -208,8 +211,13 @@ class DrillWatch:
         return {"devices": out, "injected": injected, "planned": planned}
 
 
-def _pending(dev: VirtualDevice) -> list[Any]:
-    return [e for e in dev.spool.spool.pending() if e.topic.endswith("/telemetry")]
+def _pending(dev: VirtualDevice) -> dict[str, list[int]]:
+    """The seqs of the windows still in the device's spool, by kind."""
+    out: dict[str, list[int]] = {}
+    for e in dev.spool.spool.pending():
+        kind = e.topic.rsplit("/", 1)[-1]
+        out.setdefault(kind, []).append(int(protocol.decode(e.payload).body["seq"]))
+    return out
 
 
 def _gave_up(tally: DeviceTally, version: int) -> bool:

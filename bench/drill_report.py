@@ -29,7 +29,7 @@ def figures(
     reference: Any,
     drill: Any,
     finals: list[dict[str, Any]],
-    accepted: dict[str, set[int]],
+    accepted: dict[str, dict[str, set[int]]],
     version: dict[str, Any],
     faults: list[dict[str, Any]],
 ) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def figures(
             if drill.seconds and reference.seconds
             else None
         ),
-        "telemetry": _telemetry(devices, accepted),
+        **_windows(devices, accepted),
         "commands": _commands(devices, int(version["version"])),
         "faults": {
             "device": _merge([f.get("injected", {}) for f in finals]),
@@ -67,6 +67,7 @@ def figures(
                 "window_s",
                 "fetch_timeout_s",
                 "link_loss_s",
+                "spool_bytes",
             )
         },
         "fleet_cpu_s": round(sum(f.get("cpu_s", 0.0) for f in finals), 1),
@@ -113,37 +114,49 @@ def _times(devices: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     return out
 
 
-def _telemetry(devices: list[dict[str, Any]], accepted: dict[str, set[int]]) -> dict[str, Any]:
-    produced = accepted_n = pending_n = missing_n = dropped = unaccounted = reused = 0
+def _windows(
+    devices: list[dict[str, Any]], accepted: dict[str, dict[str, set[int]]]
+) -> dict[str, Any]:
+    """Telemetry and drift windows: produced, accepted, pending, missing; and the missing
+    ones beyond what each device's spool says it dropped (its counter covers both kinds)."""
+    kinds = ("telemetry", "drift")
+    out: dict[str, Any] = {k: Counter() for k in kinds}
+    dropped = unaccounted = reused = 0
     worst: list[dict[str, Any]] = []
     for d in devices:
-        seqs = {int(s) for s in d["produced"]}
-        hub = accepted.get(d["device_id"], set())
-        pending = set(d["pending"])
-        missing = seqs - hub - pending
-        produced += sum(d["produced"].values())
-        accepted_n += len(seqs & hub)
-        pending_n += len(pending - hub)
-        missing_n += len(missing)
+        lost: dict[str, list[int]] = {}
+        for kind in kinds:
+            produced = d["produced"].get(kind, {})
+            seqs = set(produced)
+            hub = accepted.get(kind, {}).get(d["device_id"], set())
+            pending = set(d["pending"].get(kind, ())) - hub
+            missing = seqs - hub - pending
+            c = out[kind]
+            c["produced"] += sum(produced.values())
+            c["accepted"] += len(seqs & hub)
+            c["pending_in_spools"] += len(pending)
+            c["missing"] += len(missing)
+            if missing:
+                lost[kind] = sorted(missing)
         dropped += d["spool_dropped"]
         reused += d["seq_reused"]
-        beyond = max(0, len(missing) - d["spool_dropped"])
+        beyond = max(0, sum(len(v) for v in lost.values()) - d["spool_dropped"])
         unaccounted += beyond
         if beyond:
-            worst.append(
-                {"device": d["device_id"], "missing": sorted(missing)[:10], "faults": d["faults"]}
-            )
-    return {
-        "produced": produced,
-        "accepted": accepted_n,
-        "pending_in_spools": pending_n,
-        "missing": missing_n,
-        "spool_dropped": dropped,
-        "unaccounted": unaccounted,
-        "seq_reused": reused,
-        "accepted_share": round(accepted_n / produced, 4) if produced else None,
-        "unaccounted_devices": worst[:10],
-    }
+            worst.append({"device": d["device_id"], "missing": lost, "faults": d["faults"]})
+    for kind in kinds:
+        c = out[kind]
+        c["accepted_share"] = round(c["accepted"] / c["produced"], 4) if c["produced"] else None
+        out[kind] = dict(c)
+    out["telemetry"].update(
+        {
+            "spool_dropped": dropped,  # telemetry and drift entries, all devices
+            "unaccounted": unaccounted,
+            "seq_reused": reused,
+            "unaccounted_devices": worst[:10],
+        }
+    )
+    return out
 
 
 def _commands(devices: list[dict[str, Any]], version: int) -> dict[str, Any]:
@@ -189,6 +202,11 @@ def print_table(r: dict[str, Any]) -> None:
     t, c = r["telemetry"], r["commands"]
     rows = [
         ("devices converged", json.dumps(r["converged"])),
+        (
+            "drift windows",
+            f"{r['drift']['accepted']}/{r['drift']['produced']} accepted, "
+            f"{r['drift']['pending_in_spools']} pending, {r['drift']['missing']} missing",
+        ),
         ("time to converge", f"{r['seconds']} s vs {r['reference_seconds']} s without faults"),
         ("ratio", str(r["ratio"])),
         ("converge times", json.dumps(r["converge_times_s"])),

@@ -90,17 +90,23 @@ def kill_leader(hubs: Hubs) -> dict[str, Any]:
     return record
 
 
-def accepted_windows(hubs: Hubs) -> dict[str, set[int]]:
-    """The raw telemetry windows the hub has stored, by device: ``{device: {seq}}``.
+def accepted_windows(hubs: Hubs) -> dict[str, dict[str, set[int]]]:
+    """The windows the hub has stored, by kind and device: ``{kind: {device: {seq}}}``
+    (``telemetry``: raw windows; ``drift``: drift sketches, one per window).
 
     Read from the hub's SQLite file (WAL: a reader does not block the hub's writer).
     """
+    queries = {
+        "telemetry": "SELECT device_id, seq FROM telemetry WHERE seq >= 0",
+        "drift": "SELECT device_id, seq FROM driftwindow",
+    }
     db = sqlite3.connect(f"file:{hubs.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=30)
+    out: dict[str, dict[str, set[int]]] = {}
     try:
-        rows = db.execute("SELECT device_id, seq FROM telemetry WHERE seq >= 0").fetchall()
+        for kind, query in queries.items():
+            by_device = out.setdefault(kind, {})
+            for device_id, seq in db.execute(query).fetchall():
+                by_device.setdefault(device_id, set()).add(int(seq))
     finally:
         db.close()
-    out: dict[str, set[int]] = {}
-    for device_id, seq in rows:
-        out.setdefault(device_id, set()).add(int(seq))
     return out
