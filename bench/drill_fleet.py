@@ -21,7 +21,9 @@ from its state directory):
 - command executions per command id: a command counts as executed when its id enters
   the agent's replay memory (agent/core/commands.py), i.e. the agent acted on it; an id
   executed twice is a command the device ran twice;
-- stage events per deployment (``received``: a job started; ``activated``: an install).
+- stage events per deployment (``received``: a job started; ``activated``: an install);
+  the answer to a deploy re-sent for the job in progress repeats its current stage with
+  the detail ``in progress (...)`` and is counted apart (``activated(re-sent)``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from simulator.fleet import Deliver, Fleet, FleetConfig, VirtualDevice
 
 REPORT_EVERY_S = 0.25  # progress reports to the drill
 SPOOLED = ("telemetry", "drift")  # the windows that go through a device's spool
+# agent/core/update.py answers a deploy re-sent for the job in progress with the stage
+# the job is at and this detail; such an event repeats a stage, it does not redo it
+RESENT_DETAIL = "in progress ("
+RESENT_SUFFIX = "(re-sent)"
 CONTROL_EVERY_S = 0.1  # how often the worker reads its orders
 
 
@@ -123,7 +129,11 @@ class DrillWatch:
 
     def _event(self, tally: DeviceTally, payload: bytes) -> None:
         body = protocol.decode(payload).body
-        key = f"{body['deployment']}:{body['version']}:{body['stage']}"
+        stage = body["stage"]
+        if str(body.get("detail", "")).startswith(RESENT_DETAIL):
+            # the answer to a re-sent deploy: where the job stands, not a step taken again
+            stage = f"{stage}{RESENT_SUFFIX}"
+        key = f"{body['deployment']}:{body['version']}:{stage}"
         tally.stages[key] = tally.stages.get(key, 0) + 1
         if (
             self.target is not None
@@ -206,9 +216,17 @@ class DrillWatch:
             tally.spool_dropped = dev.spool.dropped
             tally.faults = sorted(hit.get(dev.device_id, []))
             out.append(tally.__dict__)
+        dropped: Counter[str] = Counter()  # what the agents dropped as bad input, by reason
+        for dev in self.fleet.devices:
+            dropped.update(dev.device.core.dropped)
         injected = dict(self.injector.counts) if self.injector else {}
         planned = self.injector.planned() if self.injector else {}
-        return {"devices": out, "injected": injected, "planned": planned}
+        return {
+            "devices": out,
+            "injected": injected,
+            "planned": planned,
+            "agent_dropped": dict(dropped),
+        }
 
 
 def _pending(dev: VirtualDevice) -> dict[str, list[int]]:

@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from bench.drill_fleet import RESENT_SUFFIX
+
 GOALS = {
     "converged_share": 1.0,  # every device: no device in the drill is faulty by design
     "telemetry_unaccounted": 0,  # missing windows beyond the spools' reported drops
@@ -49,6 +51,8 @@ def figures(
         ),
         **_windows(devices, accepted),
         "commands": _commands(devices, int(version["version"])),
+        # bad input the agents counted and dropped (a crash resets a device's counts)
+        "agent_dropped": _merge([f.get("agent_dropped", {}) for f in finals]),
         "faults": {
             "device": _merge([f.get("injected", {}) for f in finals]),
             "devices_planned": _merge([f.get("planned", {}) for f in finals]),
@@ -160,7 +164,7 @@ def _windows(
 
 
 def _commands(devices: list[dict[str, Any]], version: int) -> dict[str, Any]:
-    executions = twice = deployed_twice = restarted_jobs = 0
+    executions = twice = deployed_twice = restarted_jobs = resent_answers = 0
     for d in devices:
         counts = d["executions"].values()
         executions += sum(counts)
@@ -172,11 +176,13 @@ def _commands(devices: list[dict[str, Any]], version: int) -> dict[str, Any]:
                 stages[stage] += c
         deployed_twice += stages["activated"] > 1
         restarted_jobs += stages["received"] > 1
+        resent_answers += sum(c for k, c in stages.items() if k.endswith(RESENT_SUFFIX))
     return {
         "executed": executions,
         "executed_twice": twice,
         "devices_deployed_twice": deployed_twice,
         "devices_with_two_jobs": restarted_jobs,
+        "resent_deploys_answered_in_progress": resent_answers,
     }
 
 
