@@ -115,6 +115,19 @@ class FleetProcesses:
             else:
                 self.state[w].final = data
 
+    def wait_target(self, version: int, timeout: float = 60.0) -> None:
+        """Until every worker reports on ``version`` (no count of the last phase is left).
+
+        Raises:
+            TimeoutError: a worker did not take the order in time.
+        """
+        deadline = time.monotonic() + timeout
+        while any(s.progress.get("version") != version for s in self.state.values()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fleet workers did not take version {version} in time")
+            self.poll()
+            self.check_alive()
+
     def check_alive(self) -> None:
         """Raises: RuntimeError if a worker exited before its final report."""
         dead = {
@@ -270,7 +283,7 @@ def run_phase(
     converged and every fault has struck and recovered, or ``--timeout``."""
     args, fleet, client, n = ctx.args, ctx.fleet, ctx.client, ctx.args.devices
     fleet.send(Order("target", MODEL_NAME, version["version"], tuple(faults), args.seed))
-    fleet.poll(3 * POLL_S)  # the workers have the order (they read it every 0.1 s)
+    fleet.wait_target(version["version"])
     t0 = time.time()
     created = client.create_rollout(MODEL_NAME, version=version["version"])
     phase = Phase(str(created["id"]), t0)

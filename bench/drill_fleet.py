@@ -193,6 +193,7 @@ class DrillWatch:
             elif target is not None and _gave_up(tally, target[1]):
                 failed += 1
         return {
+            "version": target[1] if target else None,  # the target these counts are for
             "connected": self.fleet.loop.stats.connected,
             "done": done,
             "failed": failed,
