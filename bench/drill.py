@@ -436,6 +436,7 @@ def _fleet_configs(
             window_s=args.window_s,
             fetch_timeout_s=args.fetch_timeout_s,
             spool_max_bytes=args.spool_bytes,
+            heartbeat_s=args.heartbeat_s,
         )
         for w, (first, count) in enumerate(_shares(args.devices, args.processes))
     ]
@@ -461,6 +462,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--infer-share", type=float, default=0.1, help="devices that infer")
     p.add_argument("--window-s", type=float, default=10.0, help="telemetry window, seconds")
     p.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=None,
+        help="idle windows coalesce into one per this many seconds (default: the window, "
+        "so every device sends every window and all of them are counted)",
+    )
+    p.add_argument(
         "--spool-bytes",
         type=int,
         default=DEFAULT_MAX_BYTES,
@@ -484,6 +492,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be within 0..1")
     if args.devices < 1 or args.processes < 1:
         p.error("--devices and --processes must be >= 1")
+    if args.heartbeat_s is None:
+        args.heartbeat_s = args.window_s
     return args
 
 

@@ -69,6 +69,7 @@ def figures(
                 "rows_per_s",
                 "infer_share",
                 "window_s",
+                "heartbeat_s",
                 "fetch_timeout_s",
                 "link_loss_s",
                 "spool_bytes",
