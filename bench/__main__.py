@@ -13,6 +13,7 @@ import sys
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "predict": ("bench.predict", "Predictor.predict vs raw onnxruntime session.run"),
     "rollout": ("bench.rollout", "a ~1 MiB model to N simulated devices vs raw Mosquitto"),
+    "drill": ("bench.drill", "a rollout through broker restarts, a hub kill, crashes, bad chunks"),
     "ingest": ("bench.ingest", "hub telemetry ingest into SQLite vs mosquitto_sub, same stream"),
     "drift_observer": ("bench.drift_observer", "the drift recorder's cost per predict call"),
     "drift": ("bench.drift", "drift on a share of N devices: detection delay, accuracy, ADWIN"),
