@@ -49,7 +49,7 @@ from hub.transport.broker import (
     Mosquitto,
     TlsIdentity,
 )
-from hub.transport.budget import INGEST, Budget
+from hub.transport.budget import INGEST, Budget, Budgets
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
@@ -60,6 +60,7 @@ from hub.transport.inbound import (
     FetchSource,
     no_revocations,
 )
+from hub.transport.intake import intake_spec, start_intake
 from hub.transport.link import MqttLink, hub_subscriptions
 from hub.transport.local_broker import BrokerRecord, read_record, start_private_broker, write_record
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
@@ -108,11 +109,16 @@ class Hub:
             self.engine, raw_max_age_s=self.retention.raw_age_s, drift=self.drift
         )
         self.ingest.start()
+        # telemetry: the ingest workers', else the hub's own intake (ADR 0033), else the link's
+        embedded = isinstance(self.local_broker, EmbeddedBroker)
+        spec = None if cfg.ingest_workers else intake_spec(
+            self.broker, cfg.client_id, cfg.broker_tls_dir, embedded=embedded
+        )  # fmt: skip
         self.mqtt = MqttLink(
             self.broker,
             client_id=cfg.client_id,
             tls=tls,
-            subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0),
+            subscriptions=hub_subscriptions(telemetry=cfg.ingest_workers == 0 and spec is None),
         )
         self.entitlements = load_entitlements(self.engine)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
@@ -128,16 +134,21 @@ class Hub:
             on_dataset=self.capture_versions,
         )
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
+        budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
             self.mqtt,
             self.ingest,
             self.fetch,
             captures=self.datasets,
             revoked=self.revoked,
-            budget=cfg.ingest_budget,
+            budget=budgets,
         )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
+        self.intake = None if spec is None else start_intake(
+            spec, self.broker, self.ingest, revoked=self.revoked, budget=budgets,
+            counts=self.mqtt.counts, dropped=self.mqtt.dropped,
+        )  # fmt: skip
         self.rollouts = Rollouts(
             self.engine,
             self.registry,
@@ -253,6 +264,8 @@ class Hub:
         self.rollouts.stop()
         self.jobs.shutdown()
         self.mqtt.stop()
+        if self.intake is not None:
+            self.intake.stop()
         if self.workers is not None:
             self.workers.stop()
         self.ingest.stop()
@@ -425,7 +438,7 @@ def serve_devices(
     *,
     captures: CaptureSink | None = None,
     revoked: Callable[[], frozenset[str]] = no_revocations,
-    budget: Budget = INGEST,
+    budget: Budget | Budgets = INGEST,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 
