@@ -6,6 +6,8 @@ it was away."""
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +15,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from sqlmodel import func, select
+from tlsbroker import TlsClient, enrol
 from waiting import wait_for
 
 from hub import Hub, HubConfig
 from hub.store.tables import Telemetry, session
-from hub.transport.broker import BrokerAddress, Mosquitto
+from hub.transport.broker import BrokerAddress, Mosquitto, free_port
+from hub.transport.brokerconf import TlsMosquitto, write_broker_config
 from hub.transport.budget import Budget
 from hub.transport.intake import TELEMETRY_TOPIC, intake_spec
+from hub.trust.pki import CertificateAuthority
 from shared import protocol
 
 pytestmark = pytest.mark.broker
@@ -144,3 +149,28 @@ def test_the_intake_on_a_tls_broker_takes_an_ingest_identity_or_leaves_telemetry
     shared = intake_spec(plain, "hub-2", None, topic_filter="$share/hubs/ef/v1/dev/+/telemetry")
     assert shared is not None and shared.client_id == "hub-2-telemetry"
     assert shared.topic_filter.startswith("$share/hubs/")
+
+
+@pytest.mark.slow
+def test_a_hub_on_a_tls_broker_stores_telemetry_as_its_ingest_identity(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    ca = CertificateAuthority.open_or_init(data / "pki")
+    user = pwd.getpwuid(os.geteuid()).pw_name  # Mosquitto runs as us, not `mosquitto`
+    files = write_broker_config(tmp_path / "broker", ca, port=free_port(), user=user)
+    with TlsMosquitto(files):
+        url = f"mqtts://localhost:{files.port}"
+        hub = Hub(HubConfig(data_dir=data, broker_url=url, broker_tls_dir=files.directory))
+        hub.start()
+        device = TlsClient(("localhost", files.port), files.ca, enrol(ca, tmp_path / "d", "tls-1"))
+        try:
+            assert hub.intake is not None and hub.mqtt.connected.is_set()
+            assert hub.intake.subscriber.client_id == "edgefleet-ingest-0"
+            assert device.connect()
+            for seq in range(3):
+                payload = window(seq, time.time() - 100 + seq)
+                assert device.publish(protocol.topic("tls-1", "telemetry"), payload).value == 0
+            wait_for(lambda: rows(hub, "tls-1") == 3, 10, "the windows, through the intake")
+            assert hub.mqtt.connected.is_set()  # the link kept its own session
+        finally:
+            device.close()
+            hub.stop()
