@@ -20,16 +20,16 @@ The stream: ``--devices`` device ids, ``--windows`` telemetry windows each (vali
 plus ``--replay`` of them sent a second time, as a device replaying its spool after a
 lost PUBACK would.
 
-How the comparison is kept fair and repeatable: each side in turn gets a broker of its
-own, registers its persistent sessions (clean session off, QoS 1 on
-``ef/v1/dev/+/telemetry``) and goes away; then rounds follow: the stream is published
-while the side is away (the broker queues it), and the side reconnects and drains its
-queue, timed, so no consumer shares the two cores with the publisher or with another
-consumer. Rounds go on until the side has drained for ``--seconds`` (10 s by default) in
-all; its rate is messages / drained seconds. (A single drain of ``mosquitto_sub`` lasts
-about half a second, and such short runs swung from 155k to 264k msg/s.) The sides take
-turns, ``--repeats`` times, so that a load that comes and goes on the machine falls on
-all of them; each side's spread over the repeats is reported (min / median / max, and
+How the comparison is kept fair and repeatable: each side gets a broker of its own,
+registers its persistent sessions (clean session off, QoS 1 on ``ef/v1/dev/+/telemetry``)
+and goes away; then rounds follow: the stream is published while the side is away (the
+broker queues it), and the side reconnects and drains its queue, timed, so no consumer
+shares the two cores with the publisher or with another consumer. The sides take turns
+round by round, so that a load that comes and goes on the machine falls on all of them,
+until each has drained for ``--seconds`` (10 s by default) in all; its rate is messages /
+drained seconds. (A single drain of ``mosquitto_sub`` lasts about half a second, and
+such short runs swung from 155k to 264k msg/s.) That is one repeat; there are
+``--repeats``, and each side's spread over them is reported (min / median / max, and
 (max - min) / median), and so is each hub path's ratio per repeat. ``ratio`` = the
 median hub rate / the median raw rate. Each hub round's outcome is checked: rows in
 SQLite = unique windows, duplicates counted = replays sent (``exact``).
@@ -66,6 +66,7 @@ log = logging.getLogger("bench.ingest")
 GOALS = {"hub_msgs_per_s": 20_000.0, "ratio": 0.5, "single_msgs_per_s": 30_000.0}
 PATHS = {"both": ["workers", "single"], "all": ["workers", "single", "paho"]}
 RAW_QUEUES = 4  # raw sessions one publish fills: its drains are short, publishing is not
+HOST = "127.0.0.1"
 
 
 def consumers(args: argparse.Namespace, path: str) -> int:
@@ -93,44 +94,88 @@ def _drain_hub(
     return got
 
 
-def measure_side(
-    args: argparse.Namespace, side: str, packets: list[bytes], unique: int, work: Path
-) -> dict[str, Any]:
-    """Rounds of publish-then-drain on a broker of the side's own, until it has drained
-    for ``--seconds``; its totals."""
-    from hub.transport.broker import Mosquitto
+class Side:
+    """One side of the comparison on a broker of its own: its sessions registered, then
+    rounds of publish-then-drain, added up."""
 
-    totals: dict[str, Any] = {"messages": 0, "seconds": 0.0, "cpu_s": 0.0, "rounds": 0}
-    totals.update(exact=True, dropped={})
-    with Mosquitto(work / f"broker-{side}") as broker:
-        host, port = "127.0.0.1", broker.port
-        queues = RAW_QUEUES if side == "raw" else 1
-        for i in range(queues if side == "raw" else 0):
-            subprocess.run(raw_command(host, port, None, i), check=True, timeout=30)
-        if side != "raw":
-            register_hub_sessions(host, port, work / "register.db", consumers(args, side), side)
-        while totals["rounds"] == 0 or totals["seconds"] < args.seconds:
-            totals["publish_s"] = totals.get("publish_s", 0.0) + publish(host, port, packets)
-            for i in range(queues):
-                if side == "raw":
-                    got = measure_raw(host, port, len(packets), i)
-                else:
-                    got = _drain_hub(args, side, host, port, work / "hub.db", len(packets))
-                    exact = (
-                        got["rows_stored"] == unique and got["duplicates"] == len(packets) - unique
-                    )
-                    totals["exact"] = totals["exact"] and exact and got["messages"] == len(packets)
-                    for k, v in got["dropped"].items():
-                        totals["dropped"][k] = totals["dropped"].get(k, 0) + v
-                for k in ("messages", "seconds", "cpu_s"):
-                    totals[k] += got[k]
-                totals["rounds"] += 1
-    n, s = totals["messages"], totals["seconds"]
-    totals["msgs_per_s"] = round(n / s, 1) if s > 0 else 0.0
-    totals["cpu_us_per_msg"] = round(totals["cpu_s"] / n * 1e6, 1) if n else None
-    for k in ("seconds", "cpu_s", "publish_s"):
-        totals[k] = round(totals[k], 3)
-    return totals
+    def __init__(
+        self, args: argparse.Namespace, name: str, packets: list[bytes], unique: int, work: Path
+    ) -> None:
+        from hub.transport.broker import Mosquitto
+
+        self.args, self.name, self.work = args, name, work
+        self.packets, self.unique = packets, unique
+        self.totals: dict[str, Any] = {"messages": 0, "seconds": 0.0, "cpu_s": 0.0, "rounds": 0}
+        self.totals.update(publish_s=0.0, exact=True, dropped={})
+        self.broker = Mosquitto(work / f"broker-{name}").start()
+        self.port = self.broker.port
+        self.queues = RAW_QUEUES if name == "raw" else 1
+        try:
+            self._register()
+        except BaseException:
+            self.broker.stop()
+            raise
+
+    def _register(self) -> None:
+        """Each consumer connects once: the broker then queues the stream for it."""
+        if self.name == "raw":
+            for i in range(self.queues):
+                subprocess.run(raw_command(HOST, self.port, None, i), check=True, timeout=30)
+        else:
+            n = consumers(self.args, self.name)
+            register_hub_sessions(HOST, self.port, self.work / "register.db", n, self.name)
+
+    @property
+    def done(self) -> bool:
+        return self.totals["rounds"] > 0 and self.totals["seconds"] >= self.args.seconds
+
+    def round(self) -> None:
+        """Publish the stream while the side is away, then drain each of its queues."""
+        t, n = self.totals, len(self.packets)
+        t["publish_s"] += publish(HOST, self.port, self.packets)
+        for i in range(self.queues):
+            if self.name == "raw":
+                got = measure_raw(HOST, self.port, n, i)
+            else:
+                got = _drain_hub(self.args, self.name, HOST, self.port, self.work / "hub.db", n)
+                exact = got["rows_stored"] == self.unique and got["duplicates"] == n - self.unique
+                t["exact"] = t["exact"] and exact and got["messages"] == n
+                for k, v in got["dropped"].items():
+                    t["dropped"][k] = t["dropped"].get(k, 0) + v
+            for k in ("messages", "seconds", "cpu_s"):
+                t[k] += got[k]
+            t["rounds"] += 1
+
+    def close(self) -> dict[str, Any]:
+        """Stop the broker; the side's totals."""
+        self.broker.stop()
+        t = self.totals
+        n, s = t["messages"], t["seconds"]
+        t["msgs_per_s"] = round(n / s, 1) if s > 0 else 0.0
+        t["cpu_us_per_msg"] = round(t["cpu_s"] / n * 1e6, 1) if n else None
+        for k in ("seconds", "cpu_s", "publish_s"):
+            t[k] = round(t[k], 3)
+        return t
+
+
+def measure_repeat(
+    args: argparse.Namespace, names: list[str], packets: list[bytes], unique: int
+) -> dict[str, dict[str, Any]]:
+    """One repeat: the sides take turns round by round until each has drained for
+    ``--seconds``, so that a load that comes and goes falls on all of them."""
+    work = Path(tempfile.mkdtemp(prefix="ef-bench-ingest-"))
+    sides: list[Side] = []
+    try:
+        sides = [Side(args, name, packets, unique, work) for name in names]
+        while not all(side.done for side in sides):
+            for side in sides:
+                if not side.done:
+                    side.round()
+        return {side.name: side.close() for side in sides}
+    finally:
+        for side in sides:
+            side.broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -156,12 +201,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     paths = PATHS.get(args.paths, [args.paths])
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in ["raw", *paths]}
     for _ in range(args.repeats):
-        for side in runs:
-            work = Path(tempfile.mkdtemp(prefix="ef-bench-ingest-"))
-            try:
-                runs[side].append(measure_side(args, side, packets, unique, work))
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+        for side, totals in measure_repeat(args, list(runs), packets, unique).items():
+            runs[side].append(totals)
     return report(args, stream, unique, runs, make_s)
 
 
