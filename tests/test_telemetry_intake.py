@@ -20,7 +20,7 @@ from waiting import wait_for
 
 from hub import Hub, HubConfig
 from hub.store.tables import Telemetry, session
-from hub.transport.broker import BrokerAddress, Mosquitto, free_port
+from hub.transport.broker import BrokerAddress, EmbeddedBroker, Mosquitto, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
 from hub.transport.budget import Budget
 from hub.transport.intake import TELEMETRY_TOPIC, intake_spec
@@ -175,3 +175,27 @@ def test_a_hub_on_a_tls_broker_stores_telemetry_as_its_ingest_identity(tmp_path:
         finally:
             device.close()
             hub.stop()
+
+
+@pytest.mark.slow
+# amqtt's broker leaves its event loop and two sockets unclosed when stopped (EmbeddedBroker)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_hub_on_the_embedded_broker_keeps_telemetry_on_its_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Mosquitto, "available", staticmethod(lambda: False))  # as without it
+    hub = Hub(HubConfig(data_dir=tmp_path / "hub", client_id="h-emb")).start()
+    try:
+        assert isinstance(hub.local_broker, EmbeddedBroker) and hub.intake is None
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="emb-device")
+        client.connect(hub.broker.host, hub.broker.port)
+        client.loop_start()
+        try:
+            send(client, "emb-1", range(3))
+            wait_for(lambda: rows(hub, "emb-1") == 3, 20, "the windows, through the link")
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        assert hub.mqtt.counts["telemetry"] == 3
+    finally:
+        hub.stop()
