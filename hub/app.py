@@ -48,10 +48,13 @@ from hub.transport.broker import (
     TlsIdentity,
 )
 from hub.transport.brokerconf import replica_tls
+from hub.transport.budget import Budgets
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
+from hub.transport.intake import IntakeSpec, intake_spec, start_intake
 from hub.transport.link import (
+    INGEST_GROUP,
     MqttLink,
     hub_subscriptions,
     leader_subscriptions,
@@ -111,7 +114,9 @@ class Hub:
         )
         self.ingest.start()
         replica = cfg.replica is not None
-        telemetry = cfg.ingest_workers == 0
+        # telemetry: the ingest workers', else the hub's own intake (ADR 0033), else the link's
+        spec = None if cfg.ingest_workers else self._intake_spec(cfg)
+        telemetry = cfg.ingest_workers == 0 and spec is None
         self.mqtt = MqttLink(
             self.broker,
             client_id=cfg.client_id if not replica else f"{cfg.client_id}-{cfg.replica}",
@@ -134,18 +139,23 @@ class Hub:
             on_dataset=self.capture_versions,
         )
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
+        budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
             self.mqtt,
             self.ingest,
             self.fetch,
             captures=self.datasets,
             revoked=self.revoked,
-            budget=cfg.ingest_budget,
+            budget=budgets,
         )
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
+        self.intake = None if spec is None else start_intake(
+            spec, self.broker, self.ingest, revoked=self.revoked, budget=budgets,
+            counts=self.mqtt.counts, dropped=self.mqtt.dropped,
+        )  # fmt: skip
         self.rollouts = Rollouts(
             self.engine,
             self.registry,
@@ -185,6 +195,26 @@ class Hub:
         self.loop.start()
         self.alerts.start()
         self._maintenance.start()
+
+    def _intake_spec(self, cfg: HubConfig) -> IntakeSpec | None:
+        """The hub's own telemetry intake (ADR 0033); None: telemetry on the paho link.
+
+        A replica's intake shares the telemetry with the others through ``$share``, under
+        a client id of its own. On a TLS broker the intake's identity is one certificate
+        (ingest identity 0), which replicas cannot share: they take telemetry on paho.
+        """
+        embedded = isinstance(self.local_broker, EmbeddedBroker)
+        if cfg.replica is None:
+            return intake_spec(self.broker, cfg.client_id, cfg.broker_tls_dir, embedded=embedded)
+        if self.broker.tls:
+            return None
+        return intake_spec(
+            self.broker,
+            f"{cfg.client_id}-{cfg.replica}",
+            None,
+            embedded=embedded,
+            topic_filter=f"$share/{INGEST_GROUP}/{protocol.ROOT}/+/telemetry",
+        )
 
     def _leader_link(self, tls: TlsIdentity | None) -> MqttLink:
         """A replica's second link, for what must be read in order per device or retained
@@ -315,6 +345,8 @@ class Hub:
         if isinstance(self.leader, Leadership):
             self.leader.stop()  # its work stopped, the lock goes: another replica leads
         self.mqtt.stop()
+        if self.intake is not None:
+            self.intake.stop()
         if self.workers is not None:
             self.workers.stop()
         self.ingest.stop()

@@ -16,7 +16,7 @@ from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
 from hub.telemetry.drift import DriftMonitor
 from hub.telemetry.windows import TelemetryWindows
-from hub.transport.budget import INGEST, Budget
+from hub.transport.budget import INGEST, Budget, Budgets
 from hub.transport.inbound import (
     NO_FETCHES,
     CaptureSink,
@@ -54,7 +54,7 @@ def serve_devices(
     *,
     captures: CaptureSink | None = None,
     revoked: Callable[[], frozenset[str]] = no_revocations,
-    budget: Budget = INGEST,
+    budget: Budget | Budgets = INGEST,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 

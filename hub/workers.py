@@ -1,7 +1,8 @@
 """Ingest workers: hub processes that only store telemetry, sharing it through ``$share``.
 
-One hub process tops out near 20,000 telemetry windows a second (paho's per-message cost,
-ADR 0009). ``edgefleet hub serve --ingest-workers N`` starts N more processes; each runs
+One hub process takes telemetry through the same subscribe-only client as a worker
+(hub/transport/intake.py, ADR 0033) but shares its cores with the API, the rollout engine
+and the rest. ``edgefleet hub serve --ingest-workers N`` starts N more processes; each runs
 an :class:`IngestWorker`: the subscribe-only client of hub/transport/fastsub.py on
 ``$share/edgefleet-ingest/ef/v1/dev/+/telemetry`` (the broker hands each message to one
 member of the group) into the hub's database, acknowledging a batch only once it is
@@ -39,6 +40,7 @@ from hub.transport.broker import BrokerAddress, TlsIdentity
 from hub.transport.brokerconf import ingest_identity
 from hub.transport.budget import INGEST, Budget
 from hub.transport.inbound import IngestSubscriber
+from hub.transport.intake import ingest_tls
 from hub.transport.link import INGEST_GROUP
 from shared.protocol import ROOT
 
@@ -57,9 +59,7 @@ class IngestWorkerError(Exception):
 
 def worker_tls(tls_dir: Path, index: int) -> TlsIdentity:
     """Worker ``index``'s TLS files in the directory `edgefleet broker config` wrote."""
-    return TlsIdentity(
-        tls_dir / "ca.crt", tls_dir / f"ingest-{index}.crt", tls_dir / f"ingest-{index}.key"
-    )
+    return ingest_tls(tls_dir, index)
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,14 @@ class IngestWorker:
         self.engine = make_engine(config.db_url)
         # inline: the batch is committed on the consumer's thread, then acknowledged
         self.ingest = Ingest(self.engine, [TelemetryWindows(config.raw_max_age_s)], inline=True)
+        self._revoked: frozenset[str] = frozenset()
         self.consumer = IngestSubscriber(
             address,
             self.ingest,
             client_id=ingest_identity(config.index),
             subscriptions=[(TELEMETRY_SHARE, 1)],
             tls=tls,
+            revoked=lambda: self._revoked,
             budget=config.budget,
         )
         self._revocations_read = 0.0
@@ -129,7 +131,7 @@ class IngestWorker:
         if time.monotonic() - self._revocations_read < every_s:
             return
         with session(self.engine) as s:
-            self.consumer.revoked = frozenset(s.exec(select(Revocation.device_id)))
+            self._revoked = frozenset(s.exec(select(Revocation.device_id)))
         self._revocations_read = time.monotonic()
 
 

@@ -5,7 +5,8 @@ answered at once (hub/transport/fetch.py); a report (state, events, telemetry, d
 goes to the :class:`ReportSink` (the ingest writer) and is acknowledged only once it is
 stored; a capture message or upload chunk goes to the :class:`CaptureSink` (the data
 capture, hub/ml/data/captures.py). :class:`IngestSubscriber` is the same for an ingest-only
-process (hub/workers.py): the fast subscriber's batches into one committed write.
+process (hub/workers.py), and for the hub process's own telemetry
+(hub/transport/intake.py): the fast subscriber's batches into one committed write.
 A message that does not parse is counted and dropped with one log line per reason; it
 never stops the loop. Reports and capture messages are paid for from the device's ingest
 budget (hub/transport/budget.py ``INGEST``): beyond it they are dropped as
@@ -90,7 +91,8 @@ class DeviceMessages:
         reports: stores reports (they are acknowledged once stored).
         captures: takes capture messages and upload chunks (dropped uncounted if None).
         revoked: the revoked devices, read per message (hub/trust/identities.py).
-        budget: what each device may send to be stored, per second.
+        budget: what each device may send to be stored, per second (the buckets
+            themselves when another consumer shares them: hub/transport/intake.py).
     """
 
     def __init__(
@@ -101,14 +103,14 @@ class DeviceMessages:
         *,
         captures: CaptureSink | None = None,
         revoked: Callable[[], frozenset[str]] = no_revocations,
-        budget: Budget = INGEST,
+        budget: Budget | Budgets = INGEST,
     ) -> None:
         self.link = link
         self.fetch = fetch
         self.reports = reports
         self.captures = captures
         self.revoked = revoked
-        self.budgets = Budgets(budget)
+        self.budgets = budget if isinstance(budget, Budgets) else Budgets(budget)
 
     def handle(self, topic: str, payload: bytes, ack: Any) -> bool:
         """Handle one message; True if its acknowledgement waits until it is stored."""
@@ -146,13 +148,16 @@ class DeviceMessages:
 
 
 class IngestSubscriber:
-    """An ingest-only hub process's consumer: :class:`FastSubscriber` into the writer.
+    """A consumer of reports alone: :class:`FastSubscriber` into the writer.
 
-    Each batch is decoded and validated exactly as :class:`DeviceMessages` does
-    (``decode_device_message``), written in one committed transaction
-    (``write_batch``), and only then acknowledged. ``counts`` and ``dropped`` read as
-    the hub link's do. Only reports (state, events, telemetry, drift) are ingested
-    here; fetches and captures need the full hub and are dropped as ``not_ingested``.
+    It runs in an ingest worker process (hub/workers.py) and, for telemetry, in the hub
+    process itself when it has no workers (hub/transport/intake.py). Each batch is
+    decoded and validated exactly as :class:`DeviceMessages` does
+    (``decode_device_message``), paid for from the device's budget, written in one
+    committed transaction (``write_batch``), and only then acknowledged. ``counts`` and
+    ``dropped`` read as the hub link's do. Only reports (state, events, telemetry, drift)
+    are ingested here; fetches and captures need the full hub and are dropped as
+    ``not_ingested``.
 
     Args:
         address: the broker.
@@ -161,10 +166,13 @@ class IngestSubscriber:
         client_id: the persistent session's id.
         subscriptions: e.g. ``[("$share/ingest/ef/v1/dev/+/telemetry", 1)]``.
         tls: CA, certificate and key for ``mqtts``.
-        revoked: devices whose messages are refused.
+        revoked: the revoked devices, read once per batch; their messages are refused.
         keepalive_s: the MQTT keepalive.
-        budget: what each device may send to be stored, per second (per worker: a
-            shared subscription spreads a device's messages over the workers).
+        budget: what each device may send to be stored, per second (per consumer: a
+            shared subscription spreads a device's messages over its members), or
+            the buckets of another consumer in the same process, to share them.
+        counts, dropped: counters to add to (e.g. the hub link's, so that ``GET
+            /metrics`` reads one set); new ones if None.
     """
 
     def __init__(
@@ -175,15 +183,17 @@ class IngestSubscriber:
         client_id: str,
         subscriptions: Sequence[tuple[str, int]],
         tls: TlsIdentity | None = None,
-        revoked: frozenset[str] = frozenset(),
+        revoked: Callable[[], frozenset[str]] = no_revocations,
         keepalive_s: int = KEEPALIVE_S,
-        budget: Budget = INGEST,
+        budget: Budget | Budgets = INGEST,
+        counts: Counter[str] | None = None,
+        dropped: Counter[str] | None = None,
     ) -> None:
         self.ingest = ingest
         self.revoked = revoked
-        self.budgets = Budgets(budget)
-        self.counts: Counter[str] = Counter()
-        self.dropped: Counter[str] = Counter()
+        self.budgets = budget if isinstance(budget, Budgets) else Budgets(budget)
+        self.counts: Counter[str] = Counter() if counts is None else counts
+        self.dropped: Counter[str] = Counter() if dropped is None else dropped
         self.subscriber = FastSubscriber(
             address, client_id, subscriptions, self._on_batch, tls=tls, keepalive_s=keepalive_s
         )
@@ -195,10 +205,15 @@ class IngestSubscriber:
     def stop(self) -> None:
         self.subscriber.stop()
 
+    @property
+    def connected(self) -> bool:
+        """Whether it is subscribed now."""
+        return self.subscriber.connected.is_set()
+
     def _on_batch(self, batch: Batch) -> None:
         reports: list[Report] = []
         kinds: Counter[str] = Counter()
-        revoked = self.revoked
+        revoked = self.revoked()
         for topic, payload in batch:
             try:
                 device_id, kind, message = decode_device_message(topic, payload, revoked)
