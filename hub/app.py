@@ -17,7 +17,7 @@ from typing import Any
 
 from hub.access.audit import run_audit_retention
 from hub.alerts import Dispatcher
-from hub.device_messages import make_ingest, serve_devices
+from hub.device_messages import make_ingest, serve_devices, telemetry_intake
 from hub.fleet.classes import load_classes
 from hub.fleet.deployments import Deployments, run_event_retention
 from hub.fleet.progress import forget_presence
@@ -52,9 +52,8 @@ from hub.transport.budget import Budgets
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fetch import FetchAnswers
-from hub.transport.intake import IntakeSpec, intake_spec, start_intake
+from hub.transport.intake import start_intake
 from hub.transport.link import (
-    INGEST_GROUP,
     MqttLink,
     hub_subscriptions,
     leader_subscriptions,
@@ -65,7 +64,7 @@ from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.trust.identities import Identities
 from hub.trust.pki import CertificateAuthority, PkiError
 from hub.trust.repository import TrustRepository
-from hub.workers import IngestWorkers, WorkerConfig
+from hub.workers import start_workers
 from shared import protocol
 
 log = logging.getLogger(__name__)
@@ -114,17 +113,11 @@ class Hub:
         )
         self.ingest.start()
         replica = cfg.replica is not None
+        embedded = isinstance(self.local_broker, EmbeddedBroker)
         # telemetry: the ingest workers', else the hub's own intake (ADR 0033), else the link's
-        spec = None if cfg.ingest_workers else self._intake_spec(cfg)
+        spec = None if cfg.ingest_workers else telemetry_intake(cfg, self.broker, embedded=embedded)
         telemetry = cfg.ingest_workers == 0 and spec is None
-        self.mqtt = MqttLink(
-            self.broker,
-            client_id=cfg.client_id if not replica else f"{cfg.client_id}-{cfg.replica}",
-            tls=tls,
-            subscriptions=(replica_subscriptions if replica else hub_subscriptions)(
-                telemetry=telemetry
-            ),
-        )
+        self.mqtt = self._device_link(cfg, tls, telemetry=telemetry)
         self.entitlements = load_entitlements(self.engine, shared=replica)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self.dataset_store = DatasetStore(
@@ -150,7 +143,9 @@ class Hub:
         )
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
-        self.workers = self._start_ingest_workers(db_url)
+        self.workers = start_workers(
+            cfg, self.broker.url, db_url, self.retention.raw_age_s, embedded=embedded
+        )
         self.mqtt.start()
         self.intake = None if spec is None else start_intake(
             spec, self.broker, self.ingest, revoked=self.revoked, budget=budgets,
@@ -183,6 +178,16 @@ class Hub:
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
 
+    def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
+        """The hub's paho link to the devices; a replica's shares fetches (and telemetry
+        when no intake takes it) with the others, under a client id of its own."""
+        if cfg.replica is None:
+            client_id, subs = cfg.client_id, hub_subscriptions(telemetry=telemetry)
+        else:
+            client_id = f"{cfg.client_id}-{cfg.replica}"
+            subs = replica_subscriptions(telemetry=telemetry)
+        return MqttLink(self.broker, client_id=client_id, tls=tls, subscriptions=subs)
+
     def _lead(self) -> None:
         """Start what runs on one hub process only: the rollout engine, the closed loop,
         the alert dispatcher, re-signing and retention; a replica also takes over the
@@ -195,26 +200,6 @@ class Hub:
         self.loop.start()
         self.alerts.start()
         self._maintenance.start()
-
-    def _intake_spec(self, cfg: HubConfig) -> IntakeSpec | None:
-        """The hub's own telemetry intake (ADR 0033); None: telemetry on the paho link.
-
-        A replica's intake shares the telemetry with the others through ``$share``, under
-        a client id of its own. On a TLS broker the intake's identity is one certificate
-        (ingest identity 0), which replicas cannot share: they take telemetry on paho.
-        """
-        embedded = isinstance(self.local_broker, EmbeddedBroker)
-        if cfg.replica is None:
-            return intake_spec(self.broker, cfg.client_id, cfg.broker_tls_dir, embedded=embedded)
-        if self.broker.tls:
-            return None
-        return intake_spec(
-            self.broker,
-            f"{cfg.client_id}-{cfg.replica}",
-            None,
-            embedded=embedded,
-            topic_filter=f"$share/{INGEST_GROUP}/{protocol.ROOT}/+/telemetry",
-        )
 
     def _leader_link(self, tls: TlsIdentity | None) -> MqttLink:
         """A replica's second link, for what must be read in order per device or retained
@@ -363,27 +348,6 @@ class Hub:
         ignored by the hub (DESIGN §8), and fleet code leaves it out.
         """
         return self.identities.revoked
-
-    def _start_ingest_workers(self, db_url: str) -> IngestWorkers | None:
-        cfg = self.config
-        if cfg.ingest_workers <= 0:
-            return None
-        if isinstance(self.local_broker, EmbeddedBroker):
-            raise ValueError("ingest workers share telemetry with $share: they need Mosquitto")
-        configs = [
-            WorkerConfig(
-                self.broker.url,
-                db_url,
-                index=i,
-                tls_dir=cfg.broker_tls_dir,
-                raw_max_age_s=self.retention.raw_age_s,
-                budget=cfg.ingest_budget,
-            )
-            for i in range(cfg.ingest_workers)
-        ]
-        workers = IngestWorkers(configs)
-        workers.start()
-        return workers
 
     def __enter__(self) -> Hub:
         return self.start()

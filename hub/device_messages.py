@@ -14,8 +14,10 @@ from sqlalchemy import Engine
 from hub.fleet.progress import ProgressApplier
 from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
+from hub.settings import HubConfig
 from hub.telemetry.drift import DriftMonitor
 from hub.telemetry.windows import TelemetryWindows
+from hub.transport.broker import BrokerAddress
 from hub.transport.budget import INGEST, Budget, Budgets
 from hub.transport.inbound import (
     NO_FETCHES,
@@ -24,9 +26,11 @@ from hub.transport.inbound import (
     FetchSource,
     no_revocations,
 )
-from hub.transport.link import MqttLink
+from hub.transport.intake import IntakeSpec, intake_spec
+from hub.transport.link import INGEST_GROUP, MqttLink
+from shared import protocol
 
-__all__ = ["make_ingest", "serve_devices"]
+__all__ = ["make_ingest", "serve_devices", "telemetry_intake"]
 
 
 def make_ingest(
@@ -72,3 +76,23 @@ def serve_devices(
         link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
     )
     return link.serve(handler)
+
+
+def telemetry_intake(cfg: HubConfig, broker: BrokerAddress, *, embedded: bool) -> IntakeSpec | None:
+    """The hub's own telemetry intake (ADR 0033); None: telemetry on the paho link.
+
+    A replica's intake shares the telemetry with the others through ``$share``, under a
+    client id of its own. On a TLS broker the intake's identity is one certificate
+    (ingest identity 0), which replicas cannot share: they take telemetry on paho.
+    """
+    if cfg.replica is None:
+        return intake_spec(broker, cfg.client_id, cfg.broker_tls_dir, embedded=embedded)
+    if broker.tls:
+        return None
+    return intake_spec(
+        broker,
+        f"{cfg.client_id}-{cfg.replica}",
+        None,
+        embedded=embedded,
+        topic_filter=f"$share/{INGEST_GROUP}/{protocol.ROOT}/+/telemetry",
+    )

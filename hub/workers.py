@@ -34,6 +34,7 @@ from typing import Any, Final
 from sqlmodel import select
 
 from hub.ingest.writer import Ingest
+from hub.settings import HubConfig
 from hub.store.tables import Revocation, make_engine, session
 from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress, TlsIdentity
@@ -194,3 +195,31 @@ class IngestWorkers:
     @property
     def alive(self) -> int:
         return sum(1 for p in self._procs if p.is_alive())
+
+
+def start_workers(
+    cfg: HubConfig, broker_url: str, db_url: str, raw_max_age_s: float | None, *, embedded: bool
+) -> IngestWorkers | None:
+    """The hub's ingest worker processes, started; None when it runs none.
+
+    Raises:
+        ValueError: workers asked for on the embedded broker (no ``$share`` there).
+    """
+    if cfg.ingest_workers <= 0:
+        return None
+    if embedded:
+        raise ValueError("ingest workers share telemetry with $share: they need Mosquitto")
+    configs = [
+        WorkerConfig(
+            broker_url,
+            db_url,
+            index=i,
+            tls_dir=cfg.broker_tls_dir,
+            raw_max_age_s=raw_max_age_s,
+            budget=cfg.ingest_budget,
+        )
+        for i in range(cfg.ingest_workers)
+    ]
+    workers = IngestWorkers(configs)
+    workers.start()
+    return workers
