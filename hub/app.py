@@ -115,22 +115,14 @@ class Hub:
         replica = cfg.replica is not None
         embedded = isinstance(self.local_broker, EmbeddedBroker)
         # telemetry: the ingest workers', else the hub's own intake (ADR 0033), else the link's
-        spec = None if cfg.ingest_workers else telemetry_intake(cfg, self.broker, embedded=embedded)
+        spec = None if cfg.ingest_workers else telemetry_intake(
+            self.broker, cfg.client_id, cfg.broker_tls_dir, replica=cfg.replica, embedded=embedded
+        )  # fmt: skip
         telemetry = cfg.ingest_workers == 0 and spec is None
         self.mqtt = self._device_link(cfg, tls, telemetry=telemetry)
         self.entitlements = load_entitlements(self.engine, shared=replica)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
-        self.dataset_store = DatasetStore(
-            self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
-        )
-        self.capture_versions = CaptureVersions(self.engine, self.dataset_store)
-        self.datasets = Datasets(
-            self.engine,
-            self.store,
-            cfg.data_dir / "uploads",
-            self.commands.send_command,
-            on_dataset=self.capture_versions,
-        )
+        self._open_datasets(cfg)
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
         budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
@@ -144,7 +136,13 @@ class Hub:
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = start_workers(
-            cfg, self.broker.url, db_url, self.retention.raw_age_s, embedded=embedded
+            cfg.ingest_workers,
+            self.broker.url,
+            db_url,
+            tls_dir=cfg.broker_tls_dir,
+            raw_max_age_s=self.retention.raw_age_s,
+            budget=cfg.ingest_budget,
+            embedded=embedded,
         )
         self.mqtt.start()
         self.intake = None if spec is None else start_intake(
@@ -177,6 +175,20 @@ class Hub:
         self._started = True
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
+
+    def _open_datasets(self, cfg: HubConfig) -> None:
+        """Datasets: uploaded and captured, with the versions captures make."""
+        self.dataset_store = DatasetStore(
+            self.engine, self.store, cfg.data_dir / "staging", cfg.max_dataset_bytes
+        )
+        self.capture_versions = CaptureVersions(self.engine, self.dataset_store)
+        self.datasets = Datasets(
+            self.engine,
+            self.store,
+            cfg.data_dir / "uploads",
+            self.commands.send_command,
+            on_dataset=self.capture_versions,
+        )
 
     def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
         """The hub's paho link to the devices; a replica's shares fetches (and telemetry

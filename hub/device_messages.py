@@ -8,13 +8,13 @@ and benchmarks build a consumer of their own the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from hub.fleet.progress import ProgressApplier
 from hub.ingest.report import Report, ReportApplier
 from hub.ingest.writer import Ingest
-from hub.settings import HubConfig
 from hub.telemetry.drift import DriftMonitor
 from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress
@@ -78,20 +78,27 @@ def serve_devices(
     return link.serve(handler)
 
 
-def telemetry_intake(cfg: HubConfig, broker: BrokerAddress, *, embedded: bool) -> IntakeSpec | None:
+def telemetry_intake(
+    broker: BrokerAddress,
+    client_id: str,
+    tls_dir: Path | None,
+    *,
+    replica: int | None,
+    embedded: bool,
+) -> IntakeSpec | None:
     """The hub's own telemetry intake (ADR 0033); None: telemetry on the paho link.
 
     A replica's intake shares the telemetry with the others through ``$share``, under a
     client id of its own. On a TLS broker the intake's identity is one certificate
     (ingest identity 0), which replicas cannot share: they take telemetry on paho.
     """
-    if cfg.replica is None:
-        return intake_spec(broker, cfg.client_id, cfg.broker_tls_dir, embedded=embedded)
+    if replica is None:
+        return intake_spec(broker, client_id, tls_dir, embedded=embedded)
     if broker.tls:
         return None
     return intake_spec(
         broker,
-        f"{cfg.client_id}-{cfg.replica}",
+        f"{client_id}-{replica}",
         None,
         embedded=embedded,
         topic_filter=f"$share/{INGEST_GROUP}/{protocol.ROOT}/+/telemetry",

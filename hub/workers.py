@@ -34,7 +34,6 @@ from typing import Any, Final
 from sqlmodel import select
 
 from hub.ingest.writer import Ingest
-from hub.settings import HubConfig
 from hub.store.tables import Revocation, make_engine, session
 from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress, TlsIdentity
@@ -198,14 +197,21 @@ class IngestWorkers:
 
 
 def start_workers(
-    cfg: HubConfig, broker_url: str, db_url: str, raw_max_age_s: float | None, *, embedded: bool
+    count: int,
+    broker_url: str,
+    db_url: str,
+    *,
+    tls_dir: Path | None,
+    raw_max_age_s: float | None,
+    budget: Budget,
+    embedded: bool,
 ) -> IngestWorkers | None:
     """The hub's ingest worker processes, started; None when it runs none.
 
     Raises:
         ValueError: workers asked for on the embedded broker (no ``$share`` there).
     """
-    if cfg.ingest_workers <= 0:
+    if count <= 0:
         return None
     if embedded:
         raise ValueError("ingest workers share telemetry with $share: they need Mosquitto")
@@ -214,11 +220,11 @@ def start_workers(
             broker_url,
             db_url,
             index=i,
-            tls_dir=cfg.broker_tls_dir,
+            tls_dir=tls_dir,
             raw_max_age_s=raw_max_age_s,
-            budget=cfg.ingest_budget,
+            budget=budget,
         )
-        for i in range(cfg.ingest_workers)
+        for i in range(count)
     ]
     workers = IngestWorkers(configs)
     workers.start()
