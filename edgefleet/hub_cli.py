@@ -1,6 +1,7 @@
 """``edgefleet hub``: run the hub (``serve``), wait for one, its counters (``status``), its
 device classes, and bootstrap its API keys from its database (``apikey``).
 
+``hub migrate`` brings its database to this release's schema (``hub serve`` does at start).
 ``hub serve`` binds the API's port before it starts anything, prints where it listens
 once it does, and hints at the first admin key only while there is none (docs/hub.md).
 """
@@ -16,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from edgefleet import hub_wait
+from edgefleet import hub_migrate, hub_wait
+from edgefleet.hub_migrate import DbUrl
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, print_json, stamp, table
 
@@ -28,9 +30,6 @@ apikey = typer.Typer(
 )
 
 DataDir = Annotated[Path, typer.Option("--data", help="The hub's data directory.")]
-DbUrl = Annotated[
-    str | None, typer.Option("--db", help="SQLAlchemy URL (default: SQLite file in --data).")
-]
 KeyDataDir = Annotated[
     Path,
     typer.Option(
@@ -106,6 +105,9 @@ def register(app: typer.Typer) -> None:
     hub.command("wait", help="Wait until the hub at --hub answers (one starting).")(hub_wait.wait)
     hub.command("status", help="Whether the hub and its broker link are up; its counters.")(status)
     hub.command("classes", help="The device classes the hub knows (firmware-images/).")(classes)
+    hub.command("migrate", help="Bring the hub's database to this release's schema.")(
+        hub_migrate.migrate
+    )
     apikey.command("create", help="Create a key and print it once.")(apikey_create)
     apikey.command("list", help="List keys (never their secrets).")(apikey_list)
     apikey.command("revoke", help="Revoke a key.")(apikey_revoke)

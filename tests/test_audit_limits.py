@@ -247,7 +247,8 @@ def test_an_older_database_gains_the_new_audit_columns_in_place(tmp_path: Path) 
     its records, which count as one call each."""
     url = sqlite_url(tmp_path / "hub.db")
     engine = make_engine(url)
-    with engine.begin() as conn:  # as a hub.db written before the columns existed
+    with engine.begin() as conn:  # as a hub.db written before the columns (and migrations)
+        conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(text("ALTER TABLE auditrecord DROP COLUMN claimed_keyid"))
         conn.execute(text("ALTER TABLE auditrecord DROP COLUMN count"))
         conn.execute(

@@ -1,0 +1,45 @@
+"""Schemas of their own on the test PostgreSQL, for hubs and for the migration tests.
+
+The server is ``EF_TEST_PG`` (default 127.0.0.1:5432, user postgres, database ``test``:
+CI's and this machine's). Each schema is named for this process and a counter, and its
+URL tags the connections with the schema's name (``application_name``), so a drop can end
+the sessions a still-running hub left open on that schema, and only those.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from urllib.parse import quote
+
+import psycopg
+
+__all__ = ["SERVER", "create", "drop", "url"]
+
+SERVER = os.environ.get("EF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+_names = itertools.count()
+
+
+def url(schema: str) -> str:
+    """The hub's database URL for ``schema`` (its tables go there, and only there)."""
+    options = quote(f"-csearch_path={schema}")
+    return f"{SERVER}?options={options}&application_name={schema}"
+
+
+def create(tag: str) -> str:
+    """A new empty schema; returns its name."""
+    schema = f"ef_{tag}_{os.getpid()}_{next(_names)}"
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    return schema
+
+
+def drop(schema: str) -> None:
+    """End the sessions left on ``schema``, then drop it with all it holds."""
+    with psycopg.connect(SERVER, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (schema,),
+        )
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
