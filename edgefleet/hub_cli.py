@@ -12,6 +12,8 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -213,8 +215,9 @@ def classes(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = Fals
     return 0
 
 
-def _key_store(data: Path, db: str | None) -> Any:
-    """The hub's API keys, from its database (as hub serve picks it)."""
+@contextmanager
+def _key_store(data: Path, db: str | None) -> Iterator[Any]:
+    """The hub's API keys, from its database (as hub serve picks it); closed after."""
     from hub.access.keys import ApiKeys
     from hub.store.datadir import create_private_file, private_umask
     from hub.store.tables import make_engine, sqlite_url
@@ -226,7 +229,10 @@ def _key_store(data: Path, db: str | None) -> Any:
             engine = make_engine(sqlite_url(data / "hub.db"))
     else:
         engine = make_engine(db)
-    return ApiKeys(engine)
+    try:
+        yield ApiKeys(engine)
+    finally:
+        engine.dispose()
 
 
 Role = Annotated[
@@ -250,7 +256,8 @@ def apikey_create(
     from hub.access.keys import Role as KeyRole
     from hub.api.views.access import ApiKeyView
 
-    new = _key_store(data, db).create(name, KeyRole(role), created_by=CLI_ACTOR)
+    with _key_store(data, db) as keys:
+        new = keys.create(name, KeyRole(role), created_by=CLI_ACTOR)
     public = ApiKeyView.model_validate(new.record).model_dump()
     command = "edgefleet hub apikey create"
     record(data, db, "api_key.create", new.record.keyid, command, after=public)
@@ -270,7 +277,8 @@ def apikey_list(
 ) -> int:
     from hub.api.views.access import ApiKeyView
 
-    rows = [ApiKeyView.model_validate(k).model_dump() for k in _key_store(data, db).list()]
+    with _key_store(data, db) as keys:
+        rows = [ApiKeyView.model_validate(k).model_dump() for k in keys.list()]
     emit(rows, json, render_api_keys)
     return 0
 
@@ -297,7 +305,8 @@ def apikey_revoke(
     from edgefleet.local_audit import record
     from hub.api.views.access import ApiKeyView
 
-    row = _key_store(data, db).revoke(keyid)
+    with _key_store(data, db) as keys:
+        row = keys.revoke(keyid)
     record(
         data,
         db,

@@ -16,7 +16,7 @@ connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
     target_metadata=SQLModel.metadata,
-    render_as_batch=False,
+    render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by copying tables
 )
 with context.begin_transaction():
     context.run_migrations()
