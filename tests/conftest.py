@@ -37,14 +37,14 @@ LONGEST_FIRST = (
 ON_POSTGRES = os.environ.get("EF_TEST_DB", "sqlite") == "postgresql"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
-    if ON_POSTGRES:  # about the SQLite file: nothing to run on PostgreSQL
-        skip = pytest.mark.skip(reason="about SQLite's file (EF_TEST_DB=postgresql)")
-        for item in items:
-            if item.get_closest_marker("sqlite"):
-                item.add_marker(skip)
+    if ON_POSTGRES:  # about SQLite's own file: not a thing on PostgreSQL, so not collected
+        sqlite_only = [item for item in items if item.get_closest_marker("sqlite")]
+        if sqlite_only:
+            config.hook.pytest_deselected(items=sqlite_only)
+            items[:] = [item for item in items if item not in sqlite_only]
 
 
 def _on_own_schema(tag: str) -> Iterator[str | None]:
