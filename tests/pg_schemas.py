@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import os
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
 
-__all__ = ["SERVER", "create", "drop", "url"]
+__all__ = ["SERVER", "create", "drop", "hub_db_url", "url"]
 
 SERVER = os.environ.get("EF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 _names = itertools.count()
@@ -43,3 +44,9 @@ def drop(schema: str) -> None:
             (schema,),
         )
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def hub_db_url(data_dir: Path) -> str:
+    """The database a hub or the CLI on ``data_dir`` opens when given no ``--db``:
+    ``EDGEFLEET_DB_URL`` (set under EF_TEST_DB=postgresql), else its SQLite file."""
+    return os.environ.get("EDGEFLEET_DB_URL") or f"sqlite:///{data_dir / 'hub.db'}"

@@ -9,7 +9,9 @@ with what is missing; ``edgefleet hub migrate`` says where a database stands.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -32,6 +34,7 @@ from hub.store.tables import (
     Rollout,
     Telemetry,
     make_engine,
+    upgrade_database,
 )
 
 pytestmark = pytest.mark.postgres
@@ -184,3 +187,33 @@ def test_hub_migrate_brings_a_database_to_the_newest_revision(
     assert head() >= BASELINE
     assert cli(["hub", "migrate", "--db", url]) == 0
     assert f"at {head()}, the newest; nothing to do" in capsys.readouterr().out
+
+
+def test_replicas_starting_together_on_postgresql_migrate_one_after_another(
+    pg_url: str,
+) -> None:
+    """Several hubs opening one empty database at once: one migrates, the others wait for
+    its lock and find nothing to do; none fails on a table another just made."""
+    barrier = threading.Barrier(REPLICAS)
+
+    def start() -> str:
+        engine = connect(pg_url)
+        try:
+            barrier.wait(timeout=30)
+            return upgrade_database(engine)
+        finally:
+            engine.dispose()
+
+    with ThreadPoolExecutor(REPLICAS) as pool:
+        befores = sorted(pool.map(lambda _: start(), range(REPLICAS)))
+    assert befores.count("empty") == 1, befores  # the one that made the tables
+    assert set(befores) - {"empty"} <= {head()}, befores
+    engine = connect(pg_url)
+    try:
+        assert current(engine) == head()
+        assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+REPLICAS = 4
