@@ -49,7 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _on_own_schema(tag: str) -> Iterator[str | None]:
     if not ON_POSTGRES:
-        yield None
+        try:
+            yield None
+        finally:
+            pg_schemas.close_engines()
         return
     schema = pg_schemas.create(tag)
     before = os.environ.get(DB_URL_ENV)
@@ -61,6 +64,7 @@ def _on_own_schema(tag: str) -> Iterator[str | None]:
             os.environ.pop(DB_URL_ENV, None)
         else:
             os.environ[DB_URL_ENV] = before
+        pg_schemas.close_engines()
         pg_schemas.drop(schema)
 
 
@@ -72,7 +76,8 @@ def module_database() -> Iterator[str | None]:
 
 @pytest.fixture(autouse=True)
 def test_database(module_database: str | None) -> Iterator[str | None]:
-    """With EF_TEST_DB=postgresql: this test's schema, for the hubs it makes."""
+    """With EF_TEST_DB=postgresql: this test's schema, for the hubs it makes. After the
+    test, the engines it opened with ``pg_schemas.hub_engine`` are closed."""
     yield from _on_own_schema("t")
 
 

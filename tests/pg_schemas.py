@@ -14,8 +14,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+from sqlalchemy import Engine
 
-__all__ = ["SERVER", "create", "drop", "hub_db_url", "url"]
+__all__ = ["SERVER", "close_engines", "create", "drop", "hub_db_url", "hub_engine", "url"]
 
 SERVER = os.environ.get("EF_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 _names = itertools.count()
@@ -50,3 +51,23 @@ def hub_db_url(data_dir: Path) -> str:
     """The database a hub or the CLI on ``data_dir`` opens when given no ``--db``:
     ``EDGEFLEET_DB_URL`` (set under EF_TEST_DB=postgresql), else its SQLite file."""
     return os.environ.get("EDGEFLEET_DB_URL") or f"sqlite:///{data_dir / 'hub.db'}"
+
+
+_opened: list[Engine] = []
+
+
+def hub_engine(data_dir: Path) -> Engine:
+    """``make_engine(hub_db_url(data_dir))``: its connections are closed after the test
+    (tests/conftest.py), as a hub closes its own when it stops."""
+    from hub.store.tables import make_engine
+
+    engine = make_engine(hub_db_url(data_dir))
+    _opened.append(engine)
+    return engine
+
+
+def close_engines() -> None:
+    """Close the pooled connections of every engine :func:`hub_engine` made (kept: one a
+    module's fixture made opens new ones as the module's next test needs them)."""
+    for engine in _opened:
+        engine.dispose()
