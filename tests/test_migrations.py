@@ -163,13 +163,18 @@ def test_an_older_database_gains_the_columns_and_tables_it_lacked(url: str) -> N
         engine.dispose()
 
 
-def test_a_database_that_cannot_match_is_refused_with_what_it_lacks(url: str) -> None:
+def test_a_database_that_cannot_match_is_refused_with_what_it_lacks(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = as_before_migrations(url)
     with old.begin() as conn:
         conn.execute(text("ALTER TABLE device DROP COLUMN device_class"))  # never additive
     old.dispose()
     with pytest.raises(MigrationError, match=r"missing column device\.device_class"):
         make_engine(url)
+    assert cli(["hub", "migrate", "--db", url]) == 1
+    said = capsys.readouterr().err
+    assert "does not match the hub's schema: missing column device.device_class" in said
     engine = connect(url)
     try:
         assert current(engine) is None, "refused, and not stamped"

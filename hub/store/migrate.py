@@ -41,7 +41,7 @@ class MigrationError(Exception):
     """The database cannot be brought to the hub's schema."""
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        super().__init__(message + "".join(f"\n  {p}" for p in problems or []))
+        super().__init__(f"{message}: {'; '.join(problems)}" if problems else message)
         self.problems = problems or []
 
 
