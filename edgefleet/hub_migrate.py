@@ -30,9 +30,9 @@ DbUrl = Annotated[
 
 
 def migrate(
-    data: Annotated[Path, typer.Option("--data", help="The hub's data directory.")] = Path(
-        "hub-data"
-    ),
+    data: Annotated[
+        Path, typer.Option("--data", help="The hub's data directory (as for hub serve).")
+    ] = Path("edgefleet-data"),
     db: DbUrl = None,
     json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> int:
