@@ -1,6 +1,7 @@
 """``edgefleet hub``: run the hub (``serve``), wait for one, its counters (``status``), its
 device classes, and bootstrap its API keys from its database (``apikey``).
 
+``hub migrate`` brings its database to this release's schema (``hub serve`` does at start).
 ``hub serve`` binds the API's port before it starts anything, prints where it listens
 once it does, and hints at the first admin key only while there is none (docs/hub.md).
 """
@@ -11,12 +12,15 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
-from edgefleet import hub_wait
+from edgefleet import hub_migrate, hub_wait
+from edgefleet.hub_migrate import DbUrl
 from edgefleet.options import DEFAULT_HUB, ApiKey, HubUrl, Json, client
 from edgefleet.output import emit, print_json, stamp, table
 
@@ -28,9 +32,6 @@ apikey = typer.Typer(
 )
 
 DataDir = Annotated[Path, typer.Option("--data", help="The hub's data directory.")]
-DbUrl = Annotated[
-    str | None, typer.Option("--db", help="SQLAlchemy URL (default: SQLite file in --data).")
-]
 KeyDataDir = Annotated[
     Path,
     typer.Option(
@@ -124,6 +125,9 @@ def register(app: typer.Typer) -> None:
     hub.command("wait", help="Wait until the hub at --hub answers (one starting).")(hub_wait.wait)
     hub.command("status", help="Whether the hub and its broker link are up; its counters.")(status)
     hub.command("classes", help="The device classes the hub knows (firmware-images/).")(classes)
+    hub.command("migrate", help="Bring the hub's database to this release's schema.")(
+        hub_migrate.migrate
+    )
     apikey.command("create", help="Create a key and print it once.")(apikey_create)
     apikey.command("list", help="List keys (never their secrets).")(apikey_list)
     apikey.command("revoke", help="Revoke a key.")(apikey_revoke)
@@ -249,8 +253,9 @@ def classes(hub: HubUrl = DEFAULT_HUB, api_key: ApiKey = None, json: Json = Fals
     return 0
 
 
-def _key_store(data: Path, db: str | None) -> Any:
-    """The hub's API keys, from its database (as hub serve picks it)."""
+@contextmanager
+def _key_store(data: Path, db: str | None) -> Iterator[Any]:
+    """The hub's API keys, from its database (as hub serve picks it); closed after."""
     from hub.access.keys import ApiKeys
     from hub.store.datadir import create_private_file, private_umask
     from hub.store.tables import make_engine, sqlite_url
@@ -262,7 +267,10 @@ def _key_store(data: Path, db: str | None) -> Any:
             engine = make_engine(sqlite_url(data / "hub.db"))
     else:
         engine = make_engine(db)
-    return ApiKeys(engine)
+    try:
+        yield ApiKeys(engine)
+    finally:
+        engine.dispose()
 
 
 Role = Annotated[
@@ -286,7 +294,8 @@ def apikey_create(
     from hub.access.keys import Role as KeyRole
     from hub.api.views.access import ApiKeyView
 
-    new = _key_store(data, db).create(name, KeyRole(role), created_by=CLI_ACTOR)
+    with _key_store(data, db) as keys:
+        new = keys.create(name, KeyRole(role), created_by=CLI_ACTOR)
     public = ApiKeyView.model_validate(new.record).model_dump()
     command = "edgefleet hub apikey create"
     record(data, db, "api_key.create", new.record.keyid, command, after=public)
@@ -306,7 +315,8 @@ def apikey_list(
 ) -> int:
     from hub.api.views.access import ApiKeyView
 
-    rows = [ApiKeyView.model_validate(k).model_dump() for k in _key_store(data, db).list()]
+    with _key_store(data, db) as keys:
+        rows = [ApiKeyView.model_validate(k).model_dump() for k in keys.list()]
     emit(rows, json, render_api_keys)
     return 0
 
@@ -333,7 +343,8 @@ def apikey_revoke(
     from edgefleet.local_audit import record
     from hub.api.views.access import ApiKeyView
 
-    row = _key_store(data, db).revoke(keyid)
+    with _key_store(data, db) as keys:
+        row = keys.revoke(keyid)
     record(
         data,
         db,

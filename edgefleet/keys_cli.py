@@ -25,7 +25,10 @@ DataDir = Annotated[Path, typer.Option("--data-dir", "--data", help="The hub's d
 Db = Annotated[
     str | None,
     typer.Option(
-        "--db", help="The hub's database URL, for the audit log (default: DATA_DIR/hub.db)."
+        "--db",
+        envvar="EDGEFLEET_DB_URL",
+        help="The hub's database URL, for the audit log (default: $EDGEFLEET_DB_URL, else"
+        " DATA_DIR/hub.db).",
     ),
 ]
 RootKeys = Annotated[

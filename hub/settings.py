@@ -8,6 +8,7 @@ send the fleet's traffic in clear text over a network.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +22,21 @@ from hub.transport.broker import BrokerAddress
 from hub.transport.budget import INGEST, Budget
 from shared.chunks import DEFAULT_CHUNK_SIZE
 
-__all__ = ["HubConfig", "check_broker_transport"]
+__all__ = ["DB_URL_ENV", "HubConfig", "check_broker_transport"]
+
+# The hub's database URL when none is given (docs/database.md); unset: SQLite in data_dir
+DB_URL_ENV = "EDGEFLEET_DB_URL"
+
+
+def _db_url_from_env() -> str | None:
+    return os.environ.get(DB_URL_ENV) or None
 
 
 @dataclass(frozen=True)
 class HubConfig:
     data_dir: Path
-    db_url: str | None = None  # default: SQLite file in data_dir
+    # SQLAlchemy URL; default: $EDGEFLEET_DB_URL, else a SQLite file in data_dir
+    db_url: str | None = field(default_factory=_db_url_from_env)
     broker_url: str | None = None  # default: private Mosquitto, else embedded broker
     # the private broker's port; default: the last start's (data_dir/broker.json), else free
     broker_port: int | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from alert_receiver import WebhookReceiver, closed_port
+from pg_schemas import hub_engine
 from sqlalchemy import Engine
 from test_drift import BASELINE, feed
 from waiting import wait_for
@@ -31,7 +32,6 @@ from hub.alerts import (
     sign,
     verify,
 )
-from hub.store.tables import make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor
 
 SECRET = "s3cret-for-the-alert-tests"
@@ -39,7 +39,7 @@ SECRET = "s3cret-for-the-alert-tests"
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = make_engine(sqlite_url(tmp_path / "hub.db"))
+    e = hub_engine(tmp_path)
     yield e
     e.dispose()
 

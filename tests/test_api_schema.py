@@ -141,6 +141,24 @@ def test_requests_that_once_got_a_500_get_a_422(
     assert response.status_code == 422, response.text
 
 
+def test_a_nul_character_is_refused_or_not_found_never_a_500(
+    api_schema: Any, admin_key: str
+) -> None:
+    """PostgreSQL refuses NUL in text (to store or to search): a 422 that says so, where
+    SQLite finds nothing (404). Found by schemathesis on the PostgreSQL run."""
+    auth = {"authorization": f"Bearer {admin_key}"}
+    create = api_schema["/rollouts"]["POST"].Case(body={"model": "m\x00"}).call(headers=auth)
+    lookup = api_schema["/rollouts/{rollout_id}"]["GET"].Case(
+        path_parameters={"rollout_id": "r\x00"}
+    )
+    found = lookup.call(headers=auth)
+    for response in (create, found):
+        assert response.status_code in (404, 422), response.text
+        if response.status_code == 422:
+            assert "cannot store or search for" in response.json()["detail"]
+            assert "NUL" in response.json()["detail"]
+
+
 @schemathesis.check
 def answer_conforms(ctx: Any, response: Any, case: Any) -> bool | None:
     """A 2xx answer is what its route's response model says (the refusals' shapes are

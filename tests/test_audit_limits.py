@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_schemas import hub_engine
 from sqlalchemy import text
 from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
@@ -186,7 +187,7 @@ def old_and_new_records(engine: Any, now: float, old: int, new: int) -> None:
 
 
 def test_audit_retention_deletes_old_records_in_batches(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     now = time.time()
     old_and_new_records(engine, now, old=12, new=3)
     assert run_audit_retention(engine, max_age_s=500, now=now, batch=5) == 12
@@ -247,7 +248,8 @@ def test_an_older_database_gains_the_new_audit_columns_in_place(tmp_path: Path) 
     its records, which count as one call each."""
     url = sqlite_url(tmp_path / "hub.db")
     engine = make_engine(url)
-    with engine.begin() as conn:  # as a hub.db written before the columns existed
+    with engine.begin() as conn:  # as a hub.db written before the columns (and migrations)
+        conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(text("ALTER TABLE auditrecord DROP COLUMN claimed_keyid"))
         conn.execute(text("ALTER TABLE auditrecord DROP COLUMN count"))
         conn.execute(
@@ -280,7 +282,7 @@ def refused(ts: float, client: str, claimed: str | None = None) -> AuditRecord:
 def test_refused_calls_make_one_row_per_caller_and_interval(tmp_path: Path) -> None:
     """On a SQLite database of its own with set times: each interval starts new rows; a
     row deleted under the log (retention) is written again, not lost."""
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     log = AuditLog(engine, FailedAuthLimit(interval_s=60, groups=2))
     t0 = 6000.0  # the start of an interval
     for i in range(10):

@@ -19,7 +19,8 @@ import pytest
 from hub import Hub, HubConfig
 from hub.transport.broker import Mosquitto
 
-pytestmark = pytest.mark.broker
+# the SQLite file's own mode: no such file when the hub's database is PostgreSQL
+pytestmark = [pytest.mark.broker, pytest.mark.sqlite]
 
 
 def mode(path: Path) -> int:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from pg_schemas import hub_engine
 from sqlalchemy import Engine
 from waiting import wait_for
 
@@ -21,7 +22,7 @@ from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import ApiKeys, Role
 from hub.ml.pipeline import baseline_stats
-from hub.store.tables import DeviceTag, make_engine, session, sqlite_url
+from hub.store.tables import DeviceTag, session
 from hub.telemetry.drift import DriftMonitor
 from hub.telemetry.drift_policy import Policy, open_alerts
 from hub.transport.broker import Mosquitto
@@ -53,7 +54,7 @@ def window_body(seq: int, *, shifted: bool, rows: int = 600, seed: int = 0) -> d
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = make_engine(sqlite_url(tmp_path / "hub.db"))
+    e = hub_engine(tmp_path)
     yield e
     e.dispose()
 

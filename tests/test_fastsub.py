@@ -19,11 +19,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from pg_schemas import hub_engine
+from sqlalchemy import text
 from tlsbroker import TlsClient, enrol
 from waiting import wait_for
 
 from hub import make_ingest
-from hub.store.tables import make_engine, sqlite_url
 from hub.transport.broker import BrokerAddress, Mosquitto, TlsIdentity, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
 from hub.transport.fastsub import ConnectRefused, FastSubscriber
@@ -307,7 +308,7 @@ def test_ingest_subscriber_stores_what_hub_mqtt_would(
     mosquitto: Mosquitto, publisher: mqtt.Client, tmp_path: Path
 ) -> None:
     device = f"fs-{uuid.uuid4().hex[:8]}"
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     ingest = make_ingest(engine, inline=True)
     ingest.start()
     consumer = IngestSubscriber(
@@ -327,9 +328,12 @@ def test_ingest_subscriber_stores_what_hub_mqtt_would(
     assert ingest.counts["telemetry_duplicates"] == 1
     assert consumer.dropped == {"bad_json": 1, "unexpected_type": 1}
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT seq, p95_us, latency_hist FROM telemetry WHERE device_id = ? ORDER BY seq",
-            (device,),
+        rows = conn.execute(
+            text(
+                "SELECT seq, p95_us, latency_hist FROM telemetry"
+                " WHERE device_id = :device ORDER BY seq"
+            ),
+            {"device": device},
         ).fetchall()
     assert [r[0] for r in rows] == list(range(20))
     assert rows[0][1] == 150.0 and rows[0][2] == '{"112":3,"120":2}'

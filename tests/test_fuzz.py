@@ -63,6 +63,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from manifests import make_target, manifest
 from models import make_log_onnx  # tests/models.py
+from pg_schemas import hub_engine
 from securesystemslib.signer import CryptoSigner, SSlibKey  # type: ignore[attr-defined]
 from sqlmodel import select
 
@@ -76,7 +77,7 @@ from hub import make_ingest, serve_devices
 from hub.ingest.writer import Ingest
 from hub.ml.registry import Registry
 from hub.store.artifacts import ArtifactStore
-from hub.store.tables import ModelVersion, Telemetry, make_engine, session, sqlite_url
+from hub.store.tables import ModelVersion, Telemetry, session
 from hub.transport.broker import BrokerAddress
 from hub.transport.decode import MAX_CLOCK_SKEW_S
 from hub.transport.fetch import FetchAnswers
@@ -859,7 +860,7 @@ class HubWorld:
 def hub_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubWorld]:
     """A hub that is never connected (its answers queue in paho), a real Ingest on SQLite."""
     tmp = tmp_path_factory.mktemp("hub")
-    engine = make_engine(sqlite_url(tmp / "hub.db"))
+    engine = hub_engine(tmp)
     repo = TrustRepository.open_or_init(tmp / "trust")
     artifacts = ArtifactStore(tmp / "artifacts")
     data = bytes(range(256)) * 10  # 3 chunks of 1024

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from pg_schemas import hub_engine
 from sqlmodel import func, select
 from waiting import wait_for
 
 from hub import Hub, HubConfig
 from hub.fleet.deployments import EVENTS_MAX_AGE_S, run_event_retention
-from hub.store.tables import EventRecord, Telemetry, make_engine, session, sqlite_url
+from hub.store.tables import EventRecord, Telemetry, session
 from hub.transport.broker import Mosquitto
 from hub.transport.budget import Budget
 from hub.transport.decode import MAX_CLOCK_SKEW_S
@@ -151,7 +152,7 @@ def test_a_flooding_device_is_held_to_its_budget_and_its_stray_events_are_droppe
 
 
 def test_events_expire_after_their_age(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     now = time.time()
     with session(engine) as s:
         for age_days in (400, 366, 10, 0):

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 import pwd
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, text
 from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
 from hub import Hub, HubConfig
+from hub.store.engine import connect
 from hub.store.tables import sqlite_url
 from hub.transport.broker import Mosquitto, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
@@ -34,10 +35,11 @@ DEVICES = 8
 WINDOW_S = 0.25
 
 
-def rows(db: Path) -> dict[str, int]:
-    with sqlite3.connect(db) as conn:
-        found = conn.execute("SELECT device_id, count(*) FROM telemetry GROUP BY device_id")
-        return dict(found.fetchall())
+def rows(engine: Engine) -> dict[str, int]:
+    """Telemetry windows stored, by device (in whatever database the hub runs on)."""
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT device_id, count(*) FROM telemetry GROUP BY device_id"))
+        return {device: int(n) for device, n in found.all()}
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_workers_take_the_telemetry_and_the_hub_keeps_the_rest(
         )
     ).start()
     thread = fleet.loop.start_thread()
-    db = tmp_path / "hub" / "hub.db"
+    db = hub.engine
     try:
         wait_for(lambda: len(rows(db)) == DEVICES, 20, "every device's windows")
         # revoked: the workers read the revocation list and drop its windows from then on
@@ -103,11 +105,14 @@ def test_a_worker_uses_its_own_tls_identity_and_reads_telemetry_only(tmp_path: P
     files = write_broker_config(
         tmp_path / "broker", ca, port=free_port(), user=user, ingest_workers=1
     )
-    db = tmp_path / "hub.db"
+    db_path = tmp_path / "hub.db"
+    db = connect(sqlite_url(db_path))
     address = ("localhost", files.port)
     with TlsMosquitto(files):
         url = f"mqtts://localhost:{files.port}"
-        worker = IngestWorker(WorkerConfig(url, sqlite_url(db), index=0, tls_dir=files.directory))
+        worker = IngestWorker(
+            WorkerConfig(url, sqlite_url(db_path), index=0, tls_dir=files.directory)
+        )
         worker.start()
         device = TlsClient(address, files.ca, enrol(ca, tmp_path / "dev", "dev-1"))
         try:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from pg_schemas import hub_engine
 from update_rig import UpdateRig
 
 from edgefleet.cli import main
 from hub.access.audit import AuditLog
 from hub.access.keys import CLI_ACTOR
 from hub.ml.pipeline import BuiltModel
-from hub.store.tables import make_engine, sqlite_url
 from hub.trust.repository import RepositoryError, TrustRepository
 from shared.reasons import Reason
 
@@ -186,7 +186,7 @@ def test_keys_cli_init_show_rotate(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "root version 3" in capsys.readouterr().out
 
     # each change is in the hub's audit log, as the API's changes are (no key material)
-    engine = make_engine(sqlite_url(tmp_path / "hub" / "hub.db"))
+    engine = hub_engine(tmp_path / "hub")
     records = {r.action: r for r in AuditLog(engine).query(limit=10)}
     assert set(records) == {"signing_key.init", "signing_key.rotate", "signing_key.renew_root"}
     rotate = records["signing_key.rotate"]

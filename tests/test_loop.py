@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pg_schemas import hub_engine
 from sqlmodel import select
 from test_api_auth import Stage, start_stage, stop_stage
 from waiting import wait_for
@@ -18,7 +19,7 @@ from waiting import wait_for
 from hub import pipeline_config
 from hub.access.keys import Role
 from hub.ml.jobs import Jobs
-from hub.store.tables import DriftAlert, Job, make_engine, session, sqlite_url
+from hub.store.tables import DriftAlert, Job, session
 from hub.transport.broker import Mosquitto
 
 pytestmark = pytest.mark.broker
@@ -78,7 +79,7 @@ def test_without_drift_alerts_the_loop_starts_nothing(stage: Stage) -> None:
 
 def test_a_job_left_running_by_a_stopped_hub_is_marked_failed(tmp_path: Path) -> None:
     """A loop run in its retrain step must not wait forever on a job no process runs."""
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     with session(engine) as s:
         s.add(Job(id="orphan", kind="retrain", status="running"))
         s.add(Job(id="finished", kind="train", status="done"))

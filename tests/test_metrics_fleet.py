@@ -23,13 +23,14 @@ from metrics_rig import (
     value,
     window,
 )
+from pg_schemas import hub_engine
 from sqlmodel import Session, select
 from waiting import wait_for
 
 from hub.api.metrics_fleet import FIGURES_IDLE_S
 from hub.ingest.report import Report
 from hub.ingest.writer import Ingest
-from hub.store.tables import ModelFigure, make_engine, session, sqlite_url
+from hub.store.tables import ModelFigure, session
 from hub.transport.broker import Mosquitto
 
 US = 1000  # nanoseconds
@@ -142,7 +143,7 @@ class HeldApplier:
 
 def test_ingest_lag_is_the_backlog_and_the_age_of_its_oldest_report(tmp_path: Path) -> None:
     held = HeldApplier()
-    ingest = Ingest(make_engine(sqlite_url(tmp_path / "hub.db")), [held])
+    ingest = Ingest(hub_engine(tmp_path), [held])
     ingest.start()
     try:
         assert ingest.lag() == (0, 0.0)

@@ -13,9 +13,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pg_schemas import hub_engine
 
 from agent.identity import DeviceIdentity, IdentityError
-from hub.store.tables import make_engine, sqlite_url
 from hub.trust.identities import CRL_REPUBLISH_S, Identities
 from hub.trust.pki import CRL_VALIDITY, CertificateAuthority, PkiError
 
@@ -364,7 +364,7 @@ def test_device_refuses_garbage(ca: CertificateAuthority, tmp_path: Path) -> Non
 def test_a_revocation_says_what_the_broker_was_told(
     tmp_path: Path, ca: CertificateAuthority, reload: tuple[str, ...], notice: str
 ) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     ids = Identities(engine, ca, crl_path=tmp_path / "crl.pem", reload_command=reload)
     ids.issue("dev-a", make_csr("dev-a"), reenrol=False)
     ids.revoke("dev-a", "key_compromise", by=None)
@@ -376,7 +376,7 @@ def test_a_revocation_says_what_the_broker_was_told(
 def test_the_crl_is_reissued_daily_before_it_runs_out(
     tmp_path: Path, ca: CertificateAuthority
 ) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     marker = tmp_path / "reloaded"
     ids = Identities(
         engine, ca, crl_path=tmp_path / "crl.pem", reload_command=("touch", str(marker))

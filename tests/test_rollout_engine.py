@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from pg_schemas import hub_engine
 from sqlalchemy import Engine
 from sqlmodel import select
 
@@ -32,9 +33,7 @@ from hub.store.tables import (
     EventRecord,
     Rollout,
     RolloutDevice,
-    make_engine,
     session,
-    sqlite_url,
 )
 from shared import protocol
 
@@ -109,7 +108,7 @@ class Bench:
 
 @pytest.fixture
 def bench(tmp_path: Path) -> Iterator[Bench]:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     clock, mqtt = Clock(), Recorder()
     rollouts = Rollouts(engine, cast(Registry, None), cast(CommandSender, mqtt), clock=clock)
     ingest = make_ingest(engine, inline=True)

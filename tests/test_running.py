@@ -1,17 +1,19 @@
 """Which devices run a model counts every model a device runs, not only its first
 (hub/store/running.py; the lineage's ``running`` and the champion build on it). A real
-SQLite file."""
+SQLite file, or the PostgreSQL schema of the test under EF_TEST_DB=postgresql."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pg_schemas import hub_engine
+
 from hub.store.running import most_run, running
-from hub.store.tables import Device, make_engine, session, sqlite_url
+from hub.store.tables import Device, session
 
 
 def test_a_models_devices_include_those_that_run_it_beside_another(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path / "hub.db"))
+    engine = hub_engine(tmp_path)
     with session(engine) as s:
         s.add_all(
             [

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from pg_schemas import hub_engine
 from sqlalchemy import Engine
 from sqlmodel import select
 from waiting import wait_for
@@ -414,7 +415,7 @@ def estimated_windows(hub: Any, model: str) -> int:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Engine:
-    return make_engine(sqlite_url(tmp_path / "hub.db"))
+    return hub_engine(tmp_path)
 
 
 def ingest_all(engine: Engine, messages: list[tuple[str, bytes]], **kw: Any) -> Ingest:

@@ -1,5 +1,7 @@
 """The dashboard ships inside the hub's wheel: its pages and static files are package
-data (pyproject.toml), so a hub installed from the wheel serves /ui with nothing else."""
+data (pyproject.toml), so a hub installed from the wheel serves /ui with nothing else.
+So do the database migrations (hub/store/migrations/): an installed hub upgrades its
+database at start."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UI = ROOT / "hub" / "api" / "ui"
+MIGRATIONS = ROOT / "hub" / "store" / "migrations"
 SOURCES = ("pyproject.toml", "README.md", "shared", "agent", "hub", "simulator", "edgefleet")
 
 
@@ -38,4 +41,11 @@ def test_the_wheel_carries_every_page_and_static_file(tmp_path: Path) -> None:
         if p.is_file()
     }
     assert len(wanted) >= 15  # the pages, the modules, the style sheet
+    migrations = {
+        str(p.relative_to(ROOT))
+        for p in MIGRATIONS.rglob("*")
+        if p.is_file() and p.suffix in (".py", ".mako")
+    }
+    assert {"env.py", "script.py.mako", "0001_baseline.py"} <= {Path(m).name for m in migrations}
+    wanted |= migrations
     assert wanted <= shipped, f"not in the wheel: {sorted(wanted - shipped)}"

@@ -6,7 +6,8 @@ path that fails validation) would otherwise tell a caller without a key what the
 expects: these handlers check the key first, so such a caller learns nothing but 401.
 (hub/api/limits.py checks it earlier still, before the body is read.) A 422 never echoes a
 large input back: each input is cut to :data:`INPUT_MAX` characters, at most
-:data:`ERRORS_MAX` errors are listed.
+:data:`ERRORS_MAX` errors are listed. A value the database refuses to store or look up
+(PostgreSQL: a NUL character in text; SQLite takes it) is a 422 too, never a 500.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -48,6 +50,16 @@ async def validation_error(request: Request, exc: RequestValidationError) -> Res
     if len(exc.errors()) > ERRORS_MAX:
         errors.append({"msg": f"{len(exc.errors()) - ERRORS_MAX} more errors not listed"})
     return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
+async def database_refused(request: Request, exc: DataError) -> Response:
+    """A 422 for a value the database cannot hold, in the database's words (never the value)."""
+    if denied := await _check_key_first(request):
+        return denied
+    said = str(exc.orig).splitlines()[0] if exc.orig is not None else "a value out of range"
+    detail = f"a value the database cannot store or search for: {said}"
+    audit_context(request).detail = detail
+    return JSONResponse(status_code=422, content={"detail": detail})
 
 
 ERRORS_MAX = 20  # errors listed in a 422 answer

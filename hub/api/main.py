@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hub.access.audit import AuditLog
@@ -30,7 +31,7 @@ from hub.access.keys import ApiKeys
 from hub.api.audit import AuditMiddleware
 from hub.api.deps import operation_id
 from hub.api.docs import serve_docs
-from hub.api.errors import http_error, validation_error
+from hub.api.errors import database_refused, http_error, validation_error
 from hub.api.limits import LIST_BODY_MAX, BodyLimit
 from hub.api.metrics import RequestMetrics, metrics_registry
 from hub.api.routes import (
@@ -112,6 +113,7 @@ def create_app(hub: Hub, sessions: SessionPolicy | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, registry=app.state.metrics)  # outermost: all requests
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(DataError, database_refused)  # type: ignore[arg-type]
     for router in ROUTERS:
         _include(app, router)
     serve_docs(app)

@@ -1,7 +1,8 @@
 """Connecting to the hub's database: the engine, SQLite's settings, sessions.
 
-SQLite (WAL, a busy timeout) by default, PostgreSQL by URL. The schema and
-``make_engine``, which also creates the tables, are in hub/store/tables.py.
+SQLite (WAL, a busy timeout) by default, PostgreSQL by URL through psycopg 3
+(docs/database.md). The schema and ``make_engine``, which also brings the database to it
+(hub/store/migrate.py), are in hub/store/tables.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
 from sqlmodel import Session, create_engine
 
-__all__ = ["connect", "session", "sqlite_url"]
+__all__ = ["connect", "driver_url", "session", "sqlite_url"]
 
 SQLITE_BUSY_TIMEOUT_S = 30  # seconds a writer waits for SQLite's lock before it fails
 
@@ -24,7 +25,13 @@ def sqlite_url(path: Path) -> str:
 
 
 def connect(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout. Creates no table."""
+    """An engine for ``url``; SQLite gets WAL and a busy timeout. Creates no table.
+
+    A plain ``postgresql://`` URL goes through psycopg 3 (the ``hub`` extra's driver), not
+    SQLAlchemy's default psycopg2; libpq's parameters ride in the query string
+    (``?options=-csearch_path%3Dedgefleet`` puts the hub's tables in a schema).
+    """
+    url = driver_url(url)
     connect_args: dict[str, Any] = {}
     if url.startswith("sqlite"):
         connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
@@ -39,6 +46,14 @@ def connect(url: str) -> Engine:
             cur.close()
 
     return engine
+
+
+def driver_url(url: str) -> str:
+    """``url`` with psycopg 3 named as the driver of a PostgreSQL URL that names none."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
 
 
 @contextmanager

@@ -35,6 +35,8 @@ from typing import Final, Protocol
 from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from hub.store.engine import driver_url
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -85,7 +87,7 @@ def election_key(database: str, schema: str, what: str = "leader") -> int:
 def one_at_a_time(db_url: str, what: str) -> Iterator[None]:
     """Hold an advisory lock named ``what`` for this hub's schema while the block runs
     (replicas starting together create or upgrade the schema one after the other)."""
-    engine = create_engine(db_url, poolclass=NullPool, connect_args=KEEPALIVE)
+    engine = create_engine(driver_url(db_url), poolclass=NullPool, connect_args=KEEPALIVE)
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -118,7 +120,9 @@ class Leadership:
         on_lost: Callable[[], None] = lambda: None,
         poll_s: float = POLL_S,
     ) -> None:
-        self._engine: Engine = create_engine(db_url, poolclass=NullPool, connect_args=KEEPALIVE)
+        self._engine: Engine = create_engine(
+            driver_url(db_url), poolclass=NullPool, connect_args=KEEPALIVE
+        )
         if self._engine.dialect.name != "postgresql":
             raise LeaderError(f"leader election needs PostgreSQL, not {self._engine.dialect.name}")
         self.on_elected = on_elected

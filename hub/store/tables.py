@@ -1,4 +1,4 @@
-"""The hub's SQL schema (SQLModel), and ``make_engine``, which creates it.
+"""The hub's SQL schema (SQLModel), and ``make_engine``, which brings a database to it.
 
 SQLite (WAL) by default, PostgreSQL by URL (hub/store/engine.py connects; its ``session``
 and ``sqlite_url`` are importable from here too). Rows are the hub's memory: devices as last
@@ -38,7 +38,7 @@ from hub.store.engine import connect
 from hub.store.engine import session as session  # re-exported: callers import it from here
 from hub.store.engine import sqlite_url as sqlite_url  # re-exported, as session
 from hub.store.figure_tables import ModelFigure, SpoolDrop  # created with the rest
-from hub.store.migrate import add_columns
+from hub.store.migrate import upgrade
 from hub.store.registry_tables import ModelArtefact
 
 __all__ = [
@@ -87,6 +87,7 @@ __all__ = [
     "now",
     "session",
     "sqlite_url",
+    "upgrade_database",
 ]
 
 # ---------------------------------------------------------------- devices
@@ -461,8 +462,23 @@ class LoopRun(SQLModel, table=True):
 
 
 def make_engine(url: str) -> Engine:
-    """Create the engine and the tables. SQLite gets WAL and a busy timeout."""
+    """The engine, its database brought to the hub's schema (hub/store/migrate.py).
+
+    SQLite gets WAL and a busy timeout. Raises MigrationError when the database cannot be
+    brought to the schema.
+    """
     engine = connect(url)
-    SQLModel.metadata.create_all(engine)
-    add_columns(engine)
+    try:
+        upgrade_database(engine)
+    except BaseException:
+        engine.dispose()  # its connections, not left to the garbage collector
+        raise
     return engine
+
+
+def upgrade_database(engine: Engine) -> str:
+    """Run the migrations ``engine``'s database lacks (hub/store/migrate.py's ``upgrade``).
+
+    Returns the revision it was at before (``"empty"``, ``"unversioned"`` or a revision).
+    """
+    return upgrade(engine, SQLModel.metadata)

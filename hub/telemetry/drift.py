@@ -200,8 +200,11 @@ class DriftMonitor:
         dialect = s.get_bind().dialect.name
         if dialect in ("sqlite", "postgresql"):
             ins: Any = (sqlite if dialect == "sqlite" else postgresql).insert(DriftWindow)
-            stmt = ins.on_conflict_do_nothing(index_elements=["device_id", "seq"])
-            return bool(s.execute(stmt.values(**row)).rowcount)  # type: ignore[attr-defined]
+            stmt = ins.on_conflict_do_nothing(index_elements=["device_id", "seq"]).values(**row)
+            if dialect == "sqlite":  # (RETURNING needs SQLite 3.35)
+                return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+            # RETURNING, not rowcount: through the session, psycopg's rowcount is -1 here
+            return s.execute(stmt.returning(DriftWindow.seq)).first() is not None
         if s.get(DriftWindow, (row["device_id"], row["seq"])) is not None:
             return False
         s.add(DriftWindow(**row))

@@ -1,0 +1,1 @@
+"""Migration 0001's tables, by the module that defines them (frozen; see each module)."""

@@ -1,0 +1,1 @@
+"""The migrations, one a file, oldest first by their ``down_revision`` chain."""
