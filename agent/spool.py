@@ -26,6 +26,8 @@ entries first (an entry in flight included); :attr:`Spool.dropped` counts them, 
 in the cursor, and the agent reports it as ``spool_dropped`` in every telemetry body. The
 count bounds the loss from above: an entry already handed to MQTT when it was dropped
 may still be delivered from the client's own queue.
+A message larger than ``max_bytes`` on its own is dropped at once and counted the same
+way (a bound set below the largest window loses those windows, never the device).
 Disk use stays below ``max_bytes`` plus one segment.
 
 A corrupt or torn record (a crash mid-write, a bad disk) ends the reading of its segment:
@@ -128,18 +130,20 @@ class Spool:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, topic: str, payload: bytes) -> Entry:
+    def append(self, topic: str, payload: bytes) -> Entry | None:
         """Write one message to disk (before it is published); drop the oldest if full.
 
+        A message larger than the whole bound can never be spooled: it is dropped,
+        counted in :attr:`dropped` (reported to the hub like any drop) and logged, and
+        the entries already spooled stay. Returns None then, else the new entry.
+
         Raises:
-            ValueError: one message larger than the whole bound.
             OSError: the write failed (the message is not spooled).
         """
         entry = Entry(self._next_id, topic, payload)
         if entry.size > self.max_bytes:
-            raise ValueError(
-                f"a message of {entry.size} bytes exceeds the spool's {self.max_bytes}"
-            )
+            self._drop_oversized(entry)
+            return None
         while self._entries and self._bytes + entry.size > self.max_bytes:
             self._drop_oldest()
         self._write(entry)
@@ -161,6 +165,19 @@ class Spool:
             moved = True
         if moved:
             self._advance()
+
+    def _drop_oversized(self, entry: Entry) -> None:
+        self.dropped += 1
+        log.warning(
+            "%s: dropped a %d-byte message on %s: larger than the whole spool (%d bytes); "
+            "%d dropped in all",
+            self.directory,
+            entry.size,
+            entry.topic,
+            self.max_bytes,
+            self.dropped,
+        )
+        self._write_cursor()  # the count survives a restart, as every drop's does
 
     def _drop_oldest(self) -> None:
         e = self._entries.popleft()

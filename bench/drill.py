@@ -19,8 +19,12 @@ Two rollouts, one after the other, on the same hub and devices:
      restart from their state directory 2 s later,
    - ``--link-share`` of the devices lose their link for ``--link-loss-s``,
    - the broker restarts ``--broker-restarts`` times (same port, same persistence),
-   - the leader hub is SIGKILLed ``--leader-kills`` times (``leader_kill: restart``: a
-     new hub process on the same data directory; bench/drill_stage.py).
+   - the leader hub is SIGKILLed ``--leader-kills`` times: by default the hub is two
+     replicas over a PostgreSQL schema of the drill's own (``--replicas 2``, ``--pg``),
+     the leader is found through ``/health``, SIGKILLed, and the other replica takes over
+     (``leader_kill: failover``, ``takeover_s``); the supervisor starts the killed one
+     again as a follower. ``--replicas 1``: one hub over SQLite, SIGKILLed and started
+     again (``restart``). bench/drill_stage.py, bench/drill_replicas.py.
    The process faults strike at fractions of the reference time, so they land while
    devices download; the figures say how many devices had converged when each struck.
 
@@ -292,6 +296,7 @@ def run_phase(
     while True:
         fleet.poll()
         fleet.check_alive()
+        ctx.hubs.tick()
         now = time.time() - t0
         if due and now >= due[0][0]:
             at_s, kind = due.pop(0)
@@ -325,6 +330,7 @@ def strike(ctx: Any, kind: str, at_s: float, now: float) -> dict[str, Any]:
 
         say(f"drill     t={now:6.1f}s  leader hub SIGKILL ({converged} converged)")
         record = {"kind": kind, **kill_leader(ctx.hubs)}
+        say(f"drill     leader kill: {record}")
     record.update({"planned_at_s": round(at_s, 2), "at_s": round(now, 2), "converged": converged})
     return record
 
@@ -353,8 +359,8 @@ class Context:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.drill_replicas import FailoverClient
     from bench.drill_stage import start_broker, start_hubs
-    from edgefleet.client import HubClient
     from hub.access.keys import DEV_KEY
 
     work = Path(tempfile.mkdtemp(prefix="bench-drill-"))
@@ -362,9 +368,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     broker = start_broker(work)
     hubs = fleet = client = None
     try:
-        hubs = start_hubs(work, broker.address.url)
-        client = HubClient(hubs.url, api_key=DEV_KEY, timeout=60.0)
-        say(f"stage  broker {broker.address.url}, hub {hubs.url}, files in {work}")
+        hubs = start_hubs(work, broker.address.url, args.replicas, args.pg, args.keep)
+        client = FailoverClient(hubs.urls, api_key=DEV_KEY, timeout=60.0)
+        urls = ", ".join(hubs.urls)
+        say(f"stage  broker {broker.address.url}, hub {urls} ({hubs.mode}), files in {work}")
         v1, v2 = train(client, args), train(client, args)
         chunks = -(-int(v2["size_bytes"]) // (16 * 1024))
         say(f"model  {MODEL_NAME} v1, v2: {v2['size_bytes']:,} bytes, {chunks} chunks")
@@ -380,9 +387,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet.poll(args.settle_s)  # spools drain after the last reconnects
         finals = fleet.finish()
         fleet = None
+        hubs.wait_all_back()  # a killed replica collects what its session kept
         accepted = _settled_windows(hubs)
         stats = hub_call(client.stats).model_dump()
-        report = figures(args, reference, drill, finals, accepted, v2, faults)
+        report = figures(args, reference, drill, finals, accepted, v2, faults, hubs.summary())
         report["hub_stats_since_last_start"] = stats
     finally:
         if fleet is not None:
@@ -458,6 +466,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--broker-restarts", type=int, default=2)
     p.add_argument("--broker-down-s", type=float, default=1.0, help="seconds a restart takes")
     p.add_argument("--leader-kills", type=int, default=1, help="SIGKILLs of the leader hub")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        help="hub replicas over PostgreSQL (fail-over); 1: one hub over SQLite (restart)",
+    )
+    p.add_argument(
+        "--pg",
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL for the replicas: the drill creates a schema there and drops it",
+    )
     p.add_argument("--rows-per-s", type=float, default=5.0, help="inference rows/s per device")
     p.add_argument("--infer-share", type=float, default=0.1, help="devices that infer")
     p.add_argument("--window-s", type=float, default=10.0, help="telemetry window, seconds")
@@ -484,14 +503,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help=f"where the simulated devices keep their files (default {DEVICE_DIR})",
     )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per rollout")
-    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    p.add_argument("--keep", action="store_true", help="keep the work directory and the schema")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     for name in ("corrupt_p", "crash_share", "link_share", "infer_share"):
         if not 0 <= getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be within 0..1")
-    if args.devices < 1 or args.processes < 1:
-        p.error("--devices and --processes must be >= 1")
+    if args.devices < 1 or args.processes < 1 or args.replicas < 1:
+        p.error("--devices, --processes and --replicas must be >= 1")
     if args.heartbeat_s is None:
         args.heartbeat_s = args.window_s
     return args

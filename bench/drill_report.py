@@ -34,6 +34,7 @@ def figures(
     accepted: dict[str, dict[str, set[int]]],
     version: dict[str, Any],
     faults: list[dict[str, Any]],
+    leader_kill: dict[str, Any],
 ) -> dict[str, Any]:
     devices = [d for f in finals for d in f["devices"]]
     n = args.devices
@@ -58,7 +59,7 @@ def figures(
             "devices_planned": _merge([f.get("planned", {}) for f in finals]),
             "device_specs": faults,
             "process": drill.struck,
-            "leader_kill": "restart",  # bench/drill_stage.py: one hub process today
+            "leader_kill": leader_kill,  # bench/drill_stage.py Hubs.summary
         },
         "hub": {"reference": reference.hub_status, "drill": drill.hub_status},
         "model_bytes": int(version["size_bytes"]),
@@ -230,6 +231,7 @@ def print_table(r: dict[str, Any]) -> None:
         ),
         ("device faults", json.dumps(r["faults"]["device"])),
         ("process faults", json.dumps(r["faults"]["process"])),
+        ("leader kill", json.dumps(r["faults"]["leader_kill"])),
         ("hub (drill)", json.dumps(r["hub"]["drill"])),
         ("goals met", str(r["met"])),
     ]

@@ -7,45 +7,120 @@ sessions, their subscriptions and the QoS 1 messages queued for them, as a produ
 broker does; without it every restart would drop the commands queued for devices and the
 telemetry queued for the hub.
 
-The hub is ``edgefleet hub serve --dev`` (edgefleet/stage.py ``HubProcess``), driven over
-its HTTP API. The leader is the hub process that runs the rollout engine. Today a hub is
-one process over one SQLite file, so :func:`kill_leader` SIGKILLs it and starts a new
-process on the same data directory and port (``mode: restart``). With hub replicas over
-PostgreSQL and a leader elected by advisory lock, :func:`start_hubs` starts N replicas on
-one database and :func:`kill_leader` SIGKILLs the one holding the lock and waits for
-another to take over (``mode: failover``): those two functions are the whole change.
+The hub, by default, is ``edgefleet hub serve --dev --replicas 2`` (ADR 0032): a
+supervisor and two replicas over a PostgreSQL schema of the drill's own (created by
+:func:`start_hubs`, dropped by :meth:`Hubs.stop`), one of them the leader by advisory
+lock. :func:`kill_leader` asks both replicas' ``/health`` which one leads, SIGKILLs it
+and waits until the other says it leads (``mode: failover``, ``takeover_s``); the
+supervisor starts the killed one again, as a follower, as it would in production, and
+:meth:`Hubs.wait_all_back` records when it answers again (its persistent session kept its
+share of the device messages for it). The API is driven through :class:`FailoverClient`,
+which moves to the other replica when one does not answer.
+
+``--replicas 1`` runs one hub process over one SQLite file (edgefleet/stage.py
+``HubProcess``); there :func:`kill_leader` SIGKILLs it and starts a new process on the
+same data directory and port (``mode: restart``).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edgefleet.stage import HubProcess
 from hub.transport.broker import Mosquitto, free_port
 
 BROKER_DOWN_S = 1.0  # seconds a broker restart keeps the port closed
+# The windows the hub stored, by kind: (device, seq) rows. The same two queries on SQLite
+# and on PostgreSQL (bench/drill_replicas.py).
+WINDOW_QUERIES = {
+    "telemetry": "SELECT device_id, seq FROM telemetry WHERE seq >= 0",
+    "drift": "SELECT device_id, seq FROM driftwindow",
+}
+Windows = dict[str, dict[str, set[int]]]  # {kind: {device: {seq}}}
+
+
+class Hubs(Protocol):
+    """The hub processes of the drill and what happened to them."""
+
+    mode: str  # what a leader kill is: "restart" (one hub) or "failover" (replicas)
+    kills: list[dict[str, Any]]
+
+    @property
+    def urls(self) -> list[str]: ...
+
+    def kill_leader(self) -> dict[str, Any]: ...
+
+    def tick(self) -> None: ...
+
+    def wait_all_back(self, timeout_s: float = 120.0) -> None: ...
+
+    def accepted_windows(self) -> Windows: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
-class Hubs:
-    """The hub processes of the drill and what happened to them."""
+class SingleHub:
+    """One hub process over one SQLite file (``--replicas 1``)."""
 
-    processes: list[HubProcess]
+    process: HubProcess
     data_dir: Path
     kills: list[dict[str, Any]] = field(default_factory=list)
+    mode: str = "restart"
 
     @property
-    def url(self) -> str:
-        """Where the API answers (any replica would do; today there is one)."""
-        return self.processes[0].url
+    def urls(self) -> list[str]:
+        return [self.process.url]
+
+    def kill_leader(self) -> dict[str, Any]:
+        """SIGKILL the hub mid-rollout and start a new process on the same data directory,
+        database and port.
+
+        Returns:
+            ``mode`` (``restart``), ``down_s`` (from the kill until the API answers
+            again) and the killed ``pid``.
+        """
+        pid = self.process.pid
+        t0 = time.monotonic()
+        self.process.kill()
+        self.process.start()
+        record = {"mode": self.mode, "pid": pid, "down_s": round(time.monotonic() - t0, 2)}
+        self.kills.append(record)
+        return record
+
+    def tick(self) -> None:
+        """Nothing to watch: the kill waited for the new process."""
+
+    def wait_all_back(self, timeout_s: float = 120.0) -> None:
+        """Nothing to wait for: the kill waited for the new process."""
+
+    def accepted_windows(self) -> Windows:
+        """Read from the hub's SQLite file (WAL: a reader does not block the hub's writer)."""
+        db = sqlite3.connect(f"file:{self.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            return collect({kind: db.execute(q).fetchall() for kind, q in WINDOW_QUERIES.items()})
+        finally:
+            db.close()
+
+    def summary(self) -> dict[str, Any]:
+        downs = [k["down_s"] for k in self.kills]
+        return {
+            "mode": self.mode,
+            "replicas": 1,
+            "database": "sqlite",
+            "down_s": max(downs) if downs else None,
+            "kills": self.kills,
+        }
 
     def stop(self) -> None:
-        for p in self.processes:
-            p.stop()
+        self.process.stop()
 
 
 def start_broker(work: Path) -> Mosquitto:
@@ -53,60 +128,41 @@ def start_broker(work: Path) -> Mosquitto:
     return Mosquitto(work / "broker", persistence=True).start()
 
 
-def start_hubs(work: Path, broker_url: str, replicas: int = 1) -> Hubs:
-    """Start the hub processes on one data directory (one SQLite database).
+def start_hubs(
+    work: Path, broker_url: str, replicas: int = 2, pg_url: str = "", keep: bool = False
+) -> Hubs:
+    """Start the hub: ``replicas`` of 2 or more over a fresh schema of ``pg_url``
+    (bench/drill_replicas.py; ``keep``: the schema stays), or one process over SQLite.
 
     Raises:
-        ValueError: ``replicas`` other than 1 (hub replicas need PostgreSQL and leader
-            election, which the hub does not have yet).
         ScenarioError: a hub did not start (edgefleet/stage.py).
+        TimeoutError: the replicas did not answer or elect a leader in time.
+        psycopg.Error: PostgreSQL refused the schema.
     """
-    if replicas != 1:
-        raise ValueError("one hub process today: replicas need PostgreSQL and a leader lock")
+    if replicas >= 2:
+        from bench.drill_replicas import start_replicas
+
+        return start_replicas(work, broker_url, replicas, pg_url, keep)
     data_dir = work / "hub"
-    hub = HubProcess(data_dir, broker_url, port=free_port()).start()
-    return Hubs([hub], data_dir)
-
-
-def find_leader(hubs: Hubs) -> HubProcess:
-    """The process that runs the rollout engine: today the only one."""
-    return hubs.processes[0]
+    return SingleHub(HubProcess(data_dir, broker_url, port=free_port()).start(), data_dir)
 
 
 def kill_leader(hubs: Hubs) -> dict[str, Any]:
-    """SIGKILL the leader mid-rollout and bring the hub back.
-
-    Returns:
-        ``mode`` (``restart``), ``down_s`` (from the kill until the API answers again)
-        and the killed ``pid``.
-    """
-    leader = find_leader(hubs)
-    pid = leader.pid
-    t0 = time.monotonic()
-    leader.kill()
-    leader.start()  # a new process on the same data directory, database and port
-    record = {"mode": "restart", "pid": pid, "down_s": round(time.monotonic() - t0, 2)}
-    hubs.kills.append(record)
-    return record
+    """SIGKILL the leader mid-rollout; see :class:`SingleHub` and ``ReplicaSet``."""
+    return hubs.kill_leader()
 
 
-def accepted_windows(hubs: Hubs) -> dict[str, dict[str, set[int]]]:
+def accepted_windows(hubs: Hubs) -> Windows:
     """The windows the hub has stored, by kind and device: ``{kind: {device: {seq}}}``
-    (``telemetry``: raw windows; ``drift``: drift sketches, one per window).
+    (``telemetry``: raw windows; ``drift``: drift sketches, one per window)."""
+    return hubs.accepted_windows()
 
-    Read from the hub's SQLite file (WAL: a reader does not block the hub's writer).
-    """
-    queries = {
-        "telemetry": "SELECT device_id, seq FROM telemetry WHERE seq >= 0",
-        "drift": "SELECT device_id, seq FROM driftwindow",
-    }
-    db = sqlite3.connect(f"file:{hubs.data_dir / 'hub.db'}?mode=ro", uri=True, timeout=30)
-    out: dict[str, dict[str, set[int]]] = {}
-    try:
-        for kind, query in queries.items():
-            by_device = out.setdefault(kind, {})
-            for device_id, seq in db.execute(query).fetchall():
-                by_device.setdefault(device_id, set()).add(int(seq))
-    finally:
-        db.close()
+
+def collect(rows: dict[str, Iterable[tuple[Any, Any]]]) -> Windows:
+    """``{kind: [(device, seq)]}`` as ``{kind: {device: {seq}}}``."""
+    out: Windows = {}
+    for kind, pairs in rows.items():
+        by_device = out.setdefault(kind, {})
+        for device_id, seq in pairs:
+            by_device.setdefault(str(device_id), set()).add(int(seq))
     return out

@@ -73,3 +73,37 @@ def test_the_windows_devices_spools_dropped_reach_the_hubs_metrics(
             fleet.loop.stop()
             thread.join(10)
             fleet.close()
+
+
+def test_a_spool_smaller_than_one_window_drops_each_window_and_the_devices_run_on(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    with served_hub(broker, tmp_path / "hub") as served:
+        config = FleetConfig(
+            devices=DEVICES,
+            host="127.0.0.1",
+            port=broker.port,
+            work_dir=tmp_path / "fleet",
+            pinned_root=served.hub.trust.pinned_root(),
+            id_prefix="tiny",
+            rows_per_s=0,
+            tick_s=WINDOW_S / 2,
+            window_s=WINDOW_S,
+            heartbeat_s=WINDOW_S,
+            spool_max_bytes=100,  # a window is ~400 bytes: none can ever be spooled
+        )
+        fleet = Fleet(config).start()
+        thread = fleet.loop.start_thread()
+        try:
+            wait_for(
+                lambda: min(d.spool.spool.dropped for d in fleet.devices) >= 8,
+                30,
+                "every device dropping its windows, window after window",
+            )
+            assert thread.is_alive()  # the loop of every device runs on
+            assert all(len(d.spool.spool) == 0 for d in fleet.devices)
+            assert all(d.device.core.spool_dropped >= 8 for d in fleet.devices)  # reported
+        finally:
+            fleet.loop.stop()
+            thread.join(10)
+            fleet.close()

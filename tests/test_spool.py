@@ -108,10 +108,19 @@ def test_garbage_cursor_and_foreign_files_do_not_crash(tmp_path: Path) -> None:
     assert pending_payloads(again) == [payload(0), payload(1)]
 
 
-def test_a_message_larger_than_the_bound_is_refused(tmp_path: Path) -> None:
+def test_a_message_larger_than_the_whole_bound_is_a_counted_drop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     spool = Spool(tmp_path, max_bytes=4096)
-    with pytest.raises(ValueError, match="4096"):
-        spool.append(TOPIC, b"x" * 5000)
+    fill(spool, 2)
+    assert spool.append(TOPIC, b"x" * 5000) is None  # can never fit: dropped, not raised
+    assert spool.dropped == 1
+    assert "larger than the whole spool (4096 bytes)" in caplog.text
+    assert pending_payloads(spool) == [payload(0), payload(1)]  # what fits stays
+    fill(spool, 1)  # and the spool goes on
+    again = Spool(tmp_path, max_bytes=4096)
+    assert again.dropped == 1  # reported after a restart too
+    assert len(again) == 3
 
 
 class FakeLink:
@@ -128,6 +137,16 @@ class FakeLink:
         self._mid += 1
         self.sent.append((self._mid, data))
         return self._mid
+
+
+def test_the_sender_drops_a_message_larger_than_the_spool_and_goes_on(tmp_path: Path) -> None:
+    link = FakeLink()
+    sender = SpoolSender(Spool(tmp_path, max_bytes=4096), link.send)
+    sender.connected()
+    sender.submit(TOPIC, b"x" * 5000)  # no exception reaches the device's loop
+    sender.submit(TOPIC, payload(1))
+    assert sender.dropped == 1
+    assert [data for _mid, data in link.sent] == [payload(1)]
 
 
 def test_sender_keeps_a_window_and_resends_in_order_after_reconnect(tmp_path: Path) -> None:
