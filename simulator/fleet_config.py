@@ -36,6 +36,7 @@ class FleetConfig:
     tick_s: float = 1.0  # how often each device closes a stats tick
     window_s: float = 5.0  # telemetry window
     fetch_timeout_s: float = 10.0
+    fanout: bool = True  # devices read the fan-out topics deploy commands name
     # telemetry/drift spools (agent/spool.py): one directory per device under spool_dir
     # (e.g. on /dev/shm), or under each device's state directory when None
     spool_dir: Path | None = None

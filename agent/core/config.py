@@ -17,7 +17,12 @@ class CoreConfig:
     agent_version: str = AGENT_VERSION
     window_s: float = 10.0  # telemetry window
     chunk_window: int = 8  # chunks requested and not yet received, at most
-    fetch_timeout_s: float = 10.0  # no answer for this long: ask again
+    # no answer for this long: ask again (until a round trip is measured: then the
+    # timeout follows it, agent/core/roundtrip.py)
+    fetch_timeout_s: float = 10.0
+    # no fan-out chunk for this long: fetch the missing ones individually
+    fan_idle_s: float = 5.0
+    fanout: bool = True  # reads the fan-out topics deploy commands name (its adapter can)
     max_fetch_retries: int = 6  # then give up with fetch_timeout
     max_chunk_failures: int = 3  # one chunk failing its hash this often: give up
     max_probation_wait: float = 10.0  # probation_s multiples to wait for enough traffic

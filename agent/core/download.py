@@ -4,7 +4,14 @@
 has the adapter verify it (:class:`~agent.events.VerifyMetadata`), checks the manifest it
 signs against the command and this device, then keeps up to ``chunk_window`` chunks
 requested (``fetch_chunks``) and checks each against its signed sha256 before it is
-written. A download that stalls asks again with backoff, then fails.
+written. A download that stalls asks again with backoff (the time-out follows the
+observed round trip, agent/core/roundtrip.py), then fails.
+
+Fan-out (docs/protocol.md): a deploy command that names a fan-out topic has the device
+read it; once the metadata is verified the device waits for the hub's one publish per
+chunk there instead of asking, and checks each chunk exactly as a fetched one. The
+fan-out is over for this device when its last chunk arrives, or nothing came for
+``fan_idle_s``: then it fetches only the chunks it still misses.
 """
 
 from __future__ import annotations
@@ -13,12 +20,15 @@ from agent.core.budget import no_room
 from agent.core.context import CoreContext, log
 from agent.core.job import Job
 from agent.core.phases import Phase, Trigger
+from agent.core.roundtrip import RoundTrip
 from agent.events import (
     CheckStagedChunks,
     MetadataVerified,
     Outbox,
     Publish,
     StagedChunks,
+    Subscribe,
+    Unsubscribe,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
@@ -36,11 +46,13 @@ class Download:
 
     def __init__(self, ctx: CoreContext) -> None:
         self.ctx = ctx
+        self.rtt = RoundTrip(ctx.config.fetch_timeout_s)
 
     # ------------------------------------------------------------- requests
 
     def request_meta(self, out: Outbox, job: Job, now: float) -> None:
         job.req = self.ctx.next_req()
+        self.rtt.asked(job.req, now)
         body = {"req": job.req, "root_version": self.ctx.root_version}
         out.add(Publish(self.ctx.topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
 
@@ -59,6 +71,8 @@ class Download:
             return
         pending.extend(wanted)
         job.req = self.ctx.next_req()
+        self.rtt.asked(job.req, job.last_progress)
+        self.ctx.counts["chunks_asked"] += len(wanted)
         body = {"req": job.req, "target": job.target, "chunks": wanted}
         payload = protocol.encode("fetch_chunks", body, ts=job.last_progress)
         out.add(Publish(self.ctx.topic("fetch"), payload))
@@ -68,6 +82,9 @@ class Download:
         if job.phase is Phase.META:
             self.request_meta(out, job, now)
         elif job.phase is Phase.CHUNKS:
+            if job.fan_live and job.fanout is not None:  # a reconnect mid fan-out
+                out.add(Subscribe(job.fanout, 1))
+                job.fan_last = now
             # The staging file, not the saved state, records what arrived (the state is
             # not saved per chunk): re-hash every chunk slot and keep what matches.
             manifest = job.manifest
@@ -79,8 +96,13 @@ class Download:
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
 
     def check_timeout(self, out: Outbox, job: Job, now: float) -> None:
-        """No answer for a while: ask again, with backoff; after too many tries, fail."""
-        backoff = self.ctx.config.fetch_timeout_s * min(2**job.retries, MAX_BACKOFF)
+        """No answer for a while: ask again, with backoff; after too many tries, fail.
+        Waiting on a fan-out: once it is idle, fetch what is missing."""
+        if job.fan_live and job.phase is Phase.CHUNKS:
+            if now - max(job.fan_last, job.last_progress) > self.ctx.config.fan_idle_s:
+                self.end_fan(out, job, now)
+            return
+        backoff = self.rtt.timeout() * min(2**job.retries, MAX_BACKOFF)
         if now - job.last_progress < backoff:
             return
         job.retries += 1
@@ -89,6 +111,7 @@ class Download:
             self.ctx.fail_job(out, Reason.FETCH_TIMEOUT, why, now)
             return
         job.last_progress = now
+        self.ctx.counts["re_requests"] += 1
         if job.phase is Phase.META:
             self.request_meta(out, job, now)
         else:
@@ -103,6 +126,7 @@ class Download:
             self.ctx.drop("stale_blob", "metadata for an old request")
             return
         job.last_progress = now
+        self.rtt.answered(req, now)
         out.add(VerifyMetadata(req, protocol.split_meta_blob(blob), job.target))
 
     def on_metadata(self, ev: MetadataVerified, out: Outbox) -> None:
@@ -132,8 +156,16 @@ class Download:
             return
         job.verified(target)
         job.last_progress = ev.now
-        ctx.event(out, job.ref, "downloading", ev.now)
-        self.request_chunks(out, job)
+        if job.fan_live and job.fanout is not None:
+            # Read the fan-out from now on, when the chunks can be checked: the SUBSCRIBE
+            # goes out before the event, so the hub, which starts a round once its
+            # devices said ``downloading``, never starts it before they read.
+            out.add(Subscribe(job.fanout, 1))
+            job.fan_last = ev.now
+            ctx.event(out, job.ref, "downloading", ev.now)
+        else:
+            ctx.event(out, job.ref, "downloading", ev.now)
+            self.request_chunks(out, job)
         ctx.persist(out)
 
     def _check_manifest(self, job: Job, m: Manifest, length: int) -> tuple[Reason, str] | None:
@@ -176,7 +208,11 @@ class Download:
         self.ctx.fail_job(out, Reason.HUB_ERROR, detail, now)
 
     def on_chunk(self, out: Outbox, job: Job, blob: protocol.Blob, now: float) -> None:
+        fanned = blob.header["req"] == protocol.FANOUT_REQ
         if job.phase is not Phase.CHUNKS or blob.header["target"] != job.target:
+            if fanned:  # a fan-out round for another job, or before its metadata: fetched
+                self.ctx.counts["fan_ignored"] += 1  # later if it is this job's
+                return
             self.ctx.drop("stale_blob", "chunk for no download in progress")
             return
         manifest = job.manifest
@@ -186,24 +222,50 @@ class Download:
             return
         if index in job.have:
             return  # a duplicate
+        if fanned:
+            job.fan_last = now
+            self.ctx.counts["fan_chunks"] += 1
+        else:
+            self.rtt.answered(str(blob.header["req"]), now)
+            self.ctx.counts["fetched_chunks"] += 1
         job.last_progress = now
         job.retries = 0
         if index in job.pending:
             job.pending.remove(index)
         offset, size = chunk_span(index, job.verified_target.length, manifest.chunk_size)
+        last = len(manifest.chunks) - 1
         if len(blob.data) != size or not chunk_ok(blob.data, manifest.chunks[index]):
             self._bad_chunk(out, job, index, len(blob.data), size, now)
+            over = fanned and index == last and not blob.header.get("more")
+            if over and job.fan_live and self.ctx.state.job is job:
+                self.end_fan(out, job, now)
             return
         out.add(WriteChunk(job.verified_target, offset, blob.data))
         job.have.append(index)
         if len(job.have) == len(manifest.chunks):
+            self.stop_fan(out, job)
             job.advance(Trigger.CHUNKS_COMPLETE)
             self.ctx.persist(out)  # saved before the file is verified: a restart verifies
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
             return
         # No state save per chunk: a restart re-hashes the staging file instead
         # (resume), which costs ~1 ms per MiB once, not a save per chunk.
+        if not job.fan_live:
+            self.request_chunks(out, job)
+        elif fanned and index == last and not blob.header.get("more"):
+            self.end_fan(out, job, now)  # the fan-out is over: fetch only what it missed
+
+    def end_fan(self, out: Outbox, job: Job, now: float) -> None:
+        """The fan-out passed: fetch individually what it did not bring."""
+        self.stop_fan(out, job)
+        job.last_progress = now
         self.request_chunks(out, job)
+
+    def stop_fan(self, out: Outbox, job: Job) -> None:
+        """Stop reading the fan-out topic (the download is complete, or goes on alone)."""
+        if job.fan_live and job.fanout is not None:
+            out.add(Unsubscribe(job.fanout))
+        job.fan_live = False
 
     def _bad_chunk(
         self, out: Outbox, job: Job, index: int, got: int, size: int, now: float
@@ -220,7 +282,8 @@ class Download:
             detail = f"chunk {index} failed {what} {fails} times"
             self.ctx.fail_job(out, reason, detail, now)
             return
-        self.request_chunks(out, job)  # (this chunk is missing: the download goes on)
+        if not job.fan_live:  # (fanning: it is fetched once the fan-out has passed)
+            self.request_chunks(out, job)  # (this chunk is missing: the download goes on)
 
     def on_staged_chunks(self, ev: StagedChunks, out: Outbox) -> None:
         """The staging file re-hashed after a restart: keep what matched, fetch the rest."""
@@ -230,8 +293,9 @@ class Download:
         job.have = sorted(ev.valid)
         job.pending = []
         if len(job.have) == len(job.manifest.chunks):
+            self.stop_fan(out, job)
             job.advance(Trigger.CHUNKS_COMPLETE)
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
-        else:
+        elif not job.fan_live:
             self.request_chunks(out, job)
         self.ctx.persist(out)
