@@ -52,12 +52,15 @@ from hub.transport.broker import (
 from hub.transport.budget import INGEST, Budget
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
+from hub.transport.fanout import FanOut
 from hub.transport.fetch import FetchAnswers
 from hub.transport.inbound import (
     NO_FETCHES,
     CaptureSink,
     DeviceMessages,
     FetchSource,
+    ObservedSink,
+    ReportSink,
     no_revocations,
 )
 from hub.transport.link import MqttLink, hub_subscriptions
@@ -128,6 +131,7 @@ class Hub:
             on_dataset=self.capture_versions,
         )
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
+        self.fanout = FanOut(self.mqtt, self.registry, qos=cfg.fanout_qos) if cfg.fanout else None
         serve_devices(
             self.mqtt,
             self.ingest,
@@ -135,6 +139,7 @@ class Hub:
             captures=self.datasets,
             revoked=self.revoked,
             budget=cfg.ingest_budget,
+            observe=self.fanout.observe if self.fanout is not None else None,
         )
         self.workers = self._start_ingest_workers(db_url)
         self.mqtt.start()
@@ -144,7 +149,10 @@ class Hub:
             self.commands,
             revoked=self.revoked,
             class_budget=self.classes.budget_mb,
+            fanout=self.fanout,
         )
+        if self.fanout is not None:
+            self.fanout.start()
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self.rollouts.start()
         self._start_model_jobs()
@@ -251,6 +259,8 @@ class Hub:
         self.alerts.stop()
         self.loop.stop()
         self.rollouts.stop()
+        if self.fanout is not None:
+            self.fanout.stop()
         self.jobs.shutdown()
         self.mqtt.stop()
         if self.workers is not None:
@@ -426,12 +436,14 @@ def serve_devices(
     captures: CaptureSink | None = None,
     revoked: Callable[[], frozenset[str]] = no_revocations,
     budget: Budget = INGEST,
+    observe: Callable[[Report], None] | None = None,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 
     Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
     to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
-    Each device's reports are paid for from ``budget`` (hub/transport/budget.py).
+    Each device's reports are paid for from ``budget`` (hub/transport/budget.py);
+    ``observe`` sees each report on its way to the ingest (the fan-out's readiness).
 
     Raises:
         ValueError: ``ingest`` already acknowledges for another consumer.
@@ -439,8 +451,9 @@ def serve_devices(
     if ingest.on_stored is not None:
         raise ValueError("this Ingest already acknowledges for another consumer")
     ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
+    sink: ReportSink = ingest if observe is None else ObservedSink(ingest, observe)
     handler = DeviceMessages(
-        link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
+        link, fetch or NO_FETCHES, sink, captures=captures, revoked=revoked, budget=budget
     )
     return link.serve(handler)
 

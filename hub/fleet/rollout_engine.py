@@ -17,7 +17,7 @@ from typing import NamedTuple
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from hub.fleet.commands import CommandSender, RevokedDevices
+from hub.fleet.commands import CommandSender, FanOutTopics, RevokedDevices
 from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec, few, stored_spec
 from hub.fleet.states import CHANGED, DONE, IN_FLIGHT, failed, move
@@ -41,6 +41,7 @@ class RolloutEngine:
         revoked: RevokedDevices,
         clock: Callable[[], float],
         plan: DeployPlan | None = None,
+        fanout: FanOutTopics | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
@@ -49,6 +50,7 @@ class RolloutEngine:
         # the artefact a device installs (its runtime's, when the version has several),
         # and why the version would not fit its memory (None: it fits)
         self.plan = plan or _as_is
+        self.fanout = fanout  # names the topic a deploy's chunks are fanned out on
 
     def tick_one(self, rollout_id: str, t: float) -> None:
         with session(self.engine) as s:
@@ -210,6 +212,9 @@ class RolloutEngine:
         for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
             if rollout.spec.get(name) is not None:
                 body[name] = rollout.spec[name]
+        fanout = self.fanout and self.fanout.join(rollout.id, target, row.device_id)
+        if fanout:
+            body["fanout"] = fanout
         self.commands.send_command(row.device_id, "deploy", body)
         row.attempts += 1
         row.sent_at = row.updated_at = t

@@ -40,7 +40,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from hub.fleet import probation
-from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
+from hub.fleet.commands import CommandSender, FanOutTopics, RevokedDevices, no_revocations
 from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_engine import RolloutEngine, gone_long, is_settled, presence_of
 from hub.fleet.rollout_spec import (
@@ -72,6 +72,7 @@ class Rollouts:
         class_budget: Callable[[str | None], float | None] = lambda c: None,
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
+        fanout: FanOutTopics | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -80,7 +81,7 @@ class Rollouts:
         self.tick_s = tick_s
         self.clock = clock
         self.class_budget = class_budget  # a device class's memory_budget_mb, or None
-        self.decide = RolloutEngine(engine, commands, revoked, clock, self.plan_deploy)
+        self.decide = RolloutEngine(engine, commands, revoked, clock, self.plan_deploy, fanout)
         self._lock = threading.Lock()  # one tick or one state change at a time
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
