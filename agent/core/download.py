@@ -10,8 +10,9 @@ observed round trip, agent/core/roundtrip.py), then fails.
 Fan-out (docs/protocol.md): a deploy command that names a fan-out topic has the device
 read it; once the metadata is verified the device waits for the hub's one publish per
 chunk there instead of asking, and checks each chunk exactly as a fetched one. The
-fan-out is over for this device when its last chunk arrives, or nothing came for
-``fan_idle_s``: then it fetches only the chunks it still misses.
+fan-out is over for this device at the end of a round it saw from chunk 0, or when
+nothing came for ``fan_idle_s`` (``fan_wait_s`` before the first chunk): then it fetches
+only what it still misses.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class Download:
         """No answer for a while: ask again, with backoff; after too many tries, fail.
         Waiting on a fan-out: once it is idle, fetch what is missing."""
         if job.fan_live and job.phase is Phase.CHUNKS:
-            if now - max(job.fan_last, job.last_progress) > self.ctx.config.fan_idle_s:
+            config = self.ctx.config
+            patience = config.fan_idle_s if job.have else config.fan_wait_s
+            if now - max(job.fan_last, job.last_progress) > patience:
                 self.end_fan(out, job, now)
             return
         backoff = self.rtt.timeout() * min(2**job.retries, MAX_BACKOFF)
@@ -220,6 +223,8 @@ class Download:
         if index >= len(manifest.chunks):
             self.ctx.drop("bad_blob", f"chunk index {index} out of range")
             return
+        if fanned and index == 0:
+            job.fan_whole = True  # from here on, a missing chunk was lost, not early
         if index in job.have:
             return  # a duplicate
         if fanned:
@@ -236,7 +241,7 @@ class Download:
         last = len(manifest.chunks) - 1
         if len(blob.data) != size or not chunk_ok(blob.data, manifest.chunks[index]):
             self._bad_chunk(out, job, index, len(blob.data), size, now)
-            over = fanned and index == last and not blob.header.get("more")
+            over = fanned and index == last and job.fan_whole
             if over and job.fan_live and self.ctx.state.job is job:
                 self.end_fan(out, job, now)
             return
@@ -252,8 +257,10 @@ class Download:
         # (resume), which costs ~1 ms per MiB once, not a save per chunk.
         if not job.fan_live:
             self.request_chunks(out, job)
-        elif fanned and index == last and not blob.header.get("more"):
-            self.end_fan(out, job, now)  # the fan-out is over: fetch only what it missed
+        elif fanned and index == last and job.fan_whole:
+            # a whole round went by: what is missing was lost on the way, and no round
+            # is due for this device (one that joined mid-round waits for the next)
+            self.end_fan(out, job, now)
 
     def end_fan(self, out: Outbox, job: Job, now: float) -> None:
         """The fan-out passed: fetch individually what it did not bring."""

@@ -79,6 +79,7 @@ class Job:
     # in memory only: waiting on the fan-out (False after a restart: fetch what is missing)
     fan_live: bool = field(default=False, compare=False)
     fan_last: float = field(default=0.0, compare=False)  # the fan-out's latest progress
+    fan_whole: bool = field(default=False, compare=False)  # saw a round from chunk 0
     _manifest: Manifest | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

@@ -13,11 +13,15 @@ When a round starts (:meth:`FanOut.poll`, on the fan-out's own thread):
 
 - every device that joined has said ``downloading`` (:meth:`FanOut.ready`: its metadata
   is verified, so it can check chunks), or
-- the first ready device has waited ``max_wait_s``, or nobody said anything for
-  ``blind_wait_s`` after the first join (a replica that does not see the events).
+- no device became ready for ``QUIET_S`` (the burst is over), or the first ready device
+  has waited ``max_wait_s``, or nobody said anything for ``blind_wait_s`` after the
+  first join or the last round (a replica that does not see the events; at most
+  ``MAX_BLIND_ROUNDS`` such rounds).
 
-Devices that become ready while a round runs catch its rest; the round's last chunk says
-``more`` when another round follows for them, so they wait for it instead of fetching.
+Devices that become ready while a round runs catch its rest and the next round brings
+the start they missed (measured: starting rounds on every few ready devices, each round
+goes to every subscriber still missing chunks, and devices lagging behind their socket
+pile up several; batching the readiness keeps each device near one round's bytes).
 A round publishes at most ``window`` chunks ahead of the broker's acknowledgement, which
 paces the publisher to what the broker can copy (docs/protocol.md "Fan-out"; the broker
 keeps one copy of a message for all its subscribers' queues, DESIGN §8).
@@ -41,8 +45,10 @@ from shared import protocol
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S: Final = 1.5  # a ready device waits for stragglers this long, at most
+MAX_WAIT_S: Final = 5.0  # a ready device waits for stragglers this long, at most
+QUIET_S: Final = 1.0  # no device became ready for this long: the burst is over, start
 BLIND_WAIT_S: Final = 4.0  # no device said it is ready: start anyway after this long
+MAX_BLIND_ROUNDS: Final = 2  # per rollout and target (the devices fetch the rest)
 SETTLE_S: Final = 0.2  # every joined device is ready: still let a burst of joins land
 WINDOW: Final = 8  # chunks published and not yet acknowledged by the broker
 POLL_S: Final = 0.05
@@ -73,7 +79,9 @@ class Round:
     first_join: float = 0.0
     first_ready: float | None = None
     last_change: float = 0.0
+    last_ready: float = 0.0
     rounds: int = 0
+    blind: int = 0  # rounds started with no device known ready
     served: int = 0  # devices the running round started for
 
 
@@ -136,12 +144,12 @@ class FanOut:
         with self._lock:
             key = self._device_round.pop((device_id, deployment), None)
             rnd = self._rounds.get(key) if key is not None else None
-            if rnd is None or device_id not in rnd.joined:
+            if rnd is None:
                 return
             now = self.clock()
             rnd.joined.discard(device_id)
             rnd.ready.add(device_id)
-            rnd.last_change = now
+            rnd.last_change = rnd.last_ready = now
             if rnd.first_ready is None:
                 rnd.first_ready = now
 
@@ -177,12 +185,10 @@ class FanOut:
                     del self._rounds[key]
                     continue
                 if self._starts(rnd, now):
-                    rnd.served = len(rnd.ready) + (
-                        len(rnd.joined) if rnd.first_ready is None else 0
-                    )
+                    blind = rnd.first_ready is None  # for whoever joined (each is
+                    rnd.blind += blind  # served again once it says it is ready)
+                    rnd.served = len(rnd.joined) if blind else len(rnd.ready)
                     self.counts["devices_served"] += rnd.served
-                    if rnd.first_ready is None:  # blind: serve whoever joined
-                        rnd.joined.clear()
                     rnd.ready.clear()
                     rnd.first_ready = None
                     rnd.first_join = now
@@ -192,9 +198,12 @@ class FanOut:
 
     def _starts(self, rnd: Round, now: float) -> bool:
         if rnd.first_ready is None:
-            return bool(rnd.joined) and now - rnd.first_join >= self.blind_wait_s
+            waited = now - rnd.first_join >= self.blind_wait_s
+            return bool(rnd.joined) and waited and rnd.blind < MAX_BLIND_ROUNDS
         if not rnd.joined:
             return now - rnd.last_change >= SETTLE_S
+        if now - rnd.last_ready >= QUIET_S:
+            return True
         return now - rnd.first_ready >= self.max_wait_s
 
     def run_round(self, rnd: Round) -> int:
@@ -213,8 +222,6 @@ class FanOut:
                 "target": rnd.target,
                 "index": index,
             }
-            if following is None and self._more(rnd):
-                header["more"] = True  # another round follows for devices ready since
             blob = protocol.encode_blob(header, data)
             in_flight.append(self.link.publish_info(rnd.topic, blob, self.qos))
             sent += 1
@@ -227,10 +234,6 @@ class FanOut:
         self.history.append((started, self.clock(), rnd.served))
         log.info("fan-out %s: %d chunks of %s", rnd.key, sent, rnd.target)
         return sent
-
-    def _more(self, rnd: Round) -> bool:
-        with self._lock:
-            return bool(rnd.ready)
 
     def poll(self) -> bool:
         """Run one due round, if any; whether one ran."""
