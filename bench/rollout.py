@@ -567,7 +567,9 @@ def measure_rollout(
         cpu0 = _cpu(me), _cpu(broker_proc), workers.cpu_times()
         msgs0 = workers.total("messages")
         t0 = time.time()
+        profiler = _start_profile(args.profile)  # the first wave's sends run in this call
         dep_id = deploy(hub, model["name"], model["version"])
+        _stop_profile(profiler, args.profile, "hub-deploy")
         create_s = time.time() - t0
         expected = n * model["chunks"]
 

@@ -20,9 +20,8 @@ class CoreConfig:
     # no answer for this long: ask again (until a round trip is measured: then the
     # timeout follows it, agent/core/roundtrip.py)
     fetch_timeout_s: float = 10.0
-    # no fan-out chunk for this long: fetch the missing ones individually (before the
-    # first one: fan_wait_s, which leaves a busy hub time to start its round)
-    fan_idle_s: float = 5.0
+    # no fan-out chunk for this long: fetch the missing ones individually (longer than
+    # the hub's wait for stragglers plus a round, hub/transport/fanout.py)
     fan_wait_s: float = 15.0
     fanout: bool = True  # reads the fan-out topics deploy commands name (its adapter can)
     max_fetch_retries: int = 6  # then give up with fetch_timeout

@@ -11,7 +11,7 @@ Fan-out (docs/protocol.md): a deploy command that names a fan-out topic has the 
 read it; once the metadata is verified the device waits for the hub's one publish per
 chunk there instead of asking, and checks each chunk exactly as a fetched one. The
 fan-out is over for this device at the end of a round it saw from chunk 0, or when
-nothing came for ``fan_idle_s`` (``fan_wait_s`` before the first chunk): then it fetches
+nothing came for ``fan_wait_s``: then it fetches
 only what it still misses.
 """
 
@@ -101,8 +101,8 @@ class Download:
         Waiting on a fan-out: once it is idle, fetch what is missing."""
         if job.fan_live and job.phase is Phase.CHUNKS:
             config = self.ctx.config
-            patience = config.fan_idle_s if job.have else config.fan_wait_s
-            if now - max(job.fan_last, job.last_progress) > patience:
+            if now - max(job.fan_last, job.last_progress) > config.fan_wait_s:
+                self.ctx.counts["fan_waited_out"] += 1
                 self.end_fan(out, job, now)
             return
         backoff = self.rtt.timeout() * min(2**job.retries, MAX_BACKOFF)
@@ -260,6 +260,7 @@ class Download:
         elif fanned and index == last and job.fan_whole:
             # a whole round went by: what is missing was lost on the way, and no round
             # is due for this device (one that joined mid-round waits for the next)
+            self.ctx.counts["fan_lost"] += 1
             self.end_fan(out, job, now)
 
     def end_fan(self, out: Outbox, job: Job, now: float) -> None:
