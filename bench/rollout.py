@@ -64,6 +64,7 @@ TRAIN_EPOCHS = 5
 REPORT_EVERY_S = 0.25  # worker progress reports
 POLL_S = 0.05  # main-thread polling of the hub and the workers
 ONLINE_TIMEOUT_S = 120.0  # for every device to connect and be known online to the hub
+ONLINE_S_PER_DEVICE = 0.06  # (10,000 devices on a busy 2-core machine: up to 600 s)
 RAW_WINDOW = 1000  # raw publisher: messages published and not yet acknowledged, at most
 RAW_TOPIC = "bench/raw/{}"
 FAN_TOPIC = "bench/fan"  # the fan-out reference: one topic every subscriber reads
@@ -554,7 +555,7 @@ def measure_rollout(
                 (workers.poll(), workers.total("connected") >= n)[1]
                 and online_devices(hub, "sim-") >= n
             ),
-            ONLINE_TIMEOUT_S,
+            max(ONLINE_TIMEOUT_S, ONLINE_S_PER_DEVICE * n),
             lambda: (
                 f"{workers.total('connected')}/{n} connected, "
                 f"{online_devices(hub, 'sim-')}/{n} online at the hub"
@@ -648,7 +649,7 @@ def measure_raw(
         _wait(
             "raw    connecting",
             lambda: (workers.poll(), workers.total("connected") >= n)[1],
-            ONLINE_TIMEOUT_S,
+            max(ONLINE_TIMEOUT_S, ONLINE_S_PER_DEVICE * n),
             lambda: f"{workers.total('connected')}/{n} subscribers connected",
         )
         time.sleep(0.5)  # let the SUBSCRIBEs land (sent right after CONNACK)
