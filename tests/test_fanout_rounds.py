@@ -130,29 +130,6 @@ def test_a_trickle_of_ready_devices_is_batched_into_few_rounds() -> None:
     assert not fan.poll()  # nobody new is ready: no second round
 
 
-def test_the_next_round_waits_as_long_as_the_last_one_took() -> None:
-    link, clock = Recorder(), Clock()
-
-    class Slow(Chunks):
-        def chunk(self, target: str, index: int) -> bytes | None:
-            clock.t += 1.0  # a round of 3 chunks takes 3 s
-            return super().chunk(target, index)
-
-    fan = FanOut(link, Slow(3), clock=clock)
-    fan.join("r1", "t", "a")
-    fan.join("r1", "t", "b")
-    fan.observe(event("a", "r1", "downloading"))
-    clock.t += QUIET_S + 0.1
-    assert fan.poll()
-    took = fan.history[0][1] - fan.history[0][0]
-    fan.observe(event("b", "r1", "downloading"))
-
-    clock.t += took - 0.5
-    assert not fan.poll()  # a's round is still on its way
-    clock.t += 1.0
-    assert fan.poll()
-
-
 def test_rollouts_and_targets_have_topics_of_their_own() -> None:
     fan, _link, _clock = rig()
     a = fan.join("r1", "m/2/model.onnx", "d1")

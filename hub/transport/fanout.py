@@ -19,9 +19,7 @@ When a round starts (:meth:`FanOut.poll`, on the fan-out's own thread):
   ``MAX_BLIND_ROUNDS`` such rounds).
 
 Devices that become ready while a round runs catch its rest and the next round brings
-the start they missed; the next round waits as long as the last one took (at most
-``MAX_GAP_S``), so that the devices that lag behind their socket have taken one round
-before the next reaches them (measured: starting rounds on every few ready devices, each round
+the start they missed (measured: starting rounds on every few ready devices, each round
 goes to every subscriber still missing chunks, and devices lagging behind their socket
 pile up several; batching the readiness keeps each device near one round's bytes).
 A round publishes at most ``window`` chunks ahead of the broker's acknowledgement, which
@@ -49,9 +47,6 @@ log = logging.getLogger(__name__)
 
 MAX_WAIT_S: Final = 5.0  # a ready device waits for stragglers this long, at most
 QUIET_S: Final = 1.0  # no device became ready for this long: the burst is over, start
-# after a round, wait as long as it took (at most this) before the next: its devices are
-# still taking it, and each round goes to every device still subscribed
-MAX_GAP_S: Final = 5.0
 BLIND_WAIT_S: Final = 4.0  # no device said it is ready: start anyway after this long
 MAX_BLIND_ROUNDS: Final = 2  # per rollout and target (the devices fetch the rest)
 SETTLE_S: Final = 0.2  # every joined device is ready: still let a burst of joins land
@@ -88,8 +83,6 @@ class Round:
     rounds: int = 0
     blind: int = 0  # rounds started with no device known ready
     served: int = 0  # devices the running round started for
-    last_end: float = float("-inf")  # when the latest round ended
-    last_took: float = 0.0  # how long it took
 
 
 class FanOut:
@@ -204,8 +197,6 @@ class FanOut:
         return None
 
     def _starts(self, rnd: Round, now: float) -> bool:
-        if now - rnd.last_end < min(rnd.last_took, MAX_GAP_S):
-            return False
         if rnd.first_ready is None:
             waited = now - rnd.first_join >= self.blind_wait_s
             return bool(rnd.joined) and waited and rnd.blind < MAX_BLIND_ROUNDS
@@ -240,10 +231,7 @@ class FanOut:
         while in_flight:
             _wait(in_flight.popleft())
         self.counts["chunks_fanned"] += sent
-        ended = self.clock()
-        with self._lock:
-            rnd.last_end, rnd.last_took = ended, ended - started
-        self.history.append((started, ended, rnd.served))
+        self.history.append((started, self.clock(), rnd.served))
         log.info("fan-out %s: %d chunks of %s", rnd.key, sent, rnd.target)
         return sent
 
