@@ -24,10 +24,19 @@ parsing, leaving out only what the rollout adds on top of transport: the fetch r
 and their round trips, the hub answering them in Python, and the device verifying,
 writing, checking and swapping. ``ratio`` = seconds / raw_seconds is that overhead.
 
+``fanout_raw_seconds`` is the broker's best, measured in the same run too: the same N
+plain subscribers all read ONE topic, and one publisher puts each chunk on it once
+(QoS 1): the fan-out limit of the broker, which the hub's fan-out (ADR 0030) aims at.
+``ratio_fanout`` = seconds / fanout_raw_seconds. Beside them: ``hub_ms_per_device``
+(hub CPU-seconds per device updated), ``chunks`` (needed, published once, received
+from the fan-out, sent one by one, re-requests after a time-out), the fan-out rounds,
+``first_healthy_s`` / ``last_healthy_s`` and the broker's peak RSS. ``--no-fanout``
+runs the per-device path; ``--fanout-qos 0`` publishes the fan-out at QoS 0.
+
 Run from the checkout (the model builder uses scikit-learn and skl2onnx)::
 
     python -m bench rollout [--devices 1000] [--model-bytes 1048576] [--chunk-kib 16]
-                            [--processes 2] [--json]
+                            [--processes 2] [--no-fanout] [--fanout-qos 1] [--json]
 """
 
 from __future__ import annotations
