@@ -153,5 +153,11 @@ def test_the_fetch_time_out_follows_the_round_trip_within_bounds() -> None:
         rtt.answered(f"s{i}", 230.0 + 40 * i)
     assert 30.0 < rtt.timeout() <= MAX_TIMEOUT_FACTOR * 10.0
 
-    rtt.answered("s0", 10_000.0)  # an old request's answer measures nothing
+    rtt.answered("s0", 10_000.0)  # answered already: measures nothing
     assert rtt.samples == 40
+
+    late = RoundTrip(10.0)  # asked, asked again after a time-out, then the first answer
+    late.asked("m1", 0.0)
+    late.asked("m2", 10.0)
+    late.answered("m1", 25.0)
+    assert late.samples == 1 and late.srtt == 25.0 and late.timeout() > 25.0

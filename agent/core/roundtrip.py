@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Final
 
 MAX_TIMEOUT_FACTOR: Final = 8.0  # the configured fetch_timeout_s multiples, at most
+MAX_OPEN: Final = 8  # unanswered requests remembered
 ALPHA, BETA = 1 / 8, 1 / 4  # RFC 6298's gains for the mean and the deviation
 
 
@@ -26,18 +27,22 @@ class RoundTrip:
         self.srtt: float | None = None
         self.rttvar = 0.0
         self.samples = 0
-        self._asked: tuple[str, float] | None = None  # (req, when) of the open request
+        # req -> when, of the latest requests still unanswered (each req id is new, so a
+        # late answer to one asked again still measures its own round trip)
+        self._asked: dict[str, float] = {}
 
     def asked(self, req: str, now: float) -> None:
-        """A fetch ``req`` went out at ``now`` (the latest one is the one measured)."""
-        self._asked = (req, now)
+        """A fetch ``req`` went out at ``now``."""
+        self._asked[req] = now
+        if len(self._asked) > MAX_OPEN:
+            del self._asked[next(iter(self._asked))]
 
     def answered(self, req: str, now: float) -> None:
         """A blob answering ``req`` arrived: the first one measures the round trip."""
-        if self._asked is None or self._asked[0] != req:
+        asked = self._asked.pop(req, None)
+        if asked is None:
             return
-        sample = max(0.0, now - self._asked[1])
-        self._asked = None
+        sample = max(0.0, now - asked)
         self.samples += 1
         if self.srtt is None:
             self.srtt, self.rttvar = sample, sample / 2
