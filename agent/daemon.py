@@ -118,6 +118,7 @@ class AgentDaemon:
             sessions=SessionCache(backend),
             spool=self.spool,
             update_log=UpdateLog(config.device_id),
+            subscribe=self._subscribe,
         )
         self.connection = ConnectionLog(config.broker, *RECONNECT_S)
         self._client.will_set(
@@ -137,6 +138,13 @@ class AgentDaemon:
 
     def _publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         self._client.publish(topic, payload, qos, retain)
+
+    def _subscribe(self, topic: str, qos: int) -> None:
+        """Read a fan-out topic (``qos`` < 0: stop); the broker's ACL allows reading only."""
+        if qos < 0:
+            self._client.unsubscribe(topic)
+        else:
+            self._client.subscribe(topic, qos)
 
     def _send_spooled(self, topic: str, payload: bytes) -> int | None:
         """Hand a spooled window to paho (QoS 1); None while offline (it stays spooled)."""

@@ -44,8 +44,10 @@ from agent.events import (
     RunHealthCheck,
     StagedChunks,
     StartCapture,
+    Subscribe,
     Tick,
     TrustRefreshed,
+    Unsubscribe,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
@@ -63,6 +65,7 @@ from shared.trust import DeviceVerifier, TrustError
 log = logging.getLogger(__name__)
 
 PublishFn = Callable[[str, bytes, int, bool], None]
+SubscribeFn = Callable[[str, int], None]  # (topic, qos); qos < 0: unsubscribe
 
 
 class Device:
@@ -79,6 +82,7 @@ class Device:
         spool: SpoolSender | None = None,
         on_spooled: Callable[[str, bytes], None] | None = None,
         update_log: UpdateLog | None = None,
+        subscribe: SubscribeFn | None = None,
     ) -> None:
         self.config = config
         # telemetry and drift go through the spool (written before they are sent, removed
@@ -90,6 +94,8 @@ class Device:
         self.check_memory = check_memory
         self.clock = clock
         self._publish = publish
+        # reads a fan-out topic a deploy names; None: such a deploy is fetched chunk by chunk
+        self._subscribe = subscribe
         self._lock = threading.RLock()
         self.verifier = DeviceVerifier(store.trust_dir, pinned_root)
         self.core = AgentCore(
@@ -167,6 +173,10 @@ class Device:
             self._publish(action.topic, action.payload, action.qos, action.retain)
             if action.topic.endswith("/events"):
                 self._count_outcome(action.payload)
+            return None
+        if isinstance(action, (Subscribe, Unsubscribe)):
+            if self._subscribe is not None:
+                self._subscribe(action.topic, action.qos if isinstance(action, Subscribe) else -1)
             return None
         if isinstance(action, PersistState):
             self.store.write_state(action.data, action.durable)

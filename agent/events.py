@@ -154,6 +154,21 @@ class Publish:
 
 
 @dataclass(frozen=True)
+class Subscribe:
+    """Read ``topic`` too (a fan-out topic a deploy command named), QoS ``qos``."""
+
+    topic: str
+    qos: int = 0
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    """Stop reading ``topic``."""
+
+    topic: str
+
+
+@dataclass(frozen=True)
 class PersistState:
     """Write the core's state, already encoded as JSON (a snapshot: the core goes on
     changing its state); ``durable``: fsync before going on (activation, rollback)."""
@@ -270,6 +285,8 @@ class FinishCapture:
 
 Action = (
     Publish
+    | Subscribe
+    | Unsubscribe
     | PersistState
     | VerifyMetadata
     | CheckStagedChunks

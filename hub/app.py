@@ -8,9 +8,9 @@ file, a local artifact directory and a broker chosen as DESIGN §7 says.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,6 +22,7 @@ from hub.fleet.classes import load_classes
 from hub.fleet.deployments import Deployments, run_event_retention
 from hub.fleet.progress import forget_presence
 from hub.fleet.rollouts import Rollouts
+from hub.ingest.report import Report
 from hub.loop import Loop
 from hub.ml.builds import Builds
 from hub.ml.data.capture_versions import CaptureVersions
@@ -34,7 +35,7 @@ from hub.ml.retrain import Retrainer
 from hub.settings import HubConfig, check_broker_transport
 from hub.store.artifacts import ArtifactStore
 from hub.store.datadir import check_private, create_private_file, private_umask
-from hub.store.leader import AlwaysLeader, Leader, Leadership, one_at_a_time
+from hub.store.leader import AlwaysLeader, Leader, Leadership, abdicate, one_at_a_time
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import (
@@ -51,6 +52,7 @@ from hub.transport.brokerconf import replica_tls
 from hub.transport.budget import Budgets
 from hub.transport.commands import DirectorCommands
 from hub.transport.entitlements import load_entitlements
+from hub.transport.fanout import FanOut
 from hub.transport.fetch import FetchAnswers
 from hub.transport.intake import start_intake
 from hub.transport.link import (
@@ -69,7 +71,6 @@ from shared import protocol
 
 log = logging.getLogger(__name__)
 
-LOST_LEADERSHIP_EXIT = 75  # a replica's exit status when it lost the leader's lock
 REVOCATIONS_REREAD_S = 5.0  # seconds a replica trusts its list of revoked devices
 
 __all__ = ["Enrolment", "Hub", "HubConfig", "make_ingest", "pipeline_config", "serve_devices"]
@@ -124,6 +125,8 @@ class Hub:
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self._open_datasets(cfg)
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
+        # chunks published once per round on a topic the wave's devices read (ADR 0030)
+        self.fanout = FanOut(self.mqtt, self.registry, qos=cfg.fanout_qos) if cfg.fanout else None
         budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
             self.mqtt,
@@ -132,6 +135,7 @@ class Hub:
             captures=self.datasets,
             revoked=self.revoked,
             budget=budgets,
+            observe=self._fanout_observe(),
         )
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
@@ -156,6 +160,7 @@ class Hub:
             revoked=self.revoked,
             class_budget=self.classes.budget_mb,
             leading=lambda: self.leader.leading(),
+            fanout=self.fanout,
         )
         self.deployments = Deployments(self.engine, self.rollouts)  # one-wave rollouts
         self._start_model_jobs()
@@ -169,7 +174,7 @@ class Hub:
             target=self._maintain, name="hub-maintenance", daemon=True
         )
         if replica:
-            self.leader = Leadership(db_url, on_elected=self._lead, on_lost=_abdicate).start()
+            self.leader = Leadership(db_url, on_elected=self._lead, on_lost=abdicate).start()
         else:
             self._lead()
         self._started = True
@@ -208,10 +213,16 @@ class Hub:
             return
         if self.lead_link is not None:
             self.lead_link.start()
+        if self.fanout is not None:
+            self.fanout.start()
         self.rollouts.start()
         self.loop.start()
         self.alerts.start()
         self._maintenance.start()
+
+    def _fanout_observe(self) -> Callable[[Report], None] | None:
+        """What sees each device report on its way to the ingest: the fan-out's readiness."""
+        return self.fanout.observe if self.fanout is not None else None
 
     def _leader_link(self, tls: TlsIdentity | None) -> MqttLink:
         """A replica's second link, for what must be read in order per device or retained
@@ -233,6 +244,7 @@ class Hub:
             captures=self.datasets,
             revoked=self.revoked,
             budget=self.config.ingest_budget,
+            observe=self._fanout_observe(),
         )
 
     def _start_model_jobs(self) -> None:
@@ -335,6 +347,8 @@ class Hub:
         self.alerts.stop()
         self.loop.stop()
         self.rollouts.stop()
+        if self.fanout is not None:
+            self.fanout.stop()
         self.jobs.shutdown()
         if self.lead_link is not None:
             self.lead_link.stop()
@@ -470,14 +484,6 @@ class Hub:
         return self.builds.builtin(
             config, progress, device_classes=device_classes, onnx_bytes=onnx_bytes
         )
-
-
-def _abdicate() -> None:
-    """A replica that lost the leader's lock stops at once: no rollout pass or re-signing
-    may run beside the new leader's. Its supervisor starts it again, as a follower."""
-    log.critical("lost the leader's lock: exiting (%d) to be restarted", LOST_LEADERSHIP_EXIT)
-    logging.shutdown()
-    os._exit(LOST_LEADERSHIP_EXIT)
 
 
 def pipeline_config(**overrides: Any) -> PipelineConfig:

@@ -24,6 +24,8 @@ from hub.transport.inbound import (
     CaptureSink,
     DeviceMessages,
     FetchSource,
+    ObservedSink,
+    ReportSink,
     no_revocations,
 )
 from hub.transport.intake import IntakeSpec, intake_spec
@@ -59,12 +61,14 @@ def serve_devices(
     captures: CaptureSink | None = None,
     revoked: Callable[[], frozenset[str]] = no_revocations,
     budget: Budget | Budgets = INGEST,
+    observe: Callable[[Report], None] | None = None,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 
     Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
     to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
-    Each device's reports are paid for from ``budget`` (hub/transport/budget.py).
+    Each device's reports are paid for from ``budget`` (hub/transport/budget.py);
+    ``observe`` sees each report on its way to the ingest (the fan-out's readiness).
 
     Raises:
         ValueError: ``ingest`` already acknowledges for another consumer.
@@ -72,8 +76,9 @@ def serve_devices(
     if ingest.on_stored is not None:
         raise ValueError("this Ingest already acknowledges for another consumer")
     ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
+    sink: ReportSink = ingest if observe is None else ObservedSink(ingest, observe)
     handler = DeviceMessages(
-        link, fetch or NO_FETCHES, ingest, captures=captures, revoked=revoked, budget=budget
+        link, fetch or NO_FETCHES, sink, captures=captures, revoked=revoked, budget=budget
     )
     return link.serve(handler)
 

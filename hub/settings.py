@@ -41,6 +41,10 @@ class HubConfig:
     # the private broker's port; default: the last start's (data_dir/broker.json), else free
     broker_port: int | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE  # bytes per chunk sent to devices
+    # publish a target's chunks once per rollout wave on a topic its devices read
+    # (hub/transport/fanout.py); False: every device fetches every chunk itself
+    fanout: bool = True
+    fanout_qos: int = 1  # of the fan-out publishes (0: the broker keeps no queue for them)
     dev_mode: bool = False  # accept the built-in development API key (hub.access.keys.DEV_KEY)
     client_id: str = "edgefleet-hub"
     root_keys_dir: Path | None = None  # default data_dir/trust/keys/root; may be offline

@@ -16,6 +16,7 @@ from typing import Any, Final
 from shared.drift import DriftError, DriftSketch
 from shared.latency import N_BUCKETS
 from shared.protocol_error import ProtocolError
+from shared.topics import is_fanout_topic
 
 # Deployment stages a device reports on `events`, in the order they happen.
 STAGES: Final = (
@@ -316,6 +317,8 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         # the probation the rollout asks for, instead of the manifest's (optional)
         "probation_s": (_bounded(is_number, 0, MAX_PROBATION_S), False),
         "probation_min_inferences": (is_nonneg_int, False),
+        # the fan-out topic the target's chunks are published on (optional: docs/protocol.md)
+        "fanout": (is_fanout_topic, False),
         **_COMMAND_FIELDS,
     },
     "rollback": {

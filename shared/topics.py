@@ -12,6 +12,11 @@ from typing import Final
 from shared.protocol_error import ProtocolError
 
 ROOT: Final = "ef/v1/dev"
+# Fan-out (docs/protocol.md "Fan-out"): the hub publishes a target's chunks once on
+# ``ef/v1/fan/{key}/blob``, which every device may read and none may write (the ACL).
+FANOUT_ROOT: Final = "ef/v1/fan"
+FANOUT_REQ: Final = "fan"  # the ``req`` of a fanned-out chunk's header
+_FANOUT_KEY = re.compile(r"[0-9a-f]{8,64}")
 
 KINDS: Final = (
     "state",
@@ -72,3 +77,23 @@ def parse_topic(name: str) -> tuple[str, str]:
     if kind not in KINDS or not is_device_id(device_id):
         raise ProtocolError("bad_topic", f"unknown kind or invalid id: {name!r}")
     return device_id, kind
+
+
+def fanout_topic(key: str) -> str:
+    """The fan-out topic of one round key (lower-case hex, 8..64 digits)."""
+    if not isinstance(key, str) or not _FANOUT_KEY.fullmatch(key):
+        raise ValueError(f"invalid fan-out key {key!r}")
+    return f"{FANOUT_ROOT}/{key}/blob"
+
+
+def is_fanout_topic(name: object) -> bool:
+    """Whether ``name`` is a fan-out topic (what a deploy command may ask a device to read)."""
+    if not isinstance(name, str):
+        return False
+    parts = name.split("/")
+    return (
+        len(parts) == 5
+        and "/".join(parts[:3]) == FANOUT_ROOT
+        and parts[4] == "blob"
+        and bool(_FANOUT_KEY.fullmatch(parts[3]))
+    )

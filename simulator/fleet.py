@@ -166,6 +166,7 @@ class VirtualDevice:
                 window_s=cfg.window_s,
                 heartbeat_s=30 * cfg.window_s if cfg.heartbeat_s is None else cfg.heartbeat_s,
                 fetch_timeout_s=cfg.fetch_timeout_s,
+                fanout=cfg.fanout,
             ),
             DeviceStore(cfg.work_dir / self.device_id),
             publish=self._publish,
@@ -174,6 +175,7 @@ class VirtualDevice:
             check_memory=False,  # sessions are shared: one device's RSS growth is not its own
             spool=self.spool,
             on_spooled=self._spooled,
+            subscribe=self._subscribe if cfg.fanout else None,
         )
 
     def _new_client(self, clean_session: bool = False) -> ClientHandle:
@@ -238,6 +240,15 @@ class VirtualDevice:
                 self._offline.append((topic, payload, qos, retain))
             return
         self.client.publish(topic, payload, qos, retain)
+
+    def _subscribe(self, topic: str, qos: int) -> None:
+        """Read (``qos`` >= 0) or stop reading a fan-out topic; while the link is down
+        the core subscribes again at the next connect (it resumes the job)."""
+        if self.link_up:
+            if qos < 0:
+                self.client.unsubscribe(topic)
+            else:
+                self.client.subscribe(topic, qos)
 
     def _spooled(self, topic: str, payload: bytes) -> None:
         """A telemetry or drift window went into the spool (sent now or after reconnect)."""

@@ -39,6 +39,7 @@ class FleetConfig:
     # None: every 30 windows, as an agent's 300 s of 10 s windows
     heartbeat_s: float | None = None
     fetch_timeout_s: float = 10.0
+    fanout: bool = True  # devices read the fan-out topics deploy commands name
     # telemetry/drift spools (agent/spool.py): one directory per device under spool_dir
     # (e.g. on /dev/shm), or under each device's state directory when None
     spool_dir: Path | None = None

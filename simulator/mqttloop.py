@@ -98,6 +98,15 @@ class ClientHandle:
         rc, _mid = s.client.subscribe(topic, qos)
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    def unsubscribe(self, topic: str) -> bool:
+        """Unsubscribe; returns False (and does nothing) unless connected."""
+        self._loop._check_thread()
+        s = self._session
+        if s.state is not State.CONNECTED:
+            return False
+        rc, _mid = s.client.unsubscribe(topic)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Publish; returns False when the message was dropped (and counted).
 

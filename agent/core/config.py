@@ -20,7 +20,13 @@ class CoreConfig:
     # covers them at most this often (agent/core/windows.py). <= window_s: every window
     heartbeat_s: float = 300.0
     chunk_window: int = 8  # chunks requested and not yet received, at most
-    fetch_timeout_s: float = 10.0  # no answer for this long: ask again
+    # no answer for this long: ask again (until a round trip is measured: then the
+    # timeout follows it, agent/core/roundtrip.py)
+    fetch_timeout_s: float = 10.0
+    # no fan-out chunk for this long: fetch the missing ones individually (longer than
+    # the hub's wait for stragglers plus a round, hub/transport/fanout.py)
+    fan_wait_s: float = 15.0
+    fanout: bool = True  # reads the fan-out topics deploy commands name (its adapter can)
     max_fetch_retries: int = 6  # then give up with fetch_timeout
     max_chunk_failures: int = 3  # one chunk failing its hash this often: give up
     max_probation_wait: float = 10.0  # probation_s multiples to wait for enough traffic

@@ -16,7 +16,7 @@ from agent.core.config import CoreConfig
 from agent.core.job import DeploymentRef
 from agent.core.phases import Trigger
 from agent.core.state import DeviceState, encode_state
-from agent.events import Discard, Outbox, PersistState, Publish
+from agent.events import Discard, Outbox, PersistState, Publish, Unsubscribe
 from shared import protocol
 from shared.director import DirectorKeys
 from shared.reasons import Reason
@@ -41,6 +41,8 @@ class CoreContext:
         self.root_version = root_version
         self.director_keys = director_keys
         self.dropped: Counter[str] = Counter()  # bad input, by reason
+        # how chunks came: fan_chunks, fetched_chunks, chunks_asked, fan_ignored
+        self.counts: Counter[str] = Counter()
         self._base = f"{protocol.ROOT}/{config.device_id}/"
 
     def topic(self, kind: str) -> str:
@@ -136,6 +138,9 @@ class CoreContext:
         if job is None:
             return
         self.event(out, job.ref, "failed", now, reason, detail)
+        if job.fan_live and job.fanout is not None:
+            out.add(Unsubscribe(job.fanout))
+            job.fan_live = False
         staged_version = job.version if job.phase.staged else None
         out.add(Discard(job.model, staged_version, job.target_info))
         self.finish_job(out, Trigger.FAILED, now)

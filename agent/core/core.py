@@ -187,6 +187,17 @@ class AgentCore:
         return self._ctx.dropped
 
     @property
+    def counts(self) -> Counter[str]:
+        """How chunks came: ``fan_chunks`` (from a fan-out), ``fetched_chunks`` (asked
+        for), ``chunks_asked``, ``fan_ignored`` (a fan-out chunk it could not use)."""
+        return self._ctx.counts
+
+    @property
+    def fetch_timeout_s(self) -> float:
+        """The fetch time-out now (it follows the observed round trip)."""
+        return self._updater.download.rtt.timeout()
+
+    @property
     def spool_dropped(self) -> int | None:
         """Windows the adapter's spool dropped, ever: reported in each telemetry body."""
         return self._windows.spool_dropped

@@ -4,7 +4,15 @@
 has the adapter verify it (:class:`~agent.events.VerifyMetadata`), checks the manifest it
 signs against the command and this device, then keeps up to ``chunk_window`` chunks
 requested (``fetch_chunks``) and checks each against its signed sha256 before it is
-written. A download that stalls asks again with backoff, then fails.
+written. A download that stalls asks again with backoff (the time-out follows the
+observed round trip, agent/core/roundtrip.py), then fails.
+
+Fan-out (docs/protocol.md): a deploy command that names a fan-out topic has the device
+read it; once the metadata is verified the device waits for the hub's one publish per
+chunk there instead of asking, and checks each chunk exactly as a fetched one. The
+fan-out is over for this device at the end of a round it saw from chunk 0, or when
+nothing came for ``fan_wait_s``: then it fetches
+only what it still misses.
 """
 
 from __future__ import annotations
@@ -13,12 +21,15 @@ from agent.core.budget import no_room
 from agent.core.context import CoreContext, log
 from agent.core.job import Job
 from agent.core.phases import Phase, Trigger
+from agent.core.roundtrip import RoundTrip
 from agent.events import (
     CheckStagedChunks,
     MetadataVerified,
     Outbox,
     Publish,
     StagedChunks,
+    Subscribe,
+    Unsubscribe,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
@@ -36,11 +47,13 @@ class Download:
 
     def __init__(self, ctx: CoreContext) -> None:
         self.ctx = ctx
+        self.rtt = RoundTrip(ctx.config.fetch_timeout_s)
 
     # ------------------------------------------------------------- requests
 
     def request_meta(self, out: Outbox, job: Job, now: float) -> None:
         job.req = self.ctx.next_req()
+        self.rtt.asked(job.req, now)
         body = {"req": job.req, "root_version": self.ctx.root_version}
         out.add(Publish(self.ctx.topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
 
@@ -59,6 +72,8 @@ class Download:
             return
         pending.extend(wanted)
         job.req = self.ctx.next_req()
+        self.rtt.asked(job.req, job.last_progress)
+        self.ctx.counts["chunks_asked"] += len(wanted)
         body = {"req": job.req, "target": job.target, "chunks": wanted}
         payload = protocol.encode("fetch_chunks", body, ts=job.last_progress)
         out.add(Publish(self.ctx.topic("fetch"), payload))
@@ -68,6 +83,9 @@ class Download:
         if job.phase is Phase.META:
             self.request_meta(out, job, now)
         elif job.phase is Phase.CHUNKS:
+            if job.fan_live and job.fanout is not None:  # a reconnect mid fan-out
+                out.add(Subscribe(job.fanout, 1))
+                job.fan_last = now
             # The staging file, not the saved state, records what arrived (the state is
             # not saved per chunk): re-hash every chunk slot and keep what matches.
             manifest = job.manifest
@@ -79,8 +97,15 @@ class Download:
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
 
     def check_timeout(self, out: Outbox, job: Job, now: float) -> None:
-        """No answer for a while: ask again, with backoff; after too many tries, fail."""
-        backoff = self.ctx.config.fetch_timeout_s * min(2**job.retries, MAX_BACKOFF)
+        """No answer for a while: ask again, with backoff; after too many tries, fail.
+        Waiting on a fan-out: once it is idle, fetch what is missing."""
+        if job.fan_live and job.phase is Phase.CHUNKS:
+            config = self.ctx.config
+            if now - max(job.fan_last, job.last_progress) > config.fan_wait_s:
+                self.ctx.counts["fan_waited_out"] += 1
+                self.end_fan(out, job, now)
+            return
+        backoff = self.rtt.timeout() * min(2**job.retries, MAX_BACKOFF)
         if now - job.last_progress < backoff:
             return
         job.retries += 1
@@ -89,6 +114,7 @@ class Download:
             self.ctx.fail_job(out, Reason.FETCH_TIMEOUT, why, now)
             return
         job.last_progress = now
+        self.ctx.counts["re_requests"] += 1
         if job.phase is Phase.META:
             self.request_meta(out, job, now)
         else:
@@ -98,10 +124,17 @@ class Download:
     # ------------------------------------------------------------- metadata
 
     def on_meta_blob(self, out: Outbox, job: Job, blob: protocol.Blob, now: float) -> None:
-        req = job.req
-        if job.phase is not Phase.META or req is None or blob.header["req"] != req:
-            self.ctx.drop("stale_blob", "metadata for an old request")
+        if job.phase is not Phase.META or job.req is None:
+            self.ctx.drop("stale_blob", "metadata for no download waiting for it")
             return
+        req = str(blob.header["req"])
+        self.rtt.answered(req, now)
+        if req != job.req:
+            # The answer to a request asked again after a time-out (a busy hub answers
+            # late, not never): the metadata is verified all the same, so it serves;
+            # dropping it cost 10,000 devices a second round of answers.
+            self.ctx.counts["late_meta_used"] += 1
+            job.req = req
         job.last_progress = now
         out.add(VerifyMetadata(req, protocol.split_meta_blob(blob), job.target))
 
@@ -132,8 +165,16 @@ class Download:
             return
         job.verified(target)
         job.last_progress = ev.now
-        ctx.event(out, job.ref, "downloading", ev.now)
-        self.request_chunks(out, job)
+        if job.fan_live and job.fanout is not None:
+            # Read the fan-out from now on, when the chunks can be checked: the SUBSCRIBE
+            # goes out before the event, so the hub, which starts a round once its
+            # devices said ``downloading``, never starts it before they read.
+            out.add(Subscribe(job.fanout, 1))
+            job.fan_last = ev.now
+            ctx.event(out, job.ref, "downloading", ev.now)
+        else:
+            ctx.event(out, job.ref, "downloading", ev.now)
+            self.request_chunks(out, job)
         ctx.persist(out)
 
     def _check_manifest(self, job: Job, m: Manifest, length: int) -> tuple[Reason, str] | None:
@@ -176,7 +217,11 @@ class Download:
         self.ctx.fail_job(out, Reason.HUB_ERROR, detail, now)
 
     def on_chunk(self, out: Outbox, job: Job, blob: protocol.Blob, now: float) -> None:
+        fanned = blob.header["req"] == protocol.FANOUT_REQ
         if job.phase is not Phase.CHUNKS or blob.header["target"] != job.target:
+            if fanned:  # a fan-out round for another job, or before its metadata: fetched
+                self.ctx.counts["fan_ignored"] += 1  # later if it is this job's
+                return
             self.ctx.drop("stale_blob", "chunk for no download in progress")
             return
         manifest = job.manifest
@@ -184,26 +229,57 @@ class Download:
         if index >= len(manifest.chunks):
             self.ctx.drop("bad_blob", f"chunk index {index} out of range")
             return
+        if fanned and index == 0:
+            job.fan_whole = True  # from here on, a missing chunk was lost, not early
         if index in job.have:
             return  # a duplicate
+        if fanned:
+            job.fan_last = now
+            self.ctx.counts["fan_chunks"] += 1
+        else:
+            self.rtt.answered(str(blob.header["req"]), now)
+            self.ctx.counts["fetched_chunks"] += 1
         job.last_progress = now
         job.retries = 0
         if index in job.pending:
             job.pending.remove(index)
         offset, size = chunk_span(index, job.verified_target.length, manifest.chunk_size)
+        last = len(manifest.chunks) - 1
         if len(blob.data) != size or not chunk_ok(blob.data, manifest.chunks[index]):
             self._bad_chunk(out, job, index, len(blob.data), size, now)
+            over = fanned and index == last and job.fan_whole
+            if over and job.fan_live and self.ctx.state.job is job:
+                self.end_fan(out, job, now)
             return
         out.add(WriteChunk(job.verified_target, offset, blob.data))
         job.have.append(index)
         if len(job.have) == len(manifest.chunks):
+            self.stop_fan(out, job)
             job.advance(Trigger.CHUNKS_COMPLETE)
             self.ctx.persist(out)  # saved before the file is verified: a restart verifies
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
             return
         # No state save per chunk: a restart re-hashes the staging file instead
         # (resume), which costs ~1 ms per MiB once, not a save per chunk.
+        if not job.fan_live:
+            self.request_chunks(out, job)
+        elif fanned and index == last and job.fan_whole:
+            # a whole round went by: what is missing was lost on the way, and no round
+            # is due for this device (one that joined mid-round waits for the next)
+            self.ctx.counts["fan_lost"] += 1
+            self.end_fan(out, job, now)
+
+    def end_fan(self, out: Outbox, job: Job, now: float) -> None:
+        """The fan-out passed: fetch individually what it did not bring."""
+        self.stop_fan(out, job)
+        job.last_progress = now
         self.request_chunks(out, job)
+
+    def stop_fan(self, out: Outbox, job: Job) -> None:
+        """Stop reading the fan-out topic (the download is complete, or goes on alone)."""
+        if job.fan_live and job.fanout is not None:
+            out.add(Unsubscribe(job.fanout))
+        job.fan_live = False
 
     def _bad_chunk(
         self, out: Outbox, job: Job, index: int, got: int, size: int, now: float
@@ -220,7 +296,8 @@ class Download:
             detail = f"chunk {index} failed {what} {fails} times"
             self.ctx.fail_job(out, reason, detail, now)
             return
-        self.request_chunks(out, job)  # (this chunk is missing: the download goes on)
+        if not job.fan_live:  # (fanning: it is fetched once the fan-out has passed)
+            self.request_chunks(out, job)  # (this chunk is missing: the download goes on)
 
     def on_staged_chunks(self, ev: StagedChunks, out: Outbox) -> None:
         """The staging file re-hashed after a restart: keep what matched, fetch the rest."""
@@ -230,8 +307,9 @@ class Download:
         job.have = sorted(ev.valid)
         job.pending = []
         if len(job.have) == len(job.manifest.chunks):
+            self.stop_fan(out, job)
             job.advance(Trigger.CHUNKS_COMPLETE)
             out.add(VerifyAndStage(job.model, job.version, job.verified_target))
-        else:
+        elif not job.fan_live:
             self.request_chunks(out, job)
         self.ctx.persist(out)

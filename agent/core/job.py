@@ -74,6 +74,12 @@ class Job:
     # the deploy command's probation terms (probation_s, probation_min_inferences), which
     # override the manifest's; None: the manifest's (and in files saved before them)
     probation_asked: dict[str, float] | None = None
+    # the fan-out topic the deploy command named (None: fetch every chunk individually)
+    fanout: str | None = None
+    # in memory only: waiting on the fan-out (False after a restart: fetch what is missing)
+    fan_live: bool = field(default=False, compare=False)
+    fan_last: float = field(default=0.0, compare=False)  # the fan-out's latest progress
+    fan_whole: bool = field(default=False, compare=False)  # saw a round from chunk 0
     _manifest: Manifest | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -159,6 +165,8 @@ class Job:
             data |= self.probation.to_json()
         if self.probation_asked is not None:
             data["probation_asked"] = self.probation_asked
+        if self.fanout is not None:
+            data["fanout"] = self.fanout
         return data
 
     @classmethod
@@ -192,4 +200,5 @@ class Job:
             last_progress=data["last_progress"],
             probation=probation,
             probation_asked=data.get("probation_asked"),
+            fanout=data.get("fanout"),  # absent in a job saved before fan-out
         )

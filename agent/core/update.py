@@ -15,7 +15,14 @@ from agent.core.download import Download
 from agent.core.install import Installer
 from agent.core.job import PROBATION_FIELDS, DeploymentRef, Job
 from agent.core.phases import Phase
-from agent.events import Done, MetadataVerified, Outbox, Refused, StagedChunks, Tick
+from agent.events import (
+    Done,
+    MetadataVerified,
+    Outbox,
+    Refused,
+    StagedChunks,
+    Tick,
+)
 from shared import protocol
 from shared.reasons import Reason
 
@@ -68,9 +75,11 @@ class Updater:
             keyids=body.get("keyids", []),
             last_progress=now,
             probation_asked={k: body[k] for k in PROBATION_FIELDS if k in body} or None,
+            fanout=body.get("fanout") if ctx.config.fanout else None,
         )
         ctx.state.job = job
         ctx.event(out, job.ref, "received", now)
+        job.fan_live = job.fanout is not None  # subscribes once it can check chunks
         self.download.request_meta(out, job, now)
         ctx.persist(out)
 
@@ -135,6 +144,9 @@ class Updater:
         """A blob for the job: metadata, a chunk, or the hub's error."""
         job = self.ctx.state.job
         if job is None:
+            if blob.header["req"] == protocol.FANOUT_REQ:  # the rest of a round, after
+                self.ctx.counts["fan_ignored"] += 1  # the download completed
+                return
             self.ctx.drop("stale_blob", "no deployment in progress")
             return
         if blob.kind == "error":

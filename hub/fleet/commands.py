@@ -19,6 +19,13 @@ class CommandSender(Protocol):
         ...
 
 
+class FanOutTopics(Protocol):
+    def join(self, rollout_id: str, target: str, device_id: str) -> str | None:
+        """The fan-out topic ``device_id`` reads ``target``'s chunks on (None: it fetches
+        them itself); hub/transport/fanout.py."""
+        ...
+
+
 RevokedDevices = Callable[[], frozenset[str]]  # the devices revoked now
 
 

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from hub.fleet.commands import CommandSender, RevokedDevices
+from hub.fleet.commands import CommandSender, FanOutTopics, RevokedDevices
 from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_spec import RolloutError, RolloutSpec, few, stored_spec
 from hub.fleet.states import CHANGED, DONE, IN_FLIGHT, failed, move
@@ -49,6 +49,7 @@ class RolloutEngine:
         revoked: RevokedDevices,
         clock: Callable[[], float],
         plan: DeployPlan | None = None,
+        fanout: FanOutTopics | None = None,
     ) -> None:
         self.engine = engine
         self.commands = commands
@@ -57,6 +58,7 @@ class RolloutEngine:
         # the artefact a device installs (its runtime's, when the version has several),
         # and why the version would not fit its memory (None: it fits)
         self.plan = plan or _as_is
+        self.fanout = fanout  # names the topic a deploy's chunks are fanned out on
         # (device, type, body) decided in this pass: sent once it is committed
         self._held: list[tuple[str, str, dict[str, Any]]] = []
 
@@ -228,6 +230,9 @@ class RolloutEngine:
         for name in ("probation_s", "probation_min_inferences"):  # else the manifest's
             if rollout.spec.get(name) is not None:
                 body[name] = rollout.spec[name]
+        fanout = self.fanout and self.fanout.join(rollout.id, target, row.device_id)
+        if fanout:
+            body["fanout"] = fanout
         self._held.append((row.device_id, "deploy", body))
         row.attempts += 1
         row.sent_at = row.updated_at = t

@@ -33,14 +33,14 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from hub.fleet import probation
-from hub.fleet.commands import CommandSender, RevokedDevices, no_revocations
+from hub.fleet.commands import CommandSender, FanOutTopics, RevokedDevices, no_revocations
 from hub.fleet.progress import IN_LIST_MAX
 from hub.fleet.rollout_engine import RolloutEngine, gone_long, is_settled, presence_of
 from hub.fleet.rollout_spec import (
@@ -59,6 +59,15 @@ from shared.memory_budget import no_room
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5  # seconds between passes over active rollouts
+# A wave's sends read every device row at once, and reuse what they read this long (one
+# read per device was 2.3 ms of the hub's ~5 ms per device at 1,000 devices)
+PLAN_CACHE_S = 1.0
+
+
+class _DeviceFacts(NamedTuple):
+    runtime: str | None
+    device_class: str | None
+    models: Mapping[str, Any] | None
 
 
 class Rollouts:
@@ -73,6 +82,7 @@ class Rollouts:
         tick_s: float = TICK_S,
         clock: Callable[[], float] = time.time,
         leading: Callable[[], bool] = lambda: True,
+        fanout: FanOutTopics | None = None,
     ) -> None:
         self.engine = engine
         # whether this process is the hub's leader (ADR 0032): only the leader sends
@@ -83,8 +93,11 @@ class Rollouts:
         self.tick_s = tick_s
         self.clock = clock
         self.class_budget = class_budget  # a device class's memory_budget_mb, or None
-        self.decide = RolloutEngine(engine, commands, revoked, clock, self.plan_deploy)
+        self.decide = RolloutEngine(engine, commands, revoked, clock, self.plan_deploy, fanout)
         self._lock = threading.Lock()  # one tick or one state change at a time
+        self._facts: dict[str, _DeviceFacts] = {}  # read for plan_deploy, at _facts_at
+        self._facts_at = float("-inf")
+        self._facts_misses = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -99,8 +112,7 @@ class Rollouts:
         registry: Registry | None = self.registry  # None in rigs that sign nothing
         if registry is None:
             return primary, None
-        with session(self.engine) as s:
-            device = s.get(Device, device_id)
+        device = self._device_facts(device_id)
         if device is None:
             return primary, None
         runtime = device.runtime or "onnxruntime"
@@ -117,6 +129,25 @@ class Rollouts:
             and (size := registry.size_of(name, int(info.get("version") or 0), runtime))
         }
         return target, no_room(model, length, others, budget)
+
+    def _device_facts(self, device_id: str) -> _DeviceFacts | None:
+        """A device's runtime, class and reported models: one row read for a lone send;
+        from the second within ``PLAN_CACHE_S``, every device's at once (a wave)."""
+        now = time.monotonic()
+        if now - self._facts_at > PLAN_CACHE_S:
+            self._facts, self._facts_at, self._facts_misses = {}, now, 0
+        if device_id in self._facts or self._facts_misses > 1:  # (all read: unknown)
+            return self._facts.get(device_id)
+        self._facts_misses += 1
+        q = select(col(Device.id), col(Device.runtime), col(Device.device_class), Device.models)
+        with session(self.engine) as s:
+            if self._facts_misses == 1:
+                rows = list(s.exec(q.where(Device.id == device_id)))
+            else:
+                rows = list(s.exec(q))
+                self._facts_at = now
+        self._facts.update((r[0], _DeviceFacts(r[1], r[2], r[3])) for r in rows)
+        return self._facts.get(device_id)
 
     # ----------------------------------------------------------------- lifecycle
 

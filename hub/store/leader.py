@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +40,15 @@ from hub.store.engine import driver_url
 
 log = logging.getLogger(__name__)
 
+LOST_LEADERSHIP_EXIT: Final = 75  # a replica's exit status when it lost the leader's lock
+
 __all__ = [
+    "LOST_LEADERSHIP_EXIT",
     "AlwaysLeader",
     "Leader",
     "LeaderError",
     "Leadership",
+    "abdicate",
     "election_key",
     "one_at_a_time",
 ]
@@ -204,3 +209,11 @@ class Leadership:
             with contextlib.suppress(Exception):  # already broken: nothing to give back
                 self._conn.close()
             self._conn = None
+
+
+def abdicate() -> None:
+    """A replica that lost the leader's lock stops at once: no rollout pass or re-signing
+    may run beside the new leader's. Its supervisor starts it again, as a follower."""
+    log.critical("lost the leader's lock: exiting (%d) to be restarted", LOST_LEADERSHIP_EXIT)
+    logging.shutdown()
+    os._exit(LOST_LEADERSHIP_EXIT)

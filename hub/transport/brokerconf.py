@@ -4,7 +4,8 @@
 from the hub's CA (hub/trust/pki.py)::
 
     mosquitto.conf   the config: ``mosquitto -c DIR/mosquitto.conf``
-    acl              device {id} touches only its own topics; the hub all of them
+    acl              device {id} touches only its own topics and reads the fan-out
+                     topics; the hub all of them
     ca.crt           the CA that issues every client certificate
     server.crt/.key  the broker's TLS server certificate (SAN: the server names)
     crl.pem          revoked client certificates (rewrite + SIGHUP: :func:`reload_crl`)
@@ -73,7 +74,7 @@ from hub.transport.broker import (
 )
 from hub.trust.pki import BROKER_IDENTITY, HUB_IDENTITY, CertificateAuthority
 from shared.atomic import write_atomic
-from shared.protocol import DEVICE_TO_HUB, HUB_TO_DEVICE, KINDS, ROOT
+from shared.protocol import DEVICE_TO_HUB, FANOUT_ROOT, HUB_TO_DEVICE, KINDS, ROOT
 
 __all__ = ["BrokerFiles", "TlsMosquitto", "reload_crl", "write_broker_config"]
 
@@ -274,8 +275,18 @@ def acl_text(
             lines.append(f"pattern write {ROOT}/%u/{kind}")
         elif kind in HUB_TO_DEVICE:
             lines.append(f"pattern read {ROOT}/%u/{kind}")
+    lines += [
+        "# fan-out (docs/security.md): every client reads the chunks the hub publishes once",
+        "# per rollout and target; only the hub writes them",
+        f"pattern read {FANOUT_ROOT}/+/blob",
+    ]
     for hub in [hub_identity, *replica_identities(hub_identity, hub_replicas)]:
-        lines += ["", f"user {hub}", f"topic readwrite {ROOT}/#"]
+        lines += [
+            "",
+            f"user {hub}",
+            f"topic readwrite {ROOT}/#",
+            f"topic write {FANOUT_ROOT}/+/blob",
+        ]
     lines.append("")
     for i in range(ingest_workers):
         lines += [f"user {ingest_identity(i)}", f"topic read {ROOT}/+/telemetry", ""]

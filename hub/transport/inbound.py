@@ -68,6 +68,22 @@ class Link(Protocol):
     def drop(self, reason: str, detail: str) -> None: ...
 
 
+class ObservedSink:
+    """A report sink that shows each report to ``observe`` first (the fan-out learns
+    which devices are ready from their events), then hands it on."""
+
+    def __init__(self, sink: ReportSink, observe: Callable[[Report], None]) -> None:
+        self.sink = sink
+        self.observe = observe
+
+    def put(self, report: Report) -> None:
+        try:
+            self.observe(report)
+        except Exception:  # an observer never costs the report
+            log.exception("hub: observing a report failed")
+        self.sink.put(report)
+
+
 def no_revocations() -> frozenset[str]:
     return frozenset()
 

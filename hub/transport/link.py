@@ -126,6 +126,10 @@ class MqttLink:
     def publish(self, topic: str, payload: bytes, qos: int) -> None:
         self._client.publish(topic, payload, qos=qos)
 
+    def publish_info(self, topic: str, payload: bytes, qos: int) -> mqtt.MQTTMessageInfo:
+        """Publish; paho's message info (the fan-out waits on it to pace itself)."""
+        return self._client.publish(topic, payload, qos=qos)
+
     def count(self, what: str) -> None:
         self.counts[what] += 1
 
