@@ -257,7 +257,9 @@ def test_core_publishes_one_drift_message_per_window_with_the_telemetry_seq() ->
     # "m" installed, as a saved state has it: a window (and a drift message) per model
     fresh = AgentCore(CoreConfig("dev-1", "rpi4")).state
     installed = {**fresh, "models": {"m": {"version": 1, "versions": [1], "files": {}}}}
-    core = AgentCore(CoreConfig("dev-1", "rpi4", window_s=10.0), installed)
+    # heartbeat_s=0: every window sent, the empty one at the end too (idle ones coalesce
+    # by default, ADR 0034)
+    core = AgentCore(CoreConfig("dev-1", "rpi4", window_s=10.0, heartbeat_s=0), installed)
     rec = DriftRecorder()
     rec.activate("m", 1, BASELINE)
     x, y = generate(30, seed=8)

@@ -113,6 +113,13 @@ def publish_all(broker: Mosquitto, messages: list[tuple[str, bytes]]) -> None:
     client.loop_stop()
 
 
+def wait_known(hub: Hub, states_before: int, devices: int) -> None:
+    """Wait until the hub applied ``devices`` more states: telemetry and states travel on
+    two connections (the intake's and the link's, ADR 0033), so windows stored say nothing
+    of the devices' rows, which tags need."""
+    wait_for(lambda: hub.ingest.counts["state"] >= states_before + devices, 20, "the devices known")
+
+
 def test_device_and_group_series_merge_windows_exactly(mosquitto: Mosquitto, stage: Any) -> None:
     hub, viewer, operator = stage
     rng = random.Random(5)
@@ -127,10 +134,12 @@ def test_device_and_group_series_merge_windows_exactly(mosquitto: Mosquitto, sta
         (protocol.topic(d, "state"), protocol.encode("state", {"status": "online"}, ts=T0))
         for d in devices
     ]
+    states = hub.ingest.counts["state"]
     publish_all(mosquitto, online + everything + messages["tq-a"][:5])  # 5 replays
     wait_for(
         lambda: hub.ingest.counts["telemetry"] >= len(everything) + 5, 20, "the windows stored"
     )
+    wait_known(hub, states, len(online))
     for d in ("tq-a", "tq-b"):
         operator.set_tags(d, ["line-1"])
 
@@ -251,11 +260,12 @@ def test_live_accuracy_and_error_per_version_for_a_device_a_group_and_the_fleet(
         (protocol.topic(d, "state"), protocol.encode("state", {"status": "online"}, ts=T0))
         for d in ("pf-a", "pf-b", "pf-c", "pf-r")
     ]
-    before = hub.ingest.counts["telemetry"]
+    before, states = hub.ingest.counts["telemetry"], hub.ingest.counts["state"]
     publish_all(mosquitto, online + everything)
     wait_for(
         lambda: hub.ingest.counts["telemetry"] >= before + len(everything), 20, "windows stored"
     )
+    wait_known(hub, states, len(online))
     for d in ("pf-a", "pf-b"):
         operator.set_tags(d, ["line-9"])
     span = {"start": t0, "end": t0 + 3600}
@@ -363,9 +373,10 @@ def test_estimated_accuracy_beside_the_measured_one(mosquitto: Mosquitto, stage:
         (protocol.topic(d, "state"), protocol.encode("state", {"status": "online"}, ts=T0))
         for d in tops
     ]
-    before = hub.ingest.counts["telemetry"]
+    before, states = hub.ingest.counts["telemetry"], hub.ingest.counts["state"]
     publish_all(mosquitto, online + labels + drift)
     wait_for(lambda: hub.ingest.counts["telemetry"] >= before + 2, 20, "labels stored")
+    wait_known(hub, states, len(online))
     wait_for(lambda: estimated_windows(hub, "est") >= len(drift), 20, "drift windows stored")
     for d in ("es-a", "es-b"):
         operator.set_tags(d, ["line-e"])
