@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ class Rig:
     api: ApiServer
     client: HubClient
     fleet: Fleet
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
 
     @property
     def devices(self) -> list[Any]:
@@ -78,13 +79,23 @@ class Rig:
         """``edgefleet ARGS`` as a real process against this hub."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         code = "import sys; from edgefleet.cli import main; sys.exit(main())"
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-c", code, *self.cli_args(*args)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
         )
+        self.processes.append(proc)  # reaped by the rig, however the test ends
+        return proc
+
+    def reap(self) -> None:
+        """Kill what still runs and close its pipes: a process left to the garbage
+        collector warns (ResourceWarning, an error here) in whichever test runs next."""
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 @contextmanager
@@ -116,10 +127,12 @@ def fleet_rig(
     )
     fleet = Fleet(cfg).start()
     thread = fleet.loop.start_thread()
+    rig = Rig(hub, api, client, fleet)
     try:
         wait_for(lambda: len(client.devices(status="online")) == devices, 30, "online")
-        yield Rig(hub, api, client, fleet)
+        yield rig
     finally:
+        rig.reap()
         fleet.loop.stop()
         thread.join(10)
         fleet.close()

@@ -51,7 +51,9 @@ class Site:
             state_dir=self.tmp / device_id,
             config_out=path,
         )
-        return replace(AgentConfig.load(path), endpoint="", window_s=1.0)
+        # heartbeat_s=0: every (empty) window is sent, a report each second that the hub
+        # drops once the device is revoked (idle windows coalesce by default, ADR 0034)
+        return replace(AgentConfig.load(path), endpoint="", window_s=1.0, heartbeat_s=0)
 
     def run(self, config: AgentConfig) -> AgentDaemon:
         daemon = AgentDaemon(config)
