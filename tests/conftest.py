@@ -12,6 +12,7 @@ schema; a test's, the test's. Tests marked ``sqlite`` are about the SQLite file 
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,17 @@ LONGEST_FIRST = (
 
 
 ON_POSTGRES = os.environ.get("EF_TEST_DB", "sqlite") == "postgresql"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the tests, and the processes they start, as it reaches a command run
+    at a terminal. A shell starts a background job (``scripts/test > log &`` in a script)
+    with SIGINT ignored, and an ignored signal stays ignored in every child: Python then
+    installs no KeyboardInterrupt handler, and the tests that press Ctrl-C (on the demo,
+    on ``deploy --wait`` in a child process) would wait for an exit that never comes.
+    Python's own handler, set here, is reset to the default in each child at exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
