@@ -88,14 +88,19 @@ def test_a_litert_device_installs_health_checks_and_serves_a_tflite_model(
         # device rolls back to v1 and loads its .tflite again, as an ONNX device would
         job = client.upload("wine", wine_tflite(int8=True, standardized=True), dataset="wine-z")
         v2 = client.wait_job(job["id"], timeout=300)["result"]["version"]
+        # a probation long enough that the rollout is still running when it is aborted:
+        # the device serves v2 on probation, then the operator takes it back
         rollout = client.create_rollout(
-            "wine", version=v2, probation_s=0.5, probation_min_inferences=1
+            "wine", version=v2, probation_s=120, probation_min_inferences=1
         )
         deadline = time.monotonic() + 60
-        while client.rollout(rollout["id"])["counts"].get("healthy", 0) < 1:
-            post(port, "/v1/predict", {"inputs": x.tolist()})
+        while True:
+            status, body = post(port, "/v1/predict", {"inputs": x.tolist()})
+            if status == 200 and body["version"] == v2:
+                break
             assert time.monotonic() < deadline, client.rollout(rollout["id"])
             time.sleep(0.1)
+        assert client.rollout(rollout["id"])["state"] == "running"
         client.rollout_action(rollout["id"], "abort", rollback=True)
         wait_for(
             lambda: client.rollout(rollout["id"])["counts"].get("rolled_back", 0) == 1,
