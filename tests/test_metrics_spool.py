@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from metrics_rig import samples, served_hub, value
@@ -30,23 +31,31 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield b
 
 
+def idle_fleet(
+    broker: Mosquitto, tmp_path: Path, served: Any, prefix: str, *, spool_max_bytes: int
+) -> FleetConfig:
+    """Devices with no model (empty windows carry the spool count all the same), every
+    idle window sent (they fill the spool), spools of ``spool_max_bytes``."""
+    return FleetConfig(
+        devices=DEVICES,
+        host="127.0.0.1",
+        port=broker.port,
+        work_dir=tmp_path / "fleet",
+        pinned_root=served.hub.trust.pinned_root(),
+        id_prefix=prefix,
+        rows_per_s=0,
+        tick_s=WINDOW_S / 2,
+        window_s=WINDOW_S,
+        heartbeat_s=WINDOW_S,
+        spool_max_bytes=spool_max_bytes,
+    )
+
+
 def test_the_windows_devices_spools_dropped_reach_the_hubs_metrics(
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     with served_hub(broker, tmp_path / "hub") as served:
-        config = FleetConfig(
-            devices=DEVICES,
-            host="127.0.0.1",
-            port=broker.port,
-            work_dir=tmp_path / "fleet",
-            pinned_root=served.hub.trust.pinned_root(),
-            id_prefix="spool",
-            rows_per_s=0,  # no model: empty windows carry the spool count all the same
-            tick_s=WINDOW_S / 2,
-            window_s=WINDOW_S,
-            heartbeat_s=WINDOW_S,  # every idle window sent: they fill the spool
-            spool_max_bytes=3000,  # ~8 windows
-        )
+        config = idle_fleet(broker, tmp_path, served, "spool", spool_max_bytes=3000)  # ~8 windows
         fleet = Fleet(config).start()
         thread = fleet.loop.start_thread()
         try:
@@ -79,19 +88,8 @@ def test_a_spool_smaller_than_one_window_drops_each_window_and_the_devices_run_o
     broker: Mosquitto, tmp_path: Path
 ) -> None:
     with served_hub(broker, tmp_path / "hub") as served:
-        config = FleetConfig(
-            devices=DEVICES,
-            host="127.0.0.1",
-            port=broker.port,
-            work_dir=tmp_path / "fleet",
-            pinned_root=served.hub.trust.pinned_root(),
-            id_prefix="tiny",
-            rows_per_s=0,
-            tick_s=WINDOW_S / 2,
-            window_s=WINDOW_S,
-            heartbeat_s=WINDOW_S,
-            spool_max_bytes=100,  # a window is ~400 bytes: none can ever be spooled
-        )
+        # a window is ~400 bytes: none can ever be spooled
+        config = idle_fleet(broker, tmp_path, served, "tiny", spool_max_bytes=100)
         fleet = Fleet(config).start()
         thread = fleet.loop.start_thread()
         try:
