@@ -116,6 +116,8 @@ def test_reading_every_fan_out_topic_shows_no_device_topic(
     hub.publish("ef/v1/dev/dev-a/cmd", marker)  # the sentinel, from the same publisher
 
     wait_for(lambda: "ef/v1/dev/dev-a/cmd" in seen(a, marker), 5, "the sentinel at dev-a")
+    # dev-b reads on its own connection: the broker's order holds per subscriber only
+    wait_for(lambda: seen(b, marker), 5, "dev-b's own answer at dev-b")
     assert seen(a, marker) == [FAN, "ef/v1/dev/dev-a/cmd"]
     assert seen(b, marker) == ["ef/v1/dev/dev-b/blob"]
     assert spy[0].value == 1
