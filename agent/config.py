@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S
 from shared import protocol
+from shared.pkcs11 import Pkcs11Error, TokenKeyUri
 
 __all__ = ["DEFAULT_ENDPOINT", "AgentConfig", "ConfigError", "endpoint_address"]
 
@@ -51,6 +52,7 @@ class AgentConfig:
     spool_fsync: bool = False
     spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
     memory_budget_mb: float | None = None  # MiB for all loaded models; None: unchecked
+    key: str = ""  # "": the key file; "pkcs11:...": a key in a token (agent/token_key.py)
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -112,6 +114,14 @@ class AgentConfig:
             not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0
         ):
             raise ConfigError(f"{source}: memory_budget_mb must be a positive number (MiB)")
+        key = raw.get("key", "")
+        if not isinstance(key, str) or (key and not key.startswith("pkcs11:")):
+            raise ConfigError(f'{source}: key must be "" (the key file) or a "pkcs11:" URI')
+        if key:
+            try:
+                TokenKeyUri.parse(key)
+            except Pkcs11Error as e:
+                raise ConfigError(f"{source}: key: {e}") from e
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -125,6 +135,7 @@ class AgentConfig:
             spool_fsync=bool(raw.get("spool_fsync", False)),
             spool_replay_per_s=float(replay),
             memory_budget_mb=None if budget is None else float(budget),
+            key=key,
         )
 
 

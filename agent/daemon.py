@@ -42,6 +42,7 @@ from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
 from agent.update_log import UpdateLog
 from shared import protocol
+from shared.pkcs11 import Pkcs11Error
 
 __all__ = [
     "IDENTITY_DIR",
@@ -62,6 +63,11 @@ STOP_TIMEOUT_S = 3.0  # seconds the MQTT side of a stop may take (saying offline
 SAY_OFFLINE_S = 1.0  # seconds to wait for the broker to take the clean "offline" state
 RECONNECT_S = (1, 60)  # paho's reconnect backoff: first wait, longest wait (seconds)
 SPOOL_DIR = "spool"  # under state_dir: unacknowledged telemetry and drift windows
+NO_TOKEN_TLS = (
+    "{broker} needs TLS client authentication, and this device's key is in a PKCS#11 token:"
+    " Python's ssl presents only a key from a file. Point broker at a local TLS tunnel that"
+    " holds the key (stunnel with OpenSSL's PKCS#11 engine: docs/devices.md, 'Keys in a token')"
+)
 
 
 class EndpointInUse(ConfigError):
@@ -88,7 +94,9 @@ class AgentDaemon:
             protocol=mqtt.MQTTv311,
         )
         if urlparse(config.broker).scheme == "mqtts":
-            identity = DeviceIdentity.load_or_create(identity_dir(config), config.device_id)
+            identity = DeviceIdentity.load(identity_dir(config), config.device_id, config.key)
+            if identity.in_token:
+                raise Pkcs11Error("no_tls", NO_TOKEN_TLS.format(broker=config.broker))
             if not identity.has_certificate:
                 raise ConfigError(
                     f"{config.broker} needs this device's certificate in {identity_dir(config)}:"

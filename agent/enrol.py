@@ -32,6 +32,7 @@ def enrol(
     config_out: Path,
     endpoint: str = DEFAULT_ENDPOINT,
     timeout: float = 30.0,
+    key: str = "",
 ) -> AgentConfig:
     """Trade a one-time enrolment token for the hub's TUF root (pinned here), a
     certificate for this device's own key (made here; it never leaves), and a config.
@@ -39,13 +40,16 @@ def enrol(
     Args:
         endpoint: the local inference endpoint the config names (``host:port``, or
             ``""`` for none): a second agent on one machine needs a port of its own.
+        key: ``""`` for a key file made here, or a ``pkcs11:`` URI naming a key pair made
+            in a token (docs/devices.md): the token signs the request.
 
     Raises:
         ConfigError: ``endpoint`` is not ``host:port`` or empty.
+        Pkcs11Error: the token, its PIN or the key is not usable.
     """
     if endpoint and endpoint_address(endpoint) is None:
         raise ConfigError(f'--endpoint must be "host:port" or "", got {endpoint!r}')
-    identity = DeviceIdentity.load_or_create(state_dir / IDENTITY_DIR, device_id)
+    identity = DeviceIdentity.load(state_dir / IDENTITY_DIR, device_id, key)
     body = json.dumps(
         {
             "device_id": device_id,
@@ -78,6 +82,7 @@ def enrol(
         endpoint=endpoint,
         runtime=runtime or "onnxruntime",
         memory_budget_mb=budget,
+        key=key,
     )
     lines = [
         "# edgefleet agent config: docs/agent.md lists every setting",
@@ -92,5 +97,7 @@ def enrol(
         lines += ["# from the hub's profile of this device class", f'runtime = "{runtime}"']
     if budget is not None:
         lines.append(f"memory_budget_mb = {budget:g}  # all loaded models together")
+    if key:
+        lines += ["# the device's key, in a PKCS#11 token (docs/devices.md)", f'key = "{key}"']
     config_out.write_text("\n".join([*lines, ""]))
     return config

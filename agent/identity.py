@@ -1,11 +1,13 @@
 """The device's own identity: its private key, its CSR, the certificate the hub issues.
 
 The key pair is made on the device at first use and the private key never leaves it
-(mode 0600). Enrolment sends :meth:`DeviceIdentity.csr_pem` to the hub, which returns a
+(mode 0600), or it lives in a PKCS#11 token and never leaves that (``key = "pkcs11:..."`` in
+the agent's config: agent/token_key.py, :meth:`DeviceIdentity.load`). Enrolment sends
+:meth:`DeviceIdentity.csr_pem` to the hub, which returns a
 client certificate signed by its CA (hub/trust/pki.py); :meth:`DeviceIdentity.store_certificate`
 checks that certificate before the agent ever presents it to the broker. Files::
 
-    device.key   EC P-256 private key (PKCS#8 PEM, mode 0600)
+    device.key   EC P-256 private key (PKCS#8 PEM, mode 0600); absent for a token key
     device.crt   the client certificate: CN = device id, signed by the hub's CA
     ca.crt       the hub's CA: the broker's server certificate must chain to it
 
@@ -33,7 +35,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from agent.token_key import TokenKey
 from shared.atomic import write_atomic
+from shared.pkcs11 import TokenKeyUri
 from shared.protocol import is_device_id
 
 __all__ = ["DeviceIdentity", "IdentityError"]
@@ -60,10 +64,33 @@ class IdentityError(ValueError):
 class DeviceIdentity:
     """The device's key pair and certificate in one directory."""
 
-    def __init__(self, directory: Path, device_id: str, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(
+        self, directory: Path, device_id: str, key: ec.EllipticCurvePrivateKey | TokenKey
+    ) -> None:
         self.directory = directory
         self.device_id = device_id
         self._key = key
+
+    @classmethod
+    def load(cls, directory: Path, device_id: str, key_uri: str = "") -> DeviceIdentity:
+        """The identity whose key is ``key_uri`` (a ``pkcs11:`` URI), or the key file.
+
+        Raises:
+            IdentityError: ``bad_device_id``, ``bad_key``.
+            Pkcs11Error: the token, its PIN or the key is not usable (shared/pkcs11.py).
+        """
+        if not key_uri:
+            return cls.load_or_create(directory, device_id)
+        if not is_device_id(device_id):
+            raise IdentityError("bad_device_id", f"{device_id!r} is not a valid device id")
+        key = TokenKey(TokenKeyUri.parse(key_uri))
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        return cls(Path(directory), device_id, key)
+
+    @property
+    def in_token(self) -> bool:
+        """Whether the private key is in a PKCS#11 token (no key file to hand to ``ssl``)."""
+        return isinstance(self._key, TokenKey)
 
     @classmethod
     def load_or_create(cls, directory: Path, device_id: str) -> DeviceIdentity:
@@ -106,6 +133,8 @@ class DeviceIdentity:
 
     def csr_pem(self) -> bytes:
         """A certificate signing request for this device (CN = device id), PEM."""
+        if isinstance(self._key, TokenKey):
+            return self._key.csr_pem(self.device_id)
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.device_id)])
         csr = (
             x509.CertificateSigningRequestBuilder()

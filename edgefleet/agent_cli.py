@@ -56,6 +56,14 @@ def enrol(
             " on a machine).",
         ),
     ] = DEFAULT_ENDPOINT,
+    key: Annotated[
+        str,
+        typer.Option(
+            "--key",
+            help="A key pair already in a PKCS#11 token: pkcs11:token=..;object=..?pin-source="
+            "env:VAR|file:/path (docs/devices.md). Default: a key file made here.",
+        ),
+    ] = "",
 ) -> int:
     from http.client import HTTPException
     from urllib.error import URLError
@@ -72,6 +80,7 @@ def enrol(
             state_dir=state_dir,
             config_out=config_out,
             endpoint=endpoint,
+            key=key,
         )
     except (URLError, ConnectionError, TimeoutError, HTTPException, json.JSONDecodeError) as e:
         raise enrol_error(hub, e) from e  # one line: the hub's reason, or why no hub

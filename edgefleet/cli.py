@@ -18,6 +18,7 @@ from typing import Any
 __all__ = ["main"]
 
 _VERBOSE = ("-v", "--verbose")
+EX_CONFIG = 78  # sysexits.h; the agent's systemd unit does not restart on it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,10 @@ def _agent_run(args: list[str]) -> int | None:
             raise
         text = " ".join((str(e) or type(e).__name__).split())
         print(f"edgefleet: error: {text}", file=sys.stderr)
-        return 1
+        from shared.pkcs11 import Pkcs11Error
+
+        # a token that is missing or locked stays so: systemd stops restarting on EX_CONFIG
+        return EX_CONFIG if isinstance(e, Pkcs11Error) else 1
 
 
 def __getattr__(name: str) -> Any:

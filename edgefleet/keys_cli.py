@@ -134,12 +134,24 @@ def rotate(
     key_count: Annotated[
         int | None, typer.Option("--keys", help="Keys to make (default: as many as now).")
     ] = None,
+    token_keys: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pkcs11",
+            help="Use this key in a PKCS#11 token instead of making a key file (repeatable):"
+            " pkcs11:token=..;object=..?pin-source=env:VAR|file:/path (docs/operations.md).",
+        ),
+    ] = None,
     json: Json = False,
 ) -> int:
+    from hub.trust.token_signer import TokenSigner
+
+    # a token that is missing or locked, or a key not there: refused before anything changes
+    made = [TokenSigner.from_uri(uri) for uri in token_keys or []]
     repo = _open(data_dir, root_keys)
     try:
         before = repo.keys()
-        version = repo.rotate(role, threshold=threshold, keys=key_count)
+        version = repo.rotate(role, threshold=threshold, keys=made or key_count)
         after = repo.keys()
     finally:
         repo.close()

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import (
     Metadata,
@@ -102,7 +102,7 @@ class TrustRepository:
         self._meta_dir = root_dir / "metadata"
         self._expiry = expiry
         self._lock = threading.Lock()
-        self._signers: dict[str, list[CryptoSigner]] = {}
+        self._signers: dict[str, list[Signer]] = {}
         self._roots: dict[int, bytes] = {}  # version -> N.root.json bytes
         self._files: dict[str, bytes] = {}  # root/targets/snapshot/timestamp.json -> bytes
         # the directory's locks; shared by replicas: reload what the others write
@@ -281,7 +281,9 @@ class TrustRepository:
         with self._reading():
             return self._root.signed.expires
 
-    def rotate(self, role: str, *, threshold: int | None = None, keys: int | None = None) -> int:
+    def rotate(
+        self, role: str, *, threshold: int | None = None, keys: int | Sequence[Signer] | None = None
+    ) -> int:
         """Replace every key of ``role`` with new ones; sign a new root with the old one.
 
         Root N+1 is signed by the old root keys (and, when rotating root, by the new
@@ -292,7 +294,7 @@ class TrustRepository:
             role: root, targets, snapshot, timestamp or director.
             threshold: signatures the role needs from now on (default: unchanged).
             keys: new keys to make (default: as many as the role has now, and at least
-                ``threshold``).
+                ``threshold``), or the new keys, made elsewhere (hub/trust/token_signer.py).
 
         Returns:
             the new root version.
@@ -305,9 +307,11 @@ class TrustRepository:
         with self._writing():
             self._need_root_keys(f"rotating {role}")
             need = threshold or self._threshold(role)
-            count = keys or max(need, len(self._role_keyids(role)))
+            made = list(keys) if isinstance(keys, Sequence) else []
+            count = len(made) or (keys if isinstance(keys, int) else 0)
+            count = count or max(need, len(self._role_keyids(role)))
             check_plan(role, need, count)
-            new = [CryptoSigner.generate_ed25519() for _ in range(count)]
+            new = made or [CryptoSigner.generate_ed25519() for _ in range(count)]
             old = list(self._signers.get(role, []))
 
             def change(root: Root) -> None:
@@ -349,7 +353,7 @@ class TrustRepository:
                 f"{len(self._signers.get('root', []))} usable in {self._keys.root_keys_dir}"
             )
 
-    def director_signers(self) -> list[CryptoSigner]:
+    def director_signers(self) -> list[Signer]:
         """The director's signers (deploy and rollback commands)."""
         with self._reading():
             return list(self._signers["director"])
@@ -428,7 +432,7 @@ class TrustRepository:
             return int(self._root.signed.unrecognized_fields[DIRECTOR_FIELD]["threshold"])
         return self._root.signed.roles[role].threshold
 
-    def _load_signers(self, role: str) -> list[CryptoSigner]:
+    def _load_signers(self, role: str) -> list[Signer]:
         """The private keys of ``role`` that are here and that root lists for it."""
         return self._keys.load(role, self._role_keyids(role))
 
@@ -439,13 +443,13 @@ class TrustRepository:
 
     # ----------------------------------------------------------------- signing
 
-    def _sign(self, md: Metadata[Any], signers: list[CryptoSigner]) -> bytes:
+    def _sign(self, md: Metadata[Any], signers: list[Signer]) -> bytes:
         md.signatures.clear()
         for s in signers:
             md.sign(s, append=True)
         return md.to_bytes(_SERIALIZER)
 
-    def _store_root(self, root: Metadata[Root], signers: list[CryptoSigner]) -> None:
+    def _store_root(self, root: Metadata[Root], signers: list[Signer]) -> None:
         data = self._sign(root, signers)
         version = root.signed.version
         write_atomic(self._meta_dir / f"{version}.root.json", data)
@@ -455,7 +459,7 @@ class TrustRepository:
         self._files["root.json"] = data
 
     def _new_root(
-        self, change: Callable[[Root], None], extra_signers: list[CryptoSigner] | None = None
+        self, change: Callable[[Root], None], extra_signers: list[Signer] | None = None
     ) -> None:
         """Sign root N+1 (after ``change(root)``) with the root keys of N and of N+1."""
         root = parse_metadata(Root, self._files["root.json"])

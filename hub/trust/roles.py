@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, TypeGuard
 
-from securesystemslib.signer import CryptoSigner
+from securesystemslib.signer import Signer
 from tuf.api.metadata import (
     Root,
     Snapshot,
@@ -69,7 +69,7 @@ def is_online(role: str) -> TypeGuard[ChainRole]:
     return role in ONLINE_ROLES
 
 
-def director_field(signers: list[CryptoSigner], threshold: int) -> dict[str, Any]:
+def director_field(signers: list[Signer], threshold: int) -> dict[str, Any]:
     """Root's ``x-edgefleet-director`` field: the director's public keys and threshold."""
     return {
         "keys": {s.public_key.keyid: s.public_key.to_dict() for s in signers},
