@@ -17,6 +17,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from softhsm import PIN_ENV, Token, fresh_token
+from tuf.api.exceptions import UnsignedMetadataError
 from update_rig import UpdateRig
 
 from agent.identity import DeviceIdentity
@@ -194,3 +195,27 @@ def test_a_hub_whose_token_is_locked_or_gone_stops_with_the_reason(
     pkcs11.unload(token.library)
     with pytest.raises(RepositoryError, match="no_token: no single token labelled 'edgefleet'"):
         TrustRepository.open_or_init(tmp_path / "hub" / "trust")
+
+
+def test_a_running_hub_whose_token_refuses_keeps_its_last_metadata_and_signs_once_it_is_back(
+    tmp_path: Path, token: Token, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = TrustRepository.open_or_init(tmp_path / "trust")
+    repo.rotate("timestamp", keys=[TokenSigner.from_uri(token.make_key("hub-timestamp", 1))])
+    served = dict(repo.metadata_for(1))["timestamp.json"]
+
+    monkeypatch.setenv(PIN_ENV, "0000")  # the token now refuses (a PIN changed under the hub)
+    # python-tuf wraps the signer's error; the hub's maintenance loop logs it and goes on
+    with pytest.raises(UnsignedMetadataError, match="token_error: signing with 'hub-timestamp'"):
+        repo.refresh_timestamp(min_remaining_s=10 * 365 * 86400)
+    assert (tmp_path / "trust" / "metadata" / "timestamp.json").read_bytes() == served
+
+    monkeypatch.setenv(PIN_ENV, "4711")
+    assert repo.refresh_timestamp(min_remaining_s=10 * 365 * 86400)
+    fresh = json.loads((tmp_path / "trust" / "metadata" / "timestamp.json").read_bytes())
+    assert fresh["signed"]["version"] > json.loads(served)["signed"]["version"]
+    device_view = TrustRepository.open_or_init(tmp_path / "trust")  # what a restart reads
+    assert (
+        dict(device_view.metadata_for(1))["timestamp.json"]
+        == dict(repo.metadata_for(1))["timestamp.json"]
+    )
