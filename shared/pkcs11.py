@@ -163,9 +163,9 @@ def token_session(uri: TokenKeyUri) -> Iterator[Any]:
     Raises:
         Pkcs11Error: ``no_module``, ``no_pin``, ``no_token``, ``bad_pin`` or ``token_error``.
     """
+    lib = _library(uri)  # first: it says so if python-pkcs11 is missing
     import pkcs11.exceptions as p11e
 
-    lib = _library(uri)
     pin = uri.pin()
     try:
         token = lib.get_token(token_label=uri.token)
