@@ -195,14 +195,17 @@ class DynamicSecurity:
     def _on_response(self, payload: bytes) -> None:
         try:
             responses = json.loads(payload)["responses"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("dynamic-security: an answer that is not JSON responses: %r", payload[:200])
+            if not isinstance(responses, list):
+                raise TypeError("responses is not a list")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("dynamic-security: an unreadable answer (%s): %r", e, payload[:200])
             return
-        tags = {r.get("correlationData") for r in responses if isinstance(r, dict)}
+        answers_in = [r for r in responses if isinstance(r, dict)]
+        tags = {str(r.get("correlationData")) for r in answers_in}
         with self._lock:  # one message answers one send; another replica's are not ours
             waiting = [self._waiting[t] for t in tags if t in self._waiting]
         for done, answers in waiting:
-            answers.extend(r for r in responses if isinstance(r, dict))
+            answers.extend(answers_in)
             done.set()
 
     @staticmethod
