@@ -153,8 +153,16 @@ def _say_written(files: Any, ca_dir: Path, crl_days: int) -> None:
         )
     if files.hub_password is not None:
         written.append((files.hub_password, "DEV ONLY: the hub's password, plain listener"))
+    if files.dynsec is not None:
+        what = "the dynamic-security plugin's state (kept; the broker rewrites it)"
+        written.append((files.dynsec, what))
     for path, what in written:
         print(f"  {path.name:<16}{what}")
     print(f"TLS listener on {files.bind}:{files.port}, client certificates required")
+    if files.dynsec is None:
+        print("no mosquitto_dynamic_security.so found: a revoked device stays connected until")
+        print("  it disconnects (install Mosquitto 2's plugin and rerun; docs/operations.md)")
+    else:
+        print(f"plugin {files.dynsec_plugin}: the hub cuts a revoked device's connection")
     if files.plain_port is not None:
         print(f"DEVELOPMENT ONLY: plain listener on 127.0.0.1:{files.plain_port} (hub only)")

@@ -157,6 +157,7 @@ def revoke(
         return 0
     print(f"device {r['device_id']} revoked ({r['reason']}): {len(r['serials'])} certificate(s)")
     print(f"  the hub ignores it from now on; the broker: {r['broker']}")
+    print(f"  its open connection: {r.get('connection', 'not disconnected: unknown')}")
     print(f"  to admit it again an admin re-enrols it: edgefleet devices reenrol {device_id}")
     return 0
 

@@ -38,19 +38,12 @@ from hub.store.datadir import check_private, create_private_file, private_umask
 from hub.store.leader import AlwaysLeader, Leader, Leadership, abdicate, one_at_a_time
 from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
-from hub.telemetry.retention import (
-    RetentionPolicy,
-    run_retention,
-)
-from hub.transport.broker import (
-    BrokerAddress,
-    EmbeddedBroker,
-    Mosquitto,
-    TlsIdentity,
-)
+from hub.telemetry.retention import RetentionPolicy, run_retention
+from hub.transport.broker import BrokerAddress, EmbeddedBroker, Mosquitto, TlsIdentity
 from hub.transport.brokerconf import replica_tls
 from hub.transport.budget import Budgets
 from hub.transport.commands import DirectorCommands
+from hub.transport.dynsec import broker_connections
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fanout import FanOut
 from hub.transport.fetch import FetchAnswers
@@ -119,8 +112,8 @@ class Hub:
         spec = None if cfg.ingest_workers else telemetry_intake(
             self.broker, cfg.client_id, cfg.broker_tls_dir, replica=cfg.replica, embedded=embedded
         )  # fmt: skip
-        telemetry = cfg.ingest_workers == 0 and spec is None
-        self.mqtt = self._device_link(cfg, tls, telemetry=telemetry)
+        self.mqtt = self._device_link(cfg, tls, telemetry=not cfg.ingest_workers and spec is None)
+        self.identities = self._identities(cfg)
         self.entitlements = load_entitlements(self.engine, shared=replica)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self._open_datasets(cfg)
@@ -193,6 +186,19 @@ class Hub:
             cfg.data_dir / "uploads",
             self.commands.send_command,
             on_dataset=self.capture_versions,
+        )
+
+    def _identities(self, cfg: HubConfig) -> Identities:
+        """Certificates and revocations: the CRL for new connections, the broker's plugin
+        over the link for open ones (ADR 0036)."""
+        tls_dir, replica = cfg.broker_tls_dir, cfg.replica is not None
+        return Identities(
+            self.engine,
+            self.ca,
+            crl_path=tls_dir / "crl.pem" if tls_dir else None,
+            reload_command=cfg.broker_reload,
+            reread_s=REVOCATIONS_REREAD_S if replica else None,
+            connections=broker_connections(tls_dir, self.mqtt),
         )
 
     def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
@@ -323,14 +329,7 @@ class Hub:
             ca = CertificateAuthority.open_or_init(cfg.data_dir / "pki")
         if replica:
             ca.share()  # enrolments and revocations through any replica
-        tls_dir = cfg.broker_tls_dir
-        self.identities = Identities(
-            self.engine,
-            ca,
-            crl_path=tls_dir / "crl.pem" if tls_dir else None,
-            reload_command=cfg.broker_reload,
-            reread_s=REVOCATIONS_REREAD_S if replica else None,
-        )
+        self.ca = ca
         self.store = ArtifactStore(cfg.data_dir / "artifacts")
         self.registry = Registry(self.engine, self.store, self.trust, cfg.chunk_size)
         self.retention = RetentionPolicy(
@@ -458,6 +457,7 @@ class Hub:
                 if renewed:
                     log.info("re-signed %s before expiry", ", ".join(renewed))
                 self.identities.refresh_crl()
+                self.identities.sync_connections()  # ADR 0036
                 run_retention(self.engine, self.retention)
                 run_audit_retention(self.engine, self.config.audit_max_age_s)
                 run_event_retention(self.engine, self.config.events_max_age_s)

@@ -9,6 +9,8 @@ from the hub's CA (hub/trust/pki.py)::
     ca.crt           the CA that issues every client certificate
     server.crt/.key  the broker's TLS server certificate (SAN: the server names)
     crl.pem          revoked client certificates (rewrite + SIGHUP: :func:`reload_crl`)
+    dynamic-security.json  Mosquitto's dynamic-security plugin's state (it cuts revoked
+                     devices, hub/transport/dynsec.py): written once, then the broker's
     hub.crt/.key     the hub's own MQTT client identity (CN ``edgefleet-hub``)
     ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/workers.py,
                      CN ``edgefleet-ingest-{i}``): they may only read telemetry
@@ -34,8 +36,10 @@ What Mosquitto 2.0.11 does, measured (tests/test_broker_security.py, DESIGN §8)
   subscriber may not read are never delivered: the read check runs per message.
 - SIGHUP rereads the CRL, the ACL and the server certificate, but an existing
   connection is never re-checked: a revoked device stays connected until it
-  disconnects. The hub must enforce revocation too (refuse its fetches, send it
-  nothing), or restart the broker to cut it off.
+  disconnects. The hub cuts it through the dynamic-security plugin loaded here (its
+  facts: hub/transport/dynsec.py) and ignores it meanwhile.
+- The plugin rewrites its state file in place: the account Mosquitto runs as must own
+  it (else changes live until a restart, and its answers still say success).
 - Listener options (``use_username_as_clientid``, the TLS ones) written before the first
   ``listener`` line create an implicit listener on port 1883: they come after it here.
 - Mosquitto started as root switches to the ``mosquitto`` user BEFORE it opens the ACL,
@@ -71,6 +75,12 @@ from hub.transport.broker import (
     BrokerError,
     TlsIdentity,
     raise_nofile,
+)
+from hub.transport.dynsec import (
+    CONTROL_RESPONSE_TOPIC,
+    CONTROL_TOPIC,
+    plugin_files,
+    write_initial_state,
 )
 from hub.trust.pki import BROKER_IDENTITY, HUB_IDENTITY, CertificateAuthority
 from shared.atomic import write_atomic
@@ -135,6 +145,8 @@ class BrokerFiles:
     hub_password: Path | None = None
     ingest_workers: int = 0  # identities written for ingest workers
     hub_replicas: int = 0  # identities written for hub replicas (and their leader's link)
+    dynsec: Path | None = None  # the plugin's state file; None: no plugin found
+    dynsec_plugin: Path | None = None
 
     @property
     def start_command(self) -> list[str]:
@@ -154,6 +166,7 @@ def write_broker_config(
     user: str | None = None,
     ingest_workers: int = DEFAULT_INGEST_WORKERS,
     hub_replicas: int = 0,
+    dynsec: bool = True,
 ) -> BrokerFiles:
     """Write a working Mosquitto config with TLS, client certificates, ACL and CRL.
 
@@ -178,6 +191,7 @@ def write_broker_config(
             (``mosquitto``), to which the operator must give read access.
         ingest_workers: identities for this many hub ingest workers (read telemetry only).
         hub_replicas: identities for this many hub replicas and their leader's link.
+        dynsec: load the dynamic-security plugin if the system has it (ADR 0036).
 
     Returns:
         The paths written and the listener's address.
@@ -206,21 +220,30 @@ def write_broker_config(
         hub_password=out_dir / "hub.password" if plain_port is not None else None,
         ingest_workers=ingest_workers,
         hub_replicas=hub_replicas,
+        **plugin_files(out_dir, dynsec),
     )
     _write_identities(files, ca)
     acl = acl_text(hub_identity, ingest_workers, hub_replicas)
     write_atomic(files.acl, acl.encode(), mode=0o644)
-    if files.passwords is not None and files.hub_password is not None:
-        password = secrets.token_urlsafe(32)
-        write_atomic(files.hub_password, password.encode(), mode=0o600)
-        write_atomic(files.passwords, password_line(hub_identity, password).encode(), mode=0o600)
-    if persistence_dir is not None:
-        Path(persistence_dir).mkdir(parents=True, exist_ok=True)
+    _write_state(files, persistence_dir)
     conf = config_text(files, persistence_dir=persistence_dir, user=user)
     write_atomic(files.config, conf.encode(), mode=0o644)
     if user is not None and os.geteuid() == 0:
-        _give_to(user, [files.server_key, files.passwords], persistence_dir)
+        _give_to(user, [files.server_key, files.passwords, files.dynsec], persistence_dir)
     return files
+
+
+def _write_state(files: BrokerFiles, persistence_dir: Path | None) -> None:
+    """The plain listener's password, the persistence directory, the plugin's state."""
+    if files.passwords is not None and files.hub_password is not None:
+        password = secrets.token_urlsafe(32)
+        write_atomic(files.hub_password, password.encode(), mode=0o600)
+        line = password_line(files.hub_identity, password)
+        write_atomic(files.passwords, line.encode(), mode=0o600)
+    if persistence_dir is not None:
+        Path(persistence_dir).mkdir(parents=True, exist_ok=True)
+    if files.dynsec is not None:
+        write_initial_state(files.dynsec)  # kept if there: it holds the revoked devices
 
 
 def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
@@ -286,6 +309,9 @@ def acl_text(
             f"user {hub}",
             f"topic readwrite {ROOT}/#",
             f"topic write {FANOUT_ROOT}/+/blob",
+            # the dynamic-security plugin's commands and answers (hub/transport/dynsec.py)
+            f"topic write {CONTROL_TOPIC}",
+            f"topic read {CONTROL_RESPONSE_TOPIC}",
         ]
     lines.append("")
     for i in range(ingest_workers):
@@ -326,6 +352,9 @@ def config_text(
     ]
     if user is not None:
         lines.append(f"user {user}")
+    if files.dynsec is not None and files.dynsec_plugin is not None:
+        # cuts a revoked device's connection; the ACL file still decides (ADR 0036)
+        lines += [f"plugin {files.dynsec_plugin}", f"plugin_opt_config_file {files.dynsec}"]
     if files.passwords is not None:
         # used by the plain listener only: use_identity_as_username overrides it on TLS
         lines.append(f"password_file {files.passwords}")

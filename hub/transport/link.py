@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -81,8 +81,10 @@ class MqttLink:
         self.address = address
         # default: every device-to-hub topic; an ingest-only process may take a share of
         # the telemetry instead, e.g. [("$share/ingest/ef/v1/dev/+/telemetry", 1)]
-        self.subscriptions = list(subscriptions) if subscriptions is not None else SUBSCRIPTIONS
+        self.subscriptions = list(subscriptions if subscriptions is not None else SUBSCRIPTIONS)
         self.handler: MessageHandler | None = None
+        # topics of the broker's own (``$CONTROL/…`` answers), each to its callback
+        self._listeners: dict[str, Callable[[bytes], None]] = {}
         self.counts: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.connected = threading.Event()
@@ -129,6 +131,14 @@ class MqttLink:
     def publish_info(self, topic: str, payload: bytes, qos: int) -> mqtt.MQTTMessageInfo:
         """Publish; paho's message info (the fan-out waits on it to pace itself)."""
         return self._client.publish(topic, payload, qos=qos)
+
+    def listen(self, topic: str, callback: Callable[[bytes], None]) -> None:
+        """Subscribe to ``topic`` (no wildcard) at every connect and hand its messages to
+        ``callback`` instead of the handler: the broker's answers (hub/transport/dynsec.py)."""
+        self._listeners[topic] = callback
+        self.subscriptions.append((topic, 1))
+        if self._client.is_connected():
+            self._client.subscribe(topic, qos=1)
 
     def count(self, what: str) -> None:
         self.counts[what] += 1
@@ -180,7 +190,10 @@ class MqttLink:
         stored_later = False
         try:
             ack = (self._connection, msg.mid) if msg.qos else None
-            if self.handler is None:
+            listener = self._listeners.get(topic)
+            if listener is not None:
+                listener(bytes(msg.payload))
+            elif self.handler is None:
                 self.drop("no_handler", topic)
             elif msg.retain and not topic.endswith(RETAINED_KIND):
                 # Only a device's state is meant to be retained; any other retained message

@@ -4,7 +4,8 @@ A device enrols with its own CSR and gets a client certificate from the hub's CA
 (hub/trust/pki.py). Revoking a device revokes every certificate it was issued, records it, and
 publishes a new CRL for the broker, then runs the configured reload command (Mosquitto
 rereads its CRL on SIGHUP). A CRL does not cut a connection that is already open
-(DESIGN §8), so the hub also ignores a revoked device's messages and sends it nothing.
+(DESIGN §8): the broker's connections (hub/transport/dynsec.py, ADR 0036) are told to cut
+it and deny it every topic, and the hub ignores its messages and sends it nothing.
 A device id that has a certificate (or a revocation) is taken: only an admin's
 re-enrolment token for it (``POST /devices/{id}/reenrol``) may give it a new identity,
 which supersedes its old certificates or lifts its revocation.
@@ -23,8 +24,9 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import select
@@ -37,6 +39,17 @@ log = logging.getLogger(__name__)
 
 CRL_REPUBLISH_S = 86400.0  # seconds between CRL re-issues (each is valid 7 days)
 RELOAD_TIMEOUT_S = 10.0  # seconds the broker reload command may take
+
+
+class BrokerConnections(Protocol):
+    """What the broker does with a device's open connection (hub/transport/dynsec.py).
+    Each call answers a sentence for the operator; none raises."""
+
+    def cut(self, device_id: str) -> str: ...
+
+    def restore(self, device_id: str) -> str: ...
+
+    def sync(self, revoked: Iterable[str]) -> str: ...
 
 
 class DeviceTaken(Exception):
@@ -56,6 +69,7 @@ class Identities:
         crl_path: where the broker reads its CRL (None: no TLS broker to tell).
         reload_command: run after each CRL write, e.g. ``("systemctl", "reload",
             "mosquitto")`` or ``("kill", "-HUP", "<pid>")``.
+        connections: cuts a revoked device's open connection (None: nothing can).
     """
 
     def __init__(
@@ -66,6 +80,7 @@ class Identities:
         crl_path: Path | None = None,
         reload_command: Sequence[str] | None = None,
         reread_s: float | None = None,
+        connections: BrokerConnections | None = None,
     ) -> None:
         self.engine = engine
         # hub replicas: read the revocations again when older than this (another replica
@@ -78,6 +93,9 @@ class Identities:
         self._crl_written = 0.0
         # what the last CRL publication did, for the operator who revoked a device
         self.broker_notice = "no TLS broker configured: nothing to tell"
+        self.connections = connections
+        # what the broker did with the last revoked device's open connection
+        self.connection_notice = "not disconnected: no broker to tell"
         self._read_revoked()
 
     def _read_revoked(self) -> None:
@@ -150,6 +168,8 @@ class Identities:
                     s.commit()
                 self._revoked = self._revoked - {device_id}
             log.warning("device %s re-enrolled: its revocation is lifted", device_id)
+            if self.connections is not None:  # the broker denies it every topic until then
+                log.warning("device %s: %s", device_id, self.connections.restore(device_id))
         return cert
 
     def revoke(self, device_id: str, reason: str, by: str | None) -> Revocation:
@@ -171,7 +191,16 @@ class Identities:
                 s.refresh(row)
             self._revoked = self._revoked | {device_id}
         self.publish_crl()
+        if self.connections is not None:
+            self.connection_notice = self.connections.cut(device_id)
         return row
+
+    def sync_connections(self) -> str | None:
+        """Make the broker's denials the revocations (a command it missed, a state file it
+        lost); what it did, or None with nothing to tell."""
+        if self.connections is None:
+            return None
+        return self.connections.sync(self.revoked)
 
     def publish_crl(self) -> bool:
         """Write a fresh CRL where the broker reads it and run the reload command.

@@ -211,9 +211,9 @@ def revoke(
     audit: Audit,
     req: Annotated[RevokeRequest | None, Body()] = None,
 ) -> RevocationResult:
-    """Revoke the device's certificates: the broker refuses it from the next CRL reload,
-    and the hub ignores it at once. Re-enrolment lifts it. A device that enrolled but
-    never connected can be revoked too."""
+    """Revoke the device's certificates: the broker refuses it from the next CRL reload
+    and cuts its open connection (dynamic-security plugin); the hub ignores it at once.
+    Re-enrolment lifts it. A device that enrolled but never connected can be revoked too."""
     if not h.identities.taken(device_id):
         _device(h, device_id)
     before = device_id in h.identities.revoked
@@ -221,13 +221,10 @@ def revoke(
         row = h.revoke_device(device_id, (req or RevokeRequest()).reason, who.keyid)
     except PkiError as e:
         raise HTTPException(422, str(e)) from e
-    notice = h.identities.broker_notice
-    audit.change(
-        device_id,
-        before={"revoked": before},
-        after={"revoked": True, "reason": row.reason, "serials": row.serials, "broker": notice},
-    )
-    return RevocationResult(**row.model_dump(), broker=notice)
+    notice, connection = h.identities.broker_notice, h.identities.connection_notice
+    after = {"revoked": True, "reason": row.reason, "serials": row.serials, "broker": notice}
+    audit.change(device_id, before={"revoked": before}, after={**after, "connection": connection})
+    return RevocationResult(**row.model_dump(), broker=notice, connection=connection)
 
 
 @router.post(

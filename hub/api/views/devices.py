@@ -80,6 +80,9 @@ class RevocationResult(View):
     serials: list[str]
     # what the broker was told: reloaded, left to the operator, or a failed reload
     broker: str
+    # what became of its open connection: "disconnected: …" (the broker's
+    # dynamic-security plugin cut it and denies it every topic) or "not disconnected: …"
+    connection: str = "not disconnected: unknown"
 
 
 class EnrolTokenCreated(View):
