@@ -436,9 +436,10 @@ class Datasets:
             if pending and not deadline_passed:
                 return
             for d in pending:
-                self.asks.forget((capture_id, d.device_id))
-                if self._uploads.pop((capture_id, d.device_id), None) is not None:
+                had = self._uploads.pop((capture_id, d.device_id), None) is not None
+                if had or d.status in ("started", "uploading"):  # it may keep one: delete it
                     self.asks.done((capture_id, d.device_id), "failed", "upload_incomplete")
+                self.asks.forget((capture_id, d.device_id))
                 d.status, d.reason = "failed", Reason.UPLOAD_INCOMPLETE.value
                 d.detail = "no verified upload by the capture's deadline"
                 d.updated_at = self.clock()
