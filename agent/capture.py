@@ -308,6 +308,37 @@ def status_message(
     return protocol.encode("capture_status", body, ts=now)
 
 
+def upload_manifest(
+    capture: str,
+    model: str,
+    ended: CaptureEnded,
+    *,
+    chunk_size: int = protocol.MAX_CHUNK_BYTES,
+) -> dict[str, Any]:
+    """The ``upload_manifest`` body of a sample: its length, sha256 and chunk hashes."""
+    data = ended.data or b""
+    return {
+        "capture": capture,
+        "model": model,
+        "version": ended.version,
+        "rows": ended.rows,
+        "labelled": ended.labelled,
+        "schema": [dict(a) for a in ended.schema],
+        "length": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "chunk_size": chunk_size,
+        "chunks": chunk_hashes(data, chunk_size),
+    }
+
+
+def upload_chunks(capture: str, data: bytes, chunk_size: int, indices: Any) -> list[bytes]:
+    """The ``upload`` messages of chunks ``indices`` of ``data``."""
+    return [
+        protocol.encode_upload_chunk(capture, i, data[i * chunk_size : (i + 1) * chunk_size])
+        for i in indices
+    ]
+
+
 def upload_messages(
     capture: str,
     model: str,
@@ -321,22 +352,6 @@ def upload_messages(
         ProtocolError: the sample is over the protocol's limits (the caller reports it).
     """
     data = ended.data or b""
-    hashes = chunk_hashes(data, chunk_size)
-    body = {
-        "capture": capture,
-        "model": model,
-        "version": ended.version,
-        "rows": ended.rows,
-        "labelled": ended.labelled,
-        "schema": [dict(a) for a in ended.schema],
-        "length": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "chunk_size": chunk_size,
-        "chunks": hashes,
-    }
+    body = upload_manifest(capture, model, ended, chunk_size=chunk_size)
     manifest = protocol.encode("upload_manifest", body, ts=ended.now)
-    chunks = [
-        protocol.encode_upload_chunk(capture, i, data[off : off + chunk_size])
-        for i, off in enumerate(range(0, len(data), chunk_size))
-    ]
-    return manifest, chunks
+    return manifest, upload_chunks(capture, data, chunk_size, range(len(body["chunks"])))

@@ -15,6 +15,7 @@
     spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
     spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
     memory_budget_mb = 64           # all loaded models together (agent/core/budget.py)
+    upload_disk_bytes = 33554432    # capture uploads kept until the hub has them (docs/capture.md)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.core.config import CoreConfig
 from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S
 from shared import protocol
 from shared.pkcs11 import Pkcs11Error, TokenKeyUri
@@ -32,6 +34,7 @@ from shared.pkcs11 import Pkcs11Error, TokenKeyUri
 __all__ = ["DEFAULT_ENDPOINT", "AgentConfig", "ConfigError", "endpoint_address"]
 
 DEFAULT_ENDPOINT = "127.0.0.1:8780"  # the local inference endpoint: host:port on loopback
+DEFAULT_UPLOAD_DISK_BYTES = CoreConfig.upload_disk_bytes  # bytes
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,7 @@ class AgentConfig:
     spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
     memory_budget_mb: float | None = None  # MiB for all loaded models; None: unchecked
     key: str = ""  # "": the key file; "pkcs11:...": a key in a token (agent/token_key.py)
+    upload_disk_bytes: int = DEFAULT_UPLOAD_DISK_BYTES  # bytes of capture uploads kept
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -122,6 +126,9 @@ class AgentConfig:
                 TokenKeyUri.parse(key)
             except Pkcs11Error as e:
                 raise ConfigError(f"{source}: key: {e}") from e
+        uploads = raw.get("upload_disk_bytes", DEFAULT_UPLOAD_DISK_BYTES)
+        if not isinstance(uploads, int) or isinstance(uploads, bool) or uploads < 0:
+            raise ConfigError(f"{source}: upload_disk_bytes must be an integer >= 0")
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -136,6 +143,7 @@ class AgentConfig:
             spool_replay_per_s=float(replay),
             memory_budget_mb=None if budget is None else float(budget),
             key=key,
+            upload_disk_bytes=uploads,
         )
 
 

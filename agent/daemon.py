@@ -120,6 +120,7 @@ class AgentDaemon:
                 window_s=config.window_s,
                 heartbeat_s=config.heartbeat_s,
                 memory_budget_mb=config.memory_budget_mb,
+                upload_disk_bytes=config.upload_disk_bytes,
             ),
             store,
             publish=self._publish,

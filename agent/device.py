@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.capture import Reservoir, encode_sample
+from agent.capture import Reservoir, encode_sample, upload_chunks
 from agent.core import AgentCore, CoreConfig
 from agent.drift import DriftRecorder, load_baseline, save_baseline
 from agent.events import (
@@ -32,8 +32,10 @@ from agent.events import (
     Connected,
     Discard,
     Done,
+    DropUpload,
     Event,
     FinishCapture,
+    KeepUpload,
     MessageArrived,
     MetadataVerified,
     PersistState,
@@ -42,12 +44,14 @@ from agent.events import (
     Refused,
     RollBack,
     RunHealthCheck,
+    SendUploadChunks,
     StagedChunks,
     StartCapture,
     Subscribe,
     Tick,
     TrustRefreshed,
     Unsubscribe,
+    UploadLost,
     VerifyAndStage,
     VerifyMetadata,
     WriteChunk,
@@ -154,8 +158,10 @@ class Device:
             return self._execute(action)
         except OSError as e:
             log.error("%s: %s failed: %s", self.config.device_id, type(action).__name__, e)
-            if isinstance(action, (Publish, PersistState, Prune)):
+            if isinstance(action, (Publish, PersistState, Prune, DropUpload)):
                 return None
+            if isinstance(action, KeepUpload):  # a full or broken disk: the upload is lost
+                return UploadLost(action.capture, str(e), self.clock())
             return Refused(_step(action), Reason.STORAGE_ERROR, str(e), self.clock())
 
     def _execute(self, action: Action) -> Event | None:
@@ -233,6 +239,8 @@ class Device:
             return None
         if isinstance(action, FinishCapture):
             return self._finish_capture(action)
+        if isinstance(action, (KeepUpload, SendUploadChunks, DropUpload)):
+            return self._upload_io(action)
         raise TypeError(f"unknown action {action!r}")
 
     def _verify_metadata(self, action: VerifyMetadata) -> Event:
@@ -350,6 +358,21 @@ class Device:
             sample.rows,
             sample.labelled,
         )
+
+    def _upload_io(self, action: KeepUpload | SendUploadChunks | DropUpload) -> Event | None:
+        """Keep, send from, or delete a capture's upload on disk (agent/core/uploads.py)."""
+        if isinstance(action, KeepUpload):
+            self.store.keep_upload(action.capture, action.data)
+        elif isinstance(action, DropUpload):
+            self.store.drop_upload(action.capture)
+        else:
+            try:
+                data = self.store.read_upload(action.capture, action.length)
+            except OSError as e:
+                return UploadLost(action.capture, str(e), self.clock())
+            for chunk in upload_chunks(action.capture, data, action.chunk_size, action.indices):
+                self._publish(action.topic, chunk, 1, False)
+        return None
 
     # ------------------------------------------------------------- start-up
 

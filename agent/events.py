@@ -130,6 +130,15 @@ class CaptureEnded:
     labelled: int = 0
 
 
+@dataclass(frozen=True)
+class UploadLost:
+    """The adapter cannot read a kept upload any more (its file is gone or unreadable)."""
+
+    capture: str
+    detail: str
+    now: float
+
+
 Event = (
     Connected
     | MessageArrived
@@ -140,6 +149,7 @@ Event = (
     | StagedChunks
     | Done
     | CaptureEnded
+    | UploadLost
 )
 
 # ------------------------------------------------------------------------ actions
@@ -283,6 +293,33 @@ class FinishCapture:
     capture: str
 
 
+@dataclass(frozen=True)
+class KeepUpload:
+    """Write a capture's upload bytes to disk, kept until the hub has them all."""
+
+    capture: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SendUploadChunks:
+    """Read chunks ``indices`` of the kept upload and publish each on ``topic`` (QoS 1);
+    answer UploadLost if the file is gone."""
+
+    capture: str
+    topic: str
+    chunk_size: int
+    length: int  # bytes of the whole upload: the file must have exactly these
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class DropUpload:
+    """Delete the kept upload of ``capture`` (the hub has an outcome, or it expired)."""
+
+    capture: str
+
+
 Action = (
     Publish
     | Subscribe
@@ -299,6 +336,9 @@ Action = (
     | Prune
     | StartCapture
     | FinishCapture
+    | KeepUpload
+    | SendUploadChunks
+    | DropUpload
 )
 
 

@@ -5,6 +5,7 @@ Layout under the state directory::
     state.json                       the core's state (atomic replace; fsync when durable)
     trust/                           TUF metadata this device trusts (its rollback memory)
     staging/<sha256>.part            a download being assembled, chunk by chunk
+    uploads/<sha256 of id>.bin       a capture's upload, kept until the hub has it all
     models/<model>/<version>/model.<format>   verified files; the core's state says
                                               which version is active
 
@@ -33,7 +34,8 @@ class DeviceStore:
         self.trust_dir = root / "trust"
         self.staging_dir = root / "staging"
         self.models_dir = root / "models"
-        for d in (self.trust_dir, self.staging_dir, self.models_dir):
+        self.uploads_dir = root / "uploads"
+        for d in (self.trust_dir, self.staging_dir, self.models_dir, self.uploads_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------- state
@@ -94,6 +96,29 @@ class DeviceStore:
     def discard_staging(self, target: VerifiedTarget | None) -> None:
         if target is not None:
             self.staging_path(target).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------- capture uploads
+
+    def upload_path(self, capture: str) -> Path:
+        """Where a capture's upload is kept (the id is the hub's: hashed, never a path)."""
+        return self.uploads_dir / f"{hashlib.sha256(capture.encode()).hexdigest()[:32]}.bin"
+
+    def keep_upload(self, capture: str, data: bytes) -> None:
+        write_atomic(self.upload_path(capture), data, mode=0o600)
+
+    def read_upload(self, capture: str, length: int) -> bytes:
+        """The kept upload of ``capture``.
+
+        Raises:
+            OSError: it is gone, or not ``length`` bytes any more.
+        """
+        data = self.upload_path(capture).read_bytes()
+        if len(data) != length:
+            raise OSError(f"the kept upload has {len(data)} bytes, not {length}")
+        return data
+
+    def drop_upload(self, capture: str) -> None:
+        self.upload_path(capture).unlink(missing_ok=True)
 
     # ------------------------------------------------------------- models
 

@@ -28,6 +28,7 @@ from hub.ml.builds import Builds
 from hub.ml.data.capture_versions import CaptureVersions
 from hub.ml.data.captures import Datasets
 from hub.ml.data.store import DatasetStore
+from hub.ml.data.upload_resumer import UploadResumer
 from hub.ml.jobs import STALE_S, Jobs, Progress
 from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
@@ -186,7 +187,9 @@ class Hub:
             cfg.data_dir / "uploads",
             self.commands.send_command,
             on_dataset=self.capture_versions,
+            send_request=self.commands.send_request,
         )
+        self.upload_resumer = UploadResumer(self.datasets)  # started by the leader
 
     def _identities(self, cfg: HubConfig) -> Identities:
         """Certificates and revocations: the CRL for new connections, the broker's plugin
@@ -224,6 +227,7 @@ class Hub:
         self.rollouts.start()
         self.loop.start()
         self.alerts.start()
+        self.upload_resumer.start()
         self._maintenance.start()
 
     def _fanout_observe(self) -> Callable[[Report], None] | None:
@@ -344,6 +348,7 @@ class Hub:
         if self._maintenance.ident is not None:
             self._maintenance.join()
         self.alerts.stop()
+        self.upload_resumer.stop()
         self.loop.stop()
         self.rollouts.stop()
         if self.fanout is not None:

@@ -345,6 +345,18 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "detail": (_opt_str, False),
         "rows": (is_nonneg_int, False),
     },
+    # the hub asks again for the chunks of an upload it lacks, or (no chunks) for its
+    # manifest (not signed: ADR 0039)
+    "upload_ask": {
+        "capture": (is_short_str, True),
+        "chunks": (_chunk_list, False),
+    },
+    # the hub has an outcome for the upload: the device may delete its copy
+    "upload_done": {
+        "capture": (is_short_str, True),
+        "status": (_one_of("verified", "failed"), True),
+        "reason": (_opt_str, False),
+    },
     "upload_manifest": {
         "capture": (is_short_str, True),
         "model": (is_short_str, True),

@@ -50,3 +50,5 @@ class Reason(StrEnum):
     # trust, added later
     METADATA_MISMATCH = "metadata_mismatch"  # a role's file is not the one the role above
     # it signed (length or hashes): mix-and-match
+    # data capture, added later (docs/capture.md "Resuming an upload")
+    UPLOAD_NO_ROOM = "upload_no_room"  # the sample would not fit the device's upload disk bound

@@ -34,6 +34,7 @@ DEVICE_TO_HUB: Final = frozenset(
 )
 BINARY_DEVICE_TO_HUB: Final = frozenset({"upload"})  # raw chunks: no JSON type allowed
 HUB_TO_DEVICE: Final = frozenset({"cmd", "blob"})
+UNSIGNED_COMMANDS: Final = frozenset({"upload_ask", "upload_done"})  # on cmd, not signed
 
 # Message types allowed on each topic kind.
 TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
@@ -42,7 +43,9 @@ TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
     "telemetry": frozenset({"telemetry"}),
     "drift": frozenset({"drift"}),
     "fetch": frozenset({"fetch_meta", "fetch_chunks"}),
-    "cmd": frozenset({"deploy", "rollback", "capture"}),
+    # upload_ask / upload_done: the hub's plain (unsigned) requests about a capture
+    # upload, which the ACL lets only the hub write (docs/capture.md, ADR 0039)
+    "cmd": frozenset({"deploy", "rollback", "capture", "upload_ask", "upload_done"}),
     "capture": frozenset({"capture_status", "upload_manifest"}),
     "upload": frozenset(),  # binary chunks only (decode_upload_chunk)
 }

@@ -12,9 +12,25 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from trust_refresh import handle_trusting
 
-from agent.capture import NO_LABEL, CaptureError, Reservoir, decode_sample, encode_sample
+from agent.capture import (
+    NO_LABEL,
+    CaptureError,
+    Reservoir,
+    decode_sample,
+    encode_sample,
+    upload_chunks,
+)
 from agent.core import AgentCore, CoreConfig, encode_state
-from agent.events import CaptureEnded, FinishCapture, MessageArrived, Publish, StartCapture, Tick
+from agent.events import (
+    CaptureEnded,
+    FinishCapture,
+    KeepUpload,
+    MessageArrived,
+    Publish,
+    SendUploadChunks,
+    StartCapture,
+    Tick,
+)
 from shared import protocol
 from shared.director import DirectorKeys, sign_command
 from shared.reasons import Reason
@@ -214,8 +230,13 @@ def test_a_signed_capture_command_samples_then_uploads_verifiable_chunks() -> No
     body = manifest["body"]
     assert (body["capture"], body["model"], body["version"], body["rows"]) == ("c1", "m", 1, 50)
     assert body["sha256"] == hashlib.sha256(data).hexdigest() and body["length"] == len(data)
-    chunks = [protocol.decode_upload_chunk(p.payload) for p in on_topic(actions, "upload")]
-    assert [ch.index for ch in chunks] == list(range(len(body["chunks"])))
+    # the bytes are kept on disk first, and the chunks read back from there
+    assert KeepUpload("c1", data) in actions
+    [send_all] = [a for a in actions if isinstance(a, SendUploadChunks)]
+    assert send_all.indices == tuple(range(len(body["chunks"])))
+    assert send_all.topic.endswith("/upload") and send_all.length == len(data)
+    payloads = upload_chunks("c1", data, send_all.chunk_size, send_all.indices)
+    chunks = [protocol.decode_upload_chunk(p) for p in payloads]
     assert all(hashlib.sha256(ch.data).hexdigest() == body["chunks"][ch.index] for ch in chunks)
     assert b"".join(ch.data for ch in chunks) == data
     assert [s["status"] for s in statuses(actions)] == ["uploaded"]

@@ -13,7 +13,9 @@ from typing import Any
 from agent import capture as capture_msgs
 from agent.core.context import CoreContext
 from agent.core.state import Capture
+from agent.core.uploads import Uploads
 from agent.events import CaptureEnded, FinishCapture, Outbox, Publish, StartCapture
+from shared import protocol
 from shared.protocol import ProtocolError
 from shared.reasons import Reason
 
@@ -23,6 +25,7 @@ class Captures:
 
     def __init__(self, ctx: CoreContext) -> None:
         self.ctx = ctx
+        self.uploads = Uploads(ctx)  # kept on disk until the hub has them all
         if (capture := ctx.state.capture) is not None:
             capture.ending = False  # restarted mid-capture: its end must be asked again
 
@@ -68,7 +71,8 @@ class Captures:
         self.ctx.persist(out)
 
     def check(self, now: float, out: Outbox) -> None:
-        """Ask the adapter to finish a capture that is due (once)."""
+        """Ask the adapter to finish a capture that is due (once); expire kept uploads."""
+        self.uploads.expire(now, out)
         capture = self.ctx.state.capture
         if capture is None or capture.ending:
             return
@@ -89,12 +93,17 @@ class Captures:
             self.status(out, info, "failed", ev.now, Reason.CAPTURE_EMPTY, why, rows=0)
             return
         try:
-            manifest, chunks = capture_msgs.upload_messages(capture.id, capture.model, ev)
+            manifest = capture_msgs.upload_manifest(capture.id, capture.model, ev)
+            protocol.encode("upload_manifest", manifest, ts=ev.now)  # within its limits
         except (ProtocolError, ValueError) as e:
             self.status(out, info, "failed", ev.now, Reason.UPLOAD_INVALID, str(e))
             return
-        # The manifest first, then the chunks: the hub checks each chunk against it.
-        out.add(Publish(self.ctx.topic("capture"), manifest))
-        for chunk in chunks:
-            out.add(Publish(self.ctx.topic("upload"), chunk))
+        no_room = self.uploads.room_for(len(ev.data))
+        if no_room is not None:
+            self.ctx.counts["uploads_no_room"] += 1
+            self.status(out, info, "failed", ev.now, Reason.UPLOAD_NO_ROOM, no_room)
+            return
+        # Kept on disk first, then the manifest, then the chunks: the hub checks each
+        # chunk against the manifest, and asks again for any it lacks.
+        self.uploads.keep_and_send(manifest, ev.data, ev.now, out)
         self.status(out, info, "uploaded", ev.now, rows=ev.rows)

@@ -46,6 +46,9 @@ class Commands:
         except ProtocolError as e:
             ctx.drop(e.reason, e.detail)
             return
+        if msg.type in protocol.UNSIGNED_COMMANDS:  # the hub's asks about an upload
+            self.captures.uploads.on_request(msg, now, out)
+            return
         try:
             cmd = verify_command(
                 msg, payload, ctx.director_keys, device_id=ctx.config.device_id, now=now

@@ -34,3 +34,8 @@ class CoreConfig:
     # MiB all the device's loaded models may take together (agent/core/budget.py); its
     # class's memory_budget_mb. None: no budget is checked
     memory_budget_mb: float | None = None
+    # Capture uploads kept on disk until the hub has them all (docs/capture.md): all of
+    # them together at most this many bytes; a sample that does not fit is refused
+    upload_disk_bytes: int = 32 * 2**20  # bytes (two uploads of the protocol's largest)
+    upload_keep_s: float = 6 * 3600.0  # seconds an upload is kept without the hub's word
+    max_upload_asks: int = 32  # the hub's asks answered per upload, at most

@@ -47,6 +47,7 @@ from agent.events import (
     StagedChunks,
     Tick,
     TrustRefreshed,
+    UploadLost,
 )
 from shared import protocol
 from shared.director import DirectorKeys
@@ -89,6 +90,7 @@ class AgentCore:
         elif isinstance(event, Connected):
             self._ctx.publish_state(out, event.now)
             self._updater.on_connected(event.now, out)
+            self._captures.uploads.on_connected(event.now, out)
         elif isinstance(event, MetadataVerified):
             self._updater.on_metadata(event, out)
         elif isinstance(event, TrustRefreshed):
@@ -101,6 +103,8 @@ class AgentCore:
             self._on_refused(event, out)
         elif isinstance(event, CaptureEnded):
             self._captures.on_ended(event, out)
+        elif isinstance(event, UploadLost):
+            self._captures.uploads.on_lost(event.capture, event.detail, event.now, out)
         self._updater.start_waiting(event.now, out)  # a deploy of another model waited
         return out.actions
 
@@ -166,6 +170,11 @@ class AgentCore:
         """The capture in progress (docs/capture.md), as saved, or None."""
         capture = self._ctx.state.capture
         return None if capture is None else capture.to_json()
+
+    @property
+    def uploads(self) -> dict[str, dict[str, Any]]:
+        """Capture uploads kept on disk until the hub has them all, by capture id."""
+        return {c: u.to_json() for c, u in self._ctx.state.uploads.items()}
 
     def installed(self, model: str) -> InstalledModel | None:
         """The installed entry of ``model``: active ``version``, ``versions`` kept on disk

@@ -1,8 +1,8 @@
 """The core's whole state, as the device persists it (``state.json``, agent/store.py).
 
 :class:`DeviceState` round-trips to the JSON object the device has always written: the
-same keys in the same order (the optional ``last`` and ``capture`` where they first
-appeared), and keys it does not know passed through, so a file written by an older or a
+same keys in the same order (the optional ``last``, ``capture`` and ``uploads`` where
+they first appeared), and keys it does not know passed through, so a file written by an older or a
 newer agent loads and is written back unchanged.
 """
 
@@ -88,6 +88,32 @@ class Capture:
         )
 
 
+@dataclass
+class PendingUpload:
+    """A capture's upload kept on disk until the hub has every chunk (docs/capture.md)."""
+
+    capture: str
+    manifest: dict[str, Any]  # the upload_manifest body, published again on reconnect
+    expires_at: float  # deleted then, if the hub never said it has an outcome
+    asks: int = 0  # the hub's asks answered
+
+    @property
+    def length(self) -> int:
+        return int(self.manifest["length"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "capture": self.capture,
+            "manifest": self.manifest,
+            "expires_at": self.expires_at,
+            "asks": self.asks,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PendingUpload:
+        return cls(data["capture"], data["manifest"], data["expires_at"], data["asks"])
+
+
 _ALWAYS = ("models", "seq", "job", "req", "commands")  # keys a fresh state starts with
 
 
@@ -102,6 +128,7 @@ class DeviceState:
         self.commands: dict[str, float] = {}  # command id -> expiry: replay memory
         self._last: LastEvent | None = None
         self._capture: Capture | None = None
+        self._uploads: dict[str, PendingUpload] = {}  # capture id -> its kept upload
         self._keys: list[str] = list(_ALWAYS)  # the file's keys, in its order
         self._other: dict[str, Any] = {}  # keys this version does not know
 
@@ -122,6 +149,18 @@ class DeviceState:
     def capture(self, capture: Capture | None) -> None:
         self._capture = capture
         self._key("capture")
+
+    @property
+    def uploads(self) -> dict[str, PendingUpload]:
+        """The uploads kept on disk, by capture id (read; change through the setters)."""
+        return self._uploads
+
+    def keep_upload(self, upload: PendingUpload) -> None:
+        self._uploads[upload.capture] = upload
+        self._key("uploads")
+
+    def forget_upload(self, capture: str) -> PendingUpload | None:
+        return self._uploads.pop(capture, None)
 
     def _key(self, key: str) -> None:
         if key not in self._keys:
@@ -157,6 +196,7 @@ class DeviceState:
             "commands": self.commands,
             "last": self._last,
             "capture": None if self._capture is None else self._capture.to_json(),
+            "uploads": [u.to_json() for u in self._uploads.values()],
         }
         return {k: values[k] if k in values else self._other[k] for k in self._keys}
 
@@ -179,8 +219,10 @@ class DeviceState:
         state._last = data.get("last")
         if (capture := data.get("capture")) is not None:
             state._capture = Capture.from_json(capture)
+        for upload in data.get("uploads", []):
+            state._uploads[upload["capture"]] = PendingUpload.from_json(upload)
         state._keys = [*data, *(["commands"] if "commands" not in data else [])]
-        known = {*_ALWAYS, "last", "capture"}
+        known = {*_ALWAYS, "last", "capture", "uploads"}
         state._other = {k: v for k, v in data.items() if k not in known}
         return state
 

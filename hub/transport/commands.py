@@ -64,3 +64,12 @@ class DirectorCommands:
             self.entitlements.grant(device_id, str(body["target"]))  # before it can ask
         self.link.publish(protocol.topic(device_id, "cmd"), payload, 1)
         self.link.count("commands")
+
+    def send_request(self, device_id: str, msg_type: str, body: Mapping[str, Any]) -> None:
+        """Send one device a plain, unsigned request (QoS 1): ``upload_ask`` or
+        ``upload_done``, which name only that device's own capture upload (ADR 0039)."""
+        if msg_type not in protocol.UNSIGNED_COMMANDS:
+            raise ValueError(f"{msg_type} is a command: it must be signed")
+        payload = protocol.encode(msg_type, body, ts=time.time())
+        self.link.publish(protocol.topic(device_id, "cmd"), payload, 1)
+        self.link.count("requests")

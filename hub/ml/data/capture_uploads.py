@@ -1,7 +1,9 @@
 """A device's upload of captured rows (docs/capture.md): its manifest, chunks and arrays.
 
 A device announces its upload with an ``upload_manifest`` (length, sha256 and chunk
-hashes, the schema of its arrays) and sends the bytes in chunks. Each chunk is checked
+hashes, the schema of its arrays) and sends the bytes in chunks. Chunks that do not come
+are asked for again (``upload_ask``) after a quiet interval, with backoff, a bounded
+number of times (docs/capture.md "Resuming an upload", ADR 0039). Each chunk is checked
 against its hash before it is written to staging; the whole upload against its length and
 sha256; its arrays against the schema and the manifest's counts. The format: the arrays
 raw, little-endian, C order, one after another in the schema's order.
@@ -13,7 +15,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -21,16 +23,39 @@ import numpy.typing as npt
 from hub.ml.data.captured_rows import NO_LABEL
 from hub.store.tables import Capture
 
-__all__ = ["Upload", "check_arrays", "manifest_problem", "parse_upload"]
+__all__ = ["Upload", "check_arrays", "chunk_problem", "manifest_problem", "parse_upload"]
+
+
+MAX_ASK_BACKOFF: Final = 8  # quiet intervals between two asks, at most
 
 
 @dataclass
 class Upload:
-    """One device's upload in progress: its manifest and the chunks verified so far."""
+    """One device's upload in progress: its manifest and the chunks verified so far.
+
+    ``next_ask``: when the hub asks for what is missing unless a chunk comes first;
+    ``asks``: asks since the last chunk that came.
+    """
 
     manifest: Mapping[str, Any]
     directory: Path
+    next_ask: float
     received: set[int] = field(default_factory=set)
+    asks: int = 0
+
+    def missing(self) -> list[int]:
+        """The chunks not verified yet, in order."""
+        return [i for i in range(len(self.manifest["chunks"])) if i not in self.received]
+
+    def progressed(self, now: float, quiet_s: float) -> None:
+        """A chunk came: the next ask waits a whole quiet interval again."""
+        self.asks = 0
+        self.next_ask = now + quiet_s
+
+    def asked(self, now: float, quiet_s: float) -> None:
+        """An ask went out: the next one backs off (1, 2, 4, ... quiet intervals)."""
+        self.asks += 1
+        self.next_ask = now + quiet_s * min(2**self.asks, MAX_ASK_BACKOFF)
 
     def chunk_len(self, index: int) -> int:
         """The length chunk ``index`` must have (the last one may be short)."""
@@ -80,6 +105,16 @@ def parse_upload(data: bytes, schema: Sequence[Mapping[str, Any]]) -> dict[str, 
     if pos != len(data):
         raise ValueError(f"{len(data) - pos} bytes beyond the schema's arrays")
     return arrays
+
+
+def chunk_problem(upload: Upload, index: int, size: int) -> str | None:
+    """What is wrong with a chunk's place or size in ``upload`` (it is dropped), or None."""
+    count = len(upload.manifest["chunks"])
+    if index >= count:
+        return f"chunk {index} of an upload of {count} chunks"
+    if size != upload.chunk_len(index):
+        return f"chunk {index} has {size} bytes, not {upload.chunk_len(index)}"
+    return None
 
 
 def manifest_problem(body: Mapping[str, Any], capture: Capture) -> str | None:

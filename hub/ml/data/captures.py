@@ -9,11 +9,15 @@ chunks on ``upload`` (docs/capture.md). hub/transport/link.py hands both to :met
 Nothing unverified is stored: each chunk is checked against the sha256 its manifest lists
 before it is written to the staging area, the whole upload against its length and sha256,
 and its arrays against the manifest's schema. A chunk that fails its hash fails that
-device's upload (reason ``chunk_hash_mismatch``; what it had sent is deleted); chunks still
-missing at the capture's deadline fail it with ``upload_incomplete``. The hub does not ask
-again: a lost QoS 1 message is rare, and a new capture is one call. When every device has
-an outcome (or the deadline passed), the verified uploads become one dataset version: an
-npz artifact in the content-addressed store and a ``DatasetVersion`` row.
+device's upload (reason ``chunk_hash_mismatch``; what it had sent is deleted). Chunks that
+do not come (a lost connection, a broker restart) are asked for again: after a quiet
+interval (:meth:`resume_uploads`, on a timer) and at once when the device announces its
+upload again on reconnecting; after ``max_asks`` unanswered asks, or at the capture's
+deadline, the upload fails with ``upload_incomplete`` (docs/capture.md, ADR 0039). The
+device keeps its upload on disk until the hub tells it the outcome (``upload_done``).
+When every device has an outcome (or the deadline passed), the verified uploads become
+one dataset version: an npz artifact in the content-addressed store and a
+``DatasetVersion`` row.
 
 This module keeps the captures' state (SQL) and the uploads in progress;
 hub/ml/data/capture_uploads.py checks an upload's chunks, bytes and arrays, and
@@ -41,7 +45,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlmodel import col, select
 
-from hub.ml.data.capture_uploads import Upload, manifest_problem, parse_upload
+from hub.ml.data.capture_uploads import Upload, chunk_problem, manifest_problem, parse_upload
 from hub.ml.data.captured_rows import (
     NO_LABEL,
     CapturedData,
@@ -50,6 +54,7 @@ from hub.ml.data.captured_rows import (
     to_npz,
     write_device_rows,
 )
+from hub.ml.data.upload_asks import SendRequest, UploadAsks
 from hub.store.artifacts import ArtifactStore
 from hub.store.tables import Capture, CaptureDevice, DatasetVersion, session
 from shared import protocol
@@ -101,6 +106,7 @@ class Datasets:
         *,
         clock: Callable[[], float] = time.time,
         on_dataset: OnDataset | None = None,
+        send_request: SendRequest | None = None,
     ) -> None:
         self.engine = engine
         self.on_dataset = on_dataset  # each new capture's rows, after they are committed
@@ -110,6 +116,8 @@ class Datasets:
         self.clock = clock
         self.grace_s = UPLOAD_GRACE_S  # seconds after a capture's end for its uploads
         self.counts: Counter[str] = Counter()
+        # asks devices for what their uploads lack (its quiet_s, max_asks), tells outcomes
+        self.asks = UploadAsks(send_request, self.counts)
         self._lock = threading.RLock()
         self._uploads: dict[tuple[str, str], Upload] = {}
         staging_dir.mkdir(parents=True, exist_ok=True)
@@ -158,7 +166,6 @@ class Datasets:
         if problems:
             raise DatasetError("invalid", "bad capture request: " + "; ".join(problems))
         now = self.clock()
-        length = duration_s if duration_s is not None else (windows or 0) * ASSUMED_WINDOW_S
         row = Capture(
             id=uuid.uuid4().hex[:16],
             model=model,
@@ -168,8 +175,9 @@ class Datasets:
             seed=seed,
             created_by=created_by,
             created_at=now,
-            deadline=now + length + self.grace_s,
+            deadline=now,
         )
+        row.deadline = now + _length_s(row) + self.grace_s
         with session(self.engine) as s:
             s.add(row)
             s.add_all(CaptureDevice(capture_id=row.id, device_id=d, updated_at=now) for d in ids)
@@ -254,6 +262,8 @@ class Datasets:
             row = self._device_row(capture_id, device_id)
             if row.status in TERMINAL:
                 self.counts["late_capture_messages"] += 1
+                if message.type == "upload_manifest":  # the device still keeps it
+                    self.asks.done((row.capture_id, device_id), row.status, row.reason)
                 return
             if message.type == "upload_manifest":
                 self._on_manifest(row, body)
@@ -274,22 +284,62 @@ class Datasets:
             upload = self._uploads.get(key)
             if upload is None:
                 raise ProtocolError("unexpected_chunk", f"no upload of {chunk.capture} in progress")
-            hashes = upload.manifest["chunks"]
             if chunk.index in upload.received:
-                return  # a QoS 1 duplicate
-            if chunk.index >= len(hashes) or len(chunk.data) != upload.chunk_len(chunk.index):
-                self._fail_upload(key, Reason.UPLOAD_INVALID, f"chunk {chunk.index} out of range")
+                self.counts["duplicate_chunks"] += 1  # a QoS 1 duplicate, or asked twice
                 return
-            if hashlib.sha256(chunk.data).hexdigest() != hashes[chunk.index]:
+            problem = chunk_problem(upload, chunk.index, len(chunk.data))
+            if problem is not None:  # dropped: asked for again if it is missing
+                raise ProtocolError("bad_chunk", f"{chunk.capture}: {problem}")
+            if hashlib.sha256(chunk.data).hexdigest() != upload.manifest["chunks"][chunk.index]:
                 self.counts["chunks_refused"] += 1
                 why = f"chunk {chunk.index} does not match its manifest's sha256"
                 self._fail_upload(key, Reason.CHUNK_HASH_MISMATCH, why)
                 return
             (upload.directory / str(chunk.index)).write_bytes(chunk.data)
             upload.received.add(chunk.index)
+            upload.progressed(self.clock(), self.asks.quiet_s)
             self.counts["chunks_verified"] += 1
-            if len(upload.received) == len(hashes):
+            if not upload.missing():
                 self._complete(key, upload)
+
+    @property
+    def quiet_s(self) -> float:
+        """Seconds without a chunk before the hub asks for the rest."""
+        return self.asks.quiet_s
+
+    def resume_uploads(self) -> None:
+        """Ask devices for what their uploads lack once they have been quiet for a while:
+        chunks, or the manifest of a capture that has ended; fail an upload after
+        ``asks.max_asks`` asks with nothing coming."""
+        now = self.clock()
+        with self._lock:
+            for key, upload in list(self._uploads.items()):
+                if upload.next_ask > now:
+                    continue
+                if self.asks.exhausted(upload):
+                    missing = len(upload.missing())
+                    why = f"{missing} chunk(s) still missing after {upload.asks} asks"
+                    self._fail_upload(key, Reason.UPLOAD_INCOMPLETE, why)
+                else:
+                    self.asks.chunks(key, upload, now)
+            for key, ended_at in self._silent_devices():
+                self.asks.manifest(key, ended_at, now)
+
+    def _silent_devices(self) -> list[tuple[tuple[str, str], float]]:
+        """(capture, device) of running captures whose upload this process has no manifest
+        of (none came yet, or it came to a hub process that has since restarted), and
+        when the capture ended on the device (as the hub reckons it)."""
+        with session(self.engine) as s:
+            rows = s.exec(
+                select(Capture, CaptureDevice)
+                .where(Capture.state == "running", CaptureDevice.capture_id == Capture.id)
+                .where(col(CaptureDevice.status).in_(("sent", "started", "uploading")))
+            ).all()
+        return [
+            ((c.id, d.device_id), c.created_at + _length_s(c))
+            for c, d in rows
+            if (c.id, d.device_id) not in self._uploads
+        ]
 
     # ------------------------------------------------------------- internals
 
@@ -322,8 +372,10 @@ class Datasets:
 
     def _on_manifest(self, row: CaptureDevice, body: Mapping[str, Any]) -> None:
         key = (row.capture_id, row.device_id)
-        if key in self._uploads:
-            return  # a duplicate manifest
+        if (upload := self._uploads.get(key)) is not None:
+            # announced again: the device is back (it reconnected, or restarted)
+            self.asks.chunks(key, upload, self.clock())
+            return
         with session(self.engine) as s:
             capture = s.get(Capture, row.capture_id)
         assert capture is not None
@@ -334,7 +386,10 @@ class Datasets:
         directory = self.staging_dir / row.capture_id / row.device_id
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        self._uploads[key] = Upload(dict(body), directory)
+        upload = self._uploads[key] = Upload(dict(body), directory, self.clock() + self.quiet_s)
+        self.asks.forget(key)
+        if row.status == "uploading":  # announced to a hub process that has since restarted
+            self.asks.chunks(key, upload, self.clock())
         self._set(
             row,
             "uploading",
@@ -349,6 +404,8 @@ class Datasets:
             shutil.rmtree(upload.directory, ignore_errors=True)
         log.warning("capture %s: upload of %s failed: %s", key[0], key[1], detail)
         self._set(self._device_row(*key), "failed", reason.value, detail)
+        if upload is not None:
+            self.asks.done(key, "failed", reason.value)
 
     def _complete(self, key: tuple[str, str], upload: Upload) -> None:
         """Every chunk verified: check the whole, parse the arrays, keep them verified."""
@@ -364,6 +421,7 @@ class Datasets:
         del self._uploads[key]
         self.counts["uploads_verified"] += 1
         self._set(self._device_row(*key), "verified", rows=int(m["rows"]))
+        self.asks.done(key, "verified")
 
     def _finish(self, capture_id: str, *, deadline_passed: bool) -> None:
         """Once every device has an outcome (or the deadline passed): the dataset version."""
@@ -378,7 +436,10 @@ class Datasets:
             if pending and not deadline_passed:
                 return
             for d in pending:
-                self._uploads.pop((capture_id, d.device_id), None)
+                had = self._uploads.pop((capture_id, d.device_id), None) is not None
+                if had or d.status in ("started", "uploading"):  # it may keep one: delete it
+                    self.asks.done((capture_id, d.device_id), "failed", "upload_incomplete")
+                self.asks.forget((capture_id, d.device_id))
                 d.status, d.reason = "failed", Reason.UPLOAD_INCOMPLETE.value
                 d.detail = "no verified upload by the capture's deadline"
                 d.updated_at = self.clock()
@@ -419,3 +480,10 @@ class Datasets:
             sha256=digest,
             created_at=self.clock(),
         ), arrays
+
+
+def _length_s(capture: Capture) -> float:
+    """Seconds a capture samples for (its windows at the core's default window)."""
+    if capture.duration_s is not None:
+        return float(capture.duration_s)
+    return (capture.windows or 0) * ASSUMED_WINDOW_S
