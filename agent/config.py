@@ -15,6 +15,9 @@
     spool_fsync = false             # true: fsync each window (survives a power cut, costs ms)
     spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
     memory_budget_mb = 64           # all loaded models together (agent/core/budget.py)
+    renew_fraction = 0.6667         # renew the certificate at this fraction of its lifetime
+    renew_spread = 0.1              # ± half this fraction, per device (agent/renewal.py)
+    renew_retry_s = 60.0            # first wait for the hub's answer; doubles up to an hour
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from urllib.parse import urlparse
 
 from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S
 from shared import protocol
+from shared.renewal import DEFAULT_FRACTION, DEFAULT_SPREAD, renew_at
 
 __all__ = ["DEFAULT_ENDPOINT", "AgentConfig", "ConfigError", "endpoint_address"]
 
@@ -51,6 +55,9 @@ class AgentConfig:
     spool_fsync: bool = False
     spool_replay_per_s: float = REPLAY_PER_S  # the hub's ingest budget is 20/s (agent/spool.py)
     memory_budget_mb: float | None = None  # MiB for all loaded models; None: unchecked
+    renew_fraction: float = DEFAULT_FRACTION  # of the certificate's lifetime (ADR 0035)
+    renew_spread: float = DEFAULT_SPREAD  # of the lifetime: the fleet's renewals spread
+    renew_retry_s: float = 60.0  # seconds; the first wait for an answer, then doubling
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -112,6 +119,7 @@ class AgentConfig:
             not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0
         ):
             raise ConfigError(f"{source}: memory_budget_mb must be a positive number (MiB)")
+        renewal = _renewal(raw, source)
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -125,7 +133,26 @@ class AgentConfig:
             spool_fsync=bool(raw.get("spool_fsync", False)),
             spool_replay_per_s=float(replay),
             memory_budget_mb=None if budget is None else float(budget),
+            renew_fraction=renewal[0],
+            renew_spread=renewal[1],
+            renew_retry_s=renewal[2],
         )
+
+
+def _renewal(raw: dict[str, Any], source: str) -> tuple[float, float, float]:
+    """The renewal settings: fraction, spread, retry (checked as shared/renewal.py would)."""
+    values = [raw.get(k, d) for k, d in (("renew_fraction", DEFAULT_FRACTION),
+              ("renew_spread", DEFAULT_SPREAD), ("renew_retry_s", 60.0))]  # fmt: skip
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+        raise ConfigError(f"{source}: renew_fraction, renew_spread, renew_retry_s are numbers")
+    fraction, spread, retry = (float(v) for v in values)
+    try:
+        renew_at(0.0, 1.0, "x", 0, fraction=fraction, spread=spread)
+    except ValueError as e:
+        raise ConfigError(f"{source}: renew_fraction/renew_spread: {e}") from e
+    if retry <= 0:
+        raise ConfigError(f"{source}: renew_retry_s must be a positive number of seconds")
+    return fraction, spread, retry
 
 
 def endpoint_address(endpoint: str) -> tuple[str, int] | None:

@@ -129,14 +129,9 @@ class Hub:
         self.fanout = FanOut(self.mqtt, self.registry, qos=cfg.fanout_qos) if cfg.fanout else None
         budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
-            self.mqtt,
-            self.ingest,
-            self.fetch,
-            captures=self.datasets,
-            revoked=self.revoked,
-            budget=budgets,
-            observe=self._fanout_observe(),
-        )
+            self.mqtt, self.ingest, self.fetch, captures=self.datasets, revoked=self.revoked,
+            budget=budgets, observe=self._fanout_observe(), renewals=self.identities.renewals,
+        )  # fmt: skip
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = start_workers(
@@ -245,6 +240,7 @@ class Hub:
             revoked=self.revoked,
             budget=self.config.ingest_budget,
             observe=self._fanout_observe(),
+            renewals=self.identities.renewals,
         )
 
     def _start_model_jobs(self) -> None:
@@ -329,6 +325,7 @@ class Hub:
             ca,
             crl_path=tls_dir / "crl.pem" if tls_dir else None,
             reload_command=cfg.broker_reload,
+            device_days=cfg.device_cert_days,
             reread_s=REVOCATIONS_REREAD_S if replica else None,
         )
         self.store = ArtifactStore(cfg.data_dir / "artifacts")
@@ -435,7 +432,7 @@ class Hub:
         if csr is not None:
             cert = self.identities.issue(device_id, csr.encode(), reenrol=used.reenrol)
             fields["certificate"] = cert.cert_pem.decode()
-            fields["ca"] = self.identities.ca.ca_pem.decode()
+            fields["ca"] = self.identities.ca.trust_pem.decode()
         return Enrolment(token_id=used.id, fields=fields)
 
     def revoke_device(self, device_id: str, reason: str, by: str | None) -> Revocation:
