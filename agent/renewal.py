@@ -1,7 +1,8 @@
 """The agent renews its client certificate before it expires (ADR 0035, docs/devices.md).
 
 When: at ``renew_fraction`` of the certificate's lifetime, moved by a deterministic
-per-device offset within ``renew_spread`` (shared/renewal.py :func:`renew_at`).
+per-device offset within ``renew_spread`` (shared/renewal.py :func:`renew_at`); or at
+once when the hub sends a ``renew_hint`` (a CA rotation).
 
 How: a fresh EC P-256 key (``next.key``, mode 0600, written before anything is sent, so
 a retry after a restart asks for the same key), a CSR for it, a ``renew_request`` on the
@@ -89,6 +90,7 @@ class CertRenewal:
         self.stopped_reason: str | None = None  # set by an ``expired`` refusal
         self.switching_since: float | None = None  # connecting with next.crt since then
         self.renewed = 0  # certificates promoted by this process
+        self._now = False  # the hub asked for a renewal now (renew_hint)
         self._finish_promotion()
 
     # ------------------------------------------------------------------ when
@@ -115,7 +117,7 @@ class CertRenewal:
         now = self.clock()
         if not connected or self.stopped_reason or (self.directory / NEXT_CERT).exists():
             return
-        if now < max(self.due_at(), self._next_request):
+        if now < max(now if self._now else self.due_at(), self._next_request):
             return
         csr = _csr(self._next_key(), self.device_id)
         self.publish(
@@ -134,7 +136,12 @@ class CertRenewal:
         Raises:
             ProtocolError: not a valid renew_answer (the caller counts and drops it).
         """
-        body = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cert"]).body
+        message = protocol.decode(payload, expect=protocol.TOPIC_TYPES["cert"])
+        body = message.body
+        if message.type == "renew_hint":  # the hub asks for a renewal now (CA rotation)
+            log.info("the hub asks for a certificate renewal now (%s)", body["reason"])
+            self._now, self._next_request, self._wait_s = True, 0.0, self.retry_s
+            return False
         if not body["ok"]:
             return self._refused(str(body.get("reason")), str(body.get("detail", "")))
         key_path = self.directory / NEXT_KEY
@@ -203,7 +210,7 @@ class CertRenewal:
         os.replace(d / NEXT_CERT, d / CERT_FILE)
         fsync_dir(d)
         self.renewed += 1
-        self._wait_s, self._next_request = self.retry_s, 0.0
+        self._wait_s, self._next_request, self._now = self.retry_s, 0.0, False
         log.info("renewed certificate in use (serial %x)", _load_cert(d / CERT_FILE).serial_number)
 
     def _finish_promotion(self) -> None:

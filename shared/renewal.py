@@ -5,7 +5,8 @@ renewal", ADR 0035). It makes a fresh key pair, and publishes a ``renew_request`
 ``ef/v1/dev/{id}/renew`` (only it may write there: the broker's ACL ties the topic to the
 certificate it connected with). The hub answers with a ``renew_answer`` on
 ``ef/v1/dev/{id}/cert`` (only it may read there): the new certificate and the CA bundle
-to trust, or a refusal with a reason from :data:`REFUSALS`.
+to trust, or a refusal with a reason from :data:`REFUSALS`. On the same topic a
+``renew_hint`` asks the device to renew now, whatever its schedule (a CA rotation).
 
 When: at ``fraction`` of the certificate's lifetime, moved by a per-device offset within
 ``spread`` (a fraction of the lifetime too), so that a fleet enrolled on one day does not
@@ -24,6 +25,7 @@ __all__ = [
     "ANSWER_SCHEMA",
     "DEFAULT_FRACTION",
     "DEFAULT_SPREAD",
+    "HINT_SCHEMA",
     "MAX_PEM_CHARS",
     "REFUSALS",
     "REQUEST_SCHEMA",
@@ -75,6 +77,11 @@ ANSWER_SCHEMA: Final[Mapping[str, tuple[Any, bool]]] = {
     "ca_bundle": (_pem, False),  # PEM, every CA the device must trust: when ok
     "reason": (_reason, False),  # one of REFUSALS: when not ok
     "detail": (_detail, False),
+}
+
+
+HINT_SCHEMA: Final[Mapping[str, tuple[Any, bool]]] = {
+    "reason": (_short, True),  # why the hub asks for a renewal now, e.g. "ca_rotation"
 }
 
 

@@ -48,7 +48,7 @@ TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
     "capture": frozenset({"capture_status", "upload_manifest"}),
     "upload": frozenset(),  # binary chunks only (decode_upload_chunk)
     "renew": frozenset({"renew_request"}),
-    "cert": frozenset({"renew_answer"}),
+    "cert": frozenset({"renew_answer", "renew_hint"}),
 }
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no "\n" at the end

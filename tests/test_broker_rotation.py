@@ -103,6 +103,9 @@ def test_sighup_reloads_the_ca_bundle_and_a_ca_needs_its_crl(tmp_path: Path) -> 
     ca = CertificateAuthority.open_or_init(tmp_path / "pki")
     files = write_broker_config(tmp_path / "broker", ca, port=free_port(), user=USER)
     old_dev = enrol(ca, tmp_path / "devices", "dev-old")
+    # held open throughout; another name than the probes (a second connection under the
+    # same name takes the first one's place: use_username_as_clientid)
+    held_dev = enrol(ca, tmp_path / "devices", "dev-held")
     ca2 = CertificateAuthority.open_or_init(tmp_path / "pki2", name="edgefleet hub CA 2")
     new_dev = enrol(ca2, tmp_path / "devices2", "dev-new")
     bundle = tmp_path / "bundle.crt"
@@ -116,7 +119,7 @@ def test_sighup_reloads_the_ca_bundle_and_a_ca_needs_its_crl(tmp_path: Path) -> 
         return ok
 
     with TlsMosquitto(files) as broker:
-        held = TlsClient(("127.0.0.1", files.port), bundle, old_dev)
+        held = TlsClient(("127.0.0.1", files.port), bundle, held_dev)
         assert held.connect()
         assert not connects(new_dev)
         write_atomic(files.ca, ca.ca_pem + ca2.ca_pem)

@@ -18,10 +18,17 @@ import signal
 from cryptography import x509
 
 from hub.transport.brokerconf import BrokerFiles
+from hub.trust import ca_rotation
 from hub.trust.pki import BROKER_IDENTITY, CertificateAuthority, IssuedCert
 from shared.atomic import write_atomic
 
-__all__ = ["SERVER_CERT_DAYS", "rotate_server_certificate", "server_certificate_due"]
+__all__ = [
+    "SERVER_CERT_DAYS",
+    "finish_ca_rotation",
+    "publish_trust",
+    "rotate_server_certificate",
+    "server_certificate_due",
+]
 
 SERVER_CERT_DAYS = 825.0  # days: the CA's default for service certificates
 RENEW_FRACTION = 2 / 3  # of the server certificate's lifetime
@@ -51,4 +58,30 @@ def rotate_server_certificate(
     write_atomic(files.server_cert, issued.cert_pem, mode=0o644)
     if pid is not None:
         os.kill(pid, signal.SIGHUP)
+    return issued
+
+
+def publish_trust(ca: CertificateAuthority, files: BrokerFiles, pid: int | None) -> None:
+    """Write the broker's CA bundle (the CA and any a rotation retired) and one CRL per
+    CA (Mosquitto refuses a client whose CA has no CRL), then SIGHUP ``pid``."""
+    write_atomic(files.ca, ca.trust_pem, mode=0o644)
+    write_atomic(files.crl, ca.crl_pem(), mode=0o644)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+
+
+def finish_ca_rotation(
+    ca: CertificateAuthority, files: BrokerFiles, pid: int | None, *, force: bool = False
+) -> IssuedCert:
+    """The last step of a CA rotation (hub/trust/ca_rotation.py): a server certificate
+    from the new CA, the retired CAs dropped, the broker's trust rewritten and reloaded.
+
+    Raises:
+        PkiError: ``devices_behind`` (nothing changed), unless ``force``.
+    """
+    if not force:
+        ca_rotation.check_none_behind(ca)  # before anything changes
+    issued = rotate_server_certificate(ca, files, None)
+    ca_rotation.finish(ca, force=True)
+    publish_trust(ca, files, pid)
     return issued

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hub.trust import cadir
 from hub.trust.csr import check_key, key_id, key_pem, parse_csr, public_der, single_cn
 from hub.trust.pki_error import PkiError
 from hub.trust.profiles import client_extensions, self_signed_ca, server_extensions
@@ -76,7 +77,7 @@ CA_VALIDITY = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # not_before is back-dated by this much
 CRL_VALIDITY = dt.timedelta(days=7)  # Mosquitto refuses every client once the CRL expires
 
-_REVOCATION_REASONS = {flag.name: flag for flag in x509.ReasonFlags}
+_REVOCATION_REASONS = cadir.REVOCATION_REASONS
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,9 @@ class CertificateAuthority:
         self._key = key
         self._cert = cert
         self._ledger_path = directory / "ledger.json"
-        self._ledger = _load_ledger(self._ledger_path)
+        self._ledger = cadir.load_ledger(self._ledger_path)
+        # CAs a rotation retired: still trusted, still signing CRLs (hub/trust/cadir.py)
+        self.retired: list[cadir.Authority] = cadir.load_retired(directory)
         # hub replicas share the ledger: :meth:`share` makes each change cross-process
         self._lock = SharedFileLock(self._ledger_path, self._reload_ledger)
 
@@ -123,7 +126,7 @@ class CertificateAuthority:
         self._lock.shared = True
 
     def _reload_ledger(self) -> None:
-        self._ledger = _load_ledger(self._ledger_path)
+        self._ledger = cadir.load_ledger(self._ledger_path)
 
     # ------------------------------------------------------------------ opening
 
@@ -150,6 +153,7 @@ class CertificateAuthority:
             with ca._lock:
                 ca._save_ledger()
             return ca
+        cadir.finish_rotation_write(directory)  # a rotation cut short between two renames
         try:
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -203,8 +207,36 @@ class CertificateAuthority:
 
     @property
     def trust_pem(self) -> bytes:
-        """Every CA certificate a device and the broker must trust now (PEM)."""
-        return self.ca_pem
+        """Every CA certificate a device and the broker must trust now (PEM): this CA and
+        the retired ones of a rotation under way."""
+        pems = [c.public_bytes(serialization.Encoding.PEM) for _, c in self.retired]
+        return b"".join([self.ca_pem, *pems])
+
+    def rotate(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        """Issue from now on with ``key``/``cert``; the current CA is retired, still
+        trusted (hub/trust/ca_rotation.py checks the new pair first)."""
+        with self._lock:
+            cadir.retire(self.directory, (self._key, self._cert))
+            write_atomic(self.directory / "ca.key.new", key_pem(key), mode=0o600)
+            write_atomic(self.directory / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+            os.replace(self.directory / "ca.key.new", self.directory / "ca.key")
+            self.retired = [*self.retired, (self._key, self._cert)]
+            self._key, self._cert = key, cert
+
+    def drop_retired(self) -> list[x509.Certificate]:
+        """Stop trusting the retired CAs (their keys are deleted); what was dropped."""
+        with self._lock:
+            dropped = [c for _, c in self.retired]
+            for cert in dropped:
+                cadir.drop_retired(self.directory, cert)
+            self.retired = []
+        return dropped
+
+    def device_ids(self) -> set[str]:
+        """Every subject a device certificate was issued to."""
+        with self._lock:
+            issued = self._ledger["issued"].values()
+            return {e["subject"] for e in issued if e.get("kind", "device") == "device"}
 
     def device_history(self, subject: str) -> list[dict[str, Any]]:
         """Every device certificate issued to ``subject``, oldest first: ``serial``,
@@ -219,6 +251,7 @@ class CertificateAuthority:
                     "issued_at": entry.get("issued_at", ""),
                     "key": entry.get("key"),
                     "via": entry.get("via", "enrol"),
+                    "ca": entry.get("ca"),
                     "revoked": serial in self._ledger["revoked"],
                 }
                 for serial, entry in self._ledger["issued"].items()
@@ -362,6 +395,7 @@ class CertificateAuthority:
             "kind": kind,  # "device" or "service"
             "issued_at": dt.datetime.now(dt.UTC).isoformat(),
             "key": key_id(public_key),  # a renewal may not bring back an earlier key
+            "ca": cadir.ca_id(self._cert),  # the issuer: a CA rotation tracks who moved
         }
         if via is not None:
             self._ledger["issued"][str(serial)]["via"] = via
@@ -430,32 +464,17 @@ class CertificateAuthority:
             number = self._ledger["crl_number"]
             self._save_ledger()
             revoked = dict(self._ledger["revoked"])
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self._cert.subject)
-            .last_update(now - CLOCK_SKEW)
-            .next_update(now + validity)
-            .add_extension(x509.CRLNumber(number), critical=False)
-            .add_extension(self._authority_key_id(), critical=False)
+            authorities = [(self._key, self._cert), *self.retired]
+        # one CRL per CA the broker trusts: Mosquitto refuses a client whose CA has none
+        return b"".join(
+            cadir.crl_pem(a, revoked, number, now=now, skew=CLOCK_SKEW, validity=validity)
+            for a in authorities
         )
-        for serial, entry in revoked.items():
-            rb = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(serial))
-                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
-            )
-            if entry["reason"] != "unspecified":  # RFC 5280 5.3.1: omit it when unspecified
-                flag = _REVOCATION_REASONS[entry["reason"]]
-                rb = rb.add_extension(x509.CRLReason(flag), critical=False)
-            builder = builder.add_revoked_certificate(rb.build())
-        crl = builder.sign(self._key, hashes.SHA256())
-        return crl.public_bytes(serialization.Encoding.PEM)
 
     # ------------------------------------------------------------------ internals
 
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
-        ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        return cadir.authority_key_id(self._cert)
 
     def _save_ledger(self) -> None:
         data = json.dumps(self._ledger, indent=1, sort_keys=True).encode()
@@ -472,13 +491,3 @@ def is_service_name(name: str) -> bool:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _load_ledger(path: Path) -> dict[str, Any]:
-    ledger: dict[str, Any] = {"issued": {}, "revoked": {}, "services": [], "crl_number": 0}
-    if path.exists():
-        try:
-            ledger.update(json.loads(path.read_bytes()))
-        except (OSError, ValueError) as e:
-            raise PkiError("bad_ca", f"cannot read the ledger {path}: {e}") from e
-    return ledger

@@ -21,7 +21,8 @@ What is refused (the ``reason`` sent back, logged, audited as ``denied``):
   the device's newest certificate, when a renewal issued it, gets that same certificate
   again (its answer was lost);
 - ``too_soon``: a new key less than :attr:`Renewals.min_interval_s` after this device's
-  last renewal (a looping device cannot fill the ledger); the device retries later.
+  last renewal (a looping device cannot fill the ledger); the device retries later. Not
+  while the device's newest certificate is from a CA a rotation retired.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from hub.store.tables import AuditRecord, session
+from hub.trust import cadir
 from hub.trust.csr import key_id, parse_csr
 from hub.trust.pki import CertificateAuthority, PkiError
 from shared import protocol
@@ -125,7 +127,8 @@ class Renewals:
                     " key this device never had a certificate for",
                 )
         last = [h for h in valid if h["via"] == "renewal"]
-        if last and _age_s(last[-1]["issued_at"], now) < self.min_interval_s:
+        moving = newest["ca"] != cadir.ca_id(self.ca.certificate)  # a CA rotation
+        if last and not moving and _age_s(last[-1]["issued_at"], now) < self.min_interval_s:
             raise PkiError(
                 "too_soon",
                 f"renewed {_age_s(last[-1]['issued_at'], now):.0f} s ago; at most one renewal"
