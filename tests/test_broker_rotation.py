@@ -137,3 +137,36 @@ def test_sighup_reloads_the_ca_bundle_and_a_ca_needs_its_crl(tmp_path: Path) -> 
         wait_for(lambda: not connects(old_dev), 5, "the old CA's device refused")
         assert connects(new_dev) and held.is_connected()
         held.close()
+
+
+def test_only_the_device_itself_asks_on_its_renew_topic_and_reads_its_cert_topic(
+    tmp_path: Path,
+) -> None:
+    """The ACL the generated config gains from shared/topics.py: the topic names who asks
+    for a renewal, and only that device reads the answer (MQTT 5: 135 = not authorised)."""
+    ca = CertificateAuthority.open_or_init(tmp_path / "pki")
+    files = write_broker_config(tmp_path / "broker", ca, port=free_port(), user=USER)
+    a = enrol(ca, tmp_path / "devices", "dev-a")
+    b = enrol(ca, tmp_path / "devices", "dev-b")
+    hub_creds = Credentials(files.hub_identity, files.hub_cert, files.hub_key)
+    with TlsMosquitto(files) as broker:
+        address = (broker.host, broker.port)
+        hub, dev_a, dev_b = (TlsClient(address, files.ca, c) for c in (hub_creds, a, b))
+        assert hub.connect() and dev_a.connect() and dev_b.connect()
+        hub.subscribe("ef/v1/dev/+/renew")
+        dev_a.subscribe("ef/v1/dev/dev-b/cert")  # granted; nothing delivered
+        dev_b.subscribe("ef/v1/dev/dev-b/cert")
+        assert dev_a.publish("ef/v1/dev/dev-b/renew", b"as b").value == 135
+        assert dev_a.publish("ef/v1/dev/dev-a/cert", b"as the hub").value == 135
+        assert not dev_a.publish("ef/v1/dev/dev-a/renew", b"mine").is_failure
+        wait_for(lambda: hub.received() == [("ef/v1/dev/dev-a/renew", b"mine")], 5, "a's own")
+        hub.publish("ef/v1/dev/dev-b/cert", b"for b")
+        wait_for(lambda: dev_b.received() == [("ef/v1/dev/dev-b/cert", b"for b")], 5, "b's")
+        # a sentinel after b's answer, from the same sender: once dev-a has it, b's answer
+        # would have reached dev-a too, had the ACL let it through
+        dev_a.subscribe("ef/v1/dev/dev-a/cert")
+        hub.publish("ef/v1/dev/dev-a/cert", b"sentinel 2")
+        wait_for(lambda: ("ef/v1/dev/dev-a/cert", b"sentinel 2") in dev_a.received(), 5, "a's")
+        assert all(topic != "ef/v1/dev/dev-b/cert" for topic, _ in dev_a.received())
+        for c in (hub, dev_a, dev_b):
+            c.close()
