@@ -16,6 +16,9 @@
     spool_replay_per_s = 5.0        # spooled windows sent per second after an outage's burst
     memory_budget_mb = 64           # all loaded models together (agent/core/budget.py)
     upload_disk_bytes = 33554432    # capture uploads kept until the hub has them (docs/capture.md)
+    renew_fraction = 0.6667         # renew the certificate at this fraction of its lifetime
+    renew_spread = 0.1              # ± half this fraction, per device (agent/renewal.py)
+    renew_retry_s = 60.0            # first wait for the hub's answer; doubles up to an hour
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from agent.core.config import CoreConfig
 from agent.spool import DEFAULT_MAX_BYTES, REPLAY_PER_S
 from shared import protocol
 from shared.pkcs11 import Pkcs11Error, TokenKeyUri
+from shared.renewal import DEFAULT_FRACTION, DEFAULT_SPREAD, renew_at
 
 __all__ = ["DEFAULT_ENDPOINT", "AgentConfig", "ConfigError", "endpoint_address"]
 
@@ -57,6 +61,9 @@ class AgentConfig:
     memory_budget_mb: float | None = None  # MiB for all loaded models; None: unchecked
     key: str = ""  # "": the key file; "pkcs11:...": a key in a token (agent/token_key.py)
     upload_disk_bytes: int = DEFAULT_UPLOAD_DISK_BYTES  # bytes of capture uploads kept
+    renew_fraction: float = DEFAULT_FRACTION  # of the certificate's lifetime (ADR 0035)
+    renew_spread: float = DEFAULT_SPREAD  # of the lifetime: the fleet's renewals spread
+    renew_retry_s: float = 60.0  # seconds; the first wait for an answer, then doubling
 
     @classmethod
     def load(cls, path: Path) -> AgentConfig:
@@ -129,6 +136,7 @@ class AgentConfig:
         uploads = raw.get("upload_disk_bytes", DEFAULT_UPLOAD_DISK_BYTES)
         if not isinstance(uploads, int) or isinstance(uploads, bool) or uploads < 0:
             raise ConfigError(f"{source}: upload_disk_bytes must be an integer >= 0")
+        renewal = _renewal(raw, source)
         return cls(
             device_id=raw["device_id"],
             device_class=raw["device_class"],
@@ -144,7 +152,26 @@ class AgentConfig:
             memory_budget_mb=None if budget is None else float(budget),
             key=key,
             upload_disk_bytes=uploads,
+            renew_fraction=renewal[0],
+            renew_spread=renewal[1],
+            renew_retry_s=renewal[2],
         )
+
+
+def _renewal(raw: dict[str, Any], source: str) -> tuple[float, float, float]:
+    """The renewal settings: fraction, spread, retry (checked as shared/renewal.py would)."""
+    values = [raw.get(k, d) for k, d in (("renew_fraction", DEFAULT_FRACTION),
+              ("renew_spread", DEFAULT_SPREAD), ("renew_retry_s", 60.0))]  # fmt: skip
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+        raise ConfigError(f"{source}: renew_fraction, renew_spread, renew_retry_s are numbers")
+    fraction, spread, retry = (float(v) for v in values)
+    try:
+        renew_at(0.0, 1.0, "x", 0, fraction=fraction, spread=spread)
+    except ValueError as e:
+        raise ConfigError(f"{source}: renew_fraction/renew_spread: {e}") from e
+    if retry <= 0:
+        raise ConfigError(f"{source}: renew_retry_s must be a positive number of seconds")
+    return fraction, spread, retry
 
 
 def endpoint_address(endpoint: str) -> tuple[str, int] | None:

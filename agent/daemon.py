@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from agent.device import Device
 from agent.endpoint import LocalEndpoint
 from agent.enrol import IDENTITY_DIR, enrol, identity_dir
 from agent.identity import DeviceIdentity
+from agent.renewal import CertRenewal
 from agent.runtime import SessionCache
 from agent.spool import Spool, SpoolSender
 from agent.store import DeviceStore
@@ -68,6 +70,7 @@ NO_TOKEN_TLS = (
     " Python's ssl presents only a key from a file. Point broker at a local TLS tunnel that"
     " holds the key (stunnel with OpenSSL's PKCS#11 engine: docs/devices.md, 'Keys in a token')"
 )
+SWITCH_ATTEMPTS = 2  # failed connections with a renewed certificate before going back
 
 
 class EndpointInUse(ConfigError):
@@ -93,6 +96,8 @@ class AgentDaemon:
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
+        self.renewal: CertRenewal | None = None  # with TLS only
+        self._switch = False  # a renewed certificate arrived: reconnect with it
         if urlparse(config.broker).scheme == "mqtts":
             identity = DeviceIdentity.load(identity_dir(config), config.device_id, config.key)
             if identity.in_token:
@@ -102,11 +107,11 @@ class AgentDaemon:
                     f"{config.broker} needs this device's certificate in {identity_dir(config)}:"
                     " enrol first (edgefleet agent enrol)"
                 )
-            self._client.tls_set(
-                ca_certs=str(identity.ca_path),
-                certfile=str(identity.cert_path),
-                keyfile=str(identity.key_path),
-            )
+            self._start_renewal(config)  # first: it finishes a promotion a crash cut short
+            # our own context: a renewed certificate is loaded into it (agent/renewal.py)
+            self._tls = ssl.create_default_context(cafile=str(identity.ca_path))
+            self._tls.load_cert_chain(str(identity.cert_path), str(identity.key_path))
+            self._client.tls_set_context(self._tls)
         self.spool = SpoolSender(
             Spool(config.state_dir / SPOOL_DIR, config.spool_max_bytes, fsync=config.spool_fsync),
             self._send_spooled,
@@ -142,6 +147,52 @@ class AgentDaemon:
         self.stopping = False  # a plain flag: set from signal handlers, read by the loop
         self.endpoint: LocalEndpoint | None = None
         self._proc = psutil.Process()
+
+    # ------------------------------------------------------------- certificate renewal
+
+    def _start_renewal(self, config: AgentConfig) -> None:
+        self.renewal = CertRenewal(
+            identity_dir(config),
+            config.device_id,
+            lambda topic, payload: self._publish(topic, payload, 1, False),
+            fraction=config.renew_fraction,
+            spread=config.renew_spread,
+            retry_s=config.renew_retry_s,
+        )
+
+    def _renew_tick(self) -> None:
+        """Ask for a certificate when due; switch to a renewed one; go back if refused."""
+        renewal = self.renewal
+        if renewal is None:
+            return
+        if renewal.switching_since is not None:
+            if renewal.switch_overdue() or self.connection.retries >= SWITCH_ATTEMPTS:
+                cert, key = renewal.switch_failed(self.connection.last_error or "no answer")
+                self._tls.load_cert_chain(str(cert), str(key))
+                self._reconnect()
+        elif self._switch and renewal.ready_to_switch:
+            self._switch = False
+            cert, key, bundle = renewal.switching()
+            self._tls.load_verify_locations(cafile=str(bundle))
+            self._tls.load_cert_chain(str(cert), str(key))
+            self._reconnect()
+        else:
+            renewal.tick(self._client.is_connected())
+
+    def _reconnect(self) -> None:
+        """Close the link cleanly (no Last Will) and open it again: the next TLS handshake
+        presents the certificate now loaded in the context."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        # paho 2.2's loop_start makes a new wake-up socket pair without closing the one
+        # the stopped loop used (a leaked pair per reconnect): close it first
+        self._client._reset_sockets(sockpair_only=True)
+        self._client.connect_async(*self._address(), keepalive=30)
+        self._client.loop_start()
+
+    def _address(self) -> tuple[str, int]:
+        u = urlparse(self.config.broker)
+        return u.hostname or "127.0.0.1", u.port or (8883 if u.scheme == "mqtts" else 1883)
 
     # ------------------------------------------------------------- paho's callbacks
 
@@ -181,18 +232,22 @@ class AgentDaemon:
             self.connection.refused(str(rc))
             return
         self.connection.up()
+        if self.renewal is not None:
+            self.renewal.connected()  # a renewed certificate just proved itself
         client.subscribe(
-            [
-                (protocol.topic(self.config.device_id, "cmd"), 1),
-                (protocol.topic(self.config.device_id, "blob"), 1),
-            ]
+            [(protocol.topic(self.config.device_id, kind), 1) for kind in ("cmd", "blob", "cert")]
         )
         self.device.connected()
         self.spool.connected()  # send what was spooled while offline, oldest first
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
         try:
-            self.device.message(msg.topic.rsplit("/", 1)[-1], bytes(msg.payload))
+            if kind == "cert":
+                if self.renewal is not None and self.renewal.on_answer(bytes(msg.payload)):
+                    self._switch = True  # the main loop reconnects (not paho's thread)
+                return
+            self.device.message(kind, bytes(msg.payload))
         except Exception:  # never let one message kill paho's loop
             log.exception("failed to handle a message on %s", msg.topic)
 
@@ -206,10 +261,8 @@ class AgentDaemon:
         """
         if self.config.endpoint:
             self._start_endpoint()  # first: a second agent must not take the MQTT session
-        u = urlparse(self.config.broker)
-        default_port = 8883 if u.scheme == "mqtts" else 1883
         log.info("connecting to %s", self.config.broker)
-        self._client.connect_async(u.hostname or "127.0.0.1", u.port or default_port, keepalive=30)
+        self._client.connect_async(*self._address(), keepalive=30)
         self._client.loop_start()
         self._proc.cpu_percent(None)
 
@@ -254,6 +307,7 @@ class AgentDaemon:
             try:
                 self.device.tick(self._proc.cpu_percent(None), self._proc.memory_info().rss)
                 self.spool.pump()  # acks that arrived while the spool was busy
+                self._renew_tick()
             except Exception:
                 log.exception("tick failed")
 

@@ -123,14 +123,9 @@ class Hub:
         self.fanout = FanOut(self.mqtt, self.registry, qos=cfg.fanout_qos) if cfg.fanout else None
         budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
-            self.mqtt,
-            self.ingest,
-            self.fetch,
-            captures=self.datasets,
-            revoked=self.revoked,
-            budget=budgets,
-            observe=self._fanout_observe(),
-        )
+            self.mqtt, self.ingest, self.fetch, captures=self.datasets, revoked=self.revoked,
+            budget=budgets, observe=self._fanout_observe(), renewals=self.identities.renewals,
+        )  # fmt: skip
         if replica:
             self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
         self.workers = start_workers(
@@ -202,6 +197,7 @@ class Hub:
             reload_command=cfg.broker_reload,
             reread_s=REVOCATIONS_REREAD_S if replica else None,
             connections=broker_connections(tls_dir, self.mqtt),
+            device_days=cfg.device_cert_days,
         )
 
     def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
@@ -255,6 +251,7 @@ class Hub:
             revoked=self.revoked,
             budget=self.config.ingest_budget,
             observe=self._fanout_observe(),
+            renewals=self.identities.renewals,
         )
 
     def _start_model_jobs(self) -> None:
@@ -439,7 +436,7 @@ class Hub:
         if csr is not None:
             cert = self.identities.issue(device_id, csr.encode(), reenrol=used.reenrol)
             fields["certificate"] = cert.cert_pem.decode()
-            fields["ca"] = self.identities.ca.ca_pem.decode()
+            fields["ca"] = self.identities.ca.trust_pem.decode()
         return Enrolment(token_id=used.id, fields=fields)
 
     def revoke_device(self, device_id: str, reason: str, by: str | None) -> Revocation:

@@ -25,6 +25,7 @@ from hub.transport.inbound import (
     DeviceMessages,
     FetchSource,
     ObservedSink,
+    RenewalSource,
     ReportSink,
     no_revocations,
 )
@@ -62,13 +63,15 @@ def serve_devices(
     revoked: Callable[[], frozenset[str]] = no_revocations,
     budget: Budget | Budgets = INGEST,
     observe: Callable[[Report], None] | None = None,
+    renewals: RenewalSource | None = None,
 ) -> MqttLink:
     """Wire the device messages ``link`` receives to their owners, before it starts.
 
     Reports go to ``ingest``, which acknowledges them on the link once stored; fetches
     to ``fetch`` (a consumer of telemetry alone needs none); captures to ``captures``.
     Each device's reports are paid for from ``budget`` (hub/transport/budget.py);
-    ``observe`` sees each report on its way to the ingest (the fan-out's readiness).
+    ``observe`` sees each report on its way to the ingest (the fan-out's readiness);
+    ``renewals`` answers certificate renewals (hub/trust/renewal.py).
 
     Raises:
         ValueError: ``ingest`` already acknowledges for another consumer.
@@ -78,7 +81,13 @@ def serve_devices(
     ingest.on_stored = link.acknowledge  # reports are acknowledged once stored
     sink: ReportSink = ingest if observe is None else ObservedSink(ingest, observe)
     handler = DeviceMessages(
-        link, fetch or NO_FETCHES, sink, captures=captures, revoked=revoked, budget=budget
+        link,
+        fetch or NO_FETCHES,
+        sink,
+        captures=captures,
+        revoked=revoked,
+        budget=budget,
+        renewals=renewals,
     )
     return link.serve(handler)
 

@@ -52,6 +52,7 @@ class HubConfig:
     # certificate and key, the CA, and the CRL it rewrites when it revokes a device.
     broker_tls_dir: Path | None = None
     broker_reload: tuple[str, ...] = ()  # run after a CRL change, e.g. kill -HUP <pid>
+    device_cert_days: float = 365.0  # device certificates' lifetime, at enrolment and renewal
     # a plain-TCP broker beyond loopback, outside development mode (refused otherwise)
     allow_plain_broker: bool = False
     # processes that take the telemetry through $share (hub/workers.py); 0: this one

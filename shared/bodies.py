@@ -16,6 +16,7 @@ from typing import Any, Final
 from shared.drift import DriftError, DriftSketch
 from shared.latency import N_BUCKETS
 from shared.protocol_error import ProtocolError
+from shared.renewal import ANSWER_SCHEMA, HINT_SCHEMA, REQUEST_SCHEMA
 from shared.topics import is_fanout_topic
 
 # Deployment stages a device reports on `events`, in the order they happen.
@@ -369,6 +370,10 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
         "chunk_size": (_bounded(is_nonneg_int, 1, MAX_CHUNK_BYTES), True),
         "chunks": (_chunk_hashes, True),
     },
+    # certificate renewal (shared/renewal.py)
+    "renew_request": REQUEST_SCHEMA,
+    "renew_answer": ANSWER_SCHEMA,
+    "renew_hint": HINT_SCHEMA,
 }
 
 

@@ -28,12 +28,14 @@ KINDS: Final = (
     "blob",
     "capture",  # data capture status and the upload manifest (JSON, docs/capture.md)
     "upload",  # data capture chunks (binary, not an envelope)
+    "renew",  # certificate renewal requests (shared/renewal.py, docs/protocol.md)
+    "cert",  # the hub's renewal answers: a new certificate and CA bundle, or a refusal
 )
 DEVICE_TO_HUB: Final = frozenset(
-    {"state", "events", "telemetry", "drift", "fetch", "capture", "upload"}
+    {"state", "events", "telemetry", "drift", "fetch", "capture", "upload", "renew"}
 )
 BINARY_DEVICE_TO_HUB: Final = frozenset({"upload"})  # raw chunks: no JSON type allowed
-HUB_TO_DEVICE: Final = frozenset({"cmd", "blob"})
+HUB_TO_DEVICE: Final = frozenset({"cmd", "blob", "cert"})
 UNSIGNED_COMMANDS: Final = frozenset({"upload_ask", "upload_done"})  # on cmd, not signed
 
 # Message types allowed on each topic kind.
@@ -48,6 +50,8 @@ TOPIC_TYPES: Final[Mapping[str, frozenset[str]]] = {
     "cmd": frozenset({"deploy", "rollback", "capture", "upload_ask", "upload_done"}),
     "capture": frozenset({"capture_status", "upload_manifest"}),
     "upload": frozenset(),  # binary chunks only (decode_upload_chunk)
+    "renew": frozenset({"renew_request"}),
+    "cert": frozenset({"renew_answer", "renew_hint"}),
 }
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no "\n" at the end

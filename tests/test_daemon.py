@@ -160,6 +160,10 @@ def test_daemon_installs_serves_and_reports(
         (GOOD + 'endpoint = "8780"\n', 'endpoint must be "host:port"'),
         (GOOD + 'endpoint = "127.0.0.1:99999"\n', "endpoint"),
         (GOOD + 'runtime = "tensorrt"\n', "runtime must be onnxruntime or tflite"),
+        (GOOD + "renew_fraction = 0.98\n", "leaves the lifetime"),
+        (GOOD + "renew_spread = 1.5\n", "renew_fraction/renew_spread"),
+        (GOOD + 'renew_retry_s = "soon"\n', "are numbers"),
+        (GOOD + "renew_retry_s = 0\n", "renew_retry_s must be a positive"),
     ],
 )
 def test_bad_config_is_refused_clearly(tmp_path: Path, text: str, message: str) -> None:

@@ -254,7 +254,7 @@ def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
     ca.check_service_names(names)  # before any write
     server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=files.server_names)
     hub, hub_key = ca.issue_service(files.hub_identity)
-    write_atomic(files.ca, ca.ca_pem, mode=0o644)
+    write_atomic(files.ca, ca.trust_pem, mode=0o644)  # + retired CAs during a rotation
     write_atomic(files.server_cert, server.cert_pem, mode=0o644)
     write_atomic(files.server_key, server_key, mode=0o600)
     write_atomic(files.hub_cert, hub.cert_pem, mode=0o644)

@@ -53,6 +53,12 @@ class CaptureSink(Protocol):
     def on_chunk(self, device_id: str, chunk: protocol.UploadChunk) -> None: ...
 
 
+class RenewalSource(Protocol):
+    def answer(self, device_id: str, message: Message) -> bytes:
+        """The encoded ``renew_answer`` to a device's ``renew_request`` (shared/renewal.py)."""
+        ...
+
+
 class FetchSource(Protocol):
     def answer(self, device_id: str, message: Message) -> list[tuple[bytes, str]]: ...
 
@@ -109,6 +115,8 @@ class DeviceMessages:
         revoked: the revoked devices, read per message (hub/trust/identities.py).
         budget: what each device may send to be stored, per second (the buckets
             themselves when another consumer shares them: hub/transport/intake.py).
+        renewals: answers certificate renewals (hub/trust/renewal.py); None: dropped as
+            ``no_renewal``.
     """
 
     def __init__(
@@ -120,8 +128,10 @@ class DeviceMessages:
         captures: CaptureSink | None = None,
         revoked: Callable[[], frozenset[str]] = no_revocations,
         budget: Budget | Budgets = INGEST,
+        renewals: RenewalSource | None = None,
     ) -> None:
         self.link = link
+        self.renewals = renewals
         self.fetch = fetch
         self.reports = reports
         self.captures = captures
@@ -141,6 +151,8 @@ class DeviceMessages:
                     self.captures.on_chunk(device_id, message)
             elif kind == "fetch":
                 self._answer_fetch(device_id, message)
+            elif kind == "renew":
+                self._answer_renewal(device_id, message)
             elif kind == "capture":
                 if self.captures is not None:
                     self.captures.on_message(device_id, message)
@@ -155,6 +167,13 @@ class DeviceMessages:
             self.link.dropped["internal_error"] += 1
             log.exception("hub: failed to handle a message on %s", topic)
         return False
+
+    def _answer_renewal(self, device_id: str, message: Message | protocol.UploadChunk) -> None:
+        if self.renewals is None or not isinstance(message, Message):
+            raise ProtocolError("no_renewal", "this hub answers no certificate renewals")
+        self.link.publish(
+            protocol.topic(device_id, "cert"), self.renewals.answer(device_id, message), 1
+        )
 
     def _answer_fetch(self, device_id: str, message: Message) -> None:
         blob_topic = protocol.topic(device_id, "blob")

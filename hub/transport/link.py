@@ -39,8 +39,8 @@ INGEST_GROUP = "edgefleet-ingest"  # $share group of the telemetry (hub/workers.
 REPLICA_GROUP = "edgefleet-hub"  # $share group of the replicas' fetch answers
 # What must stay in order per device, be read retained, or be judged in one place goes to
 # the leader's link alone (ADR 0032): states, deployment events, drift windows (alerts),
-# capture answers and their uploads.
-LEADER_KINDS = ("capture", "drift", "events", "state", "upload")
+# capture answers and their uploads, certificate renewals (one CA ledger writer).
+LEADER_KINDS = ("capture", "drift", "events", "renew", "state", "upload")
 
 
 def hub_subscriptions(*, telemetry: bool = True) -> list[tuple[str, int]]:

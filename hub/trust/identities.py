@@ -33,6 +33,7 @@ from sqlmodel import select
 
 from hub.store.tables import Revocation, session
 from hub.trust.pki import CertificateAuthority, IssuedCert
+from hub.trust.renewal import DEVICE_DAYS, Renewals
 from shared.atomic import write_atomic
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Identities:
         reload_command: run after each CRL write, e.g. ``("systemctl", "reload",
             "mosquitto")`` or ``("kill", "-HUP", "<pid>")``.
         connections: cuts a revoked device's open connection (None: nothing can).
+        device_days: the lifetime of a device certificate, at enrolment and renewal.
     """
 
     def __init__(
@@ -81,8 +83,12 @@ class Identities:
         reload_command: Sequence[str] | None = None,
         reread_s: float | None = None,
         connections: BrokerConnections | None = None,
+        device_days: float = DEVICE_DAYS,
     ) -> None:
         self.engine = engine
+        self.device_days = device_days  # lifetime of device certificates
+        # devices renew over their MQTT link (hub/trust/renewal.py)
+        self.renewals = Renewals(ca, engine, days=device_days)
         # hub replicas: read the revocations again when older than this (another replica
         # may have revoked a device); None: this process makes every change
         self.reread_s = reread_s
@@ -151,7 +157,7 @@ class Identities:
         """
         self.check_enrolment(device_id, reenrol=reenrol)
         old = self.ca.serials_for(device_id)
-        cert = self.ca.issue_device(csr_pem, device_id)
+        cert = self.ca.issue_device(csr_pem, device_id, days=self.device_days)
         if old and device_id not in self._revoked:
             with self._lock:
                 for serial in old:  # a key that may have leaked must not connect any more

@@ -43,9 +43,12 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from hub.trust import cadir
+from hub.trust.csr import check_key, key_id, key_pem, parse_csr, public_der, single_cn
+from hub.trust.pki_error import PkiError
 from hub.trust.profiles import client_extensions, self_signed_ca, server_extensions
 from hub.trust.sharing import SharedFileLock
 from shared.atomic import write_atomic
@@ -73,23 +76,8 @@ SERVICE_PREFIX = "edgefleet-"
 CA_VALIDITY = dt.timedelta(days=3650)
 CLOCK_SKEW = dt.timedelta(minutes=5)  # not_before is back-dated by this much
 CRL_VALIDITY = dt.timedelta(days=7)  # Mosquitto refuses every client once the CRL expires
-MAX_CSR_BYTES = 16 * 2**10  # bytes; a P-256 CSR is about 400
 
-_REVOCATION_REASONS = {flag.name: flag for flag in x509.ReasonFlags}
-
-
-class PkiError(ValueError):
-    """A certificate request or CA operation the hub refuses.
-
-    Attributes:
-        reason: a stable, short code (``bad_csr``, ``identity_mismatch``, ...).
-        detail: what exactly was wrong, for the operator or the log line.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+_REVOCATION_REASONS = cadir.REVOCATION_REASONS
 
 
 @dataclass(frozen=True)
@@ -126,7 +114,9 @@ class CertificateAuthority:
         self._key = key
         self._cert = cert
         self._ledger_path = directory / "ledger.json"
-        self._ledger = _load_ledger(self._ledger_path)
+        self._ledger = cadir.load_ledger(self._ledger_path)
+        # CAs a rotation retired: still trusted, still signing CRLs (hub/trust/cadir.py)
+        self.retired: list[cadir.Authority] = cadir.load_retired(directory)
         # hub replicas share the ledger: :meth:`share` makes each change cross-process
         self._lock = SharedFileLock(self._ledger_path, self._reload_ledger)
 
@@ -136,7 +126,7 @@ class CertificateAuthority:
         self._lock.shared = True
 
     def _reload_ledger(self) -> None:
-        self._ledger = _load_ledger(self._ledger_path)
+        self._ledger = cadir.load_ledger(self._ledger_path)
 
     # ------------------------------------------------------------------ opening
 
@@ -157,20 +147,21 @@ class CertificateAuthority:
             key = ec.generate_private_key(ec.SECP256R1())
             now = _now()
             cert = self_signed_ca(key, name, now - CLOCK_SKEW, now + CA_VALIDITY)
-            write_atomic(key_path, _key_pem(key), mode=0o600)
+            write_atomic(key_path, key_pem(key), mode=0o600)
             write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
             ca = cls(directory, key, cert)
             with ca._lock:
                 ca._save_ledger()
             return ca
+        cadir.finish_rotation_write(directory)  # a rotation cut short between two renames
         try:
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         except (OSError, ValueError) as e:
             raise PkiError("bad_ca", f"cannot read the CA in {directory}: {e}") from e
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or _public_der(
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey) or public_der(
             loaded.public_key()
-        ) != _public_der(cert.public_key()):
+        ) != public_der(cert.public_key()):
             raise PkiError("bad_ca", f"{key_path} is not the key of {cert_path}")
         return cls(directory, loaded, cert)
 
@@ -185,15 +176,89 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ issuing
 
-    def issue_device(self, csr_pem: bytes, device_id: str, *, days: int = 365) -> IssuedCert:
+    def issue_device(
+        self,
+        csr_pem: bytes,
+        device_id: str,
+        *,
+        days: float = 365,
+        via: str = "enrol",
+    ) -> IssuedCert:
         """Check a device's CSR and issue its client certificate (CN = ``device_id``).
+
+        Args:
+            days: its lifetime (a fraction of a day in tests of renewal).
+            via: how it was asked for, kept in the ledger: ``enrol`` or ``renewal``.
 
         Raises:
             PkiError: as :meth:`check_csr`.
         """
         public_key = self.check_csr(csr_pem, device_id)
         with self._lock:
-            return self._issue(public_key, device_id, days, client_extensions(), kind="device")
+            return self._issue(
+                public_key, device_id, days, client_extensions(), kind="device", via=via
+            )
+
+    def issued_pem(self, serial: int) -> bytes | None:
+        """The PEM of a certificate a renewal issued (None for others: not kept)."""
+        with self._lock:
+            pem = self._ledger["issued"].get(str(serial), {}).get("pem")
+        return None if pem is None else str(pem).encode()
+
+    @property
+    def trust_pem(self) -> bytes:
+        """Every CA certificate a device and the broker must trust now (PEM): this CA and
+        the retired ones of a rotation under way."""
+        pems = [c.public_bytes(serialization.Encoding.PEM) for _, c in self.retired]
+        return b"".join([self.ca_pem, *pems])
+
+    def rotate(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        """Issue from now on with ``key``/``cert``; the current CA is retired, still
+        trusted (hub/trust/ca_rotation.py checks the new pair first)."""
+        with self._lock:
+            cadir.retire(self.directory, (self._key, self._cert))
+            write_atomic(self.directory / "ca.key.new", key_pem(key), mode=0o600)
+            write_atomic(self.directory / "ca.crt", cert.public_bytes(serialization.Encoding.PEM))
+            os.replace(self.directory / "ca.key.new", self.directory / "ca.key")
+            self.retired = [*self.retired, (self._key, self._cert)]
+            self._key, self._cert = key, cert
+
+    def drop_retired(self) -> list[x509.Certificate]:
+        """Stop trusting the retired CAs (their keys are deleted); what was dropped."""
+        with self._lock:
+            dropped = [c for _, c in self.retired]
+            for cert in dropped:
+                cadir.drop_retired(self.directory, cert)
+            self.retired = []
+        return dropped
+
+    def device_ids(self) -> set[str]:
+        """Every subject a device certificate was issued to."""
+        with self._lock:
+            issued = self._ledger["issued"].values()
+            return {e["subject"] for e in issued if e.get("kind", "device") == "device"}
+
+    def device_history(self, subject: str) -> list[dict[str, Any]]:
+        """Every device certificate issued to ``subject``, oldest first: ``serial``,
+        ``not_after`` (datetime), ``key`` (hub/trust/csr.py ``key_id``; None in ledgers
+        older than renewal), ``via``, ``revoked`` (bool)."""
+        with self._lock:
+            services = set(self._ledger["services"])
+            rows = [
+                {
+                    "serial": int(serial),
+                    "not_after": dt.datetime.fromisoformat(entry["not_after"]),
+                    "issued_at": entry.get("issued_at", ""),
+                    "key": entry.get("key"),
+                    "via": entry.get("via", "enrol"),
+                    "ca": entry.get("ca"),
+                    "revoked": serial in self._ledger["revoked"],
+                }
+                for serial, entry in self._ledger["issued"].items()
+                if entry["subject"] == subject
+                and entry.get("kind", "service" if subject in services else "device") == "device"
+            ]
+        return sorted(rows, key=lambda r: (r["issued_at"], r["not_after"]))
 
     def check_csr(self, csr_pem: bytes, device_id: str) -> Any:
         """Check a device's CSR without issuing anything; its public key.
@@ -204,14 +269,14 @@ class CertificateAuthority:
         """
         if not is_device_id(device_id):
             raise PkiError("bad_identity", f"{device_id!r} is not a valid device id")
-        csr = _parse_csr(csr_pem)
+        csr = parse_csr(csr_pem)
         if not csr.is_signature_valid:
             raise PkiError("bad_signature", "the CSR is not signed by the key it carries")
-        cn = _single_cn(csr.subject)
+        cn = single_cn(csr.subject)
         if cn != device_id:
             raise PkiError("identity_mismatch", f"CSR is for {cn!r}, enrolling {device_id!r}")
         public_key = csr.public_key()
-        _check_key(public_key)
+        check_key(public_key)
         self.check_device_name(device_id)
         return public_key
 
@@ -273,7 +338,7 @@ class CertificateAuthority:
             ]
 
     def issue_service(
-        self, name: str, *, server_names: Sequence[str] = (), days: int = 825
+        self, name: str, *, server_names: Sequence[str] = (), days: float = 825
     ) -> tuple[IssuedCert, bytes]:
         """Issue a certificate and a fresh P-256 key for one of the hub's own services.
 
@@ -294,16 +359,17 @@ class CertificateAuthority:
             if name not in self._ledger["services"]:
                 self._ledger["services"].append(name)
             issued = self._issue(key.public_key(), name, days, extensions, kind="service")
-        return issued, _key_pem(key)
+        return issued, key_pem(key)
 
     def _issue(
         self,
         public_key: Any,
         subject: str,
-        days: int,
+        days: float,
         extensions: list[tuple[x509.ExtensionType, bool]],
         *,
         kind: str,
+        via: str | None = None,
     ) -> IssuedCert:
         now = _now()
         not_after = now + dt.timedelta(days=days)
@@ -313,7 +379,8 @@ class CertificateAuthority:
             .issuer_name(self._cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - CLOCK_SKEW)
+            # back-dated by CLOCK_SKEW, or a tenth of a short lifetime (tests of renewal)
+            .not_valid_before(now - min(CLOCK_SKEW, (not_after - now) / 10))
             .not_valid_after(not_after)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(self._authority_key_id(), critical=False)
@@ -326,7 +393,16 @@ class CertificateAuthority:
             "subject": subject,
             "not_after": not_after.isoformat(),
             "kind": kind,  # "device" or "service"
+            "issued_at": dt.datetime.now(dt.UTC).isoformat(),
+            "key": key_id(public_key),  # a renewal may not bring back an earlier key
+            "ca": cadir.ca_id(self._cert),  # the issuer: a CA rotation tracks who moved
         }
+        if via is not None:
+            self._ledger["issued"][str(serial)]["via"] = via
+        if via == "renewal":  # sent again, unchanged, to a device whose answer was lost
+            self._ledger["issued"][str(serial)]["pem"] = cert.public_bytes(
+                serialization.Encoding.PEM
+            ).decode()
         self._save_ledger()
         return IssuedCert(serial, cert.public_bytes(serialization.Encoding.PEM), not_after, subject)
 
@@ -388,32 +464,17 @@ class CertificateAuthority:
             number = self._ledger["crl_number"]
             self._save_ledger()
             revoked = dict(self._ledger["revoked"])
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self._cert.subject)
-            .last_update(now - CLOCK_SKEW)
-            .next_update(now + validity)
-            .add_extension(x509.CRLNumber(number), critical=False)
-            .add_extension(self._authority_key_id(), critical=False)
+            authorities = [(self._key, self._cert), *self.retired]
+        # one CRL per CA the broker trusts: Mosquitto refuses a client whose CA has none
+        return b"".join(
+            cadir.crl_pem(a, revoked, number, now=now, skew=CLOCK_SKEW, validity=validity)
+            for a in authorities
         )
-        for serial, entry in revoked.items():
-            rb = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(serial))
-                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
-            )
-            if entry["reason"] != "unspecified":  # RFC 5280 5.3.1: omit it when unspecified
-                flag = _REVOCATION_REASONS[entry["reason"]]
-                rb = rb.add_extension(x509.CRLReason(flag), critical=False)
-            builder = builder.add_revoked_certificate(rb.build())
-        crl = builder.sign(self._key, hashes.SHA256())
-        return crl.public_bytes(serialization.Encoding.PEM)
 
     # ------------------------------------------------------------------ internals
 
     def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
-        ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+        return cadir.authority_key_id(self._cert)
 
     def _save_ledger(self) -> None:
         data = json.dumps(self._ledger, indent=1, sort_keys=True).encode()
@@ -430,58 +491,3 @@ def is_service_name(name: str) -> bool:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def _load_ledger(path: Path) -> dict[str, Any]:
-    ledger: dict[str, Any] = {"issued": {}, "revoked": {}, "services": [], "crl_number": 0}
-    if path.exists():
-        try:
-            ledger.update(json.loads(path.read_bytes()))
-        except (OSError, ValueError) as e:
-            raise PkiError("bad_ca", f"cannot read the ledger {path}: {e}") from e
-    return ledger
-
-
-def _parse_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
-    if len(csr_pem) > MAX_CSR_BYTES:
-        raise PkiError("bad_csr", f"{len(csr_pem)} bytes, at most {MAX_CSR_BYTES}")
-    try:
-        return x509.load_pem_x509_csr(csr_pem)
-    except ValueError as e:
-        raise PkiError("bad_csr", f"not a PEM certificate signing request: {e}") from e
-
-
-def _single_cn(name: x509.Name) -> str:
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(cns) != 1:
-        raise PkiError("bad_csr", f"the subject needs exactly one common name, has {len(cns)}")
-    value = cns[0].value
-    return value if isinstance(value, str) else value.decode(errors="replace")
-
-
-def _check_key(public_key: Any) -> None:
-    if isinstance(public_key, ed25519.Ed25519PublicKey):
-        return
-    if isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(
-        public_key.curve, ec.SECP256R1
-    ):
-        return
-    kind = type(public_key).__name__
-    if isinstance(public_key, ec.EllipticCurvePublicKey):
-        kind = f"EC {public_key.curve.name}"
-    raise PkiError("weak_key", f"need an EC P-256 (or Ed25519) key, got {kind}")
-
-
-def _public_der(public_key: Any) -> bytes:
-    der: bytes = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return der
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
