@@ -301,6 +301,9 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
     "fetch_meta": {
         "req": (is_short_str, True),
         "root_version": (is_nonneg_int, True),
+        # the target the device installs: the answer adds its model's delegated role and
+        # its manifest (ADR 0037); without it, the top-level roles only (a root refresh)
+        "target": (is_short_str, False),
     },
     "fetch_chunks": {
         "req": (is_short_str, True),

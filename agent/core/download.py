@@ -54,7 +54,7 @@ class Download:
     def request_meta(self, out: Outbox, job: Job, now: float) -> None:
         job.req = self.ctx.next_req()
         self.rtt.asked(job.req, now)
-        body = {"req": job.req, "root_version": self.ctx.root_version}
+        body = {"req": job.req, "root_version": self.ctx.root_version, "target": job.target}
         out.add(Publish(self.ctx.topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
 
     def request_chunks(self, out: Outbox, job: Job) -> None:
