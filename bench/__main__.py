@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "models": ("bench.models", "fp32 vs int8 builds on bundled datasets, tuner gain, upload RSS"),
     "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),
     "memory": ("bench.memory", "agent daemon RSS and idle CPU vs the bare runtime, same model"),
+    "metadata": ("bench.metadata", "TUF metadata bytes per device update, 1 to 200 models"),
 }
 
 
