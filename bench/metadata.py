@@ -6,7 +6,8 @@ shaped like the pipeline's (16 features, 4 classes, 8 golden rows, a 10-bin drif
 baseline: ~10 KB of JSON). A device (the real ``DeviceVerifier``) then updates one model:
 
 - **first**: a device that trusts only the pinned root fetches the newest version;
-- **second**: the same device, after the hub published one more version of its model.
+- **second**: the same device, after the hub published one more version of its model
+  (its ``fetch_meta`` names the top-level targets version it has: unchanged, left out).
 
 Each figure is the size of the ``fetch_meta`` answer on the wire (the meta blob: its
 header and files), and the device verifies what it got. Beside it, the old layout's figure
@@ -119,7 +120,9 @@ def measure(models: int, versions: int, work: Path, seed: int = 0) -> dict[str, 
     newest = f"{mine}/{versions + 1}/model.onnx"
     data = rng.bytes(MODEL_BYTES)
     repo.add_target(newest, data, make_manifest(mine, versions + 1, data, rng).to_custom())
-    second_files = repo.metadata_for(device.root_version, newest)
+    trusted = device.trusted_targets()
+    known = trusted[0] if trusted is not None else None
+    second_files = repo.metadata_for(device.root_version, newest, known)
     device.verify_metadata(dict(second_files), newest)
     per_entry = len(entries[0][2]) + 200  # manifest text + name, hashes, length, quoting
     projected = per_entry * len(entries)
@@ -132,6 +135,7 @@ def measure(models: int, versions: int, work: Path, seed: int = 0) -> dict[str, 
         "first_update_bytes": first,
         "second_update_bytes": second,
         "files": {n: len(b) for n, b in first_files},
+        "second_files": {n: len(b) for n, b in second_files},
         "old_layout_bytes": old if old is not None else projected,
         "old_layout_projected": old is None,
         "old_layout_over_cap": (old or projected) > CAP_BYTES,

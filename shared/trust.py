@@ -128,6 +128,15 @@ class DeviceVerifier:
         """Version of the trusted root (what a ``fetch_meta`` request carries)."""
         return self._root_version
 
+    def trusted_targets(self) -> tuple[int, float] | None:
+        """Version and expiry (epoch seconds) of the trusted top-level targets; None if
+        there is none or it is unreadable (the hub then sends it)."""
+        try:
+            signed = parse_metadata(Targets, (self._dir / "targets.json").read_bytes()).signed
+        except (OSError, tuf_errors.RepositoryError, ValueError):
+            return None
+        return signed.version, signed.expires.timestamp()
+
     def director_keys(self) -> DirectorKeys:
         """The director's keys as the trusted root lists them (none in a root without).
 
@@ -181,6 +190,7 @@ class DeviceVerifier:
         from shared.trust_fetch import STAGING_URL, StagingFetcher
 
         fetcher = StagingFetcher(files)
+        self._check_kept_targets(files)
         try:
             # bootstrap=None: the trust anchor is root.json in metadata_dir (written at
             # enrolment), not bytes passed in; tuf 7 wants that choice made explicitly.
@@ -207,6 +217,19 @@ class DeviceVerifier:
             # TUF asks for root N+1 only once it trusts root N (spec 5.3.4-5.3.9).
             if fetcher.root_asked:
                 self._root_version = fetcher.root_asked - 1
+
+    def _check_kept_targets(self, files: Mapping[str, bytes]) -> None:
+        """The hub leaves targets.json out when the device said it has it (ADR 0037): if
+        the kept copy has expired since, refuse it as TUF would had it been sent."""
+        if "targets.json" in files:
+            return
+        try:
+            kept = parse_metadata(Targets, (self._dir / "targets.json").read_bytes())
+        except (OSError, tuf_errors.RepositoryError, ValueError):
+            return  # none kept: TUF says the file is missing
+        if kept.signed.is_expired():
+            detail = "New targets is expired (the kept copy: the hub sent none newer)"
+            raise TrustError(Reason.EXPIRED_METADATA, detail)
 
     def verify_file(self, target: VerifiedTarget, path: Path) -> None:
         """Check a staged file against the verified length and sha256.

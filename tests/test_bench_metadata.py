@@ -34,3 +34,9 @@ def test_metadata_bench_prints_flat_figures_under_the_goal() -> None:
     # 72 targets inline (~10 KB of manifest each) would be far more than one model's role
     assert large["old_layout_bytes"] > 20 * large["first_update_bytes"]
     assert report["flatness"] < 1.5, report  # grows by the delegation list only
+    # the second update leaves out the top-level targets the device already has
+    assert "targets.json" not in large["second_files"]
+    assert (
+        large["second_update_bytes"]
+        < large["first_update_bytes"] - large["files"]["targets.json"] + 1024
+    )

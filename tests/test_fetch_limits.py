@@ -143,7 +143,10 @@ class NoMetadata:
         return False
 
     def metadata_for(
-        self, device_root_version: int, target: str | None = None
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
     ) -> list[tuple[str, bytes]]:
         return []
 

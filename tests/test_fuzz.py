@@ -671,7 +671,10 @@ def serve(
         msg = protocol.decode(payload)
         req = msg.body["req"]
         if msg.type == "fetch_meta":
-            files_for = repo.metadata_for(msg.body["root_version"], msg.body.get("target"))
+            body = msg.body
+            files_for = repo.metadata_for(
+                body["root_version"], body.get("target"), body.get("targets_version")
+            )
             device.message("blob", protocol.encode_meta_blob(req, files_for))
             continue
         data = files[msg.body["target"]]

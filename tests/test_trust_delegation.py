@@ -15,7 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, TargetFile
+from update_rig import UpdateRig
 
+from hub.ml.pipeline import BuiltModel
 from hub.transport.entitlements import Entitlements
 from hub.transport.fetch import FetchAnswers
 from hub.trust.repository import Expiry, TrustRepository
@@ -128,6 +130,49 @@ def test_a_second_version_changes_the_models_role_not_the_top_level_targets(
     assert device.verify_metadata(second, A2).custom == manifest("a", 2)
     assert device.verify_metadata(dict(repo.metadata_for(1, A1)), A1).length == 5  # kept
     assert repo.target_names() == [A1, A2, B1]
+
+
+def test_a_device_that_has_the_top_level_targets_is_not_sent_it_again(
+    tmp_path: Path, repo: TrustRepository
+) -> None:
+    device = device_at(tmp_path, repo)
+    device.verify_metadata(dict(repo.metadata_for(1, A1)), A1)
+    repo.add_target(A2, b"a two", manifest("a", 2))
+    trusted = device.trusted_targets()
+    assert trusted is not None
+    known = trusted[0]
+
+    files = dict(repo.metadata_for(1, A2, known))
+
+    assert "targets.json" not in files and "model-a.json" in files
+    assert device.verify_metadata(files, A2).custom == manifest("a", 2)
+    # a version it does not have (a new model was added since): sent whole
+    repo.add_target("c/1/model.onnx", b"c one", manifest("c", 1))
+    assert "targets.json" in dict(repo.metadata_for(1, A2, known))
+
+
+def test_the_agent_says_which_targets_it_has_and_gets_the_rest(
+    tmp_path: Path, built: BuiltModel
+) -> None:
+    """The real device and core, and the hub's real fetch answers: the second update's
+    ``fetch_meta`` names the top-level targets version, and the answer leaves it out."""
+    rig = UpdateRig(tmp_path, built)
+    rig.publish()
+    sent: list[list[str]] = []
+
+    def spy(blob: bytes) -> bytes:
+        parsed = protocol.decode_blob(blob)
+        if parsed.kind == "meta":
+            sent.append(list(protocol.split_meta_blob(parsed)))
+        return blob
+
+    rig.tamper = spy
+    assert rig.deploy(1)[-1]["stage"] == "healthy"
+    rig.publish()
+    assert rig.deploy(2)[-1]["stage"] == "healthy"
+
+    assert "targets.json" in sent[0] and "targets.json" not in sent[1], sent
+    assert all("model-vibration.json" in names for names in sent)
 
 
 def test_a_tampered_delegated_role_is_refused(tmp_path: Path, repo: TrustRepository) -> None:

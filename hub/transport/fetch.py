@@ -43,10 +43,14 @@ class MetadataSource(Protocol):
         ...
 
     def metadata_for(
-        self, device_root_version: int, target: str | None = None
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
     ) -> list[tuple[str, bytes]]:
-        """Every root newer than ``root_version``, then timestamp, snapshot, targets, and
-        for ``target`` its model's delegated role and its manifest."""
+        """Every root newer than ``root_version``, then timestamp, snapshot, targets (not
+        if the device has ``targets_version`` and it is current), and for ``target`` its
+        model's delegated role and its manifest."""
         ...
 
 
@@ -107,9 +111,11 @@ def answer_fetch(
     req = str(body["req"])
     if message.type == "fetch_meta":
         metadata.refresh_timestamp(TIMESTAMP_MIN_REMAINING_S)
-        target = body.get("target")
+        target, known = body.get("target"), body.get("targets_version")
         files = metadata.metadata_for(
-            int(body["root_version"]), str(target) if target is not None else None
+            int(body["root_version"]),
+            str(target) if target is not None else None,
+            int(known) if known is not None else None,
         )
         return [(protocol.encode_meta_blob(req, files), "meta_sent")]
     target = str(body["target"])

@@ -191,17 +191,22 @@ class TrustRepository(SignedChain):
             return self._models.target_names()
 
     def metadata_for(
-        self, device_root_version: int, target: str | None = None
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
     ) -> list[tuple[str, bytes]]:
-        """What a device at ``device_root_version`` needs: newer roots, then the top roles,
-        and for ``target``, its model's role and its manifest (nothing of another model)."""
+        """What a device at ``device_root_version`` needs: newer roots, then the top roles
+        (targets.json left out when the device says it has this version), and for
+        ``target``, its model's role and its manifest (nothing of another model)."""
         with self._reading():
             newest = self._root.signed.version
             first = max(device_root_version, 0) + 1
             files = [(f"{v}.root.json", self._roots[v]) for v in range(first, newest + 1)]
-            files += [
-                (n, self._files[n]) for n in ("timestamp.json", "snapshot.json", "targets.json")
-            ]
+            top = ["timestamp.json", "snapshot.json"]
+            if targets_version != self._targets.signed.version:
+                top.append("targets.json")
+            files += [(n, self._files[n]) for n in top]
             if target is None:
                 return files
             role = role_file(role_name(target))
