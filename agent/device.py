@@ -259,7 +259,12 @@ class Device:
         except TrustError as e:
             return Refused(step, e.reason, e.detail, self.clock())
         return MetadataVerified(
-            action.req, target, self.verifier.root_version, self.clock(), director_keys=keys
+            action.req,
+            target,
+            self.verifier.root_version,
+            self.clock(),
+            director_keys=keys,
+            trusted_targets=self.verifier.trusted_targets(),
         )
 
     def _verify_and_stage(self, action: VerifyAndStage) -> Event:

@@ -75,6 +75,8 @@ class MetadataVerified:
     root_version: int
     now: float
     director_keys: DirectorKeys | None = None  # as the (maybe newer) trusted root lists them
+    # version and expiry (epoch s) of the top-level targets now trusted (ADR 0037)
+    trusted_targets: tuple[int, float] | None = None
 
 
 @dataclass(frozen=True)

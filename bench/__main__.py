@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "convnet": ("bench.convnet", "conv nets fp32 vs int8: size, accuracy, per-row latency"),
     "memory": ("bench.memory", "agent daemon RSS and idle CPU vs the bare runtime, same model"),
     "token_signing": ("bench.token_signing", "a signature by a key in SoftHSM2 vs a key file"),
+    "metadata": ("bench.metadata", "TUF metadata bytes per device update, 1 to 200 models"),
 }
 
 

@@ -302,6 +302,11 @@ BODY_SCHEMAS: Final[Mapping[str, Mapping[str, tuple[Check, bool]]]] = {
     "fetch_meta": {
         "req": (is_short_str, True),
         "root_version": (is_nonneg_int, True),
+        # the target the device installs: the answer adds its model's delegated role and
+        # its manifest (ADR 0037); without it, the top-level roles only (a root refresh)
+        "target": (is_short_str, False),
+        # the top-level targets version the device trusts: left out of the answer if current
+        "targets_version": (is_nonneg_int, False),
     },
     "fetch_chunks": {
         "req": (is_short_str, True),

@@ -5,10 +5,13 @@ signs TUF metadata with ``tuf.api.metadata`` (hub/trust/repository.py); the devi
 with ``tuf.ngclient.Updater``, fed from the unverified staging area (files that arrived
 over MQTT) by a ``FetcherInterface`` that answers from memory.
 
-A target's ``custom`` field holds ``{"json": "<the custom mapping as JSON text>"}`` (ADR
-0002: TUF signs canonical JSON, which has no floats); :class:`VerifiedTarget` hands back
-the decoded mapping. The trusted root also carries the director's public keys (the keys
-that sign deploy and rollback commands, shared/director.py).
+A model target is listed by its model's delegated role (ADR 0037, shared/delegation.py);
+its ``custom`` field names a manifest target, whose bytes (the manifest as JSON text, ADR
+0002: TUF signs canonical JSON, which has no floats) travel in the same bundle and are
+checked against the sha256 and length the role signs; :class:`VerifiedTarget` hands back
+the decoded mapping. (A target whose ``custom`` holds ``{"json": "<text>"}`` inline, the
+layout before ADR 0037, still reads.) The trusted root also carries the director's
+public keys (the keys that sign deploy and rollback commands, shared/director.py).
 
 Exceptions::
 
@@ -33,7 +36,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import (
@@ -46,8 +49,12 @@ from tuf.api.metadata import (
 )
 
 from shared.atomic import write_atomic
+from shared.delegation import MANIFEST_FIELD, bundle_name, manifest_target
 from shared.director import DIRECTOR_FIELD, DirectorKeys
 from shared.reasons import Reason
+
+if TYPE_CHECKING:
+    from tuf.ngclient.updater import Updater
 
 __all__ = [
     "DeviceVerifier",
@@ -121,6 +128,15 @@ class DeviceVerifier:
         """Version of the trusted root (what a ``fetch_meta`` request carries)."""
         return self._root_version
 
+    def trusted_targets(self) -> tuple[int, float] | None:
+        """Version and expiry (epoch seconds) of the trusted top-level targets; None if
+        there is none or it is unreadable (the hub then sends it)."""
+        try:
+            signed = parse_metadata(Targets, (self._dir / "targets.json").read_bytes()).signed
+        except (OSError, tuf_errors.RepositoryError, ValueError):
+            return None
+        return signed.version, signed.expires.timestamp()
+
     def director_keys(self) -> DirectorKeys:
         """The director's keys as the trusted root lists them (none in a root without).
 
@@ -159,12 +175,14 @@ class DeviceVerifier:
         Raises:
             TrustError: with the reason of the refusal (see the module docstring).
         """
-        info = self._run(files, target_name)
-        if info is None:
+        found = self._run(files, target_name)
+        if found is None:
             raise TrustError(Reason.TARGET_NOT_FOUND, f"{target_name!r} is not a signed target")
-        return _verified_target(info)
+        return _verified_target(*found)
 
-    def _run(self, files: Mapping[str, bytes], target_name: str | None) -> TargetFile | None:
+    def _run(
+        self, files: Mapping[str, bytes], target_name: str | None
+    ) -> tuple[TargetFile, bytes | None] | None:
         # deferred: tuf.ngclient (with urllib3) costs ~5 MB of RSS, and only a deployment's
         # metadata needs it; a device that serves since its last boot never loads it
         from tuf.ngclient.updater import Updater
@@ -172,12 +190,16 @@ class DeviceVerifier:
         from shared.trust_fetch import STAGING_URL, StagingFetcher
 
         fetcher = StagingFetcher(files)
+        self._check_kept_targets(files)
         try:
             # bootstrap=None: the trust anchor is root.json in metadata_dir (written at
             # enrolment), not bytes passed in; tuf 7 wants that choice made explicitly.
             updater = Updater(str(self._dir), STAGING_URL, fetcher=fetcher, bootstrap=None)
             updater.refresh()
-            return updater.get_targetinfo(target_name) if target_name else None
+            info = updater.get_targetinfo(target_name) if target_name else None
+            if info is None:
+                return None
+            return info, _manifest(updater, info, files)
         except tuf_errors.UnsignedMetadataError as e:
             raise TrustError(Reason.BAD_SIGNATURE, str(e)) from e
         except tuf_errors.ExpiredMetadataError as e:
@@ -195,6 +217,19 @@ class DeviceVerifier:
             # TUF asks for root N+1 only once it trusts root N (spec 5.3.4-5.3.9).
             if fetcher.root_asked:
                 self._root_version = fetcher.root_asked - 1
+
+    def _check_kept_targets(self, files: Mapping[str, bytes]) -> None:
+        """The hub leaves targets.json out when the device said it has it (ADR 0037): if
+        the kept copy has expired since, refuse it as TUF would had it been sent."""
+        if "targets.json" in files:
+            return
+        try:
+            kept = parse_metadata(Targets, (self._dir / "targets.json").read_bytes())
+        except (OSError, tuf_errors.RepositoryError, ValueError):
+            return  # none kept: TUF says the file is missing
+        if kept.signed.is_expired():
+            detail = "New targets is expired (the kept copy: the hub sent none newer)"
+            raise TrustError(Reason.EXPIRED_METADATA, detail)
 
     def verify_file(self, target: VerifiedTarget, path: Path) -> None:
         """Check a staged file against the verified length and sha256.
@@ -244,15 +279,41 @@ def _root_version(data: bytes) -> int:
         raise TrustError(Reason.METADATA_INVALID, f"trusted root: {e}") from e
 
 
-def _verified_target(info: TargetFile) -> VerifiedTarget:
+def _manifest(updater: Updater, info: TargetFile, files: Mapping[str, bytes]) -> bytes | None:
+    """The bytes of the manifest target ``info`` names, checked against its signed sha256
+    and length (None for an old-layout target, its manifest inline).
+
+    Raises:
+        tuf.api.exceptions.RepositoryError: no such signed target, or it is not staged
+            (a LengthOrHashMismatchError when the staged bytes are not the signed ones).
+    """
+    custom = info.custom
+    name = custom.get(MANIFEST_FIELD) if isinstance(custom, dict) else None
+    if name is None:
+        return None
+    if name != manifest_target(info.path):
+        raise tuf_errors.RepositoryError(f"{info.path}: manifest target {name!r:.80}")
+    manifest = updater.get_targetinfo(name)
+    data = files.get(bundle_name(name))
+    if manifest is None or data is None:
+        raise tuf_errors.RepositoryError(f"manifest {name} is not signed and staged")
+    manifest.verify_length_and_hashes(data)
+    return data
+
+
+def _verified_target(info: TargetFile, manifest: bytes | None) -> VerifiedTarget:
     sha256 = info.hashes.get("sha256")
     custom = info.custom
     try:
         if sha256 is None:
             raise ValueError("no sha256 hash")
-        if not isinstance(custom, dict) or not isinstance(custom.get(_CUSTOM_JSON), str):
-            raise ValueError(f"custom is not {{{_CUSTOM_JSON!r}: <text>}}")
-        fields = json.loads(custom[_CUSTOM_JSON])
+        if manifest is not None:
+            text: str | bytes = manifest
+        elif isinstance(custom, dict) and isinstance(custom.get(_CUSTOM_JSON), str):
+            text = custom[_CUSTOM_JSON]
+        else:
+            raise ValueError(f"custom names no manifest target and holds no {_CUSTOM_JSON!r}")
+        fields = json.loads(text)
         if not isinstance(fields, dict):
             raise ValueError("custom JSON is not an object")
     except ValueError as e:  # json.JSONDecodeError is a ValueError

@@ -841,7 +841,12 @@ DOC_BODIES: Mapping[str, Mapping[str, tuple[Callable[[Any], bool], bool]]] = {
         "version": (_uint, True),
         "sketch": (lambda x: type(x) is dict, True),
     },
-    "fetch_meta": {"req": (_short, True), "root_version": (_uint, True)},
+    "fetch_meta": {
+        "req": (_short, True),
+        "root_version": (_uint, True),
+        "target": (_short, False),
+        "targets_version": (_uint, False),
+    },
     "fetch_chunks": {"req": (_short, True), "target": (_short, True), "chunks": (_chunks, True)},
     "deploy": {
         "deployment": (_short, True),

@@ -35,6 +35,8 @@ from shared.reasons import Reason
 pytestmark = pytest.mark.slow
 
 DAY = 86400.0
+ROLE = "model-vibration.json"  # the model's delegated role: it lists the targets (ADR 0037)
+V1 = "vibration/1/model.onnx"
 
 
 # --------------------------------------------------------------------------- the attacker
@@ -120,10 +122,10 @@ def tampered_chunk(rig: UpdateRig) -> list[dict[str, Any]]:
 
 def tampered_metadata(rig: UpdateRig) -> list[dict[str, Any]]:
     def edit(files: dict[str, bytes]) -> None:  # same length, other hash, old signature
-        md = json.loads(files["targets.json"])
+        md = json.loads(files[ROLE])
         hashes = md["signed"]["targets"]["vibration/2/model.onnx"]["hashes"]
         hashes["sha256"] = "0" * 64
-        files["targets.json"] = json.dumps(md, separators=(",", ":")).encode()
+        files[ROLE] = json.dumps(md, separators=(",", ":")).encode()
 
     on_meta(rig, edit)
     return rig.deploy(2)
@@ -147,7 +149,7 @@ def fast_forward(rig: UpdateRig) -> list[dict[str, Any]]:
 
 
 def replay_old_bundle(rig: UpdateRig, at: datetime) -> list[dict[str, Any]]:
-    old = dict(rig.trust.metadata_for(1))  # what an eavesdropper recorded today
+    old = dict(rig.trust.metadata_for(1, V1))  # what an eavesdropper recorded today
     on_meta(rig, lambda files: files.update(old))
     with freeze_time(at):
         return rig.deploy(2)
@@ -169,16 +171,16 @@ def frozen_targets(rig: UpdateRig) -> list[dict[str, Any]]:
 
 
 def mix_and_match(rig: UpdateRig) -> list[dict[str, Any]]:
-    """Today's timestamp and snapshot with a targets file from another moment."""
-    older_targets = rig.trust.metadata_for(1)[-1][1]  # before v3 was published
+    """Today's timestamp and snapshot with the model's targets role from another moment."""
+    older_role = dict(rig.trust.metadata_for(1, V1))[ROLE]  # before v3 was published
     rig.publish()
-    on_meta(rig, lambda files: files.update({"targets.json": older_targets}))
+    on_meta(rig, lambda files: files.update({ROLE: older_role}))
     return rig.deploy(2)
 
 
 def metadata_rollback(rig: UpdateRig) -> list[dict[str, Any]]:
     """Replay metadata older than what the device has already seen (all still valid)."""
-    older = dict(rig.trust.metadata_for(1))
+    older = dict(rig.trust.metadata_for(1, V1))
     rig.publish()  # v3
     assert [e["stage"] for e in rig.deploy(3)][-1] == "healthy"
     on_meta(rig, lambda files: files.update(older))
@@ -214,11 +216,11 @@ def below_threshold_targets(rig: UpdateRig) -> list[dict[str, Any]]:
     snapshot_keys, timestamp_keys = stolen_keys(rig, "snapshot"), stolen_keys(rig, "timestamp")
 
     def edit(files: dict[str, bytes]) -> None:
-        files["targets.json"] = resign(files["targets.json"], targets_key, evil_target)
-        size = len(files["targets.json"])
+        files[ROLE] = resign(files[ROLE], targets_key, evil_target)
+        size = len(files[ROLE])
 
         def point_snapshot(signed: Any) -> None:
-            signed.meta["targets.json"].length = size
+            signed.meta[ROLE].length = size
 
         files["snapshot.json"] = resign(files["snapshot.json"], snapshot_keys, point_snapshot)
         size_s = len(files["snapshot.json"])
@@ -256,13 +258,13 @@ def revoked_key(rig: UpdateRig) -> list[dict[str, Any]]:
     rig.trust.rotate("targets")
     assert [e["stage"] for e in rig.deploy(2)][-1] == "healthy"  # walks to root v2
     rig.publish()  # v3
-    on_meta(rig, lambda f: f.update({"targets.json": resign(f["targets.json"], old, _noop)}))
+    on_meta(rig, lambda f: f.update({ROLE: resign(f[ROLE], old, _noop)}))
     return rig.deploy(3)
 
 
 def unknown_key(rig: UpdateRig) -> list[dict[str, Any]]:
     stranger = [CryptoSigner.generate_ed25519()]
-    on_meta(rig, lambda f: f.update({"targets.json": resign(f["targets.json"], stranger, _noop)}))
+    on_meta(rig, lambda f: f.update({ROLE: resign(f[ROLE], stranger, _noop)}))
     return rig.deploy(2)
 
 

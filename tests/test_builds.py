@@ -8,7 +8,6 @@ the operator would: the job, the runs, the model list and the lineage.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,10 +67,10 @@ def stage(
 
 
 def manifest_of(hub: Hub, target: str) -> dict[str, Any]:
-    """The signed custom fields of ``target``, as a device reads them from targets.json."""
-    files = dict(hub.trust.metadata_for(hub.trust.root_version))
-    signed = json.loads(files["targets.json"])["signed"]
-    return dict(json.loads(signed["targets"][target]["custom"]["json"]))
+    """The signed manifest of ``target`` (its manifest target, ADR 0037)."""
+    manifest = hub.trust.manifest(target)
+    assert manifest is not None, target
+    return manifest
 
 
 def write_csv(path: Path, x: np.ndarray, y: Any) -> None:

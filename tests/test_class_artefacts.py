@@ -29,6 +29,7 @@ from hub.access.keys import ApiKeys, Role
 from hub.ml.data.samples import digits_images, write_npz
 from hub.ml.runner import open_runner
 from hub.transport.broker import Mosquitto, free_port
+from shared.delegation import role_file, role_name
 from shared.manifest import Manifest
 from shared.sensors import CLASSES, generate
 
@@ -119,9 +120,12 @@ def test_one_rollout_sends_each_class_the_artefact_of_its_runtime(
 
 
 def signed_targets(hub: Hub) -> dict[str, Any]:
-    """The targets the hub has signed, as a device reads them from targets.json."""
-    files = dict(hub.trust.metadata_for(hub.trust.root_version))
-    return dict(json.loads(files["targets.json"])["signed"]["targets"])
+    """The targets the hub has signed, as devices read them from the models' roles."""
+    out: dict[str, Any] = {}
+    for name in hub.trust.target_names():
+        files = dict(hub.trust.metadata_for(hub.trust.root_version, name))
+        out[name] = json.loads(files[role_file(role_name(name))])["signed"]["targets"][name]
+    return out
 
 
 def test_a_conv_net_for_two_runtimes_signs_an_artefact_for_each(
@@ -174,7 +178,7 @@ def test_a_conv_net_for_two_runtimes_signs_an_artefact_for_each(
         signed = signed_targets(hub)
         for runtime, target in sorted(targets.items()):  # onnxruntime, then tflite
             entry = signed[target]
-            manifest = Manifest.from_custom(json.loads(entry["custom"]["json"]))
+            manifest = Manifest.from_custom(hub.trust.manifest(target) or {})
             assert (manifest.runtime, manifest.version) == (runtime, model["version"])
             assert manifest.format == ("tflite" if runtime == "tflite" else "onnx")
             assert manifest.inputs[0].shape == (None, 8, 8)

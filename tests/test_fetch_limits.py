@@ -142,7 +142,12 @@ class NoMetadata:
     def refresh_timestamp(self, min_remaining_s: float) -> bool:
         return False
 
-    def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
+    def metadata_for(
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
+    ) -> list[tuple[str, bytes]]:
         return []
 
 

@@ -671,7 +671,10 @@ def serve(
         msg = protocol.decode(payload)
         req = msg.body["req"]
         if msg.type == "fetch_meta":
-            files_for = repo.metadata_for(msg.body["root_version"])
+            body = msg.body
+            files_for = repo.metadata_for(
+                body["root_version"], body.get("target"), body.get("targets_version")
+            )
             device.message("blob", protocol.encode_meta_blob(req, files_for))
             continue
         data = files[msg.body["target"]]
@@ -731,10 +734,10 @@ def device_world(tmp_path_factory: pytest.TempPathFactory) -> DeviceWorld:
         req = job["req"] if job else f"{DEV}:{state['req'] + 1}"  # the next deploy's request
         corpus[phase] = [
             *command_seeds(signers, DEV, DEVICE_SPECS, now=NOW, salt=phase),
-            *blob_seeds(req, "m/2/model.onnx", pieces, repo.metadata_for(1)),
+            *blob_seeds(req, "m/2/model.onnx", pieces, repo.metadata_for(1, "m/2/model.onnx")),
             *(s for seeds in report_seeds(NOW).values() for s in seeds),
         ]
-    return DeviceWorld(tmp, sessions, corpus, signers, repo.metadata_for(1))
+    return DeviceWorld(tmp, sessions, corpus, signers, repo.metadata_for(1, "m/2/model.onnx"))
 
 
 def model_files(root: Path) -> list[tuple[str, int]]:
@@ -834,7 +837,7 @@ def test_device_verifies_mutated_metadata(device_world: DeviceWorld, tmp_path: P
             assert model_files(root) == installed, "something was written under models/"
         if device.core.job is not None and device.core.job["phase"] == "chunks":
             # Verified: forget it, or TUF keeps its trusted copies and reads only timestamp.
-            for name in ("timestamp.json", "snapshot.json", "targets.json"):
+            for name in ("timestamp.json", "snapshot.json", "targets.json", "model-m.json"):
                 (device.store.trust_dir / name).unlink()
     record("agent.device[meta, TUF]", ran)
     trust = ("downloading:None", "failed:metadata_invalid", "failed:bad_signature")

@@ -12,7 +12,6 @@ and its npz): the capture protocol itself is tests/test_datasets.py's.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -109,7 +108,7 @@ def check_signed(hub: Hub, name: str, result: dict[str, Any], row_shape: tuple[i
     signed = signed_targets(hub)
     for runtime, target in targets.items():
         entry = signed[target]
-        manifest = Manifest.from_custom(json.loads(entry["custom"]["json"]))
+        manifest = Manifest.from_custom(hub.trust.manifest(target) or {})
         assert (manifest.runtime, manifest.version) == (runtime, result["version"])
         assert manifest.format == ("tflite" if runtime == "tflite" else "onnx")
         assert dict(manifest.class_health["pi-litert"]) == PI_LITERT
@@ -220,8 +219,8 @@ def test_an_onnx_only_model_retrains_to_onnx_only(stage: Stage) -> None:
     assert set(result["artefacts"]) == {"onnxruntime"}
     targets = hub.registry.artefacts("plain", result["version"])
     assert targets == {"onnxruntime": f"plain/{result['version']}/model.onnx"}
-    entry = signed_targets(hub)[targets["onnxruntime"]]
-    manifest = Manifest.from_custom(json.loads(entry["custom"]["json"]))
+    assert targets["onnxruntime"] in signed_targets(hub)
+    manifest = Manifest.from_custom(hub.trust.manifest(targets["onnxruntime"]) or {})
     # generic-linux's budgets come with the retrained version, as with the trained one
     assert set(manifest.class_health) == {"generic-linux"}
     assert not any(t.endswith(".tflite") for t in signed_targets(hub))

@@ -9,7 +9,6 @@ is checked against a fresh LiteRT interpreter driven here, row by row, as a devi
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,10 +75,10 @@ def refused_upload(client: HubClient, name: str, data: bytes, **kw: Any) -> str:
 
 
 def manifest_of(hub: Hub, target: str) -> dict[str, Any]:
-    """The signed custom fields of ``target``, as a device reads them from targets.json."""
-    files = dict(hub.trust.metadata_for(hub.trust.root_version))
-    signed = json.loads(files["targets.json"])["signed"]
-    return dict(json.loads(signed["targets"][target]["custom"]["json"]))
+    """The signed manifest of ``target`` (its manifest target, ADR 0037)."""
+    manifest = hub.trust.manifest(target)
+    assert manifest is not None, target
+    return manifest
 
 
 def hub_rows(hub: Hub, dataset: str) -> Dataset:

@@ -49,7 +49,11 @@ def device(tmp_path: Path, repo: TrustRepository) -> DeviceVerifier:
 
 
 def bundle(repo: TrustRepository, device: DeviceVerifier) -> Files:
-    return dict(repo.metadata_for(device.root_version))
+    """What the hub sends for each of its targets, in one (each model's role, ADR 0037)."""
+    files: Files = {}
+    for name in repo.target_names():
+        files.update(repo.metadata_for(device.root_version, name))
+    return files
 
 
 def refused(call: Callable[[], object]) -> Reason:
@@ -107,7 +111,7 @@ def test_repository_layout_keeps_private_keys_private(
     assert {stat.S_IMODE(p.stat().st_mode) for p in pems} == {0o600}
     assert {stat.S_IMODE(p.stat().st_mode) for p in keys.iterdir()} == {0o700}
     names = {p.name for p in (tmp_path / "hub" / "metadata").iterdir()}
-    assert names == {"1.root.json", "root.json", *TOP}
+    assert names == {"1.root.json", "root.json", *TOP, "model-model-a.onnx.json"}
     root = json.loads(repo.pinned_root())["signed"]
     assert root["consistent_snapshot"] is False
 
@@ -443,7 +447,7 @@ def test_devices_always_get_a_consistent_set_while_the_hub_writes(
     checked = 0
     while not stop.is_set() or checked == 0:
         fresh = DeviceVerifier(tmp_path / f"device-{checked}", repo.pinned_root())
-        fresh.verify_metadata(dict(repo.metadata_for(0)), "model-a.onnx")
+        fresh.verify_metadata(dict(repo.metadata_for(0, "model-a.onnx")), "model-a.onnx")
         checked += 1
     thread.join()
 

@@ -23,8 +23,8 @@ def test_a_target_signed_by_one_replica_is_served_by_the_other(tmp_path: Path) -
     b = TrustRepository.open_or_init(tmp_path / "trust", shared=True)
     a.add_target("m/1/model.onnx", b"model bytes", {"version": 1})
     assert b.target_names() == ["m/1/model.onnx"]
-    files = dict(b.metadata_for(1))
-    served = parse_metadata(Targets, files["targets.json"])
+    files = dict(b.metadata_for(1, "m/1/model.onnx"))
+    served = parse_metadata(Targets, files["model-m.json"])  # the model's role (ADR 0037)
     assert "m/1/model.onnx" in served.signed.targets
     a.close()
     b.close()

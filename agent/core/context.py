@@ -40,6 +40,10 @@ class CoreContext:
         self.state = state
         self.root_version = root_version
         self.director_keys = director_keys
+        # version and expiry of the top-level targets this device trusts, once it verified
+        # metadata since it started: fetch_meta names the version while it is unexpired,
+        # and the hub leaves the file out if it is current (ADR 0037)
+        self.trusted_targets: tuple[int, float] | None = None
         self.dropped: Counter[str] = Counter()  # bad input, by reason
         # how chunks came: fan_chunks, fetched_chunks, chunks_asked, fan_ignored
         self.counts: Counter[str] = Counter()

@@ -54,7 +54,15 @@ class Download:
     def request_meta(self, out: Outbox, job: Job, now: float) -> None:
         job.req = self.ctx.next_req()
         self.rtt.asked(job.req, now)
-        body = {"req": job.req, "root_version": self.ctx.root_version}
+        body: dict[str, str | int] = {
+            "req": job.req,
+            "root_version": self.ctx.root_version,
+            "target": job.target,
+        }
+        known = self.ctx.trusted_targets
+        if known is not None and now < known[1]:  # expired: let the hub send it, and TUF
+            body["targets_version"] = known[0]  # refuse it as expired if it is
+
         out.add(Publish(self.ctx.topic("fetch"), protocol.encode("fetch_meta", body, ts=now)))
 
     def request_chunks(self, out: Outbox, job: Job) -> None:
@@ -144,6 +152,7 @@ class Download:
         if job is None or job.phase is not Phase.META or ev.req != job.req:
             return
         ctx.root_version = ev.root_version
+        ctx.trusted_targets = ev.trusted_targets
         if ev.director_keys is not None:
             ctx.director_keys = ev.director_keys
             signed_by = job.keyids  # None in a job saved before commands were signed

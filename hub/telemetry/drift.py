@@ -477,14 +477,9 @@ class DriftMonitor:
 
 def trust_baselines(registry: Any, trust: Any) -> BaselineSource:
     """A BaselineSource reading the signed manifests (hub/ml/registry.py, trust/repository.py)."""
-    import json
 
     def source(model: str, version: int) -> Mapping[str, Any] | None:
-        target = registry.get(model, version).target
-        files = dict(trust.metadata_for(trust.root_version))
-        targets = json.loads(files["targets.json"])["signed"]["targets"]
-        custom = targets.get(target, {}).get("custom", {})
-        manifest = json.loads(custom["json"]) if "json" in custom else custom
+        manifest = trust.manifest(registry.get(model, version).target) or {}
         baseline: Mapping[str, Any] | None = manifest.get("baseline")
         return baseline
 

@@ -42,8 +42,15 @@ class MetadataSource(Protocol):
         """Re-sign the timestamp role if it expires within ``min_remaining_s``."""
         ...
 
-    def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
-        """Every root newer than ``root_version``, then timestamp, snapshot, targets."""
+    def metadata_for(
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
+    ) -> list[tuple[str, bytes]]:
+        """Every root newer than ``root_version``, then timestamp, snapshot, targets (not
+        if the device has ``targets_version`` and it is current), and for ``target`` its
+        model's delegated role and its manifest."""
         ...
 
 
@@ -71,8 +78,9 @@ class FetchAnswers:
         if not self.budgets.take(device_id):
             self.refused["over_budget"] += 1
             return []
-        if message.type == "fetch_chunks":
-            target = str(message.body["target"])
+        target = message.body.get("target")  # a fetch_meta without one: the top roles only
+        if target is not None:
+            target = str(target)
             if self.entitlements is not None and not self.entitlements.allowed(device_id, target):
                 self.refused["not_deployed"] += 1
                 header = {
@@ -95,14 +103,20 @@ def answer_fetch(
     """The blobs that answer one fetch, each with the counter it adds to.
 
     Metadata: every root newer than the device's, then timestamp, snapshot and targets
-    (the timestamp re-signed first if it is close to expiry). Chunks: each one asked
-    for, or an error blob naming the first that does not exist.
+    (the timestamp re-signed first if it is close to expiry), and for the target named,
+    its model's role and manifest (ADR 0037). Chunks: each one asked for, or an error
+    blob naming the first that does not exist.
     """
     body = message.body
     req = str(body["req"])
     if message.type == "fetch_meta":
         metadata.refresh_timestamp(TIMESTAMP_MIN_REMAINING_S)
-        files = metadata.metadata_for(int(body["root_version"]))
+        target, known = body.get("target"), body.get("targets_version")
+        files = metadata.metadata_for(
+            int(body["root_version"]),
+            str(target) if target is not None else None,
+            int(known) if known is not None else None,
+        )
         return [(protocol.encode_meta_blob(req, files), "meta_sent")]
     target = str(body["target"])
     out: list[tuple[bytes, str]] = []

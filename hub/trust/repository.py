@@ -6,8 +6,10 @@ Built on ``tuf.api.metadata`` (DESIGN §4). Roles:
   every other role's keys, and each new root (version N+1 is signed by a threshold of the
   keys of N and of N+1, so devices walk the chain).
 - ``targets``, ``snapshot``, ``timestamp`` (online, on the hub): sign the model list and
-  stop mix-and-match and freeze attacks. The hub re-signs them before they expire
-  (:meth:`TrustRepository.refresh_expiring`, on a timer in the hub).
+  stop mix-and-match and freeze attacks. Top-level targets delegates each model to a role
+  of its own, ``model-<name>``, signed by the targets keys (hub/trust/delegation.py, ADR
+  0037), so a device fetches the metadata of its own model only. The hub re-signs them
+  before they expire (:meth:`TrustRepository.refresh_expiring`, on a timer in the hub).
 - ``director`` (online): signs deploy and rollback commands. Its public keys travel in the
   root metadata under ``x-edgefleet-director`` (signed by root like everything else), so a
   device pins them with the root and learns a rotation by walking the root chain.
@@ -18,7 +20,7 @@ importable from here.
 
 Two things differ from a stock TUF repository, both forced by the transport or by TUF:
 ``consistent_snapshot`` is off (fixed file names make the staging lookup a dict lookup),
-and a target's ``custom`` field holds the manifest as JSON text (ADR 0002).
+and a model's manifest is JSON text (ADR 0002), a target of its own (ADR 0037).
 
 Exceptions::
 
@@ -41,7 +43,6 @@ from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import (
     Metadata,
-    MetaFile,
     Root,
     Snapshot,
     TargetFile,
@@ -50,13 +51,14 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from hub.trust.chain import SignedChain
+from hub.trust.delegation import ModelRoles, empty_delegations, manifest_text
 from hub.trust.keystore import KeyStore
 from hub.trust.roles import (
     MAX_THRESHOLD,
     ONLINE_ROLES,
     ROLES,
     TOP_ROLES,
-    ChainRole,
     Expiry,
     RepositoryError,
     check_plan,
@@ -65,23 +67,22 @@ from hub.trust.roles import (
     is_online,
     key_plan,
     remaining,
-    renew,
 )
 from hub.trust.sharing import DirectoryAccess
 from shared.atomic import write_atomic
+from shared.delegation import MANIFEST_SUFFIX, bundle_name, manifest_target, role_file, role_name
 from shared.director import DIRECTOR_FIELD
 from shared.reasons import Reason
 from shared.trust import TrustError, parse_metadata
 
 __all__ = ["MAX_THRESHOLD", "Expiry", "RepositoryError", "TrustRepository"]
 
-MAX_TARGET_NAME: Final = 256  # characters; the protocol's short-string limit
-_CUSTOM_JSON: Final = "json"  # key of the JSON text inside a target's custom field
+MAX_TARGET_NAME: Final = 246  # characters: with ".manifest", the protocol's 256 limit
 _SERIALIZER: Final = JSONSerializer(compact=True)
 DEFAULT_EXPIRY: Final = Expiry()
 
 
-class TrustRepository:
+class TrustRepository(SignedChain):
     """The hub's TUF repository. Thread-safe: one lock covers every mutation and read.
 
     Layout under ``root_dir``::
@@ -89,12 +90,9 @@ class TrustRepository:
         keys/{targets,snapshot,timestamp,director}/<keyid>.pem   private keys, mode 0600
         keys/root/<keyid>.pem          unless ``root_keys_dir`` puts them elsewhere (offline)
         metadata/N.root.json, root.json, targets.json, snapshot.json, timestamp.json
+        metadata/model-<name>.json     each model's delegated role (ADR 0037)
+        manifests/<sha256>             the manifest targets' bytes
     """
-
-    _root: Metadata[Root]
-    _targets: Metadata[Targets]
-    _snapshot: Metadata[Snapshot]
-    _timestamp: Metadata[Timestamp]
 
     def __init__(self, root_dir: Path, expiry: Expiry, root_keys_dir: Path | None) -> None:
         """Use :meth:`open_or_init`."""
@@ -105,6 +103,7 @@ class TrustRepository:
         self._signers: dict[str, list[Signer]] = {}
         self._roots: dict[int, bytes] = {}  # version -> N.root.json bytes
         self._files: dict[str, bytes] = {}  # root/targets/snapshot/timestamp.json -> bytes
+        self._models = ModelRoles(self._meta_dir, root_dir / "manifests")  # ADR 0037
         # the directory's locks; shared by replicas: reload what the others write
         self._access = DirectoryAccess(root_dir, self._meta_dir)
 
@@ -189,18 +188,41 @@ class TrustRepository:
 
     def target_names(self) -> list[str]:
         with self._reading():
-            return sorted(self._targets.signed.targets)
+            return self._models.target_names()
 
-    def metadata_for(self, device_root_version: int) -> list[tuple[str, bytes]]:
-        """What a device at ``device_root_version`` needs: newer roots, then the top roles."""
+    def metadata_for(
+        self,
+        device_root_version: int,
+        target: str | None = None,
+        targets_version: int | None = None,
+    ) -> list[tuple[str, bytes]]:
+        """What a device at ``device_root_version`` needs: newer roots, then the top roles
+        (targets.json left out when the device says it has this version), and for
+        ``target``, its model's role and its manifest (nothing of another model)."""
         with self._reading():
             newest = self._root.signed.version
             first = max(device_root_version, 0) + 1
             files = [(f"{v}.root.json", self._roots[v]) for v in range(first, newest + 1)]
-            files += [
-                (n, self._files[n]) for n in ("timestamp.json", "snapshot.json", "targets.json")
-            ]
+            top = ["timestamp.json", "snapshot.json"]
+            if targets_version != self._targets.signed.version:
+                top.append("targets.json")
+            files += [(n, self._files[n]) for n in top]
+            if target is None:
+                return files
+            role = role_file(role_name(target))
+            if role in self._models.files:
+                files.append((role, self._models.files[role]))
+            manifest = self._models.manifest(target)
+            if manifest is not None:
+                files.append((bundle_name(manifest_target(target)), manifest))
             return files
+
+    def manifest(self, target: str) -> dict[str, Any] | None:
+        """The signed manifest of ``target`` as a mapping; None for an unknown target."""
+        with self._reading():
+            data = self._models.manifest(target)
+        fields = json.loads(data) if data is not None else None
+        return fields if isinstance(fields, dict) else None
 
     def keys(self) -> dict[str, dict[str, Any]]:
         """Per role: threshold, key ids, and how many of the private keys are here."""
@@ -227,23 +249,39 @@ class TrustRepository:
     # ----------------------------------------------------------------- writing
 
     def add_target(self, name: str, data: bytes, custom: Mapping[str, Any]) -> None:
-        """Add or replace target ``name``, then re-sign targets, snapshot and timestamp.
+        """Add or replace target ``name`` (``custom``: its manifest), then re-sign its
+        model's role, snapshot and timestamp (and targets, for a new model).
 
         Raises:
             TrustError: METADATA_INVALID for a bad name or custom fields that are not JSON.
             OSError: the metadata could not be written.
         """
-        if not 0 < len(name) <= MAX_TARGET_NAME or name.startswith("/"):
-            raise TrustError(Reason.METADATA_INVALID, f"bad target name {name!r:.80}")
-        try:
-            text = json.dumps(dict(custom), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise TrustError(Reason.METADATA_INVALID, f"custom fields of {name}: {e}") from e
-        target = TargetFile.from_data(name, data, ["sha256"])
-        target.unrecognized_fields["custom"] = {_CUSTOM_JSON: text}
+        self.add_targets([(name, data, custom)])
+
+    def add_targets(self, items: list[tuple[str, bytes, Mapping[str, Any]]]) -> None:
+        """:meth:`add_target` for several targets, signed once (a bench, an import)."""
+        prepared = []
+        for name, data, custom in items:
+            first = name.split("/", 1)[0]
+            if not 0 < len(name) <= MAX_TARGET_NAME or not first or name.endswith(MANIFEST_SUFFIX):
+                raise TrustError(Reason.METADATA_INVALID, f"bad target name {name!r:.80}")
+            try:
+                text = manifest_text(custom)
+            except (TypeError, ValueError) as e:
+                raise TrustError(Reason.METADATA_INVALID, f"custom fields of {name}: {e}") from e
+            prepared.append((name, TargetFile.from_data(name, data, ["sha256"]), text))
         with self._writing():
-            self._targets.signed.targets[name] = target
-            self._publish("targets")
+            top = self._targets.signed
+            delegations = len(top.delegations.roles or {}) if top.delegations else 0
+            roles = {
+                self._models.add(
+                    top, name, target, text,
+                    threshold=self._threshold("targets"), lifetime=self._expiry.targets,
+                )
+                for name, target, text in prepared
+            }  # fmt: skip
+            grew = top.delegations is not None and len(top.delegations.roles or {}) > delegations
+            self._publish("targets" if grew else "snapshot", roles=sorted(roles))
 
     def refresh_timestamp(self, min_remaining_s: float) -> bool:
         """Re-sign the timestamp if it expires within ``min_remaining_s`` seconds."""
@@ -265,11 +303,15 @@ class TrustRepository:
         """
         renewed: list[str] = []
         with self._writing():
+            low = fraction * self._expiry.targets
+            models = sorted(r for r, md in self._models.roles.items() if remaining(md.signed) < low)
             for role in ONLINE_ROLES:
                 md = getattr(self, f"_{role}")
-                if remaining(md.signed) < fraction * getattr(self._expiry, role):
-                    self._publish(role)
-                    renewed.extend(ONLINE_ROLES[ONLINE_ROLES.index(role) :])
+                if remaining(md.signed) < fraction * getattr(self._expiry, role) or (
+                    models and role == "snapshot"
+                ):
+                    self._publish(role, roles=models)
+                    renewed += [*models, *ONLINE_ROLES[ONLINE_ROLES.index(role) :]]
                     break  # _publish re-signed every later role too
             root_low = remaining(self._root.signed) < fraction * self._expiry.root
             if root_low and self._have_threshold("root"):
@@ -331,8 +373,12 @@ class TrustRepository:
             self._signers[role] = new
             for s in old:
                 self._keys.delete(role, s.public_key.keyid)
+            roles: list[str] = []
+            if role == "targets":  # the model roles are signed by the targets keys
+                self._models.set_keys(self._targets.signed, new, need)
+                roles = sorted(self._models.roles)
             if is_online(role):
-                self._publish(role)
+                self._publish(role, roles=roles)
             return self._root.signed.version
 
     def renew_root(self) -> int:
@@ -377,6 +423,7 @@ class TrustRepository:
             self._signers["director"], plan["director"][0]
         )
         self._targets = Metadata(Targets(expires=expires_in(self._expiry.targets)))
+        self._targets.signed.delegations = empty_delegations(self._signers["targets"])
         self._snapshot = Metadata(Snapshot(expires=expires_in(self._expiry.snapshot)))
         self._timestamp = Metadata(Timestamp(expires=expires_in(self._expiry.timestamp)))
         self._publish("targets", bump=False)
@@ -392,6 +439,7 @@ class TrustRepository:
             self._targets = parse_metadata(Targets, self._read("targets.json"))
             self._snapshot = parse_metadata(Snapshot, self._read("snapshot.json"))
             self._timestamp = parse_metadata(Timestamp, self._read("timestamp.json"))
+            self._models.load(self._targets.signed)
             for role in ROLES:
                 self._signers[role] = self._load_signers(role)
                 if role != "root" and len(self._signers[role]) < self._threshold(role):
@@ -401,24 +449,8 @@ class TrustRepository:
         except (OSError, tuf_errors.RepositoryError, ValueError, KeyError) as e:
             raise TrustError(Reason.METADATA_INVALID, f"cannot open {self._meta_dir}: {e}") from e
         if reconcile:
+            self._upgrade()
             self._reconcile()
-
-    def _read(self, filename: str) -> bytes:
-        data = (self._meta_dir / filename).read_bytes()
-        self._files[filename] = data
-        return data
-
-    def _reconcile(self) -> None:
-        """Repair a chain left half-written by a crash between two file writes."""
-        targets_meta = self._snapshot.signed.meta.get("targets.json")
-        if targets_meta != MetaFile(
-            self._targets.signed.version, length=len(self._files["targets.json"])
-        ):
-            self._publish("snapshot")
-        elif self._timestamp.signed.snapshot_meta != MetaFile(
-            self._snapshot.signed.version, length=len(self._files["snapshot.json"])
-        ):
-            self._publish("timestamp")
 
     # ----------------------------------------------------------------- keys
 
@@ -443,12 +475,6 @@ class TrustRepository:
 
     # ----------------------------------------------------------------- signing
 
-    def _sign(self, md: Metadata[Any], signers: list[Signer]) -> bytes:
-        md.signatures.clear()
-        for s in signers:
-            md.sign(s, append=True)
-        return md.to_bytes(_SERIALIZER)
-
     def _store_root(self, root: Metadata[Root], signers: list[Signer]) -> None:
         data = self._sign(root, signers)
         version = root.signed.version
@@ -468,32 +494,3 @@ class TrustRepository:
         root.signed.expires = expires_in(self._expiry.root)
         signers = {s.public_key.keyid: s for s in [*self._signers["root"], *(extra_signers or [])]}
         self._store_root(root, list(signers.values()))
-
-    def _publish(self, first: ChainRole, *, bump: bool = True) -> None:
-        """Re-sign ``first`` and every role after it (targets, snapshot, timestamp).
-
-        Each role gets a new version (unless ``bump`` is false, at creation) and a new
-        expiry; the snapshot and timestamp point at the exact lengths of the files they
-        cover. Files are written in chain order, and the cache is swapped only once all
-        are written, so a reader never sees a mixed set.
-        """
-        new: dict[str, bytes] = {}
-        if first == "targets":
-            renew(self._targets.signed, self._expiry.targets, bump)
-            new["targets.json"] = self._sign(self._targets, self._signers["targets"])
-        if first in ("targets", "snapshot"):
-            length = len(new.get("targets.json", self._files.get("targets.json", b"")))
-            self._snapshot.signed.meta["targets.json"] = MetaFile(
-                self._targets.signed.version, length=length
-            )
-            renew(self._snapshot.signed, self._expiry.snapshot, bump)
-            new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
-        length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))
-        self._timestamp.signed.snapshot_meta = MetaFile(
-            self._snapshot.signed.version, length=length
-        )
-        renew(self._timestamp.signed, self._expiry.timestamp, bump)
-        new["timestamp.json"] = self._sign(self._timestamp, self._signers["timestamp"])
-        for filename, data in new.items():
-            write_atomic(self._meta_dir / filename, data)
-        self._files.update(new)

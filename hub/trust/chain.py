@@ -1,0 +1,133 @@
+"""The online chain of the hub's TUF repository: how targets, the model roles, snapshot
+and timestamp are signed together and kept consistent on disk.
+
+:class:`SignedChain` is the base of ``TrustRepository`` (hub/trust/repository.py), which
+owns the root, the keys and the locks; this part owns the chain's metadata, its files,
+and :meth:`SignedChain._publish`, the one place that signs them in order. The model roles
+(hub/trust/delegation.py) hang below top-level targets (ADR 0037).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+from securesystemslib.signer import Signer
+from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timestamp
+from tuf.api.serialization.json import JSONSerializer
+
+from hub.trust.delegation import ModelRoles
+from hub.trust.roles import ChainRole, Expiry, renew
+from shared.atomic import write_atomic
+from shared.delegation import role_file
+from shared.reasons import Reason
+from shared.trust import TrustError
+
+__all__ = ["SignedChain"]
+
+_SERIALIZER: Final = JSONSerializer(compact=True)
+TOP_FILES: Final = ("root.json", "targets.json", "snapshot.json", "timestamp.json")
+
+
+class SignedChain:
+    """The chain's metadata in memory, its signed bytes, and signing it in order."""
+
+    _meta_dir: Path
+    _expiry: Expiry
+    _signers: dict[str, list[Signer]]
+    _files: dict[str, bytes]  # root/targets/snapshot/timestamp.json -> bytes
+    _models: ModelRoles
+    _root: Metadata[Root]
+    _targets: Metadata[Targets]
+    _snapshot: Metadata[Snapshot]
+    _timestamp: Metadata[Timestamp]
+
+    def _sign(self, md: Metadata[Any], signers: list[Signer]) -> bytes:
+        md.signatures.clear()
+        for s in signers:
+            md.sign(s, append=True)
+        return md.to_bytes(_SERIALIZER)
+
+    def _read(self, filename: str) -> bytes:
+        data = (self._meta_dir / filename).read_bytes()
+        self._files[filename] = data
+        return data
+
+    def _reconcile(self) -> None:
+        """Repair a chain left half-written by a crash between two file writes."""
+        targets_meta = self._snapshot.signed.meta.get("targets.json")
+        listed = self._snapshot.signed.meta
+        if targets_meta != MetaFile(
+            self._targets.signed.version, length=len(self._files["targets.json"])
+        ) or any(
+            listed.get(f) != MetaFile(self._models.roles[r].signed.version, length=len(data))
+            for r in self._models.roles
+            for f, data in [(role_file(r), self._models.files[role_file(r)])]
+        ):
+            self._publish("snapshot")
+        elif self._timestamp.signed.snapshot_meta != MetaFile(
+            self._snapshot.signed.version, length=len(self._files["snapshot.json"])
+        ):
+            self._publish("timestamp")
+
+    def _upgrade(self) -> None:
+        """Move an old layout's targets into model roles (ADR 0037); devices follow, as
+        every role only moves forward."""
+        top = self._targets.signed
+        if top.delegations is not None and not top.targets:
+            return
+        try:
+            roles = self._models.upgrade(
+                top,
+                self._signers["targets"],
+                threshold=self._root.signed.roles["targets"].threshold,
+                lifetime=self._expiry.targets,
+            )
+        except ValueError as e:
+            raise TrustError(
+                Reason.METADATA_INVALID, f"cannot upgrade {self._meta_dir}: {e}"
+            ) from e
+        self._publish("targets", roles=roles)
+
+    def _publish(
+        self, first: ChainRole, *, bump: bool = True, roles: tuple[str, ...] | list[str] = ()
+    ) -> None:
+        """Re-sign the model ``roles``, then ``first`` and every role after it (targets,
+        snapshot, timestamp).
+
+        Each role gets a new version (unless ``bump`` is false, at creation, or a model
+        role is signed the first time) and a new expiry; the snapshot and timestamp point
+        at the exact versions and lengths of the files they cover. Files are written in
+        chain order, and the caches are swapped only once all are written, so a reader
+        never sees a mixed set.
+        """
+        if roles and first == "timestamp":
+            first = "snapshot"  # a model role changed: the snapshot lists its version
+        new: dict[str, bytes] = {}
+        for role in roles:
+            md, filename = self._models.roles[role], role_file(role)
+            renew(md.signed, self._expiry.targets, bump and filename in self._models.files)
+            new[filename] = self._sign(md, self._signers["targets"])
+            self._snapshot.signed.meta[filename] = MetaFile(
+                md.signed.version, length=len(new[filename])
+            )
+        if first == "targets":
+            renew(self._targets.signed, self._expiry.targets, bump)
+            new["targets.json"] = self._sign(self._targets, self._signers["targets"])
+        if first in ("targets", "snapshot"):
+            length = len(new.get("targets.json", self._files.get("targets.json", b"")))
+            self._snapshot.signed.meta["targets.json"] = MetaFile(
+                self._targets.signed.version, length=length
+            )
+            renew(self._snapshot.signed, self._expiry.snapshot, bump)
+            new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
+        length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))
+        self._timestamp.signed.snapshot_meta = MetaFile(
+            self._snapshot.signed.version, length=length
+        )
+        renew(self._timestamp.signed, self._expiry.timestamp, bump)
+        new["timestamp.json"] = self._sign(self._timestamp, self._signers["timestamp"])
+        for filename, data in new.items():
+            write_atomic(self._meta_dir / filename, data)
+        for filename, data in new.items():
+            (self._files if filename in TOP_FILES else self._models.files)[filename] = data
