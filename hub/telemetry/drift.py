@@ -238,14 +238,15 @@ class DriftMonitor:
     ) -> None:
         """Open, update or clear the alert of one scope from its exceeding windows;
         ``devices``: those the alert names (may be none)."""
-        alert = s.exec(
-            select(DriftAlert).where(
-                DriftAlert.model == model,
-                DriftAlert.scope == scope,
-                DriftAlert.scope_id == scope_id,
-                col(DriftAlert.state).in_(("open", drift_silence.STALE)),
-            )
-        ).first()
+        q = select(DriftAlert).where(
+            DriftAlert.model == model,
+            DriftAlert.scope == scope,
+            DriftAlert.scope_id == scope_id,
+            col(DriftAlert.state).in_(("open", drift_silence.STALE)),
+        )
+        if scope == "device":  # the silence sweep's too: one writer per alert at a time
+            q = q.with_for_update()
+        alert = s.exec(q).first()
         if alert is not None and alert.state == drift_silence.STALE:  # its device is back
             drift_silence.resume(s, alert, now, f"device {scope_id} reports again")
             self.counts["alerts_resumed"] += 1
@@ -277,10 +278,7 @@ class DriftMonitor:
         (hub/telemetry/drift_silence.py); group and fleet alerts clear once their buckets
         age out (:meth:`evaluate_scopes`, which otherwise runs only as drift arrives)."""
         now = time.time() if now is None else now
-        with session(self.engine) as s:
-            counts = drift_silence.sweep(s, now, lambda model: load_policy(s, model))
-            s.commit()
-        for kind, n in counts.items():
+        for kind, n in drift_silence.sweep(self.engine, now).items():
             self.counts[f"alerts_{kind}"] += n
         self.evaluate_scopes(now)
 

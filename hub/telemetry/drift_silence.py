@@ -1,8 +1,8 @@
 """Drift alerts whose devices fell silent: stale, with the reason, until they report again.
 
 A device alert follows its device's windows (hub/telemetry/drift.py): while the device
-sends nothing, nothing would ever clear it. :func:`sweep` (the hub's leader runs it every
-``HubConfig.drift_sweep_s``) marks an open device alert ``stale`` once the hub has heard
+sends nothing, nothing would ever clear it. :func:`sweep` (the leader's maintenance runs it
+every ``HubConfig.maintenance_s``) marks an open device alert ``stale`` once the hub has heard
 nothing from its device for the model's ``Policy.silence_s`` (a telemetry window, idle
 heartbeats included, or a drift window of that model), with the reason
 (``stale: device d silent since <UTC time>``), and writes a ``stale`` event: the API, the
@@ -20,15 +20,14 @@ otherwise runs only when drift arrives).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
-from hub.store.tables import DriftAlert, DriftEvent, DriftWindow, Telemetry
-from hub.telemetry.drift_policy import Policy
+from hub.store.tables import DriftAlert, DriftEvent, DriftWindow, Telemetry, session
+from hub.telemetry.drift_policy import load_policy
 
 __all__ = ["STALE", "last_heard", "record", "resume", "sweep"]
 
@@ -84,30 +83,46 @@ def resume(s: Session, alert: DriftAlert, now: float, why: str) -> None:
     record(s, alert, "resumed", now, why)
 
 
-def sweep(s: Session, now: float, policy_of: Callable[[str], Policy]) -> dict[str, int]:
-    """Mark silent devices' open alerts stale and heard-from stale ones open again, in
-    ``s`` (the caller commits); how many of each."""
+def sweep(engine: Engine, now: float) -> dict[str, int]:
+    """Mark silent devices' open alerts stale and heard-from stale ones open again; how
+    many of each. One alert per transaction, its row locked (PostgreSQL): an ingest that
+    judges or resumes it meanwhile waits, or is waited for and then seen, so one return
+    is one event; and holding one lock at a time, the sweep cannot deadlock with it."""
     counts = {"stale": 0, "resumed": 0}
-    alerts = s.exec(
-        select(DriftAlert).where(
-            DriftAlert.scope == "device", col(DriftAlert.state).in_(("open", STALE))
-        )
-    ).all()
-    for alert in alerts:
-        silence = policy_of(alert.model).silence_s
-        heard = last_heard(s, alert.scope_id, alert.model)
-        silent = heard is None or now - heard > silence
-        if alert.state == "open" and silent:
-            since = heard if heard is not None else alert.updated_at
-            reason = f"stale: device {alert.scope_id} silent since {_utc(since)}"
-            alert.state, alert.stale_reason, alert.updated_at = STALE, reason, now
-            s.add(alert)
-            record(s, alert, STALE, now, reason)
-            counts["stale"] += 1
-        elif alert.state == STALE and not silent:
-            resume(s, alert, now, f"device {alert.scope_id} reports again")
-            counts["resumed"] += 1
+    with session(engine) as s:
+        ids = s.exec(
+            select(DriftAlert.id).where(
+                DriftAlert.scope == "device", col(DriftAlert.state).in_(("open", STALE))
+            )
+        ).all()
+    for alert_id in ids:
+        with session(engine) as s:
+            alert = s.exec(
+                select(DriftAlert).where(DriftAlert.id == alert_id).with_for_update()
+            ).first()
+            if alert is None or alert.state not in ("open", STALE):
+                continue
+            kind = _judge(s, alert, now, load_policy(s, alert.model).silence_s)
+            s.commit()
+        if kind is not None:
+            counts[kind] += 1
     return counts
+
+
+def _judge(s: Session, alert: DriftAlert, now: float, silence_s: float) -> str | None:
+    heard = last_heard(s, alert.scope_id, alert.model)
+    silent = heard is None or now - heard > silence_s
+    if alert.state == "open" and silent:
+        since = heard if heard is not None else alert.updated_at
+        reason = f"stale: device {alert.scope_id} silent since {_utc(since)}"
+        alert.state, alert.stale_reason, alert.updated_at = STALE, reason, now
+        s.add(alert)
+        record(s, alert, STALE, now, reason)
+        return "stale"
+    if alert.state == STALE and not silent:
+        resume(s, alert, now, f"device {alert.scope_id} reports again")
+        return "resumed"
+    return None
 
 
 def _utc(ts: float) -> str:
