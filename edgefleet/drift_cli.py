@@ -23,7 +23,9 @@ Since = Annotated[
     typer.Option("--since", help="From: epoch seconds, ISO 8601, or relative such as -2h."),
 ]
 Scope = Literal["device", "group", "fleet"]
-POLICY_FIELDS = ("psi_threshold", "js_threshold", "k", "n", "min_rows", "scope_window_s")
+POLICY_FIELDS = (
+    "psi_threshold", "js_threshold", "k", "n", "min_rows", "scope_window_s", "silence_s",
+)  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
@@ -31,8 +33,8 @@ def register(app: typer.Typer) -> None:
     drift.command(
         "scores", help="Per-feature PSI/JS of a model for a device, a group or the fleet."
     )(scores)
-    drift.command("alerts", help="Drift alerts, newest first (by model, open or cleared).")(alerts)
-    drift.command("events", help="Alerts raised and cleared, oldest first.")(events)
+    drift.command("alerts", help="Drift alerts, newest first (open, stale or cleared).")(alerts)
+    drift.command("events", help="Alerts raised, cleared, stale, resumed; oldest first.")(events)
     policy.command("show", help="The model's drift policy (the defaults until one is set).")(
         policy_show
     )
@@ -96,8 +98,8 @@ def _num(x: float | None) -> str:
 def alerts(
     model: ModelFilter = None,
     state: Annotated[
-        Literal["open", "cleared"] | None,
-        typer.Option("--state", help="Only open or cleared ones."),
+        Literal["open", "stale", "cleared"] | None,
+        typer.Option("--state", help="Only open, stale or cleared ones."),
     ] = None,
     scope: Annotated[Scope | None, typer.Option("--scope", help="Only this scope's.")] = None,
     limit: Limit = 100,
@@ -118,7 +120,8 @@ def render_alerts(rows: list[dict[str, Any]]) -> Any:
     return table(
         ["id>", "model", "version>", "scope", "state", "opened", "devices>", "features"],
         [
-            (a["id"], a["model"], a.get("version"), f"{a['scope']} {a['scope_id']}", a["state"],
+            (a["id"], a["model"], a.get("version"), f"{a['scope']} {a['scope_id']}",
+             a.get("stale_reason") or a["state"],
              stamp(a["opened_at"]), len(a.get("devices") or []), ", ".join(a.get("features") or []))
             for a in rows
         ],
@@ -182,6 +185,10 @@ def policy_set(
     scope_window_s: Annotated[
         float | None, typer.Option("--scope-window-s", help="Seconds of a group or fleet window.")
     ] = None,
+    silence_s: Annotated[
+        float | None,
+        typer.Option("--silence-s", help="Seconds of silence before a device's alert is stale."),
+    ] = None,
     hub: HubUrl = DEFAULT_HUB,
     api_key: ApiKey = None,
     json: Json = False,
@@ -189,7 +196,7 @@ def policy_set(
     given = dict(
         zip(
             POLICY_FIELDS,
-            (psi_threshold, js_threshold, k, n, min_rows, scope_window_s),
+            (psi_threshold, js_threshold, k, n, min_rows, scope_window_s, silence_s),
             strict=True,
         )
     )

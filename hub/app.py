@@ -452,7 +452,8 @@ class Hub:
 
     def _maintain(self) -> None:
         """Re-sign TUF roles before they expire; re-issue the CRL before it does; delete
-        telemetry, drift windows, deployment events and audit records past their age."""
+        telemetry, drift windows, deployment events and audit records past their age;
+        mark drift alerts of silent devices stale (and back when they report)."""
         while not self._stopping.wait(self.config.maintenance_s):
             try:
                 renewed = self.trust.refresh_expiring()
@@ -463,6 +464,7 @@ class Hub:
                 run_retention(self.engine, self.retention)
                 run_audit_retention(self.engine, self.config.audit_max_age_s)
                 run_event_retention(self.engine, self.config.events_max_age_s)
+                self.drift.sweep()
                 if self.config.replica is not None:  # a replica killed mid-build
                     self.jobs.fail_orphans(STALE_S)
             except Exception:  # keep maintaining; the next round may succeed

@@ -4,7 +4,9 @@ Per model and off by default (:class:`~hub.db.LoopPolicy`). When it is on, each 
 
 1. **start**: open drift alerts of the model (hub/telemetry/drift.py) name devices; those not in a
    run and not in their cool-down start a run (one run per model at a time), ``gather_s``
-   after the first of them, so devices that drift together are treated together;
+   after the first of them, so devices that drift together are treated together. An
+   alert the loop leaves alone (stale, naming no device, its devices resting) gets a
+   ``skipped`` run with the reason, once per alert and reason (:func:`skip_reason`);
 2. **capturing**: a capture (hub/ml/data/captures.py) of up to ``capture_rows`` rows from each of
    them, for ``capture_s`` seconds; its verified uploads become one dataset version;
 3. **retraining**: a retrain job (hub/ml/retrain.py) on the version's training rows plus the
@@ -43,12 +45,13 @@ from hub.ml.data.captures import DatasetError, Datasets
 from hub.ml.registry import Registry, RegistryError
 from hub.ml.retrain import Retrainer
 from hub.store.tables import AuditRecord, LoopPolicy, LoopRun, session
-from hub.telemetry.drift_policy import AlertInfo, open_alerts
+from hub.telemetry.drift_policy import AlertInfo, live_alerts
 
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0  # seconds between ticks
 ACTIVE = ("capturing", "retraining", "deploying")
+SKIPPED = "skipped"  # a run's stage: an alert the loop did not act on, and why
 MAX_CAPTURE_ROWS = 100_000  # per device
 MAX_CAPTURE_S = 86_400.0  # seconds
 RUNS_LIMIT = 100  # runs listed per call
@@ -115,6 +118,7 @@ class Loop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one tick at a time (the thread, or a test calling tick)
+        self._skips: set[str] = set()  # skip records written (or found) by this process
 
     # ------------------------------------------------------------- lifecycle
 
@@ -194,11 +198,14 @@ class Loop:
                     self._fail(run, f"internal error: {type(e).__name__}: {e}")
 
     def _maybe_start(self, policy: LoopPolicy) -> None:
-        alerts = [a for a in open_alerts(self.engine, policy.model) if a.devices]
-        if not alerts:
-            return
         resting = self._cooling_down(policy)
-        fresh = [a for a in alerts if set(a.devices) - resting]
+        fresh = []
+        for alert in live_alerts(self.engine, policy.model):
+            skip = skip_reason(alert, resting)
+            if skip is None:
+                fresh.append(alert)
+            else:
+                self._skipped(alert, *skip)
         if not fresh:
             return
         now = self.clock()
@@ -232,9 +239,39 @@ class Loop:
         since = self.clock() - policy.cooldown_s
         with session(self.engine) as s:
             ended = s.exec(
-                select(LoopRun).where(LoopRun.model == policy.model, col(LoopRun.ended_at) >= since)
+                select(LoopRun).where(
+                    LoopRun.model == policy.model,
+                    col(LoopRun.ended_at) >= since,
+                    LoopRun.stage != SKIPPED,
+                )
             ).all()
         return {d for r in ended for d in r.devices}
+
+    def _skipped(self, alert: AlertInfo, reason: str, detail: str) -> None:
+        """Record, once per alert and reason, that the loop left an alert alone: a run
+        ``skipped`` (the run list shows it), an audit record and a log line."""
+        run_id = f"skip-{alert.id}-{reason}"
+        if run_id in self._skips:
+            return
+        self._skips.add(run_id)
+        with session(self.engine) as s:
+            if s.get(LoopRun, run_id) is not None:  # recorded before a restart
+                return
+        now = self.clock()
+        run = LoopRun(
+            id=run_id,
+            model=alert.model,
+            from_version=alert.version,
+            alerts=[alert.id],
+            devices=list(alert.devices),
+            features=list(alert.features),
+            stage=SKIPPED,
+            detail=f"{reason}: {detail}",
+            created_at=now,
+            updated_at=now,
+            ended_at=now,
+        )
+        self._step(run, SKIPPED, run.detail, new=True)
 
     def _advance(self, run: LoopRun) -> None:
         if run.stage == "capturing":
@@ -346,6 +383,24 @@ class Loop:
             )
             s.commit()
         log.info("loop run %s (%s): %s %s", run.id, run.model, step, detail or "")
+
+
+def skip_reason(alert: AlertInfo, resting: set[str]) -> tuple[str, str] | None:
+    """Why the loop leaves ``alert`` alone, as (reason code, detail); None: it may act.
+
+    ``stale``: its device is silent (hub/telemetry/drift_silence.py); ``no_device``: a
+    group or fleet alert that names no device (docs/drift.md), which the loop will not
+    answer by capturing from and deploying to a whole group or fleet; ``resting``: every
+    device it names is in its cool-down after a run.
+    """
+    where = f"{alert.scope} alert {alert.id} ({alert.scope_id})"
+    if alert.state == "stale":  # stale_reason: "stale: device d silent since ..."
+        return "stale", (alert.stale_reason or f"stale: {where}").removeprefix("stale: ")
+    if not alert.devices:
+        return "no_device", f"{where} names no device to capture from or deploy to"
+    if not set(alert.devices) - resting:
+        return "resting", f"{where}: its devices rest after a run: {', '.join(alert.devices)}"
+    return None
 
 
 def _newest_version(alerts: list[AlertInfo]) -> int | None:

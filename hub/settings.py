@@ -60,7 +60,8 @@ class HubConfig:
     # this process's index among hub replicas over one PostgreSQL (ADR 0032, hub/replica.py,
     # docs/operations.md); None: the single hub, always the leader
     replica: int | None = None
-    maintenance_s: float = 60.0  # seconds between re-signing / CRL checks
+    # seconds between re-signing / CRL checks / the drift alerts' silence sweep
+    maintenance_s: float = 60.0
     # telemetry retention (hub/telemetry/retention.py): raw windows, then hourly rows, then gone
     telemetry_raw_age_s: float = RAW_AGE_S
     telemetry_max_age_s: float = MAX_AGE_S

@@ -9,7 +9,6 @@ still answers predictions, and that nothing of v2 reached ``models/``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -20,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from attackers import (
+    FAR_AHEAD,
+    LITERT_CLASS,
+    ONNX_CLASS,
+    deploy_target,
+    fast_forward_chain,
+    publish_for,
+    trusted_versions,
+)
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from freezegun import freeze_time
 from securesystemslib.signer import CryptoSigner
@@ -137,14 +145,10 @@ def endless_data(rig: UpdateRig) -> list[dict[str, Any]]:
 
 
 def fast_forward(rig: UpdateRig) -> list[dict[str, Any]]:
-    """Version numbers pushed far ahead, to lock out later real updates (no key)."""
-
-    def edit(files: dict[str, bytes]) -> None:
-        md = json.loads(files["timestamp.json"])
-        md["signed"]["version"] = 2**31
-        files["timestamp.json"] = json.dumps(md, separators=(",", ":")).encode()
-
-    on_meta(rig, edit)
+    """Valid metadata far ahead (timestamp, snapshot, targets), signed by the attacker's
+    own Ed25519 key, to lock out later real updates (no key of the hub's)."""
+    stranger = CryptoSigner.generate_ed25519()
+    on_meta(rig, lambda files: fast_forward_chain(files, stranger))
     return rig.deploy(2)
 
 
@@ -202,12 +206,17 @@ def rollback_outside_history(rig: UpdateRig) -> list[dict[str, Any]]:
 
 
 def wrong_device_class(rig: UpdateRig) -> list[dict[str, Any]]:
-    rig.publish(device_classes=["camera"])  # v3, for another kind of device
-    return rig.deploy(3)
+    """v3 signed by the hub for LiteRT boards only; its ONNX artefact, deployed to an
+    ONNX device of another class (the runtime matches, the class does not)."""
+    v3 = publish_for(rig, (LITERT_CLASS,))
+    return rig.send(deploy_target(rig, v3, "onnxruntime"))
 
 
 def wrong_runtime(rig: UpdateRig) -> list[dict[str, Any]]:
-    return rig.deploy(2)
+    """v3 signed by the hub for the device's class and a LiteRT one; its .tflite
+    artefact, deployed to this ONNX device (the class matches, the runtime does not)."""
+    v3 = publish_for(rig, (ONNX_CLASS, LITERT_CLASS))
+    return rig.send(deploy_target(rig, v3, "tflite"))
 
 
 def below_threshold_targets(rig: UpdateRig) -> list[dict[str, Any]]:
@@ -358,7 +367,8 @@ ATTACKS = [
     Attack("arbitrary software: tampered metadata", tampered_metadata, "failed",
            Reason.BAD_SIGNATURE),
     Attack("endless data", endless_data, "failed", Reason.LENGTH_MISMATCH),
-    Attack("fast-forward", fast_forward, "failed", Reason.BAD_SIGNATURE),
+    Attack("fast-forward", fast_forward, "failed", Reason.BAD_SIGNATURE,
+           detail="timestamp was signed by 0/1 keys"),
     Attack("indefinite freeze: timestamp", frozen_timestamp, "failed", Reason.EXPIRED_METADATA,
            detail="timestamp.json is expired"),
     Attack("indefinite freeze: snapshot", frozen_snapshot, "failed", Reason.EXPIRED_METADATA,
@@ -371,9 +381,9 @@ ATTACKS = [
     Attack("rollback outside local history", rollback_outside_history, "failed",
            Reason.VERSION_ROLLBACK),
     Attack("wrong software: device class", wrong_device_class, "failed",
-           Reason.WRONG_DEVICE_CLASS),
+           Reason.WRONG_DEVICE_CLASS, {"device_class": ONNX_CLASS}, detail="built for pi-litert"),
     Attack("wrong software: runtime", wrong_runtime, "failed", Reason.WRONG_RUNTIME,
-           {"runtime": "ai-edge-litert"}),
+           {"device_class": ONNX_CLASS}, detail="needs tflite"),
     Attack("key compromise below threshold: targets", below_threshold_targets, "failed",
            Reason.BAD_SIGNATURE, {"thresholds": {"targets": 2}}),
     Attack("key compromise below threshold: root", below_threshold_root, "failed",
@@ -412,13 +422,10 @@ def test_attack_is_refused(attack: Attack, built: BuiltModel, tmp_path: Path) ->
 
 def make_rig(tmp_path: Path, built: BuiltModel, **options: Any) -> UpdateRig:
     """A device serving the newest version published so far, with one more offered."""
-    runtime = options.pop("runtime", None)
     rig = UpdateRig(tmp_path, built, **options)
     rig.publish()
     rig.install(1)
     rig.publish()  # v2: what the attacks go after
-    if runtime is not None:  # the device turns out to run another runtime than v2 needs
-        rig.device.core.config = dataclasses.replace(rig.device.core.config, runtime=runtime)
     return rig
 
 
@@ -468,6 +475,22 @@ def test_drop_request_backs_off_between_retries(built: BuiltModel, tmp_path: Pat
     assert gaps == sorted(gaps) and gaps[-1] >= 4 * gaps[0], gaps
     assert events[-1]["reason"] == Reason.FETCH_TIMEOUT
     assert rig.serving() == 1
+
+
+def test_fast_forward_without_a_key_leaves_no_lock_out(built: BuiltModel, tmp_path: Path) -> None:
+    """The refused fast-forward left the device's rollback memory as it was: the hub's
+    next real update (its versions far below the attacker's) goes through."""
+    rig = make_rig(tmp_path, built)
+    trusted = trusted_versions(tmp_path / "device")
+    assert fast_forward(rig)[-1]["reason"] == Reason.BAD_SIGNATURE
+
+    assert trusted_versions(tmp_path / "device") == trusted
+    assert max(trusted.values()) < FAR_AHEAD
+    rig.tamper = None
+    rig.publish()  # v3, signed by the hub's keys with its own version numbers
+    assert rig.deploy(3)[-1]["stage"] == "healthy"
+    assert rig.serving() == 3
+    assert all(v < FAR_AHEAD for v in trusted_versions(tmp_path / "device").values())
 
 
 def test_fast_forward_recovery_after_a_stolen_timestamp_key_is_rotated(

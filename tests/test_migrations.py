@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
@@ -22,12 +23,13 @@ from sqlmodel import SQLModel, select
 
 from edgefleet.cli import main as cli
 from hub.store.engine import connect, session, sqlite_url
-from hub.store.migrate import ADDED, BASELINE, MigrationError, current, head
+from hub.store.migrate import ADDED, BASELINE, MigrationError, alembic_config, current, head
 from hub.store.tables import (
     ApiKey,
     AuditRecord,
     Device,
     DeviceTag,
+    DriftPolicy,
     EventRecord,
     Job,
     LoopPolicy,
@@ -65,9 +67,14 @@ def test_the_migrations_make_exactly_the_tables_the_hub_declares(url: str) -> No
 
 
 def as_before_migrations(url: str) -> Engine:
-    """A database as the hub made it before migrations: create_all plus the added columns."""
+    """A database as the hub made it before migrations: create_all plus the added columns,
+    which the baseline migration mirrors (later migrations' columns it did not have)."""
     engine = connect(url)
-    SQLModel.metadata.create_all(engine)
+    cfg = alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
     return engine
 
 
@@ -132,6 +139,26 @@ def test_a_database_made_before_migrations_keeps_every_row(url: str) -> None:
         assert current(engine) == head()
         assert dumped(engine) == before
         assert differences(engine) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_drift_policy_set_before_silence_existed_gets_the_default_silence(url: str) -> None:
+    """0002 gives every drift policy already set ``silence_s`` 900 s (docs/drift.md)."""
+    old = as_before_migrations(url)
+    with old.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO driftpolicy (model, psi_threshold, js_threshold, k, n, min_rows,"
+                " scope_window_s, updated_at) VALUES ('m', 0.3, 0.1, 2, 3, 400, 60, 1)"
+            )
+        )
+    old.dispose()
+    engine = make_engine(url)
+    try:
+        with session(engine) as s:
+            policy = s.get(DriftPolicy, "m")
+        assert policy is not None and (policy.min_rows, policy.silence_s) == (400, 900.0)
     finally:
         engine.dispose()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +21,15 @@ from playwright.sync_api import Browser, expect, sync_playwright
 from ui_stage import CHROMIUM, HOT, UiStage, launch, sign_in, ui_stage
 from waiting import wait_for
 
+from agent.drift import DriftRecorder
 from hub.access.keys import ApiKeys, Role
 from hub.api.ui.headers import CSP
+from hub.ingest.report import Report
+from hub.telemetry.drift import trust_baselines
+from hub.telemetry.drift_policy import Policy
 from hub.transport.broker import Mosquitto
+from shared import protocol
+from shared.sensors import generate
 
 pytestmark = [pytest.mark.broker]
 
@@ -160,6 +167,38 @@ def test_a_drift_alert_appears_on_the_drift_page(
         assert console.errors == []
     finally:
         stage.on_loop(lambda: [setattr(d.stream, "shift", None) for d in stage.fleet.devices])
+        page.context.close()
+
+
+def test_a_silent_devices_alert_shows_stale_with_its_reason(
+    stage: UiStage, browser: Browser
+) -> None:
+    """A device (not of the simulated fleet) drifts, then says nothing more: the sweep,
+    run as the hub's maintenance would run it once the silence is over, marks its alert
+    stale, and the drift page lists it with the reason, not as open."""
+    name, version = stage.model["name"], stage.model["version"]
+    recorder = DriftRecorder()
+    recorder.activate(
+        name, version, trust_baselines(stage.hub.registry, stage.hub.trust)(name, version)
+    )
+    for seq in range(2):
+        x, _ = generate(600, seed=seq, shift=HOT)
+        recorder.observe(name, version, x, {})
+        got = recorder.drain()
+        assert got is not None
+        body = {"seq": seq, "model": name, "version": version, "sketch": got.sketch.to_dict()}
+        msg = protocol.decode(
+            protocol.encode("drift", body, ts=time.time()), expect=protocol.TOPIC_TYPES["drift"]
+        )
+        stage.hub.ingest.write_batch([Report("ghost-ui", "drift", msg)])
+    stage.hub.drift.sweep(time.time() + Policy().silence_s + 1)  # 15 minutes on
+    page, console = sign_in(browser, stage.url, stage.keys[Role.viewer])
+    try:
+        page.goto(f"{stage.url}/ui#/drift")
+        row = page.locator("tr", has=page.locator("a", has_text="ghost-ui"))
+        expect(row.first).to_contain_text("stale: device ghost-ui silent since ")
+        assert console.errors == []
+    finally:
         page.context.close()
 
 

@@ -1,7 +1,9 @@
 """The alerts the hub sends, made from the rows that record what happened.
 
 - a drift alert raised (``DriftEvent`` kind ``raised``) is ``EdgefleetDrift`` firing; its
-  clear is the same alert (same fingerprint) resolved;
+  clear is the same alert (same fingerprint) resolved; gone stale (its device silent,
+  hub/telemetry/drift_silence.py) it is resolved too, its annotations saying ``stale``
+  and why; resumed (the device reports again) it fires again;
 - a rollout halted by its failure gate is ``EdgefleetRolloutHalted`` firing (a halt is
   final: no resolved follows);
 - a closed-loop run that ended is ``EdgefleetLoopRun``: ``failed`` firing with the reason,
@@ -27,7 +29,7 @@ KINDS: Final = ("drift", "rollout", "loop")  # what a receiver may ask for
 
 
 def drift_message(event: DriftEvent, alert: DriftAlert | None) -> AlertMessage:
-    """A drift alert raised (firing) or cleared (resolved)."""
+    """A drift alert raised or resumed (firing), cleared or gone stale (resolved)."""
     identity = {
         "alertname": "EdgefleetDrift",
         "model": event.model,
@@ -38,13 +40,14 @@ def drift_message(event: DriftEvent, alert: DriftAlert | None) -> AlertMessage:
     version = alert.version if alert is not None else None
     features = ", ".join(event.features) or "-"
     where = f"{event.scope} {event.scope_id}" if event.scope != "fleet" else "the fleet"
-    firing = event.kind == "raised"
+    firing = event.kind in ("raised", "resumed")
     labels = {
         **identity,
         "severity": "warning",
         **({"version": str(version)} if version is not None else {}),
     }
-    summary = f"{event.model}: drift on {where}" + ("" if firing else " cleared")
+    ending = {"raised": "", "resumed": " (its device reports again)", "stale": " stale"}
+    summary = f"{event.model}: drift on {where}" + ending.get(event.kind, " cleared")
     devices = ", ".join(event.devices[:20]) + (" …" if len(event.devices) > 20 else "")
     starts = alert.opened_at if alert is not None else event.ts
     return AlertMessage(
@@ -57,6 +60,8 @@ def drift_message(event: DriftEvent, alert: DriftAlert | None) -> AlertMessage:
         annotations={
             "summary": summary,
             "description": f"features: {features}; devices: {devices or '-'}",
+            "state": {"raised": "open", "resumed": "open"}.get(event.kind, event.kind),
+            **({"reason": event.detail} if event.detail else {}),
         },
         path=f"/drift/alerts?model={event.model}",
         starts_at=starts,

@@ -58,11 +58,13 @@ class FleetCollector(Collector):
         with session(self.engine) as s:
             figures = read_figures(s, time.time() - FIGURES_IDLE_S)
             rollout_devices = _rollout_devices(s)
-            alerts = _open_alerts(s)
+            alerts = _alerts_in(s, "open")
+            stale = _alerts_in(s, "stale")
             spool = spool_dropped_total(s)
         yield from _model_families(figures)
         yield rollout_devices
         yield alerts
+        yield stale
         yield CounterMetricFamily(
             "edgefleet_spool_dropped",
             "Telemetry windows devices' spools dropped (full spool), as they reported them",
@@ -157,15 +159,19 @@ def _rollout_devices(s: Session) -> GaugeMetricFamily:
     return family
 
 
-def _open_alerts(s: Session) -> GaugeMetricFamily:
+ALERT_STATES = {
+    "open": "Drift alerts open, by model and scope (device, group, fleet)",
+    "stale": "Drift alerts whose device fell silent, by model and scope (docs/drift.md)",
+}
+
+
+def _alerts_in(s: Session, state: str) -> GaugeMetricFamily:
     family = GaugeMetricFamily(
-        "edgefleet_drift_alerts_open",
-        "Drift alerts open, by model and scope (device, group, fleet)",
-        labels=["model", "scope"],
+        f"edgefleet_drift_alerts_{state}", ALERT_STATES[state], labels=["model", "scope"]
     )
     rows = s.exec(
         select(DriftAlert.model, DriftAlert.scope, func.count())
-        .where(DriftAlert.state == "open")
+        .where(DriftAlert.state == state)
         .group_by(col(DriftAlert.model), col(DriftAlert.scope))
         .order_by(col(DriftAlert.model), col(DriftAlert.scope))
     ).all()

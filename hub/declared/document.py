@@ -55,6 +55,8 @@ class DriftPolicySpec(Strict):
     n: int = Field(3, ge=1, le=100)
     min_rows: int = Field(500, ge=1, le=10**9)
     scope_window_s: float = Field(60.0, gt=0, le=7 * 86400)
+    # seconds without a window from a device before its alerts go stale
+    silence_s: float = Field(900.0, gt=0, le=7 * 86400)
 
     @model_validator(mode="after")
     def _k_of_n(self) -> DriftPolicySpec:

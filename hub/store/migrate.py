@@ -24,7 +24,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, MetaData, inspect, text
+from sqlalchemy import Connection, Engine, MetaData, create_engine, inspect, text
 
 __all__ = ["ADDED", "BASELINE", "MigrationError", "alembic_config", "current", "head", "upgrade"]
 
@@ -96,7 +96,8 @@ def _adopt(conn: Connection, metadata: MetaData, cfg: Config) -> str:
     for diff in diffs:  # an index a hand-made or first-release table lacks: made now
         if isinstance(diff, tuple) and diff[0] == "add_index":
             diff[1].create(conn)
-    problems = [p for p in map(_describe, diffs) if p]
+    baseline = _baseline_columns()
+    problems = [p for p in (_describe(d, baseline) for d in diffs) if p]
     if problems:
         raise MigrationError("the database does not match the hub's schema", problems)
     cfg.attributes["connection"] = conn
@@ -104,16 +105,27 @@ def _adopt(conn: Connection, metadata: MetaData, cfg: Config) -> str:
     return "unversioned"
 
 
-def _describe(diff: Any) -> str | None:
-    """A difference that would break the hub (a missing table or column), in words."""
+def _describe(diff: Any, baseline: set[tuple[str, str]]) -> str | None:
+    """A difference from the baseline schema (a missing table or column), in words; a
+    column a later migration adds is not one: that migration adds it after the stamp."""
     if isinstance(diff, list):  # column modifications come grouped
         return None
     kind = diff[0]
     if kind == "add_table":
         return f"missing table {diff[1].name}"
-    if kind == "add_column":
+    if kind == "add_column" and (diff[2], diff[3].name) in baseline:
         return f"missing column {diff[2]}.{diff[3].name}"
     return None
+
+
+def _baseline_columns() -> set[tuple[str, str]]:
+    """(table, column) of the baseline migration's schema, made in an in-memory SQLite."""
+    cfg = alembic_config()
+    with create_engine("sqlite://").begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, BASELINE)
+        found = inspect(conn)
+        return {(t, c["name"]) for t in found.get_table_names() for c in found.get_columns(t)}
 
 
 # Columns tables gained after their first release, before migrations: an older database

@@ -303,39 +303,44 @@ class DriftPolicy(SQLModel, table=True):
     n: int  # ... of the last n windows exceed a threshold
     min_rows: int  # a window with fewer rows never counts as drifting
     scope_window_s: float  # seconds per window of the group and fleet scopes
+    # seconds without a window from a device before its alert goes stale
+    silence_s: float = Field(default=900.0, sa_column_kwargs={"server_default": "900"})
     updated_at: float = Field(default_factory=now)
     updated_by: str | None = None
 
 
 class DriftAlert(SQLModel, table=True):
-    """A drift alert of one model in one scope: open while k of n windows exceed."""
+    """A drift alert of one model in one scope: open while k of n windows exceed; stale
+    while the devices it names are silent (hub/telemetry/drift_silence.py)."""
 
     id: int | None = Field(default=None, primary_key=True)
     model: str = Field(index=True, max_length=64)
     version: int | None = None  # of the latest exceeding window
     scope: str  # device | group | fleet
     scope_id: str  # the device id, the group tag, or "*" for the fleet
-    state: str = Field(default="open", index=True)  # open | cleared
+    state: str = Field(default="open", index=True)  # open | stale | cleared
     opened_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
     cleared_at: float | None = None
+    stale_reason: str | None = None  # while stale: "stale: device d silent since ..."
     devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     scores: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
 
 
 class DriftEvent(SQLModel, table=True):
-    """The drift event stream: an alert raised or cleared."""
+    """The drift event stream: an alert raised, cleared, gone stale or resumed."""
 
     id: int | None = Field(default=None, primary_key=True)
     ts: float = Field(default_factory=now, index=True)
     alert_id: int = Field(index=True)
-    kind: str  # raised | cleared
+    kind: str  # raised | cleared | stale | resumed
     model: str = Field(index=True, max_length=64)
     scope: str
     scope_id: str
     features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    detail: str | None = None  # why (a stale alert: which device is silent since when)
 
 
 # ---------------------------------------------------------------- jobs
@@ -444,7 +449,8 @@ class LoopRun(SQLModel, table=True):
     alerts: list[int] = Field(default_factory=list, sa_column=Column(JSON))
     devices: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     features: list[str] = Field(default_factory=list, sa_column=Column(JSON))
-    # capturing | retraining | deploying | done | failed
+    # capturing | retraining | deploying | done | failed; skipped: an alert the loop did
+    # not act on, once per alert and reason (id ``skip-<alert>-<reason>``, ``detail`` why)
     stage: str = Field(default="capturing", index=True)
     capture_id: str | None = None
     dataset_id: str | None = None

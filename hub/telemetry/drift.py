@@ -23,7 +23,9 @@ each under ``min_rows``), the devices carrying the scope's shift: see :func:`car
 If no device stands out either, the alert opens naming none (docs/drift.md).
 
 Alerts live in ``DriftAlert``; each raise and clear is a row of the drift event stream
-``DriftEvent``. :func:`open_alerts` is the one call other hub code needs.
+``DriftEvent``. A device alert whose device falls silent goes stale, and comes back when
+it reports (:meth:`DriftMonitor.sweep`, hub/telemetry/drift_silence.py).
+:func:`open_alerts` is the one call other hub code needs.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from sqlmodel import Session, col, select
 
 from hub.ingest.report import Report
 from hub.store.tables import DeviceTag, DriftAlert, DriftEvent, DriftPolicy, DriftWindow, session
+from hub.telemetry import drift_silence
 from hub.telemetry.drift_policy import Policy, load_policy
 from hub.telemetry.drift_scopes import (
     Bucket,
@@ -235,14 +238,18 @@ class DriftMonitor:
     ) -> None:
         """Open, update or clear the alert of one scope from its exceeding windows;
         ``devices``: those the alert names (may be none)."""
-        alert = s.exec(
-            select(DriftAlert).where(
-                DriftAlert.model == model,
-                DriftAlert.scope == scope,
-                DriftAlert.scope_id == scope_id,
-                DriftAlert.state == "open",
-            )
-        ).first()
+        q = select(DriftAlert).where(
+            DriftAlert.model == model,
+            DriftAlert.scope == scope,
+            DriftAlert.scope_id == scope_id,
+            col(DriftAlert.state).in_(("open", drift_silence.STALE)),
+        )
+        if scope == "device":  # the silence sweep's too: one writer per alert at a time
+            q = q.with_for_update()
+        alert = s.exec(q).first()
+        if alert is not None and alert.state == drift_silence.STALE:  # its device is back
+            drift_silence.resume(s, alert, now, f"device {scope_id} reports again")
+            self.counts["alerts_resumed"] += 1
         if len(exceeding) >= policy.k:
             features = sorted({f for _, fs in exceeding for f in fs})
             latest = max(exceeding, key=lambda wf: wf[0].ts)[0]
@@ -263,28 +270,17 @@ class DriftMonitor:
             self._event(s, alert, "cleared", now)
 
     def _event(self, s: Session, alert: DriftAlert, kind: str, now: float) -> None:
-        assert alert.id is not None
-        s.add(
-            DriftEvent(
-                ts=now,
-                alert_id=alert.id,
-                kind=kind,
-                model=alert.model,
-                scope=alert.scope,
-                scope_id=alert.scope_id,
-                features=list(alert.features),
-                devices=list(alert.devices),
-            )
-        )
+        drift_silence.record(s, alert, kind, now)
         self.counts[f"alerts_{kind}"] += 1
-        log.warning(
-            "drift: alert %s for %s, %s %s: %s",
-            kind,
-            alert.model,
-            alert.scope,
-            alert.scope_id,
-            ", ".join(alert.features) or "-",
-        )
+
+    def sweep(self, now: float | None = None) -> None:
+        """Device alerts whose device fell silent go stale, and come back when it reports
+        (hub/telemetry/drift_silence.py); group and fleet alerts clear once their buckets
+        age out (:meth:`evaluate_scopes`, which otherwise runs only as drift arrives)."""
+        now = time.time() if now is None else now
+        for kind, n in drift_silence.sweep(self.engine, now).items():
+            self.counts[f"alerts_{kind}"] += n
+        self.evaluate_scopes(now)
 
     # ------------------------------------------------------------- group and fleet
 

@@ -27,14 +27,18 @@ class Policy:
     # thresholds; at 100 rows JS noise alone (~0.11) would cross 0.1.
     min_rows: int = 500
     scope_window_s: float = 60.0  # seconds
+    # Seconds without a window (telemetry or drift) from a device before its open alerts
+    # go stale: three idle heartbeats (an idle device sends a zero window every 300 s,
+    # ADR 0034), so a quiet but living device never goes stale.
+    silence_s: float = 900.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n <= 100:
             raise ValueError("persistence needs 1 <= k <= n <= 100")
         if self.psi_threshold <= 0 or not 0 < self.js_threshold <= 1:
             raise ValueError("thresholds: psi > 0, 0 < js <= 1")
-        if self.min_rows < 1 or self.scope_window_s <= 0:
-            raise ValueError("min_rows >= 1 and scope_window_s > 0")
+        if self.min_rows < 1 or self.scope_window_s <= 0 or self.silence_s <= 0:
+            raise ValueError("min_rows >= 1, scope_window_s > 0 and silence_s > 0")
 
     def drifted(self, rows: int, scores: Mapping[str, Any] | None) -> list[str]:
         """The features (and ``__outputs__``) over a threshold; none for a small window."""
@@ -87,7 +91,8 @@ class AlertInfo:
     devices: tuple[str, ...]
     features: tuple[str, ...]  # drifted features ("__outputs__": the predictions)
     opened_at: float
-    state: str
+    state: str  # open | stale
+    stale_reason: str | None = None
 
 
 def open_alerts(engine: Engine, model: str | None = None) -> list[AlertInfo]:
@@ -95,6 +100,16 @@ def open_alerts(engine: Engine, model: str | None = None) -> list[AlertInfo]:
     q = select(DriftAlert).where(DriftAlert.state == "open")
     if model is not None:
         q = q.where(DriftAlert.model == model)
+    with session(engine) as s:
+        rows = s.exec(q.order_by(col(DriftAlert.opened_at))).all()
+    return [alert_info(a) for a in rows]
+
+
+def live_alerts(engine: Engine, model: str) -> list[AlertInfo]:
+    """The model's open and stale drift alerts (what the closed loop weighs), oldest first."""
+    q = select(DriftAlert).where(
+        DriftAlert.model == model, col(DriftAlert.state).in_(("open", "stale"))
+    )
     with session(engine) as s:
         rows = s.exec(q.order_by(col(DriftAlert.opened_at))).all()
     return [alert_info(a) for a in rows]
@@ -112,6 +127,7 @@ def alert_info(a: DriftAlert) -> AlertInfo:
         tuple(a.features),
         a.opened_at,
         a.state,
+        a.stale_reason,
     )
 
 
@@ -120,5 +136,11 @@ def load_policy(s: Session, model: str) -> Policy:
     if row is None:
         return Policy()
     return Policy(
-        row.psi_threshold, row.js_threshold, row.k, row.n, row.min_rows, row.scope_window_s
+        row.psi_threshold,
+        row.js_threshold,
+        row.k,
+        row.n,
+        row.min_rows,
+        row.scope_window_s,
+        row.silence_s,
     )

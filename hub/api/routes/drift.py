@@ -57,7 +57,7 @@ def drift(
 def alerts(
     h: HubDep,
     who: Viewer,
-    state: Literal["open", "cleared"] | None = None,
+    state: Literal["open", "stale", "cleared"] | None = None,
     model: Annotated[str | None, Query(pattern=MODEL)] = None,
     limit: Annotated[int, Query(ge=1, le=LIMIT_MAX)] = 100,
 ) -> list[dict[str, Any]]:

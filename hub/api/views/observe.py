@@ -60,10 +60,11 @@ class DriftAlertView(View):
     version: int | None = None
     scope: str  # device | group | fleet
     scope_id: str
-    state: str  # open | cleared
+    state: str  # open | stale | cleared
     opened_at: float
     updated_at: float
     cleared_at: float | None = None
+    stale_reason: str | None = None  # while stale: which device is silent since when
     devices: list[str] = Field(default_factory=list)
     features: list[str] = Field(default_factory=list)
     scores: dict[str, Any] = Field(default_factory=dict)
@@ -73,12 +74,13 @@ class DriftEventView(View):
     id: int
     ts: float
     alert_id: int
-    kind: str  # raised | cleared
+    kind: str  # raised | cleared | stale | resumed
     model: str
     scope: str
     scope_id: str
     features: list[str] = Field(default_factory=list)
     devices: list[str] = Field(default_factory=list)
+    detail: str | None = None
 
 
 class DriftPolicyView(View):
@@ -89,6 +91,7 @@ class DriftPolicyView(View):
     n: int
     min_rows: int
     scope_window_s: float
+    silence_s: float
 
 
 class LoopPolicyView(View):
@@ -115,7 +118,7 @@ class LoopRunView(View):
     alerts: list[int] = Field(default_factory=list)
     devices: list[str] = Field(default_factory=list)
     features: list[str] = Field(default_factory=list)
-    stage: str  # capturing | retraining | deploying | done | failed
+    stage: str  # capturing | retraining | deploying | done | failed | skipped
     capture_id: str | None = None
     dataset_id: str | None = None
     job_id: str | None = None

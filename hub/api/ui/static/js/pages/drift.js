@@ -40,9 +40,12 @@ export default {
   },
   render({ models, model, series, alerts, events, runs }, { refresh }) {
     const open = alerts.filter((a) => a.state === "open");
-    const alertRows = [...open, ...alerts.filter((a) => a.state !== "open")].map((a) => [
+    const stale = alerts.filter((a) => a.state === "stale");
+    const alertRows = [...open, ...stale, ...alerts.filter((a) => a.state === "cleared")].map((a) => [
       String(a.id),
-      badge(a.state === "open" ? "failed" : "completed", a.state),
+      a.state === "stale"  // its device fell silent: say since when, not "open"
+        ? h("span", { title: a.stale_reason ?? "stale" }, badge("offline", "stale"), " ", a.stale_reason ?? "")
+        : badge(a.state === "open" ? "failed" : "completed", a.state),
       `${a.model}${a.version ? ` v${a.version}` : ""}`,
       a.scope === "device" ? link(`#/device/${encodeURIComponent(a.scope_id)}`, a.scope_id) : `${a.scope} ${a.scope_id === "*" ? "(all)" : a.scope_id}`,
       a.features.map((f) => (f === "__outputs__" ? "model outputs" : f)).join(", "),
@@ -52,7 +55,7 @@ export default {
     const runRows = runs.map((r) => [
       h("code", {}, r.id.slice(0, 12)),
       `${r.model}${r.from_version ? ` v${r.from_version}` : ""}${r.version ? ` → v${r.version}` : ""}`,
-      badge(r.stage === "done" ? "completed" : r.stage === "failed" ? "failed" : "running", r.stage),
+      badge(r.stage === "done" ? "completed" : r.stage === "failed" ? "failed" : r.stage === "skipped" ? "skipped" : "running", r.stage),
       r.features.join(", "),
       String(r.devices.length),
       r.rollout_id ? link(`#/rollouts/${encodeURIComponent(r.rollout_id)}`, r.rollout_id) : "—",
@@ -68,7 +71,7 @@ export default {
         series ? driftCharts(series) : h("p", { class: "muted empty" }, "No model yet: drift is measured against a model's training baseline.")),
       card("Alerts", table(["#", "State", "Model", "Scope", "Drifted", "Devices", "Opened"], alertRows, { empty: "No drift alert: every scope is within its thresholds." })),
       h("div", { class: "grid-2" },
-        card("Drift events, last 24 h", table(["Time", "Event", "Scope", "Features"], events.map((e) => [when(e.ts), badge(e.kind === "raised" ? "failed" : "completed", e.kind), `${e.scope} ${e.scope_id}`, e.features.join(", ")]), { empty: "No alert raised or cleared." })),
+        card("Drift events, last 24 h", table(["Time", "Event", "Scope", "Features"], events.map((e) => [when(e.ts), badge(e.kind === "raised" || e.kind === "resumed" ? "failed" : e.kind === "stale" ? "offline" : "completed", e.kind), `${e.scope} ${e.scope_id}`, e.detail ?? e.features.join(", ")]), { empty: "No alert raised or cleared." })),
         card("The loop's runs", table(["Run", "Model", "Stage", "Features", "Devices", "Rollout", "Detail", "Started"], runRows, { empty: "The loop has not run: it starts on a drift alert when a loop policy is set." }))));
   },
 };
