@@ -30,6 +30,7 @@ __all__ = ["API_KEY_ENV", "COMMAND_GROUPS", "DEFAULT_HUB", "app", "build_app", "
 COMMAND_GROUPS: tuple[str, ...] = (
     "edgefleet.hub_cli",  # hub serve|wait|classes|status|apikey
     "edgefleet.broker_cli",  # broker config
+    "edgefleet.ca_cli",  # ca show|rotate|prompt|finish, broker renew-cert (through the API)
     "edgefleet.keys_cli",  # keys (the hub's signing keys, on its disk)
     "edgefleet.fleet_cli",  # devices, enrol-token, deploy
     "edgefleet.classes_cli",  # classes

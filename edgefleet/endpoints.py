@@ -18,6 +18,7 @@ from hub.api.views.access import (
     SigningKeys,
 )
 from hub.api.views.alerts import Delivery, ReceiverCreated, ReceiverView
+from hub.api.views.certificates import BrokerRenewal, CaFinish, CaPrompt, CaRotation, CaStatus
 from hub.api.views.datasets import DatasetUploaded, DataVersionView
 from hub.api.views.devices import (
     DeviceClassView,
@@ -137,6 +138,33 @@ class FleetCalls:
         """Replace a TUF role's (or the director's) keys; root N+1 is signed by N (admin)."""
         body = {k: v for k, v in (("threshold", threshold), ("keys", keys)) if v}
         return Call("signing_key.rotate", KeyRotation, at={"role": role}, json=body)
+
+    # -- the CA and the broker's certificate (docs/operations.md "Certificates")
+
+    @endpoint
+    def ca(self, /) -> Call[CaStatus]:
+        """The CA, the retired ones, the devices behind, the broker's certificate (admin)."""
+        return Call("ca.show", CaStatus)
+
+    @endpoint
+    def begin_ca_rotation(self, /, name: str | None = None) -> Call[CaRotation]:
+        """A new CA; the broker trusts both; the devices are asked to renew (admin)."""
+        return Call("ca.rotate", CaRotation, json=given(name=name))
+
+    @endpoint
+    def prompt_ca_rotation(self, /) -> Call[CaPrompt]:
+        """Ask the devices still on a retired CA to renew now (admin)."""
+        return Call("ca.prompt", CaPrompt)
+
+    @endpoint
+    def finish_ca_rotation(self, /, force: bool = False) -> Call[CaFinish]:
+        """Drop the retired CAs; refused (409) while a device is behind, unless ``force``."""
+        return Call("ca.finish", CaFinish, json={"force": force})
+
+    @endpoint
+    def renew_broker_certificate(self, /) -> Call[BrokerRenewal]:
+        """Re-issue the broker's server certificate now and reload the broker (admin)."""
+        return Call("broker.certificate.renew", BrokerRenewal)
 
     @endpoint
     def create_api_key(self, /, name: str, role: str) -> Call[ApiKeyCreated]:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from hub.access.audit import run_audit_retention
@@ -25,12 +25,12 @@ from hub.fleet.rollouts import Rollouts
 from hub.ingest.report import Report
 from hub.loop import Loop
 from hub.ml.builds import Builds
+from hub.ml.config import PipelineConfig, pipeline_config
 from hub.ml.data.capture_versions import CaptureVersions
 from hub.ml.data.captures import Datasets
 from hub.ml.data.store import DatasetStore
 from hub.ml.data.upload_resumer import UploadResumer
 from hub.ml.jobs import STALE_S, Jobs, Progress
-from hub.ml.pipeline import PipelineConfig
 from hub.ml.registry import Registry
 from hub.ml.retrain import Retrainer
 from hub.settings import HubConfig, check_broker_transport
@@ -56,6 +56,7 @@ from hub.transport.link import (
     replica_subscriptions,
 )
 from hub.transport.local_broker import BrokerRecord, read_record, start_private_broker, write_record
+from hub.transport.rotations import Rotations
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
 from hub.trust.identities import Identities
 from hub.trust.pki import CertificateAuthority, PkiError
@@ -188,9 +189,9 @@ class Hub:
 
     def _identities(self, cfg: HubConfig) -> Identities:
         """Certificates and revocations: the CRL for new connections, the broker's plugin
-        over the link for open ones (ADR 0036)."""
+        over the link for open ones (ADR 0036); the CA and broker-certificate rotations."""
         tls_dir, replica = cfg.broker_tls_dir, cfg.replica is not None
-        return Identities(
+        identities = Identities(
             self.engine,
             self.ca,
             crl_path=tls_dir / "crl.pem" if tls_dir else None,
@@ -199,6 +200,10 @@ class Hub:
             connections=broker_connections(tls_dir, self.mqtt),
             device_days=cfg.device_cert_days,
         )
+        # the CA and broker-certificate rotations: the operator's and the leader's timer's
+        publish = lambda topic, payload: self.mqtt.publish(topic, payload, 1)  # noqa: E731
+        self.rotations = Rotations(identities, tls_dir, publish, lambda: self.leader.leading())
+        return identities
 
     def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
         """The hub's paho link to the devices; a replica's shares fetches (and telemetry
@@ -451,15 +456,17 @@ class Hub:
         return row
 
     def _maintain(self) -> None:
-        """Re-sign TUF roles before they expire; re-issue the CRL before it does; delete
-        telemetry, drift windows, deployment events and audit records past their age;
-        mark drift alerts of silent devices stale (and back when they report)."""
+        """Re-sign TUF roles before they expire; re-issue the CRL and the broker's server
+        certificate before they do; delete telemetry, drift windows, deployment events and
+        audit records past their age; mark drift alerts of silent devices stale (and back
+        when they report)."""
         while not self._stopping.wait(self.config.maintenance_s):
             try:
                 renewed = self.trust.refresh_expiring()
                 if renewed:
                     log.info("re-signed %s before expiry", ", ".join(renewed))
                 self.identities.refresh_crl()
+                self.rotations.refresh()  # the broker's server certificate, once due
                 self.identities.sync_connections()  # ADR 0036
                 run_retention(self.engine, self.retention)
                 run_audit_retention(self.engine, self.config.audit_max_age_s)
@@ -488,12 +495,3 @@ class Hub:
         return self.builds.builtin(
             config, progress, device_classes=device_classes, onnx_bytes=onnx_bytes
         )
-
-
-def pipeline_config(**overrides: Any) -> PipelineConfig:
-    """The default pipeline config with the given fields replaced (unknown ones refused)."""
-    base = PipelineConfig()
-    unknown = set(overrides) - set(base.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
-    return replace(base, **overrides)

@@ -12,6 +12,8 @@ one is dropped) and no running device falls off.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pwd
 import threading
@@ -20,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -28,16 +31,16 @@ from tlsbroker import Credentials, TlsClient
 from waiting import wait_for
 
 from agent.daemon import AgentConfig, AgentDaemon, enrol
+from edgefleet.calls import HubClientError
+from edgefleet.cli_app import main
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
 from hub.access.keys import DEV_KEY
 from hub.store.tables import AuditRecord, session
 from hub.transport.broker import free_port
-from hub.transport.brokercert import finish_ca_rotation, publish_trust
 from hub.transport.brokerconf import BrokerFiles, TlsMosquitto, write_broker_config
-from hub.trust import ca_rotation
-from hub.trust.pki import CertificateAuthority, PkiError
+from hub.trust.pki import CertificateAuthority
 from shared.renewal import renew_at
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -86,7 +89,8 @@ class Site:
 
 
 @contextmanager
-def make_site(tmp_path: Path, lifetime_s: float) -> Iterator[Site]:
+def make_site(tmp_path: Path, lifetime_s: float, **config: Any) -> Iterator[Site]:
+    """A TLS Mosquitto, the hub (``config``: more HubConfig settings) and its API."""
     data = tmp_path / "hub"
     ca = CertificateAuthority.open_or_init(data / "pki")
     user = pwd.getpwuid(os.geteuid()).pw_name  # Mosquitto runs as us (see test_enrolment)
@@ -100,6 +104,7 @@ def make_site(tmp_path: Path, lifetime_s: float) -> Iterator[Site]:
                 broker_reload=("kill", "-HUP", str(broker.pid)),
                 device_cert_days=lifetime_s / 86400,
                 dev_mode=True,
+                **config,
             )
         ).start()
         api = ApiServer(hub).start()
@@ -194,6 +199,7 @@ def test_a_device_whose_certificate_expired_comes_back_by_re_enrolment(site: Sit
 
 
 def test_the_ca_rotates_and_no_running_device_falls_off(tmp_path: Path) -> None:
+    """Driven as an operator does, through the admin API and the CLI (edgefleet ca)."""
     with make_site(tmp_path, 86400.0) as site:  # a day: only the hub's hint renews here
         names = ["rot-a", "rot-b"]
         configs = [site.enrol(n, site.client.create_enrol_token(n)["token"]) for n in names]
@@ -205,18 +211,25 @@ def test_the_ca_rotates_and_no_running_device_falls_off(tmp_path: Path) -> None:
         old.cert.write_bytes((ident / "device.crt").read_bytes())
         old.key.write_bytes((ident / "device.key").read_bytes())
         ca = site.hub.identities.ca
+        first = site.client.ca()
+        assert first.retired == [] and first.devices_behind == []
 
-        # 1. a new CA issues from now on; the broker trusts both (bundle + a CRL each)
-        new = ca_rotation.begin(ca)
-        publish_trust(ca, site.files, site.broker.pid)
-        assert ca_rotation.devices_behind(ca) == ["rot-a", "rot-b", "rot-off"]
-        # 2. the running devices are asked to renew now, and move
-        hub_publish = lambda t, p: site.hub.mqtt.publish(t, p, 1)  # noqa: E731
-        assert ca_rotation.prompt(ca, hub_publish, time.time()) == 3
+        # 1. a new CA issues from now on; the broker trusts both (bundle + a CRL each),
+        # and the devices on the old one are asked to renew now
+        begun = site.client.begin_ca_rotation()
+        assert begun.retired[0].id == first.ca.id and begun.ca.id != first.ca.id
+        assert begun.prompted == 3 and "broker reloaded" in begun.broker
+        new = ca.certificate
+        assert len(x509.load_pem_x509_certificates(site.files.ca.read_bytes())) == 2
+        with pytest.raises(HubClientError, match="rotation_under_way") as twice:
+            site.client.begin_ca_rotation()
+        assert twice.value.status == 409
+        # 2. the running devices move
         wait_for(
             lambda: all(d.renewal and d.renewal.renewed for d in daemons.values()), 20, "moved"
         )
-        assert ca_rotation.devices_behind(ca) == ["rot-off"]
+        assert site.client.ca().devices_behind == ["rot-off"]
+        assert site.client.prompt_ca_rotation().prompted == 1  # asked again: the one behind
         for n in names:
             assert cert_of(site, n).issuer == new.subject
             bundle = (site.tmp / n / "identity" / "ca.crt").read_bytes()
@@ -224,11 +237,19 @@ def test_the_ca_rotates_and_no_running_device_falls_off(tmp_path: Path) -> None:
         wait_for(lambda: all(d._client.is_connected() for d in daemons.values()), 10, "back")
 
         # 3. finishing waits for every device ... unless told to leave rot-off behind
-        with pytest.raises(PkiError, match="rot-off"):
-            finish_ca_rotation(ca, site.files, site.broker.pid)
-        server = finish_ca_rotation(ca, site.files, site.broker.pid, force=True)
-        assert x509.load_pem_x509_certificate(server.cert_pem).issuer == new.subject
+        with pytest.raises(HubClientError, match=r"devices_behind.*rot-off") as refused:
+            site.client.finish_ca_rotation()
+        assert refused.value.status == 409 and len(site.client.ca().retired) == 1
+        out = run_cli(["ca", "finish", "--force", "--hub", site.api.url, "--api-key", DEV_KEY])
+        assert "left behind (re-enrol them): rot-off" in out
+        server = x509.load_pem_x509_certificate(site.files.server_cert.read_bytes())
+        assert server.issuer == new.subject
         assert ca.trust_pem == ca.ca_pem and not list((ca.directory / "retired").iterdir())
+        shown = site.client.ca()
+        assert shown.retired == [] and shown.ca.id == begun.ca.id
+        assert shown.broker_certificate is not None and not shown.broker_certificate.due
+        actions = [r["action"] for r in site.client.audit(limit=20)]
+        assert {"ca.rotate", "ca.prompt", "ca.finish"} <= set(actions)
 
         # the open connections stay (the hub's too); a fresh start meets the new server
         # certificate and presents the new device certificate
@@ -240,3 +261,12 @@ def test_the_ca_rotates_and_no_running_device_falls_off(tmp_path: Path) -> None:
         # the old CA's certificate is refused now
         stale = TlsClient(("127.0.0.1", site.files.port), ident / "ca.crt", old)
         assert not stale.connect()
+
+
+def run_cli(argv: list[str]) -> str:
+    """``edgefleet ARGV`` in-process: its output; it must succeed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    assert code == 0, out.getvalue()
+    return out.getvalue()

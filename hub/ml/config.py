@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from hub.ml.errors import ConfigError
 
-__all__ = ["PipelineConfig"]
+__all__ = ["PipelineConfig", "pipeline_config"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,12 @@ class PipelineConfig:
         ]
         if problems:
             raise ConfigError("bad pipeline config: " + "; ".join(problems))
+
+
+def pipeline_config(**overrides: Any) -> PipelineConfig:
+    """The default pipeline config with the given fields replaced (unknown ones refused)."""
+    base = PipelineConfig()
+    unknown = set(overrides) - set(base.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown pipeline settings: {', '.join(sorted(unknown))}")
+    return replace(base, **overrides)
