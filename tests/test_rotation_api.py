@@ -150,3 +150,18 @@ def test_a_replica_that_does_not_lead_refuses(tmp_path: Path) -> None:
             follower.begin()
         assert not follower.refresh() and file_serial(site.files) == before
         assert site.hub.identities.ca.retired == []
+
+
+def test_the_timer_says_when_it_cannot_read_the_server_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker directory without its certificate: logged, and the rest of the hub's
+    maintenance goes on (no exception out of the timer's step)."""
+    with make_site(tmp_path, 86400.0) as site:
+        empty = tmp_path / "no-broker-files"
+        empty.mkdir()
+        rotations = Rotations(site.hub.identities, empty, print, lambda: True)
+        assert not rotations.refresh()
+        assert "cannot check the broker's server certificate" in caplog.text
+        with pytest.raises(PkiError, match="no_tls_broker"):
+            rotations.renew_broker_certificate()

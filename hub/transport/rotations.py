@@ -233,7 +233,11 @@ class Rotations:
         (2/3 of its lifetime), log it and audit it (``broker.certificate.renew``)."""
         if self.tls_dir is None or not self.leading():
             return False
-        if not brokercert.server_certificate_due(broker_files(self.tls_dir)):
+        try:
+            if not brokercert.server_certificate_due(broker_files(self.tls_dir)):
+                return False
+        except (PkiError, OSError) as e:  # said each round; the rest of maintenance goes on
+            log.error("cannot check the broker's server certificate: %s", e)
             return False
         old = x509.load_pem_x509_certificate((self.tls_dir / "server.crt").read_bytes())
         done = self.renew_broker_certificate()
