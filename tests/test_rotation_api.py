@@ -62,6 +62,8 @@ def test_renew_cert_keeps_a_connected_device_and_new_connections_meet_the_new_on
         old = server_serial(site.files, dev)
         shown = site.client.ca().broker_certificate
         assert shown is not None and int(shown.serial, 16) == old and not shown.due
+        said = run_cli(["ca", "show", "--hub", site.api.url, "--api-key", DEV_KEY])
+        assert "0 device(s) behind" in said and f"{old:x}"[:16] in said
 
         out = run_cli(["broker", "renew-cert", "--hub", site.api.url, "--api-key", DEV_KEY])
         new = file_serial(site.files)
