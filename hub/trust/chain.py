@@ -55,15 +55,13 @@ class SignedChain:
 
     def _reconcile(self) -> None:
         """Repair a chain left half-written by a crash between two file writes."""
-        targets_meta = self._snapshot.signed.meta.get("targets.json")
-        listed = self._snapshot.signed.meta
-        if targets_meta != MetaFile(
+        expected = {
+            role_file(r): MetaFile(md.signed.version) for r, md in self._models.roles.items()
+        }
+        expected["targets.json"] = MetaFile(
             self._targets.signed.version, length=len(self._files["targets.json"])
-        ) or any(
-            listed.get(f) != MetaFile(self._models.roles[r].signed.version, length=len(data))
-            for r in self._models.roles
-            for f, data in [(role_file(r), self._models.files[role_file(r)])]
-        ):
+        )
+        if self._snapshot.signed.meta != expected:
             self._publish("snapshot")
         elif self._timestamp.signed.snapshot_meta != MetaFile(
             self._snapshot.signed.version, length=len(self._files["snapshot.json"])
@@ -71,23 +69,25 @@ class SignedChain:
             self._publish("timestamp")
 
     def _upgrade(self) -> None:
-        """Move an old layout's targets into model roles (ADR 0037); devices follow, as
-        every role only moves forward."""
+        """Move an old layout's targets into model roles (ADR 0037), and model roles that
+        top-level targets delegates itself under their shards (ADR 0041); devices follow,
+        as every role only moves forward."""
         top = self._targets.signed
-        if top.delegations is not None and not top.targets:
-            return
+        threshold = self._root.signed.roles["targets"].threshold
+        roles: list[str] = []
         try:
-            roles = self._models.upgrade(
-                top,
-                self._signers["targets"],
-                threshold=self._root.signed.roles["targets"].threshold,
-                lifetime=self._expiry.targets,
-            )
+            if top.delegations is None or top.targets:
+                roles = self._models.upgrade(
+                    top, self._signers["targets"], threshold=threshold,
+                    lifetime=self._expiry.targets,
+                )  # fmt: skip
         except ValueError as e:
             raise TrustError(
                 Reason.METADATA_INVALID, f"cannot upgrade {self._meta_dir}: {e}"
             ) from e
-        self._publish("targets", roles=roles)
+        roles += self._models.reshard(top, threshold=threshold, lifetime=self._expiry.targets)
+        if roles:
+            self._publish("targets", roles=sorted(set(roles)))
 
     def _publish(
         self, first: ChainRole, *, bump: bool = True, roles: tuple[str, ...] | list[str] = ()
@@ -96,8 +96,9 @@ class SignedChain:
         snapshot, timestamp).
 
         Each role gets a new version (unless ``bump`` is false, at creation, or a model
-        role is signed the first time) and a new expiry; the snapshot and timestamp point
-        at the exact versions and lengths of the files they cover. Files are written in
+        role is signed the first time) and a new expiry; the snapshot lists the version of
+        every delegated role (no length, no hashes: ADR 0041) and top-level targets' version
+        and length, the timestamp the snapshot's version and length. Files are written in
         chain order, and the caches are swapped only once all are written, so a reader
         never sees a mixed set.
         """
@@ -108,9 +109,7 @@ class SignedChain:
             md, filename = self._models.roles[role], role_file(role)
             renew(md.signed, self._expiry.targets, bump and filename in self._models.files)
             new[filename] = self._sign(md, self._signers["targets"])
-            self._snapshot.signed.meta[filename] = MetaFile(
-                md.signed.version, length=len(new[filename])
-            )
+            self._snapshot.signed.meta[filename] = MetaFile(md.signed.version)
         if first == "targets":
             renew(self._targets.signed, self._expiry.targets, bump)
             new["targets.json"] = self._sign(self._targets, self._signers["targets"])
