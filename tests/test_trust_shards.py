@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tuf.api.metadata import Metadata
+from tuf.api.metadata import Metadata, MetaFile
 
 from hub.trust.repository import TrustRepository
 from shared.delegation import SHARD_COUNT, SHARD_PREFIX, role_file, shard_name
@@ -103,6 +103,16 @@ def direct_layout(tmp_path: Path) -> TrustRepository:
         del repo._models.files[role_file(name)], repo._snapshot.signed.meta[role_file(name)]
         (tmp_path / "hub" / "metadata" / role_file(name)).unlink()
     repo._publish("targets")
+    # ADR 0037's snapshot listed each role's length too
+    for name, data in repo._models.files.items():
+        version = repo._models.roles[name[: -len(".json")]].signed.version
+        repo._snapshot.signed.meta[name] = MetaFile(version, length=len(data))
+    snapshot = repo._sign(repo._snapshot, repo._signers["snapshot"])
+    repo._timestamp.signed.snapshot_meta = MetaFile(repo._snapshot.signed.version, len(snapshot))
+    timestamp = repo._sign(repo._timestamp, repo._signers["timestamp"])
+    for name, data in [("snapshot.json", snapshot), ("timestamp.json", timestamp)]:
+        (tmp_path / "hub" / "metadata" / name).write_bytes(data)
+        repo._files[name] = data
     repo.close()
     return repo
 
@@ -114,6 +124,7 @@ def test_a_hub_with_model_roles_under_top_level_targets_moves_to_shards_at_open(
     device = DeviceVerifier(tmp_path / "device", old.pinned_root())
     old_files = dict(old.metadata_for(1, A2))
     assert not any(n.startswith(SHARD_PREFIX) for n in old_files)
+    assert signed(old_files, "snapshot.json")["meta"]["model-a.json"]["length"] > 0
     assert device.verify_metadata(old_files, A2).custom == manifest("a", 2)
     old_top = signed(old_files, "targets.json")
     role_version = Metadata.from_bytes(old_files["model-a.json"]).signed.version
@@ -129,6 +140,7 @@ def test_a_hub_with_model_roles_under_top_level_targets_moves_to_shards_at_open(
         shard_name(B1),
     }
     assert files["model-a.json"] == old_files["model-a.json"]  # the role itself unchanged
+    assert signed(files, "snapshot.json")["meta"]["model-a.json"] == {"version": role_version}
     assert Metadata.from_bytes(files["model-a.json"]).signed.version == role_version
     # the device that trusts the old layout follows, and keeps its rollback memory
     assert device.verify_metadata(files, A2).custom == manifest("a", 2)

@@ -55,18 +55,21 @@ class SignedChain:
 
     def _reconcile(self) -> None:
         """Repair a chain left half-written by a crash between two file writes."""
-        expected = {
-            role_file(r): MetaFile(md.signed.version) for r, md in self._models.roles.items()
-        }
-        expected["targets.json"] = MetaFile(
-            self._targets.signed.version, length=len(self._files["targets.json"])
-        )
-        if self._snapshot.signed.meta != expected:
+        if self._snapshot.signed.meta != self._snapshot_meta(None):
             self._publish("snapshot")
         elif self._timestamp.signed.snapshot_meta != MetaFile(
             self._snapshot.signed.version, length=len(self._files["snapshot.json"])
         ):
             self._publish("timestamp")
+
+    def _snapshot_meta(self, targets: bytes | None) -> dict[str, MetaFile]:
+        """What the snapshot lists: the version of every shard and model role (no length,
+        no hashes: ADR 0041), and the version and length of ``targets`` (default: the
+        targets.json signed before)."""
+        meta = {role_file(r): MetaFile(md.signed.version) for r, md in self._models.roles.items()}
+        data = targets if targets is not None else self._files.get("targets.json", b"")
+        meta["targets.json"] = MetaFile(self._targets.signed.version, length=len(data))
+        return meta
 
     def _upgrade(self) -> None:
         """Move an old layout's targets into model roles (ADR 0037), and model roles that
@@ -109,15 +112,11 @@ class SignedChain:
             md, filename = self._models.roles[role], role_file(role)
             renew(md.signed, self._expiry.targets, bump and filename in self._models.files)
             new[filename] = self._sign(md, self._signers["targets"])
-            self._snapshot.signed.meta[filename] = MetaFile(md.signed.version)
         if first == "targets":
             renew(self._targets.signed, self._expiry.targets, bump)
             new["targets.json"] = self._sign(self._targets, self._signers["targets"])
         if first in ("targets", "snapshot"):
-            length = len(new.get("targets.json", self._files.get("targets.json", b"")))
-            self._snapshot.signed.meta["targets.json"] = MetaFile(
-                self._targets.signed.version, length=length
-            )
+            self._snapshot.signed.meta = self._snapshot_meta(new.get("targets.json"))
             renew(self._snapshot.signed, self._expiry.snapshot, bump)
             new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
         length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))
