@@ -1,4 +1,4 @@
-"""TUF metadata bytes a device downloads for one update, by fleet size (ADR 0037).
+"""TUF metadata bytes a device downloads for one update, by fleet size (ADRs 0037, 0041).
 
 For each scale (models x versions) a real repository (hub/trust/repository.py, real
 python-tuf, real Ed25519 signing) gets every version of every model, each with a manifest
@@ -10,7 +10,8 @@ baseline: ~10 KB of JSON). A device (the real ``DeviceVerifier``) then updates o
   (its ``fetch_meta`` names the top-level targets version it has: unchanged, left out).
 
 Each figure is the size of the ``fetch_meta`` answer on the wire (the meta blob: its
-header and files), and the device verifies what it got. Beside it, the old layout's figure
+header and files: timestamp, snapshot, top-level targets, the model's shard, its role,
+its manifest), and the device verifies what it got. Beside it, the old layout's figure
 (every target and its manifest inline in top-level ``targets.json``): computed by signing
 such a file where it fits under the 1 MiB answer limit, else projected from its entry
 size. Goal: flat, under 64 KiB at every scale.

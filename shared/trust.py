@@ -20,8 +20,8 @@ Exceptions::
                             revoked or unknown key, or too few keys)
         EXPIRED_METADATA    final root, timestamp, snapshot or targets past its expiry
         METADATA_ROLLBACK   a version older than the device has seen, or a mixed bundle
-        METADATA_MISMATCH   a role's file differs from the length or hashes the role above
-                            it signed for it (mix-and-match)
+        METADATA_MISMATCH   a role's file differs from the version, length or hashes the
+                            role above signed for it (mix-and-match)
         METADATA_INVALID    unparsable, missing, over-long or inconsistent metadata
         TARGET_NOT_FOUND    the signed targets do not list the name
         LENGTH_MISMATCH     a staged file differs from the signed length
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,8 @@ __all__ = [
 
 READ_BLOCK: Final = 64 * 2**10  # bytes read at a time when hashing a staged file
 _CUSTOM_JSON: Final = "json"  # key of the JSON text inside a target's custom field
+# python-tuf: "Expected <role> v<N>, got v<M>." (a role unlike what the snapshot lists)
+_ROLE_VERSION_MISMATCH: Final = re.compile(r"Expected \S+ v\d+, got v\d+")
 
 _SignedT = TypeVar("_SignedT", Root, Targets, Snapshot, Timestamp)
 
@@ -205,7 +208,7 @@ class DeviceVerifier:
         except tuf_errors.ExpiredMetadataError as e:
             raise TrustError(Reason.EXPIRED_METADATA, str(e)) from e
         except tuf_errors.BadVersionNumberError as e:
-            raise TrustError(Reason.METADATA_ROLLBACK, str(e) or type(e).__name__) from e
+            raise TrustError(_version_reason(str(e)), str(e) or type(e).__name__) from e
         except tuf_errors.LengthOrHashMismatchError as e:
             raise TrustError(Reason.METADATA_MISMATCH, str(e)) from e
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError, ValueError) as e:
@@ -258,6 +261,14 @@ class DeviceVerifier:
             )
         if digest.hexdigest() != target.sha256:
             raise TrustError(Reason.HASH_MISMATCH, f"{target.name}: sha256 differs from signed")
+
+
+def _version_reason(message: str) -> Reason:
+    """A targets role whose version is not the one the snapshot lists (the snapshot lists
+    versions only, ADR 0041) is a mix-and-match; any other version refusal a rollback."""
+    if _ROLE_VERSION_MISMATCH.match(message):
+        return Reason.METADATA_MISMATCH
+    return Reason.METADATA_ROLLBACK
 
 
 def parse_metadata(cls: type[_SignedT], data: bytes) -> Metadata[_SignedT]:

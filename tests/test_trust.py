@@ -19,6 +19,7 @@ from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
 from hub.trust.repository import Expiry, TrustRepository
+from shared.delegation import role_file, shard_name
 from shared.reasons import Reason
 from shared.trust import DeviceVerifier, TrustError, VerifiedTarget
 
@@ -111,7 +112,8 @@ def test_repository_layout_keeps_private_keys_private(
     assert {stat.S_IMODE(p.stat().st_mode) for p in pems} == {0o600}
     assert {stat.S_IMODE(p.stat().st_mode) for p in keys.iterdir()} == {0o700}
     names = {p.name for p in (tmp_path / "hub" / "metadata").iterdir()}
-    assert names == {"1.root.json", "root.json", *TOP, "model-model-a.onnx.json"}
+    shard = role_file(shard_name("model-a.onnx"))
+    assert names == {"1.root.json", "root.json", *TOP, shard, "model-model-a.onnx.json"}
     root = json.loads(repo.pinned_root())["signed"]
     assert root["consistent_snapshot"] is False
 

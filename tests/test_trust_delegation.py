@@ -1,8 +1,10 @@
-"""Per-model delegated targets roles (ADR 0037): a device fetches and verifies the metadata
-of its own model only, through real python-tuf on both sides.
+"""Per-model delegated targets roles (ADR 0037) under shard roles (ADR 0041): a device
+fetches and verifies the metadata of its own model only, through real python-tuf on both
+sides.
 
-The hub's top-level targets delegates each model to ``model-<name>``, signed by the targets
-keys; each artefact's manifest is a target of its own, its bytes sent beside the role.
+The hub's top-level targets delegates each model's pattern to a shard ``shard-<nn>``, which
+delegates it to ``model-<name>``, all signed by the targets keys; each artefact's manifest
+is a target of its own, its bytes sent beside the role.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from hub.transport.entitlements import Entitlements
 from hub.transport.fetch import FetchAnswers
 from hub.trust.repository import Expiry, TrustRepository
 from shared import protocol
-from shared.delegation import bundle_name, manifest_target
+from shared.delegation import bundle_name, manifest_target, role_file, shard_name
 from shared.reasons import Reason
 from shared.trust import DeviceVerifier, TrustError
 
 A1, A2, B1 = "a/1/model.onnx", "a/2/model.onnx", "b/1/model.onnx"
 TOP = ["timestamp.json", "snapshot.json", "targets.json"]
+SHARD_A, SHARD_B = role_file(shard_name(A1)), role_file(shard_name(B1))
 
 
 def manifest(model: str, version: int) -> dict[str, Any]:
@@ -71,19 +74,12 @@ def resign(data: bytes, signers: list[CryptoSigner], change: Any = None) -> byte
 
 
 def with_role(tmp_path: Path, files: dict[str, bytes], role: bytes) -> dict[str, bytes]:
-    """``files`` serving ``role`` as model a's, the snapshot and timestamp re-signed with
-    the hub's own keys to point at its length (their thief stole those keys too)."""
-
-    def point_snapshot(signed: Any) -> None:
-        signed.meta["model-a.json"].length = len(role)
-
-    snapshot = resign(files["snapshot.json"], keys_of(tmp_path, "snapshot"), point_snapshot)
-
-    def point_timestamp(signed: Any) -> None:
-        signed.snapshot_meta.length = len(snapshot)
-
-    timestamp = resign(files["timestamp.json"], keys_of(tmp_path, "timestamp"), point_timestamp)
-    return {**files, "model-a.json": role, "snapshot.json": snapshot, "timestamp.json": timestamp}
+    """``files`` serving ``role`` as model a's: the snapshot lists its version only (ADR
+    0041), so a role of the same version and another length passes it and meets the
+    signature check."""
+    listed = json.loads(files["snapshot.json"])["signed"]["meta"]["model-a.json"]
+    assert listed == {"version": Metadata.from_bytes(role).signed.version}
+    return {**files, "model-a.json": role}
 
 
 def test_a_device_verifies_a_target_through_its_models_role_and_reads_nothing_else(
@@ -92,20 +88,23 @@ def test_a_device_verifies_a_target_through_its_models_role_and_reads_nothing_el
     device = device_at(tmp_path, repo)
     files = dict(repo.metadata_for(device.root_version, A1))
 
-    assert list(files) == [*TOP, "model-a.json", bundle_name(manifest_target(A1))]
+    assert list(files) == [*TOP, SHARD_A, "model-a.json", bundle_name(manifest_target(A1))]
     target = device.verify_metadata(files, A1)
 
     assert (target.length, target.custom) == (len(b"a one"), manifest("a", 1))
     top = json.loads(files["targets.json"])["signed"]
     assert top["targets"] == {}  # the top-level role lists no target: it delegates
-    assert sorted(top["delegations"]["roles"][i]["name"] for i in range(2)) == [
-        "model-a",
-        "model-b",
-    ]
+    shards = {r["name"]: r["paths"] for r in top["delegations"]["roles"]}
+    assert sorted(p for paths in shards.values() for p in paths) == ["a/*/*", "b/*/*"]
+    assert all(name.startswith("shard-") for name in shards)
+    shard = json.loads(files[SHARD_A])["signed"]["delegations"]["roles"]
+    assert {"name": "model-a", "paths": ["a/*/*"]}.items() <= shard[0].items()
     # what the device fetched and kept (tuf persists each role it downloads): model a's
-    # role, never model b's
+    # role and its shard, never model b's role
     kept = sorted(p.name for p in (tmp_path / "device").glob("*.json"))
-    assert kept == ["model-a.json", "root.json", "snapshot.json", "targets.json", "timestamp.json"]
+    assert kept == sorted(
+        ["model-a.json", SHARD_A, "root.json", "snapshot.json", "targets.json", "timestamp.json"]
+    )
     # and another model's target is not in what the hub sent for a
     assert refused(device, files, B1) == Reason.METADATA_INVALID
 

@@ -55,39 +55,42 @@ class SignedChain:
 
     def _reconcile(self) -> None:
         """Repair a chain left half-written by a crash between two file writes."""
-        targets_meta = self._snapshot.signed.meta.get("targets.json")
-        listed = self._snapshot.signed.meta
-        if targets_meta != MetaFile(
-            self._targets.signed.version, length=len(self._files["targets.json"])
-        ) or any(
-            listed.get(f) != MetaFile(self._models.roles[r].signed.version, length=len(data))
-            for r in self._models.roles
-            for f, data in [(role_file(r), self._models.files[role_file(r)])]
-        ):
+        if self._snapshot.signed.meta != self._snapshot_meta(None):
             self._publish("snapshot")
         elif self._timestamp.signed.snapshot_meta != MetaFile(
             self._snapshot.signed.version, length=len(self._files["snapshot.json"])
         ):
             self._publish("timestamp")
 
+    def _snapshot_meta(self, targets: bytes | None) -> dict[str, MetaFile]:
+        """What the snapshot lists: the version of every shard and model role (no length,
+        no hashes: ADR 0041), and the version and length of ``targets`` (default: the
+        targets.json signed before)."""
+        meta = {role_file(r): MetaFile(md.signed.version) for r, md in self._models.roles.items()}
+        data = targets if targets is not None else self._files.get("targets.json", b"")
+        meta["targets.json"] = MetaFile(self._targets.signed.version, length=len(data))
+        return meta
+
     def _upgrade(self) -> None:
-        """Move an old layout's targets into model roles (ADR 0037); devices follow, as
-        every role only moves forward."""
+        """Move an old layout's targets into model roles (ADR 0037), and model roles that
+        top-level targets delegates itself under their shards (ADR 0041); devices follow,
+        as every role only moves forward."""
         top = self._targets.signed
-        if top.delegations is not None and not top.targets:
-            return
+        threshold = self._root.signed.roles["targets"].threshold
+        roles: list[str] = []
         try:
-            roles = self._models.upgrade(
-                top,
-                self._signers["targets"],
-                threshold=self._root.signed.roles["targets"].threshold,
-                lifetime=self._expiry.targets,
-            )
+            if top.delegations is None or top.targets:
+                roles = self._models.upgrade(
+                    top, self._signers["targets"], threshold=threshold,
+                    lifetime=self._expiry.targets,
+                )  # fmt: skip
         except ValueError as e:
             raise TrustError(
                 Reason.METADATA_INVALID, f"cannot upgrade {self._meta_dir}: {e}"
             ) from e
-        self._publish("targets", roles=roles)
+        roles += self._models.reshard(top, threshold=threshold, lifetime=self._expiry.targets)
+        if roles:
+            self._publish("targets", roles=sorted(set(roles)))
 
     def _publish(
         self, first: ChainRole, *, bump: bool = True, roles: tuple[str, ...] | list[str] = ()
@@ -96,8 +99,9 @@ class SignedChain:
         snapshot, timestamp).
 
         Each role gets a new version (unless ``bump`` is false, at creation, or a model
-        role is signed the first time) and a new expiry; the snapshot and timestamp point
-        at the exact versions and lengths of the files they cover. Files are written in
+        role is signed the first time) and a new expiry; the snapshot lists the version of
+        every delegated role (no length, no hashes: ADR 0041) and top-level targets' version
+        and length, the timestamp the snapshot's version and length. Files are written in
         chain order, and the caches are swapped only once all are written, so a reader
         never sees a mixed set.
         """
@@ -108,17 +112,11 @@ class SignedChain:
             md, filename = self._models.roles[role], role_file(role)
             renew(md.signed, self._expiry.targets, bump and filename in self._models.files)
             new[filename] = self._sign(md, self._signers["targets"])
-            self._snapshot.signed.meta[filename] = MetaFile(
-                md.signed.version, length=len(new[filename])
-            )
         if first == "targets":
             renew(self._targets.signed, self._expiry.targets, bump)
             new["targets.json"] = self._sign(self._targets, self._signers["targets"])
         if first in ("targets", "snapshot"):
-            length = len(new.get("targets.json", self._files.get("targets.json", b"")))
-            self._snapshot.signed.meta["targets.json"] = MetaFile(
-                self._targets.signed.version, length=length
-            )
+            self._snapshot.signed.meta = self._snapshot_meta(new.get("targets.json"))
             renew(self._snapshot.signed, self._expiry.snapshot, bump)
             new["snapshot.json"] = self._sign(self._snapshot, self._signers["snapshot"])
         length = len(new.get("snapshot.json", self._files.get("snapshot.json", b"")))

@@ -70,7 +70,7 @@ from hub.trust.roles import (
 )
 from hub.trust.sharing import DirectoryAccess
 from shared.atomic import write_atomic
-from shared.delegation import MANIFEST_SUFFIX, bundle_name, manifest_target, role_file, role_name
+from shared.delegation import MANIFEST_SUFFIX
 from shared.director import DIRECTOR_FIELD
 from shared.reasons import Reason
 from shared.trust import TrustError, parse_metadata
@@ -90,6 +90,7 @@ class TrustRepository(SignedChain):
         keys/{targets,snapshot,timestamp,director}/<keyid>.pem   private keys, mode 0600
         keys/root/<keyid>.pem          unless ``root_keys_dir`` puts them elsewhere (offline)
         metadata/N.root.json, root.json, targets.json, snapshot.json, timestamp.json
+        metadata/shard-<nn>.json       the shard roles (ADR 0041)
         metadata/model-<name>.json     each model's delegated role (ADR 0037)
         manifests/<sha256>             the manifest targets' bytes
     """
@@ -198,7 +199,8 @@ class TrustRepository(SignedChain):
     ) -> list[tuple[str, bytes]]:
         """What a device at ``device_root_version`` needs: newer roots, then the top roles
         (targets.json left out when the device says it has this version), and for
-        ``target``, its model's role and its manifest (nothing of another model)."""
+        ``target``, its shard, its model's role and its manifest (nothing of another
+        model's but the shard's delegation)."""
         with self._reading():
             newest = self._root.signed.version
             first = max(device_root_version, 0) + 1
@@ -207,15 +209,7 @@ class TrustRepository(SignedChain):
             if targets_version != self._targets.signed.version:
                 top.append("targets.json")
             files += [(n, self._files[n]) for n in top]
-            if target is None:
-                return files
-            role = role_file(role_name(target))
-            if role in self._models.files:
-                files.append((role, self._models.files[role]))
-            manifest = self._models.manifest(target)
-            if manifest is not None:
-                files.append((bundle_name(manifest_target(target)), manifest))
-            return files
+            return files if target is None else files + self._models.bundle(target)
 
     def manifest(self, target: str) -> dict[str, Any] | None:
         """The signed manifest of ``target`` as a mapping; None for an unknown target."""
@@ -272,15 +266,15 @@ class TrustRepository(SignedChain):
             prepared.append((name, TargetFile.from_data(name, data, ["sha256"]), text))
         with self._writing():
             top = self._targets.signed
-            delegations = len(top.delegations.roles or {}) if top.delegations else 0
-            roles = {
+            changes = [
                 self._models.add(
                     top, name, target, text,
                     threshold=self._threshold("targets"), lifetime=self._expiry.targets,
                 )
                 for name, target, text in prepared
-            }  # fmt: skip
-            grew = top.delegations is not None and len(top.delegations.roles or {}) > delegations
+            ]  # fmt: skip
+            roles = {role for changed, _ in changes for role in changed}
+            grew = any(top_changed for _, top_changed in changes)
             self._publish("targets" if grew else "snapshot", roles=sorted(roles))
 
     def refresh_timestamp(self, min_remaining_s: float) -> bool:
@@ -374,7 +368,7 @@ class TrustRepository(SignedChain):
             for s in old:
                 self._keys.delete(role, s.public_key.keyid)
             roles: list[str] = []
-            if role == "targets":  # the model roles are signed by the targets keys
+            if role == "targets":  # the shard and model roles: signed by the targets keys
                 self._models.set_keys(self._targets.signed, new, need)
                 roles = sorted(self._models.roles)
             if is_online(role):
