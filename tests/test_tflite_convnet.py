@@ -31,8 +31,10 @@ from shared.tflite import TFLiteModel
 pytestmark = [pytest.mark.tflite, pytest.mark.slow]
 
 # Small nets, few epochs: seconds to train (conv_config's tuner settings: the first block's
-# width, the second's double).
-SMALL = {"width": 8, "dense": 32, "epochs": 5}
+# width, the second's double). 8 epochs, not 5: a 5-epoch digits net sat at the int8 gate's
+# edge (0.9 to 1.1 points lost, depending on the wheels) and its two int8 files apart by
+# 1.4 points; at 8 both quantisations keep within the margins below.
+SMALL = {"width": 8, "dense": 32, "epochs": 8}
 ACCURACY_MARGIN = 0.01  # the .tflite's hold-out accuracy within a point of the int8 ONNX's
 
 
