@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import os
 import pwd
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from daemon_site import enrol_device, run_daemon
 from waiting import wait_for
 
-from agent.daemon import AgentConfig, AgentDaemon, enrol
+from agent.daemon import AgentConfig, AgentDaemon
 from edgefleet.client import HubClient, HubClientError
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
@@ -43,25 +43,12 @@ class Site:
     daemons: list[AgentDaemon]
 
     def enrol(self, device_id: str, token: str) -> AgentConfig:
-        path = self.tmp / f"{device_id}.toml"
-        enrol(
-            hub_url=self.api.url,
-            token=token,
-            device_id=device_id,
-            device_class="generic-linux",
-            state_dir=self.tmp / device_id,
-            config_out=path,
-        )
         # heartbeat_s=0: every (empty) window is sent, a report each second that the hub
         # drops once the device is revoked (idle windows coalesce by default, ADR 0034)
-        return replace(AgentConfig.load(path), endpoint="", window_s=1.0, heartbeat_s=0)
+        return enrol_device(self.api.url, self.tmp, device_id, token, window_s=1.0, heartbeat_s=0)
 
     def run(self, config: AgentConfig) -> AgentDaemon:
-        daemon = AgentDaemon(config)
-        daemon.start()
-        threading.Thread(target=daemon.run_forever, daemon=True).start()
-        self.daemons.append(daemon)
-        return daemon
+        return run_daemon(config, self.daemons)
 
 
 @pytest.fixture

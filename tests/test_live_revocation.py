@@ -13,21 +13,21 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_site import enrol_device, run_daemon, stop_daemon
 from sqlalchemy import func
 from sqlmodel import col, select
 from tlsbroker import Credentials, TlsClient
 from waiting import wait_for
 
-from agent.daemon import AgentConfig, AgentDaemon, enrol
+from agent.daemon import AgentConfig, AgentDaemon
 from edgefleet.client import HubClient
 from edgefleet.demo import ApiServer
 from hub import Hub, HubConfig
@@ -64,28 +64,14 @@ class Site:
     daemons: list[AgentDaemon]
 
     def enrol(self, device_id: str, token: str) -> AgentConfig:
-        path = self.tmp / f"{device_id}.toml"
-        enrol(
-            hub_url=self.url,
-            token=token,
-            device_id=device_id,
-            device_class="generic-linux",
-            state_dir=self.tmp / device_id,
-            config_out=path,
-        )
         # a report every second (idle windows are not coalesced): the fleet visibly works
-        return replace(AgentConfig.load(path), endpoint="", window_s=1.0, heartbeat_s=0)
+        return enrol_device(self.url, self.tmp, device_id, token, window_s=1.0, heartbeat_s=0)
 
     def run(self, config: AgentConfig) -> AgentDaemon:
-        daemon = AgentDaemon(config)
-        daemon.start()
-        threading.Thread(target=daemon.run_forever, daemon=True).start()
-        self.daemons.append(daemon)
-        return daemon
+        return run_daemon(config, self.daemons)
 
     def stop(self, daemon: AgentDaemon) -> None:
-        daemon.stop()
-        self.daemons.remove(daemon)
+        stop_daemon(daemon, self.daemons)
 
     def credentials(self, device_id: str) -> Credentials:
         identity = self.tmp / device_id / "identity"

@@ -16,21 +16,21 @@ import contextlib
 import io
 import os
 import pwd
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
+from daemon_site import enrol_device, run_daemon, stop_daemon
 from sqlmodel import select
 from tlsbroker import Credentials, TlsClient
 from waiting import wait_for
 
-from agent.daemon import AgentConfig, AgentDaemon, enrol
+from agent.daemon import AgentConfig, AgentDaemon
 from edgefleet.calls import HubClientError
 from edgefleet.cli_app import main
 from edgefleet.client import HubClient
@@ -59,33 +59,21 @@ class Site:
     broker: TlsMosquitto
 
     def enrol(self, device_id: str, token: str) -> AgentConfig:
-        path = self.tmp / f"{device_id}.toml"
-        enrol(
-            hub_url=self.api.url,
-            token=token,
-            device_id=device_id,
-            device_class="generic-linux",
-            state_dir=self.tmp / device_id,
-            config_out=path,
-        )
-        return replace(
-            AgentConfig.load(path),
-            endpoint="",
+        return enrol_device(
+            self.api.url,
+            self.tmp,
+            device_id,
+            token,
             renew_fraction=0.5,
             renew_spread=0.5,  # renew between 25% and 75% of the lifetime
             renew_retry_s=1.0,
         )
 
     def run(self, config: AgentConfig) -> AgentDaemon:
-        daemon = AgentDaemon(config)
-        daemon.start()
-        threading.Thread(target=daemon.run_forever, daemon=True).start()
-        self.daemons.append(daemon)
-        return daemon
+        return run_daemon(config, self.daemons)
 
     def stop(self, daemon: AgentDaemon) -> None:
-        daemon.stop()
-        self.daemons.remove(daemon)
+        stop_daemon(daemon, self.daemons)
 
 
 @contextmanager
