@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
-import ssl
 import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from tlsbroker import Credentials, TlsClient, enrol
+from tlsbroker import Credentials, TlsClient, enrol, server_serial
 from waiting import wait_for
 
 from hub.transport.broker import free_port
@@ -28,19 +25,6 @@ from shared.atomic import write_atomic
 pytestmark = [pytest.mark.broker]
 
 USER = pwd.getpwuid(os.geteuid()).pw_name  # Mosquitto runs as us (see test_enrolment)
-
-
-def server_serial(files: BrokerFiles, creds: Credentials) -> int:
-    """The serial of the certificate the broker shows a new TLS connection."""
-    ctx = ssl.create_default_context(cafile=str(files.ca))
-    ctx.load_cert_chain(str(creds.cert), str(creds.key))
-    with (
-        socket.create_connection(("127.0.0.1", files.port), timeout=5) as raw,
-        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def wait_serial(files: BrokerFiles, creds: Credentials, serial: int) -> None:

@@ -9,15 +9,13 @@ The CA rotation through the API and the CLI is tests/test_renewal_fleet.py's
 
 from __future__ import annotations
 
-import socket
-import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from sqlmodel import select
 from test_renewal_fleet import make_site, run_cli
-from tlsbroker import Credentials, TlsClient, enrol
+from tlsbroker import TlsClient, enrol, server_serial
 from waiting import wait_for
 
 from edgefleet.calls import HubClientError
@@ -32,19 +30,6 @@ from hub.transport.rotations import Rotations
 from hub.trust.pki import PkiError
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-
-def server_serial(files: BrokerFiles, creds: Credentials) -> int:
-    """The serial of the certificate the broker shows a new TLS connection."""
-    ctx = ssl.create_default_context(cafile=str(files.ca))
-    ctx.load_cert_chain(str(creds.cert), str(creds.key))
-    with (
-        socket.create_connection(("127.0.0.1", files.port), timeout=5) as raw,
-        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
 
 
 def file_serial(files: BrokerFiles) -> int:

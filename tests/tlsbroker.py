@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import threading
 import uuid
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -40,6 +42,19 @@ def enrol(ca: CertificateAuthority, state_dir: Path, device_id: str) -> Credenti
 
 def hub_credentials(files: BrokerFiles) -> Credentials:
     return Credentials(files.hub_identity, files.hub_cert, files.hub_key)
+
+
+def server_serial(files: BrokerFiles, creds: Credentials) -> int:
+    """The serial of the certificate the broker shows a new TLS connection."""
+    ctx = ssl.create_default_context(cafile=str(files.ca))
+    ctx.load_cert_chain(str(creds.cert), str(creds.key))
+    with (
+        socket.create_connection(("127.0.0.1", files.port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 class TlsClient:
