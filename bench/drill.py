@@ -70,7 +70,10 @@ MODEL_NAME = "bench-drill"
 POLL_S = 0.1  # main loop: worker reports and due faults
 ONLINE_TIMEOUT_S = 180.0  # for every device to be online at the hub
 CRASH_RESTART_S = 2.0  # a crashed device boots again after this long
-INGEST_SETTLE_S = 2.0  # the hub's stored windows unchanged this long: ingest caught up
+# the hub's stored windows unchanged this long: ingest caught up. 2 s was too short on a
+# loaded machine: a restarted replica still draining its session, or a writer starved for
+# CPU, looked settled and its windows were counted missing
+INGEST_SETTLE_S = 10.0
 
 
 # ----------------------------------------------------------------------------- workers
