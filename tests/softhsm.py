@@ -1,15 +1,24 @@
-"""A fresh SoftHSM2 token for one test: its own token directory under tmp_path.
+"""SoftHSM2 tokens for tests: a fresh token per test, from one token directory per process.
 
-SoftHSM2 reads ``$SOFTHSM2_CONF`` when the library is initialised, and python-pkcs11
-keeps a loaded library per path: :func:`fresh_token` unloads it before and after, so each
-test sees only its own token. Key pairs are made in the token (python-pkcs11), as an
-operator would with ``pkcs11-tool --keypairgen``.
+SoftHSM2 reads ``$SOFTHSM2_CONF`` and scans its token directory once, at its first
+``C_Initialize``; it sees no token initialised after that. Finalising and loading it
+again per test (python-pkcs11's ``unload``) crashed a test process with SIGSEGV in CI:
+SoftHSM2's teardown with OpenSSL 3 is not safe to run and then initialise again in a
+process that keeps using OpenSSL (pkcs11-provider ships a ``no-deinit`` quirk for the
+same reason). So the library is loaded once per process and never unloaded: the first
+:func:`fresh_token` of a process initialises a pool of :data:`POOL_SIZE` tokens in a
+directory of its own (``softhsm2-util``, before the library loads) and every test takes
+an unused one. Key pairs are made in the token (python-pkcs11), as an operator would
+with ``pkcs11-tool --keypairgen``.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +32,10 @@ LIBRARIES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softh
 PIN = "4711"
 SO_PIN = "987654"
 PIN_ENV = "EF_TEST_TOKEN_PIN"
+POOL_SIZE = 12  # more than the tests of one file take (each xdist worker is a process)
+
+_pool: list[str] = []  # labels of this process's tokens not yet taken
+_pool_made = False
 
 
 def softhsm_library() -> str:
@@ -58,28 +71,43 @@ class Token:
             params.generate_keypair(store=True, label=label, id=bytes([key_id]))
         return self.uri(label)
 
+    def unplugged(self, where: Path) -> dict[str, str]:
+        """The environment of a process started with this token unplugged: its SoftHSM2
+        reads a token directory with no token. (Deleting the token would break this
+        process's loaded library, which scanned the directory once.)"""
+        (where / "no-tokens").mkdir()
+        conf = where / "softhsm2-unplugged.conf"
+        conf.write_text(
+            f"directories.tokendir = {where / 'no-tokens'}\nobjectstore.backend = file\n"
+        )
+        return {**os.environ, "SOFTHSM2_CONF": str(conf)}
+
+
+def _make_pool() -> None:
+    """This process's token directory and its tokens, before the library first loads."""
+    global _pool_made
+    where = Path(tempfile.mkdtemp(prefix="ef-softhsm-"))
+    atexit.register(shutil.rmtree, where, True)
+    (where / "tokens").mkdir()
+    conf = where / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {where / 'tokens'}\nobjectstore.backend = file\n")
+    os.environ["SOFTHSM2_CONF"] = str(conf)  # for this process and every one it starts
+    for n in range(1, POOL_SIZE + 1):
+        label = f"edgefleet-{n:02d}"
+        init = ["softhsm2-util", "--init-token", "--free", "--label", label]
+        subprocess.run([*init, "--pin", PIN, "--so-pin", SO_PIN], check=True, capture_output=True)
+        _pool.append(label)
+    _pool_made = True
+
 
 @contextmanager
-def fresh_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, label: str) -> Iterator[Token]:
-    """Initialise a token labelled ``label`` in ``tmp_path``; its PIN in ``$PIN_ENV``."""
+def fresh_token(monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
+    """A token no other test of this process has used; its PIN in ``$PIN_ENV``."""
     library = softhsm_library()
-    import pkcs11
-
-    tokens = tmp_path / "softhsm-tokens"
-    tokens.mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\n")
-    monkeypatch.setenv("SOFTHSM2_CONF", str(conf))
+    if not _pool_made:
+        _make_pool()
+    if not _pool:
+        raise RuntimeError(f"every one of the {POOL_SIZE} test tokens is taken: raise POOL_SIZE")
     monkeypatch.setenv(PIN_ENV, PIN)
     monkeypatch.setenv(MODULE_ENV, library)
-    init = ["softhsm2-util", "--init-token", "--free", "--label", label]
-    subprocess.run(
-        [*init, "--pin", PIN, "--so-pin", SO_PIN],
-        check=True,
-        capture_output=True,
-    )
-    pkcs11.unload(library)  # initialise again: read this test's configuration
-    try:
-        yield Token(label, library)
-    finally:
-        pkcs11.unload(library)
+    yield Token(_pool.pop(0), library)

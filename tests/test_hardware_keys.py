@@ -1,6 +1,6 @@
 """Keys in hardware: the device's key and the hub's online signing keys in a PKCS#11 token.
 
-Every test makes a fresh SoftHSM2 token (tests/softhsm.py): a real PKCS#11 module, driven
+Every test takes a fresh SoftHSM2 token (tests/softhsm.py): a real PKCS#11 module, driven
 through python-pkcs11 and securesystemslib's HSMSigner as an HSM would be. The hub signs
 a rollout's metadata and commands with token keys and a real device core verifies them;
 a device enrols with a real hub with its key in the token; a missing token, a wrong PIN
@@ -10,7 +10,9 @@ and a missing key are refused at start with their reason.
 from __future__ import annotations
 
 import json
-import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,8 +33,8 @@ from shared.pkcs11 import Pkcs11Error, TokenKeyUri
 
 
 @pytest.fixture
-def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
-    with fresh_token(tmp_path, monkeypatch, "edgefleet") as t:
+def token(monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
+    with fresh_token(monkeypatch) as t:
         yield t
 
 
@@ -99,7 +101,7 @@ def test_a_token_the_device_cannot_use_is_refused_with_its_reason(
         return lambda: DeviceIdentity.load(where, "press-7", uri)
 
     assert reason(load(token.uri("no-such-key"))) == "no_key"
-    assert reason(load(token.uri("device-key").replace("token=edgefleet", "token=gone"))) == (
+    assert reason(load(token.uri("device-key").replace(f"token={token.label}", "token=gone"))) == (
         "no_token"
     )
     assert reason(load(token.uri("device-key", pin_source="file:/nonexistent/pin"))) == "no_pin"
@@ -185,16 +187,18 @@ def test_a_hub_whose_token_is_locked_or_gone_stops_with_the_reason(
     with pytest.raises(RepositoryError, match=r"timestamp key named in .*bad_pin"):
         TrustRepository.open_or_init(tmp_path / "hub" / "trust")
     assert main(["keys", "show", *data]) == 1
-    assert "bad_pin: token 'edgefleet' refused the PIN" in capsys.readouterr().err
+    assert f"bad_pin: token '{token.label}' refused the PIN" in capsys.readouterr().err
 
     monkeypatch.setenv(PIN_ENV, "4711")
-    shutil.rmtree(tmp_path / "softhsm-tokens")  # the token unplugged
-    (tmp_path / "softhsm-tokens").mkdir()
-    import pkcs11
-
-    pkcs11.unload(token.library)
-    with pytest.raises(RepositoryError, match="no_token: no single token labelled 'edgefleet'"):
-        TrustRepository.open_or_init(tmp_path / "hub" / "trust")
+    show = subprocess.run(  # a hub started with the token unplugged
+        [sys.executable, "-m", "edgefleet.cli", "keys", "show", *data],
+        env=token.unplugged(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert show.returncode == 1
+    assert f"no_token: no single token labelled '{token.label}'" in show.stderr
 
 
 def test_a_running_hub_whose_token_refuses_keeps_its_last_metadata_and_signs_once_it_is_back(

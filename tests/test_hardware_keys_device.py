@@ -42,8 +42,8 @@ ENGINE = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"
 
 
 @pytest.fixture
-def token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
-    with fresh_token(tmp_path, monkeypatch, "device") as t:
+def token(monkeypatch: pytest.MonkeyPatch) -> Iterator[Token]:
+    with fresh_token(monkeypatch) as t:
         yield t
 
 
@@ -130,7 +130,7 @@ def test_a_device_with_its_key_in_a_token_enrols_and_connects_through_a_pkcs11_t
     assert "no_tls:" in err and "Python's ssl presents only a key from a file" in err
     monkeypatch.setenv(PIN_ENV, "0000")
     assert main(["agent", "run", "--config", str(config_path)]) == EX_CONFIG
-    assert "bad_pin: token 'device' refused the PIN" in capsys.readouterr().err
+    assert f"bad_pin: token '{token.label}' refused the PIN" in capsys.readouterr().err
     monkeypatch.setenv(PIN_ENV, PIN)
 
     # stunnel holds the key through OpenSSL's PKCS#11 engine; the agent speaks MQTT to it
