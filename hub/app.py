@@ -41,20 +41,15 @@ from hub.store.tables import Revocation, make_engine, sqlite_url
 from hub.telemetry.drift import DriftMonitor, trust_baselines
 from hub.telemetry.retention import RetentionPolicy, run_retention
 from hub.transport.broker import BrokerAddress, EmbeddedBroker, Mosquitto, TlsIdentity
-from hub.transport.brokerconf import replica_tls
 from hub.transport.budget import Budgets
 from hub.transport.commands import DirectorCommands
 from hub.transport.dynsec import broker_connections
 from hub.transport.entitlements import load_entitlements
 from hub.transport.fanout import FanOut
 from hub.transport.fetch import FetchAnswers
+from hub.transport.hub_links import device_link, fanout_link, hub_tls
 from hub.transport.intake import start_intake
-from hub.transport.link import (
-    MqttLink,
-    hub_subscriptions,
-    leader_subscriptions,
-    replica_subscriptions,
-)
+from hub.transport.link import MqttLink, leader_subscriptions
 from hub.transport.local_broker import BrokerRecord, read_record, start_private_broker, write_record
 from hub.transport.rotations import Rotations
 from hub.trust.enrolment import ENROL_TTL_DEFAULT_S, EnrolTokens, NewEnrolToken
@@ -86,6 +81,8 @@ class Hub:
         # the single hub always leads; a replica campaigns (ADR 0032, hub/store/leader.py)
         self.leader: Leader = AlwaysLeader()
         self.lead_link: MqttLink | None = None  # a replica's link for the leader's topics
+        self.fan_link: MqttLink | None = None  # the fan-out's own (hub/transport/hub_links.py)
+        self.fanout: FanOut | None = None
         self._started = False
 
     # ------------------------------------------------------------- lifecycle
@@ -101,7 +98,7 @@ class Hub:
             check_broker_transport(BrokerAddress.parse(cfg.broker_url), cfg)
         db_url = self._open_storage(cfg)
         self._select_broker(cfg)
-        tls = self._tls_identity(cfg)
+        tls = hub_tls(self.broker, cfg.broker_tls_dir, cfg.replica)
         # drift windows are scored against the signed manifests' baselines
         self.drift = DriftMonitor(self.engine, trust_baselines(self.registry, self.trust))
         self.ingest = make_ingest(
@@ -114,21 +111,22 @@ class Hub:
         spec = None if cfg.ingest_workers else telemetry_intake(
             self.broker, cfg.client_id, cfg.broker_tls_dir, replica=cfg.replica, embedded=embedded
         )  # fmt: skip
-        self.mqtt = self._device_link(cfg, tls, telemetry=not cfg.ingest_workers and spec is None)
+        telemetry = not cfg.ingest_workers and spec is None
+        self.mqtt = device_link(self.broker, cfg.client_id, cfg.replica, tls, telemetry=telemetry)
         self.identities = self._identities(cfg)
         self.entitlements = load_entitlements(self.engine, shared=replica)
         self.commands = DirectorCommands(self.mqtt, self.trust, entitlements=self.entitlements)
         self._open_datasets(cfg)
         self.fetch = FetchAnswers(self.registry, self.trust, self.entitlements)
-        # chunks published once per round on a topic the wave's devices read (ADR 0030)
-        self.fanout = FanOut(self.mqtt, self.registry, qos=cfg.fanout_qos) if cfg.fanout else None
+        self._open_fanout(cfg)
         budgets = Budgets(cfg.ingest_budget)  # one per device, whichever thread takes its reports
         serve_devices(
             self.mqtt, self.ingest, self.fetch, captures=self.datasets, revoked=self.revoked,
             budget=budgets, observe=self._fanout_observe(), renewals=self.identities.renewals,
         )  # fmt: skip
         if replica:
-            self.lead_link = self._leader_link(self._tls_identity(cfg, leader=True))
+            lead_tls = hub_tls(self.broker, cfg.broker_tls_dir, cfg.replica, leader=True)
+            self.lead_link = self._leader_link(lead_tls)
         self.workers = start_workers(
             cfg.ingest_workers,
             self.broker.url,
@@ -171,6 +169,14 @@ class Hub:
         log.info("hub started: data %s, broker %s", cfg.data_dir, self.broker.url)
         return self
 
+    def _open_fanout(self, cfg: HubConfig) -> None:
+        """Chunks published once per round on a topic the wave's devices read (ADR 0030),
+        on a link of their own when the broker knows its identity (ADR 0042)."""
+        if cfg.fanout:
+            self.fan_link = fanout_link(self.broker, cfg.client_id, cfg.broker_tls_dir)
+            publisher = self.fan_link or self.mqtt
+            self.fanout = FanOut(publisher, self.registry, qos=cfg.fanout_qos)
+
     def _open_datasets(self, cfg: HubConfig) -> None:
         """Datasets: uploaded and captured, with the versions captures make."""
         self.dataset_store = DatasetStore(
@@ -205,16 +211,6 @@ class Hub:
         self.rotations = Rotations(identities, tls_dir, publish, lambda: self.leader.leading())
         return identities
 
-    def _device_link(self, cfg: HubConfig, tls: TlsIdentity | None, *, telemetry: bool) -> MqttLink:
-        """The hub's paho link to the devices; a replica's shares fetches (and telemetry
-        when no intake takes it) with the others, under a client id of its own."""
-        if cfg.replica is None:
-            client_id, subs = cfg.client_id, hub_subscriptions(telemetry=telemetry)
-        else:
-            client_id = f"{cfg.client_id}-{cfg.replica}"
-            subs = replica_subscriptions(telemetry=telemetry)
-        return MqttLink(self.broker, client_id=client_id, tls=tls, subscriptions=subs)
-
     def _lead(self) -> None:
         """Start what runs on one hub process only: the rollout engine, the closed loop,
         the alert dispatcher, re-signing and retention; a replica also takes over the
@@ -223,6 +219,8 @@ class Hub:
             return
         if self.lead_link is not None:
             self.lead_link.start()
+        if self.fan_link is not None:
+            self.fan_link.start()
         if self.fanout is not None:
             self.fanout.start()
         self.rollouts.start()
@@ -279,18 +277,6 @@ class Hub:
             runtimes_for=self.classes.runtimes,
             health_for=self.classes.health,
         )
-
-    def _tls_identity(self, cfg: HubConfig, *, leader: bool = False) -> TlsIdentity | None:
-        """The hub's certificate for an mqtts:// broker (what ``broker config`` wrote); a
-        replica's own, or its leader's link's (``leader``)."""
-        if not self.broker.tls:
-            return None
-        tls_dir = cfg.broker_tls_dir
-        if tls_dir is None:
-            raise ValueError(f"{self.broker.url} needs broker_tls_dir (edgefleet broker config)")
-        if cfg.replica is None:
-            return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
-        return replica_tls(tls_dir, None if leader else cfg.replica)  # ValueError: missing
 
     def _select_broker(self, cfg: HubConfig) -> None:
         """The broker given, else the hub's own (its port kept across starts); if it is
@@ -355,6 +341,8 @@ class Hub:
         self.rollouts.stop()
         if self.fanout is not None:
             self.fanout.stop()
+        if self.fan_link is not None:
+            self.fan_link.stop()
         self.jobs.shutdown()
         if self.lead_link is not None:
             self.lead_link.stop()

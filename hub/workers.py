@@ -37,11 +37,11 @@ from hub.ingest.writer import Ingest
 from hub.store.tables import Revocation, make_engine, session
 from hub.telemetry.windows import TelemetryWindows
 from hub.transport.broker import BrokerAddress, TlsIdentity
-from hub.transport.brokerconf import ingest_identity
 from hub.transport.budget import INGEST, Budget
 from hub.transport.inbound import IngestSubscriber
 from hub.transport.intake import ingest_tls
 from hub.transport.link import INGEST_GROUP
+from hub.transport.service_names import ingest_identity
 from shared.protocol import ROOT
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,11 @@ import pytest
 from tlsbroker import Credentials, TlsClient, enrol, hub_credentials
 from waiting import wait_for
 
-from hub.transport.broker import free_port
+from hub.transport.broker import BrokerAddress, free_port
 from hub.transport.brokerconf import TlsMosquitto, write_broker_config
 from hub.transport.fanout import fanout_key
+from hub.transport.hub_links import fanout_link
+from hub.transport.service_names import fanout_tls
 from hub.trust.pki import CertificateAuthority
 from shared.protocol import fanout_topic
 
@@ -30,6 +32,13 @@ pytestmark = pytest.mark.broker
 NOT_AUTHORIZED = 135  # MQTT 5 reason code of a PUBACK for a publish the ACL denies
 USER = pwd.getpwuid(os.geteuid()).pw_name  # Mosquitto runs as us (see test_broker_security)
 FAN = fanout_topic(fanout_key("rollout-1", "model-a/3/model.onnx"))
+
+
+def fanout_credentials(files: Any) -> Credentials:
+    """The hub's fan-out link's identity, as ``broker config`` wrote it."""
+    tls = fanout_tls(files.directory)
+    assert tls is not None, "broker config wrote no fan-out identity"
+    return Credentials(f"{files.hub_identity}-fanout", tls.cert, tls.key)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +50,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         "a": enrol(ca, root / "devices", "dev-a"),
         "b": enrol(ca, root / "devices", "dev-b"),
         "hub": hub_credentials(files),
+        "fan": fanout_credentials(files),
     }
     with TlsMosquitto(files) as running:
         yield {"files": files, "broker": running, **creds}
@@ -131,3 +141,44 @@ def test_the_generated_acl_grants_fan_out_read_to_all_and_write_to_the_hub(
     hub_section = acl.split("user edgefleet-hub", 1)[1].split("\n\n", 1)[0]
     assert "topic write ef/v1/fan/+/blob" in hub_section
     assert "write ef/v1/fan" not in acl.split("user edgefleet-hub", 1)[0]
+
+
+def test_the_fan_out_link_publishes_rounds_and_nothing_else(
+    broker: dict[str, Any], connect: Callable[[Credentials], TlsClient]
+) -> None:
+    hub = connect(broker["hub"])
+    hub.subscribe("ef/v1/#")
+    fan = connect(broker["fan"])
+    spy = fan.subscribe("ef/v1/dev/+/#")  # granted, but it may read nothing there
+    a = connect(broker["a"])
+    a.subscribe(FAN)
+    a.subscribe("ef/v1/dev/dev-a/cmd")
+    marker = uuid.uuid4().bytes
+
+    assert not fan.publish(FAN, marker).is_failure
+    forged = fan.publish("ef/v1/dev/dev-a/cmd", marker)  # a command from the fan-out link
+    a.publish("ef/v1/dev/dev-a/state", marker)  # the sentinel, read by the hub and not it
+
+    assert forged.value == NOT_AUTHORIZED
+    wait_for(lambda: seen(hub, marker), 5, "the sentinel at the hub")
+    wait_for(lambda: seen(a, marker), 5, "the round at dev-a")
+    assert seen(a, marker) == [FAN]
+    assert seen(fan, marker) == [] and spy[0].value == 1
+
+
+def test_the_hub_fans_out_as_its_own_identity_on_a_tls_broker(broker: dict[str, Any]) -> None:
+    files = broker["files"]
+    address = BrokerAddress.parse(f"mqtts://localhost:{files.port}")
+    link = fanout_link(address, "edgefleet-hub", files.directory)
+    assert link is not None
+    link.start()  # the broker accepted the certificate (else: ConnectionError)
+    try:
+        info = link.publish_info(FAN, b"chunk", 1)
+        info.wait_for_publish(5)
+        assert info.is_published()  # the broker acknowledged it
+    finally:
+        link.stop()
+
+    old = files.directory / "no-fanout-identity"  # a directory from before the identity
+    old.mkdir()
+    assert fanout_link(address, "edgefleet-hub", old) is None  # shares the hub's link

@@ -12,6 +12,8 @@ from the hub's CA (hub/trust/pki.py)::
     dynamic-security.json  Mosquitto's dynamic-security plugin's state (it cuts revoked
                      devices, hub/transport/dynsec.py): written once, then the broker's
     hub.crt/.key     the hub's own MQTT client identity (CN ``edgefleet-hub``)
+    hub-fanout.crt/.key  the hub's fan-out link (CN ``edgefleet-hub-fanout``): it may
+                     only publish fan-out chunks (hub/transport/hub_links.py)
     ingest-{i}.crt/.key  the identities of the hub's ingest workers (hub/workers.py,
                      CN ``edgefleet-ingest-{i}``): they may only read telemetry
     hub-{i}.crt/.key, hub-leader.crt/.key  with ``hub_replicas``: each hub replica's own
@@ -73,7 +75,6 @@ from hub.transport.broker import (
     MAX_QUEUED_BYTES,
     MAX_QUEUED_MESSAGES,
     BrokerError,
-    TlsIdentity,
     raise_nofile,
 )
 from hub.transport.dynsec import (
@@ -81,6 +82,11 @@ from hub.transport.dynsec import (
     CONTROL_TOPIC,
     plugin_files,
     write_initial_state,
+)
+from hub.transport.service_names import (
+    fanout_identity,
+    ingest_identity,
+    replica_identities,
 )
 from hub.trust.pki import BROKER_IDENTITY, HUB_IDENTITY, CertificateAuthority
 from shared.atomic import write_atomic
@@ -94,33 +100,6 @@ MAX_KEEPALIVE = 300  # seconds
 TLS_MIN_VERSION = "tlsv1.2"  # Mosquitto 2.0: the minimum; TLS 1.3 is offered too
 PASSWORD_ITERATIONS = 101  # PBKDF2 rounds, mosquitto_passwd's; the password is random
 DEFAULT_INGEST_WORKERS = 4  # ingest-worker identities written (hub serve --ingest-workers)
-
-
-def replica_tls(tls_dir: Path, index: int | None) -> TlsIdentity:
-    """Hub replica ``index``'s TLS files (None: the leader's link) in ``tls_dir``.
-
-    Raises:
-        ValueError: they are not there (the broker config was written for fewer replicas).
-    """
-    name = f"hub-{'leader' if index is None else index}"
-    if not (tls_dir / f"{name}.crt").exists():
-        raise ValueError(
-            f"no identity {name} in {tls_dir}: write the broker config with --hub-replicas"
-            " at least as many as the hub runs"
-        )
-    return TlsIdentity(tls_dir / "ca.crt", tls_dir / f"{name}.crt", tls_dir / f"{name}.key")
-
-
-def replica_identities(hub_identity: str, replicas: int) -> list[str]:
-    """The certificate names of ``replicas`` hub replicas and of their leader's link."""
-    if replicas <= 0:
-        return []
-    return [*(f"{hub_identity}-{i}" for i in range(replicas)), f"{hub_identity}-leader"]
-
-
-def ingest_identity(index: int) -> str:
-    """The certificate name (= username = client id) of the hub's ingest worker ``index``."""
-    return f"edgefleet-ingest-{index}"
 
 
 @dataclass(frozen=True)
@@ -250,7 +229,8 @@ def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
     """The CA, the CRL, and fresh certificates for the broker, the hub and its workers."""
     workers = [ingest_identity(i) for i in range(files.ingest_workers)]
     replicas = replica_identities(files.hub_identity, files.hub_replicas)
-    names = [BROKER_IDENTITY, files.hub_identity, *workers, *replicas]
+    fanout = fanout_identity(files.hub_identity)
+    names = [BROKER_IDENTITY, files.hub_identity, fanout, *workers, *replicas]
     ca.check_service_names(names)  # before any write
     server, server_key = ca.issue_service(BROKER_IDENTITY, server_names=files.server_names)
     hub, hub_key = ca.issue_service(files.hub_identity)
@@ -264,7 +244,7 @@ def _write_identities(files: BrokerFiles, ca: CertificateAuthority) -> None:
         worker, worker_key = ca.issue_service(name)
         write_atomic(files.directory / f"ingest-{i}.crt", worker.cert_pem, mode=0o644)
         write_atomic(files.directory / f"ingest-{i}.key", worker_key, mode=0o600)
-    for name in replicas:
+    for name in [*replicas, fanout]:
         replica, replica_key = ca.issue_service(name)
         file = "hub-" + name.removeprefix(f"{files.hub_identity}-")
         write_atomic(files.directory / f"{file}.crt", replica.cert_pem, mode=0o644)
@@ -313,7 +293,12 @@ def acl_text(
             f"topic write {CONTROL_TOPIC}",
             f"topic read {CONTROL_RESPONSE_TOPIC}",
         ]
-    lines.append("")
+    lines += [
+        "",
+        f"user {fanout_identity(hub_identity)}",  # the hub's fan-out link: nothing else
+        f"topic write {FANOUT_ROOT}/+/blob",
+        "",
+    ]
     for i in range(ingest_workers):
         lines += [f"user {ingest_identity(i)}", f"topic read {ROOT}/+/telemetry", ""]
     return "\n".join(lines)

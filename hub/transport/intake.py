@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Final
 
 from hub.transport.broker import BrokerAddress, TlsIdentity
-from hub.transport.brokerconf import ingest_identity
 from hub.transport.budget import INGEST, Budget, Budgets
 from hub.transport.inbound import BatchSink, IngestSubscriber, no_revocations
+from hub.transport.service_names import ingest_identity
 from shared.protocol import ROOT
 
 log = logging.getLogger(__name__)

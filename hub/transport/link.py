@@ -80,7 +80,8 @@ class MqttLink:
     ) -> None:
         self.address = address
         # default: every device-to-hub topic; an ingest-only process may take a share of
-        # the telemetry instead, e.g. [("$share/ingest/ef/v1/dev/+/telemetry", 1)]
+        # the telemetry instead, e.g. [("$share/ingest/ef/v1/dev/+/telemetry", 1)]; none:
+        # a link that only publishes
         self.subscriptions = list(subscriptions if subscriptions is not None else SUBSCRIPTIONS)
         self.handler: MessageHandler | None = None
         # topics of the broker's own (``$CONTROL/…`` answers), each to its callback
@@ -90,6 +91,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._connection = 0  # counts connects: an ack belongs to one connection
         self._subscribe_mid: int | None = -1  # the SUBSCRIBE of the current connection
+        self._client_id = client_id
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -165,6 +167,10 @@ class MqttLink:
             log.error("hub: broker refused the connection: %s", rc)
             return
         self._connection += 1
+        if not self.subscriptions:  # a publishing link (the fan-out's): connected is ready
+            log.info("hub: %s connected to %s", self._client_id, self.address.url)
+            self.connected.set()
+            return
         # a persistent session keeps what an earlier run subscribed to: drop what this one
         # leaves to others (telemetry, when ingest workers take it)
         mine = {t for t, _ in self.subscriptions}
