@@ -119,6 +119,7 @@ class UpdateRig:
         ttl_s: float = 3600.0,
         now: float | None = None,
         deployment: str | None = None,
+        fanout: str | None = None,
     ) -> bytes:
         body: dict[str, Any] = {
             "deployment": deployment or f"{msg_type}-{version}",
@@ -127,6 +128,8 @@ class UpdateRig:
         }
         if msg_type == "deploy":
             body["target"] = f"{self.built.name}/{version}/model.onnx"
+        if fanout is not None:
+            body["fanout"] = fanout  # the topic the hub fans the chunks out on
         return sign_command(
             self.trust.director_signers() if signers is None else signers,
             msg_type,

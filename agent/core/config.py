@@ -26,6 +26,11 @@ class CoreConfig:
     # no fan-out chunk for this long: fetch the missing ones individually (longer than
     # the hub's wait for stragglers plus a round, hub/transport/fanout.py)
     fan_wait_s: float = 15.0
+    # no fan-out chunk yet for this download: wait this long for its first round. Rounds
+    # start on the hub's view of who is ready, which lags at scale: giving up after
+    # fan_wait_s sent 6,036 of 10,000 devices to fetch 393,299 chunks one by one
+    # (docs/rollouts.md), loading the hub that was to start their round
+    fan_first_wait_s: float = 60.0
     fanout: bool = True  # reads the fan-out topics deploy commands name (its adapter can)
     max_fetch_retries: int = 6  # then give up with fetch_timeout
     max_chunk_failures: int = 3  # one chunk failing its hash this often: give up

@@ -11,8 +11,8 @@ Fan-out (docs/protocol.md): a deploy command that names a fan-out topic has the 
 read it; once the metadata is verified the device waits for the hub's one publish per
 chunk there instead of asking, and checks each chunk exactly as a fetched one. The
 fan-out is over for this device at the end of a round it saw from chunk 0, or when
-nothing came for ``fan_wait_s``: then it fetches
-only what it still misses.
+nothing came for ``fan_wait_s`` once a round reached it (``fan_first_wait_s`` before):
+then it fetches only what it still misses.
 """
 
 from __future__ import annotations
@@ -39,7 +39,10 @@ from shared.chunks import chunk_ok, chunk_span
 from shared.manifest import Manifest, ManifestError
 from shared.reasons import Reason
 
-MAX_BACKOFF = 8  # fetch_timeout_s multiples between asking again, at most
+# fetch_timeout_s multiples between asking again, at most: the backoff doubles the adapted
+# time-out (up to 8 x fetch_timeout_s itself) but never waits past this; multiplying the
+# two let the last of 10,000 devices wait 640 s between asks (bench rollout)
+MAX_BACKOFF = 8
 
 
 class Download:
@@ -109,11 +112,13 @@ class Download:
         Waiting on a fan-out: once it is idle, fetch what is missing."""
         if job.fan_live and job.phase is Phase.CHUNKS:
             config = self.ctx.config
-            if now - max(job.fan_last, job.last_progress) > config.fan_wait_s:
+            wait = config.fan_wait_s if job.fan_seen else config.fan_first_wait_s
+            if now - max(job.fan_last, job.last_progress) > wait:
                 self.ctx.counts["fan_waited_out"] += 1
                 self.end_fan(out, job, now)
             return
-        backoff = self.rtt.timeout() * min(2**job.retries, MAX_BACKOFF)
+        ceiling = MAX_BACKOFF * self.ctx.config.fetch_timeout_s
+        backoff = min(self.rtt.timeout() * 2**job.retries, ceiling)
         if now - job.last_progress < backoff:
             return
         job.retries += 1
@@ -238,6 +243,7 @@ class Download:
         if index >= len(manifest.chunks):
             self.ctx.drop("bad_blob", f"chunk index {index} out of range")
             return
+        job.fan_seen = job.fan_seen or fanned
         if fanned and index == 0:
             job.fan_whole = True  # from here on, a missing chunk was lost, not early
         if index in job.have:

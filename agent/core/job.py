@@ -80,6 +80,7 @@ class Job:
     fan_live: bool = field(default=False, compare=False)
     fan_last: float = field(default=0.0, compare=False)  # the fan-out's latest progress
     fan_whole: bool = field(default=False, compare=False)  # saw a round from chunk 0
+    fan_seen: bool = field(default=False, compare=False)  # a fanned chunk of it came
     _manifest: Manifest | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
