@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from models import make_mlp_onnx
 from test_daemon import get, post
-from test_tflite_convnet import swapping_class_scores
+from test_tflite_convnet import converting_here, swapping_class_scores
 from waiting import wait_for
 
 import hub.ml.tflite_convnet as export
@@ -153,6 +153,7 @@ def test_a_conv_net_for_two_runtimes_signs_an_artefact_for_each(
         }
         # a .tflite that answers unlike its ONNX sibling: the build is refused, unsigned
         with monkeypatch.context() as patch:
+            converting_here(patch)
             patch.setattr(export, "convert_int8", swapping_class_scores(export.convert_int8))
             with pytest.raises(HubClientError, match="sibling"):
                 client.wait_job(client.train(**settings)["id"], timeout=300)

@@ -24,7 +24,8 @@ from update_rig import UpdateRig
 
 from agent.identity import DeviceIdentity
 from edgefleet.cli import main
-from hub.ml.pipeline import BuiltModel
+from hub import pipeline_config
+from hub.ml.pipeline import BuiltModel, train
 from hub.trust.keystore import TOKEN_SUFFIX
 from hub.trust.pki import CertificateAuthority
 from hub.trust.repository import RepositoryError, TrustRepository
@@ -199,6 +200,19 @@ def test_a_hub_whose_token_is_locked_or_gone_stops_with_the_reason(
     )
     assert show.returncode == 1
     assert f"no_token: no single token labelled '{token.label}'" in show.stderr
+
+
+@pytest.mark.tflite
+def test_a_hub_that_built_a_tflite_artefact_still_signs_with_its_token(token: Token) -> None:
+    """TensorFlow's BoringSSL shadows the OpenSSL a PKCS#11 module links: in a process
+    that imported TensorFlow the next key operation in the token dies with SIGSEGV. The
+    hub converts .tflite files in a process of its own (hub/ml/tflite_process.py)."""
+    built = train(pipeline_config(n_train=600, hidden=(8,)), runtimes=("tflite",))
+    assert [s.format for s in built.siblings] == ["tflite"]
+
+    assert "tensorflow" not in sys.modules
+    signer = TokenSigner.from_uri(token.make_key("after-tflite", 9))
+    assert signer.sign(b"signed after a .tflite build").signature
 
 
 def test_a_running_hub_whose_token_refuses_keeps_its_last_metadata_and_signs_once_it_is_back(

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pytest
 from test_class_artefacts import signed_targets, start_agent
 from test_daemon import post
-from test_tflite_convnet import swapping_class_scores
+from test_tflite_convnet import converting_here, swapping_class_scores
 from waiting import wait_for
 
 import hub.ml.tflite_export as mlp_export
@@ -142,6 +142,7 @@ def test_a_retrain_for_litert_classes_signs_a_tflite_a_device_installs(
 
     # a .tflite that answers unlike its ONNX sibling refuses the retrain: nothing signed
     with monkeypatch.context() as patch:
+        converting_here(patch)
         patch.setattr(mlp_export, "convert_int8", swapping_class_scores(mlp_export.convert_int8))
         with pytest.raises(HubClientError, match="sibling"):
             stage.retrain(name, dataset)

@@ -197,6 +197,14 @@ def test_a_layout_unlike_the_onnx_file_or_unknown_is_not_converted(digits: Datas
             export_convnet_tflite_int8(other, digits.x_train, trained.onnx)
 
 
+def converting_here(patch: pytest.MonkeyPatch) -> None:
+    """The hub's .tflite exports run in this process (TensorFlow loads here), not in its
+    converter process (hub/ml/tflite_process.py): what a test patches reaches them."""
+    import hub.ml.tflite_process as converter
+
+    patch.setattr(converter, "run_converter", lambda export, *args: export(*args))
+
+
 def swapping_class_scores(real: Callable[..., bytes]) -> Callable[..., bytes]:
     """A converter that reverses the class scores of the Keras model it is given (after the
     float check has passed it): a .tflite that answers unlike its ONNX sibling."""
@@ -217,6 +225,7 @@ def test_a_conv_net_whose_tflite_answers_unlike_its_onnx_sibling_is_refused(
     hub, where nothing is signed)."""
     import hub.ml.tflite_convnet as export
 
+    converting_here(monkeypatch)
     monkeypatch.setattr(export, "convert_int8", swapping_class_scores(export.convert_int8))
     with pytest.raises(ModelRefused) as refused:
         build(digits, "swapped")

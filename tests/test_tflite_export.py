@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer, load_diabetes
+from test_tflite_convnet import converting_here
 
 from hub import pipeline_config
 from hub.ml.compatibility import scores_output, value_output
@@ -141,6 +142,7 @@ def test_a_build_whose_tflite_artefact_is_refused_signs_nothing(
         fitted.model.steps[-1][1].coefs_[-1] = fitted.model.steps[-1][1].coefs_[-1][:, ::-1]
         return real(fitted, calibration)
 
+    converting_here(monkeypatch)
     monkeypatch.setattr(export, "export_tflite_int8", swapped)
     with pytest.raises(ModelRefused) as refused:
         train(pipeline_config(n_train=1500, hidden=(16,)), runtimes=("tflite",))

@@ -215,18 +215,21 @@ def _sibling(
 def _export_tflite(fitted: Fitted | ConvWeights, data: Dataset, fp32: bytes) -> bytes:
     """The .tflite file of a model trained here: the MLP's (hub/ml/tflite_export.py) or
     the conv net's (hub/ml/tflite_convnet.py, checked against its ``fp32`` ONNX file).
-    TensorFlow is imported only now.
+    TensorFlow is imported only then, and in the converter process, never in the hub's
+    (hub/ml/tflite_process.py).
 
     Raises:
         PipelineError: the export failed (each exporter names what it cannot lay out).
     """
+    from hub.ml.tflite_process import run_converter
+
     if isinstance(fitted, Fitted):
         from hub.ml.tflite_export import export_tflite_int8
 
-        return export_tflite_int8(fitted, data.x_train)
+        return run_converter(export_tflite_int8, fitted, data.x_train)
     from hub.ml.tflite_convnet import export_convnet_tflite_int8
 
-    return export_convnet_tflite_int8(fitted, data.x_train, fp32)
+    return run_converter(export_convnet_tflite_int8, fitted, data.x_train, fp32)
 
 
 def fit_model(
