@@ -1,15 +1,19 @@
 """SoftHSM2 tokens for tests: a fresh token per test, from one token directory per process.
 
+SoftHSM2 crashes with SIGSEGV in a process that has imported TensorFlow, whose bundled
+BoringSSL symbols shadow the system OpenSSL's that SoftHSM2 links (measured: key
+generation after ``import tensorflow`` dies every time; after torch, pyarrow or h5py it
+does not). scripts/test runs the token tests in a pytest process of their own, since an
+xdist worker may have run a TensorFlow test before.
+
 SoftHSM2 reads ``$SOFTHSM2_CONF`` and scans its token directory once, at its first
-``C_Initialize``; it sees no token initialised after that. Finalising and loading it
-again per test (python-pkcs11's ``unload``) crashed a test process with SIGSEGV in CI:
-SoftHSM2's teardown with OpenSSL 3 is not safe to run and then initialise again in a
-process that keeps using OpenSSL (pkcs11-provider ships a ``no-deinit`` quirk for the
-same reason). So the library is loaded once per process and never unloaded: the first
-:func:`fresh_token` of a process initialises a pool of :data:`POOL_SIZE` tokens in a
-directory of its own (``softhsm2-util``, before the library loads) and every test takes
-an unused one. Key pairs are made in the token (python-pkcs11), as an operator would
-with ``pkcs11-tool --keypairgen``.
+``C_Initialize``; it sees no token initialised after that. Rather than finalise and load
+it again per test (python-pkcs11's ``unload``, SoftHSM2's OpenSSL teardown and all), the
+library is loaded once per process and never unloaded: the first :func:`fresh_token` of
+a process initialises a pool of :data:`POOL_SIZE` tokens in a directory of its own
+(``softhsm2-util``, before the library loads) and every test takes an unused one. Key
+pairs are made in the token (python-pkcs11), as an operator would with ``pkcs11-tool
+--keypairgen``.
 """
 
 from __future__ import annotations
