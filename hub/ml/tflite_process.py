@@ -46,12 +46,3 @@ def run_converter(export: Callable[..., bytes], *args: Any) -> bytes:
             if _pool is pool:
                 _pool = None
         raise PipelineError(f"the TFLite converter process died: {e}") from e
-
-
-def stop_converter() -> None:
-    """Stop the converter process, if one runs (the next export starts another)."""
-    global _pool
-    with _lock:
-        pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True)
