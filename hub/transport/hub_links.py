@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hub.transport.broker import BrokerAddress, TlsIdentity
 from hub.transport.link import MqttLink, hub_subscriptions, replica_subscriptions
-from hub.transport.service_names import fanout_tls, replica_tls
+from hub.transport.service_names import fanout_tls, identity_files, replica_tls
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def hub_tls(
     if tls_dir is None:
         raise ValueError(f"{broker.url} needs broker_tls_dir (edgefleet broker config)")
     if replica is None:
-        return TlsIdentity(tls_dir / "ca.crt", tls_dir / "hub.crt", tls_dir / "hub.key")
+        return identity_files(tls_dir, "hub")
     return replica_tls(tls_dir, None if leader else replica)
 
 

@@ -20,6 +20,11 @@ from hub.transport.broker import TlsIdentity
 FANOUT_FILE = "hub-fanout"
 
 
+def identity_files(tls_dir: Path, stem: str) -> TlsIdentity:
+    """The CA and the ``{stem}.crt``/``{stem}.key`` pair of one identity in ``tls_dir``."""
+    return TlsIdentity(tls_dir / "ca.crt", tls_dir / f"{stem}.crt", tls_dir / f"{stem}.key")
+
+
 def replica_tls(tls_dir: Path, index: int | None) -> TlsIdentity:
     """Hub replica ``index``'s TLS files (None: the leader's link) in ``tls_dir``.
 
@@ -32,7 +37,7 @@ def replica_tls(tls_dir: Path, index: int | None) -> TlsIdentity:
             f"no identity {name} in {tls_dir}: write the broker config with --hub-replicas"
             " at least as many as the hub runs"
         )
-    return TlsIdentity(tls_dir / "ca.crt", tls_dir / f"{name}.crt", tls_dir / f"{name}.key")
+    return identity_files(tls_dir, name)
 
 
 def replica_identities(hub_identity: str, replicas: int) -> list[str]:
@@ -55,7 +60,6 @@ def fanout_identity(hub_identity: str) -> str:
 def fanout_tls(tls_dir: Path) -> TlsIdentity | None:
     """The fan-out link's TLS files in ``tls_dir``; None when the broker's directory was
     written before they were (the fan-out then shares the hub's link)."""
-    cert = tls_dir / f"{FANOUT_FILE}.crt"
-    if not cert.exists():
+    if not (tls_dir / f"{FANOUT_FILE}.crt").exists():
         return None
-    return TlsIdentity(tls_dir / "ca.crt", cert, tls_dir / f"{FANOUT_FILE}.key")
+    return identity_files(tls_dir, FANOUT_FILE)
